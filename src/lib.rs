@@ -1,0 +1,9 @@
+//! Understudy: a Kubernetes operator that owns the roles of replicated
+//! stateful services.
+//!
+//! - [`resources`]: the custom resource types (the API).
+//! - [`core`]: pure decisions — no client, no clock, no I/O.
+//! - [`engines`]: how the operator talks to members.
+//! - [`controllers`]: gather facts, ask the core, apply what it returns.
+
+pub mod resources;

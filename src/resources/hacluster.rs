@@ -1,0 +1,501 @@
+//! `HaCluster`: one replicated service whose member roles Understudy owns.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::shared::{GoDuration, SecretKeyRef, conditions_schema};
+
+/// Desired state of a replicated service: its members, how failures are
+/// handled and where clients are routed.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "understudy.dev",
+    version = "v1alpha1",
+    kind = "HaCluster",
+    plural = "haclusters",
+    singular = "hacluster",
+    shortname = "hac",
+    category = "understudy",
+    namespaced,
+    status = "HaClusterStatus",
+    derive = "PartialEq",
+    doc = "A replicated stateful service whose member roles (primary, replica), replication and client routing Understudy owns.",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary", description = "Primary of the first shard"),
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.shards[0].epoch", priority = 1),
+    printcolumn(name = "Healthy", type_ = "string", json_path = ".status.healthyMembers", description = "Healthy members / all members"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.shards) != has(self.selector)",
+        "message": "set exactly one of spec.shards (static members) or spec.selector (pod members)"
+    },
+    {
+        "rule": "!has(self.shards) || self.shards.all(s, s.members.all(m, self.shards.exists_one(t, t.members.exists(n, n.name == m.name))))",
+        "message": "member names must be unique across all shards of the cluster"
+    },
+    {
+        "rule": "!has(self.redirect) || self.engine == 'agent'",
+        "message": "spec.redirect is only used with engine agent"
+    }
+]))]
+pub struct HaClusterSpec {
+    /// How the operator talks to members: `redis` (RESP) or `agent` (the HTTP
+    /// HA-status protocol spoken by the Understudy reference agent).
+    pub engine: Engine,
+
+    /// Secret holding the credentials: for `redis` the key `password` (and an
+    /// optional `username`), for `agent` the key `token`. `key` overrides the
+    /// password/token key name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+
+    /// Static membership: replication groups and their members. Mutually
+    /// exclusive with `selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub shards: Option<Vec<ShardSpec>>,
+
+    /// Pod membership: every pod matching `matchLabels` is a member. Mutually
+    /// exclusive with `shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<PodMembership>,
+
+    /// When and how the operator fails over by itself.
+    #[serde(default)]
+    pub failover: FailoverPolicy,
+
+    /// Services kept pointing at the primary and the replicas.
+    #[serde(default)]
+    pub routing: Routing,
+
+    /// For `agent` engines: where replicas learn the new main and which
+    /// workloads to restart after a role change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+
+    /// Client CIDRs allowed to reach the members; rendered as a NetworkPolicy
+    /// for pod members. No entry means access is blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[schemars(inner(length(max = 64)))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(c, isCIDR(c))",
+        "message": "every acls entry must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32"
+    }]))]
+    pub acls: Option<Vec<String>>,
+
+    /// Maintenance mode: observe and report, never change a role.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Replicate the whole cluster from another cluster's primary (disaster
+    /// recovery). Set by a ProtectionGroup or by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
+}
+
+/// How the operator talks to the members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Redis servers, driven over RESP (`ROLE`, `INFO replication`, `REPLICAOF`).
+    Redis,
+    /// Nodes exposing the HTTP HA-status protocol (`/rest/ha/status`).
+    Agent,
+}
+
+/// One replication group: a primary (or none while failing over) and its replicas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardSpec {
+    /// Shard name, unique in the cluster.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Members of the shard.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub members: Vec<MemberSpec>,
+}
+
+/// A statically declared member.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberSpec {
+    /// The member's uid: unique in the namespace (ShardFailover names members by it).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// `host:port` (or `[ipv6]:port`) where the member's engine listens.
+    #[schemars(length(min = 3, max = 261))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^(\\\\[[0-9a-fA-F:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$') && int(self.substring(self.lastIndexOf(':') + 1)) > 0 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535",
+        "message": "endpoint must be host:port with a port from 1 to 65535, for example 10.0.0.7:6379 or redis-0.redis:6379"
+    }]))]
+    pub endpoint: String,
+    /// Failure domain (Kubernetes node or host) the member runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub node: Option<String>,
+    /// Election priority: higher wins; 0 means never promote this member.
+    #[serde(default = "default_priority")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub priority: i32,
+}
+
+fn default_priority() -> i32 {
+    100
+}
+
+/// Pod membership by label selector.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMembership {
+    /// Labels a pod must carry to be a member.
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "size(self) > 0",
+        "message": "selector.matchLabels must name at least one label; an empty selector would match every pod"
+    }]))]
+    pub match_labels: BTreeMap<String, String>,
+    /// Label whose value names a pod's shard; without it every pod is in shard `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_label: Option<String>,
+    /// Port the engine listens on; the endpoint is `<pod IP>:<port>`.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Pod annotation whose value overrides the pod IP as the member's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_annotation: Option<String>,
+    /// Pod annotation holding the member's election priority (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_annotation: Option<String>,
+}
+
+/// Whether the operator fails over by itself, and how cautiously.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverPolicy {
+    /// `automatic`: fail over when the primary is down. `manual`: only
+    /// FailoverRequest / ShardFailover objects change roles.
+    #[serde(default)]
+    pub mode: FailoverMode,
+    /// How often each member is probed.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: GoDuration,
+    /// Consecutive failed probes after which a member is down.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+    /// Extra time to wait after the primary is declared down before failing over.
+    #[serde(default = "zero")]
+    pub failover_delay: GoDuration,
+    /// Never promote a replica whose replication offset is further behind the
+    /// last known primary offset than this (bytes for Redis). 0: only a fully
+    /// caught-up replica may be promoted.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_lag_on_failover: i64,
+    /// How long a failover step (fence, promote, redirect) may take.
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout: GoDuration,
+    /// What to do when fencing the old primary times out: `Abort` leaves the
+    /// shard without a primary and reports it; `Force` promotes anyway once the
+    /// old primary is out of routing.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        Self {
+            mode: FailoverMode::default(),
+            heartbeat_interval: default_heartbeat(),
+            failure_threshold: default_failure_threshold(),
+            failover_delay: zero(),
+            max_lag_on_failover: 0,
+            step_timeout: default_step_timeout(),
+            on_timeout: OnTimeout::default(),
+        }
+    }
+}
+
+fn default_heartbeat() -> GoDuration {
+    GoDuration::from_secs(1)
+}
+fn default_failure_threshold() -> i32 {
+    3
+}
+fn zero() -> GoDuration {
+    GoDuration::from_secs(0)
+}
+fn default_step_timeout() -> GoDuration {
+    GoDuration::from_secs(10)
+}
+
+/// Automatic or manual failover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    #[default]
+    Automatic,
+    Manual,
+}
+
+/// What to do when a step's deadline passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OnTimeout {
+    /// Stop and report; roll back what can be rolled back.
+    #[default]
+    Abort,
+    /// Carry on with the next step when it is still safe to.
+    Force,
+}
+
+/// Client routing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    /// Manage the routing Services at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Name of the Service pointing at the primary (default `<cluster>-primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub primary_service: Option<String>,
+    /// Name of the Service pointing at the replicas (default `<cluster>-replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub replicas_service: Option<String>,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self { enabled: true, primary_service: None, replicas_service: None }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Agent engines: how replicas learn the new main.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    /// ConfigMap (same namespace) the operator writes the new main's host into.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// Key in the ConfigMap.
+    #[serde(default = "default_redirect_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// Workloads restarted (rollout annotation) after the main changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub restart: Vec<WorkloadRef>,
+}
+
+fn default_redirect_key() -> String {
+    "com.systar.electron.host".to_string()
+}
+
+/// A workload to restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Kinds of workload that can be restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+/// Where a standby cluster replicates from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.cluster) != has(self.primaryEndpoint)",
+    "message": "standby needs exactly one of cluster (an HaCluster) or primaryEndpoint (host:port)"
+}]))]
+pub struct Standby {
+    /// HaCluster whose primary this cluster follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster: Option<String>,
+    /// Namespace of `cluster` (default: this cluster's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// A fixed upstream `host:port`, for an upstream outside this control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 261))]
+    pub primary_endpoint: Option<String>,
+}
+
+/// Observed state of an HaCluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HaClusterStatus {
+    /// Coarse summary: Pending, Bootstrapping, Healthy, Degraded, FailingOver, Paused, Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClusterPhase>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Degraded, FailingOver, Paused, SpecValid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Primary of the first shard (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// `healthy/total` members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_members: Option<String>,
+    /// Per-shard roles, epoch and operation lock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub shards: Vec<ShardStatus>,
+    /// The most recent role change by failover or switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRecord>,
+}
+
+/// Coarse cluster phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ClusterPhase {
+    Pending,
+    Bootstrapping,
+    Healthy,
+    Degraded,
+    FailingOver,
+    Paused,
+    Failed,
+}
+
+/// Observed state of one shard.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    pub name: String,
+    /// Member currently acting as primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_primary: Option<String>,
+    /// Member the operator is making primary (differs from currentPrimary
+    /// while a promotion is under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+    /// Bumped on every promotion, written before the promotion is carried out.
+    #[serde(default)]
+    pub epoch: i64,
+    /// The operation holding this shard's lock, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OperationLock>,
+    /// For standby clusters: the upstream primary followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Members and their observed roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub members: Vec<MemberStatus>,
+}
+
+/// The holder of a shard's operation lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationLock {
+    /// Kind of the holder: HaCluster (automatic failover), FailoverRequest,
+    /// ShardFailover or ProtectionGroup.
+    pub kind: String,
+    /// Name of the holder object.
+    pub name: String,
+    /// Namespace of the holder object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// UID of the holder object, so that a lock whose holder is gone can be released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// When the lock was taken.
+    pub acquired_at: Time,
+    /// After this instant the lock is stale and may be broken.
+    pub expires_at: Time,
+}
+
+/// Observed state of a member.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// primary, replica, fenced or unknown.
+    pub role: Role,
+    /// Answering probes (fewer than failureThreshold consecutive misses).
+    #[serde(default)]
+    pub healthy: bool,
+    /// Last successful probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<Time>,
+    /// Replication offset last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    /// How far behind the primary (offset difference) the member is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// The member this one replicates from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Last probe error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A member's role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+    Fenced,
+    #[default]
+    Unknown,
+}
+
+/// A completed (or abandoned) role change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRecord {
+    pub shard: String,
+    /// Old primary (absent at bootstrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// New primary (absent if no replica could be promoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Why: PrimaryDown, Switchover, ShardFailover, SiteFailover, ...
+    pub reason: String,
+    pub started_at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Replication offset the new primary was behind the old one's last known
+    /// offset: data that may have been lost (0 for a clean switchover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_offset: Option<i64>,
+    /// Shard epoch after the change.
+    pub epoch: i64,
+}

@@ -1,0 +1,153 @@
+//! `ProtectionGroup`: disaster recovery between a production and a DR site.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::shared::{SecretKeyRef, conditions_schema};
+
+/// Pairs of HaClusters replicating from a production site to a DR site.
+/// Changing `prioritySite` performs a planned failover.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "understudy.dev",
+    version = "v1alpha1",
+    kind = "ProtectionGroup",
+    plural = "protectiongroups",
+    singular = "protectiongroup",
+    shortname = "pg",
+    category = "understudy",
+    namespaced,
+    status = "ProtectionGroupStatus",
+    derive = "PartialEq",
+    doc = "Disaster recovery for pairs of HaClusters between a production site and a DR site.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Production", type_ = "string", json_path = ".status.productionSite"),
+    printcolumn(name = "Priority", type_ = "string", json_path = ".spec.prioritySite"),
+    printcolumn(name = "Direction", type_ = "string", json_path = ".status.replicationDirection", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.pairs.all(p, self.pairs.exists_one(q, q.source == p.source)) && self.pairs.all(p, self.pairs.exists_one(q, q.target == p.target))",
+        "message": "each HaCluster may appear in only one pair on each side"
+    },
+    {
+        "rule": "has(self.sites.source.kubeconfigSecretRef) || has(self.sites.target.kubeconfigSecretRef) || self.sites.source.namespace != self.sites.target.namespace || self.pairs.all(p, p.source != p.target)",
+        "message": "a pair cannot protect a cluster with itself"
+    }
+]))]
+pub struct ProtectionGroupSpec {
+    /// The two sites.
+    pub sites: Sites,
+    /// Replication pairs: a cluster at the source site and its counterpart at the target site.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub pairs: Vec<ReplicationPair>,
+    /// Which site should be production. Changing it is a planned failover.
+    #[serde(default)]
+    pub priority_site: SiteRole,
+}
+
+/// Source and target site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sites {
+    pub source: Site,
+    pub target: Site,
+}
+
+/// Where a site's clusters live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Site {
+    /// Namespace of the site's HaClusters.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    /// For a site in another Kubernetes cluster: a Secret (in the
+    /// ProtectionGroup's namespace) holding a kubeconfig (key default `kubeconfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A protected pair.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationPair {
+    /// HaCluster at the source site.
+    #[schemars(length(min = 1, max = 253))]
+    pub source: String,
+    /// HaCluster at the target site.
+    #[schemars(length(min = 1, max = 253))]
+    pub target: String,
+}
+
+/// One of the two sites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteRole {
+    #[default]
+    Source,
+    Target,
+}
+
+/// Observed state of a ProtectionGroup.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectionGroupStatus {
+    /// protected, failing-over, error-reversing, error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ProtectionPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The site currently serving writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_site: Option<SiteRole>,
+    /// `source-to-target` or `target-to-source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_direction: Option<String>,
+    /// Identifier of the current or last planned failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// Step of the planned failover in progress: stop-writes, sync, promote, reverse, reroute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Per pair: replication state and lag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+/// Phases, in the seed's vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProtectionPhase {
+    Pending,
+    Protected,
+    FailingOver,
+    ErrorReversing,
+    Error,
+}
+
+/// Replication state of one pair.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PairStatus {
+    pub source: String,
+    pub target: String,
+    /// Replicating, Syncing, Broken, Promoted, ...
+    pub state: String,
+    /// Offset difference between the production primary and the DR primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

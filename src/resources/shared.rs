@@ -1,0 +1,254 @@
+//! Types and schema pieces shared by the four custom resources.
+
+use std::{borrow::Cow, fmt, str::FromStr, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// API group of every Understudy resource.
+pub const GROUP: &str = "understudy.dev";
+/// The one served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// Label that carries a pod member's role; the routing Services select on it.
+pub const ROLE_LABEL: &str = "understudy.dev/role";
+
+/// A duration written the Go / Kubernetes way: `500ms`, `5s`, `1m30s`, `2h`.
+///
+/// The schema rejects anything else at the API server, so the operator never
+/// sees a malformed duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoDuration(pub Duration);
+
+/// Regular expression (RE2 and Rust `regex` compatible) for a non-negative Go duration.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+impl GoDuration {
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(Duration::from_millis(ms))
+    }
+    pub const fn from_secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+}
+
+impl From<GoDuration> for Duration {
+    fn from(d: GoDuration) -> Self {
+        d.0
+    }
+}
+
+impl fmt::Display for GoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.is_zero() {
+            return f.write_str("0s");
+        }
+        if d.subsec_nanos() % 1_000_000 == 0 && d.as_secs() == 0 {
+            return write!(f, "{}ms", d.subsec_millis());
+        }
+        let secs = d.as_secs();
+        let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+        let ms = d.subsec_millis();
+        if h > 0 {
+            write!(f, "{h}h")?;
+        }
+        if m > 0 {
+            write!(f, "{m}m")?;
+        }
+        if s > 0 || ms > 0 {
+            if ms > 0 {
+                write!(f, "{s}.{ms:03}s")?;
+            } else {
+                write!(f, "{s}s")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a duration string could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid duration {input:?}: expected a number and unit such as 500ms, 5s, 1m30s or 2h")]
+pub struct DurationParseError {
+    input: String,
+}
+
+impl FromStr for GoDuration {
+    type Err = DurationParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || DurationParseError { input: s.to_string() };
+        if s == "0" {
+            return Ok(Self(Duration::ZERO));
+        }
+        let mut rest = s;
+        let mut total = Duration::ZERO;
+        if rest.is_empty() {
+            return Err(err());
+        }
+        while !rest.is_empty() {
+            let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+            if num_len == 0 {
+                return Err(err());
+            }
+            let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+            rest = &rest[num_len..];
+            let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+            let nanos_per_unit: f64 = match &rest[..unit_len] {
+                "ns" => 1.0,
+                "us" | "µs" | "μs" => 1e3,
+                "ms" => 1e6,
+                "s" => 1e9,
+                "m" => 60e9,
+                "h" => 3600e9,
+                _ => return Err(err()),
+            };
+            rest = &rest[unit_len..];
+            let nanos = value * nanos_per_unit;
+            if !nanos.is_finite() || nanos > 1e18 {
+                return Err(err());
+            }
+            total = total.checked_add(Duration::from_nanos(nanos as u64)).ok_or_else(err)?;
+        }
+        Ok(Self(total))
+    }
+}
+
+impl Serialize for GoDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for GoDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "GoDuration".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "maxLength": 32,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches('{}')", DURATION_PATTERN.replace('\\', "\\\\")),
+                "message": "must be a duration such as 500ms, 5s, 1m30s or 2h"
+            }]
+        })
+    }
+}
+
+/// A key in a Secret of the resource's own namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret. Each use documents its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// Schema of a `conditions` list: a map keyed by `type`, as the API conventions ask.
+pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = <Vec<Condition>>::json_schema(generator);
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}
+
+/// Condition statuses.
+pub const TRUE: &str = "True";
+pub const FALSE: &str = "False";
+
+/// Sets (or replaces) one condition, keeping `lastTransitionTime` when the
+/// status did not change so that a status write only happens on real change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if status { TRUE } else { FALSE };
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.clone();
+            }
+            c.status = status.to_string();
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = observed_generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation,
+            last_transition_time: now.clone(),
+        }),
+    }
+}
+
+/// Looks up a condition by type.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        let ms = |s: &str| s.parse::<GoDuration>().map(|d| d.0.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("5s"), Ok(5000));
+        assert_eq!(ms("1m30s"), Ok(90_000));
+        assert_eq!(ms("1.5s"), Ok(1500));
+        assert_eq!(ms("2h"), Ok(7_200_000));
+        assert_eq!(ms("0"), Ok(0));
+        for bad in ["", "5", "s", "5x", "-5s", "5 s", "1e3s", "ms5"] {
+            assert!(bad.parse::<GoDuration>().is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn durations_round_trip_through_display() {
+        for s in ["0s", "250ms", "1s", "1.500s", "1m30s", "2h", "1h0m5s"] {
+            let d: GoDuration = s.parse().unwrap();
+            let again: GoDuration = d.to_string().parse().unwrap();
+            assert_eq!(d, again, "{s}");
+        }
+    }
+
+    #[test]
+    fn set_condition_keeps_transition_time_when_status_unchanged() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap());
+        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(200).unwrap());
+        let mut cs = vec![];
+        set_condition(&mut cs, "Ready", true, "Ok", "fine", Some(1), &t0);
+        set_condition(&mut cs, "Ready", true, "Ok", "still fine", Some(2), &t1);
+        assert_eq!(cs.len(), 1);
+        assert_eq!(cs[0].last_transition_time, t0);
+        assert_eq!(cs[0].message, "still fine");
+        set_condition(&mut cs, "Ready", false, "Down", "gone", Some(2), &t1);
+        assert_eq!(cs[0].last_transition_time, t1);
+        assert_eq!(cs[0].status, FALSE);
+    }
+}
