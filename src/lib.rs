@@ -6,4 +6,5 @@
 //! - [`engines`]: how the operator talks to members.
 //! - [`controllers`]: gather facts, ask the core, apply what it returns.
 
+pub mod controlplane;
 pub mod resources;

@@ -27,7 +27,12 @@ use super::{hacluster::OnTimeout, shared::conditions_schema};
     doc = "An auditable, resumable request to fail over or switch over one or more HaClusters.",
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress", description = "Subtasks done / all subtasks"),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "Subtasks done / all subtasks"
+    ),
     printcolumn(name = "DryRun", type_ = "boolean", json_path = ".spec.dryRun", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -38,7 +43,7 @@ use super::{hacluster::OnTimeout, shared::conditions_schema};
         "message": "a FailoverRequest is immutable once created; delete it and create a new one"
     },
     {
-        "rule": "self.items.all(i, self.items.exists_one(j, j.cluster == i.cluster && (has(j.shard) ? j.shard : '') == (has(i.shard) ? i.shard : '')))",
+        "rule": "self.items.map(i, i.cluster + '/' + (has(i.shard) ? i.shard : '')).distinct().size() == size(self.items)",
         "message": "each cluster/shard may appear only once in items"
     }
 ]))]

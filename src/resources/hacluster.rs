@@ -26,9 +26,19 @@ use super::shared::{GoDuration, SecretKeyRef, conditions_schema};
     doc = "A replicated stateful service whose member roles (primary, replica), replication and client routing Understudy owns.",
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary", description = "Primary of the first shard"),
+    printcolumn(
+        name = "Primary",
+        type_ = "string",
+        json_path = ".status.primary",
+        description = "Primary of the first shard"
+    ),
     printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.shards[0].epoch", priority = 1),
-    printcolumn(name = "Healthy", type_ = "string", json_path = ".status.healthyMembers", description = "Healthy members / all members"),
+    printcolumn(
+        name = "Healthy",
+        type_ = "string",
+        json_path = ".status.healthyMembers",
+        description = "Healthy members / all members"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -38,7 +48,7 @@ use super::shared::{GoDuration, SecretKeyRef, conditions_schema};
         "message": "set exactly one of spec.shards (static members) or spec.selector (pod members)"
     },
     {
-        "rule": "!has(self.shards) || self.shards.all(s, s.members.all(m, self.shards.exists_one(t, t.members.exists(n, n.name == m.name))))",
+        "rule": "!has(self.shards) || self.shards.map(s, s.members.map(m, m.name)).flatten().distinct().size() == self.shards.map(s, size(s.members)).sum()",
         "message": "member names must be unique across all shards of the cluster"
     },
     {

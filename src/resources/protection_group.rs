@@ -25,17 +25,22 @@ use super::shared::{SecretKeyRef, conditions_schema};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Production", type_ = "string", json_path = ".status.productionSite"),
     printcolumn(name = "Priority", type_ = "string", json_path = ".spec.prioritySite"),
-    printcolumn(name = "Direction", type_ = "string", json_path = ".status.replicationDirection", priority = 1),
+    printcolumn(
+        name = "Direction",
+        type_ = "string",
+        json_path = ".status.replicationDirection",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "self.pairs.all(p, self.pairs.exists_one(q, q.source == p.source)) && self.pairs.all(p, self.pairs.exists_one(q, q.target == p.target))",
+        "rule": "!has(self.pairs) || (self.pairs.map(p, p.source).distinct().size() == size(self.pairs) && self.pairs.map(p, p.target).distinct().size() == size(self.pairs))",
         "message": "each HaCluster may appear in only one pair on each side"
     },
     {
-        "rule": "has(self.sites.source.kubeconfigSecretRef) || has(self.sites.target.kubeconfigSecretRef) || self.sites.source.namespace != self.sites.target.namespace || self.pairs.all(p, p.source != p.target)",
+        "rule": "has(self.sites.source.kubeconfigSecretRef) || has(self.sites.target.kubeconfigSecretRef) || self.sites.source.__namespace__ != self.sites.target.__namespace__ || !has(self.pairs) || self.pairs.all(p, p.source != p.target)",
         "message": "a pair cannot protect a cluster with itself"
     }
 ]))]
@@ -77,10 +82,10 @@ pub struct Site {
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationPair {
     /// HaCluster at the source site.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63))]
     pub source: String,
     /// HaCluster at the target site.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63))]
     pub target: String,
 }
 

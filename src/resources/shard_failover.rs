@@ -28,19 +28,26 @@ use super::shared::conditions_schema;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "self == oldSelf",
-    "message": "a ShardFailover is immutable once created; delete it and create a new one"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self == oldSelf",
+        "message": "a ShardFailover is immutable once created; delete it and create a new one"
+    },
+    {
+        "rule": "has(self.shardUids) && size(self.shardUids) > 0",
+        "message": "shard_uids_required: shardUids must name at least one primary shard"
+    }
+]))]
 pub struct ShardFailoverSpec {
     /// Members (uids) that are currently primaries of one HaCluster and should
     /// be failed over to a replica.
+    ///
+    /// Missing or empty is rejected with the seed's `shard_uids_required`.
     #[serde(default)]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)), transform = no_default)]
     #[schemars(extend(
         "x-kubernetes-validations" = [
-            {"rule": "size(self) > 0", "message": "shard_uids_required: shardUids must name at least one primary shard"},
-            {"rule": "self.all(u, self.exists_one(v, v == u))", "message": "shardUids must not repeat a uid"}
+            {"rule": "self.distinct().size() == size(self)", "message": "shardUids must not repeat a uid"}
         ]
     ))]
     pub shard_uids: Vec<String>,
@@ -64,6 +71,12 @@ pub struct ShardFailoverSpec {
     #[serde(default = "default_timeout_seconds")]
     #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: i64,
+}
+
+/// `shardUids` must stay unset when omitted so the spec-level rule can report
+/// `shard_uids_required` instead of the API server defaulting it.
+fn no_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
 }
 
 fn default_timeout_seconds() -> i64 {

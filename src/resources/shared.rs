@@ -44,7 +44,7 @@ impl fmt::Display for GoDuration {
         if d.is_zero() {
             return f.write_str("0s");
         }
-        if d.subsec_nanos() % 1_000_000 == 0 && d.as_secs() == 0 {
+        if d.subsec_nanos().is_multiple_of(1_000_000) && d.as_secs() == 0 {
             return write!(f, "{}ms", d.subsec_millis());
         }
         let secs = d.as_secs();

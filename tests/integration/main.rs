@@ -1,0 +1,6 @@
+//! Integration tests against a real kube-apiserver + etcd (built from the Go module proxy,
+//! see tools/controlplane) started once for this test binary.
+
+mod api;
+mod support;
+mod validation;
