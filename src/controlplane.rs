@@ -95,6 +95,11 @@ impl ControlPlane {
         format!("https://127.0.0.1:{}", self.api_port)
     }
 
+    /// The kubectl built with the control plane (same version as the API server).
+    pub fn kubectl(&self) -> PathBuf {
+        self.bin.join("kubectl")
+    }
+
     /// A fresh admin client.
     pub async fn client(&self) -> anyhow::Result<Client> {
         client_from_kubeconfig(&self.kubeconfig_path()).await
@@ -103,13 +108,13 @@ impl ControlPlane {
     /// Apply every YAML file in `dir` with the real `kubectl apply --server-side` and wait
     /// until each CustomResourceDefinition is Established.
     pub async fn install_crds(&self, dir: &Path) -> anyhow::Result<()> {
-        let out = Command::new("kubectl")
+        let out = Command::new(self.kubectl())
             .arg("--kubeconfig")
             .arg(self.kubeconfig_path())
             .args(["apply", "--server-side", "--force-conflicts", "-f"])
             .arg(dir)
             .output()
-            .context("running kubectl (is it installed and on PATH?)")?;
+            .context("running kubectl")?;
         if !out.status.success() {
             bail!("kubectl apply -f {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
         }
@@ -301,7 +306,7 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// The directory holding etcd, kube-apiserver and kube-controller-manager.
+/// The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl.
 ///
 /// `UNDERSTUDY_CONTROLPLANE_BIN` overrides it; otherwise `tools/controlplane/build.sh` prints
 /// it, building the binaries from the Go module proxy the first time (about 10 minutes on

@@ -6,5 +6,9 @@
 //! - [`engines`]: how the operator talks to members.
 //! - [`controllers`]: gather facts, ask the core, apply what it returns.
 
+pub mod controllers;
 pub mod controlplane;
+pub mod leader;
+pub mod metrics;
+pub mod operator;
 pub mod resources;

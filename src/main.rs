@@ -1,31 +1,114 @@
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use understudy::{leader::LeaseConfig, operator::RunConfig};
 
 /// Understudy: owns the roles of replicated stateful services on Kubernetes.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "UNDERSTUDY_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller manager against the cluster in KUBECONFIG or the in-cluster config.
+    Run(RunArgs),
     /// Print every CustomResourceDefinition as YAML (or write one file per kind).
     Crds {
         /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Walk through a failover on a local control plane with real redis-server processes.
+    Demo,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Act only while holding a coordination.k8s.io Lease (run several replicas safely).
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "understudy-leader")]
+    leader_election_name: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Address serving /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Watch only these namespaces (comma-separated); default the whole cluster.
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     match cli.command {
         Command::Crds { dir } => print_crds(dir),
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Command::Demo => {
+            println!(
+                "`understudy demo` is coming: it will start a local control plane, three redis-server \
+                 members and walk through a failover. Until then, see the README for the test suite."
+            );
+            Ok(())
+        }
     }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context("loading kubeconfig or in-cluster config")?;
+    let identity = args.identity.unwrap_or_else(|| {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "understudy".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let leader_elect = args.leader_elect.then(|| {
+        LeaseConfig::new(
+            args.leader_election_namespace.unwrap_or_else(|| "default".into()),
+            args.leader_election_name,
+            identity,
+        )
+    });
+    let cfg = RunConfig { leader_elect, listen: args.listen, namespaces: args.namespaces };
+    understudy::operator::run(client, cfg, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn print_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -2,5 +2,6 @@
 //! see tools/controlplane) started once for this test binary.
 
 mod api;
+mod operator;
 mod support;
 mod validation;

@@ -18,6 +18,8 @@ use understudy::controlplane::{ControlPlane, Options, client_from_kubeconfig};
 
 pub struct Shared {
     pub kubeconfig: PathBuf,
+    /// kubectl of the control plane's version.
+    pub kubectl: PathBuf,
     pub version: String,
 }
 
@@ -66,7 +68,7 @@ pub fn shared() -> &'static Shared {
                 });
                 match started {
                     Ok((cp, version)) => {
-                        let info = Shared { kubeconfig: cp.kubeconfig_path(), version };
+                        let info = Shared { kubeconfig: cp.kubeconfig_path(), kubectl: cp.kubectl(), version };
                         tx.send(Ok(info)).unwrap();
                         // Keep the processes' parent thread alive for the life of the test binary.
                         loop {
@@ -101,7 +103,7 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
-/// Run kubectl against the shared control plane; returns stdout, panics with stderr on failure.
+/// Run the control plane's kubectl against it; returns stdout, panics with stderr on failure.
 pub fn kubectl(args: &[&str]) -> String {
     let (ok, out, err) = kubectl_result(args);
     assert!(ok, "kubectl {args:?} failed:\n{err}");
@@ -110,7 +112,7 @@ pub fn kubectl(args: &[&str]) -> String {
 
 /// Run kubectl; returns (success, stdout, stderr).
 pub fn kubectl_result(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new("kubectl")
+    let out = std::process::Command::new(&shared().kubectl)
         .arg("--kubeconfig")
         .arg(&shared().kubeconfig)
         .args(args)
@@ -121,4 +123,67 @@ pub fn kubectl_result(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// An `understudy` process started by a test, killed on drop.
+pub struct Process {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Start the `understudy` binary with `args` against the shared control plane.
+    pub fn understudy(args: &[&str], log_name: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
+        cmd.args(args).env("KUBECONFIG", &shared().kubeconfig).env("RUST_LOG", "info,understudy=debug");
+        let child = understudy::controlplane::spawn(cmd, &log).expect("start understudy");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` every 100 ms until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,120 @@
+//! `understudy run`: the controller manager — HTTP endpoints, leader election, controllers.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use kube::Client;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    controllers::{self, Context},
+    leader::{Elector, LeaseConfig},
+    metrics::Metrics,
+};
+
+/// How `understudy run` behaves.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Campaign for a Lease and act only while holding it.
+    pub leader_elect: Option<LeaseConfig>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Namespaces to watch; empty means the whole cluster.
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    ready: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+/// Run until `shutdown` resolves (or leadership is lost, which is an error so that the
+/// process restarts clean as a standby).
+pub async fn run(client: Client, cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(HttpState { ready: ready.clone(), metrics: metrics.clone() });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    info!(%local, "serving /healthz, /readyz and /metrics");
+
+    let version = client.apiserver_version().await.context("contacting the API server")?;
+    info!(server = %version.git_version, "connected to the API server");
+    ready.store(true, Ordering::SeqCst);
+
+    let ctx = Context::new(client.clone(), metrics.clone(), cfg.namespaces.clone());
+    tokio::pin!(shutdown);
+    let result = match cfg.leader_elect {
+        None => {
+            metrics.leader.set(1);
+            let (_tx, rx) = watch::channel(true);
+            tokio::select! {
+                r = controllers::run_all(ctx, rx) => r,
+                () = &mut shutdown => Ok(()),
+            }
+        }
+        Some(lease) => {
+            let elector = Elector::start(client, lease.clone());
+            info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
+            let outcome = tokio::select! {
+                () = elector.acquired() => None,
+                () = &mut shutdown => Some(Ok(())),
+            };
+            let outcome = match outcome {
+                Some(done) => done,
+                None => {
+                    metrics.leader.set(1);
+                    let mut leading = elector.subscribe();
+                    let lost = async move {
+                        let _ = leading.wait_for(|l| !*l).await;
+                    };
+                    let r = tokio::select! {
+                        r = controllers::run_all(ctx, elector.subscribe()) => r,
+                        () = lost => Err(anyhow::anyhow!("lost leadership of lease {}; exiting so a fresh process campaigns again", lease.name)),
+                        () = &mut shutdown => Ok(()),
+                    };
+                    metrics.leader.set(0);
+                    r
+                }
+            };
+            elector.release().await;
+            outcome
+        }
+    };
+    server.abort();
+    if let Err(e) = &result {
+        warn!(error = %e, "operator stopped");
+    }
+    result
+}
+
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn render_metrics(State(s): State<HttpState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+}

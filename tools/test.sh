@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The test command (README "Run the tests"; .ci/run calls exactly this).
+# Installs or builds what is missing, then: cargo fmt --check, clippy -D warnings, cargo test.
+#   First run: apt packages (~1 min), Go build of etcd/kube-apiserver/kube-controller-manager/
+#   kubectl (~12 min on 2 cores) and helm (~2 min), cargo build (~6 min). Later runs reuse the
+#   caches in ${UNDERSTUDY_CACHE:-~/.cache/understudy} and take a few minutes.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+log() { printf '\n[test] %s\n' "$*" >&2; }
+start=$SECONDS
+
+# Debian packages the integration tests run for real.
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need[*]}"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The packaged services are not wanted; tests start their own servers on free ports.
+  $sudo_ systemctl disable --now redis-server redis-sentinel >/dev/null 2>&1 || true
+  $sudo_ service redis-server stop >/dev/null 2>&1 || true
+  $sudo_ service redis-sentinel stop >/dev/null 2>&1 || true
+fi
+command -v go >/dev/null || { echo "Go >= 1.25 is required to build the test control plane (https://go.dev/dl)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "Rust (cargo) is required (https://rustup.rs)" >&2; exit 1; }
+
+log "control plane binaries (built from the Go module proxy on first use)"
+UNDERSTUDY_CONTROLPLANE_BIN="$(tools/controlplane/build.sh)"
+export UNDERSTUDY_CONTROLPLANE_BIN
+if [ -x tools/helm/build.sh ]; then
+  log "helm (built from the Go module proxy on first use)"
+  tools/helm/build.sh >/dev/null
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --locked -- "$@"
+log "all passed in $((SECONDS - start))s"
