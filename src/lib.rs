@@ -6,8 +6,11 @@
 //! - [`engines`]: how the operator talks to members.
 //! - [`controllers`]: gather facts, ask the core, apply what it returns.
 
+pub mod agent;
 pub mod controllers;
 pub mod controlplane;
+pub mod core;
+pub mod engines;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

@@ -33,6 +33,8 @@ enum Command {
     },
     /// Walk through a failover on a local control plane with real redis-server processes.
     Demo,
+    /// Serve the HA-status API (GET/POST /rest/ha/status) for a node with no HA API of its own.
+    Agent(understudy::agent::AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crds { dir } => print_crds(dir),
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Command::Agent(args) => tokio::runtime::Runtime::new()?.block_on(understudy::agent::run(args)),
         Command::Demo => {
             println!(
                 "`understudy demo` is coming: it will start a local control plane, three redis-server \

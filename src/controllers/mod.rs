@@ -1,28 +1,139 @@
-//! Controllers: gather facts, ask [`crate::core`] what to do, apply it. Shared plumbing lives
-//! here so the controllers are not copies of each other.
+//! Controllers: gather facts, ask [`crate::core`] what to do, apply it. What the controllers
+//! share (context, events, credentials, status writes) lives here so they are not copies.
 
-use kube::Client;
+pub mod hacluster;
+pub mod routing;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
+use tracing::warn;
 
-use crate::metrics::Metrics;
+use crate::{engines::Credentials, metrics::Metrics, resources::shared::SecretKeyRef};
 
-/// What every controller gets.
+/// Field manager for every write the operator makes.
+pub const MANAGER: &str = "understudy";
+
+/// What every controller gets, behind an `Arc`.
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
     /// Namespaces to watch; empty = all.
     pub namespaces: Vec<String>,
+    /// This replica's name in Events.
+    pub instance: String,
 }
 
 impl Context {
     pub fn new(client: Client, metrics: Metrics, namespaces: Vec<String>) -> Self {
-        Self { client, metrics, namespaces }
+        let instance =
+            std::env::var("POD_NAME").unwrap_or_else(|_| format!("understudy-{}", std::process::id()));
+        Self { client, metrics, namespaces, instance }
+    }
+
+    /// One `Api` per watched scope.
+    pub fn scopes<K>(&self) -> Vec<Api<K>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        if self.namespaces.is_empty() {
+            vec![Api::all(self.client.clone())]
+        } else {
+            self.namespaces.iter().map(|ns| Api::namespaced(self.client.clone(), ns)).collect()
+        }
+    }
+
+    /// Publish a Kubernetes Event about `obj`; failures are logged, never fatal. Each call is
+    /// its own Event (role changes must not be folded into a series that keeps only the
+    /// first note).
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        use k8s_openapi::{api::events::v1::Event as EventV1, apimachinery::pkg::apis::meta::v1::MicroTime};
+        let regarding = obj.object_ref(&());
+        let ns = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        let ev = EventV1 {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{}-", regarding.name.clone().unwrap_or_default())),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            reason: Some(reason.into()),
+            action: Some(action.into()),
+            note: Some(note.chars().take(1024).collect()),
+            regarding: Some(regarding),
+            reporting_controller: Some("understudy.dev/operator".into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        let api: Api<EventV1> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api.create(&kube::api::PostParams::default(), &ev).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
     }
 }
 
+/// Why credentials could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("Secret {0} not found")]
+    NotFound(String),
+    #[error("Secret {secret} has no key {key}")]
+    MissingKey { secret: String, key: String },
+    #[error("reading Secret {0}: {1}")]
+    Api(String, kube::Error),
+}
+
+/// Read credentials for an engine from `secret_ref` in `namespace`. `default_key` is
+/// `password` (redis) or `token` (agent). Also returns the optional `ca.crt`.
+pub async fn read_credentials(
+    client: &Client,
+    namespace: &str,
+    secret_ref: Option<&SecretKeyRef>,
+    default_key: &str,
+) -> Result<(Credentials, Option<Vec<u8>>), CredentialsError> {
+    let Some(r) = secret_ref else { return Ok((Credentials::default(), None)) };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = api
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| CredentialsError::Api(r.name.clone(), e))?
+        .ok_or_else(|| CredentialsError::NotFound(r.name.clone()))?;
+    let data: BTreeMap<String, ByteString> = secret.data.unwrap_or_default();
+    let text = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).trim_end_matches('\n').to_owned());
+    let key = r.key.as_deref().unwrap_or(default_key);
+    let secret_value =
+        text(key).ok_or_else(|| CredentialsError::MissingKey { secret: r.name.clone(), key: key.into() })?;
+    Ok((
+        Credentials { username: text("username"), secret: Some(secret_value) },
+        data.get("ca.crt").map(|v| v.0.clone()),
+    ))
+}
+
 /// Run every controller until one fails or `leading` turns false.
-pub async fn run_all(_ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let _ = leading.wait_for(|l| !*l).await;
-    Ok(())
+pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
+    tokio::select! {
+        r = hacluster::run(ctx.clone()) => r,
+        _ = leading.wait_for(|l| !*l) => Ok(()),
+    }
+}
+
+/// `name.namespace` for logs.
+pub fn key<K: ResourceExt>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Exponential backoff for requeues: 1s, 2s, 4s … capped at 5 minutes.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(8)).min(Duration::from_secs(300))
 }

@@ -150,6 +150,18 @@ pub struct MemberSpec {
         "message": "endpoint must be host:port with a port from 1 to 65535, for example 10.0.0.7:6379 or redis-0.redis:6379"
     }]))]
     pub endpoint: String,
+    /// Address clients are routed to through the cluster's Services, when it differs from
+    /// the endpoint's host (the operator probes `endpoint`, clients connect to
+    /// `clientAddress:<endpoint port>`). An IP, or a DNS name with at least one dot.
+    /// Kubernetes cannot route to loopback or link-local endpoint hosts; those members are
+    /// left out of the Services unless this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "isIP(self) || self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\\\.)+[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "clientAddress must be an IP address or a DNS name with at least one dot"
+    }]))]
+    pub client_address: Option<String>,
     /// Failure domain (Kubernetes node or host) the member runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]

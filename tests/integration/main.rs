@@ -1,7 +1,9 @@
 //! Integration tests against a real kube-apiserver + etcd (built from the Go module proxy,
 //! see tools/controlplane) started once for this test binary.
 
+mod agent;
 mod api;
+mod hacluster_redis;
 mod operator;
 mod support;
 mod validation;

@@ -83,8 +83,19 @@ pub fn shared() -> &'static Shared {
     })
 }
 
+/// Operator logs go to the test's captured output (shown when a test fails).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,understudy=debug,kube=warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
 /// A client for the shared control plane, bound to the calling test's runtime.
 pub async fn client() -> Client {
+    init_logging();
     client_from_kubeconfig(&shared().kubeconfig).await.expect("client")
 }
 
@@ -185,5 +196,219 @@ where
         }
         assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A real redis-server on loopback, started the way Understudy expects members to start:
+/// as a replica of nothing (`--replicaof 127.0.0.1 1`), so a restarted member is never a
+/// second primary.
+pub struct RedisServer {
+    pub port: u16,
+    pub password: Option<String>,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start(password: Option<&str>) -> Self {
+        let mut s = Self {
+            port: understudy::controlplane::free_port().unwrap(),
+            password: password.map(str::to_owned),
+            dir: tempfile::Builder::new().prefix("understudy-redis-").tempdir().unwrap(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--replicaof",
+            "127.0.0.1",
+            "1",
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p, "--masterauth", p]);
+        }
+        let log = self.dir.path().join(format!("redis-{}.log", self.port));
+        self.child = Some(
+            understudy::controlplane::spawn(cmd, &log).expect("redis-server (installed by tools/test.sh)"),
+        );
+        // Wait until it accepts connections.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server on {} did not start", self.port);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// `127.0.0.1:<port>`, where the operator probes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis_conn(self.port, self.password.as_deref(), 500).await
+    }
+
+    /// `INFO replication` as a map, straight from the server.
+    pub async fn replication(&self) -> Option<std::collections::HashMap<String, String>> {
+        let mut c = self.conn().await.ok()?;
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()?;
+        Some(
+            info.lines()
+                .filter_map(|l| l.trim_end_matches('\r').split_once(':'))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
+    pub async fn role(&self) -> Option<String> {
+        self.replication().await.and_then(|m| m.get("role").cloned())
+    }
+
+    pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut c = self.conn().await?;
+        cmd.query_async(&mut c).await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Samples the role of every server every 20 ms and remembers the most primaries ever seen
+/// at once (each sample queries all servers back to back).
+pub struct RoleSampler {
+    pub max_primaries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub samples: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoleSampler {
+    pub fn start(ports: Vec<(u16, Option<String>)>) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let max_primaries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let samples = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (m, n) = (max_primaries.clone(), samples.clone());
+        let task = tokio::spawn(async move {
+            let servers: Vec<RedisProbe> =
+                ports.into_iter().map(|(port, password)| RedisProbe { port, password }).collect();
+            loop {
+                let roles = futures::future::join_all(servers.iter().map(RedisProbe::role)).await;
+                let primaries = roles.iter().filter(|r| r.as_deref() == Some("master")).count();
+                m.fetch_max(primaries, SeqCst);
+                n.fetch_add(1, SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        });
+        Self { max_primaries, samples, task }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max_primaries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn count(&self) -> usize {
+        self.samples.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RoleSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection to the redis-server on loopback `port`, both timeouts `timeout_ms`.
+pub async fn redis_conn(
+    port: u16,
+    password: Option<&str>,
+    timeout_ms: u64,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let url = match password {
+        Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
+        None => format!("redis://127.0.0.1:{port}/"),
+    };
+    let t = Some(std::time::Duration::from_millis(timeout_ms));
+    let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(t).set_response_timeout(t);
+    redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&cfg).await
+}
+
+struct RedisProbe {
+    port: u16,
+    password: Option<String>,
+}
+
+impl RedisProbe {
+    async fn role(&self) -> Option<String> {
+        let mut c = redis_conn(self.port, self.password.as_deref(), 200).await.ok()?;
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()?;
+        info.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix("role:").map(str::to_owned))
+    }
+}
+
+/// The operator, in-process, watching one namespace; stopped on drop.
+pub struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Operator {
+    pub fn start(client: Client, namespace: &str) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = understudy::operator::RunConfig {
+            leader_elect: None,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            namespaces: vec![namespace.to_owned()],
+        };
+        let task = tokio::spawn(understudy::operator::run(client, cfg, async move {
+            let _ = rx.await;
+        }));
+        Self { stop: Some(tx), task }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -1,0 +1,791 @@
+//! `understudy agent`: the reference HA agent, speaking seed 004's HA-status protocol.
+//!
+//! - `GET /rest/ha/status` → `MAIN` | `BACKUP`;
+//! - `POST /rest/ha/status?change=MAIN|BACKUP` → the new status;
+//! - both need `Authorization: token <T>` (401 otherwise); `GET /healthz` needs nothing.
+//!
+//! Every agent starts as `BACKUP`, so a restarted node can never be a second main. Promotion
+//! runs the `--on-promote` hook first and only becomes `MAIN` if it succeeds. Demotion answers
+//! `BACKUP`, runs the `--on-demote` hook, then (by default) stops serving so that [`run`] exits
+//! with code 0 and the node's supervisor restarts it, as the seed describes.
+//!
+//! Everything lives in a per-agent value: [`serve`] can run many agents in one process (the
+//! demo, benchmarks); only [`run`] touches the process (signals, exit code).
+
+use std::{
+    fmt,
+    future::Future,
+    io::{self, Read as _, Seek as _, SeekFrom},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::{Query, Request, State, rejection::QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use futures::future::BoxFuture;
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
+use tracing::{error, info, warn};
+
+/// Environment variable holding the access token (same as `--token`).
+pub const TOKEN_ENV: &str = "UNDERSTUDY_AGENT_TOKEN";
+/// Environment variable telling a hook the role being entered (`MAIN` or `BACKUP`).
+pub const ROLE_ENV: &str = "UNDERSTUDY_ROLE";
+/// Environment variable telling a hook the agent's `--name` (when given).
+pub const NAME_ENV: &str = "UNDERSTUDY_AGENT_NAME";
+
+/// How long in-flight responses may take to finish once the agent stops serving.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How much of a hook's output is kept for logs and error messages.
+const HOOK_OUTPUT_LIMIT: u64 = 2048;
+
+/// `understudy agent`: serve the seed-004 HA-status API for a node that has none of its own.
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Address to serve the HA-status API on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Access token clients must send as `Authorization: token <T>`. Prefer --token-file or
+    /// the environment variable: command lines are visible to every local user.
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the access token from this file (surrounding whitespace ignored). Takes precedence
+    /// over --token / $UNDERSTUDY_AGENT_TOKEN.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Shell command (`sh -c`) run before becoming MAIN; if it fails the node stays BACKUP and
+    /// the request gets a 500. $UNDERSTUDY_ROLE is `MAIN`.
+    #[arg(long)]
+    pub on_promote: Option<String>,
+    /// Shell command (`sh -c`) run after answering a switch from MAIN to BACKUP.
+    /// $UNDERSTUDY_ROLE is `BACKUP`.
+    #[arg(long)]
+    pub on_demote: Option<String>,
+    /// Time limit for a hook, e.g. `30s`, `500ms`, `2m` or plain seconds; the hook's process
+    /// group is killed when it is exceeded.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub hook_timeout: Duration,
+    /// Exit with code 0 after being switched from MAIN to BACKUP, for the supervisor to restart
+    /// the node (the protocol's behaviour). `--exit-on-demote=false` keeps serving as BACKUP.
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+    )]
+    pub exit_on_demote: bool,
+    /// Name of this node in logs and in hooks' $UNDERSTUDY_AGENT_NAME (default: the listen address).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Errors that stop an agent from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "no access token: pass --token-file <path> or set {TOKEN_ENV}; the agent refuses to serve \
+         the HA API without authentication"
+    )]
+    MissingToken,
+    #[error("the access token from {from} is empty")]
+    EmptyToken { from: String },
+    #[error("reading the token file {path}: {source}")]
+    ReadTokenFile { path: PathBuf, source: io::Error },
+    #[error("loading TLS certificate {cert} / key {key}: {message}")]
+    Tls { cert: PathBuf, key: PathBuf, message: String },
+    #[error("serving HTTP on {addr}: {source}")]
+    Serve { addr: String, source: io::Error },
+}
+
+/// A node's HA role in the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Main,
+    Backup,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Main => "MAIN",
+            Role::Backup => "BACKUP",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a `change` request does from the current role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Already in the requested role: answer it, run nothing.
+    Stay(Role),
+    /// BACKUP → MAIN: run the on-promote hook, then become MAIN.
+    Promote,
+    /// MAIN → BACKUP: become BACKUP, answer, run the on-demote hook, maybe exit.
+    Demote,
+}
+
+/// Decide what `change=<requested>` means for a node currently in `current`.
+pub fn plan_transition(current: Role, requested: Role) -> Transition {
+    match (current, requested) {
+        (Role::Backup, Role::Main) => Transition::Promote,
+        (Role::Main, Role::Backup) => Transition::Demote,
+        (role, _) => Transition::Stay(role),
+    }
+}
+
+/// Parse the `change` query parameter; the error is the 400 response body.
+pub fn parse_change(value: Option<&str>) -> Result<Role, String> {
+    match value {
+        Some("MAIN") => Ok(Role::Main),
+        Some("BACKUP") => Ok(Role::Backup),
+        Some(other) => Err(format!("invalid change {other:?}: allowed values are MAIN, BACKUP")),
+        None => Err("missing query parameter `change`: allowed values are MAIN, BACKUP".into()),
+    }
+}
+
+/// The token in an `Authorization: token <T>` header value (scheme case-insensitive).
+pub fn presented_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"token") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compare two tokens in time that depends only on their lengths, never on where they differ:
+/// every byte up to the longer length is folded into one difference, and a length mismatch
+/// is folded in rather than returned early.
+pub fn tokens_match(expected: &[u8], presented: &[u8]) -> bool {
+    let len = expected.len().max(presented.len());
+    let mut diff = u8::from(expected.len() != presented.len());
+    for i in 0..len {
+        let a = expected.get(i).copied().unwrap_or(0);
+        let b = presented.get(i).copied().unwrap_or(0);
+        diff |= a ^ b;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Parse `30s`, `500ms`, `2m`, `1h` or plain (possibly fractional) seconds; must be positive.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 =
+        number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 500ms, 2m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration unit {unit:?} in {text:?}: use ms, s, m or h")),
+    };
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("invalid duration {text:?}: must be positive")),
+    }
+}
+
+/// The access token; never printed.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    /// A token with surrounding whitespace removed; `None` when nothing is left.
+    pub fn new(raw: &str) -> Option<Self> {
+        let t = raw.trim();
+        (!t.is_empty()).then(|| Self(t.to_owned()))
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// The `sh -c` commands run on role changes.
+#[derive(Clone, Debug)]
+pub struct Hooks {
+    pub on_promote: Option<String>,
+    pub on_demote: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Why a hook failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("could not start `sh -c`: {0}")]
+    Spawn(io::Error),
+    #[error("{status}{}", output_suffix(.output))]
+    Failed { status: ExitStatus, output: String },
+    #[error("timed out after {timeout:?} and was killed{}", output_suffix(.output))]
+    TimedOut { timeout: Duration, output: String },
+    #[error("waiting for it: {0}")]
+    Wait(io::Error),
+}
+
+fn output_suffix(output: &str) -> String {
+    if output.is_empty() { String::new() } else { format!(" (output: {output})") }
+}
+
+impl Hooks {
+    /// Run `command` with `sh -c` in its own process group, `$UNDERSTUDY_ROLE` set to `role`,
+    /// the token variable removed, stdout and stderr captured. On timeout the whole process
+    /// group is killed. Background processes it leaves behind are not waited for.
+    async fn run(&self, command: &str, role: Role, name: &str) -> Result<String, HookError> {
+        let mut output = tempfile::tempfile().map_err(HookError::Spawn)?;
+        let stdout = output.try_clone().map_err(HookError::Spawn)?;
+        let stderr = output.try_clone().map_err(HookError::Spawn)?;
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env(ROLE_ENV, role.as_str())
+            .env(NAME_ENV, name)
+            .env_remove(TOKEN_ENV)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(HookError::Spawn)?;
+        match tokio::time::timeout(self.timeout, child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(output_tail(&mut output)),
+            Ok(Ok(status)) => Err(HookError::Failed { status, output: output_tail(&mut output) }),
+            Ok(Err(e)) => Err(HookError::Wait(e)),
+            Err(_) => {
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: kill(2) on the process group this hook leads (process_group(0)).
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
+                let _ = child.wait().await;
+                Err(HookError::TimedOut { timeout: self.timeout, output: output_tail(&mut output) })
+            }
+        }
+    }
+}
+
+/// The last [`HOOK_OUTPUT_LIMIT`] bytes a hook wrote, trimmed.
+fn output_tail(file: &mut std::fs::File) -> String {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    if file.seek(SeekFrom::Start(len.saturating_sub(HOOK_OUTPUT_LIMIT))).is_ok() {
+        let _ = file.take(HOOK_OUTPUT_LIMIT).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).trim().to_owned()
+}
+
+/// PEM files for HTTPS.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Everything one agent needs; independent of any other agent in the process.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Name in logs and in hooks' environment.
+    pub name: String,
+    pub token: Token,
+    pub hooks: Hooks,
+    /// Stop serving after a switch from MAIN to BACKUP ([`serve`] returns [`Stopped::Demoted`]).
+    pub exit_on_demote: bool,
+    pub tls: Option<TlsFiles>,
+}
+
+impl AgentConfig {
+    /// Resolve the command line: read the token file, check a token is there.
+    pub fn from_args(args: &AgentArgs) -> Result<Self, AgentError> {
+        let token = match (&args.token_file, &args.token) {
+            (Some(path), _) => {
+                let raw = std::fs::read_to_string(path)
+                    .map_err(|source| AgentError::ReadTokenFile { path: path.clone(), source })?;
+                Token::new(&raw).ok_or_else(|| AgentError::EmptyToken { from: path.display().to_string() })?
+            }
+            (None, Some(raw)) => Token::new(raw)
+                .ok_or_else(|| AgentError::EmptyToken { from: format!("--token/{TOKEN_ENV}") })?,
+            (None, None) => return Err(AgentError::MissingToken),
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        };
+        Ok(Self {
+            name: args.name.clone().unwrap_or_else(|| args.listen.to_string()),
+            token,
+            hooks: Hooks {
+                on_promote: args.on_promote.clone(),
+                on_demote: args.on_demote.clone(),
+                timeout: args.hook_timeout,
+            },
+            exit_on_demote: args.exit_on_demote,
+            tls,
+        })
+    }
+}
+
+/// Why [`serve`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The `shutdown` future completed.
+    Shutdown,
+    /// Switched from MAIN to BACKUP with `exit_on_demote`: the node should exit (code 0) and be
+    /// restarted by its supervisor. The demotion response has been sent.
+    Demoted,
+}
+
+/// `understudy agent`: serve until SIGTERM/Ctrl-C, or exit with code 0 after a demotion.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    // The agent's own TLS config names ring explicitly; installing it as the process default
+    // too keeps any other rustls user in this process from failing to pick a provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = AgentConfig::from_args(&args)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let name = config.name.clone();
+    match serve(config, listener, termination()).await? {
+        Stopped::Shutdown => Ok(()),
+        Stopped::Demoted => {
+            info!(agent = %name, "exiting with code 0 after demotion; the supervisor restarts this node as BACKUP");
+            std::process::exit(0)
+        }
+    }
+}
+
+/// Serve one agent on `listener` until `shutdown` completes or, with `exit_on_demote`, until it
+/// has been demoted. In-flight responses are given [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    config: AgentConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<Stopped, AgentError> {
+    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    info!(agent = %config.name, %addr, tls = tls.is_some(), exit_on_demote = config.exit_on_demote, role = %Role::Backup, "HA agent serving");
+    let agent = Arc::new(Agent::new(config));
+    let app = router(agent.clone()).into_make_service();
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let server = axum_server::Server::from_listener(listener).handle(handle.clone());
+    let mut server: BoxFuture<'static, io::Result<()>> = match tls {
+        Some(tls) => Box::pin(server.acceptor(RustlsAcceptor::new(tls)).serve(app)),
+        None => Box::pin(server.serve(app)),
+    };
+    let serve_error = |source| AgentError::Serve { addr: addr.clone(), source };
+    let stopped = tokio::select! {
+        result = &mut server => return result.map(|()| Stopped::Shutdown).map_err(serve_error),
+        () = shutdown => Stopped::Shutdown,
+        () = agent.exit.notified() => Stopped::Demoted,
+    };
+    info!(agent = %agent.name, reason = ?stopped, "HA agent stopping");
+    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    server.await.map_err(serve_error)?;
+    Ok(stopped)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot handle SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// A rustls server config with the ring provider named explicitly (no process default needed).
+fn load_tls(files: &TlsFiles) -> Result<RustlsConfig, AgentError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let fail =
+        |message: String| AgentError::Tls { cert: files.cert.clone(), key: files.key.clone(), message };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(format!("reading certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail("no certificate in the PEM file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| fail(format!("reading the key: {e}")))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| fail(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(config)))
+}
+
+/// One agent's state, shared by its handlers.
+struct Agent {
+    name: String,
+    token: Token,
+    hooks: Hooks,
+    exit_on_demote: bool,
+    /// The current role; read without waiting for a transition in progress.
+    role: watch::Sender<Role>,
+    /// Held for the whole of a transition, hooks included: changes happen one at a time.
+    transitions: Arc<Mutex<Lifecycle>>,
+    /// Signalled once the demotion is complete and the agent should stop serving.
+    exit: Notify,
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    /// Demoted with `exit_on_demote`: refuse further changes until the restart.
+    exiting: bool,
+}
+
+impl Agent {
+    fn new(config: AgentConfig) -> Self {
+        Self {
+            name: config.name,
+            token: config.token,
+            hooks: config.hooks,
+            exit_on_demote: config.exit_on_demote,
+            role: watch::Sender::new(Role::Backup),
+            transitions: Arc::new(Mutex::new(Lifecycle::default())),
+            exit: Notify::new(),
+        }
+    }
+
+    fn role(&self) -> Role {
+        *self.role.borrow()
+    }
+
+    fn authorized(&self, header: Option<&HeaderValue>) -> bool {
+        header
+            .and_then(|v| presented_token(v.as_bytes()))
+            .is_some_and(|t| tokens_match(self.token.as_bytes(), t))
+    }
+}
+
+fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/rest/ha/status", get(get_status).post(post_status))
+        .route_layer(middleware::from_fn_with_state(agent.clone(), require_token))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(agent)
+}
+
+async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
+    if agent.authorized(req.headers().get(header::AUTHORIZATION)) {
+        return next.run(req).await;
+    }
+    warn!(agent = %agent.name, method = %req.method(), path = %req.uri().path(), "rejected: invalid or missing token");
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "token")], "invalid or missing token")
+        .into_response()
+}
+
+async fn get_status(State(agent): State<Arc<Agent>>) -> &'static str {
+    agent.role().as_str()
+}
+
+#[derive(serde::Deserialize)]
+struct ChangeQuery {
+    change: Option<String>,
+}
+
+async fn post_status(
+    State(agent): State<Arc<Agent>>,
+    query: Result<Query<ChangeQuery>, QueryRejection>,
+) -> Response {
+    let requested = match query {
+        Ok(Query(q)) => parse_change(q.change.as_deref()),
+        Err(e) => Err(format!("{}: expected change=MAIN or change=BACKUP", e.body_text())),
+    };
+    let requested = match requested {
+        Ok(role) => role,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    // In its own task: a client hanging up must not cancel a transition half-way through a hook.
+    match tokio::spawn(change_role(agent, requested)).await {
+        Ok(Ok(role)) => role.as_str().into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("transition task failed: {e}")).into_response(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ChangeError {
+    #[error("on-promote hook failed, staying BACKUP: {0}")]
+    PromoteHook(HookError),
+    #[error("demoted to BACKUP and exiting; retry once the node has restarted")]
+    Exiting,
+}
+
+impl IntoResponse for ChangeError {
+    fn into_response(self) -> Response {
+        let code = match self {
+            ChangeError::PromoteHook(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ChangeError::Exiting => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (code, self.to_string()).into_response()
+    }
+}
+
+async fn change_role(agent: Arc<Agent>, requested: Role) -> Result<Role, ChangeError> {
+    let mut lifecycle = agent.transitions.clone().lock_owned().await;
+    if lifecycle.exiting {
+        return Err(ChangeError::Exiting);
+    }
+    match plan_transition(agent.role(), requested) {
+        Transition::Stay(role) => {
+            info!(agent = %agent.name, %role, "change={requested}: already {role}");
+            Ok(role)
+        }
+        Transition::Promote => {
+            if let Some(command) = &agent.hooks.on_promote {
+                info!(agent = %agent.name, "promoting: running the on-promote hook");
+                match agent.hooks.run(command, Role::Main, &agent.name).await {
+                    Ok(output) => info!(agent = %agent.name, %output, "on-promote hook succeeded"),
+                    Err(e) => {
+                        error!(agent = %agent.name, error = %e, "on-promote hook failed; staying BACKUP");
+                        return Err(ChangeError::PromoteHook(e));
+                    }
+                }
+            }
+            agent.role.send_replace(Role::Main);
+            info!(agent = %agent.name, from = %Role::Backup, to = %Role::Main, "promoted");
+            Ok(Role::Main)
+        }
+        Transition::Demote => {
+            agent.role.send_replace(Role::Backup);
+            lifecycle.exiting = agent.exit_on_demote;
+            info!(agent = %agent.name, from = %Role::Main, to = %Role::Backup, exit = agent.exit_on_demote, "demoted");
+            // The answer goes out now; the hook and the exit follow, still holding the lock.
+            tokio::spawn(finish_demotion(agent, lifecycle));
+            Ok(Role::Backup)
+        }
+    }
+}
+
+async fn finish_demotion(agent: Arc<Agent>, lifecycle: OwnedMutexGuard<Lifecycle>) {
+    if let Some(command) = &agent.hooks.on_demote {
+        match agent.hooks.run(command, Role::Backup, &agent.name).await {
+            Ok(output) => info!(agent = %agent.name, %output, "on-demote hook succeeded"),
+            Err(e) => {
+                error!(agent = %agent.name, error = %e, "on-demote hook failed (the node is BACKUP regardless)")
+            }
+        }
+    }
+    if lifecycle.exiting {
+        agent.exit.notify_one();
+    }
+    drop(lifecycle);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn args(extra: &[&str]) -> AgentArgs {
+        let argv = ["agent"].into_iter().chain(extra.iter().copied());
+        Cli::try_parse_from(argv).expect("parse").agent
+    }
+
+    #[test]
+    fn tokens_match_only_when_identical() {
+        assert!(tokens_match(b"s3cret", b"s3cret"));
+        assert!(!tokens_match(b"s3cret", b"x3cret"), "first byte differs");
+        assert!(!tokens_match(b"s3cret", b"s3crex"), "last byte differs");
+        assert!(!tokens_match(b"s3cret", b"s3cre"), "presented is a prefix");
+        assert!(!tokens_match(b"s3cret", b"s3cret!"), "presented is longer");
+        assert!(!tokens_match(b"s3cret", b""), "empty presented");
+        // A shorter token padded with the zero bytes used for folding still differs in length.
+        assert!(!tokens_match(b"ab", b"ab\0"));
+        assert!(!tokens_match(b"ab\0", b"ab"));
+    }
+
+    #[test]
+    fn authorization_header_uses_the_token_scheme() {
+        assert_eq!(presented_token(b"token abc"), Some(&b"abc"[..]));
+        assert_eq!(presented_token(b"Token   abc  "), Some(&b"abc"[..]));
+        assert_eq!(presented_token(b"Bearer abc"), None);
+        assert_eq!(presented_token(b"tokenabc"), None);
+        assert_eq!(presented_token(b"token "), None);
+        assert_eq!(presented_token(b"abc"), None);
+    }
+
+    #[test]
+    fn change_accepts_exactly_main_and_backup() {
+        assert_eq!(parse_change(Some("MAIN")), Ok(Role::Main));
+        assert_eq!(parse_change(Some("BACKUP")), Ok(Role::Backup));
+        for bad in [Some("main"), Some("PRIMARY"), Some(""), None] {
+            let err = parse_change(bad).unwrap_err();
+            assert!(err.contains("MAIN, BACKUP"), "{err}");
+        }
+    }
+
+    #[test]
+    fn transitions() {
+        assert_eq!(plan_transition(Role::Backup, Role::Main), Transition::Promote);
+        assert_eq!(plan_transition(Role::Main, Role::Backup), Transition::Demote);
+        assert_eq!(plan_transition(Role::Main, Role::Main), Transition::Stay(Role::Main));
+        assert_eq!(plan_transition(Role::Backup, Role::Backup), Transition::Stay(Role::Backup));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "abc", "10x", "0", "0ms", "-1s", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn command_line_defaults_and_flags() {
+        let a = args(&["--token", "t"]);
+        assert_eq!(a.listen, "0.0.0.0:8080".parse().unwrap());
+        assert!(a.exit_on_demote);
+        assert_eq!(a.hook_timeout, Duration::from_secs(30));
+        assert!(args(&["--token", "t", "--exit-on-demote"]).exit_on_demote);
+        assert!(!args(&["--token", "t", "--exit-on-demote=false"]).exit_on_demote);
+        assert!(!args(&["--token", "t", "--exit-on-demote", "false"]).exit_on_demote);
+        assert_eq!(
+            args(&["--token", "t", "--hook-timeout", "500ms"]).hook_timeout,
+            Duration::from_millis(500)
+        );
+        assert!(Cli::try_parse_from(["agent", "--tls-cert", "c.pem"]).is_err(), "--tls-cert needs --tls-key");
+    }
+
+    #[test]
+    fn a_token_is_required_and_a_token_file_wins() {
+        let mut a = args(&[]);
+        a.token = None;
+        assert!(matches!(AgentConfig::from_args(&a), Err(AgentError::MissingToken)));
+        a.token = Some("  \n".into());
+        assert!(matches!(AgentConfig::from_args(&a), Err(AgentError::EmptyToken { .. })));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        a.token = Some("from-flag".into());
+        a.token_file = Some(file.clone());
+        let config = AgentConfig::from_args(&a).unwrap();
+        assert_eq!(config.token.as_bytes(), b"from-file");
+        assert_eq!(format!("{:?}", config.token), "Token(<redacted>)");
+
+        std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(AgentConfig::from_args(&a), Err(AgentError::EmptyToken { .. })));
+        a.token_file = Some(dir.path().join("missing"));
+        assert!(matches!(AgentConfig::from_args(&a), Err(AgentError::ReadTokenFile { .. })));
+    }
+
+    fn config(exit_on_demote: bool, on_promote: Option<&str>) -> AgentConfig {
+        AgentConfig {
+            name: "test".into(),
+            token: Token::new("tok").unwrap(),
+            hooks: Hooks {
+                on_promote: on_promote.map(Into::into),
+                on_demote: None,
+                timeout: Duration::from_secs(5),
+            },
+            exit_on_demote,
+            tls: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn hooks_report_status_output_and_timeouts() {
+        let hooks = Hooks { on_promote: None, on_demote: None, timeout: Duration::from_millis(300) };
+        let out = hooks.run("printf %s \"$UNDERSTUDY_ROLE\"", Role::Main, "n").await.unwrap();
+        assert_eq!(out, "MAIN");
+        let err = hooks.run("echo boom >&2; exit 3", Role::Main, "n").await.unwrap_err();
+        assert!(matches!(err, HookError::Failed { .. }), "{err}");
+        assert!(err.to_string().contains("exit status: 3") && err.to_string().contains("boom"), "{err}");
+        let started = std::time::Instant::now();
+        let err = hooks.run("sleep 30", Role::Main, "n").await.unwrap_err();
+        assert!(matches!(err, HookError::TimedOut { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Two agents in one process, each with its own state; demotion ends only its own `serve`.
+    #[tokio::test]
+    async fn agents_embed_in_one_process_and_demotion_ends_serve() {
+        let client = reqwest::Client::new();
+        let start = |cfg: AgentConfig| async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/rest/ha/status", listener.local_addr().unwrap());
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(serve(cfg, listener, async {
+                let _ = stop_rx.await;
+            }));
+            (url, stop_tx, task)
+        };
+        let (a_url, _a_stop, a_task) = start(config(true, None)).await;
+        let (b_url, b_stop, b_task) = start(config(true, None)).await;
+        let post = |url: &str, change: &str| {
+            client.post(url).query(&[("change", change)]).header("Authorization", "token tok").send()
+        };
+        let resp = post(&a_url, "MAIN").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "MAIN");
+        let b_status = client.get(&b_url).header("Authorization", "token tok").send().await.unwrap();
+        assert_eq!(b_status.text().await.unwrap(), "BACKUP", "agents share no state");
+
+        let resp = post(&a_url, "BACKUP").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "BACKUP");
+        let stopped = tokio::time::timeout(Duration::from_secs(10), a_task).await.unwrap().unwrap().unwrap();
+        assert_eq!(stopped, Stopped::Demoted);
+
+        assert!(!b_task.is_finished());
+        b_stop.send(()).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), b_task).await.unwrap().unwrap().unwrap();
+        assert_eq!(stopped, Stopped::Shutdown);
+    }
+}

@@ -1,0 +1,1013 @@
+//! The HaCluster controller.
+//!
+//! A kube-runtime `Controller` notices clusters and makes sure each has a *monitor*: a task of
+//! its own that heartbeats the members every `heartbeatInterval`, asks [`crate::core::shard`]
+//! what to do and does it. Probing never waits on a reconcile, and a reconcile never waits on
+//! a probe. The monitor reads the latest object from the controller's in-memory store, so a
+//! quiet cluster costs no API requests at all: status is written only when it changes.
+//!
+//! Safety: a promotion is preceded by a resourceVersion-guarded status write that bumps the
+//! shard's epoch and records the target and the operation lock; if the write fails (conflict,
+//! API server down) nothing is promoted. The current primary is never demoted by the monitor.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::PostParams,
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{debug, info, warn};
+
+use super::{Context, key, read_credentials, routing};
+use crate::{
+    core::shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
+    engines::{self, Engine, EngineError, ObservedRole, Probe},
+    metrics::{FailoverLabels, MemberLabels, ShardLabels},
+    resources::{
+        HaCluster,
+        hacluster::{
+            ClusterPhase, Engine as EngineKind, FailoverMode, FailoverRecord, HaClusterStatus, MemberStatus,
+            OperationLock, Role, ShardStatus,
+        },
+        shared::set_condition,
+    },
+};
+
+/// Kind recorded in the operation lock by automatic failover and bootstrap.
+pub const LOCK_KIND: &str = "HaCluster";
+
+type Monitors = Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>>;
+
+struct State {
+    ctx: Context,
+    store: Store<HaCluster>,
+    monitors: Monitors,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("HaCluster has no uid")]
+    NoUid,
+}
+
+/// Run the controller for every watched scope until the process stops.
+pub async fn run(ctx: Context) -> anyhow::Result<()> {
+    let monitors: Monitors = Arc::default();
+    // Monitors are detached tasks: stop them when this future ends or is dropped (lost
+    // leadership, shutdown), so nothing acts after the controller stops.
+    let _guard = AbortOnDrop(monitors.clone());
+    let mut runs = Vec::new();
+    for api in ctx.scopes::<HaCluster>() {
+        let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        let state =
+            Arc::new(State { ctx: ctx.clone(), store: controller.store(), monitors: monitors.clone() });
+        runs.push(controller.run(reconcile, error_policy, state).for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "hacluster reconcile");
+            }
+        }));
+    }
+    futures::future::join_all(runs).await;
+    Ok(())
+}
+
+struct AbortOnDrop(Monitors);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.lock() {
+            for (_, h) in m.drain() {
+                h.abort();
+            }
+        }
+    }
+}
+
+async fn reconcile(obj: Arc<HaCluster>, state: Arc<State>) -> Result<Action, Error> {
+    let uid = obj.uid().ok_or(Error::NoUid)?;
+    state.ctx.metrics.reconciles.get_or_create(&ctrl_label()).inc();
+    let mut monitors = state.monitors.lock().expect("monitors lock");
+    monitors.retain(|_, h| !h.is_finished());
+    if obj.metadata.deletion_timestamp.is_some() {
+        if let Some(h) = monitors.remove(&uid) {
+            h.abort();
+        }
+        return Ok(Action::await_change());
+    }
+    monitors.entry(uid.clone()).or_insert_with(|| {
+        info!(cluster = %key(obj.as_ref()), "starting monitor");
+        let monitor =
+            Monitor::new(state.ctx.clone(), state.store.clone(), ObjectRef::from_obj(obj.as_ref()), uid);
+        tokio::spawn(monitor.run())
+    });
+    Ok(Action::await_change())
+}
+
+fn error_policy(_obj: Arc<HaCluster>, _err: &Error, state: Arc<State>) -> Action {
+    state.ctx.metrics.reconcile_errors.get_or_create(&ctrl_label()).inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn ctrl_label() -> crate::metrics::ControllerLabels {
+    crate::metrics::ControllerLabels { controller: "hacluster".into() }
+}
+
+/// What the monitor remembers about a member between heartbeats.
+#[derive(Clone, Debug, Default)]
+struct MemberState {
+    misses: u32,
+    probe: Option<Probe>,
+    unauthorized: bool,
+    last_ok: Option<Timestamp>,
+    error: Option<String>,
+}
+
+/// A member as declared (static) or discovered (pods).
+#[derive(Clone, Debug)]
+struct Declared {
+    shard: String,
+    name: String,
+    endpoint: String,
+    /// `host:port` clients are routed to.
+    route: String,
+    node: Option<String>,
+    priority: i32,
+}
+
+struct Monitor {
+    ctx: Context,
+    store: Store<HaCluster>,
+    oref: ObjectRef<HaCluster>,
+    uid: String,
+    members: HashMap<String, MemberState>,
+    last_primary_offset: HashMap<String, i64>,
+    lost_since: HashMap<String, Instant>,
+    engine: Option<Box<dyn Engine>>,
+    creds_read: Option<Instant>,
+    /// The newest object we wrote (its resourceVersion may be ahead of the store's).
+    written: Option<HaCluster>,
+    last_routes: Option<routing::Routes>,
+    last_redirect: Option<String>,
+    config_error: Option<(&'static str, String)>,
+}
+
+impl Monitor {
+    fn new(ctx: Context, store: Store<HaCluster>, oref: ObjectRef<HaCluster>, uid: String) -> Self {
+        Self {
+            ctx,
+            store,
+            oref,
+            uid,
+            members: HashMap::new(),
+            last_primary_offset: HashMap::new(),
+            lost_since: HashMap::new(),
+            engine: None,
+            creds_read: None,
+            written: None,
+            last_routes: None,
+            last_redirect: None,
+            config_error: None,
+        }
+    }
+
+    /// The newest copy of the cluster: the store's, or ours if we wrote after it.
+    fn latest(&self) -> Option<HaCluster> {
+        let stored = self.store.get(&self.oref).map(|o| (*o).clone())?;
+        if stored.uid().as_deref() != Some(self.uid.as_str()) {
+            return None;
+        }
+        match &self.written {
+            Some(w) if rv(w) > rv(&stored) => {
+                // Our write is newer for status; the store is authoritative for spec only if newer.
+                Some(w.clone())
+            }
+            _ => Some(stored),
+        }
+    }
+
+    async fn run(mut self) {
+        // Wait for the store to know the object (it does as soon as the reflector saw it).
+        loop {
+            let Some(cluster) = self.latest() else {
+                if self.store.get(&self.oref).is_none() {
+                    info!(cluster = %self.oref, "stopping monitor: cluster deleted");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let interval = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(100));
+            let started = Instant::now();
+            self.tick(cluster).await;
+            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+        }
+    }
+
+    fn declared(cluster: &HaCluster) -> Vec<Declared> {
+        let mut out = Vec::new();
+        for s in cluster.spec.shards.iter().flatten() {
+            for m in &s.members {
+                let route = match (&m.client_address, engines::split_endpoint(&m.endpoint)) {
+                    (Some(a), Some((_, port))) if a.contains(':') => format!("[{a}]:{port}"),
+                    (Some(a), Some((_, port))) => format!("{a}:{port}"),
+                    _ => m.endpoint.clone(),
+                };
+                out.push(Declared {
+                    shard: s.name.clone(),
+                    name: m.name.clone(),
+                    endpoint: m.endpoint.clone(),
+                    route,
+                    node: m.node.clone(),
+                    priority: m.priority,
+                });
+            }
+        }
+        out
+    }
+
+    fn shard_names(cluster: &HaCluster) -> Vec<String> {
+        cluster.spec.shards.iter().flatten().map(|s| s.name.clone()).collect()
+    }
+
+    fn policy(cluster: &HaCluster, engine: &dyn Engine) -> Policy {
+        let f = &cluster.spec.failover;
+        Policy {
+            automatic: f.mode == FailoverMode::Automatic,
+            paused: cluster.spec.paused,
+            failure_threshold: f.failure_threshold.max(1) as u32,
+            failover_delay: f.failover_delay.0,
+            max_lag: f.max_lag_on_failover,
+            follows_directly: engine.follows_directly(),
+        }
+    }
+
+    async fn ensure_engine(&mut self, cluster: &HaCluster) -> bool {
+        let fresh = self.creds_read.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+        if self.engine.is_some() && fresh {
+            return true;
+        }
+        let ns = cluster.namespace().unwrap_or_default();
+        let default_key = match cluster.spec.engine {
+            EngineKind::Redis => "password",
+            EngineKind::Agent => "token",
+        };
+        let timeout = cluster
+            .spec
+            .failover
+            .heartbeat_interval
+            .0
+            .min(cluster.spec.failover.step_timeout.0)
+            .max(Duration::from_millis(200));
+        match read_credentials(&self.ctx.client, &ns, cluster.spec.secret_ref.as_ref(), default_key).await {
+            Ok((creds, ca)) => {
+                self.engine = Some(match (cluster.spec.engine, ca) {
+                    (EngineKind::Agent, Some(ca)) => {
+                        Box::new(engines::agent::AgentEngine::with_ca(creds, Some(&ca), timeout))
+                    }
+                    (kind, _) => engines::for_cluster(kind, creds, timeout),
+                });
+                self.creds_read = Some(Instant::now());
+                self.config_error = None;
+                true
+            }
+            Err(e @ (super::CredentialsError::NotFound(_) | super::CredentialsError::MissingKey { .. })) => {
+                self.config_error = Some((
+                    "SecretNotFound",
+                    format!("{e}; the operator does not touch the members until it exists"),
+                ));
+                self.engine = None;
+                false
+            }
+            Err(e) => {
+                // API trouble: keep using the engine we have, if any.
+                warn!(cluster = %self.oref, error = %e, "could not read credentials");
+                self.engine.is_some()
+            }
+        }
+    }
+
+    async fn tick(&mut self, cluster: HaCluster) {
+        let declared = Self::declared(&cluster);
+        // Forget members that were removed from the spec.
+        self.members.retain(|name, _| declared.iter().any(|d| &d.name == name));
+
+        if !self.ensure_engine(&cluster).await {
+            self.write_status(&cluster, |_| {}).await;
+            return;
+        }
+        let engine = self.engine.take().expect("ensured");
+        self.probe_all(engine.as_ref(), &declared, &cluster).await;
+        let policy = Self::policy(&cluster, engine.as_ref());
+
+        let mut plans = HashMap::new();
+        for shard_name in Self::shard_names(&cluster) {
+            // Earlier shards may have written status: decide on the newest copy.
+            let cluster = self.latest().unwrap_or_else(|| cluster.clone());
+            let facts = self.facts(&cluster, &shard_name, &declared);
+            let plan = shard::plan(&facts, &policy);
+            let busy = shard_status(&cluster, &shard_name)
+                .and_then(|s| s.operation.clone())
+                .filter(|l| l.kind != LOCK_KIND && l.expires_at.0 > Timestamp::now());
+            if let Some(lock) = busy {
+                // Another operation owns the shard's roles; observe only.
+                let p = Plan {
+                    blocked: Some(shard::Blocked {
+                        reason: "DatabaseBusy",
+                        message: format!("{} {} holds the shard's operation lock", lock.kind, lock.name),
+                    }),
+                    ..Plan::default()
+                };
+                plans.insert(shard_name, p);
+                continue;
+            }
+            self.apply_repairs(engine.as_ref(), &cluster, &shard_name, &declared, &plan).await;
+            if let Some(promotion) = plan.promote.clone() {
+                self.promote(engine.as_ref(), &cluster, &shard_name, &declared, promotion).await;
+            }
+            plans.insert(shard_name, plan);
+        }
+        self.engine = Some(engine);
+        let Some(cluster) = self.latest() else { return };
+        self.write_status(&cluster, |status| {
+            for (shard_name, plan) in &plans {
+                if let Some(b) = &plan.blocked {
+                    status.1.push((shard_name.clone(), b.reason, b.message.clone()));
+                }
+            }
+        })
+        .await;
+        if let Some(cluster) = self.latest() {
+            self.update_routing(&cluster, &declared).await;
+        }
+    }
+
+    async fn probe_all(&mut self, engine: &dyn Engine, declared: &[Declared], cluster: &HaCluster) {
+        let probes = futures::future::join_all(declared.iter().map(|d| engine.probe(&d.endpoint))).await;
+        let ns = cluster.namespace().unwrap_or_default();
+        for (d, result) in declared.iter().zip(probes) {
+            let st = self.members.entry(d.name.clone()).or_default();
+            let up = match result {
+                Ok(p) => {
+                    st.misses = 0;
+                    st.unauthorized = false;
+                    st.error = None;
+                    st.last_ok = Some(Timestamp::now());
+                    if p.role == ObservedRole::Primary
+                        && let Some(o) = p.offset
+                    {
+                        let e = self.last_primary_offset.entry(d.shard.clone()).or_insert(o);
+                        *e = (*e).max(o);
+                    }
+                    st.probe = Some(p);
+                    true
+                }
+                Err(e) => {
+                    st.probe = None;
+                    st.unauthorized = matches!(e, EngineError::Unauthorized { .. });
+                    if !e.member_answered() {
+                        st.misses = st.misses.saturating_add(1);
+                    } else {
+                        st.misses = 0;
+                    }
+                    st.error = Some(e.to_string());
+                    false
+                }
+            };
+            self.ctx
+                .metrics
+                .member_up
+                .get_or_create(&MemberLabels {
+                    namespace: ns.clone(),
+                    cluster: cluster.name_any(),
+                    shard: d.shard.clone(),
+                    member: d.name.clone(),
+                })
+                .set(i64::from(up));
+        }
+    }
+
+    fn facts(&mut self, cluster: &HaCluster, shard_name: &str, declared: &[Declared]) -> ShardFacts {
+        let status = shard_status(cluster, shard_name);
+        let members: Vec<MemberFacts> = declared
+            .iter()
+            .filter(|d| d.shard == shard_name)
+            .map(|d| {
+                let st = self.members.get(&d.name).cloned().unwrap_or_default();
+                MemberFacts {
+                    name: d.name.clone(),
+                    endpoint: d.endpoint.clone(),
+                    node: d.node.clone(),
+                    priority: d.priority,
+                    probe: st.probe,
+                    misses: st.misses,
+                    unauthorized: st.unauthorized,
+                }
+            })
+            .collect();
+        let current_primary = status.and_then(|s| s.current_primary.clone());
+        // How long the primary has been lost, measured on our monotonic clock.
+        let policy_threshold = cluster.spec.failover.failure_threshold.max(1) as u32;
+        let lost = current_primary.as_ref().is_some_and(|p| {
+            members.iter().find(|m| &m.name == p).is_none_or(|m| {
+                m.misses >= policy_threshold
+                    || m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica)
+            })
+        });
+        let lost_for = if lost {
+            self.lost_since.entry(shard_name.to_owned()).or_insert_with(Instant::now).elapsed()
+        } else {
+            self.lost_since.remove(shard_name);
+            Duration::ZERO
+        };
+        ShardFacts {
+            members,
+            current_primary,
+            target_primary: status.and_then(|s| s.target_primary.clone()),
+            last_primary_offset: self.last_primary_offset.get(shard_name).copied(),
+            primary_lost_for: lost_for,
+            avoid_nodes: Vec::new(),
+        }
+    }
+
+    async fn apply_repairs(
+        &mut self,
+        engine: &dyn Engine,
+        cluster: &HaCluster,
+        shard_name: &str,
+        declared: &[Declared],
+        plan: &Plan,
+    ) {
+        let Some(primary) = shard_status(cluster, shard_name).and_then(|s| s.current_primary.clone()) else {
+            // Bootstrap: demote extra acting primaries before electing.
+            for name in &plan.demote {
+                if let Some(d) = declared.iter().find(|d| &d.name == name) {
+                    self.demote(engine, cluster, d, None).await;
+                }
+            }
+            return;
+        };
+        let Some(p) = declared.iter().find(|d| d.name == primary) else { return };
+        for name in &plan.demote {
+            if let Some(d) = declared.iter().find(|d| &d.name == name) {
+                self.demote(engine, cluster, d, Some(&p.endpoint)).await;
+            }
+        }
+        for name in &plan.follow {
+            if let Some(d) = declared.iter().find(|d| &d.name == name) {
+                match engine.follow(&d.endpoint, &p.endpoint).await {
+                    Ok(()) => {
+                        info!(cluster = %key(cluster), member = %d.name, primary = %p.name, "replica now follows the primary")
+                    }
+                    Err(e) => {
+                        warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not point replica at the primary")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Demote a member acting as primary that must not be, then point it at `primary`.
+    async fn demote(
+        &mut self,
+        engine: &dyn Engine,
+        cluster: &HaCluster,
+        d: &Declared,
+        primary: Option<&str>,
+    ) {
+        let result = match (engine.follows_directly(), primary) {
+            (true, Some(p)) => engine.follow(&d.endpoint, p).await,
+            _ => engine.demote(&d.endpoint).await,
+        };
+        match result {
+            Ok(()) => {
+                info!(cluster = %key(cluster), member = %d.name, "demoted a member acting as primary");
+                self.ctx
+                    .event(
+                        cluster,
+                        false,
+                        "Demoted",
+                        "Demote",
+                        format!(
+                            "{} acted as primary but is not the shard's primary; demoted to replica",
+                            d.name
+                        ),
+                    )
+                    .await;
+                if let Some(st) = self.members.get_mut(&d.name)
+                    && let Some(p) = st.probe.as_mut()
+                {
+                    p.role = ObservedRole::Replica;
+                }
+            }
+            Err(e) => warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not demote"),
+        }
+    }
+
+    /// Carry out a promotion: record (epoch, target, lock) → fence → promote → redirect →
+    /// record the result. Each step is idempotent, so a restart resumes from status.
+    async fn promote(
+        &mut self,
+        engine: &dyn Engine,
+        cluster: &HaCluster,
+        shard_name: &str,
+        declared: &[Declared],
+        p: Promotion,
+    ) {
+        let started = Instant::now();
+        let started_at = Time(Timestamp::now());
+        let step_timeout = cluster.spec.failover.step_timeout.0;
+        let Some(to) = declared.iter().find(|d| d.name == p.to).cloned() else { return };
+        let from = p.from.as_ref().and_then(|f| declared.iter().find(|d| &d.name == f)).cloned();
+        let ckey = key(cluster);
+
+        // 1. Record the decision before acting: epoch+1, target, lock. Guarded by resourceVersion.
+        let epoch = if p.kind == PromotionKind::Resume {
+            shard_status(cluster, shard_name).map_or(0, |s| s.epoch)
+        } else {
+            let mut next = cluster.clone();
+            let status = next.status.get_or_insert_with(Default::default);
+            let s = shard_entry(status, shard_name);
+            s.epoch += 1;
+            s.target_primary = Some(to.name.clone());
+            s.operation = Some(OperationLock {
+                kind: LOCK_KIND.into(),
+                name: cluster.name_any(),
+                namespace: cluster.namespace(),
+                uid: cluster.uid(),
+                acquired_at: started_at.clone(),
+                expires_at: Time(Timestamp::now() + step_timeout * 4),
+            });
+            let epoch = s.epoch;
+            status.phase = Some(if p.kind == PromotionKind::Failover {
+                ClusterPhase::FailingOver
+            } else {
+                ClusterPhase::Bootstrapping
+            });
+            match self.replace_status(&next).await {
+                Ok(()) => epoch,
+                Err(e) => {
+                    warn!(cluster = %ckey, error = %e, "not promoting: could not record the new epoch");
+                    return;
+                }
+            }
+        };
+        info!(cluster = %ckey, shard = shard_name, to = %to.name, from = ?p.from, epoch, reason = %p.reason, "promoting");
+        if p.kind == PromotionKind::Failover {
+            self.ctx
+                .event(
+                    cluster,
+                    true,
+                    "FailingOver",
+                    "Failover",
+                    format!("shard {shard_name}: {}; promoting {} (epoch {epoch})", p.reason, to.name),
+                )
+                .await;
+        }
+
+        // 2. Fence the old primary: out of routing at once, demoted if it still answers.
+        if let Some(from) = &from {
+            if let Some(c) = self.latest() {
+                self.update_routing(&c, declared).await;
+            }
+            let reachable = self.members.get(&from.name).is_some_and(|m| m.probe.is_some());
+            if reachable && let Err(e) = engine.demote(&from.endpoint).await {
+                warn!(cluster = %ckey, member = %from.name, error = %e, "could not fence the old primary; it is out of routing");
+            }
+        }
+
+        // 3. Promote.
+        let failure = match tokio::time::timeout(step_timeout, engine.promote(&to.endpoint)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("promoting {} failed: {e}", to.name)),
+            Err(_) => Some(format!("promoting {} timed out after {step_timeout:?}", to.name)),
+        };
+        if let Some(failure) = failure {
+            // The target stays recorded: the next heartbeat retries it, or picks another
+            // candidate if it is no longer healthy.
+            warn!(cluster = %ckey, "{failure}");
+            self.ctx.event(cluster, true, "PromotionFailed", "Promote", failure).await;
+            return;
+        }
+        if let Some(st) = self.members.get_mut(&to.name) {
+            st.probe = Some(Probe {
+                role: ObservedRole::Primary,
+                offset: st.probe.as_ref().and_then(|p| p.offset),
+                following: None,
+                link_up: true,
+            });
+        }
+        self.last_primary_offset.remove(shard_name);
+        self.lost_since.remove(shard_name);
+
+        // 4. Redirect the other members.
+        if engine.follows_directly() {
+            let others: Vec<&Declared> = declared
+                .iter()
+                .filter(|d| d.shard == shard_name && d.name != to.name)
+                .filter(|d| self.members.get(&d.name).is_some_and(|m| m.probe.is_some()))
+                .collect();
+            let results =
+                futures::future::join_all(others.iter().map(|d| engine.follow(&d.endpoint, &to.endpoint)))
+                    .await;
+            for (d, r) in others.iter().zip(results) {
+                if let Err(e) = r {
+                    warn!(cluster = %ckey, member = %d.name, error = %e, "could not redirect replica; retried next heartbeat");
+                }
+            }
+        } else if let Some(redirect) = &cluster.spec.redirect {
+            let host = engines::split_endpoint(&to.endpoint).map(|(h, _)| h.to_owned()).unwrap_or_default();
+            match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
+                Ok(_) => self.last_redirect = Some(host),
+                Err(e) => {
+                    warn!(cluster = %ckey, error = %e, "could not write the redirect ConfigMap; retried")
+                }
+            }
+        }
+
+        // 5. Record the outcome (retry on conflict: this must not be lost).
+        let duration_ms = started.elapsed().as_millis() as i64;
+        for attempt in 0..5 {
+            let Some(base) = (if attempt == 0 { self.latest() } else { self.fetch().await }) else { return };
+            let mut next = base.clone();
+            let status = next.status.get_or_insert_with(Default::default);
+            let s = shard_entry(status, shard_name);
+            s.current_primary = Some(to.name.clone());
+            s.target_primary = None;
+            if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
+                s.operation = None;
+            }
+            if p.kind == PromotionKind::Failover || (p.kind == PromotionKind::Resume && p.from.is_some()) {
+                status.last_failover = Some(FailoverRecord {
+                    shard: shard_name.to_owned(),
+                    from: p.from.clone(),
+                    to: Some(to.name.clone()),
+                    reason: p.reason.clone(),
+                    started_at: started_at.clone(),
+                    duration_ms: Some(duration_ms),
+                    lost_offset: p.lost_offset,
+                    epoch,
+                });
+            }
+            match self.replace_status(&next).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(cluster = %ckey, error = %e, attempt, "recording the promotion failed; retrying")
+                }
+            }
+        }
+        let labels = FailoverLabels {
+            namespace: cluster.namespace().unwrap_or_default(),
+            cluster: cluster.name_any(),
+            shard: shard_name.to_owned(),
+            kind: match p.kind {
+                PromotionKind::Failover => "automatic".into(),
+                PromotionKind::Resume => "resume".into(),
+                PromotionKind::Bootstrap | PromotionKind::Adopt => "bootstrap".into(),
+            },
+        };
+        self.ctx.metrics.failovers.get_or_create(&labels).inc();
+        self.ctx.metrics.failover_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        self.ctx
+            .metrics
+            .epoch
+            .get_or_create(&ShardLabels {
+                namespace: labels.namespace.clone(),
+                cluster: labels.cluster.clone(),
+                shard: labels.shard.clone(),
+            })
+            .set(epoch);
+        let note = match &p.from {
+            Some(f) => format!(
+                "shard {shard_name}: {} promoted, replacing {f} (epoch {epoch}, {duration_ms} ms; {})",
+                to.name, p.reason
+            ),
+            None => format!("shard {shard_name}: {} is primary (epoch {epoch}; {})", to.name, p.reason),
+        };
+        info!(cluster = %ckey, "{note}");
+        let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
+        self.ctx.event(cluster, false, reason, "Promote", note).await;
+        if let Some(c) = self.latest() {
+            self.update_routing(&c, declared).await;
+        }
+    }
+
+    async fn fetch(&self) -> Option<HaCluster> {
+        let api: Api<HaCluster> =
+            Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
+        api.get_opt(&self.oref.name).await.ok().flatten()
+    }
+
+    /// Replace the status with resourceVersion (optimistic concurrency).
+    async fn replace_status(&mut self, next: &HaCluster) -> Result<(), kube::Error> {
+        let api: Api<HaCluster> =
+            Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
+        let written = api.replace_status(&self.oref.name, &PostParams::default(), next).await?;
+        self.written = Some(written);
+        Ok(())
+    }
+
+    /// Compute the observed status and write it if anything meaningful changed.
+    async fn write_status(
+        &mut self,
+        cluster: &HaCluster,
+        blocked: impl FnOnce(&mut (HaClusterStatus, Vec<(String, &'static str, String)>)),
+    ) {
+        let mut acc = (cluster.status.clone().unwrap_or_default(), Vec::new());
+        blocked(&mut acc);
+        let (old, blocks) = acc;
+        let next_status = self.observed_status(cluster, &old, &blocks);
+        let max_lag = cluster.spec.failover.max_lag_on_failover;
+        if significant(&old, max_lag) == significant(&next_status, max_lag) {
+            return;
+        }
+        let mut next = cluster.clone();
+        next.status = Some(next_status);
+        match self.replace_status(&next).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!(cluster = %self.oref, "status conflict; recomputed next heartbeat");
+                self.written = self.fetch().await;
+            }
+            Err(e) => warn!(cluster = %self.oref, error = %e, "could not write status"),
+        }
+    }
+
+    fn observed_status(
+        &self,
+        cluster: &HaCluster,
+        old: &HaClusterStatus,
+        blocks: &[(String, &'static str, String)],
+    ) -> HaClusterStatus {
+        let declared = Self::declared(cluster);
+        let now = Time(Timestamp::now());
+        let generation = cluster.metadata.generation;
+        let mut status = old.clone();
+        status.observed_generation = generation;
+        let mut healthy = 0;
+        let mut shards = Vec::new();
+        for shard_name in Self::shard_names(cluster) {
+            let mut s = shard_status(cluster, &shard_name)
+                .cloned()
+                .unwrap_or_else(|| ShardStatus { name: shard_name.clone(), ..Default::default() });
+            let primary = s.current_primary.clone();
+            let primary_endpoint = primary
+                .as_ref()
+                .and_then(|p| declared.iter().find(|d| &d.name == p))
+                .map(|d| d.endpoint.clone());
+            let last_offset = self.last_primary_offset.get(&shard_name).copied();
+            s.members = declared
+                .iter()
+                .filter(|d| d.shard == shard_name)
+                .map(|d| {
+                    let st = self.members.get(&d.name).cloned().unwrap_or_default();
+                    let ok = st.probe.is_some() && st.misses == 0 && !st.unauthorized;
+                    if ok {
+                        healthy += 1;
+                    }
+                    let previous = old
+                        .shards
+                        .iter()
+                        .find(|x| x.name == shard_name)
+                        .and_then(|x| x.members.iter().find(|m| m.name == d.name));
+                    let role = match st.probe.as_ref().map(|p| &p.role) {
+                        Some(ObservedRole::Primary) => Role::Primary,
+                        Some(ObservedRole::Replica) => Role::Replica,
+                        None if primary.as_deref() != Some(&d.name)
+                            && previous
+                                .is_some_and(|m| m.role == Role::Primary || m.role == Role::Fenced) =>
+                        {
+                            Role::Fenced
+                        }
+                        None => previous.map_or(Role::Unknown, |m| m.role),
+                    };
+                    let upstream = st
+                        .probe
+                        .as_ref()
+                        .and_then(|p| p.following.clone())
+                        .map(|f| declared.iter().find(|x| x.endpoint == f).map_or(f, |x| x.name.clone()));
+                    let lag = match (&st.probe, last_offset, &primary_endpoint) {
+                        (Some(p), Some(po), Some(_)) if p.role == ObservedRole::Replica => {
+                            p.offset.map(|o| (po - o).max(0))
+                        }
+                        _ => None,
+                    };
+                    MemberStatus {
+                        name: d.name.clone(),
+                        endpoint: Some(d.endpoint.clone()),
+                        node: d.node.clone(),
+                        role,
+                        healthy: ok,
+                        last_heartbeat: st
+                            .last_ok
+                            .map(Time)
+                            .or_else(|| previous.and_then(|m| m.last_heartbeat.clone())),
+                        offset: st.probe.as_ref().and_then(|p| p.offset),
+                        lag,
+                        upstream,
+                        message: st.error.clone(),
+                    }
+                })
+                .collect();
+            shards.push(s);
+        }
+        status.shards = shards;
+        status.primary = status.shards.first().and_then(|s| s.current_primary.clone());
+        status.healthy_members = Some(format!("{healthy}/{}", declared.len()));
+
+        let any_lock = status.shards.iter().any(|s| s.target_primary.is_some());
+        let all_primaries_ok = !status.shards.is_empty()
+            && status.shards.iter().all(|s| {
+                s.current_primary.as_ref().is_some_and(|p| {
+                    s.members.iter().any(|m| &m.name == p && m.healthy && m.role == Role::Primary)
+                })
+            });
+        let no_primary_yet = status.shards.iter().any(|s| s.current_primary.is_none());
+        let unauthorized: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.unauthorized)
+            .map(|(n, m)| format!("{n}: {}", m.error.clone().unwrap_or_default()))
+            .collect();
+        let (ready_reason, ready_msg): (&str, String) = if let Some((reason, msg)) = &self.config_error {
+            (reason, msg.clone())
+        } else if !unauthorized.is_empty() {
+            (
+                "Unauthorized",
+                format!(
+                    "members refuse the credentials in the cluster's Secret; roles are left unchanged: {}",
+                    unauthorized.join("; ")
+                ),
+            )
+        } else if let Some((shard, reason, msg)) = blocks.first() {
+            (reason, format!("shard {shard}: {msg}"))
+        } else if all_primaries_ok {
+            ("PrimaryHealthy", "every shard has a healthy primary".to_owned())
+        } else {
+            ("NoPrimary", "waiting for a healthy primary".to_owned())
+        };
+        let mut conditions = old.conditions.clone();
+        set_condition(
+            &mut conditions,
+            "Ready",
+            all_primaries_ok && self.config_error.is_none(),
+            ready_reason,
+            ready_msg,
+            generation,
+            &now,
+        );
+        let degraded = healthy < declared.len() || !blocks.is_empty();
+        set_condition(
+            &mut conditions,
+            "Degraded",
+            degraded,
+            if degraded { "MembersUnhealthy" } else { "AllMembersHealthy" },
+            format!("{healthy} of {} members healthy", declared.len()),
+            generation,
+            &now,
+        );
+        set_condition(
+            &mut conditions,
+            "FailingOver",
+            any_lock,
+            if any_lock { "Promoting" } else { "Idle" },
+            if any_lock { "a promotion is in progress" } else { "no promotion in progress" },
+            generation,
+            &now,
+        );
+        set_condition(
+            &mut conditions,
+            "Paused",
+            cluster.spec.paused,
+            if cluster.spec.paused { "Paused" } else { "Active" },
+            if cluster.spec.paused {
+                "spec.paused: observing only, never acting"
+            } else {
+                "acting on failures"
+            },
+            generation,
+            &now,
+        );
+        status.conditions = conditions;
+        status.phase = Some(if cluster.spec.paused {
+            ClusterPhase::Paused
+        } else if any_lock {
+            ClusterPhase::FailingOver
+        } else if self.config_error.is_some() {
+            ClusterPhase::Failed
+        } else if no_primary_yet {
+            ClusterPhase::Bootstrapping
+        } else if !all_primaries_ok && blocks.iter().any(|b| b.1 == "NoEligibleReplica") {
+            ClusterPhase::Failed
+        } else if !all_primaries_ok || degraded {
+            ClusterPhase::Degraded
+        } else {
+            ClusterPhase::Healthy
+        });
+        status
+    }
+
+    async fn update_routing(&mut self, cluster: &HaCluster, declared: &[Declared]) {
+        let status = cluster.status.clone().unwrap_or_default();
+        let mut primaries = Vec::new();
+        let mut replicas = Vec::new();
+        for s in &status.shards {
+            // A shard whose promotion is in flight has no routed primary.
+            let primary = if s.target_primary.is_some() { None } else { s.current_primary.clone() };
+            for d in declared.iter().filter(|d| d.shard == s.name) {
+                let st = self.members.get(&d.name);
+                let healthy = st.is_some_and(|m| m.probe.is_some() && m.misses == 0);
+                if primary.as_deref() == Some(&d.name) {
+                    if st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Primary)) {
+                        primaries.push(d.route.clone());
+                    }
+                } else if healthy
+                    && st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica))
+                {
+                    replicas.push(d.route.clone());
+                }
+            }
+        }
+        let routes = routing::desired_routes(cluster, &primaries, &replicas);
+        if self.last_routes.as_ref() == Some(&routes) {
+            return;
+        }
+        match routing::apply_routes(&self.ctx.client, cluster, &routes).await {
+            Ok(rejected) => {
+                if !rejected.is_empty() {
+                    warn!(cluster = %key(cluster), ?rejected, "endpoints Kubernetes cannot route to (loopback/link-local) were left out of the Services");
+                }
+                self.last_routes = Some(routes);
+            }
+            Err(e) => {
+                warn!(cluster = %key(cluster), error = %e, "could not update routing; retried next heartbeat")
+            }
+        }
+        // Agent engines: make sure the redirect ConfigMap names the current main.
+        if let (Some(redirect), Some(primary)) =
+            (&cluster.spec.redirect, status.shards.first().and_then(|s| s.current_primary.clone()))
+        {
+            let host = declared
+                .iter()
+                .find(|d| d.name == primary)
+                .and_then(|d| engines::split_endpoint(&d.endpoint).map(|(h, _)| h.to_owned()));
+            if let Some(host) = host
+                && self.last_redirect.as_deref() != Some(&host)
+            {
+                match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
+                    Ok(_) => self.last_redirect = Some(host),
+                    Err(e) => {
+                        warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rv(o: &HaCluster) -> u64 {
+    o.resource_version().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn shard_status<'a>(cluster: &'a HaCluster, shard: &str) -> Option<&'a ShardStatus> {
+    cluster.status.as_ref()?.shards.iter().find(|s| s.name == shard)
+}
+
+fn shard_entry<'a>(status: &'a mut HaClusterStatus, shard: &str) -> &'a mut ShardStatus {
+    if let Some(i) = status.shards.iter().position(|s| s.name == shard) {
+        &mut status.shards[i]
+    } else {
+        status.shards.push(ShardStatus { name: shard.to_owned(), ..Default::default() });
+        status.shards.last_mut().expect("just pushed")
+    }
+}
+
+/// The parts of a status whose change is worth a write: everything except heartbeat times,
+/// offsets and lag, which move constantly (they are refreshed whenever something else changes;
+/// lag counts only when it crosses `maxLagOnFailover`).
+fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
+    let mut s = s.clone();
+    for shard in &mut s.shards {
+        for m in &mut shard.members {
+            m.last_heartbeat = None;
+            m.offset = None;
+            // Crossing maxLagOnFailover changes eligibility: that is worth a write.
+            m.lag = m.lag.map(|l| i64::from(l > max_lag));
+        }
+    }
+    for c in &mut s.conditions {
+        c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+    }
+    serde_json::to_value(s).unwrap_or_default()
+}

@@ -1,0 +1,264 @@
+//! Where clients are sent: the primary and replicas Services (selector-less, with
+//! EndpointSlices the operator owns, for static members) and, for agent engines, the redirect
+//! ConfigMap plus a rollout restart of the consumer workloads.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{ConfigMap, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::MANAGER;
+use crate::{
+    engines::split_endpoint,
+    resources::{
+        HaCluster,
+        hacluster::{Redirect, WorkloadKind},
+    },
+};
+
+pub const CLUSTER_LABEL: &str = "understudy.dev/cluster";
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "understudy.dev";
+/// Name of the Service port and EndpointSlice port.
+pub const PORT_NAME: &str = "main";
+
+/// The desired routing of one cluster: the Service name → endpoints (`host:port`) it serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routes {
+    pub services: BTreeMap<String, Vec<String>>,
+}
+
+pub fn primary_service_name(cluster: &HaCluster) -> String {
+    cluster.spec.routing.primary_service.clone().unwrap_or_else(|| format!("{}-primary", cluster.name_any()))
+}
+
+pub fn replicas_service_name(cluster: &HaCluster) -> String {
+    cluster
+        .spec
+        .routing
+        .replicas_service
+        .clone()
+        .unwrap_or_else(|| format!("{}-replicas", cluster.name_any()))
+}
+
+/// Routes for static members: primaries of every shard behind the primary Service, healthy
+/// replicas behind the replicas Service.
+pub fn desired_routes(cluster: &HaCluster, primaries: &[String], replicas: &[String]) -> Routes {
+    let mut services = BTreeMap::new();
+    if cluster.spec.routing.enabled {
+        services.insert(primary_service_name(cluster), primaries.to_vec());
+        services.insert(replicas_service_name(cluster), replicas.to_vec());
+    }
+    Routes { services }
+}
+
+/// The EndpointSlice address type for a host, or None if Kubernetes would reject it
+/// (loopback, link-local, unspecified).
+pub fn address_type(host: &str) -> Option<&'static str> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() => None,
+        Ok(IpAddr::V4(v4)) if v4.is_link_local() => None,
+        Ok(IpAddr::V4(_)) => Some("IPv4"),
+        Ok(IpAddr::V6(_)) => Some("IPv6"),
+        // Kubernetes wants at least two DNS labels in an FQDN endpoint.
+        Err(_) if host.contains('.') => Some("FQDN"),
+        Err(_) => None,
+    }
+}
+
+fn slice_name(service: &str, address_type: &str, port: u16) -> String {
+    format!("{service}-{}-{port}", address_type.to_ascii_lowercase())
+}
+
+/// Server-side apply the Services and EndpointSlices of `routes`, and delete slices of this
+/// cluster that are no longer wanted. Endpoints Kubernetes would reject are skipped and
+/// returned so the caller can report them.
+pub async fn apply_routes(
+    client: &Client,
+    cluster: &HaCluster,
+    routes: &Routes,
+) -> Result<Vec<String>, kube::Error> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let owner = cluster.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let pp = PatchParams::apply(MANAGER).force();
+    let mut wanted = BTreeSet::new();
+    let mut rejected = Vec::new();
+    for (service, endpoints) in &routes.services {
+        // Group endpoints by (address type, port): one slice each.
+        let mut groups: BTreeMap<(&'static str, u16), Vec<String>> = BTreeMap::new();
+        for ep in endpoints {
+            match split_endpoint(ep).and_then(|(h, p)| address_type(h).map(|t| (t, p, h))) {
+                Some((t, p, h)) => groups.entry((t, p)).or_default().push(h.to_owned()),
+                None => rejected.push(ep.clone()),
+            }
+        }
+        let port = groups
+            .keys()
+            .next()
+            .map(|(_, p)| *p)
+            .or_else(|| endpoints.iter().find_map(|e| split_endpoint(e).map(|(_, p)| p)));
+        let svc = Service {
+            metadata: ObjectMeta {
+                name: Some(service.clone()),
+                labels: Some(BTreeMap::from([(CLUSTER_LABEL.to_owned(), cluster.name_any())])),
+                owner_references: Some(owner.clone()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    name: Some(PORT_NAME.into()),
+                    port: i32::from(port.unwrap_or(6379)),
+                    target_port: Some(IntOrString::Int(i32::from(port.unwrap_or(6379)))),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        services.patch(service, &pp, &Patch::Apply(&with_type(&svc))).await?;
+        for ((addr_type, port), hosts) in groups {
+            let name = slice_name(service, addr_type, port);
+            let slice = EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(BTreeMap::from([
+                        (SERVICE_NAME_LABEL.to_owned(), service.clone()),
+                        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                        (CLUSTER_LABEL.to_owned(), cluster.name_any()),
+                    ])),
+                    owner_references: Some(owner.clone()),
+                    ..Default::default()
+                },
+                address_type: addr_type.into(),
+                endpoints: hosts
+                    .into_iter()
+                    .map(|h| Endpoint {
+                        addresses: vec![h],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(true),
+                            serving: Some(true),
+                            terminating: Some(false),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ports: Some(vec![EndpointPort {
+                    name: Some(PORT_NAME.into()),
+                    port: Some(i32::from(port)),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+            };
+            slices.patch(&name, &pp, &Patch::Apply(&with_type(&slice))).await?;
+            wanted.insert(name);
+        }
+    }
+    let lp = ListParams::default()
+        .labels(&format!("{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}", cluster.name_any()));
+    for old in slices.list(&lp).await? {
+        let name = old.name_any();
+        if !wanted.contains(&name) {
+            slices.delete(&name, &DeleteParams::default()).await?;
+        }
+    }
+    Ok(rejected)
+}
+
+/// Serialize with apiVersion/kind, as server-side apply needs.
+fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).unwrap_or_default();
+    v["apiVersion"] = json!(K::api_version(&()));
+    v["kind"] = json!(K::kind(&()));
+    v
+}
+
+/// Agent engines: write the new main's host into the redirect ConfigMap, then restart the
+/// consumer workloads (the same annotation `kubectl rollout restart` sets).
+pub async fn apply_redirect(
+    client: &Client,
+    cluster: &HaCluster,
+    redirect: &Redirect,
+    host: &str,
+) -> Result<bool, kube::Error> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let current = cms.get_opt(&redirect.config_map).await?;
+    if current.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get(&redirect.key)).map(String::as_str)
+        == Some(host)
+    {
+        return Ok(false);
+    }
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": redirect.config_map},
+        "data": {redirect.key.clone(): host},
+    });
+    cms.patch(&redirect.config_map, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&cm)).await?;
+    let stamp = Timestamp::now().to_string();
+    let restart = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}});
+    for w in &redirect.restart {
+        let pp = PatchParams::default();
+        let res = match w.kind {
+            WorkloadKind::Deployment => {
+                Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+                    .patch(&w.name, &pp, &Patch::Merge(&restart))
+                    .await
+                    .map(|_| ())
+            }
+            WorkloadKind::StatefulSet => {
+                Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), &ns)
+                    .patch(&w.name, &pp, &Patch::Merge(&restart))
+                    .await
+                    .map(|_| ())
+            }
+            WorkloadKind::DaemonSet => {
+                Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), &ns)
+                    .patch(&w.name, &pp, &Patch::Merge(&restart))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        match res {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                tracing::warn!(workload = %w.name, "redirect: workload to restart does not exist");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_types() {
+        assert_eq!(address_type("10.0.0.7"), Some("IPv4"));
+        assert_eq!(address_type("fd00::1"), Some("IPv6"));
+        assert_eq!(address_type("redis-0.redis"), Some("FQDN"));
+        assert_eq!(address_type("localhost"), None);
+        assert_eq!(address_type("127.0.0.1"), None);
+        assert_eq!(address_type("::1"), None);
+        assert_eq!(address_type("169.254.1.1"), None);
+    }
+}

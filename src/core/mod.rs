@@ -1,0 +1,4 @@
+//! Pure decisions: no client, no clock, no I/O. Controllers gather facts, call these
+//! functions and apply what they return; this is where the unit and property tests live.
+
+pub mod shard;

@@ -1,0 +1,520 @@
+//! What to do with one shard, given what its members just said.
+
+use std::{cmp::Ordering, time::Duration};
+
+use crate::engines::{ObservedRole, Probe};
+
+/// What the operator knows about one member right now.
+#[derive(Clone, Debug, Default)]
+pub struct MemberFacts {
+    pub name: String,
+    pub endpoint: String,
+    pub node: Option<String>,
+    pub priority: i32,
+    /// The answer to the latest probe, if it answered.
+    pub probe: Option<Probe>,
+    /// Consecutive failed probes.
+    pub misses: u32,
+    /// The member answered but refused our credentials.
+    pub unauthorized: bool,
+}
+
+impl MemberFacts {
+    pub fn answered(&self) -> bool {
+        self.probe.is_some()
+    }
+    fn role(&self) -> Option<&ObservedRole> {
+        self.probe.as_ref().map(|p| &p.role)
+    }
+    fn offset(&self) -> Option<i64> {
+        self.probe.as_ref().and_then(|p| p.offset)
+    }
+}
+
+/// What the shard's status and the operator's memory say.
+#[derive(Clone, Debug, Default)]
+pub struct ShardFacts {
+    pub members: Vec<MemberFacts>,
+    /// `status.shards[].currentPrimary`.
+    pub current_primary: Option<String>,
+    /// `status.shards[].targetPrimary`: a promotion that was decided (epoch written) but
+    /// maybe not finished — resume it.
+    pub target_primary: Option<String>,
+    /// Highest offset the current primary was seen at.
+    pub last_primary_offset: Option<i64>,
+    /// How long the current primary has been lost.
+    pub primary_lost_for: Duration,
+    /// Nodes not to promote on.
+    pub avoid_nodes: Vec<String>,
+}
+
+/// The cluster's failover policy, as plain data.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub automatic: bool,
+    pub paused: bool,
+    pub failure_threshold: u32,
+    pub failover_delay: Duration,
+    /// Never promote a replica further behind than this (bytes of replication offset).
+    pub max_lag: i64,
+    /// Replicas are pointed at the primary by the engine (redis), not by a ConfigMap (agent).
+    pub follows_directly: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            automatic: true,
+            paused: false,
+            failure_threshold: 3,
+            failover_delay: Duration::ZERO,
+            max_lag: i64::MAX,
+            follows_directly: true,
+        }
+    }
+}
+
+/// Why a promotion happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromotionKind {
+    /// First primary of the shard.
+    Bootstrap,
+    /// The shard already had exactly one member acting as primary; record it.
+    Adopt,
+    /// The primary was lost.
+    Failover,
+    /// A promotion decided earlier (epoch already written) is being finished.
+    Resume,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promotion {
+    pub kind: PromotionKind,
+    pub to: String,
+    pub from: Option<String>,
+    pub reason: String,
+    /// Offset the new primary is behind the last known primary offset: writes that may be lost.
+    pub lost_offset: Option<i64>,
+}
+
+/// Why nothing is promoted although the shard has no working primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// A CamelCase condition reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The decision for one shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub promote: Option<Promotion>,
+    /// Members acting as primary that must not be (demote, then follow the primary).
+    pub demote: Vec<String>,
+    /// Replicas to point at the primary.
+    pub follow: Vec<String>,
+    pub blocked: Option<Blocked>,
+    /// Members acting as primary right now, for the record.
+    pub primary_lost: bool,
+}
+
+/// A member is down after `failure_threshold` consecutive missed probes.
+pub fn is_down(m: &MemberFacts, policy: &Policy) -> bool {
+    m.misses >= policy.failure_threshold.max(1)
+}
+
+/// Healthy: answered the latest probe with our credentials.
+pub fn is_healthy(m: &MemberFacts) -> bool {
+    m.answered() && m.misses == 0 && !m.unauthorized
+}
+
+/// How far `m` is behind `primary_offset`; 0 for engines without offsets.
+pub fn lag(m: &MemberFacts, primary_offset: Option<i64>) -> Option<i64> {
+    match (primary_offset, m.offset()) {
+        (Some(p), Some(o)) => Some((p - o).max(0)),
+        (None, _) => Some(0),
+        (Some(_), None) => None,
+    }
+}
+
+/// Best first: higher priority, then higher offset, then name (deterministic).
+fn rank(a: &MemberFacts, b: &MemberFacts) -> Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then_with(|| b.offset().unwrap_or(-1).cmp(&a.offset().unwrap_or(-1)))
+        .then_with(|| a.name.cmp(&b.name))
+}
+
+/// Choose the replica to promote when the primary `from` is lost. Eligible: healthy, priority
+/// > 0, not on an avoided node, lag ≤ `max_lag`. Err explains, per member, why none is.
+pub fn elect_candidate<'a>(
+    facts: &'a ShardFacts,
+    policy: &Policy,
+    from: Option<&str>,
+) -> Result<&'a MemberFacts, String> {
+    let mut why = Vec::new();
+    let mut eligible: Vec<&MemberFacts> = Vec::new();
+    let mut fallback: Vec<&MemberFacts> = Vec::new();
+    for m in &facts.members {
+        let reason = if !is_healthy(m) {
+            Some(if m.unauthorized { "refuses our credentials".to_owned() } else { "unreachable".to_owned() })
+        } else if m.priority <= 0 {
+            Some("priority 0 (never promoted)".to_owned())
+        } else if m.node.as_ref().is_some_and(|n| facts.avoid_nodes.contains(n)) {
+            Some(format!("on dead node {}", m.node.as_deref().unwrap_or_default()))
+        } else {
+            match lag(m, facts.last_primary_offset) {
+                None => Some("reports no replication offset".to_owned()),
+                Some(l) if l > policy.max_lag => Some(format!(
+                    "lags {l} bytes behind the last primary offset (maxLagOnFailover {})",
+                    policy.max_lag
+                )),
+                Some(_) => None,
+            }
+        };
+        match reason {
+            Some(r) => why.push(format!("{}: {r}", m.name)),
+            None if Some(m.name.as_str()) == from => fallback.push(m),
+            None => eligible.push(m),
+        }
+    }
+    // The lost primary itself only if it came back and nobody else qualifies.
+    if eligible.is_empty() {
+        eligible = fallback;
+    }
+    eligible.sort_by(|a, b| rank(a, b));
+    eligible
+        .first()
+        .copied()
+        .ok_or_else(|| if why.is_empty() { "no members".to_owned() } else { why.join("; ") })
+}
+
+/// Decide what to do with a shard.
+pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
+    let mut plan = Plan::default();
+    if policy.paused {
+        return plan;
+    }
+    let find = |name: &str| facts.members.iter().find(|m| m.name == name);
+
+    // A promotion already decided and recorded (epoch bumped) is finished first.
+    if let Some(target) = facts.target_primary.as_deref()
+        && let Some(t) = find(target)
+        && is_healthy(t)
+    {
+        plan.promote = Some(Promotion {
+            kind: PromotionKind::Resume,
+            to: target.to_owned(),
+            from: facts.current_primary.clone().filter(|p| p != target),
+            reason: "finishing a promotion recorded before a restart".into(),
+            lost_offset: None,
+        });
+        return plan;
+    }
+
+    let Some(primary) = facts.current_primary.as_deref() else {
+        return bootstrap(facts, policy);
+    };
+    let pm = find(primary);
+    let lost = match pm {
+        None => true,
+        Some(pm) => is_down(pm, policy) || pm.role() == Some(&ObservedRole::Replica),
+    };
+    if !lost {
+        let pm = pm.expect("not lost");
+        repair(facts, policy, pm, &mut plan);
+        return plan;
+    }
+    plan.primary_lost = true;
+    if !policy.automatic {
+        plan.blocked = Some(Blocked {
+            reason: "ManualFailover",
+            message: format!(
+                "primary {primary} is lost and failover mode is manual; create a FailoverRequest"
+            ),
+        });
+        return plan;
+    }
+    if facts.primary_lost_for < policy.failover_delay {
+        plan.blocked = Some(Blocked {
+            reason: "FailoverDelay",
+            message: format!("primary {primary} is lost; waiting failoverDelay before failing over"),
+        });
+        return plan;
+    }
+    match elect_candidate(facts, policy, Some(primary)) {
+        Ok(c) => {
+            let lost_offset = match (facts.last_primary_offset, c.offset()) {
+                (Some(p), Some(o)) => Some((p - o).max(0)),
+                _ => None,
+            };
+            let why = match pm {
+                None => format!("primary {primary} was removed from the membership"),
+                Some(pm) if pm.role() == Some(&ObservedRole::Replica) => {
+                    format!("primary {primary} came back as a replica (restarted)")
+                }
+                Some(pm) => format!("primary {primary} missed {} consecutive heartbeats", pm.misses),
+            };
+            plan.promote = Some(Promotion {
+                kind: PromotionKind::Failover,
+                to: c.name.clone(),
+                from: Some(primary.to_owned()),
+                reason: why,
+                lost_offset,
+            });
+        }
+        Err(why) => {
+            plan.blocked = Some(Blocked {
+                reason: "NoEligibleReplica",
+                message: format!("primary {primary} is lost and no replica may be promoted: {why}"),
+            })
+        }
+    }
+    plan
+}
+
+fn bootstrap(facts: &ShardFacts, policy: &Policy) -> Plan {
+    let mut plan = Plan::default();
+    let undecided: Vec<&str> = facts
+        .members
+        .iter()
+        .filter(|m| !m.answered() && !is_down(m, policy))
+        .map(|m| m.name.as_str())
+        .collect();
+    if !undecided.is_empty() {
+        plan.blocked = Some(Blocked {
+            reason: "Bootstrapping",
+            message: format!("waiting for every member to answer once (not yet: {})", undecided.join(", ")),
+        });
+        return plan;
+    }
+    let mut acting: Vec<&MemberFacts> =
+        facts.members.iter().filter(|m| is_healthy(m) && m.role() == Some(&ObservedRole::Primary)).collect();
+    acting.sort_by(|a, b| rank(a, b));
+    let (kind, chosen) = if let Some(first) = acting.first() {
+        (PromotionKind::Adopt, Ok(*first))
+    } else {
+        (
+            PromotionKind::Bootstrap,
+            elect_candidate(facts, &Policy { max_lag: i64::MAX, ..policy.clone() }, None),
+        )
+    };
+    match chosen {
+        Ok(c) => {
+            plan.promote = Some(Promotion {
+                kind,
+                to: c.name.clone(),
+                from: None,
+                reason: match kind {
+                    PromotionKind::Adopt => format!("{} already acts as primary", c.name),
+                    _ => format!("{} has the highest priority and offset", c.name),
+                },
+                lost_offset: None,
+            });
+            plan.demote = acting.iter().filter(|m| m.name != c.name).map(|m| m.name.clone()).collect();
+        }
+        Err(why) => {
+            plan.blocked = Some(Blocked {
+                reason: "NoEligibleMember",
+                message: format!("no member can be the first primary: {why}"),
+            })
+        }
+    }
+    plan
+}
+
+/// Primary is fine: demote any other member acting as primary, point stray replicas at it.
+fn repair(facts: &ShardFacts, policy: &Policy, primary: &MemberFacts, plan: &mut Plan) {
+    for m in facts.members.iter().filter(|m| m.name != primary.name && is_healthy(m)) {
+        match &m.probe {
+            Some(p) if p.role == ObservedRole::Primary => plan.demote.push(m.name.clone()),
+            Some(p)
+                if policy.follows_directly && p.following.as_deref() != Some(primary.endpoint.as_str()) =>
+            {
+                plan.follow.push(m.name.clone())
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: Option<ObservedRole>, offset: i64) -> MemberFacts {
+        MemberFacts {
+            name: name.into(),
+            endpoint: format!("{name}:6379"),
+            priority: 100,
+            probe: role.map(|role| Probe {
+                following: (role == ObservedRole::Replica).then(|| "a:6379".to_owned()),
+                role,
+                offset: Some(offset),
+                link_up: true,
+            }),
+            misses: 0,
+            ..Default::default()
+        }
+    }
+
+    fn down(mut m: MemberFacts) -> MemberFacts {
+        m.probe = None;
+        m.misses = 5;
+        m
+    }
+
+    use ObservedRole::{Primary, Replica};
+
+    #[test]
+    fn bootstrap_waits_until_every_member_answered_once() {
+        let mut b = member("b", None, 0);
+        b.misses = 1;
+        let facts = ShardFacts { members: vec![member("a", Some(Replica), 0), b], ..Default::default() };
+        let p = plan(&facts, &Policy::default());
+        assert_eq!(p.promote, None);
+        assert_eq!(p.blocked.unwrap().reason, "Bootstrapping");
+    }
+
+    #[test]
+    fn bootstrap_elects_by_priority_then_offset() {
+        let mut a = member("a", Some(Replica), 500);
+        a.priority = 10;
+        let b = member("b", Some(Replica), 100);
+        let c = member("c", Some(Replica), 200);
+        let facts = ShardFacts { members: vec![a, b, c], ..Default::default() };
+        let p = plan(&facts, &Policy::default());
+        let promo = p.promote.unwrap();
+        assert_eq!((promo.kind, promo.to.as_str()), (PromotionKind::Bootstrap, "c"));
+    }
+
+    #[test]
+    fn bootstrap_adopts_one_acting_primary_and_demotes_the_others() {
+        let facts = ShardFacts {
+            members: vec![
+                member("a", Some(Primary), 10),
+                member("b", Some(Primary), 50),
+                member("c", Some(Replica), 0),
+            ],
+            ..Default::default()
+        };
+        let p = plan(&facts, &Policy::default());
+        assert_eq!(p.promote.as_ref().unwrap().to, "b");
+        assert_eq!(p.promote.unwrap().kind, PromotionKind::Adopt);
+        assert_eq!(p.demote, ["a"]);
+    }
+
+    #[test]
+    fn priority_zero_is_never_promoted() {
+        let mut a = member("a", Some(Replica), 0);
+        a.priority = 0;
+        let facts = ShardFacts { members: vec![a], ..Default::default() };
+        assert_eq!(plan(&facts, &Policy::default()).blocked.unwrap().reason, "NoEligibleMember");
+    }
+
+    fn with_primary(members: Vec<MemberFacts>, last: i64) -> ShardFacts {
+        ShardFacts {
+            members,
+            current_primary: Some("a".into()),
+            last_primary_offset: Some(last),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_healthy_primary_is_left_alone_and_strays_are_repaired() {
+        let mut stray = member("c", Some(Replica), 0);
+        stray.probe.as_mut().unwrap().following = None;
+        let facts =
+            with_primary(vec![member("a", Some(Primary), 10), member("b", Some(Primary), 5), stray], 10);
+        let p = plan(&facts, &Policy::default());
+        assert_eq!(p.promote, None);
+        assert_eq!(p.demote, ["b"]);
+        assert_eq!(p.follow, ["c"]);
+    }
+
+    #[test]
+    fn one_missed_heartbeat_is_not_a_failure() {
+        let mut a = member("a", None, 0);
+        a.misses = 2;
+        let facts = with_primary(vec![a, member("b", Some(Replica), 10)], 10);
+        let p = plan(&facts, &Policy::default());
+        assert_eq!(p.promote, None);
+        assert!(!p.primary_lost);
+    }
+
+    #[test]
+    fn a_lost_primary_fails_over_to_the_most_caught_up_replica() {
+        let facts = with_primary(
+            vec![
+                down(member("a", Some(Primary), 0)),
+                member("b", Some(Replica), 90),
+                member("c", Some(Replica), 100),
+            ],
+            100,
+        );
+        let promo = plan(&facts, &Policy::default()).promote.unwrap();
+        assert_eq!(
+            (promo.kind, promo.to.as_str(), promo.lost_offset),
+            (PromotionKind::Failover, "c", Some(0))
+        );
+    }
+
+    #[test]
+    fn max_lag_zero_refuses_a_lagging_replica_and_says_why() {
+        let facts =
+            with_primary(vec![down(member("a", Some(Primary), 0)), member("b", Some(Replica), 90)], 100);
+        let p = plan(&facts, &Policy { max_lag: 0, ..Policy::default() });
+        assert_eq!(p.promote, None);
+        let blocked = p.blocked.unwrap();
+        assert_eq!(blocked.reason, "NoEligibleReplica");
+        assert!(blocked.message.contains("b: lags 10 bytes"), "{}", blocked.message);
+    }
+
+    #[test]
+    fn manual_mode_and_paused_never_promote() {
+        let facts =
+            with_primary(vec![down(member("a", Some(Primary), 0)), member("b", Some(Replica), 100)], 100);
+        let p = plan(&facts, &Policy { automatic: false, ..Policy::default() });
+        assert_eq!((p.promote, p.blocked.unwrap().reason), (None, "ManualFailover"));
+        assert_eq!(plan(&facts, &Policy { paused: true, ..Policy::default() }), Plan::default());
+    }
+
+    #[test]
+    fn failover_delay_is_respected() {
+        let mut facts =
+            with_primary(vec![down(member("a", Some(Primary), 0)), member("b", Some(Replica), 100)], 100);
+        let policy = Policy { failover_delay: Duration::from_secs(5), ..Policy::default() };
+        facts.primary_lost_for = Duration::from_secs(1);
+        assert_eq!(plan(&facts, &policy).promote, None);
+        facts.primary_lost_for = Duration::from_secs(6);
+        assert_eq!(plan(&facts, &policy).promote.unwrap().to, "b");
+    }
+
+    #[test]
+    fn a_primary_that_restarted_as_replica_is_treated_as_lost() {
+        let facts = with_primary(vec![member("a", Some(Replica), 0), member("b", Some(Replica), 100)], 100);
+        let promo = plan(&facts, &Policy::default()).promote.unwrap();
+        assert_eq!(promo.to, "b");
+        assert!(promo.reason.contains("came back as a replica"));
+    }
+
+    #[test]
+    fn avoided_nodes_are_not_promoted_on() {
+        let mut b = member("b", Some(Replica), 100);
+        b.node = Some("n1".into());
+        let mut facts =
+            with_primary(vec![down(member("a", Some(Primary), 0)), b, member("c", Some(Replica), 50)], 100);
+        facts.avoid_nodes = vec!["n1".into()];
+        assert_eq!(plan(&facts, &Policy::default()).promote.unwrap().to, "c");
+    }
+
+    #[test]
+    fn a_recorded_promotion_is_resumed() {
+        let mut facts =
+            with_primary(vec![down(member("a", Some(Primary), 0)), member("b", Some(Replica), 100)], 100);
+        facts.target_primary = Some("b".into());
+        let promo = plan(&facts, &Policy::default()).promote.unwrap();
+        assert_eq!((promo.kind, promo.to.as_str()), (PromotionKind::Resume, "b"));
+    }
+}

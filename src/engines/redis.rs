@@ -1,0 +1,211 @@
+//! The `redis` engine: RESP over TCP with the `redis` crate. `INFO replication` for role and
+//! offsets, `REPLICAOF` to promote, follow and demote, `CLIENT PAUSE … WRITE` for switchover.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::{FutureExt as _, future::BoxFuture};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo as _, RedisConnectionInfo, RedisError,
+    aio::MultiplexedConnection,
+};
+
+use super::{Credentials, Engine, EngineError, EngineResult, ObservedRole, Probe, split_endpoint};
+
+/// Where a demoted member is pointed when there is no primary to follow yet: nothing listens
+/// on port 1, so the member stays a read-only replica with its link down. Start Redis members
+/// with `--replicaof 127.0.0.1 1` so a restarted member is never a second primary (the
+/// operator promotes one).
+pub const FENCE_HOST: &str = "127.0.0.1";
+pub const FENCE_PORT: u16 = 1;
+
+pub struct RedisEngine {
+    creds: Credentials,
+    timeout: Duration,
+}
+
+impl RedisEngine {
+    pub fn new(creds: Credentials, timeout: Duration) -> Self {
+        Self { creds, timeout }
+    }
+
+    async fn connect(&self, endpoint: &str) -> EngineResult<MultiplexedConnection> {
+        let (host, port) = split_endpoint(endpoint).ok_or_else(|| EngineError::Protocol {
+            endpoint: endpoint.into(),
+            message: "not host:port".into(),
+        })?;
+        let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(user) = &self.creds.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(pass) = &self.creds.secret {
+            settings = settings.set_password(pass);
+        }
+        let info = ConnectionAddr::Tcp(host.to_owned(), port)
+            .into_connection_info()
+            .map_err(|e| classify(endpoint, e))?
+            .set_redis_settings(settings);
+        let client = Client::open(info).map_err(|e| classify(endpoint, e))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| classify(endpoint, e))
+    }
+
+    /// Run one command on a fresh connection, the whole exchange bounded by the timeout.
+    async fn call<T: redis::FromRedisValue>(&self, endpoint: &str, cmd: redis::Cmd) -> EngineResult<T> {
+        let work = async {
+            let mut conn = self.connect(endpoint).await?;
+            cmd.query_async::<T>(&mut conn).await.map_err(|e| classify(endpoint, e))
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout })?
+    }
+
+    async fn replicaof(&self, endpoint: &str, host: &str, port: u16) -> EngineResult<()> {
+        let mut cmd = redis::cmd("REPLICAOF");
+        cmd.arg(host).arg(port);
+        self.call::<()>(endpoint, cmd).await
+    }
+}
+
+fn classify(endpoint: &str, e: RedisError) -> EngineError {
+    let message = e.to_string();
+    let endpoint = endpoint.to_owned();
+    if message.contains("WRONGPASS") || message.contains("NOAUTH") || message.contains("uthentication") {
+        EngineError::Unauthorized { endpoint, message }
+    } else if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() {
+        EngineError::Unreachable { endpoint, message }
+    } else {
+        EngineError::Protocol { endpoint, message }
+    }
+}
+
+/// Parse `INFO replication`.
+pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
+    let fields: HashMap<&str, &str> =
+        info.lines().filter_map(|l| l.trim_end_matches('\r').split_once(':')).collect();
+    let int = |k: &str| fields.get(k).and_then(|v| v.parse::<i64>().ok());
+    match fields.get("role").copied() {
+        Some("master") => Ok(Probe {
+            role: ObservedRole::Primary,
+            offset: int("master_repl_offset"),
+            following: None,
+            link_up: true,
+        }),
+        Some("slave") => {
+            let host = fields.get("master_host").copied().unwrap_or_default();
+            let port = fields.get("master_port").copied().unwrap_or_default();
+            let fenced = host == FENCE_HOST && port == FENCE_PORT.to_string();
+            Ok(Probe {
+                role: ObservedRole::Replica,
+                // What the replica has applied; before its first sync Redis reports 0 or -1.
+                offset: int("slave_repl_offset").or_else(|| int("slave_read_repl_offset")),
+                following: (!host.is_empty() && !fenced).then(|| format!("{host}:{port}")),
+                link_up: fields.get("master_link_status") == Some(&"up"),
+            })
+        }
+        other => Err(format!("unexpected role {other:?} in INFO replication")),
+    }
+}
+
+impl Engine for RedisEngine {
+    fn probe<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<Probe>> {
+        async move {
+            let mut cmd = redis::cmd("INFO");
+            cmd.arg("replication");
+            let info: String = self.call(endpoint, cmd).await?;
+            parse_replication_info(&info)
+                .map_err(|message| EngineError::Protocol { endpoint: endpoint.into(), message })
+        }
+        .boxed()
+    }
+
+    fn promote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let mut cmd = redis::cmd("REPLICAOF");
+            cmd.arg("NO").arg("ONE");
+            self.call::<()>(endpoint, cmd).await
+        }
+        .boxed()
+    }
+
+    fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let (host, port) = split_endpoint(primary).ok_or_else(|| EngineError::Protocol {
+                endpoint: primary.into(),
+                message: "not host:port".into(),
+            })?;
+            self.replicaof(endpoint, host, port).await
+        }
+        .boxed()
+    }
+
+    fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move { self.replicaof(endpoint, FENCE_HOST, FENCE_PORT).await }.boxed()
+    }
+
+    fn pause_writes<'a>(&'a self, endpoint: &'a str, max: Duration) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("PAUSE").arg(max.as_millis().max(1) as u64).arg("WRITE");
+            self.call::<()>(endpoint, cmd).await
+        }
+        .boxed()
+    }
+
+    fn resume_writes<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("UNPAUSE");
+            self.call::<()>(endpoint, cmd).await
+        }
+        .boxed()
+    }
+
+    fn follows_directly(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_primary() {
+        let p = parse_replication_info(
+            "# Replication\r\nrole:master\r\nconnected_slaves:1\r\nmaster_repl_offset:1234\r\n",
+        )
+        .unwrap();
+        assert_eq!(p.role, ObservedRole::Primary);
+        assert_eq!(p.offset, Some(1234));
+    }
+
+    #[test]
+    fn parses_a_replica_and_its_upstream() {
+        let p = parse_replication_info(
+            "role:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\nmaster_link_status:up\r\nslave_repl_offset:99\r\n",
+        )
+        .unwrap();
+        assert_eq!(p.role, ObservedRole::Replica);
+        assert_eq!(p.following.as_deref(), Some("10.0.0.1:6379"));
+        assert!(p.link_up);
+        assert_eq!(p.offset, Some(99));
+    }
+
+    #[test]
+    fn a_fenced_replica_follows_nobody() {
+        let p = parse_replication_info(
+            "role:slave\nmaster_host:127.0.0.1\nmaster_port:1\nmaster_link_status:down\n",
+        )
+        .unwrap();
+        assert_eq!(p.following, None);
+        assert!(!p.link_up);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_replication_info("hello").is_err());
+    }
+}

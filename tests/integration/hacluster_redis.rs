@@ -1,0 +1,349 @@
+//! HaCluster with real redis-server processes: bootstrap, automatic failover, a returning old
+//! primary, shard isolation, lag safety, missing credentials — sampling server roles throughout.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{core::v1::Secret, discovery::v1::EndpointSlice, events::v1::Event};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use understudy::resources::{
+    HaCluster,
+    hacluster::{ClusterPhase, Role},
+};
+
+use crate::support::{self, Operator, RedisServer, RoleSampler, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+pub fn cluster(
+    name: &str,
+    shards: &[(&str, &[(&str, &RedisServer)])],
+    failover: serde_json::Value,
+) -> HaCluster {
+    let shards: Vec<_> = shards
+        .iter()
+        .map(|(s, members)| {
+            json!({"name": s, "members": members.iter().map(|(n, r)| json!({
+                "name": n, "endpoint": r.endpoint(),
+                // Kubernetes cannot route to loopback: clients would reach this member at a
+                // test address; the operator itself probes the loopback endpoint.
+                "clientAddress": route_ip(r.port),
+            })).collect::<Vec<_>>()})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "metadata": {"name": name},
+        "spec": {"engine": "redis", "shards": shards, "failover": failover}
+    }))
+    .unwrap()
+}
+
+/// A made-up routable address standing for the member listening on `port`.
+pub fn route_ip(port: u16) -> String {
+    format!("10.77.{}.{}", port >> 8, port & 0xff)
+}
+
+pub async fn get(api: &Api<HaCluster>, name: &str) -> HaCluster {
+    api.get(name).await.unwrap()
+}
+
+/// Wait until shard `shard` has a healthy primary other than `not`; returns its name.
+pub async fn wait_primary(api: &Api<HaCluster>, name: &str, shard: &str, not: Option<&str>) -> String {
+    eventually(WAIT, &format!("a healthy primary of {name}/{shard} other than {not:?}"), || async {
+        let c = api.get(name).await.ok()?;
+        let st = c.status?;
+        let s = st.shards.iter().find(|s| s.name == shard)?;
+        let p = s.current_primary.clone()?;
+        let healthy = s.members.iter().any(|m| m.name == p && m.healthy && m.role == Role::Primary);
+        (healthy && s.target_primary.is_none() && Some(p.as_str()) != not).then_some(p)
+    })
+    .await
+}
+
+/// Wait until the server on `replica` replicates from `primary` with its link up.
+pub async fn wait_follows(replica: &RedisServer, primary: &RedisServer) {
+    eventually(WAIT, &format!("{} to replicate from {}", replica.port, primary.port), || async {
+        let info = replica.replication().await?;
+        (info.get("role")? == "slave"
+            && info.get("master_port")? == &primary.port.to_string()
+            && info.get("master_link_status")? == "up")
+            .then_some(())
+    })
+    .await
+}
+
+async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn redis_bootstrap_failover_and_return_of_the_old_primary() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-fo").await;
+    let mut servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
+    let names = ["a", "b", "c"];
+    let sampler = RoleSampler::start(servers.iter().map(|s| (s.port, None)).collect());
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = names.iter().copied().zip(servers.iter()).collect();
+    api.create(
+        &PostParams::default(),
+        &cluster("orders", &[("s0", &members)], json!({"heartbeatInterval": "200ms", "failureThreshold": 3})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+
+    // Bootstrap: one primary, two replicas replicating from it — checked on the servers.
+    let first = wait_primary(&api, "orders", "s0", None).await;
+    let pi = names.iter().position(|n| *n == first).unwrap();
+    for (i, s) in servers.iter().enumerate() {
+        if i == pi {
+            assert_eq!(s.role().await.as_deref(), Some("master"));
+        } else {
+            wait_follows(s, &servers[pi]).await;
+        }
+    }
+    let c = get(&api, "orders").await;
+    let st = c.status.unwrap();
+    assert_eq!(st.shards[0].epoch, 1, "bootstrap records epoch 1");
+    assert_eq!(st.primary.as_deref(), Some(first.as_str()));
+
+    // Routing: the primary Service's EndpointSlice points at the primary's port.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let primary_port = servers[pi].port as i32;
+    eventually(WAIT, "primary EndpointSlice", || async {
+        let l = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=orders-primary"))
+            .await
+            .ok()?;
+        let s = l.items.first()?;
+        (s.ports.as_ref()?[0].port == Some(primary_port)
+            && s.endpoints[0].addresses == [route_ip(primary_port as u16)])
+        .then_some(())
+    })
+    .await;
+
+    // Acknowledged writes before the failure.
+    for i in 0..100 {
+        let _: () = servers[pi].cmd(redis::cmd("SET").arg(format!("k{i}")).arg(i)).await.unwrap();
+    }
+    // Let the replicas catch up so none is ineligible, then SIGKILL the primary.
+    for (i, s) in servers.iter().enumerate() {
+        if i != pi {
+            eventually(WAIT, "replica caught up", || async {
+                let n: i64 = s.cmd(&redis::cmd("DBSIZE")).await.ok()?;
+                (n == 100).then_some(())
+            })
+            .await;
+        }
+    }
+    let killed_at = std::time::Instant::now();
+    servers[pi].kill();
+    let second = wait_primary(&api, "orders", "s0", Some(&first)).await;
+    let elapsed = killed_at.elapsed();
+    let si = names.iter().position(|n| *n == second).unwrap();
+    assert_eq!(servers[si].role().await.as_deref(), Some("master"));
+    let other = (0..3).find(|i| *i != pi && *i != si).unwrap();
+    wait_follows(&servers[other], &servers[si]).await;
+    let n: i64 = servers[si].cmd(&redis::cmd("DBSIZE")).await.unwrap();
+    assert_eq!(n, 100, "every acknowledged write survived on the new primary");
+
+    let st = get(&api, "orders").await.status.unwrap();
+    let lf = st.last_failover.expect("lastFailover recorded");
+    assert_eq!((lf.from.as_deref(), lf.to.as_deref()), (Some(first.as_str()), Some(second.as_str())));
+    assert_eq!(lf.epoch, 2);
+    assert_eq!(lf.lost_offset, Some(0), "the promoted replica had everything");
+    eprintln!(
+        "failover: detected and promoted {:.2}s after SIGKILL (heartbeat 200ms x 3); promotion itself took {} ms",
+        elapsed.as_secs_f64(),
+        lf.duration_ms.unwrap_or_default()
+    );
+    let new_port = servers[si].port as i32;
+    eventually(WAIT, "primary EndpointSlice moved", || async {
+        let l = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=orders-primary"))
+            .await
+            .ok()?;
+        (l.items.len() == 1
+            && l.items[0].ports.as_ref()?[0].port == Some(new_port)
+            && l.items[0].endpoints[0].addresses == [route_ip(new_port as u16)])
+        .then_some(())
+    })
+    .await;
+    let evs = events(&client, &ns).await;
+    assert!(evs.iter().any(|(r, m)| r == "FailingOver" && m.contains(&first)), "{evs:?}");
+    assert!(evs.iter().any(|(r, m)| r == "FailedOver" && m.contains(&second)), "{evs:?}");
+    assert!(evs.iter().any(|(r, m)| r == "PrimaryElected" && m.contains(&first)), "{evs:?}");
+
+    // The old primary returns (as it starts: a replica of nothing) and is attached as a replica.
+    servers[pi].restart();
+    wait_follows(&servers[pi], &servers[si]).await;
+    eventually(WAIT, "old primary listed as a healthy replica", || async {
+        let st = api.get("orders").await.ok()?.status?;
+        let m = st.shards[0].members.iter().find(|m| m.name == first)?;
+        (m.healthy && m.role == Role::Replica && st.phase == Some(ClusterPhase::Healthy)).then_some(())
+    })
+    .await;
+    assert_eq!(get(&api, "orders").await.status.unwrap().primary.as_deref(), Some(second.as_str()));
+
+    assert!(sampler.count() > 20, "the sampler ran ({} samples)", sampler.count());
+    assert_eq!(sampler.max(), 1, "never two primaries at any sampled instant");
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn redis_two_shards_fail_over_independently() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-2s").await;
+    let mut s0 = [RedisServer::start(None), RedisServer::start(None)];
+    let s1 = [RedisServer::start(None), RedisServer::start(None)];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let m0: Vec<(&str, &RedisServer)> = vec![("a0", &s0[0]), ("b0", &s0[1])];
+    let m1: Vec<(&str, &RedisServer)> = vec![("a1", &s1[0]), ("b1", &s1[1])];
+    api.create(
+        &PostParams::default(),
+        &cluster(
+            "sharded",
+            &[("s0", &m0), ("s1", &m1)],
+            json!({"heartbeatInterval": "200ms", "failureThreshold": 3}),
+        ),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p0 = wait_primary(&api, "sharded", "s0", None).await;
+    let p1 = wait_primary(&api, "sharded", "s1", None).await;
+    let epoch1 =
+        get(&api, "sharded").await.status.unwrap().shards.iter().find(|s| s.name == "s1").unwrap().epoch;
+
+    let i0 = if p0 == "a0" { 0 } else { 1 };
+    s0[i0].kill();
+    let q0 = wait_primary(&api, "sharded", "s0", Some(&p0)).await;
+    assert_ne!(q0, p0);
+    let st = get(&api, "sharded").await.status.unwrap();
+    let shard1 = st.shards.iter().find(|s| s.name == "s1").unwrap();
+    assert_eq!(shard1.current_primary.as_deref(), Some(p1.as_str()), "the other shard is untouched");
+    assert_eq!(shard1.epoch, epoch1, "the other shard's epoch did not move");
+    let i1 = if p1 == "a1" { 0 } else { 1 };
+    assert_eq!(s1[i1].role().await.as_deref(), Some("master"));
+    wait_follows(&s1[1 - i1], &s1[i1]).await;
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn redis_lagging_replica_is_not_promoted_when_max_lag_is_zero() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-lag").await;
+    let pass = "s3cret";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "redis-auth"}, "stringData": {"password": pass}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut servers = [RedisServer::start(Some(pass)), RedisServer::start(Some(pass))];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    let mut hac = cluster(
+        "lag",
+        &[("s0", &members)],
+        json!({"heartbeatInterval": "200ms", "failureThreshold": 3, "maxLagOnFailover": 0}),
+    );
+    hac.spec.secret_ref =
+        Some(understudy::resources::shared::SecretKeyRef { name: "redis-auth".into(), key: None });
+    api.create(&PostParams::default(), &hac).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&api, "lag", "s0", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+
+    // Break the replica's link (wrong masterauth) so it falls behind while still answering.
+    let _: () =
+        servers[ri].cmd(redis::cmd("CONFIG").arg("SET").arg("masterauth").arg("wrong")).await.unwrap();
+    let _: () = servers[ri].cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("master")).await.unwrap();
+    for i in 0..50 {
+        let _: () =
+            servers[pi].cmd(redis::cmd("SET").arg(format!("k{i}")).arg("x".repeat(100))).await.unwrap();
+    }
+    // The operator must have seen the primary's new offset before it dies.
+    eventually(WAIT, "operator to observe the lag", || async {
+        let st = api.get("lag").await.ok()?.status?;
+        st.shards[0].members.iter().any(|m| m.role == Role::Replica && m.lag.unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    servers[pi].kill();
+    let reason = eventually(WAIT, "a condition saying why nothing was promoted", || async {
+        let st = api.get("lag").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "NoEligibleReplica").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(reason.contains("lags") && reason.contains("maxLagOnFailover 0"), "{reason}");
+    // Several more heartbeats: still nothing promoted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(servers[ri].role().await.as_deref(), Some("slave"), "the lagging replica was not promoted");
+    let st = get(&api, "lag").await.status.unwrap();
+    assert_eq!(st.shards[0].current_primary.as_deref(), Some(p.as_str()));
+    assert_eq!(st.shards[0].epoch, 1);
+    assert_eq!(st.phase, Some(ClusterPhase::Failed));
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn redis_missing_secret_is_reported_and_nothing_is_touched() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-nosecret").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    let mut hac = cluster("nosecret", &[("s0", &members)], json!({"heartbeatInterval": "200ms"}));
+    hac.spec.secret_ref =
+        Some(understudy::resources::shared::SecretKeyRef { name: "does-not-exist".into(), key: None });
+    api.create(&PostParams::default(), &hac).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let msg = eventually(WAIT, "SecretNotFound condition", || async {
+        let st = api.get("nosecret").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "SecretNotFound" && ready.status == "False").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(msg.contains("does-not-exist"), "{msg}");
+    for s in &servers {
+        let info = s.replication().await.unwrap();
+        assert_eq!(info["role"], "slave");
+        assert_eq!(info["master_port"], "1", "member untouched (still the replica of nothing it started as)");
+    }
+    // Paused clusters observe only.
+    api.patch(
+        "nosecret",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"paused": true, "secretRef": null}})),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "Paused phase", || async {
+        (api.get("nosecret").await.ok()?.status?.phase == Some(ClusterPhase::Paused)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for s in &servers {
+        assert_eq!(s.role().await.as_deref(), Some("slave"), "paused: nothing promoted");
+    }
+    operator.stop().await;
+}
