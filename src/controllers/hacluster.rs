@@ -627,7 +627,7 @@ impl Monitor {
                 }
             }
         } else if let Some(redirect) = &cluster.spec.redirect {
-            let host = engines::split_endpoint(&to.endpoint).map(|(h, _)| h.to_owned()).unwrap_or_default();
+            let host = engines::split_endpoint(&to.route).map(|(h, _)| h.to_owned()).unwrap_or_default();
             match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
                 Ok(_) => self.last_redirect = Some(host),
                 Err(e) => {
@@ -961,7 +961,7 @@ impl Monitor {
             let host = declared
                 .iter()
                 .find(|d| d.name == primary)
-                .and_then(|d| engines::split_endpoint(&d.endpoint).map(|(h, _)| h.to_owned()));
+                .and_then(|d| engines::split_endpoint(&d.route).map(|(h, _)| h.to_owned()));
             if let Some(host) = host
                 && self.last_redirect.as_deref() != Some(&host)
             {

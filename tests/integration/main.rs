@@ -3,6 +3,7 @@
 
 mod agent;
 mod api;
+mod hacluster_agent;
 mod hacluster_redis;
 mod operator;
 mod support;

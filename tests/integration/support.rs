@@ -412,3 +412,90 @@ impl Drop for Operator {
         self.task.abort();
     }
 }
+
+/// A reference agent (`understudy agent`) under a supervisor that restarts it whenever it
+/// exits, as systemd or a kubelet would (a demoted agent exits by design).
+pub struct SupervisedAgent {
+    pub addr: std::net::SocketAddr,
+    pub restarts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    child: std::sync::Arc<std::sync::Mutex<Option<std::process::Child>>>,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SupervisedAgent {
+    /// Start on `ip` (any 127.x.y.z) with `token`.
+    pub fn start(ip: &str, token: &str) -> Self {
+        use std::sync::{Arc, Mutex, atomic::*};
+        let addr: std::net::SocketAddr =
+            format!("{ip}:{}", understudy::controlplane::free_port().unwrap()).parse().unwrap();
+        let log =
+            std::env::temp_dir().join(format!("understudy-agent-{}-{}.log", addr.port(), std::process::id()));
+        let token = token.to_owned();
+        let spawn = move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
+            cmd.args(["agent", "--listen", &addr.to_string()]).env("UNDERSTUDY_AGENT_TOKEN", &token);
+            understudy::controlplane::spawn(cmd, &log).expect("start agent")
+        };
+        let child = Arc::new(Mutex::new(Some(spawn())));
+        let restarts = Arc::new(AtomicUsize::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (c, r, s) = (child.clone(), restarts.clone(), stopped.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if s.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut guard = c.lock().unwrap();
+                let exited = match guard.as_mut() {
+                    Some(ch) => ch.try_wait().ok().flatten().is_some(),
+                    None => true,
+                };
+                if exited {
+                    *guard = Some(spawn());
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Self { addr, restarts, child, stopped, task }
+    }
+
+    /// Crash it (SIGKILL) and keep it down until [`SupervisedAgent::resume`].
+    pub fn kill_and_hold(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Let the supervisor start it again (it comes back as BACKUP).
+    pub fn resume(&self) {
+        self.stopped.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The agent's answer to `GET /rest/ha/status` with `token`, if it answers.
+    pub async fn status(&self, token: &str) -> Option<(u16, String)> {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}/rest/ha/status", self.addr))
+            .header("Authorization", format!("token {token}"))
+            .timeout(std::time::Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        Some((resp.status().as_u16(), resp.text().await.ok()?.trim().to_owned()))
+    }
+}
+
+impl Drop for SupervisedAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(mut g) = self.child.lock()
+            && let Some(mut c) = g.take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! HaCluster with the agent engine: three real `understudy agent` processes under a
+//! supervisor, the redirect ConfigMap, consumer restarts, and a wrong token.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, core::v1::Secret};
+use kube::{Api, api::PostParams};
+use serde_json::json;
+use understudy::resources::{HaCluster, hacluster::Role};
+
+use crate::{
+    hacluster_redis::wait_primary,
+    support::{self, Operator, SupervisedAgent, eventually},
+};
+
+const TOKEN: &str = "agent-token-1";
+const WAIT: Duration = Duration::from_secs(60);
+const KEY: &str = "com.systar.electron.host";
+
+async fn secret(client: &kube::Client, ns: &str, token: &str) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "agent-token"}, "stringData": {"token": token}}))
+            .unwrap();
+    api.create(&PostParams::default(), &s).await.unwrap();
+}
+
+fn agent_cluster(name: &str, agents: &[(&str, &SupervisedAgent)]) -> HaCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "engine": "agent",
+            "secretRef": {"name": "agent-token"},
+            "shards": [{"name": "main", "members": agents.iter().map(|(n, a)| json!({"name": n, "endpoint": a.addr.to_string()})).collect::<Vec<_>>()}],
+            "failover": {"heartbeatInterval": "200ms", "failureThreshold": 3},
+            "redirect": {"configMap": "app-config", "restart": [{"kind": "Deployment", "name": "consumer"}]},
+        }
+    }))
+    .unwrap()
+}
+
+/// Count agents answering MAIN, every 20 ms; remember the most at once.
+fn main_sampler(agents: Vec<std::net::SocketAddr>) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let max = Arc::new(AtomicUsize::new(0));
+    let m = max.clone();
+    let task = tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+        loop {
+            let answers = futures::future::join_all(agents.iter().map(|a| {
+                http.get(format!("http://{a}/rest/ha/status"))
+                    .header("Authorization", format!("token {TOKEN}"))
+                    .send()
+            }))
+            .await;
+            let mut mains = 0;
+            for r in answers.into_iter().flatten() {
+                if r.text().await.is_ok_and(|t| t.trim() == "MAIN") {
+                    mains += 1;
+                }
+            }
+            m.fetch_max(mains, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (max, task)
+}
+
+#[tokio::test]
+async fn agents_start_backup_one_becomes_main_and_a_dead_main_is_replaced() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "agents").await;
+    secret(&client, &ns, TOKEN).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let consumer: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "consumer"},
+        "spec": {"selector": {"matchLabels": {"app": "consumer"}}, "template": {
+            "metadata": {"labels": {"app": "consumer"}},
+            "spec": {"containers": [{"name": "c", "image": "example.invalid/consumer:1"}]}}}
+    }))
+    .unwrap();
+    deployments.create(&PostParams::default(), &consumer).await.unwrap();
+
+    let agents = [
+        SupervisedAgent::start("127.0.0.11", TOKEN),
+        SupervisedAgent::start("127.0.0.12", TOKEN),
+        SupervisedAgent::start("127.0.0.13", TOKEN),
+    ];
+    let names = ["a", "b", "c"];
+    for a in &agents {
+        let s = eventually(WAIT, "agent up", || a.status(TOKEN)).await;
+        assert_eq!(s, (200, "BACKUP".to_owned()), "every agent starts as BACKUP");
+    }
+    let (max_mains, sampler) = main_sampler(agents.iter().map(|a| a.addr).collect());
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &SupervisedAgent)> = names.iter().copied().zip(agents.iter()).collect();
+    api.create(&PostParams::default(), &agent_cluster("app", &members)).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+
+    let first = wait_primary(&api, "app", "main", None).await;
+    let fi = names.iter().position(|n| *n == first).unwrap();
+    for (i, a) in agents.iter().enumerate() {
+        let want = if i == fi { "MAIN" } else { "BACKUP" };
+        assert_eq!(a.status(TOKEN).await.map(|s| s.1).as_deref(), Some(want));
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let host_of = |i: usize| agents[i].addr.ip().to_string();
+    let want = host_of(fi);
+    eventually(WAIT, "redirect ConfigMap names the main", || async {
+        let cm = cms.get_opt("app-config").await.ok()??;
+        (cm.data?.get(KEY)? == &want).then_some(())
+    })
+    .await;
+
+    // The main crashes and stays down: another agent becomes MAIN, replicas are redirected.
+    agents[fi].kill_and_hold();
+    let second = wait_primary(&api, "app", "main", Some(&first)).await;
+    let si = names.iter().position(|n| *n == second).unwrap();
+    assert_eq!(agents[si].status(TOKEN).await.map(|s| s.1).as_deref(), Some("MAIN"));
+    let want = host_of(si);
+    eventually(WAIT, "redirect ConfigMap names the new main", || async {
+        let cm = cms.get_opt("app-config").await.ok()??;
+        (cm.data?.get(KEY)? == &want).then_some(())
+    })
+    .await;
+    let restarted = deployments.get("consumer").await.unwrap();
+    let annotations = restarted.spec.unwrap().template.metadata.unwrap().annotations.unwrap_or_default();
+    assert!(
+        annotations.contains_key("kubectl.kubernetes.io/restartedAt"),
+        "consumers restarted: {annotations:?}"
+    );
+
+    // The old main comes back — as BACKUP, and stays a replica.
+    agents[fi].resume();
+    eventually(WAIT, "old main back as a healthy replica", || async {
+        let st = api.get("app").await.ok()?.status?;
+        let m = st.shards[0].members.iter().find(|m| m.name == first)?;
+        (m.healthy && m.role == Role::Replica).then_some(())
+    })
+    .await;
+    assert_eq!(agents[fi].status(TOKEN).await.map(|s| s.1).as_deref(), Some("BACKUP"));
+    assert_eq!(api.get("app").await.unwrap().status.unwrap().primary.as_deref(), Some(second.as_str()));
+    sampler.abort();
+    assert_eq!(max_mains.load(Ordering::SeqCst), 1, "never two MAINs at any sampled instant");
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused_and_reported_without_changing_roles() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "agents-401").await;
+    secret(&client, &ns, "not-the-token").await;
+    let agents = [SupervisedAgent::start("127.0.0.21", TOKEN), SupervisedAgent::start("127.0.0.22", TOKEN)];
+    for a in &agents {
+        eventually(WAIT, "agent up", || a.status(TOKEN)).await;
+        assert_eq!(a.status("not-the-token").await.map(|s| s.0), Some(401), "the agent answers 401");
+    }
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &SupervisedAgent)> = vec![("a", &agents[0]), ("b", &agents[1])];
+    api.create(&PostParams::default(), &agent_cluster("app", &members)).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let msg = eventually(WAIT, "Unauthorized condition", || async {
+        let st = api.get("app").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "Unauthorized" && ready.status == "False").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(msg.contains("401") && msg.contains("refuse"), "{msg}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for a in &agents {
+        assert_eq!(a.status(TOKEN).await.map(|s| s.1).as_deref(), Some("BACKUP"), "roles unchanged");
+    }
+    assert_eq!(api.get("app").await.unwrap().status.unwrap().shards[0].epoch, 0, "nothing was promoted");
+    operator.stop().await;
+}
