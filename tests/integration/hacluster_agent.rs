@@ -145,6 +145,7 @@ async fn agents_start_backup_one_becomes_main_and_a_dead_main_is_replaced() {
     })
     .await;
     assert_eq!(agents[fi].status(TOKEN).await.map(|s| s.1).as_deref(), Some("BACKUP"));
+    assert!(agents[fi].restarts.load(Ordering::SeqCst) >= 1, "the supervisor restarted the crashed main");
     assert_eq!(api.get("app").await.unwrap().status.unwrap().primary.as_deref(), Some(second.as_str()));
     sampler.abort();
     assert_eq!(max_mains.load(Ordering::SeqCst), 1, "never two MAINs at any sampled instant");
