@@ -6,5 +6,6 @@ mod api;
 mod hacluster_agent;
 mod hacluster_redis;
 mod operator;
+mod outage;
 mod support;
 mod validation;
