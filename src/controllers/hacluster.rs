@@ -16,14 +16,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt as _;
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
     api::PostParams,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt as _,
         controller::Action,
+        reflector,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -53,6 +54,7 @@ type Monitors = Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>>;
 struct State {
     ctx: Context,
     store: Store<HaCluster>,
+    pods: Store<Pod>,
     monitors: Monitors,
 }
 
@@ -70,14 +72,29 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let _guard = AbortOnDrop(monitors.clone());
     let mut runs = Vec::new();
     for api in ctx.scopes::<HaCluster>() {
+        // Pod members come from a reflector in the same scope: monitors read it from memory.
+        let pod_api: Api<Pod> = match api.namespace() {
+            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+            None => Api::all(ctx.client.clone()),
+        };
+        let (pods, writer) = reflector::store();
+        let pod_watch = reflector(writer, watcher(pod_api, watcher::Config::default().any_semantic()))
+            .default_backoff()
+            .for_each(|_| async {});
+        runs.push(pod_watch.boxed());
         let controller = Controller::new(api, watcher::Config::default().any_semantic());
         let state =
-            Arc::new(State { ctx: ctx.clone(), store: controller.store(), monitors: monitors.clone() });
-        runs.push(controller.run(reconcile, error_policy, state).for_each(|res| async move {
-            if let Err(e) = res {
-                debug!(error = %e, "hacluster reconcile");
-            }
-        }));
+            Arc::new(State { ctx: ctx.clone(), store: controller.store(), pods, monitors: monitors.clone() });
+        runs.push(
+            controller
+                .run(reconcile, error_policy, state)
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        debug!(error = %e, "hacluster reconcile");
+                    }
+                })
+                .boxed(),
+        );
     }
     futures::future::join_all(runs).await;
     Ok(())
@@ -108,8 +125,13 @@ async fn reconcile(obj: Arc<HaCluster>, state: Arc<State>) -> Result<Action, Err
     }
     monitors.entry(uid.clone()).or_insert_with(|| {
         info!(cluster = %key(obj.as_ref()), "starting monitor");
-        let monitor =
-            Monitor::new(state.ctx.clone(), state.store.clone(), ObjectRef::from_obj(obj.as_ref()), uid);
+        let monitor = Monitor::new(
+            state.ctx.clone(),
+            state.store.clone(),
+            state.pods.clone(),
+            ObjectRef::from_obj(obj.as_ref()),
+            uid,
+        );
         tokio::spawn(monitor.run())
     });
     Ok(Action::await_change())
@@ -149,6 +171,7 @@ struct Declared {
 struct Monitor {
     ctx: Context,
     store: Store<HaCluster>,
+    pods: Store<Pod>,
     oref: ObjectRef<HaCluster>,
     uid: String,
     members: HashMap<String, MemberState>,
@@ -161,11 +184,19 @@ struct Monitor {
     last_routes: Option<routing::Routes>,
     last_redirect: Option<String>,
     config_error: Option<(&'static str, String)>,
+    pod_services_generation: Option<i64>,
 }
 
 impl Monitor {
-    fn new(ctx: Context, store: Store<HaCluster>, oref: ObjectRef<HaCluster>, uid: String) -> Self {
+    fn new(
+        ctx: Context,
+        store: Store<HaCluster>,
+        pods: Store<Pod>,
+        oref: ObjectRef<HaCluster>,
+        uid: String,
+    ) -> Self {
         Self {
+            pods,
             ctx,
             store,
             oref,
@@ -179,6 +210,7 @@ impl Monitor {
             last_routes: None,
             last_redirect: None,
             config_error: None,
+            pod_services_generation: None,
         }
     }
 
@@ -215,7 +247,19 @@ impl Monitor {
         }
     }
 
-    fn declared(cluster: &HaCluster) -> Vec<Declared> {
+    fn declared(&self, cluster: &HaCluster) -> Vec<Declared> {
+        if let Some(sel) = &cluster.spec.selector {
+            let ns = cluster.namespace();
+            let mut pods: Vec<Arc<Pod>> = self
+                .pods
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
+                .filter(|p| sel.match_labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+                .collect();
+            pods.sort_by_key(|p| p.name_any());
+            return pods.iter().filter_map(|p| pod_member(p, sel)).collect();
+        }
         let mut out = Vec::new();
         for s in cluster.spec.shards.iter().flatten() {
             for m in &s.members {
@@ -237,7 +281,13 @@ impl Monitor {
         out
     }
 
-    fn shard_names(cluster: &HaCluster) -> Vec<String> {
+    fn shard_names(cluster: &HaCluster, declared: &[Declared]) -> Vec<String> {
+        if cluster.spec.selector.is_some() {
+            let mut names: Vec<String> = declared.iter().map(|d| d.shard.clone()).collect();
+            names.sort();
+            names.dedup();
+            return names;
+        }
         cluster.spec.shards.iter().flatten().map(|s| s.name.clone()).collect()
     }
 
@@ -299,7 +349,7 @@ impl Monitor {
     }
 
     async fn tick(&mut self, cluster: HaCluster) {
-        let declared = Self::declared(&cluster);
+        let declared = self.declared(&cluster);
         // Forget members that were removed from the spec.
         self.members.retain(|name, _| declared.iter().any(|d| &d.name == name));
 
@@ -312,7 +362,7 @@ impl Monitor {
         let policy = Self::policy(&cluster, engine.as_ref());
 
         let mut plans = HashMap::new();
-        for shard_name in Self::shard_names(&cluster) {
+        for shard_name in Self::shard_names(&cluster, &declared) {
             // Earlier shards may have written status: decide on the newest copy.
             let cluster = self.latest().unwrap_or_else(|| cluster.clone());
             let facts = self.facts(&cluster, &shard_name, &declared);
@@ -750,14 +800,14 @@ impl Monitor {
         old: &HaClusterStatus,
         blocks: &[(String, &'static str, String)],
     ) -> HaClusterStatus {
-        let declared = Self::declared(cluster);
+        let declared = self.declared(cluster);
         let now = Time(Timestamp::now());
         let generation = cluster.metadata.generation;
         let mut status = old.clone();
         status.observed_generation = generation;
         let mut healthy = 0;
         let mut shards = Vec::new();
-        for shard_name in Self::shard_names(cluster) {
+        for shard_name in Self::shard_names(cluster, &declared) {
             let mut s = shard_status(cluster, &shard_name)
                 .cloned()
                 .unwrap_or_else(|| ShardStatus { name: shard_name.clone(), ..Default::default() });
@@ -939,6 +989,10 @@ impl Monitor {
                 }
             }
         }
+        if let Some(sel) = &cluster.spec.selector {
+            self.update_pod_routing(cluster, sel, declared, &status).await;
+            return;
+        }
         let routes = routing::desired_routes(cluster, &primaries, &replicas);
         if self.last_routes.as_ref() == Some(&routes) {
             return;
@@ -970,6 +1024,85 @@ impl Monitor {
                     Err(e) => {
                         warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap")
                     }
+                }
+            }
+        }
+    }
+}
+
+/// A pod as a member: name = pod name, shard from `shardLabel` (default `main`), endpoint =
+/// the address annotation (`host` or `host:port`) or `<pod IP>:<port>`, priority from the
+/// priority annotation (default 100). Pods without an address yet are not members yet.
+fn pod_member(pod: &Pod, sel: &crate::resources::hacluster::PodMembership) -> Option<Declared> {
+    let port = sel.port;
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let annotation = sel.address_annotation.as_ref().and_then(|a| pod.annotations().get(a).cloned());
+    let endpoint = match annotation {
+        Some(a) if engines::split_endpoint(&a).is_some() => a,
+        Some(a) => format!("{a}:{port}"),
+        None => format!("{}:{port}", ip.clone()?),
+    };
+    let route = ip.map_or_else(|| endpoint.clone(), |ip| format!("{ip}:{port}"));
+    let shard =
+        sel.shard_label.as_ref().and_then(|l| pod.labels().get(l).cloned()).unwrap_or_else(|| "main".into());
+    let priority = sel
+        .priority_annotation
+        .as_ref()
+        .and_then(|a| pod.annotations().get(a))
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|p| *p >= 0)
+        .unwrap_or(100);
+    Some(Declared {
+        shard,
+        name: pod.name_any(),
+        endpoint,
+        route,
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        priority,
+    })
+}
+
+impl Monitor {
+    /// Pod members: label each pod with its role, keep the selector Services and the ACL
+    /// NetworkPolicy. Kubernetes' own EndpointSlice controller does the rest.
+    async fn update_pod_routing(
+        &mut self,
+        cluster: &HaCluster,
+        sel: &crate::resources::hacluster::PodMembership,
+        declared: &[Declared],
+        status: &HaClusterStatus,
+    ) {
+        let mut roles = Vec::new();
+        for d in declared {
+            let shard = status.shards.iter().find(|s| s.name == d.shard);
+            let routed_primary =
+                shard.filter(|s| s.target_primary.is_none()).and_then(|s| s.current_primary.as_deref());
+            let probe = self.members.get(&d.name).and_then(|m| m.probe.as_ref().filter(|_| m.misses == 0));
+            let role = match probe.map(|p| &p.role) {
+                Some(ObservedRole::Primary) if routed_primary == Some(d.name.as_str()) => Some("primary"),
+                Some(ObservedRole::Replica) => Some("replica"),
+                _ => None,
+            };
+            roles.push((d.name.clone(), role));
+        }
+        let current: HashMap<String, Option<String>> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.namespace() == cluster.namespace())
+            .map(|p| (p.name_any(), p.labels().get(crate::resources::shared::ROLE_LABEL).cloned()))
+            .collect();
+        let ns = cluster.namespace().unwrap_or_default();
+        if let Err(e) = routing::label_pods(&self.ctx.client, &ns, &roles, &current).await {
+            warn!(cluster = %key(cluster), error = %e, "could not label pods; retried next heartbeat");
+        }
+        // Services and the NetworkPolicy depend on the spec only: apply once per generation.
+        let generation = cluster.metadata.generation.unwrap_or_default();
+        if self.pod_services_generation != Some(generation) {
+            match routing::apply_pod_services(&self.ctx.client, cluster, sel).await {
+                Ok(()) => self.pod_services_generation = Some(generation),
+                Err(e) => {
+                    warn!(cluster = %key(cluster), error = %e, "could not apply Services/NetworkPolicy")
                 }
             }
         }

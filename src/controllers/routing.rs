@@ -247,6 +247,93 @@ pub async fn apply_redirect(
     Ok(true)
 }
 
+/// Pod members: set (or clear) `understudy.dev/role` on each pod whose label is not what it
+/// should be. Returns how many pods were patched.
+pub async fn label_pods(
+    client: &Client,
+    namespace: &str,
+    roles: &[(String, Option<&'static str>)],
+    current: &std::collections::HashMap<String, Option<String>>,
+) -> Result<usize, kube::Error> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let mut patched = 0;
+    for (pod, role) in roles {
+        let have = current.get(pod).cloned().flatten();
+        if have.as_deref() == *role {
+            continue;
+        }
+        let patch = json!({"metadata": {"labels": {crate::resources::shared::ROLE_LABEL: role}}});
+        match pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => patched += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(patched)
+}
+
+/// Pod members: the primary/replicas Services select pods by role label; the ACL
+/// NetworkPolicy admits the members themselves plus the `acls` CIDRs (none = members only).
+pub async fn apply_pod_services(
+    client: &Client,
+    cluster: &HaCluster,
+    sel: &crate::resources::hacluster::PodMembership,
+) -> Result<(), kube::Error> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let owner = cluster.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
+    let pp = PatchParams::apply(MANAGER).force();
+    if cluster.spec.routing.enabled {
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        for (name, role) in
+            [(primary_service_name(cluster), "primary"), (replicas_service_name(cluster), "replica")]
+        {
+            let mut selector = sel.match_labels.clone();
+            selector.insert(crate::resources::shared::ROLE_LABEL.into(), role.into());
+            let svc = Service {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(BTreeMap::from([(CLUSTER_LABEL.to_owned(), cluster.name_any())])),
+                    owner_references: Some(owner.clone()),
+                    ..Default::default()
+                },
+                spec: Some(ServiceSpec {
+                    selector: Some(selector),
+                    ports: Some(vec![ServicePort {
+                        name: Some(PORT_NAME.into()),
+                        port: sel.port,
+                        target_port: Some(IntOrString::Int(sel.port)),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            services.patch(&name, &pp, &Patch::Apply(&with_type(&svc))).await?;
+        }
+    }
+    let mut from = vec![json!({"podSelector": {"matchLabels": sel.match_labels}})];
+    for cidr in cluster.spec.acls.iter().flatten() {
+        from.push(json!({"ipBlock": {"cidr": cidr}}));
+    }
+    let np = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {
+            "name": format!("{}-acl", cluster.name_any()),
+            "labels": {CLUSTER_LABEL: cluster.name_any()},
+            "ownerReferences": owner,
+        },
+        "spec": {
+            "podSelector": {"matchLabels": sel.match_labels},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": from, "ports": [{"port": sel.port, "protocol": "TCP"}]}],
+        }
+    });
+    let nps: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    nps.patch(&format!("{}-acl", cluster.name_any()), &pp, &Patch::Apply(&np)).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,7 @@ async fn redis_bootstrap_failover_and_return_of_the_old_primary() {
     let ns = support::namespace(&client, "redis-fo").await;
     let mut servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
     let names = ["a", "b", "c"];
-    let sampler = RoleSampler::start(servers.iter().map(|s| (s.port, None)).collect());
+    let sampler = RoleSampler::start(servers.iter().map(RedisServer::sample_target).collect());
     let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
     let members: Vec<(&str, &RedisServer)> = names.iter().copied().zip(servers.iter()).collect();
     api.create(

@@ -3,7 +3,9 @@
 
 mod agent;
 mod api;
+mod deploy;
 mod hacluster_agent;
+mod hacluster_pods;
 mod hacluster_redis;
 mod operator;
 mod outage;

@@ -36,7 +36,7 @@ async fn an_api_server_outage_never_demotes_a_healthy_primary() {
     .unwrap();
 
     let servers = [RedisServer::start(None), RedisServer::start(None)];
-    let sampler = RoleSampler::start(servers.iter().map(|s| (s.port, None)).collect());
+    let sampler = RoleSampler::start(servers.iter().map(RedisServer::sample_target).collect());
     let api: Api<HaCluster> = Api::namespaced(client.clone(), ns);
     let members = vec![("a", &servers[0]), ("b", &servers[1])];
     api.create(

@@ -203,6 +203,7 @@ where
 /// as a replica of nothing (`--replicaof 127.0.0.1 1`), so a restarted member is never a
 /// second primary.
 pub struct RedisServer {
+    pub ip: String,
     pub port: u16,
     pub password: Option<String>,
     dir: tempfile::TempDir,
@@ -211,8 +212,14 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(password: Option<&str>) -> Self {
+        Self::start_on("127.0.0.1", understudy::controlplane::free_port().unwrap(), password)
+    }
+
+    /// On a given loopback address (any 127.x.y.z) and port.
+    pub fn start_on(ip: &str, port: u16, password: Option<&str>) -> Self {
         let mut s = Self {
-            port: understudy::controlplane::free_port().unwrap(),
+            ip: ip.to_owned(),
+            port,
             password: password.map(str::to_owned),
             dir: tempfile::Builder::new().prefix("understudy-redis-").tempdir().unwrap(),
             child: None,
@@ -223,27 +230,18 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = std::process::Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args([
-            "--replicaof",
-            "127.0.0.1",
-            "1",
-            "--repl-diskless-sync",
-            "yes",
-            "--repl-diskless-sync-delay",
-            "0",
-        ])
-        .arg("--dir")
-        .arg(self.dir.path());
+        cmd.args(["--port", &self.port.to_string(), "--bind", &self.ip, "--save", "", "--appendonly", "no"])
+            .args([
+                "--replicaof",
+                "127.0.0.1",
+                "1",
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p, "--masterauth", p]);
         }
@@ -253,15 +251,21 @@ impl RedisServer {
         );
         // Wait until it accepts connections.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server on {} did not start", self.port);
+        while std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on {}:{} did not start:\n{}",
+                self.ip,
+                self.port,
+                understudy::controlplane::tail(&log)
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
-    /// `127.0.0.1:<port>`, where the operator probes it.
+    /// `<ip>:<port>`, where the operator probes it.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn kill(&mut self) {
@@ -277,7 +281,7 @@ impl RedisServer {
     }
 
     async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis_conn(self.port, self.password.as_deref(), 500).await
+        redis_conn(&self.ip, self.port, self.password.as_deref(), 500).await
     }
 
     /// `INFO replication` as a map, straight from the server.
@@ -294,6 +298,11 @@ impl RedisServer {
 
     pub async fn role(&self) -> Option<String> {
         self.replication().await.and_then(|m| m.get("role").cloned())
+    }
+
+    /// (ip, port, password) for a [`RoleSampler`].
+    pub fn sample_target(&self) -> (String, u16, Option<String>) {
+        (self.ip.clone(), self.port, self.password.clone())
     }
 
     pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
@@ -317,14 +326,15 @@ pub struct RoleSampler {
 }
 
 impl RoleSampler {
-    pub fn start(ports: Vec<(u16, Option<String>)>) -> Self {
+    /// Sample servers given as (ip, port, password).
+    pub fn start(ports: Vec<(String, u16, Option<String>)>) -> Self {
         use std::sync::atomic::Ordering::SeqCst;
         let max_primaries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let samples = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (m, n) = (max_primaries.clone(), samples.clone());
         let task = tokio::spawn(async move {
             let servers: Vec<RedisProbe> =
-                ports.into_iter().map(|(port, password)| RedisProbe { port, password }).collect();
+                ports.into_iter().map(|(ip, port, password)| RedisProbe { ip, port, password }).collect();
             loop {
                 let roles = futures::future::join_all(servers.iter().map(RedisProbe::role)).await;
                 let primaries = roles.iter().filter(|r| r.as_deref() == Some("master")).count();
@@ -353,13 +363,14 @@ impl Drop for RoleSampler {
 
 /// A connection to the redis-server on loopback `port`, both timeouts `timeout_ms`.
 pub async fn redis_conn(
+    ip: &str,
     port: u16,
     password: Option<&str>,
     timeout_ms: u64,
 ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let url = match password {
-        Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
-        None => format!("redis://127.0.0.1:{port}/"),
+        Some(p) => format!("redis://:{p}@{ip}:{port}/"),
+        None => format!("redis://{ip}:{port}/"),
     };
     let t = Some(std::time::Duration::from_millis(timeout_ms));
     let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(t).set_response_timeout(t);
@@ -367,13 +378,14 @@ pub async fn redis_conn(
 }
 
 struct RedisProbe {
+    ip: String,
     port: u16,
     password: Option<String>,
 }
 
 impl RedisProbe {
     async fn role(&self) -> Option<String> {
-        let mut c = redis_conn(self.port, self.password.as_deref(), 200).await.ok()?;
+        let mut c = redis_conn(&self.ip, self.port, self.password.as_deref(), 200).await.ok()?;
         let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()?;
         info.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix("role:").map(str::to_owned))
     }

@@ -1,0 +1,93 @@
+{{/* The chart's name. */}}
+{{- define "understudy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: <release>-<chart>, or the release name if it already contains the chart's. */}}
+{{- define "understudy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "understudy.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "understudy.labels" -}}
+helm.sh/chart: {{ include "understudy.chart" . }}
+{{ include "understudy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: understudy
+{{- end }}
+
+{{/* Labels selecting the operator's pods. */}}
+{{- define "understudy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "understudy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "understudy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "understudy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound cluster-wide
+(ClusterRole) or per watched namespace (Role), see watchNamespaces.
+*/}}
+{{- define "understudy.operatorRules" -}}
+# The four custom resources, watched and updated by their controllers.
+- apiGroups: ["understudy.dev"]
+  resources: ["haclusters", "failoverrequests", "shardfailovers", "protectiongroups"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["understudy.dev"]
+  resources: ["haclusters/status", "failoverrequests/status", "shardfailovers/status", "protectiongroups/status"]
+  verbs: ["get", "patch", "update"]
+# Credentials of the managed services (referenced by HaCluster specs); read only.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+# Routing: Services and EndpointSlices pointing at the current primary.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# The role label (understudy.dev/role) on member pods.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "patch"]
+# Redirect configuration: the ConfigMap key holding the primary's address.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "update"]
+# Client access: spec.acls becomes a NetworkPolicy.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Restarts of the workloads listed for restart after a role change.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "patch"]
+# An Event for every role change.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
