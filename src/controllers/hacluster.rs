@@ -149,6 +149,7 @@ fn ctrl_label() -> crate::metrics::ControllerLabels {
 /// What the monitor remembers about a member between heartbeats.
 #[derive(Clone, Debug, Default)]
 struct MemberState {
+    endpoint: String,
     misses: u32,
     probe: Option<Probe>,
     unauthorized: bool,
@@ -350,14 +351,12 @@ impl Monitor {
 
     async fn tick(&mut self, cluster: HaCluster) {
         let declared = self.declared(&cluster);
-        // Forget members that were removed from the spec.
-        self.members.retain(|name, _| declared.iter().any(|d| &d.name == name));
-
         if !self.ensure_engine(&cluster).await {
             self.write_status(&cluster, |_| {}).await;
             return;
         }
         let engine = self.engine.take().expect("ensured");
+        self.detach_removed(engine.as_ref(), &cluster, &declared).await;
         self.probe_all(engine.as_ref(), &declared, &cluster).await;
         let policy = Self::policy(&cluster, engine.as_ref());
 
@@ -403,11 +402,48 @@ impl Monitor {
         }
     }
 
+    /// Members removed from the membership are detached: fenced (no longer replicating, no
+    /// longer writable) and forgotten. A removed primary is fenced too; the shard then fails
+    /// over to a remaining member, so it never runs on as an unmanaged second primary.
+    async fn detach_removed(&mut self, engine: &dyn Engine, cluster: &HaCluster, declared: &[Declared]) {
+        let removed: Vec<(String, String)> = self
+            .members
+            .iter()
+            .filter(|(name, _)| !declared.iter().any(|d| &d.name == *name))
+            .map(|(n, m)| (n.clone(), m.endpoint.clone()))
+            .collect();
+        for (name, endpoint) in removed {
+            if cluster.spec.paused {
+                self.members.remove(&name);
+                continue;
+            }
+            match engine.demote(&endpoint).await {
+                Ok(()) => {
+                    info!(cluster = %key(cluster), member = %name, "detached a member removed from the membership");
+                    self.ctx
+                        .event(
+                            cluster,
+                            false,
+                            "MemberDetached",
+                            "Detach",
+                            format!("{name} was removed from the membership and detached"),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    warn!(cluster = %key(cluster), member = %name, error = %e, "removed member could not be detached (unreachable); it is out of routing")
+                }
+            }
+            self.members.remove(&name);
+        }
+    }
+
     async fn probe_all(&mut self, engine: &dyn Engine, declared: &[Declared], cluster: &HaCluster) {
         let probes = futures::future::join_all(declared.iter().map(|d| engine.probe(&d.endpoint))).await;
         let ns = cluster.namespace().unwrap_or_default();
         for (d, result) in declared.iter().zip(probes) {
             let st = self.members.entry(d.name.clone()).or_default();
+            st.endpoint.clone_from(&d.endpoint);
             let up = match result {
                 Ok(p) => {
                     st.misses = 0;

@@ -347,3 +347,60 @@ async fn redis_missing_secret_is_reported_and_nothing_is_touched() {
     }
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn redis_membership_edits_attach_and_detach_members() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-members").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let two: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    api.create(
+        &PostParams::default(),
+        &cluster("grow", &[("s0", &two)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&api, "grow", "s0", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+
+    // Add c: it is attached as a replica of the primary.
+    let three: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1]), ("c", &servers[2])];
+    let spec = cluster("grow", &[("s0", &three)], json!({"heartbeatInterval": "200ms"})).spec;
+    api.patch("grow", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"shards": spec.shards}})))
+        .await
+        .unwrap();
+    wait_follows(&servers[2], &servers[pi]).await;
+    eventually(WAIT, "c listed as a healthy replica", || async {
+        let st = api.get("grow").await.ok()?.status?;
+        st.shards[0]
+            .members
+            .iter()
+            .any(|m| m.name == "c" && m.healthy && m.role == Role::Replica)
+            .then_some(())
+    })
+    .await;
+
+    // Remove the other replica: it is detached (no longer replicating) and leaves status.
+    let removed = ["a", "b"][ri];
+    let kept: Vec<(&str, &RedisServer)> = vec![(["a", "b"][pi], &servers[pi]), ("c", &servers[2])];
+    let spec = cluster("grow", &[("s0", &kept)], json!({"heartbeatInterval": "200ms"})).spec;
+    api.patch("grow", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"shards": spec.shards}})))
+        .await
+        .unwrap();
+    eventually(WAIT, "removed member detached", || async {
+        let info = servers[ri].replication().await?;
+        (info.get("master_port")? == "1").then_some(())
+    })
+    .await;
+    eventually(WAIT, "removed member gone from status", || async {
+        let st = api.get("grow").await.ok()?.status?;
+        (!st.shards[0].members.iter().any(|m| m.name == removed)
+            && st.healthy_members.as_deref() == Some("2/2"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(servers[pi].role().await.as_deref(), Some("master"));
+    operator.stop().await;
+}
