@@ -370,14 +370,21 @@ impl Monitor {
                 .and_then(|s| s.operation.clone())
                 .filter(|l| l.kind != LOCK_KIND && l.expires_at.0 > Timestamp::now());
             if let Some(lock) = busy {
-                // Another operation owns the shard's roles; observe only.
+                // Another operation owns the shard's roles. Only the promotion it recorded
+                // (target + epoch) is carried out here; nothing else is touched.
+                let mut plan = plan;
+                let requested = plan.promote.take().filter(|p| p.kind == PromotionKind::Resume);
                 let p = Plan {
-                    blocked: Some(shard::Blocked {
+                    blocked: requested.is_none().then(|| shard::Blocked {
                         reason: "DatabaseBusy",
                         message: format!("{} {} holds the shard's operation lock", lock.kind, lock.name),
                     }),
                     ..Plan::default()
                 };
+                if let Some(mut promotion) = requested {
+                    promotion.reason = format!("requested by {} {}", lock.kind, lock.name);
+                    self.promote(engine.as_ref(), &cluster, &shard_name, &declared, promotion).await;
+                }
                 plans.insert(shard_name, p);
                 continue;
             }
@@ -662,13 +669,35 @@ impl Monitor {
                 .await;
         }
 
-        // 2. Fence the old primary: out of routing at once, demoted if it still answers.
+        // 2. Fence the old primary: out of routing at once. A healthy old primary (switchover)
+        //    is drained — writes paused until the candidate has everything — then demoted by
+        //    following the new primary; an unhealthy one is demoted if it still answers.
+        let mut paused: Option<Declared> = None;
         if let Some(from) = &from {
             if let Some(c) = self.latest() {
                 self.update_routing(&c, declared).await;
             }
-            let reachable = self.members.get(&from.name).is_some_and(|m| m.probe.is_some());
-            if reachable && let Err(e) = engine.demote(&from.endpoint).await {
+            let state = self.members.get(&from.name);
+            let reachable = state.is_some_and(|m| m.probe.is_some());
+            let healthy_primary = state.is_some_and(|m| {
+                m.misses == 0 && m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Primary)
+            });
+            if healthy_primary && engine.follows_directly() {
+                match drain(engine, &from.endpoint, &to.endpoint, step_timeout).await {
+                    Ok(()) => paused = Some(from.clone()),
+                    Err(why) => {
+                        let _ = engine.resume_writes(&from.endpoint).await;
+                        self.abandon(
+                            cluster,
+                            shard_name,
+                            declared,
+                            &format!("switchover to {} abandoned: {why}", to.name),
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            } else if reachable && let Err(e) = engine.demote(&from.endpoint).await {
                 warn!(cluster = %ckey, member = %from.name, error = %e, "could not fence the old primary; it is out of routing");
             }
         }
@@ -719,6 +748,14 @@ impl Monitor {
                 Err(e) => {
                     warn!(cluster = %ckey, error = %e, "could not write the redirect ConfigMap; retried")
                 }
+            }
+        }
+
+        if let Some(from) = &paused {
+            // It follows the new primary now: writes it receives are refused (READONLY), so
+            // clients move to the new primary through routing.
+            if let Err(e) = engine.resume_writes(&from.endpoint).await {
+                warn!(cluster = %ckey, member = %from.name, error = %e, "could not unpause the old primary (the pause expires by itself)");
             }
         }
 
@@ -785,6 +822,41 @@ impl Monitor {
         let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
         self.ctx.event(cluster, false, reason, "Promote", note).await;
         if let Some(c) = self.latest() {
+            self.update_routing(&c, declared).await;
+        }
+    }
+
+    /// Give up a recorded promotion without carrying it out: clear the target (and our own
+    /// lock); the epoch stays bumped. The old primary keeps its role.
+    async fn abandon(&mut self, cluster: &HaCluster, shard_name: &str, declared: &[Declared], why: &str) {
+        warn!(cluster = %key(cluster), shard = shard_name, "{why}");
+        self.ctx
+            .event(cluster, true, "PromotionAbandoned", "Promote", format!("shard {shard_name}: {why}"))
+            .await;
+        for attempt in 0..5 {
+            let Some(base) = (if attempt == 0 { self.latest() } else { self.fetch().await }) else { return };
+            let mut next = base.clone();
+            let status = next.status.get_or_insert_with(Default::default);
+            let s = shard_entry(status, shard_name);
+            s.target_primary = None;
+            if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
+                s.operation = None;
+            }
+            set_condition(
+                &mut status.conditions,
+                "LastPromotion",
+                false,
+                "Abandoned",
+                format!("shard {shard_name}: {why}"),
+                base.metadata.generation,
+                &Time(Timestamp::now()),
+            );
+            if self.replace_status(&next).await.is_ok() {
+                break;
+            }
+        }
+        if let Some(c) = self.latest() {
+            self.last_routes = None;
             self.update_routing(&c, declared).await;
         }
     }
@@ -1063,6 +1135,31 @@ impl Monitor {
                 }
             }
         }
+    }
+}
+
+/// Graceful switchover: pause writes on the old primary, then wait until the candidate has
+/// applied everything the old primary wrote (offsets equal). Err says why not.
+async fn drain(engine: &dyn Engine, from: &str, to: &str, timeout: Duration) -> Result<(), String> {
+    engine
+        .pause_writes(from, timeout + Duration::from_secs(2))
+        .await
+        .map_err(|e| format!("could not pause writes: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (p, c) = futures::join!(engine.probe(from), engine.probe(to));
+        let p = p.map_err(|e| format!("old primary stopped answering: {e}"))?;
+        if let (Some(po), Ok(Some(co))) = (p.offset, c.map(|c| c.offset)) {
+            if co >= po {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the candidate is still {} bytes behind after {timeout:?}", po - co));
+            }
+        } else if Instant::now() >= deadline {
+            return Err(format!("no replication offsets within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod hacluster;
 pub mod routing;
+pub mod shard_failover;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -124,6 +125,7 @@ pub async fn read_credentials(
 pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
     tokio::select! {
         r = hacluster::run(ctx.clone()) => r,
+        r = shard_failover::run(ctx.clone()) => r,
         _ = leading.wait_for(|l| !*l) => Ok(()),
     }
 }

@@ -9,5 +9,6 @@ mod hacluster_pods;
 mod hacluster_redis;
 mod operator;
 mod outage;
+mod shard_failover;
 mod support;
 mod validation;

@@ -1,0 +1,545 @@
+//! The ShardFailover controller (seed 001): fail over named primary shards of one HaCluster.
+//!
+//! Stages: validate (every uid is a current primary of one cluster, else the seed's error
+//! code) → plan (which replica each shard promotes; dry run stops here) → take the operation
+//! lock of every shard, bump epochs and record targets in one resourceVersion-guarded write on
+//! the HaCluster → the cluster's monitor carries the promotions out (graceful if the old
+//! primary is healthy) → release the lock. Everything is recorded in status first, so a
+//! restarted operator resumes where it stopped.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+    runtime::{Controller, controller::Action, watcher},
+};
+use tracing::{debug, info, warn};
+
+use super::Context;
+use crate::{
+    core::{
+        lock::{LockState, lock_state},
+        shard::{self, MemberFacts, Policy, ShardFacts},
+    },
+    engines::{ObservedRole, Probe},
+    metrics::ControllerLabels,
+    resources::{
+        HaCluster, ShardFailover,
+        hacluster::{FailoverMode, OperationLock, Role},
+        shard_failover::{
+            ShardFailoverError as Code, ShardFailoverPhase as Phase, ShardFailoverStatus, ShardProgress,
+            ShardStep,
+        },
+        shared::set_condition,
+    },
+};
+
+pub const LOCK_KIND: &str = "ShardFailover";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+pub async fn run(ctx: Context) -> anyhow::Result<()> {
+    let ctx = Arc::new(ctx);
+    let runs = ctx.scopes::<ShardFailover>().into_iter().map(|api| {
+        Controller::new(api, watcher::Config::default().any_semantic())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    debug!(error = %e, "shardfailover reconcile");
+                }
+            })
+    });
+    futures::future::join_all(runs).await;
+    Ok(())
+}
+
+fn error_policy(_: Arc<ShardFailover>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ControllerLabels { controller: "shardfailover".into() })
+        .inc();
+    warn!(error = %err, "shardfailover reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Where a uid lives.
+struct Located {
+    cluster: HaCluster,
+    shard: String,
+}
+
+async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.get_or_create(&ControllerLabels { controller: "shardfailover".into() }).inc();
+    let ns = sfo.namespace().unwrap_or_default();
+    let api: Api<ShardFailover> = Api::namespaced(ctx.client.clone(), &ns);
+    let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = sfo.status.clone().unwrap_or_default();
+    if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
+        return Ok(Action::await_change());
+    }
+    let uid = sfo.uid().unwrap_or_default();
+    let now = Timestamp::now();
+    let created = sfo.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let deadline = created + Duration::from_secs(sfo.spec.timeout_seconds.max(1) as u64);
+
+    if status.action_uid.is_none() {
+        status.action_uid = Some(uid.clone());
+        status.phase = Some(Phase::Pending);
+        status.start_time = Some(Time(now));
+        status.observed_generation = sfo.metadata.generation;
+    }
+
+    // Validate and plan once; afterwards the recorded plan is the truth (the uids stop
+    // being primaries as soon as the plan is carried out).
+    if status.shards.is_empty() {
+        let all = clusters.list(&ListParams::default()).await?.items;
+        match validate_and_plan(&sfo, &all) {
+            Err((code, msg)) => return finish_failed(&api, &sfo, status, code, msg, &ctx).await,
+            Ok((cluster, plan)) => {
+                status.cluster = Some(cluster);
+                status.shards = plan;
+            }
+        }
+        if sfo.spec.dry_run {
+            let summary = plan_summary(&status.shards);
+            status.phase = Some(Phase::Succeeded);
+            status.completion_time = Some(Time(Timestamp::now()));
+            status.message = Some(format!("dry run: {summary}; nothing was changed"));
+            set_condition(
+                &mut status.conditions,
+                "Complete",
+                true,
+                "DryRun",
+                status.message.clone().unwrap_or_default(),
+                sfo.metadata.generation,
+                &Time(Timestamp::now()),
+            );
+            write(&api, &sfo, status).await?;
+            return Ok(Action::await_change());
+        }
+        status.phase = Some(Phase::Running);
+        status.message = Some(plan_summary(&status.shards));
+        write(&api, &sfo, status.clone()).await?;
+    }
+
+    let cluster_name = status.cluster.clone().unwrap_or_default();
+    let Some(cluster) = clusters.get_opt(&cluster_name).await? else {
+        return finish_failed(
+            &api,
+            &sfo,
+            status,
+            Code::ShardNotExist,
+            format!("HaCluster {cluster_name} was deleted"),
+            &ctx,
+        )
+        .await;
+    };
+    let cstatus = cluster.status.clone().unwrap_or_default();
+
+    // Done shards: the cluster's monitor made `to` the primary.
+    let mut all_done = true;
+    let mut need_lock = Vec::new();
+    for p in &mut status.shards {
+        let s = cstatus.shards.iter().find(|s| Some(&s.name) == p.shard.as_ref());
+        let current = s.and_then(|s| s.current_primary.clone());
+        let target = s.and_then(|s| s.target_primary.clone());
+        let ours =
+            s.and_then(|s| s.operation.as_ref()).is_some_and(|l| l.uid.as_deref() == Some(uid.as_str()));
+        if current.is_some() && current == p.to && target.is_none() {
+            p.phase = ShardStep::Succeeded;
+            p.message = Some(format!("{} is primary", p.to.clone().unwrap_or_default()));
+            continue;
+        }
+        all_done = false;
+        if ours && target.is_none() {
+            // The monitor abandoned our promotion (e.g. the candidate could not catch up).
+            p.phase = ShardStep::Failed;
+            let why =
+                cstatus.conditions.iter().find(|c| c.type_ == "LastPromotion").map(|c| c.message.clone());
+            p.message = Some(why.unwrap_or_else(|| "the promotion was abandoned".into()));
+        } else if !ours {
+            if current.as_deref() != Some(p.from.as_str()) {
+                p.phase = ShardStep::Failed;
+                p.message =
+                    Some(format!("{} is no longer the primary (now {current:?}); not touching it", p.from));
+            } else {
+                need_lock.push(p.shard.clone().unwrap_or_default());
+            }
+        }
+    }
+    if all_done {
+        release(&clusters, &cluster_name, &uid).await?;
+        status.phase = Some(Phase::Succeeded);
+        status.completion_time = Some(Time(Timestamp::now()));
+        status.message = Some(format!("done: {}", plan_summary(&status.shards)));
+        set_condition(
+            &mut status.conditions,
+            "Complete",
+            true,
+            "Succeeded",
+            status.message.clone().unwrap_or_default(),
+            sfo.metadata.generation,
+            &Time(Timestamp::now()),
+        );
+        info!(shardfailover = %sfo.name_any(), "{}", status.message.clone().unwrap_or_default());
+        ctx.event(
+            sfo.as_ref(),
+            false,
+            "Succeeded",
+            "ShardFailover",
+            status.message.clone().unwrap_or_default(),
+        )
+        .await;
+        write(&api, &sfo, status).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(failed) = status.shards.iter().find(|p| p.phase == ShardStep::Failed) {
+        let msg = format!(
+            "shard {}: {}",
+            failed.shard.clone().unwrap_or_default(),
+            failed.message.clone().unwrap_or_default()
+        );
+        release(&clusters, &cluster_name, &uid).await?;
+        return finish_failed(&api, &sfo, status, Code::FailoverFailed, msg, &ctx).await;
+    }
+    if Timestamp::now() >= deadline {
+        let msg = if need_lock.is_empty() {
+            "the promotions did not finish before the deadline".to_owned()
+        } else {
+            format!("shards {need_lock:?} stayed locked by another operation until the deadline")
+        };
+        let code = if need_lock.is_empty() { Code::FailoverFailed } else { Code::DbBusy };
+        release(&clusters, &cluster_name, &uid).await?;
+        return finish_failed(&api, &sfo, status, code, msg, &ctx).await;
+    }
+
+    if !need_lock.is_empty() {
+        match acquire(&clusters, &cluster, &sfo, &status, &need_lock, deadline).await? {
+            Ok(()) => {
+                for p in status
+                    .shards
+                    .iter_mut()
+                    .filter(|p| need_lock.contains(&p.shard.clone().unwrap_or_default()))
+                {
+                    p.phase = ShardStep::Promoting;
+                    p.message = Some(format!("promoting {}", p.to.clone().unwrap_or_default()));
+                }
+                status.conditions.retain(|c| c.type_ != "DatabaseBusy");
+                info!(shardfailover = %sfo.name_any(), shards = ?need_lock, "locked; promotions recorded");
+            }
+            Err(holder) => {
+                for p in status
+                    .shards
+                    .iter_mut()
+                    .filter(|p| need_lock.contains(&p.shard.clone().unwrap_or_default()))
+                {
+                    p.phase = ShardStep::WaitingForLock;
+                    p.message = Some(format!("waiting: {holder} holds the lock"));
+                }
+                set_condition(
+                    &mut status.conditions,
+                    "DatabaseBusy",
+                    true,
+                    "DatabaseBusy",
+                    format!(
+                        "db_busy: {holder} holds the operation lock; waiting until it frees or the deadline"
+                    ),
+                    sfo.metadata.generation,
+                    &Time(Timestamp::now()),
+                );
+            }
+        }
+    }
+    write(&api, &sfo, status).await?;
+    Ok(Action::requeue(Duration::from_millis(250)))
+}
+
+fn plan_summary(shards: &[ShardProgress]) -> String {
+    shards
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {} → {}",
+                p.shard.clone().unwrap_or_default(),
+                p.from,
+                p.to.clone().unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Seed-001 validation and the plan: one (shard, from, to) per uid.
+fn validate_and_plan(
+    sfo: &ShardFailover,
+    clusters: &[HaCluster],
+) -> Result<(String, Vec<ShardProgress>), (Code, String)> {
+    let mut located: Vec<(String, Located)> = Vec::new();
+    for uid in &sfo.spec.shard_uids {
+        let found = clusters.iter().find_map(|c| {
+            let st = c.status.as_ref()?;
+            st.shards
+                .iter()
+                .find(|s| s.members.iter().any(|m| &m.name == uid))
+                .map(|s| Located { cluster: c.clone(), shard: s.name.clone() })
+        });
+        let Some(loc) = found else {
+            return Err((
+                Code::ShardNotExist,
+                format!("shard_not_exist: {uid} is not a member of any HaCluster in this namespace"),
+            ));
+        };
+        let primary = loc
+            .cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.shards.iter().find(|s| s.name == loc.shard))
+            .and_then(|s| s.current_primary.clone());
+        if primary.as_deref() != Some(uid.as_str()) {
+            return Err((
+                Code::ShardIsSlave,
+                format!(
+                    "shard_is_slave: {uid} is a replica of shard {} (its primary is {})",
+                    loc.shard,
+                    primary.unwrap_or_else(|| "unknown".into())
+                ),
+            ));
+        }
+        located.push((uid.clone(), loc));
+    }
+    let names: std::collections::BTreeSet<String> =
+        located.iter().map(|(_, l)| l.cluster.name_any()).collect();
+    if names.len() > 1 {
+        return Err((
+            Code::FailoverShardsDifferentBdb,
+            format!(
+                "failover_shards_different_bdb: the uids belong to different HaClusters ({})",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let mut plan = Vec::new();
+    for (uid, loc) in &located {
+        let facts = facts_from_status(&loc.cluster, &loc.shard, &sfo.spec.dead_nodes);
+        let policy = Policy {
+            automatic: loc.cluster.spec.failover.mode == FailoverMode::Automatic,
+            max_lag: loc.cluster.spec.failover.max_lag_on_failover,
+            ..Policy::default()
+        };
+        // A planned failover of a live primary drains it first, so lag is not a reason to
+        // refuse here; the graceful path waits until the candidate has everything.
+        let policy = Policy {
+            max_lag: if sfo.spec.dead_uids.contains(uid) { policy.max_lag } else { i64::MAX },
+            ..policy
+        };
+        match shard::elect_candidate(&facts, &policy, Some(uid)) {
+            Ok(c) if &c.name != uid => plan.push(ShardProgress {
+                uid: uid.clone(),
+                shard: Some(loc.shard.clone()),
+                from: uid.clone(),
+                to: Some(c.name.clone()),
+                phase: ShardStep::Planned,
+                message: Some(format!("would promote {}", c.name)),
+            }),
+            Ok(_) | Err(_) => {
+                let why = shard::elect_candidate(&facts, &policy, Some(uid))
+                    .err()
+                    .unwrap_or_else(|| "no other member qualifies".into());
+                return Err((
+                    Code::NoEligibleReplica,
+                    format!("no_eligible_replica: shard {}: {why}", loc.shard),
+                ));
+            }
+        }
+    }
+    Ok((names.into_iter().next().unwrap_or_default(), plan))
+}
+
+/// Member facts from an HaCluster's status (what its monitor last recorded).
+fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]) -> ShardFacts {
+    let st = cluster.status.clone().unwrap_or_default();
+    let s = st.shards.iter().find(|s| s.name == shard).cloned().unwrap_or_default();
+    let priority = |name: &str| {
+        cluster
+            .spec
+            .shards
+            .iter()
+            .flatten()
+            .flat_map(|s| s.members.iter())
+            .find(|m| m.name == name)
+            .map_or(100, |m| m.priority)
+    };
+    let primary_offset =
+        s.members.iter().find(|m| Some(&m.name) == s.current_primary.as_ref()).and_then(|m| m.offset);
+    ShardFacts {
+        members: s
+            .members
+            .iter()
+            .map(|m| MemberFacts {
+                name: m.name.clone(),
+                endpoint: m.endpoint.clone().unwrap_or_default(),
+                node: m.node.clone(),
+                priority: priority(&m.name),
+                probe: m.healthy.then(|| Probe {
+                    role: if m.role == Role::Primary { ObservedRole::Primary } else { ObservedRole::Replica },
+                    offset: m.offset.or(Some(0)),
+                    following: None,
+                    link_up: true,
+                }),
+                misses: u32::from(!m.healthy),
+                unauthorized: false,
+            })
+            .collect(),
+        current_primary: s.current_primary.clone(),
+        target_primary: None,
+        last_primary_offset: primary_offset,
+        primary_lost_for: Duration::ZERO,
+        avoid_nodes: dead_nodes.to_vec(),
+    }
+}
+
+/// Take the lock of `shards`, bump their epochs and record the targets in one guarded write.
+/// Ok(Err(holder)) if someone else holds a lock.
+async fn acquire(
+    clusters: &Api<HaCluster>,
+    cluster: &HaCluster,
+    sfo: &ShardFailover,
+    status: &ShardFailoverStatus,
+    shards: &[String],
+    deadline: Timestamp,
+) -> Result<Result<(), String>, kube::Error> {
+    let uid = sfo.uid().unwrap_or_default();
+    let now = Timestamp::now();
+    let mut next = cluster.clone();
+    let cstatus = next.status.get_or_insert_with(Default::default);
+    for shard in shards {
+        let Some(s) = cstatus.shards.iter_mut().find(|s| &s.name == shard) else { continue };
+        let holder_exists = holder_exists(&clusters.clone().into_client(), s.operation.as_ref()).await;
+        match lock_state(s.operation.as_ref(), &uid, now, holder_exists) {
+            LockState::Held { holder, .. } => return Ok(Err(holder)),
+            LockState::Free | LockState::Mine => {}
+        }
+        let to = status.shards.iter().find(|p| p.shard.as_ref() == Some(shard)).and_then(|p| p.to.clone());
+        s.operation = Some(OperationLock {
+            kind: LOCK_KIND.into(),
+            name: sfo.name_any(),
+            namespace: sfo.namespace(),
+            uid: Some(uid.clone()),
+            acquired_at: Time(now),
+            expires_at: Time(deadline),
+        });
+        s.epoch += 1;
+        s.target_primary = to;
+    }
+    // replace_status carries the resourceVersion we read: a concurrent writer makes this 409.
+    match clusters.replace_status(&cluster.name_any(), &PostParams::default(), &next).await {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err("a concurrent status write (retrying)".into())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the object holding `lock` still exists with the same uid. A lock whose holder was
+/// deleted is released. Holders of kinds this controller cannot look up count as alive until
+/// their lease expires; on API errors, too (never steal a lock on a guess).
+pub async fn holder_exists(client: &kube::Client, lock: Option<&OperationLock>) -> bool {
+    let Some(l) = lock else { return false };
+    let ns = l.namespace.clone().unwrap_or_default();
+    let found = match l.kind.as_str() {
+        LOCK_KIND => Api::<ShardFailover>::namespaced(client.clone(), &ns)
+            .get_opt(&l.name)
+            .await
+            .map(|o| o.and_then(|o| o.uid())),
+        "FailoverRequest" => Api::<crate::resources::FailoverRequest>::namespaced(client.clone(), &ns)
+            .get_opt(&l.name)
+            .await
+            .map(|o| o.and_then(|o| o.uid())),
+        _ => return true,
+    };
+    match found {
+        Ok(uid) => uid.is_some() && uid == l.uid,
+        Err(_) => true,
+    }
+}
+
+/// Release every lock `uid` holds on `cluster` (and abandon targets not yet reached).
+async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Result<(), kube::Error> {
+    for _ in 0..5 {
+        let Some(c) = clusters.get_opt(cluster).await? else { return Ok(()) };
+        let mut next = c.clone();
+        let mut changed = false;
+        for s in next.status.iter_mut().flat_map(|s| s.shards.iter_mut()) {
+            if s.operation.as_ref().is_some_and(|l| l.uid.as_deref() == Some(uid)) {
+                s.operation = None;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        match clusters.replace_status(cluster, &PostParams::default(), &next).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn finish_failed(
+    api: &Api<ShardFailover>,
+    sfo: &ShardFailover,
+    mut status: ShardFailoverStatus,
+    code: Code,
+    message: String,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let reason = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(reason_of)).unwrap_or_default();
+    status.phase = Some(Phase::Failed);
+    status.error_code = Some(code);
+    status.message = Some(message.clone());
+    status.completion_time = Some(Time(Timestamp::now()));
+    set_condition(
+        &mut status.conditions,
+        "Complete",
+        false,
+        &reason,
+        message.clone(),
+        sfo.metadata.generation,
+        &Time(Timestamp::now()),
+    );
+    warn!(shardfailover = %sfo.name_any(), %message, "failed");
+    ctx.event(sfo, true, &reason, "ShardFailover", message).await;
+    write(api, sfo, status).await?;
+    Ok(Action::await_change())
+}
+
+/// `shard_is_slave` → `ShardIsSlave`.
+fn reason_of(code: &str) -> String {
+    code.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+async fn write(
+    api: &Api<ShardFailover>,
+    sfo: &ShardFailover,
+    status: ShardFailoverStatus,
+) -> Result<(), kube::Error> {
+    if sfo.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let mut next = sfo.clone();
+    next.status = Some(status);
+    api.replace_status(&sfo.name_any(), &PostParams::default(), &next).await.map(|_| ())
+}

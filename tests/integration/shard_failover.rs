@@ -1,0 +1,232 @@
+//! ShardFailover (seed 001) on real redis-server shards: dry run, every error code from a
+//! real attempt, a two-shard failover that leaves the third shard alone, and zero
+//! acknowledged writes lost during the graceful switchover.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use kube::{Api, api::PostParams};
+use serde_json::json;
+use understudy::resources::{
+    FailoverRequest, HaCluster, ShardFailover,
+    shard_failover::{ShardFailoverError, ShardFailoverPhase},
+};
+
+use crate::{
+    hacluster_redis::{cluster, wait_follows, wait_primary},
+    support::{self, Operator, RedisServer, eventually},
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn submit(api: &Api<ShardFailover>, name: &str, spec: serde_json::Value) -> ShardFailover {
+    let sfo: ShardFailover = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &sfo).await.unwrap();
+    eventually(WAIT, &format!("ShardFailover {name} to finish"), || async {
+        let s = api.get(name).await.ok()?;
+        matches!(s.status.as_ref()?.phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed))
+            .then_some(s)
+    })
+    .await
+}
+
+fn code(s: &ShardFailover) -> Option<ShardFailoverError> {
+    s.status.as_ref()?.error_code
+}
+
+async fn epochs(api: &Api<HaCluster>, name: &str) -> Vec<(String, Option<String>, i64)> {
+    let st = api.get(name).await.unwrap().status.unwrap();
+    st.shards.iter().map(|s| (s.name.clone(), s.current_primary.clone(), s.epoch)).collect()
+}
+
+#[tokio::test]
+async fn shard_failover_plans_refuses_and_fails_over_two_of_three_shards() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sfo").await;
+    let servers: Vec<[RedisServer; 2]> =
+        (0..3).map(|_| [RedisServer::start(None), RedisServer::start(None)]).collect();
+    let names: Vec<[String; 2]> = (0..3).map(|i| [format!("a{i}"), format!("b{i}")]).collect();
+    let members: Vec<Vec<(&str, &RedisServer)>> = (0..3)
+        .map(|i| vec![(names[i][0].as_str(), &servers[i][0]), (names[i][1].as_str(), &servers[i][1])])
+        .collect();
+    let shard_names = ["s0", "s1", "s2"];
+    let shards: Vec<(&str, &[(&str, &RedisServer)])> =
+        (0..3).map(|i| (shard_names[i], members[i].as_slice())).collect();
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    hacs.create(&PostParams::default(), &cluster("bdb", &shards, json!({"heartbeatInterval": "200ms"})))
+        .await
+        .unwrap();
+    let other = RedisServer::start(None);
+    let other_members = vec![("solo", &other)];
+    hacs.create(
+        &PostParams::default(),
+        &cluster("other", &[("s0", &other_members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let mut primaries = Vec::new();
+    for (i, s) in shard_names.iter().enumerate() {
+        let p = wait_primary(&hacs, "bdb", s, None).await;
+        let (pi, ri) = if p == names[i][0] { (0, 1) } else { (1, 0) };
+        wait_follows(&servers[i][ri], &servers[i][pi]).await;
+        primaries.push((p, pi, ri));
+    }
+    wait_primary(&hacs, "other", "s0", None).await;
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    let before = epochs(&hacs, "bdb").await;
+
+    // Dry run: the plan is written, nothing is touched.
+    let dry = submit(&sfos, "dry", json!({"shardUids": [primaries[0].0], "dryRun": true})).await;
+    let st = dry.status.clone().unwrap();
+    assert_eq!(st.phase, Some(ShardFailoverPhase::Succeeded), "{st:?}");
+    assert_eq!(st.shards[0].to.as_deref(), Some(names[0][primaries[0].2].as_str()), "plan names the replica");
+    assert!(st.message.unwrap().contains("dry run"));
+    assert_eq!(epochs(&hacs, "bdb").await, before, "dry run changed nothing");
+    assert_eq!(servers[0][primaries[0].1].role().await.as_deref(), Some("master"));
+
+    // Every error code, from a real attempt; nothing touched.
+    let r = submit(&sfos, "nope", json!({"shardUids": ["zz"]})).await;
+    assert_eq!(code(&r), Some(ShardFailoverError::ShardNotExist), "{:?}", r.status);
+    let replica = names[0][primaries[0].2].clone();
+    let r = submit(&sfos, "slave", json!({"shardUids": [replica]})).await;
+    assert_eq!(code(&r), Some(ShardFailoverError::ShardIsSlave), "{:?}", r.status);
+    assert!(r.status.unwrap().message.unwrap().contains("is a replica"));
+    let r = submit(&sfos, "two-dbs", json!({"shardUids": [primaries[0].0, "solo"]})).await;
+    assert_eq!(code(&r), Some(ShardFailoverError::FailoverShardsDifferentBdb), "{:?}", r.status);
+    assert_eq!(epochs(&hacs, "bdb").await, before, "refused requests changed nothing");
+
+    // db_busy: another operation (a real object) holds s2's lock past our deadline.
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    let holder: FailoverRequest = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": "holder"},
+        "spec": {"type": "Switchover", "items": [{"cluster": "bdb", "shard": "s2"}], "dryRun": true}
+    }))
+    .unwrap();
+    let holder = frs.create(&PostParams::default(), &holder).await.unwrap();
+    let mut c = hacs.get("bdb").await.unwrap();
+    let s2 = c.status.as_mut().unwrap().shards.iter_mut().find(|s| s.name == "s2").unwrap();
+    s2.operation = Some(
+        serde_json::from_value(json!({
+            "kind": "FailoverRequest", "name": "holder", "namespace": ns, "uid": holder.metadata.uid,
+            "acquiredAt": "2026-01-01T00:00:00Z", "expiresAt": "2099-01-01T00:00:00Z"
+        }))
+        .unwrap(),
+    );
+    hacs.replace_status("bdb", &PostParams::default(), &c).await.unwrap();
+    let r = submit(&sfos, "busy", json!({"shardUids": [primaries[2].0], "timeoutSeconds": 3})).await;
+    assert_eq!(code(&r), Some(ShardFailoverError::DbBusy), "{:?}", r.status);
+    assert!(
+        r.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == "DatabaseBusy"),
+        "reported busy while waiting"
+    );
+    let mut c = hacs.get("bdb").await.unwrap();
+    c.status.as_mut().unwrap().shards.iter_mut().for_each(|s| s.operation = None);
+    hacs.replace_status("bdb", &PostParams::default(), &c).await.unwrap();
+    assert_eq!(servers[2][primaries[2].1].role().await.as_deref(), Some("master"), "busy shard untouched");
+
+    // Fail over s0 and s1 while a client writes sequenced keys to s0's primary.
+    let acked = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let port = servers[0][primaries[0].1].port;
+        tokio::spawn(async move {
+            let mut conn = support::redis_conn("127.0.0.1", port, None, 5000).await.unwrap();
+            let mut i = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                let r: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(format!("seq:{i}")).arg(i).query_async(&mut conn).await;
+                match r {
+                    Ok(()) => {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                        i += 1;
+                    }
+                    Err(_) => break, // READONLY: the old primary follows the new one now
+                }
+            }
+        })
+    };
+    eventually(WAIT, "writer running", || async { (acked.load(Ordering::SeqCst) > 200).then_some(()) }).await;
+    let done = submit(&sfos, "two-shards", json!({"shardUids": [primaries[0].0, primaries[1].0]})).await;
+    let st = done.status.clone().unwrap();
+    assert_eq!(st.phase, Some(ShardFailoverPhase::Succeeded), "{st:?}");
+    assert!(st.action_uid.is_some());
+    stop.store(true, Ordering::SeqCst);
+    let _ = writer.await;
+    let after = epochs(&hacs, "bdb").await;
+    for i in 0..2 {
+        let (_, pi, ri) = primaries[i];
+        assert_eq!(after[i].1.as_deref(), Some(names[i][ri].as_str()), "shard {i} failed over");
+        assert_eq!(after[i].2, before[i].2 + 1);
+        assert_eq!(servers[i][ri].role().await.as_deref(), Some("master"));
+        wait_follows(&servers[i][pi], &servers[i][ri]).await;
+    }
+    assert_eq!(after[2], before[2], "the third shard is untouched");
+    let acked = acked.load(Ordering::SeqCst);
+    let (_, _, ri) = primaries[0];
+    let present: i64 = servers[0][ri].cmd(&redis::cmd("DBSIZE")).await.unwrap();
+    assert_eq!(present, acked, "every acknowledged write is on the new primary (zero loss)");
+    eprintln!("switchover under load: {acked} acknowledged writes, {present} on the new primary");
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn shard_failover_resumes_after_the_operator_restarts() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sfo-resume").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members = vec![("a", &servers[0]), ("b", &servers[1])];
+    hacs.create(
+        &PostParams::default(),
+        &cluster("r", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&hacs, "r", "s0", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+    operator.stop().await;
+
+    // The operator is down when the request arrives; it starts, records the plan, and is
+    // stopped again mid-operation; a fresh operator finishes from what status says.
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    let sfo: ShardFailover = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": "move"},
+        "spec": {"shardUids": [p]}
+    }))
+    .unwrap();
+    sfos.create(&PostParams::default(), &sfo).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    eventually(WAIT, "plan recorded", || async {
+        let s = sfos.get("move").await.ok()?;
+        (!s.status?.shards.is_empty()).then_some(())
+    })
+    .await;
+    operator.stop().await;
+    let operator = Operator::start(client.clone(), &ns);
+    let done = eventually(WAIT, "finished after restart", || async {
+        let s = sfos.get("move").await.ok()?;
+        matches!(s.status.as_ref()?.phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(done.status.unwrap().phase, Some(ShardFailoverPhase::Succeeded));
+    let now = wait_primary(&hacs, "r", "s0", Some(&p)).await;
+    assert_ne!(now, p);
+    assert_eq!(servers[ri].role().await.as_deref(), Some("master"));
+    wait_follows(&servers[pi], &servers[ri]).await;
+    let st = hacs.get("r").await.unwrap().status.unwrap();
+    assert!(st.shards[0].operation.is_none(), "lock released");
+    operator.stop().await;
+}
