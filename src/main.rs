@@ -32,7 +32,7 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Walk through a failover on a local control plane with real redis-server processes.
-    Demo,
+    Demo(understudy::demo::DemoArgs),
     /// Serve the HA-status API (GET/POST /rest/ha/status) for a node with no HA API of its own.
     Agent(understudy::agent::AgentArgs),
 }
@@ -61,24 +61,24 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        "error"
+    } else {
+        "info,kube=warn,tower=warn,hyper=warn"
+    };
+    init_tracing(cli.log_format, default_filter);
     match cli.command {
         Command::Crds { dir } => print_crds(dir),
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
         Command::Agent(args) => tokio::runtime::Runtime::new()?.block_on(understudy::agent::run(args)),
-        Command::Demo => {
-            println!(
-                "`understudy demo` is coming: it will start a local control plane, three redis-server \
-                 members and walk through a failover. Until then, see the README for the test suite."
-            );
-            Ok(())
-        }
+        Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(understudy::demo::run(args)),
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -768,6 +768,15 @@ impl Monitor {
             let s = shard_entry(status, shard_name);
             s.current_primary = Some(to.name.clone());
             s.target_primary = None;
+            // Record the roles as they now are, so status never shows two primaries.
+            for m in &mut s.members {
+                if m.name == to.name {
+                    m.role = Role::Primary;
+                    m.upstream = None;
+                } else if m.role == Role::Primary {
+                    m.role = if paused.is_some() { Role::Replica } else { Role::Fenced };
+                }
+            }
             if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
                 s.operation = None;
             }

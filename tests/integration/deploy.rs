@@ -119,13 +119,12 @@ fn chart() -> PathBuf {
 fn helm() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
     HELM.get_or_init(|| {
-        let out =
-            Command::new(repo().join("tools/helm/build.sh")).output().expect("running tools/helm/build.sh");
-        assert!(
-            out.status.success(),
-            "tools/helm/build.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Progress and errors go straight to the terminal: the first build takes minutes.
+        let out = Command::new(repo().join("tools/helm/build.sh"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("running tools/helm/build.sh");
+        assert!(out.status.success(), "tools/helm/build.sh failed (its output is above)");
         let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         assert!(path.is_file(), "tools/helm/build.sh printed {path:?}, which is not a file");
         path
@@ -557,6 +556,17 @@ async fn helm_chart_with_watch_namespaces_grants_rights_only_there() {
     assert!(ok, "deleting the release: {err}");
 }
 
+/// Shows the operator's log in the test output if the test fails while it runs.
+struct DumpLogOnPanic<'a>(&'a Process);
+
+impl Drop for DumpLogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- operator log ({}):\n{}", self.0.log.display(), self.0.log());
+        }
+    }
+}
+
 /// A kubeconfig for the shared control plane that authenticates with `token` only.
 fn token_kubeconfig(token: &str, name: &str) -> PathBuf {
     let admin = std::fs::read_to_string(&support::shared().kubeconfig).unwrap();
@@ -622,8 +632,9 @@ async fn operator_does_its_job_with_only_the_charts_rbac() {
         .env("POD_NAME", "e2e-understudy-0")
         .env("RUST_LOG", "info,understudy=debug");
     let log = std::env::temp_dir().join(format!("understudy-e2e-{}.log", std::process::id()));
-    let operator =
-        Process { child: understudy::controlplane::spawn(cmd, &log).expect("start understudy"), log };
+    let child = understudy::controlplane::spawn(cmd, &log).expect("start understudy");
+    let operator = Process { child, log: log.clone() };
+    let dump = DumpLogOnPanic(&operator);
 
     let lease = || support::kubectl_result(&["get", "lease", "understudy-leader", "-n", &ns, "-o", "json"]);
     let holder = eventually(WAIT, "the Lease in the release namespace", || async {
@@ -633,7 +644,7 @@ async fn operator_does_its_job_with_only_the_charts_rbac() {
             .map(str::to_owned)
     })
     .await;
-    assert_eq!(holder, "e2e-understudy-0", "log:\n{}", operator.log());
+    assert_eq!(holder, "e2e-understudy-0");
 
     let status = eventually(WAIT, "HaCluster cache Healthy with a primary", || async {
         let (ok, out, _) =
@@ -648,9 +659,10 @@ async fn operator_does_its_job_with_only_the_charts_rbac() {
         support::kubectl_result(&["get", "service", "cache-primary", "-n", &watched]).0.then_some(())
     })
     .await;
-    let text = operator.log();
-    assert!(!text.to_lowercase().contains("forbidden"), "the operator was refused something:\n{text}");
+    assert!(!operator.log().to_lowercase().contains("forbidden"), "the operator was refused something");
+    drop(dump);
     drop(operator);
+    let _ = std::fs::remove_file(&log);
     assert!(status["shards"][0]["members"].as_array().is_some_and(|m| m.len() == 2), "{status}");
 
     let _ = std::fs::remove_file(&kubeconfig);

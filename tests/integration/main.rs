@@ -3,6 +3,7 @@
 
 mod agent;
 mod api;
+mod demo;
 mod deploy;
 mod hacluster_agent;
 mod hacluster_pods;

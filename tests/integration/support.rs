@@ -199,123 +199,7 @@ where
     }
 }
 
-/// A real redis-server on loopback, started the way Understudy expects members to start:
-/// as a replica of nothing (`--replicaof 127.0.0.1 1`), so a restarted member is never a
-/// second primary.
-pub struct RedisServer {
-    pub ip: String,
-    pub port: u16,
-    pub password: Option<String>,
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-}
-
-impl RedisServer {
-    pub fn start(password: Option<&str>) -> Self {
-        Self::start_on("127.0.0.1", understudy::controlplane::free_port().unwrap(), password)
-    }
-
-    /// On a given loopback address (any 127.x.y.z) and port.
-    pub fn start_on(ip: &str, port: u16, password: Option<&str>) -> Self {
-        let mut s = Self {
-            ip: ip.to_owned(),
-            port,
-            password: password.map(str::to_owned),
-            dir: tempfile::Builder::new().prefix("understudy-redis-").tempdir().unwrap(),
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = std::process::Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", &self.ip, "--save", "", "--appendonly", "no"])
-            .args([
-                "--replicaof",
-                "127.0.0.1",
-                "1",
-                "--repl-diskless-sync",
-                "yes",
-                "--repl-diskless-sync-delay",
-                "0",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path());
-        if let Some(p) = &self.password {
-            cmd.args(["--requirepass", p, "--masterauth", p]);
-        }
-        let log = self.dir.path().join(format!("redis-{}.log", self.port));
-        self.child = Some(
-            understudy::controlplane::spawn(cmd, &log).expect("redis-server (installed by tools/test.sh)"),
-        );
-        // Wait until it accepts connections.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server on {}:{} did not start:\n{}",
-                self.ip,
-                self.port,
-                understudy::controlplane::tail(&log)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    /// `<ip>:<port>`, where the operator probes it.
-    pub fn endpoint(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis_conn(&self.ip, self.port, self.password.as_deref(), 500).await
-    }
-
-    /// `INFO replication` as a map, straight from the server.
-    pub async fn replication(&self) -> Option<std::collections::HashMap<String, String>> {
-        let mut c = self.conn().await.ok()?;
-        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()?;
-        Some(
-            info.lines()
-                .filter_map(|l| l.trim_end_matches('\r').split_once(':'))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        )
-    }
-
-    pub async fn role(&self) -> Option<String> {
-        self.replication().await.and_then(|m| m.get("role").cloned())
-    }
-
-    /// (ip, port, password) for a [`RoleSampler`].
-    pub fn sample_target(&self) -> (String, u16, Option<String>) {
-        (self.ip.clone(), self.port, self.password.clone())
-    }
-
-    pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        let mut c = self.conn().await?;
-        cmd.query_async(&mut c).await
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use understudy::localredis::{LocalRedis as RedisServer, redis_conn};
 
 /// Samples the role of every server every 20 ms and remembers the most primaries ever seen
 /// at once (each sample queries all servers back to back).
@@ -359,22 +243,6 @@ impl Drop for RoleSampler {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A connection to the redis-server on loopback `port`, both timeouts `timeout_ms`.
-pub async fn redis_conn(
-    ip: &str,
-    port: u16,
-    password: Option<&str>,
-    timeout_ms: u64,
-) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let url = match password {
-        Some(p) => format!("redis://:{p}@{ip}:{port}/"),
-        None => format!("redis://{ip}:{port}/"),
-    };
-    let t = Some(std::time::Duration::from_millis(timeout_ms));
-    let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(t).set_response_timeout(t);
-    redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&cfg).await
 }
 
 struct RedisProbe {
