@@ -709,8 +709,20 @@ impl Monitor {
             Err(_) => Some(format!("promoting {} timed out after {step_timeout:?}", to.name)),
         };
         if let Some(failure) = failure {
-            // The target stays recorded: the next heartbeat retries it, or picks another
-            // candidate if it is no longer healthy.
+            if let Some(from) = &paused {
+                // Switchover: the old primary still has everything; give it its writes back.
+                let _ = engine.resume_writes(&from.endpoint).await;
+                self.abandon(
+                    cluster,
+                    shard_name,
+                    declared,
+                    &format!("{failure}; {} keeps the primary role", from.name),
+                )
+                .await;
+                return;
+            }
+            // Failover: the target stays recorded; the next heartbeat retries it, or picks
+            // another candidate if it is no longer healthy.
             warn!(cluster = %ckey, "{failure}");
             self.ctx.event(cluster, true, "PromotionFailed", "Promote", failure).await;
             return;

@@ -1,7 +1,9 @@
 //! Controllers: gather facts, ask [`crate::core`] what to do, apply it. What the controllers
 //! share (context, events, credentials, status writes) lives here so they are not copies.
 
+pub mod failover_request;
 pub mod hacluster;
+pub mod operation;
 pub mod routing;
 pub mod shard_failover;
 
@@ -121,11 +123,65 @@ pub async fn read_credentials(
     ))
 }
 
+/// Errors of the operation controllers: transient API failures, retried.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Run a kube-runtime Controller for `K` in every watched scope: reconciles and errors are
+/// counted under `name`, a failed reconcile is retried after 2 s. Used by the operation
+/// controllers (ShardFailover, FailoverRequest), which differ only in their reconcile.
+pub async fn run_controller<K, F, Fut>(ctx: Context, name: &'static str, reconcile: F) -> anyhow::Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: Fn(std::sync::Arc<K>, std::sync::Arc<Context>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, OpError>> + Send + 'static,
+{
+    use futures::{FutureExt as _, StreamExt as _};
+    use kube::runtime::{Controller, controller::Action, watcher};
+    let ctx = std::sync::Arc::new(ctx);
+    let label = crate::metrics::ControllerLabels { controller: name.into() };
+    let mut runs = Vec::new();
+    for api in ctx.scopes::<K>() {
+        let (reconcile, label, errors_label) = (reconcile.clone(), label.clone(), label.clone());
+        let run = Controller::new(api, watcher::Config::default().any_semantic())
+            .run(
+                move |obj, ctx: std::sync::Arc<Context>| {
+                    ctx.metrics.reconciles.get_or_create(&label).inc();
+                    reconcile(obj, ctx)
+                },
+                move |_obj, err: &OpError, ctx: std::sync::Arc<Context>| {
+                    ctx.metrics.reconcile_errors.get_or_create(&errors_label).inc();
+                    warn!(controller = name, error = %err, "reconcile failed; retrying");
+                    Action::requeue(Duration::from_secs(2))
+                },
+                ctx.clone(),
+            )
+            .for_each(move |r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(controller = name, error = %e, "reconcile");
+                }
+            });
+        runs.push(run.boxed());
+    }
+    futures::future::join_all(runs).await;
+    Ok(())
+}
+
 /// Run every controller until one fails or `leading` turns false.
 pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
     tokio::select! {
         r = hacluster::run(ctx.clone()) => r,
-        r = shard_failover::run(ctx.clone()) => r,
+        r = run_controller(ctx.clone(), "shardfailover", shard_failover::reconcile) => r,
+        r = run_controller(ctx.clone(), "failoverrequest", failover_request::reconcile) => r,
         _ = leading.wait_for(|l| !*l) => Ok(()),
     }
 }

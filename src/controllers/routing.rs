@@ -175,7 +175,10 @@ pub async fn apply_routes(
         .labels(&format!("{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}", cluster.name_any()));
     for old in slices.list(&lp).await? {
         let name = old.name_any();
-        if !wanted.contains(&name) {
+        // Only slices of the Services this call manages; others (e.g. a FailoverRequest's
+        // serviceName) are left alone.
+        let service = old.labels().get(SERVICE_NAME_LABEL).cloned().unwrap_or_default();
+        if routes.services.contains_key(&service) && !wanted.contains(&name) {
             slices.delete(&name, &DeleteParams::default()).await?;
         }
     }

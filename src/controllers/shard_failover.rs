@@ -9,26 +9,23 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
     api::{ListParams, PostParams},
-    runtime::{Controller, controller::Action, watcher},
+    runtime::controller::Action,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::Context;
+use super::{
+    Context,
+    operation::{Holder, acquire, facts_from_status, release},
+};
 use crate::{
-    core::{
-        lock::{LockState, lock_state},
-        shard::{self, MemberFacts, Policy, ShardFacts},
-    },
-    engines::{ObservedRole, Probe},
-    metrics::ControllerLabels,
+    core::shard::{self, Policy},
     resources::{
         HaCluster, ShardFailover,
-        hacluster::{FailoverMode, OperationLock, Role},
+        hacluster::FailoverMode,
         shard_failover::{
             ShardFailoverError as Code, ShardFailoverPhase as Phase, ShardFailoverStatus, ShardProgress,
             ShardStep,
@@ -39,35 +36,7 @@ use crate::{
 
 pub const LOCK_KIND: &str = "ShardFailover";
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-pub async fn run(ctx: Context) -> anyhow::Result<()> {
-    let ctx = Arc::new(ctx);
-    let runs = ctx.scopes::<ShardFailover>().into_iter().map(|api| {
-        Controller::new(api, watcher::Config::default().any_semantic())
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    debug!(error = %e, "shardfailover reconcile");
-                }
-            })
-    });
-    futures::future::join_all(runs).await;
-    Ok(())
-}
-
-fn error_policy(_: Arc<ShardFailover>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ControllerLabels { controller: "shardfailover".into() })
-        .inc();
-    warn!(error = %err, "shardfailover reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
-}
+use super::OpError as Error;
 
 /// Where a uid lives.
 struct Located {
@@ -75,8 +44,7 @@ struct Located {
     shard: String,
 }
 
-async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciles.get_or_create(&ControllerLabels { controller: "shardfailover".into() }).inc();
+pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = sfo.namespace().unwrap_or_default();
     let api: Api<ShardFailover> = Api::namespaced(ctx.client.clone(), &ns);
     let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
@@ -221,7 +189,19 @@ async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Action,
     }
 
     if !need_lock.is_empty() {
-        match acquire(&clusters, &cluster, &sfo, &status, &need_lock, deadline).await? {
+        let holder = Holder {
+            kind: LOCK_KIND.into(),
+            name: sfo.name_any(),
+            namespace: sfo.namespace(),
+            uid: uid.clone(),
+        };
+        let targets: Vec<(String, String)> = status
+            .shards
+            .iter()
+            .filter(|p| need_lock.contains(&p.shard.clone().unwrap_or_default()))
+            .map(|p| (p.shard.clone().unwrap_or_default(), p.to.clone().unwrap_or_default()))
+            .collect();
+        match acquire(&clusters, &cluster, &holder, &targets, deadline).await? {
             Ok(()) => {
                 for p in status
                     .shards
@@ -360,137 +340,6 @@ fn validate_and_plan(
         }
     }
     Ok((names.into_iter().next().unwrap_or_default(), plan))
-}
-
-/// Member facts from an HaCluster's status (what its monitor last recorded).
-fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]) -> ShardFacts {
-    let st = cluster.status.clone().unwrap_or_default();
-    let s = st.shards.iter().find(|s| s.name == shard).cloned().unwrap_or_default();
-    let priority = |name: &str| {
-        cluster
-            .spec
-            .shards
-            .iter()
-            .flatten()
-            .flat_map(|s| s.members.iter())
-            .find(|m| m.name == name)
-            .map_or(100, |m| m.priority)
-    };
-    let primary_offset =
-        s.members.iter().find(|m| Some(&m.name) == s.current_primary.as_ref()).and_then(|m| m.offset);
-    ShardFacts {
-        members: s
-            .members
-            .iter()
-            .map(|m| MemberFacts {
-                name: m.name.clone(),
-                endpoint: m.endpoint.clone().unwrap_or_default(),
-                node: m.node.clone(),
-                priority: priority(&m.name),
-                probe: m.healthy.then(|| Probe {
-                    role: if m.role == Role::Primary { ObservedRole::Primary } else { ObservedRole::Replica },
-                    offset: m.offset.or(Some(0)),
-                    following: None,
-                    link_up: true,
-                }),
-                misses: u32::from(!m.healthy),
-                unauthorized: false,
-            })
-            .collect(),
-        current_primary: s.current_primary.clone(),
-        target_primary: None,
-        last_primary_offset: primary_offset,
-        primary_lost_for: Duration::ZERO,
-        avoid_nodes: dead_nodes.to_vec(),
-    }
-}
-
-/// Take the lock of `shards`, bump their epochs and record the targets in one guarded write.
-/// Ok(Err(holder)) if someone else holds a lock.
-async fn acquire(
-    clusters: &Api<HaCluster>,
-    cluster: &HaCluster,
-    sfo: &ShardFailover,
-    status: &ShardFailoverStatus,
-    shards: &[String],
-    deadline: Timestamp,
-) -> Result<Result<(), String>, kube::Error> {
-    let uid = sfo.uid().unwrap_or_default();
-    let now = Timestamp::now();
-    let mut next = cluster.clone();
-    let cstatus = next.status.get_or_insert_with(Default::default);
-    for shard in shards {
-        let Some(s) = cstatus.shards.iter_mut().find(|s| &s.name == shard) else { continue };
-        let holder_exists = holder_exists(&clusters.clone().into_client(), s.operation.as_ref()).await;
-        match lock_state(s.operation.as_ref(), &uid, now, holder_exists) {
-            LockState::Held { holder, .. } => return Ok(Err(holder)),
-            LockState::Free | LockState::Mine => {}
-        }
-        let to = status.shards.iter().find(|p| p.shard.as_ref() == Some(shard)).and_then(|p| p.to.clone());
-        s.operation = Some(OperationLock {
-            kind: LOCK_KIND.into(),
-            name: sfo.name_any(),
-            namespace: sfo.namespace(),
-            uid: Some(uid.clone()),
-            acquired_at: Time(now),
-            expires_at: Time(deadline),
-        });
-        s.epoch += 1;
-        s.target_primary = to;
-    }
-    // replace_status carries the resourceVersion we read: a concurrent writer makes this 409.
-    match clusters.replace_status(&cluster.name_any(), &PostParams::default(), &next).await {
-        Ok(_) => Ok(Ok(())),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err("a concurrent status write (retrying)".into())),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether the object holding `lock` still exists with the same uid. A lock whose holder was
-/// deleted is released. Holders of kinds this controller cannot look up count as alive until
-/// their lease expires; on API errors, too (never steal a lock on a guess).
-pub async fn holder_exists(client: &kube::Client, lock: Option<&OperationLock>) -> bool {
-    let Some(l) = lock else { return false };
-    let ns = l.namespace.clone().unwrap_or_default();
-    let found = match l.kind.as_str() {
-        LOCK_KIND => Api::<ShardFailover>::namespaced(client.clone(), &ns)
-            .get_opt(&l.name)
-            .await
-            .map(|o| o.and_then(|o| o.uid())),
-        "FailoverRequest" => Api::<crate::resources::FailoverRequest>::namespaced(client.clone(), &ns)
-            .get_opt(&l.name)
-            .await
-            .map(|o| o.and_then(|o| o.uid())),
-        _ => return true,
-    };
-    match found {
-        Ok(uid) => uid.is_some() && uid == l.uid,
-        Err(_) => true,
-    }
-}
-
-/// Release every lock `uid` holds on `cluster` (and abandon targets not yet reached).
-async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Result<(), kube::Error> {
-    for _ in 0..5 {
-        let Some(c) = clusters.get_opt(cluster).await? else { return Ok(()) };
-        let mut next = c.clone();
-        let mut changed = false;
-        for s in next.status.iter_mut().flat_map(|s| s.shards.iter_mut()) {
-            if s.operation.as_ref().is_some_and(|l| l.uid.as_deref() == Some(uid)) {
-                s.operation = None;
-                changed = true;
-            }
-        }
-        if !changed {
-            return Ok(());
-        }
-        match clusters.replace_status(cluster, &PostParams::default(), &next).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 async fn finish_failed(

@@ -1,5 +1,6 @@
 //! Pure decisions: no client, no clock, no I/O. Controllers gather facts, call these
 //! functions and apply what they return; this is where the unit and property tests live.
 
+pub mod dag;
 pub mod lock;
 pub mod shard;

@@ -5,6 +5,7 @@ mod agent;
 mod api;
 mod demo;
 mod deploy;
+mod failover_request;
 mod hacluster_agent;
 mod hacluster_pods;
 mod hacluster_redis;

@@ -1,0 +1,443 @@
+//! The FailoverRequest controller (seed 000): a batch of switchovers or failovers, one item
+//! per cluster/shard, run as a task DAG recorded in `status.task`.
+//!
+//! Per item: check → lock (epoch + target recorded) → switch (carried out by the cluster's
+//! monitor: drain or fence the old primary, promote, redirect) → route (the request's
+//! Service) → record. Items run in parallel. [`crate::core::dag`] decides what may run, what to
+//! roll back and when the whole is terminal; every step is idempotent and its status is
+//! written before the next starts, so a restarted operator resumes from status.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, api::PostParams, runtime::controller::Action};
+use tracing::{info, warn};
+
+use super::{
+    Context,
+    operation::{Holder, acquire, facts_from_status, release},
+    routing,
+};
+use crate::{
+    core::{
+        dag::{self, ItemOutcome},
+        shard::{self, Policy},
+    },
+    resources::{
+        FailoverRequest, HaCluster,
+        failover_request::{
+            FailoverRequestStatus, ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus,
+        },
+        shared::set_condition,
+    },
+};
+
+pub const LOCK_KIND: &str = "FailoverRequest";
+
+use super::OpError as Error;
+
+/// What a step did.
+enum Step {
+    Done(String),
+    Waiting(String),
+    Failed(String),
+}
+
+pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = fr.namespace().unwrap_or_default();
+    let api: Api<FailoverRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = fr.status.clone().unwrap_or_default();
+    if matches!(status.phase, Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack))
+    {
+        return Ok(Action::await_change());
+    }
+    let now = Time(Timestamp::now());
+    let Some(mut task) = status.task.clone() else {
+        let subtasks = dag::build(fr.spec.items.len(), fr.spec.timeout_seconds, |i, step| {
+            let item = &fr.spec.items[i];
+            let what = dag::STEPS.iter().find(|(n, ..)| *n == step).map_or("", |s| s.1);
+            format!("{}/{}: {what}", item.cluster, item.shard.as_deref().unwrap_or("(first shard)"))
+        });
+        status.task = Some(TaskInstance {
+            id: fr.uid().unwrap_or_default(),
+            name: format!("{:?}", fr.spec.type_).to_lowercase(),
+            status: TaskStatus::Running,
+            start_time: Some(now.clone()),
+            end_time: None,
+            prohibit_rollback: false,
+            subtasks,
+        });
+        status.phase = Some(RequestPhase::Running);
+        status.observed_generation = fr.metadata.generation;
+        status.progress = status.task.as_ref().map(|t| dag::progress(&t.subtasks));
+        write(&api, &fr, status).await?;
+        return Ok(Action::requeue(Duration::from_millis(50)));
+    };
+
+    // Roll back failed items that may still be rolled back, newest step first.
+    let items: Vec<i32> = (0..fr.spec.items.len() as i32).collect();
+    for item in &items {
+        for id in dag::to_roll_back(&task.subtasks, *item) {
+            let sub = task.subtasks.iter().find(|t| t.id == id).cloned().expect("id from the dag");
+            let msg = roll_back(&ctx, &fr, &sub).await?;
+            let t = task.subtasks.iter_mut().find(|t| t.id == id).expect("id from the dag");
+            t.status = TaskStatus::RolledBack;
+            t.message = Some(msg);
+            t.end_time = Some(Time(Timestamp::now()));
+        }
+    }
+
+    // Drive every runnable subtask one step.
+    for id in dag::runnable(&task.subtasks) {
+        let sub = task.subtasks.iter().find(|t| t.id == id).cloned().expect("id from the dag");
+        let context = item_context(&task.subtasks, sub.item);
+        let started = sub.start_time.clone().unwrap_or_else(|| Time(Timestamp::now()));
+        let timed_out =
+            Timestamp::now() >= started.0 + Duration::from_secs(sub.timeout_seconds.max(1) as u64);
+        let outcome = if fr.spec.dry_run && sub.name != "check" {
+            Step::Done("dry run: skipped".into())
+        } else {
+            run_step(&ctx, &fr, &sub, &context).await?
+        };
+        let t = task.subtasks.iter_mut().find(|t| t.id == id).expect("id from the dag");
+        t.start_time = Some(started);
+        match outcome {
+            Step::Done(msg) => {
+                t.status = if fr.spec.dry_run && t.name != "check" {
+                    TaskStatus::Skipped
+                } else {
+                    TaskStatus::Successful
+                };
+                t.message = Some(msg.clone());
+                t.end_time = Some(Time(Timestamp::now()));
+                if t.name == "check" {
+                    t.context = parse_context(&msg);
+                }
+                info!(request = %fr.name_any(), step = %t.name, item = t.item, "{msg}");
+            }
+            Step::Waiting(msg) if !timed_out => {
+                t.status = TaskStatus::Running;
+                t.message = Some(msg);
+            }
+            Step::Waiting(msg) => {
+                t.status = TaskStatus::Failed;
+                t.message = Some(format!("timed out after {}s: {msg}", t.timeout_seconds));
+                t.end_time = Some(Time(Timestamp::now()));
+            }
+            Step::Failed(msg) => {
+                warn!(request = %fr.name_any(), step = %t.name, item = t.item, "{msg}");
+                t.status = TaskStatus::Failed;
+                t.message = Some(msg);
+                t.end_time = Some(Time(Timestamp::now()));
+            }
+        }
+    }
+
+    task.prohibit_rollback =
+        task.subtasks.iter().any(|t| t.prohibit_rollback && t.status == TaskStatus::Successful);
+    status.progress = Some(dag::progress(&task.subtasks));
+    status.items = items
+        .iter()
+        .filter_map(|i| {
+            let c = item_context(&task.subtasks, *i);
+            Some(ItemResult {
+                cluster: c.get("cluster")?.clone(),
+                shard: c.get("shard")?.clone(),
+                from: c.get("from").cloned(),
+                to: (dag::item_outcome(&task.subtasks, *i) == Some(ItemOutcome::Succeeded))
+                    .then(|| c.get("to").cloned())
+                    .flatten(),
+            })
+        })
+        .collect();
+    let generation = fr.metadata.generation;
+    if let Some(outcome) = dag::outcome(&task.subtasks) {
+        let (phase, tstatus, reason) = match outcome {
+            ItemOutcome::Succeeded => (RequestPhase::Succeeded, TaskStatus::Successful, "Succeeded"),
+            ItemOutcome::Failed => (RequestPhase::Failed, TaskStatus::Failed, "Failed"),
+            ItemOutcome::RolledBack => (RequestPhase::RolledBack, TaskStatus::RolledBack, "RolledBack"),
+        };
+        let failures: Vec<String> = task
+            .subtasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .map(|t| {
+                format!(
+                    "{} {}: {}",
+                    fr.spec.items[t.item as usize].cluster,
+                    t.name,
+                    t.message.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        let message = match outcome {
+            ItemOutcome::Succeeded if fr.spec.dry_run => {
+                format!(
+                    "dry run: {}",
+                    status.items.iter().map(plan_line(&task.subtasks)).collect::<Vec<_>>().join(", ")
+                )
+            }
+            ItemOutcome::Succeeded => status
+                .items
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}/{}: {} → {}",
+                        r.cluster,
+                        r.shard,
+                        r.from.clone().unwrap_or_default(),
+                        r.to.clone().unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => failures.join("; "),
+        };
+        task.status = tstatus;
+        task.end_time = Some(Time(Timestamp::now()));
+        status.phase = Some(phase);
+        status.message = Some(message.clone());
+        set_condition(
+            &mut status.conditions,
+            "Complete",
+            outcome == ItemOutcome::Succeeded,
+            reason,
+            message.clone(),
+            generation,
+            &Time(Timestamp::now()),
+        );
+        ctx.event(fr.as_ref(), outcome != ItemOutcome::Succeeded, reason, "FailoverRequest", message).await;
+    }
+    let terminal = status.phase != Some(RequestPhase::Running);
+    status.task = Some(task);
+    write(&api, &fr, status).await?;
+    Ok(if terminal { Action::await_change() } else { Action::requeue(Duration::from_millis(200)) })
+}
+
+fn plan_line(tasks: &[Subtask]) -> impl Fn(&ItemResult) -> String + '_ {
+    move |r| {
+        let to = tasks
+            .iter()
+            .find(|t| t.name == "check" && t.context.get("cluster") == Some(&r.cluster))
+            .and_then(|t| t.context.get("to").cloned())
+            .unwrap_or_default();
+        format!("{}/{}: would promote {to} (now {})", r.cluster, r.shard, r.from.clone().unwrap_or_default())
+    }
+}
+
+/// The facts the `check` step recorded for an item.
+fn item_context(tasks: &[Subtask], item: i32) -> BTreeMap<String, String> {
+    tasks.iter().find(|t| t.item == item && t.name == "check").map(|t| t.context.clone()).unwrap_or_default()
+}
+
+/// `check` reports `cluster=… shard=… from=… to=…; text`.
+fn parse_context(msg: &str) -> BTreeMap<String, String> {
+    msg.split(';')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+async fn run_step(
+    ctx: &Context,
+    fr: &FailoverRequest,
+    sub: &Subtask,
+    c: &BTreeMap<String, String>,
+) -> Result<Step, kube::Error> {
+    let ns = fr.namespace().unwrap_or_default();
+    let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let item = &fr.spec.items[sub.item as usize];
+    let uid = fr.uid().unwrap_or_default();
+    let get = |k: &str| c.get(k).cloned().unwrap_or_default();
+    Ok(match sub.name.as_str() {
+        "check" => check(&clusters, fr, sub.item as usize).await?,
+        "lock" => {
+            let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
+                return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
+            };
+            let current = shard_of(&cluster, &get("shard")).and_then(|s| s.current_primary.clone());
+            let ours = shard_of(&cluster, &get("shard"))
+                .and_then(|s| s.operation.as_ref())
+                .is_some_and(|l| l.uid.as_deref() == Some(uid.as_str()));
+            if !ours && current.as_deref() != Some(get("from").as_str()) {
+                return Ok(Step::Failed(format!(
+                    "the primary changed to {current:?} before the lock was taken; not touching it"
+                )));
+            }
+            let holder =
+                Holder { kind: LOCK_KIND.into(), name: fr.name_any(), namespace: fr.namespace(), uid };
+            let deadline = Timestamp::now() + Duration::from_secs(fr.spec.timeout_seconds.max(1) as u64 * 2);
+            match acquire(&clusters, &cluster, &holder, &[(get("shard"), get("to"))], deadline).await? {
+                Ok(()) => Step::Done(format!(
+                    "locked {}/{}; epoch bumped, target {}",
+                    get("cluster"),
+                    get("shard"),
+                    get("to")
+                )),
+                Err(h) => Step::Waiting(format!("db_busy: {h} holds the operation lock")),
+            }
+        }
+        "switch" => {
+            let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
+                return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
+            };
+            let s = shard_of(&cluster, &get("shard"));
+            let current = s.and_then(|s| s.current_primary.clone());
+            let target = s.and_then(|s| s.target_primary.clone());
+            if current.as_deref() == Some(get("to").as_str()) && target.is_none() {
+                Step::Done(format!("{} is primary; {} follows it", get("to"), get("from")))
+            } else if target.as_deref() != Some(get("to").as_str()) {
+                let why = cluster
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.conditions.iter().find(|c| c.type_ == "LastPromotion"))
+                    .map(|c| c.message.clone());
+                Step::Failed(why.unwrap_or_else(|| "the promotion was abandoned".into()))
+            } else {
+                Step::Waiting(format!("waiting for {}'s monitor to promote {}", get("cluster"), get("to")))
+            }
+        }
+        "route" => match &item.service_name {
+            None => Step::Done("no serviceName: nothing to route".into()),
+            Some(svc) => {
+                let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
+                    return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
+                };
+                let Some(route) = member_route(&cluster, &get("to")) else {
+                    return Ok(Step::Failed(format!("{} has no routable address", get("to"))));
+                };
+                let routes =
+                    routing::Routes { services: BTreeMap::from([(svc.clone(), vec![route.clone()])]) };
+                let rejected = routing::apply_routes(&ctx.client, &cluster, &routes).await?;
+                if rejected.is_empty() {
+                    Step::Done(format!("Service {svc} → {route}"))
+                } else {
+                    Step::Failed(format!(
+                        "Kubernetes cannot route to {route} (loopback/link-local); set clientAddress on the member"
+                    ))
+                }
+            }
+        },
+        "record" => {
+            release(&clusters, &get("cluster"), &uid).await?;
+            Step::Done(format!(
+                "{}/{}: primary {} (was {}); lock released",
+                get("cluster"),
+                get("shard"),
+                get("to"),
+                get("from")
+            ))
+        }
+        other => Step::Failed(format!("unknown step {other}")),
+    })
+}
+
+/// Validate an item and choose its candidate.
+async fn check(clusters: &Api<HaCluster>, fr: &FailoverRequest, i: usize) -> Result<Step, kube::Error> {
+    let item = &fr.spec.items[i];
+    let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
+        return Ok(Step::Failed(format!("HaCluster {} not found", item.cluster)));
+    };
+    let st = cluster.status.clone().unwrap_or_default();
+    let shard = match &item.shard {
+        Some(s) => s.clone(),
+        None => match st.shards.first() {
+            Some(s) => s.name.clone(),
+            None => return Ok(Step::Failed(format!("HaCluster {} has no shards yet", item.cluster))),
+        },
+    };
+    let Some(s) = st.shards.iter().find(|s| s.name == shard) else {
+        return Ok(Step::Failed(format!("HaCluster {} has no shard {shard}", item.cluster)));
+    };
+    let Some(current) = s.current_primary.clone() else {
+        return Ok(Step::Failed(format!("{}/{shard} has no primary yet", item.cluster)));
+    };
+    if let Some(expected) = &item.expected_primary
+        && expected != &current
+    {
+        return Ok(Step::Failed(format!(
+            "expectedPrimary is {expected} but the primary of {}/{shard} is {current}; refusing, nothing touched",
+            item.cluster
+        )));
+    }
+    let facts = facts_from_status(&cluster, &shard, &[]);
+    // A switchover drains the primary first, so lag is not disqualifying; a forced failover
+    // keeps the cluster's maxLagOnFailover.
+    let max_lag = match fr.spec.type_ {
+        RequestType::Switchover => i64::MAX,
+        RequestType::Failover => cluster.spec.failover.max_lag_on_failover,
+    };
+    let policy = Policy { max_lag, ..Policy::default() };
+    let to = match &item.candidate {
+        Some(c) => {
+            let Some(m) = facts.members.iter().find(|m| &m.name == c) else {
+                return Ok(Step::Failed(format!(
+                    "candidate {c} is not a member of {}/{shard}",
+                    item.cluster
+                )));
+            };
+            if c == &current {
+                return Ok(Step::Failed(format!("candidate {c} is already the primary")));
+            }
+            if !shard::is_healthy(m) || m.priority <= 0 {
+                return Ok(Step::Failed(format!("candidate {c} is not eligible (unhealthy or priority 0)")));
+            }
+            c.clone()
+        }
+        None => match shard::elect_candidate(&facts, &policy, Some(&current)) {
+            Ok(m) if m.name != current => m.name.clone(),
+            Ok(_) => return Ok(Step::Failed("no replica other than the primary is eligible".into())),
+            Err(why) => return Ok(Step::Failed(format!("no eligible replica: {why}"))),
+        },
+    };
+    Ok(Step::Done(format!(
+        "cluster={} shard={shard} from={current} to={to}; will promote {to}",
+        item.cluster
+    )))
+}
+
+async fn roll_back(ctx: &Context, fr: &FailoverRequest, sub: &Subtask) -> Result<String, kube::Error> {
+    let ns = fr.namespace().unwrap_or_default();
+    let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let tasks =
+        fr.status.as_ref().and_then(|s| s.task.as_ref()).map(|t| t.subtasks.clone()).unwrap_or_default();
+    let c = item_context(&tasks, sub.item);
+    Ok(match sub.name.as_str() {
+        "lock" => {
+            let cluster = c.get("cluster").cloned().unwrap_or_default();
+            release(&clusters, &cluster, &fr.uid().unwrap_or_default()).await?;
+            format!("released the lock on {cluster}; the old primary keeps its role and routing")
+        }
+        _ => "nothing to undo".into(),
+    })
+}
+
+fn shard_of<'a>(c: &'a HaCluster, shard: &str) -> Option<&'a crate::resources::hacluster::ShardStatus> {
+    c.status.as_ref()?.shards.iter().find(|s| s.name == shard)
+}
+
+/// `host:port` clients use for a static member (clientAddress if set).
+fn member_route(c: &HaCluster, name: &str) -> Option<String> {
+    let m = c.spec.shards.iter().flatten().flat_map(|s| s.members.iter()).find(|m| m.name == name)?;
+    let (_, port) = crate::engines::split_endpoint(&m.endpoint)?;
+    Some(match &m.client_address {
+        Some(a) => format!("{a}:{port}"),
+        None => m.endpoint.clone(),
+    })
+}
+
+async fn write(
+    api: &Api<FailoverRequest>,
+    fr: &FailoverRequest,
+    status: FailoverRequestStatus,
+) -> Result<(), kube::Error> {
+    if fr.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let mut next = fr.clone();
+    next.status = Some(status);
+    api.replace_status(&fr.name_any(), &PostParams::default(), &next).await.map(|_| ())
+}

@@ -1,0 +1,164 @@
+//! What every role-changing operation shares: reading member facts from an HaCluster's
+//! status, and taking and releasing the per-shard operation lock (resourceVersion-guarded
+//! writes on the HaCluster status). ShardFailover and FailoverRequest use these; the
+//! HaCluster monitor carries recorded promotions out.
+
+use std::time::Duration;
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, api::PostParams};
+
+use crate::{
+    core::{
+        lock::{LockState, lock_state},
+        shard::{MemberFacts, ShardFacts},
+    },
+    engines::{ObservedRole, Probe},
+    resources::{
+        HaCluster, ShardFailover,
+        hacluster::{OperationLock, Role},
+    },
+};
+
+/// Member facts from an HaCluster's status (what its monitor last recorded).
+pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]) -> ShardFacts {
+    let st = cluster.status.clone().unwrap_or_default();
+    let s = st.shards.iter().find(|s| s.name == shard).cloned().unwrap_or_default();
+    let priority = |name: &str| {
+        cluster
+            .spec
+            .shards
+            .iter()
+            .flatten()
+            .flat_map(|s| s.members.iter())
+            .find(|m| m.name == name)
+            .map_or(100, |m| m.priority)
+    };
+    let primary_offset =
+        s.members.iter().find(|m| Some(&m.name) == s.current_primary.as_ref()).and_then(|m| m.offset);
+    ShardFacts {
+        members: s
+            .members
+            .iter()
+            .map(|m| MemberFacts {
+                name: m.name.clone(),
+                endpoint: m.endpoint.clone().unwrap_or_default(),
+                node: m.node.clone(),
+                priority: priority(&m.name),
+                probe: m.healthy.then(|| Probe {
+                    role: if m.role == Role::Primary { ObservedRole::Primary } else { ObservedRole::Replica },
+                    offset: m.offset.or(Some(0)),
+                    following: None,
+                    link_up: true,
+                }),
+                misses: u32::from(!m.healthy),
+                unauthorized: false,
+            })
+            .collect(),
+        current_primary: s.current_primary.clone(),
+        target_primary: None,
+        last_primary_offset: primary_offset,
+        primary_lost_for: Duration::ZERO,
+        avoid_nodes: dead_nodes.to_vec(),
+    }
+}
+
+/// Who takes a lock.
+pub struct Holder {
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub uid: String,
+}
+
+/// Take the lock of every shard in `targets`, bump their epochs and record their target
+/// primaries in one resourceVersion-guarded status write. `Ok(Err(holder))` if another
+/// operation holds one of the locks (or a concurrent write won).
+pub async fn acquire(
+    clusters: &Api<HaCluster>,
+    cluster: &HaCluster,
+    holder: &Holder,
+    targets: &[(String, String)],
+    deadline: Timestamp,
+) -> Result<Result<(), String>, kube::Error> {
+    let now = Timestamp::now();
+    let mut next = cluster.clone();
+    let cstatus = next.status.get_or_insert_with(Default::default);
+    let client = clusters.clone().into_client();
+    for (shard, to) in targets {
+        let Some(s) = cstatus.shards.iter_mut().find(|s| &s.name == shard) else { continue };
+        let exists = holder_exists(&client, s.operation.as_ref()).await;
+        match lock_state(s.operation.as_ref(), &holder.uid, now, exists) {
+            LockState::Held { holder, .. } => return Ok(Err(holder)),
+            LockState::Mine if s.target_primary.as_ref() == Some(to) => continue,
+            LockState::Free | LockState::Mine => {}
+        }
+        s.operation = Some(OperationLock {
+            kind: holder.kind.clone(),
+            name: holder.name.clone(),
+            namespace: holder.namespace.clone(),
+            uid: Some(holder.uid.clone()),
+            acquired_at: Time(now),
+            expires_at: Time(deadline),
+        });
+        s.epoch += 1;
+        s.target_primary = Some(to.clone());
+    }
+    match clusters.replace_status(&cluster.name_any(), &PostParams::default(), &next).await {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err("a concurrent status write (retrying)".into())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the object holding `lock` still exists with the same uid. A lock whose holder was
+/// deleted is released. Holders of kinds this controller cannot look up count as alive until
+/// their lease expires; on API errors, too (never steal a lock on a guess).
+pub async fn holder_exists(client: &kube::Client, lock: Option<&OperationLock>) -> bool {
+    let Some(l) = lock else { return false };
+    let ns = l.namespace.clone().unwrap_or_default();
+    let found = match l.kind.as_str() {
+        "ShardFailover" => Api::<ShardFailover>::namespaced(client.clone(), &ns)
+            .get_opt(&l.name)
+            .await
+            .map(|o| o.and_then(|o| o.uid())),
+        "FailoverRequest" => Api::<crate::resources::FailoverRequest>::namespaced(client.clone(), &ns)
+            .get_opt(&l.name)
+            .await
+            .map(|o| o.and_then(|o| o.uid())),
+        _ => return true,
+    };
+    match found {
+        Ok(uid) => uid.is_some() && uid == l.uid,
+        Err(_) => true,
+    }
+}
+
+/// Release every lock `uid` holds on `cluster`, abandoning targets it recorded that were
+/// not reached.
+pub async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Result<(), kube::Error> {
+    for _ in 0..5 {
+        let Some(c) = clusters.get_opt(cluster).await? else { return Ok(()) };
+        let mut next = c.clone();
+        let mut changed = false;
+        for s in next.status.iter_mut().flat_map(|s| s.shards.iter_mut()) {
+            if s.operation.as_ref().is_some_and(|l| l.uid.as_deref() == Some(uid)) {
+                s.operation = None;
+                // A promotion we recorded but that did not happen is abandoned with the lock.
+                if s.target_primary.is_some() && s.target_primary != s.current_primary {
+                    s.target_primary = None;
+                }
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        match clusters.replace_status(cluster, &PostParams::default(), &next).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! FailoverRequest (seed 000) with real redis-server processes and real agents: a batch over
+//! two clusters with its task DAG visible in status, serviceName routing, the
+//! expectedPrimary guard, and rollback when the candidate cannot be promoted.
+
+use std::{collections::HashSet, time::Duration};
+
+use k8s_openapi::api::{core::v1::Secret, discovery::v1::EndpointSlice};
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use serde_json::json;
+use understudy::resources::{
+    FailoverRequest, HaCluster,
+    failover_request::{RequestPhase, TaskStatus},
+};
+
+use crate::{
+    hacluster_redis::{cluster, route_ip, wait_follows, wait_primary},
+    support::{self, Operator, RedisServer, SupervisedAgent, eventually},
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "fr-token";
+
+fn request(name: &str, spec: serde_json::Value) -> FailoverRequest {
+    serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+/// Wait for a terminal phase, collecting every (step, status) the DAG showed on the way.
+async fn finish(api: &Api<FailoverRequest>, name: &str) -> (FailoverRequest, HashSet<(String, TaskStatus)>) {
+    let mut seen = HashSet::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(fr) = api.get(name).await
+            && let Some(st) = fr.status.clone()
+        {
+            for t in st.task.iter().flat_map(|t| t.subtasks.iter()) {
+                seen.insert((t.name.clone(), t.status));
+            }
+            if matches!(
+                st.phase,
+                Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack)
+            ) {
+                return (fr, seen);
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "FailoverRequest {name} did not finish; saw {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn slice_addresses(client: &kube::Client, ns: &str, service: &str) -> Vec<String> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let l = api
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .unwrap();
+    l.items.iter().flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone())).collect()
+}
+
+#[tokio::test]
+async fn batch_switchover_over_a_redis_and_an_agent_cluster() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "fr-batch").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> =
+        vec![("ra", &servers[0]), ("rb", &servers[1]), ("rc", &servers[2])];
+    hacs.create(
+        &PostParams::default(),
+        &cluster("r", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "agent-token"}, "stringData": {"token": TOKEN}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let agents = [SupervisedAgent::start("127.0.0.41", TOKEN), SupervisedAgent::start("127.0.0.42", TOKEN)];
+    for a in &agents {
+        eventually(WAIT, "agent up", || a.status(TOKEN)).await;
+    }
+    let agent_ip = |i: usize| format!("10.66.0.{}", i + 1);
+    let g: HaCluster = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "g"},
+        "spec": {"engine": "agent", "secretRef": {"name": "agent-token"},
+                 "shards": [{"name": "main", "members": [
+                     {"name": "ga", "endpoint": agents[0].addr.to_string(), "clientAddress": agent_ip(0)},
+                     {"name": "gb", "endpoint": agents[1].addr.to_string(), "clientAddress": agent_ip(1)}]}],
+                 "failover": {"heartbeatInterval": "200ms"}}
+    }))
+    .unwrap();
+    hacs.create(&PostParams::default(), &g).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let rp = wait_primary(&hacs, "r", "s0", None).await;
+    let gp = wait_primary(&hacs, "g", "main", None).await;
+    let rpi = ["ra", "rb", "rc"].iter().position(|n| *n == rp).unwrap();
+    for i in (0..3).filter(|i| *i != rpi) {
+        wait_follows(&servers[i], &servers[rpi]).await;
+    }
+    let epochs_before: Vec<i64> = vec![
+        hacs.get("r").await.unwrap().status.unwrap().shards[0].epoch,
+        hacs.get("g").await.unwrap().status.unwrap().shards[0].epoch,
+    ];
+
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    frs.create(
+        &PostParams::default(),
+        &request(
+            "batch",
+            json!({"type": "Switchover", "items": [
+                {"cluster": "r", "serviceName": "r-rw", "expectedPrimary": rp},
+                {"cluster": "g", "serviceName": "g-rw"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let (fr, seen) = finish(&frs, "batch").await;
+    let st = fr.status.clone().unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st);
+    assert_eq!(st.progress.as_deref(), Some("10/10"));
+    let task = st.task.unwrap();
+    assert_eq!(task.subtasks.len(), 10, "five steps per item");
+    assert!(task.prohibit_rollback, "the switch step is the point of no return");
+    for t in &task.subtasks {
+        assert_eq!(t.status, TaskStatus::Successful, "{t:?}");
+        assert!(t.start_time.is_some() && t.end_time.is_some());
+        assert!(!t.description.is_empty());
+    }
+    assert!(
+        seen.contains(&("switch".to_owned(), TaskStatus::Running)),
+        "the DAG was visible mid-way: {seen:?}"
+    );
+    for s in ["check", "lock", "switch", "route", "record"] {
+        assert!(seen.contains(&(s.to_owned(), TaskStatus::Successful)), "{s} seen successful: {seen:?}");
+    }
+
+    // Redis: a new primary, the others follow it, the Service points at it.
+    let r_new = st.items.iter().find(|i| i.cluster == "r").and_then(|i| i.to.clone()).unwrap();
+    assert_ne!(r_new, rp);
+    let ni = ["ra", "rb", "rc"].iter().position(|n| *n == r_new).unwrap();
+    assert_eq!(servers[ni].role().await.as_deref(), Some("master"));
+    for i in (0..3).filter(|i| *i != ni) {
+        wait_follows(&servers[i], &servers[ni]).await;
+    }
+    assert_eq!(slice_addresses(&client, &ns, "r-rw").await, [route_ip(servers[ni].port)]);
+    // Agents: the other agent is MAIN now, the old one came back as BACKUP.
+    let g_new = st.items.iter().find(|i| i.cluster == "g").and_then(|i| i.to.clone()).unwrap();
+    assert_ne!(g_new, gp);
+    let gi = if g_new == "ga" { 0 } else { 1 };
+    assert_eq!(agents[gi].status(TOKEN).await.map(|s| s.1).as_deref(), Some("MAIN"));
+    eventually(WAIT, "old MAIN back as BACKUP", || async {
+        agents[1 - gi].status(TOKEN).await.filter(|s| s.1 == "BACKUP")
+    })
+    .await;
+    assert_eq!(slice_addresses(&client, &ns, "g-rw").await, [agent_ip(gi)]);
+    let epochs_after: Vec<i64> = vec![
+        hacs.get("r").await.unwrap().status.unwrap().shards[0].epoch,
+        hacs.get("g").await.unwrap().status.unwrap().shards[0].epoch,
+    ];
+    assert_eq!(epochs_after, vec![epochs_before[0] + 1, epochs_before[1] + 1]);
+    for c in ["r", "g"] {
+        assert!(
+            hacs.get(c).await.unwrap().status.unwrap().shards[0].operation.is_none(),
+            "lock released on {c}"
+        );
+    }
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "fr-guard").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    hacs.create(
+        &PostParams::default(),
+        &cluster("c", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&hacs, "c", "s0", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+    let epoch = hacs.get("c").await.unwrap().status.unwrap().shards[0].epoch;
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+
+    // expectedPrimary guard.
+    let replica = ["a", "b"][ri];
+    frs.create(
+        &PostParams::default(),
+        &request(
+            "guard",
+            json!({"type": "Switchover", "items": [{"cluster": "c", "expectedPrimary": replica}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let (fr, _) = finish(&frs, "guard").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::Failed));
+    assert!(st.message.as_deref().unwrap_or_default().contains("expectedPrimary"), "{:?}", st.message);
+    assert_eq!(hacs.get("c").await.unwrap().status.unwrap().shards[0].epoch, epoch, "nothing touched");
+
+    // Dry run: the plan, nothing else.
+    frs.create(
+        &PostParams::default(),
+        &request("dry", json!({"type": "Switchover", "dryRun": true, "items": [{"cluster": "c"}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, _) = finish(&frs, "dry").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::Succeeded));
+    assert!(st.message.unwrap().contains(&format!("would promote {replica}")));
+    assert!(
+        st.task
+            .unwrap()
+            .subtasks
+            .iter()
+            .filter(|t| t.name != "check")
+            .all(|t| t.status == TaskStatus::Skipped)
+    );
+    assert_eq!(
+        hacs.get("c").await.unwrap().status.unwrap().shards[0].epoch,
+        epoch,
+        "dry run touched nothing"
+    );
+
+    // The candidate refuses to be promoted (its REPLICAOF is revoked by an ACL): the
+    // switchover is abandoned and rolled back; the old primary is writable again.
+    let _: () =
+        servers[ri].cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-replicaof")).await.unwrap();
+    frs.create(
+        &PostParams::default(),
+        &request("doomed", json!({"type": "Switchover", "items": [{"cluster": "c", "candidate": replica}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, seen) = finish(&frs, "doomed").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::RolledBack), "{:?}", st.message);
+    assert!(seen.contains(&("lock".to_owned(), TaskStatus::RolledBack)), "{seen:?}");
+    assert_eq!(servers[pi].role().await.as_deref(), Some("master"), "the old primary kept its role");
+    let _: () = servers[pi]
+        .cmd(redis::cmd("SET").arg("after-rollback").arg("1"))
+        .await
+        .expect("old primary writable again");
+    let cst = hacs.get("c").await.unwrap().status.unwrap();
+    assert_eq!(cst.shards[0].current_primary.as_deref(), Some(p.as_str()));
+    assert!(cst.shards[0].operation.is_none() && cst.shards[0].target_primary.is_none());
+    operator.stop().await;
+}
