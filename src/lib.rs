@@ -12,6 +12,7 @@ pub mod controlplane;
 pub mod core;
 pub mod demo;
 pub mod engines;
+pub mod faults;
 pub mod leader;
 pub mod localredis;
 pub mod metrics;

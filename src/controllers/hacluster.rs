@@ -684,7 +684,25 @@ impl Monitor {
             });
             if healthy_primary && engine.follows_directly() {
                 match drain(engine, &from.endpoint, &to.endpoint, step_timeout).await {
-                    Ok(()) => paused = Some(from.clone()),
+                    // Demote before promoting: at no instant are there two primaries (for a
+                    // moment there are none). The candidate already has everything.
+                    Ok(()) => match engine.demote(&from.endpoint).await {
+                        Ok(()) => paused = Some(from.clone()),
+                        Err(e) => {
+                            let _ = engine.resume_writes(&from.endpoint).await;
+                            self.abandon(
+                                cluster,
+                                shard_name,
+                                declared,
+                                &format!(
+                                    "switchover to {} abandoned: could not demote {}: {e}",
+                                    to.name, from.name
+                                ),
+                            )
+                            .await;
+                            return;
+                        }
+                    },
                     Err(why) => {
                         let _ = engine.resume_writes(&from.endpoint).await;
                         self.abandon(
@@ -702,6 +720,10 @@ impl Monitor {
             }
         }
 
+        if from.is_some() {
+            crate::faults::crash_point("after-fence");
+        }
+
         // 3. Promote.
         let failure = match tokio::time::timeout(step_timeout, engine.promote(&to.endpoint)).await {
             Ok(Ok(())) => None,
@@ -710,7 +732,11 @@ impl Monitor {
         };
         if let Some(failure) = failure {
             if let Some(from) = &paused {
-                // Switchover: the old primary still has everything; give it its writes back.
+                // Switchover: the old primary still has everything; make it the primary again
+                // and give it its writes back.
+                if let Err(e) = engine.promote(&from.endpoint).await {
+                    warn!(cluster = %ckey, member = %from.name, error = %e, "could not restore the old primary; the next heartbeat re-elects");
+                }
                 let _ = engine.resume_writes(&from.endpoint).await;
                 self.abandon(
                     cluster,
@@ -737,6 +763,10 @@ impl Monitor {
         }
         self.last_primary_offset.remove(shard_name);
         self.lost_since.remove(shard_name);
+
+        if from.is_some() {
+            crate::faults::crash_point("after-promote");
+        }
 
         // 4. Redirect the other members.
         if engine.follows_directly() {

@@ -3,6 +3,7 @@
 
 mod agent;
 mod api;
+mod crash;
 mod demo;
 mod deploy;
 mod failover_request;

@@ -24,12 +24,16 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn submit(api: &Api<ShardFailover>, name: &str, spec: serde_json::Value) -> ShardFailover {
-    let sfo: ShardFailover = serde_json::from_value(json!({
+/// A ShardFailover object named `name` for `uids`.
+pub fn shard_failover(name: &str, spec: serde_json::Value) -> ShardFailover {
+    serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name}, "spec": spec
     }))
-    .unwrap();
-    api.create(&PostParams::default(), &sfo).await.unwrap();
+    .unwrap()
+}
+
+async fn submit(api: &Api<ShardFailover>, name: &str, spec: serde_json::Value) -> ShardFailover {
+    api.create(&PostParams::default(), &shard_failover(name, spec)).await.unwrap();
     eventually(WAIT, &format!("ShardFailover {name} to finish"), || async {
         let s = api.get(name).await.ok()?;
         matches!(s.status.as_ref()?.phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed))
@@ -201,12 +205,7 @@ async fn shard_failover_resumes_after_the_operator_restarts() {
     // The operator is down when the request arrives; it starts, records the plan, and is
     // stopped again mid-operation; a fresh operator finishes from what status says.
     let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
-    let sfo: ShardFailover = serde_json::from_value(json!({
-        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": "move"},
-        "spec": {"shardUids": [p]}
-    }))
-    .unwrap();
-    sfos.create(&PostParams::default(), &sfo).await.unwrap();
+    sfos.create(&PostParams::default(), &shard_failover("move", json!({"shardUids": [p]}))).await.unwrap();
     let operator = Operator::start(client.clone(), &ns);
     eventually(WAIT, "plan recorded", || async {
         let s = sfos.get("move").await.ok()?;

@@ -157,9 +157,15 @@ pub struct Process {
 impl Process {
     /// Start the `understudy` binary with `args` against the shared control plane.
     pub fn understudy(args: &[&str], log_name: &str) -> Self {
+        Self::understudy_with_env(args, log_name, &[])
+    }
+
+    /// Like [`Process::understudy`], with extra environment variables.
+    pub fn understudy_with_env(args: &[&str], log_name: &str, env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
         cmd.args(args).env("KUBECONFIG", &shared().kubeconfig).env("RUST_LOG", "info,understudy=debug");
+        cmd.envs(env.iter().copied());
         let child = understudy::controlplane::spawn(cmd, &log).expect("start understudy");
         Self { child, log }
     }

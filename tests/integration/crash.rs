@@ -1,0 +1,116 @@
+//! The operator is killed in the middle of a switchover — after the old primary was fenced
+//! (writes paused) but before the promotion, and after the promotion but before the replicas
+//! were redirected — and a fresh process finishes it: never two primaries, no acknowledged
+//! write lost.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use kube::{Api, api::PostParams};
+use serde_json::json;
+use understudy::resources::{HaCluster, ShardFailover, shard_failover::ShardFailoverPhase};
+
+use crate::{
+    hacluster_redis::{cluster, wait_follows, wait_primary},
+    shard_failover::shard_failover,
+    support::{self, Process, RedisServer, RoleSampler, eventually},
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn crash_during_switchover(point: &str) {
+    let client = support::client().await;
+    let ns = support::namespace(&client, &format!("crash-{point}")).await;
+    let servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
+    let names = ["a", "b", "c"];
+    let sampler = RoleSampler::start(servers.iter().map(RedisServer::sample_target).collect());
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = names.iter().copied().zip(servers.iter()).collect();
+    hacs.create(
+        &PostParams::default(),
+        &cluster("k", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+    let args = ["run", "--namespaces", &ns, "--listen", &listen];
+    let mut doomed =
+        Process::understudy_with_env(&args, &format!("crash-{point}"), &[("UNDERSTUDY_CRASH_AT", point)]);
+    let p = wait_primary(&hacs, "k", "s0", None).await;
+    let pi = names.iter().position(|n| *n == p).unwrap();
+    for i in (0..3).filter(|i| *i != pi) {
+        wait_follows(&servers[i], &servers[pi]).await;
+    }
+
+    // A client writes sequenced keys to the primary throughout.
+    let acked = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, port) = (acked.clone(), stop.clone(), servers[pi].port);
+        tokio::spawn(async move {
+            let mut conn = support::redis_conn("127.0.0.1", port, None, 10_000).await.unwrap();
+            let mut i = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                let r: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(format!("w:{i}")).arg(i).query_async(&mut conn).await;
+                if r.is_err() {
+                    break;
+                }
+                acked.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        })
+    };
+    eventually(WAIT, "writes flowing", || async { (acked.load(Ordering::SeqCst) > 100).then_some(()) }).await;
+
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    sfos.create(&PostParams::default(), &shard_failover("move", json!({"shardUids": [p]}))).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = doomed.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the operator never reached {point}: {}", doomed.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(137), "crashed at {point}: {}", doomed.log());
+    assert!(doomed.log().contains(&format!("UNDERSTUDY_CRASH_AT={point}")));
+
+    // A fresh operator resumes from status and finishes.
+    let _fresh = Process::understudy(&args, &format!("resume-{point}"));
+    let done = eventually(WAIT, "the switchover to finish after the restart", || async {
+        let s = sfos.get("move").await.ok()?;
+        matches!(s.status.as_ref()?.phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(done.status.as_ref().unwrap().phase, Some(ShardFailoverPhase::Succeeded), "{:?}", done.status);
+    let q = wait_primary(&hacs, "k", "s0", Some(&p)).await;
+    let qi = names.iter().position(|n| *n == q).unwrap();
+    for i in (0..3).filter(|i| *i != qi) {
+        wait_follows(&servers[i], &servers[qi]).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = writer.await;
+    let acked = acked.load(Ordering::SeqCst);
+    let present: i64 = servers[qi].cmd(&redis::cmd("DBSIZE")).await.unwrap();
+    assert_eq!(present, acked, "every acknowledged write survived the crash and the switchover");
+    assert_eq!(sampler.max(), 1, "never two primaries");
+    let st = hacs.get("k").await.unwrap().status.unwrap();
+    assert!(st.shards[0].operation.is_none() && st.shards[0].target_primary.is_none());
+}
+
+#[tokio::test]
+async fn killed_after_fence_before_promote_a_fresh_operator_finishes() {
+    crash_during_switchover("after-fence").await;
+}
+
+#[tokio::test]
+async fn killed_after_promote_before_redirect_a_fresh_operator_finishes() {
+    crash_during_switchover("after-promote").await;
+}
