@@ -131,6 +131,29 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Install the CRDs this binary generates (not the files in `crds/`).
+    pub async fn install_generated_crds(&self) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for crd in crate::resources::crds() {
+            std::fs::write(
+                dir.path().join(crate::resources::crd_file_name(&crd)),
+                crate::resources::crd_yaml(&crd)?,
+            )?;
+        }
+        self.install_crds(dir.path()).await
+    }
+
+    /// Create a namespace.
+    pub async fn create_namespace(&self, name: &str) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client().await?).create(&kube::api::PostParams::default(), &ns).await?;
+        Ok(())
+    }
+
     /// Stop the API server (SIGKILL), simulating an API-server outage. etcd keeps running.
     pub fn stop_apiserver(&mut self) {
         if let Some(mut child) = self.apiserver.take() {

@@ -13,17 +13,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    Api,
-    api::{ObjectMeta, PostParams},
-};
+use kube::{Api, api::PostParams};
 use serde_json::json;
 
 use crate::{
     controlplane::{ControlPlane, Options, free_port},
     localredis::LocalRedis,
-    operator::{self, RunConfig},
+    operator::InProcess,
     resources::{
         HaCluster, ShardFailover,
         hacluster::{HaClusterStatus, Role},
@@ -150,14 +146,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "\n▶ starting the local control plane (the first run builds etcd and kube-apiserver from the Go module proxy: ~12 min on 2 cores; cached afterwards)"
     );
     let cp = ControlPlane::start(Options { controller_manager: true, keep: args.keep }).await?;
-    let crds = tempfile::tempdir()?;
-    for crd in crate::resources::crds() {
-        std::fs::write(
-            crds.path().join(crate::resources::crd_file_name(&crd)),
-            crate::resources::crd_yaml(&crd)?,
-        )?;
-    }
-    cp.install_crds(crds.path()).await?;
+    cp.install_generated_crds().await?;
     let client = cp.client().await?;
     println!(
         "  kube-apiserver {} ready at {}",
@@ -175,28 +164,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ports
     );
 
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &Namespace {
-            metadata: ObjectMeta { name: Some(NS.into()), ..Default::default() },
-            ..Default::default()
-        },
-    )
-    .await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let op_client = client.clone();
-    let op = tokio::spawn(async move {
-        let cfg = RunConfig {
-            leader_elect: None,
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            namespaces: vec![NS.into()],
-        };
-        operator::run(op_client, cfg, async move {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    cp.create_namespace(NS).await?;
+    let op = InProcess::start(client.clone(), NS);
 
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), NS);
     let members: Vec<_> = NAMES
@@ -328,8 +297,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("Press Ctrl-C to stop and clean up.");
         tokio::signal::ctrl_c().await?;
     }
-    let _ = stop_tx.send(());
-    let _ = op.await;
+    op.stop().await;
     Ok(())
 }
 

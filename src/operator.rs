@@ -118,3 +118,39 @@ async fn render_metrics(State(s): State<HttpState>) -> ([(axum::http::HeaderName
         s.metrics.render(),
     )
 }
+
+/// The operator running inside this process (demo, benchmarks, tests), watching one
+/// namespace without leader election. Stopped by [`InProcess::stop`], aborted on drop.
+pub struct InProcess {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub fn start(client: Client, namespace: &str) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = RunConfig {
+            leader_elect: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            namespaces: vec![namespace.to_owned()],
+        };
+        let task = tokio::spawn(run(client, cfg, async move {
+            let _ = rx.await;
+        }));
+        Self { stop: Some(tx), task }
+    }
+
+    /// Shut down cleanly and wait for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

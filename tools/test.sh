@@ -2,7 +2,7 @@
 # The test command (README "Run the tests"; .ci/run calls exactly this).
 # Installs or builds what is missing, then: cargo fmt --check, clippy -D warnings, cargo test.
 #   First run: apt packages (~1 min), Go build of etcd/kube-apiserver/kube-controller-manager/
-#   kubectl (~12 min on 2 cores) and helm (~2 min), cargo build (~6 min). Later runs reuse the
+#   kubectl (~12 min on 2 cores) and helm (~3-4 min), cargo build (~6 min). Later runs reuse the
 #   caches in ${UNDERSTUDY_CACHE:-~/.cache/understudy} and take a few minutes.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,10 +30,8 @@ command -v cargo >/dev/null || { echo "Rust (cargo) is required (https://rustup.
 log "control plane binaries (built from the Go module proxy on first use)"
 UNDERSTUDY_CONTROLPLANE_BIN="$(tools/controlplane/build.sh)"
 export UNDERSTUDY_CONTROLPLANE_BIN
-if [ -x tools/helm/build.sh ]; then
-  log "helm (built from the Go module proxy on first use)"
-  tools/helm/build.sh >/dev/null
-fi
+log "helm (built from the Go module proxy on first use)"
+tools/helm/build.sh >/dev/null
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

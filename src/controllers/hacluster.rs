@@ -314,13 +314,9 @@ impl Monitor {
             EngineKind::Redis => "password",
             EngineKind::Agent => "token",
         };
-        let timeout = cluster
-            .spec
-            .failover
-            .heartbeat_interval
-            .0
-            .min(cluster.spec.failover.step_timeout.0)
-            .max(Duration::from_millis(200));
+        // Actions (promote, follow, pause) get the step timeout; probes are cut shorter in
+        // probe_all so a heartbeat never outlasts its interval.
+        let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(200));
         match read_credentials(&self.ctx.client, &ns, cluster.spec.secret_ref.as_ref(), default_key).await {
             Ok((creds, ca)) => {
                 self.engine = Some(match (cluster.spec.engine, ca) {
@@ -366,9 +362,28 @@ impl Monitor {
             let cluster = self.latest().unwrap_or_else(|| cluster.clone());
             let facts = self.facts(&cluster, &shard_name, &declared);
             let plan = shard::plan(&facts, &policy);
-            let busy = shard_status(&cluster, &shard_name)
+            let mut busy = shard_status(&cluster, &shard_name)
                 .and_then(|s| s.operation.clone())
                 .filter(|l| l.kind != LOCK_KIND && l.expires_at.0 > Timestamp::now());
+            // A lock whose holder object is gone is released (looked up only while a lock
+            // is held, so a quiet cluster costs nothing).
+            if let Some(lock) = &busy
+                && !super::operation::holder_exists(&self.ctx.client, Some(lock)).await
+            {
+                info!(cluster = %key(&cluster), shard = %shard_name, holder = %lock.name, "releasing a lock whose holder is gone");
+                if let Some(uid) = &lock.uid
+                    && super::operation::release(
+                        &Api::namespaced(self.ctx.client.clone(), &cluster.namespace().unwrap_or_default()),
+                        &cluster.name_any(),
+                        uid,
+                    )
+                    .await
+                    .is_ok()
+                {
+                    busy = None;
+                    self.written = self.fetch().await;
+                }
+            }
             if let Some(lock) = busy {
                 // Another operation owns the shard's roles. Only the promotion it recorded
                 // (target + epoch) is carried out here; nothing else is touched.
@@ -446,7 +461,13 @@ impl Monitor {
     }
 
     async fn probe_all(&mut self, engine: &dyn Engine, declared: &[Declared], cluster: &HaCluster) {
-        let probes = futures::future::join_all(declared.iter().map(|d| engine.probe(&d.endpoint))).await;
+        let probe_timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
+        let probes = futures::future::join_all(declared.iter().map(|d| async {
+            tokio::time::timeout(probe_timeout, engine.probe(&d.endpoint)).await.unwrap_or_else(|_| {
+                Err(EngineError::Timeout { endpoint: d.endpoint.clone(), timeout: probe_timeout })
+            })
+        }))
+        .await;
         let ns = cluster.namespace().unwrap_or_default();
         for (d, result) in declared.iter().zip(probes) {
             let st = self.members.entry(d.name.clone()).or_default();

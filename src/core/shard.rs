@@ -206,8 +206,11 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
             kind: PromotionKind::Resume,
             to: target.to_owned(),
             from: facts.current_primary.clone().filter(|p| p != target),
-            reason: "finishing a promotion recorded before a restart".into(),
-            lost_offset: None,
+            reason: "finishing a recorded promotion".into(),
+            lost_offset: match (facts.last_primary_offset, t.offset()) {
+                (Some(p), Some(o)) => Some((p - o).max(0)),
+                _ => None,
+            },
         });
         return plan;
     }

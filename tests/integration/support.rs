@@ -265,39 +265,7 @@ impl RedisProbe {
     }
 }
 
-/// The operator, in-process, watching one namespace; stopped on drop.
-pub struct Operator {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Operator {
-    pub fn start(client: Client, namespace: &str) -> Self {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let cfg = understudy::operator::RunConfig {
-            leader_elect: None,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            namespaces: vec![namespace.to_owned()],
-        };
-        let task = tokio::spawn(understudy::operator::run(client, cfg, async move {
-            let _ = rx.await;
-        }));
-        Self { stop: Some(tx), task }
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use understudy::operator::InProcess as Operator;
 
 /// A reference agent (`understudy agent`) under a supervisor that restarts it whenever it
 /// exits, as systemd or a kubelet would (a demoted agent exits by design).

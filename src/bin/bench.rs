@@ -1,0 +1,491 @@
+//! Benchmarks: programs that print numbers. Each scenario runs on the local control plane with
+//! real redis-server processes, prints a table (median, p99, max, runs) and can write JSON.
+//!
+//!   cargo run --release --bin bench -- switchover --runs 20
+//!   cargo run --release --bin bench -- failover --runs 30
+//!   cargo run --release --bin bench -- sentinel-failover --runs 30
+//!   cargo run --release --bin bench -- sentinel-switchover --runs 30
+//!
+//! A client writes sequenced keys (one every millisecond) to whatever the system says is the
+//! primary (Understudy: the HaCluster status; Sentinel: `SENTINEL get-master-addr-by-name`),
+//! reconnecting on errors. Measured per run: the longest gap between two acknowledged writes
+//! around the event (write pause / end-to-end), and acknowledged writes missing afterwards.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::json;
+use understudy::{
+    controlplane::{ControlPlane, Options, free_port, spawn},
+    localredis::LocalRedis,
+    operator::InProcess,
+    resources::{HaCluster, ShardFailover, hacluster::Role, shard_failover::ShardFailoverPhase},
+};
+
+#[derive(Parser)]
+struct Args {
+    scenario: Scenario,
+    /// Repetitions.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Heartbeat interval in ms (detection = 3 heartbeats; Sentinel's down-after-milliseconds
+    /// is set to the same window).
+    #[arg(long, default_value_t = 200)]
+    heartbeat_ms: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Scenario {
+    Switchover,
+    Failover,
+    SentinelFailover,
+    SentinelSwitchover,
+}
+
+/// One acknowledged-write log, shared with the writer task.
+#[derive(Default)]
+struct Log {
+    acks: Vec<(u64, Instant)>,
+}
+
+type Resolver = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<(String, u16)>> + Send + Sync>;
+
+/// Write `prefix:<seq>` every millisecond to the primary `resolve` names; reconnect on error.
+fn start_writer(
+    prefix: String,
+    resolve: Resolver,
+    log: Arc<Mutex<Log>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seq = 0u64;
+        let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            tick.tick().await;
+            if conn.is_none() {
+                if let Some((host, port)) = resolve().await {
+                    conn = understudy::localredis::redis_conn(&host, port, None, 300).await.ok();
+                }
+                if conn.is_none() {
+                    continue;
+                }
+            }
+            let c = conn.as_mut().expect("connected");
+            let r: redis::RedisResult<()> =
+                redis::cmd("SET").arg(format!("{prefix}:{seq}")).arg(seq).query_async(c).await;
+            match r {
+                Ok(()) => {
+                    log.lock().expect("log").acks.push((seq, Instant::now()));
+                    seq += 1;
+                }
+                Err(_) => conn = None,
+            }
+        }
+    })
+}
+
+/// Longest gap between consecutive acknowledgements in [from, to].
+fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
+    let times: Vec<Instant> = log.acks.iter().map(|a| a.1).filter(|t| *t >= from && *t <= to).collect();
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
+/// Acknowledged keys missing on the server at host:port.
+async fn lost(log: &Log, prefix: &str, host: &str, port: u16) -> anyhow::Result<usize> {
+    let mut c = understudy::localredis::redis_conn(host, port, None, 5000).await?;
+    let mut missing = 0;
+    for chunk in log.acks.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|(s, _)| format!("{prefix}:{s}")).collect();
+        let vals: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        missing += vals.iter().filter(|v| v.is_none()).count();
+    }
+    Ok(missing)
+}
+
+/// Let the writer settle for `settle_ms`, stop it, and return (longest gap in ms around the
+/// event, acknowledged writes missing on `primary`, acknowledged writes).
+async fn finish_run(
+    writer: tokio::task::JoinHandle<()>,
+    stop: &std::sync::atomic::AtomicBool,
+    log: &Mutex<Log>,
+    t0: Instant,
+    settle_ms: u64,
+    prefix: &str,
+    primary: (&str, u16),
+) -> anyhow::Result<(f64, usize, usize)> {
+    tokio::time::sleep(Duration::from_millis(settle_ms)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = writer.await;
+    let log = std::mem::take(&mut *log.lock().expect("log"));
+    let gap = longest_gap(&log, t0 - Duration::from_millis(300), Instant::now()).as_secs_f64() * 1000.0;
+    let missing = lost(&log, prefix, primary.0, primary.1).await?;
+    Ok((gap, missing, log.acks.len()))
+}
+
+struct Stats {
+    name: String,
+    values_ms: Vec<f64>,
+}
+
+impl Stats {
+    fn row(&self) -> String {
+        let mut v = self.values_ms.clone();
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+        format!(
+            "| {:<42} | {:>9.1} | {:>9.1} | {:>9.1} | {:>4} |",
+            self.name,
+            q(0.5),
+            q(0.99),
+            q(1.0),
+            v.len()
+        )
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({"name": self.name, "values_ms": self.values_ms})
+    }
+}
+
+fn print_table(title: &str, stats: &[Stats], extra: &[String]) {
+    println!("\n### {title}\n");
+    println!("| {:<42} | {:>9} | {:>9} | {:>9} | {:>4} |", "metric (ms)", "median", "p99", "max", "runs");
+    println!(
+        "|{}|{}|{}|{}|{}|",
+        "-".repeat(44),
+        "-".repeat(11),
+        "-".repeat(11),
+        "-".repeat(11),
+        "-".repeat(6)
+    );
+    for s in stats {
+        println!("{}", s.row());
+    }
+    for e in extra {
+        println!("\n{e}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (title, stats, extra) = match args.scenario {
+        Scenario::Switchover | Scenario::Failover => understudy_bench(&args).await?,
+        Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
+    };
+    print_table(&title, &stats, &extra);
+    if let Some(path) = &args.json {
+        let doc = json!({"scenario": format!("{:?}", args.scenario), "title": title, "runs": args.runs,
+            "heartbeat_ms": args.heartbeat_ms, "stats": stats.iter().map(Stats::json).collect::<Vec<_>>(), "notes": extra});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(())
+}
+
+const NS: &str = "bench";
+
+async fn understudy_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+    let cp = ControlPlane::start(Options { controller_manager: false, keep: false }).await?;
+    cp.install_generated_crds().await?;
+    let client = cp.client().await?;
+    cp.create_namespace(NS).await?;
+    let mut redis: Vec<LocalRedis> = (0..3)
+        .map(|_| LocalRedis::try_start_on("127.0.0.1", free_port()?, None))
+        .collect::<anyhow::Result<_>>()?;
+    let names = ["m0", "m1", "m2"];
+    let op = InProcess::start(client.clone(), NS);
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), NS);
+    let members: Vec<_> =
+        names.iter().zip(&redis).map(|(n, r)| json!({"name": n, "endpoint": r.endpoint()})).collect();
+    let hac: HaCluster = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "b"},
+        "spec": {"engine": "redis", "shards": [{"name": "s0", "members": members}],
+                 "failover": {"heartbeatInterval": format!("{}ms", args.heartbeat_ms), "failureThreshold": 3}}
+    }))?;
+    hacs.create(&PostParams::default(), &hac).await?;
+    let ports: Vec<u16> = redis.iter().map(|r| r.port).collect();
+    let resolve: Resolver = {
+        let hacs = hacs.clone();
+        let ports = ports.clone();
+        Arc::new(move || {
+            let hacs = hacs.clone();
+            let ports = ports.clone();
+            Box::pin(async move {
+                let st = hacs.get("b").await.ok()?.status?;
+                let s = st.shards.first()?;
+                if s.target_primary.is_some() {
+                    return None;
+                }
+                let i = names.iter().position(|n| Some(*n) == s.current_primary.as_deref())?;
+                Some(("127.0.0.1".to_owned(), ports[i]))
+            })
+        })
+    };
+
+    let mut pause = Stats { name: String::new(), values_ms: vec![] };
+    let mut detect =
+        Stats { name: "detection + client re-resolve (end-to-end − promotion)".into(), values_ms: vec![] };
+    let mut promote =
+        Stats { name: "promotion (decision → new primary recorded)".into(), values_ms: vec![] };
+    let mut lost_total = 0usize;
+    let mut acked_total = 0usize;
+    let switchover = matches!(args.scenario, Scenario::Switchover);
+    pause.name = if switchover {
+        "write pause (last ack before → first after)".into()
+    } else {
+        "end-to-end (last ack on old → first on new)".into()
+    };
+    for run in 0..args.runs {
+        let primary = wait_settled(&hacs).await?;
+        let pi = names.iter().position(|n| *n == primary).context("primary")?;
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let prefix = format!("r{run}");
+        let writer = start_writer(prefix.clone(), resolve.clone(), log.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        if switchover {
+            let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
+            let name = format!("sw-{run}");
+            let sfo: ShardFailover = serde_json::from_value(json!({
+                "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name},
+                "spec": {"shardUids": [primary]}
+            }))?;
+            sfos.create(&PostParams::default(), &sfo).await?;
+            loop {
+                let s = sfos.get(&name).await?;
+                match s.status.and_then(|s| s.phase) {
+                    Some(ShardFailoverPhase::Succeeded) => break,
+                    Some(ShardFailoverPhase::Failed) => bail!("switchover {name} failed"),
+                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+            let _ = sfos.delete(&name, &DeleteParams::default()).await;
+        } else {
+            redis[pi].kill();
+        }
+        let new = wait_new_primary(&hacs, &primary).await?;
+        let ni = names.iter().position(|n| *n == new).context("new")?;
+        let (gap, missing, acked) =
+            finish_run(writer, &stop, &log, t0, 500, &prefix, ("127.0.0.1", ports[ni])).await?;
+        pause.values_ms.push(gap);
+        lost_total += missing;
+        acked_total += acked;
+        let st = hacs.get("b").await?.status.unwrap_or_default();
+        if let Some(lf) = st.last_failover.as_ref().filter(|_| !switchover) {
+            let promotion = lf.duration_ms.unwrap_or_default() as f64;
+            promote.values_ms.push(promotion);
+            // What is not promotion is detection (and the client finding the new primary).
+            detect.values_ms.push(pause.values_ms.last().copied().unwrap_or_default() - promotion);
+        }
+        if !switchover {
+            redis[pi].try_spawn()?;
+        }
+        eprintln!(
+            "run {run}: {primary} → {new}, {:.1} ms",
+            pause.values_ms.last().copied().unwrap_or_default()
+        );
+    }
+    op.stop().await;
+    drop(redis.drain(..));
+    let title = if switchover {
+        format!(
+            "Understudy planned switchover (ShardFailover), 3 members, heartbeat {} ms",
+            args.heartbeat_ms
+        )
+    } else {
+        format!(
+            "Understudy unplanned failover (SIGKILL primary), 3 members, heartbeat {} ms × 3",
+            args.heartbeat_ms
+        )
+    };
+    let mut stats = vec![pause];
+    if !switchover {
+        stats.push(detect);
+        stats.push(promote);
+    }
+    Ok((title, stats, vec![format!("acknowledged writes: {acked_total}; lost: {lost_total}")]))
+}
+
+async fn wait_settled(hacs: &Api<HaCluster>) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = hacs.get("b").await
+            && let Some(s) = c.status.as_ref().and_then(|s| s.shards.first())
+            && let Some(p) = &s.current_primary
+            && s.target_primary.is_none()
+            && s.members.iter().all(|m| m.healthy)
+            && s.members.iter().filter(|m| m.role == Role::Primary).count() == 1
+            && s.members.iter().all(|m| m.role != Role::Replica || m.lag.unwrap_or(0) == 0)
+        {
+            return Ok(p.clone());
+        }
+        if Instant::now() > deadline {
+            bail!("cluster did not settle");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_new_primary(hacs: &Api<HaCluster>, old: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = hacs.get("b").await
+            && let Some(s) = c.status.as_ref().and_then(|s| s.shards.first())
+            && let Some(p) = &s.current_primary
+            && p != old
+            && s.target_primary.is_none()
+        {
+            return Ok(p.clone());
+        }
+        if Instant::now() > deadline {
+            bail!("no new primary");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn sentinel_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+    let mut redis: Vec<LocalRedis> = (0..3)
+        .map(|_| LocalRedis::try_start_on("127.0.0.1", free_port()?, None))
+        .collect::<anyhow::Result<_>>()?;
+    // Sentinel needs a master to start from: the first server.
+    let mut c = redis[0].connect().await?;
+    let _: () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut c).await?;
+    for r in &redis[1..] {
+        let mut c = r.connect().await?;
+        let _: () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(redis[0].port).query_async(&mut c).await?;
+    }
+    let down_after = args.heartbeat_ms * 3;
+    let dir = tempfile::tempdir()?;
+    let mut sentinels = Vec::new();
+    let mut sentinel_ports = Vec::new();
+    for i in 0..3 {
+        let port = free_port()?;
+        let conf = dir.path().join(format!("sentinel-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 2\nsentinel down-after-milliseconds m {down_after}\nsentinel failover-timeout m 10000\nsentinel parallel-syncs m 1\n",
+                redis[0].port
+            ),
+        )?;
+        let mut cmd = std::process::Command::new("redis-sentinel");
+        cmd.arg(&conf);
+        sentinels.push(
+            spawn(cmd, &dir.path().join(format!("sentinel-{i}.log")))
+                .context("redis-sentinel (apt-get install redis-sentinel)")?,
+        );
+        sentinel_ports.push(port);
+    }
+    let sp = sentinel_ports.clone();
+    let resolve: Resolver = Arc::new(move || {
+        let sp = sp.clone();
+        Box::pin(async move {
+            for port in sp {
+                if let Ok(mut c) = understudy::localredis::redis_conn("127.0.0.1", port, None, 300).await
+                    && let Ok((h, p)) = redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg("m")
+                        .query_async::<(String, u16)>(&mut c)
+                        .await
+                {
+                    return Some((h, p));
+                }
+            }
+            None
+        })
+    });
+    let mut pause = Stats {
+        name: if matches!(args.scenario, Scenario::SentinelSwitchover) {
+            "write pause (last ack before → first after)".into()
+        } else {
+            "end-to-end (last ack on old → first on new)".into()
+        },
+        values_ms: vec![],
+    };
+    let mut lost_total = 0;
+    let mut acked_total = 0;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for run in 0..args.runs {
+        let (host, port) = settle_sentinel(&resolve, &redis).await?;
+        let pi = redis.iter().position(|r| r.port == port).context("master port")?;
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let prefix = format!("s{run}");
+        let writer = start_writer(prefix.clone(), resolve.clone(), log.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        if matches!(args.scenario, Scenario::SentinelSwitchover) {
+            let mut c =
+                understudy::localredis::redis_conn("127.0.0.1", sentinel_ports[0], None, 2000).await?;
+            let _: () = redis::cmd("SENTINEL").arg("FAILOVER").arg("m").query_async(&mut c).await?;
+        } else {
+            redis[pi].kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (nh, np) = loop {
+            if let Some((h, p)) = resolve().await
+                && p != port
+            {
+                break (h, p);
+            }
+            if Instant::now() > deadline {
+                bail!("sentinel did not fail over");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let (gap, missing, acked) = finish_run(writer, &stop, &log, t0, 800, &prefix, (&nh, np)).await?;
+        pause.values_ms.push(gap);
+        lost_total += missing;
+        acked_total += acked;
+        if !matches!(args.scenario, Scenario::SentinelSwitchover) {
+            // Sentinel reconfigures the returning old master as a replica itself.
+            redis[pi].try_spawn()?;
+        }
+        eprintln!(
+            "run {run}: {host}:{port} → {nh}:{np}, {:.1} ms",
+            pause.values_ms.last().copied().unwrap_or_default()
+        );
+    }
+    drop(sentinels);
+    let title = match args.scenario {
+        Scenario::SentinelSwitchover => "Redis Sentinel SENTINEL FAILOVER (3 sentinels, quorum 2)".to_owned(),
+        _ => format!(
+            "Redis Sentinel unplanned failover (SIGKILL master), 3 sentinels, quorum 2, down-after {down_after} ms"
+        ),
+    };
+    let _ = &mut redis;
+    Ok((title, vec![pause], vec![format!("acknowledged writes: {acked_total}; lost: {lost_total}")]))
+}
+
+/// Wait until Sentinel names a master that answers as master and has two replicas in sync.
+async fn settle_sentinel(resolve: &Resolver, redis: &[LocalRedis]) -> anyhow::Result<(String, u16)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some((h, p)) = resolve().await
+            && let Some(r) = redis.iter().find(|r| r.port == p)
+            && let Some(info) = r.replication().await
+            && info.get("role").map(String::as_str) == Some("master")
+            && info.get("connected_slaves").map(String::as_str) == Some("2")
+        {
+            return Ok((h, p));
+        }
+        if Instant::now() > deadline {
+            bail!("sentinel setup did not settle");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
