@@ -348,7 +348,7 @@ impl Monitor {
     async fn tick(&mut self, cluster: HaCluster) {
         let declared = self.declared(&cluster);
         if !self.ensure_engine(&cluster).await {
-            self.write_status(&cluster, |_| {}).await;
+            self.write_status(&cluster, &[]).await;
             return;
         }
         let engine = self.engine.take().expect("ensured");
@@ -411,14 +411,15 @@ impl Monitor {
         }
         self.engine = Some(engine);
         let Some(cluster) = self.latest() else { return };
-        self.write_status(&cluster, |status| {
-            for (shard_name, plan) in &plans {
-                if let Some(b) = &plan.blocked {
-                    status.1.push((shard_name.clone(), b.reason, b.message.clone()));
-                }
-            }
-        })
-        .await;
+        let mut blocks: Vec<(String, &'static str, String)> = plans
+            .iter()
+            .filter_map(|(shard, plan)| {
+                plan.blocked.as_ref().map(|b| (shard.clone(), b.reason, b.message.clone()))
+            })
+            .collect();
+        // Stable order: the Ready message names the first and must not flap between writes.
+        blocks.sort();
+        self.write_status(&cluster, &blocks).await;
         if let Some(cluster) = self.latest() {
             self.update_routing(&cluster, &declared).await;
         }
@@ -949,15 +950,9 @@ impl Monitor {
     }
 
     /// Compute the observed status and write it if anything meaningful changed.
-    async fn write_status(
-        &mut self,
-        cluster: &HaCluster,
-        blocked: impl FnOnce(&mut (HaClusterStatus, Vec<(String, &'static str, String)>)),
-    ) {
-        let mut acc = (cluster.status.clone().unwrap_or_default(), Vec::new());
-        blocked(&mut acc);
-        let (old, blocks) = acc;
-        let next_status = self.observed_status(cluster, &old, &blocks);
+    async fn write_status(&mut self, cluster: &HaCluster, blocks: &[(String, &'static str, String)]) {
+        let old = cluster.status.clone().unwrap_or_default();
+        let next_status = self.observed_status(cluster, &old, blocks);
         let max_lag = cluster.spec.failover.max_lag_on_failover;
         if significant(&old, max_lag) == significant(&next_status, max_lag) {
             return;
@@ -1064,12 +1059,13 @@ impl Monitor {
                 })
             });
         let no_primary_yet = status.shards.iter().any(|s| s.current_primary.is_none());
-        let unauthorized: Vec<String> = self
+        let mut unauthorized: Vec<String> = self
             .members
             .iter()
             .filter(|(_, m)| m.unauthorized)
             .map(|(n, m)| format!("{n}: {}", m.error.clone().unwrap_or_default()))
             .collect();
+        unauthorized.sort();
         let (ready_reason, ready_msg): (&str, String) = if let Some((reason, msg)) = &self.config_error {
             (reason, msg.clone())
         } else if !unauthorized.is_empty() {

@@ -226,6 +226,18 @@ async fn redis_two_shards_fail_over_independently() {
     let p1 = wait_primary(&api, "sharded", "s1", None).await;
     let epoch1 =
         get(&api, "sharded").await.status.unwrap().shards.iter().find(|s| s.name == "s1").unwrap().epoch;
+    // A quiet cluster costs no writes: status is written only when something changed.
+    eventually(WAIT, "cluster Healthy", || async {
+        (api.get("sharded").await.ok()?.status?.phase == Some(ClusterPhase::Healthy)).then_some(())
+    })
+    .await;
+    let rv = get(&api, "sharded").await.metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(2)).await; // ten heartbeats
+    assert_eq!(
+        get(&api, "sharded").await.metadata.resource_version,
+        rv,
+        "no status write while nothing changes"
+    );
 
     let i0 = if p0 == "a0" { 0 } else { 1 };
     s0[i0].kill();
