@@ -211,7 +211,9 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     let terminal = status.phase != Some(RequestPhase::Running);
     status.task = Some(task);
     write(&api, &fr, status).await?;
-    Ok(if terminal { Action::await_change() } else { Action::requeue(Duration::from_millis(200)) })
+    // Woken by HaCluster changes while we hold its lock; the requeue is a fallback (waiting
+    // for someone else's lock, timeouts).
+    Ok(if terminal { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })
 }
 
 fn plan_line(tasks: &[Subtask]) -> impl Fn(&ItemResult) -> String + '_ {

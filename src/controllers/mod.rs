@@ -152,7 +152,30 @@ where
     let mut runs = Vec::new();
     for api in ctx.scopes::<K>() {
         let (reconcile, label, errors_label) = (reconcile.clone(), label.clone(), label.clone());
+        // An operation is woken by changes of the HaCluster whose lock it holds (the monitor
+        // recording a promotion), not only by its own requeue.
+        let clusters: Api<crate::resources::HaCluster> = match api.namespace() {
+            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+            None => Api::all(ctx.client.clone()),
+        };
+        let kind = K::kind(&()).to_string();
         let run = Controller::new(api, watcher::Config::default().any_semantic())
+            .watches(clusters, watcher::Config::default().any_semantic(), move |hac| {
+                let ns = hac.namespace();
+                hac.status
+                    .iter()
+                    .flat_map(|s| s.shards.iter())
+                    .filter_map(|s| s.operation.as_ref())
+                    .filter(|l| l.kind == kind)
+                    .map(|l| {
+                        let r = kube::runtime::reflector::ObjectRef::<K>::new(&l.name);
+                        match l.namespace.clone().or_else(|| ns.clone()) {
+                            Some(n) => r.within(&n),
+                            None => r,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
             .run(
                 move |obj, ctx: std::sync::Arc<Context>| {
                     ctx.metrics.reconciles.get_or_create(&label).inc();

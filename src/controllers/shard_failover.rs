@@ -238,7 +238,8 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         }
     }
     write(&api, &sfo, status).await?;
-    Ok(Action::requeue(Duration::from_millis(250)))
+    // Woken by HaCluster changes while we hold its lock; the requeue is a fallback.
+    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 fn plan_summary(shards: &[ShardProgress]) -> String {
