@@ -416,3 +416,34 @@ async fn redis_membership_edits_attach_and_detach_members() {
     assert_eq!(servers[pi].role().await.as_deref(), Some("master"));
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn redis_manual_mode_never_fails_over_by_itself() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-manual").await;
+    let mut servers = [RedisServer::start(None), RedisServer::start(None)];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    api.create(
+        &PostParams::default(),
+        &cluster("manual", &[("s0", &members)], json!({"heartbeatInterval": "200ms", "mode": "manual"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&api, "manual", "s0", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+    servers[pi].kill();
+    let msg = eventually(WAIT, "a condition asking for a FailoverRequest", || async {
+        let st = api.get("manual").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "ManualFailover").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(msg.contains("FailoverRequest"), "{msg}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(servers[ri].role().await.as_deref(), Some("slave"), "manual mode: nothing promoted");
+    assert_eq!(get(&api, "manual").await.status.unwrap().shards[0].epoch, 1);
+    operator.stop().await;
+}
