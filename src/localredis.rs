@@ -81,6 +81,14 @@ impl LocalRedis {
         format!("{}:{}", self.ip, self.port)
     }
 
+    /// Send `signal` (e.g. `libc::SIGSTOP` to freeze, `libc::SIGCONT` to thaw).
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child process.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -447,3 +447,41 @@ async fn redis_manual_mode_never_fails_over_by_itself() {
     assert_eq!(get(&api, "manual").await.status.unwrap().shards[0].epoch, 1);
     operator.stop().await;
 }
+
+/// A frozen primary (SIGSTOP: the port accepts connections, nothing answers) is detected by
+/// probe timeouts and failed over; thawed, it is demoted to a replica of the new primary.
+/// (Between the thaw and the next heartbeat it still reports `master` — Redis cannot be fenced
+/// while frozen — so this test does not sample for two primaries.)
+#[tokio::test]
+async fn redis_frozen_primary_is_failed_over_and_demoted_when_it_thaws() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-frozen").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
+    let names = ["a", "b", "c"];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = names.iter().copied().zip(servers.iter()).collect();
+    api.create(
+        &PostParams::default(),
+        &cluster("frozen", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&api, "frozen", "s0", None).await;
+    let pi = names.iter().position(|n| *n == p).unwrap();
+    for i in (0..3).filter(|i| *i != pi) {
+        wait_follows(&servers[i], &servers[pi]).await;
+    }
+    servers[pi].signal(libc::SIGSTOP);
+    let q = wait_primary(&api, "frozen", "s0", Some(&p)).await;
+    let qi = names.iter().position(|n| *n == q).unwrap();
+    assert_eq!(servers[qi].role().await.as_deref(), Some("master"));
+    servers[pi].signal(libc::SIGCONT);
+    wait_follows(&servers[pi], &servers[qi]).await;
+    eventually(WAIT, "thawed primary listed as a replica", || async {
+        let st = api.get("frozen").await.ok()?.status?;
+        st.shards[0].members.iter().any(|m| m.name == p && m.healthy && m.role == Role::Replica).then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
