@@ -186,6 +186,8 @@ struct Monitor {
     last_redirect: Option<String>,
     config_error: Option<(&'static str, String)>,
     pod_services_generation: Option<i64>,
+    /// Standby clusters: the upstream primary this heartbeat resolved.
+    upstream_seen: Option<String>,
 }
 
 impl Monitor {
@@ -212,6 +214,7 @@ impl Monitor {
             last_redirect: None,
             config_error: None,
             pod_services_generation: None,
+            upstream_seen: None,
         }
     }
 
@@ -292,7 +295,7 @@ impl Monitor {
         cluster.spec.shards.iter().flatten().map(|s| s.name.clone()).collect()
     }
 
-    fn policy(cluster: &HaCluster, engine: &dyn Engine) -> Policy {
+    fn policy(cluster: &HaCluster, engine: &dyn Engine, upstream: Option<String>) -> Policy {
         let f = &cluster.spec.failover;
         Policy {
             automatic: f.mode == FailoverMode::Automatic,
@@ -301,7 +304,28 @@ impl Monitor {
             failover_delay: f.failover_delay.0,
             max_lag: f.max_lag_on_failover,
             follows_directly: engine.follows_directly(),
+            standby: cluster.spec.standby.is_some(),
+            upstream,
         }
+    }
+
+    /// A standby cluster's upstream: the primary endpoint of the HaCluster it follows (read
+    /// from that cluster's status), or the fixed `primaryEndpoint`.
+    async fn upstream(&self, cluster: &HaCluster) -> Option<String> {
+        let standby = cluster.spec.standby.as_ref()?;
+        if let Some(ep) = &standby.primary_endpoint {
+            return Some(ep.clone());
+        }
+        let name = standby.cluster.as_ref()?;
+        let ns = standby.namespace.clone().or_else(|| cluster.namespace()).unwrap_or_default();
+        let other = Api::<HaCluster>::namespaced(self.ctx.client.clone(), &ns).get_opt(name).await.ok()??;
+        let st = other.status?;
+        let shard = st.shards.first()?;
+        if shard.target_primary.is_some() {
+            return None;
+        }
+        let primary = shard.current_primary.as_ref()?;
+        shard.members.iter().find(|m| &m.name == primary)?.endpoint.clone()
     }
 
     async fn ensure_engine(&mut self, cluster: &HaCluster) -> bool {
@@ -354,7 +378,9 @@ impl Monitor {
         let engine = self.engine.take().expect("ensured");
         self.detach_removed(engine.as_ref(), &cluster, &declared).await;
         self.probe_all(engine.as_ref(), &declared, &cluster).await;
-        let policy = Self::policy(&cluster, engine.as_ref());
+        let upstream = self.upstream(&cluster).await;
+        self.upstream_seen = upstream.clone();
+        let policy = Self::policy(&cluster, engine.as_ref(), upstream);
 
         let mut plans = HashMap::new();
         for shard_name in Self::shard_names(&cluster, &declared) {
@@ -463,6 +489,7 @@ impl Monitor {
 
     async fn probe_all(&mut self, engine: &dyn Engine, declared: &[Declared], cluster: &HaCluster) {
         let probe_timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
+        let threshold = cluster.spec.failover.failure_threshold.max(1) as u32;
         let probes = futures::future::join_all(declared.iter().map(|d| async {
             tokio::time::timeout(probe_timeout, engine.probe(&d.endpoint)).await.unwrap_or_else(|_| {
                 Err(EngineError::Timeout { endpoint: d.endpoint.clone(), timeout: probe_timeout })
@@ -489,12 +516,17 @@ impl Monitor {
                     true
                 }
                 Err(e) => {
-                    st.probe = None;
                     st.unauthorized = matches!(e, EngineError::Unauthorized { .. });
                     if !e.member_answered() {
                         st.misses = st.misses.saturating_add(1);
                     } else {
                         st.misses = 0;
+                    }
+                    // One slow answer is not a failure: the last answer stands until the
+                    // member is down (failureThreshold misses), so status and routing do not
+                    // flap under load. Promotion still requires a fresh answer (misses == 0).
+                    if st.unauthorized || st.misses >= threshold {
+                        st.probe = None;
                     }
                     st.error = Some(e.to_string());
                     false
@@ -581,7 +613,12 @@ impl Monitor {
         }
         for name in &plan.follow {
             if let Some(d) = declared.iter().find(|d| &d.name == name) {
-                match engine.follow(&d.endpoint, &p.endpoint).await {
+                // A standby leader follows the upstream; everyone else follows the leader.
+                let target = match &self.upstream_seen {
+                    Some(up) if d.name == p.name => up.clone(),
+                    _ => p.endpoint.clone(),
+                };
+                match engine.follow(&d.endpoint, &target).await {
                     Ok(()) => {
                         info!(cluster = %key(cluster), member = %d.name, primary = %p.name, "replica now follows the primary")
                     }
@@ -747,7 +784,14 @@ impl Monitor {
         }
 
         // 3. Promote.
-        let failure = match tokio::time::timeout(step_timeout, engine.promote(&to.endpoint)).await {
+        // A standby cluster's leader is not made writable: it follows the upstream.
+        let upstream = self.upstream_seen.clone();
+        let action = match (cluster.spec.standby.is_some(), upstream.as_deref()) {
+            (true, Some(up)) => engine.follow(&to.endpoint, up),
+            (true, None) => return,
+            (false, _) => engine.promote(&to.endpoint),
+        };
+        let failure = match tokio::time::timeout(step_timeout, action).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("promoting {} failed: {e}", to.name)),
             Err(_) => Some(format!("promoting {} timed out after {step_timeout:?}", to.name)),
@@ -997,7 +1041,7 @@ impl Monitor {
                 .filter(|d| d.shard == shard_name)
                 .map(|d| {
                     let st = self.members.get(&d.name).cloned().unwrap_or_default();
-                    let ok = st.probe.is_some() && st.misses == 0 && !st.unauthorized;
+                    let ok = st.probe.is_some() && !st.unauthorized;
                     if ok {
                         healthy += 1;
                     }
@@ -1052,10 +1096,15 @@ impl Monitor {
         status.healthy_members = Some(format!("{healthy}/{}", declared.len()));
 
         let any_lock = status.shards.iter().any(|s| s.target_primary.is_some());
+        // A standby cluster's leader is a healthy replica of the upstream.
+        let leader_role = if cluster.spec.standby.is_some() { Role::Replica } else { Role::Primary };
+        for s in &mut status.shards {
+            s.upstream = self.upstream_seen.clone().filter(|_| cluster.spec.standby.is_some());
+        }
         let all_primaries_ok = !status.shards.is_empty()
             && status.shards.iter().all(|s| {
                 s.current_primary.as_ref().is_some_and(|p| {
-                    s.members.iter().any(|m| &m.name == p && m.healthy && m.role == Role::Primary)
+                    s.members.iter().any(|m| &m.name == p && m.healthy && m.role == leader_role)
                 })
             });
         let no_primary_yet = status.shards.iter().any(|s| s.current_primary.is_none());
@@ -1153,7 +1202,7 @@ impl Monitor {
             let primary = if s.target_primary.is_some() { None } else { s.current_primary.clone() };
             for d in declared.iter().filter(|d| d.shard == s.name) {
                 let st = self.members.get(&d.name);
-                let healthy = st.is_some_and(|m| m.probe.is_some() && m.misses == 0);
+                let healthy = st.is_some_and(|m| m.probe.is_some());
                 if primary.as_deref() == Some(&d.name) {
                     if st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Primary)) {
                         primaries.push(d.route.clone());
@@ -1278,7 +1327,7 @@ impl Monitor {
             let shard = status.shards.iter().find(|s| s.name == d.shard);
             let routed_primary =
                 shard.filter(|s| s.target_primary.is_none()).and_then(|s| s.current_primary.as_deref());
-            let probe = self.members.get(&d.name).and_then(|m| m.probe.as_ref().filter(|_| m.misses == 0));
+            let probe = self.members.get(&d.name).and_then(|m| m.probe.as_ref());
             let role = match probe.map(|p| &p.role) {
                 Some(ObservedRole::Primary) if routed_primary == Some(d.name.as_str()) => Some("primary"),
                 Some(ObservedRole::Replica) => Some("replica"),

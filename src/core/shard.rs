@@ -59,6 +59,12 @@ pub struct Policy {
     pub max_lag: i64,
     /// Replicas are pointed at the primary by the engine (redis), not by a ConfigMap (agent).
     pub follows_directly: bool,
+    /// A standby cluster: its leader replicates from another cluster's primary instead of
+    /// being writable.
+    pub standby: bool,
+    /// For a standby cluster, the `host:port` its leader must follow (None: not known now —
+    /// then nothing is changed).
+    pub upstream: Option<String>,
 }
 
 impl Default for Policy {
@@ -70,6 +76,8 @@ impl Default for Policy {
             failover_delay: Duration::ZERO,
             max_lag: i64::MAX,
             follows_directly: true,
+            standby: false,
+            upstream: None,
         }
     }
 }
@@ -195,6 +203,14 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     if policy.paused {
         return plan;
     }
+    if policy.standby && policy.upstream.is_none() {
+        plan.blocked = Some(Blocked {
+            reason: "UpstreamUnknown",
+            message: "standby cluster: the upstream primary is not known; nothing is changed until it is"
+                .into(),
+        });
+        return plan;
+    }
     let find = |name: &str| facts.members.iter().find(|m| m.name == name);
 
     // A promotion already decided and recorded (epoch bumped) is finished first.
@@ -221,7 +237,8 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     let pm = find(primary);
     let lost = match pm {
         None => true,
-        Some(pm) => is_down(pm, policy) || pm.role() == Some(&ObservedRole::Replica),
+        // A standby leader is a replica (of the upstream) by design.
+        Some(pm) => is_down(pm, policy) || (!policy.standby && pm.role() == Some(&ObservedRole::Replica)),
     };
     if !lost {
         let pm = pm.expect("not lost");
@@ -328,6 +345,12 @@ fn bootstrap(facts: &ShardFacts, policy: &Policy) -> Plan {
 
 /// Primary is fine: demote any other member acting as primary, point stray replicas at it.
 fn repair(facts: &ShardFacts, policy: &Policy, primary: &MemberFacts, plan: &mut Plan) {
+    // A standby leader must follow the upstream (also if it acts as primary).
+    if let Some(up) = &policy.upstream
+        && primary.probe.as_ref().is_some_and(|p| p.following.as_deref() != Some(up.as_str()))
+    {
+        plan.follow.push(primary.name.clone());
+    }
     for m in facts.members.iter().filter(|m| m.name != primary.name && is_healthy(m)) {
         match &m.probe {
             Some(p) if p.role == ObservedRole::Primary => plan.demote.push(m.name.clone()),
@@ -510,6 +533,19 @@ mod tests {
             with_primary(vec![down(member("a", Some(Primary), 0)), b, member("c", Some(Replica), 50)], 100);
         facts.avoid_nodes = vec!["n1".into()];
         assert_eq!(plan(&facts, &Policy::default()).promote.unwrap().to, "c");
+    }
+
+    #[test]
+    fn a_standby_leader_follows_the_upstream_and_is_not_lost_as_a_replica() {
+        let mut a = member("a", Some(Replica), 10);
+        a.probe.as_mut().unwrap().following = None;
+        let facts = with_primary(vec![a, member("b", Some(Replica), 10)], 10);
+        let policy = Policy { standby: true, upstream: Some("up:6379".into()), ..Policy::default() };
+        let p = plan(&facts, &policy);
+        assert_eq!(p.promote, None, "a replica leader is not lost in a standby cluster");
+        assert_eq!(p.follow, ["a"], "the leader is pointed at the upstream");
+        let unknown = Policy { standby: true, upstream: None, ..Policy::default() };
+        assert_eq!(plan(&facts, &unknown).blocked.unwrap().reason, "UpstreamUnknown");
     }
 
     #[test]

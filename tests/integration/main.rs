@@ -13,5 +13,6 @@ mod hacluster_redis;
 mod operator;
 mod outage;
 mod shard_failover;
+mod standby;
 mod support;
 mod validation;
