@@ -265,3 +265,61 @@ async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back(
     assert!(cst.shards[0].operation.is_none() && cst.shards[0].target_primary.is_none());
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_waits_for_a_busy_shard_and_gives_up_at_its_deadline() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "fr-busy").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    hacs.create(
+        &PostParams::default(),
+        &cluster("c", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&hacs, "c", "s0", None).await;
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    // Another operation (a real object) holds the shard's lock.
+    let holder = frs
+        .create(
+            &PostParams::default(),
+            &request("holder", json!({"type": "Switchover", "dryRun": true, "items": [{"cluster": "c"}]})),
+        )
+        .await
+        .unwrap();
+    let mut c = hacs.get("c").await.unwrap();
+    c.status.as_mut().unwrap().shards[0].operation = Some(
+        serde_json::from_value(json!({
+            "kind": "FailoverRequest", "name": "holder", "namespace": ns, "uid": holder.metadata.uid,
+            "acquiredAt": "2026-01-01T00:00:00Z", "expiresAt": "2099-01-01T00:00:00Z"
+        }))
+        .unwrap(),
+    );
+    hacs.replace_status("c", &PostParams::default(), &c).await.unwrap();
+    let epoch = c.status.as_ref().unwrap().shards[0].epoch;
+
+    frs.create(
+        &PostParams::default(),
+        &request("second", json!({"type": "Switchover", "timeoutSeconds": 3, "items": [{"cluster": "c"}]})),
+    )
+    .await
+    .unwrap();
+    let waiting = eventually(WAIT, "the request to report the busy lock", || async {
+        let st = frs.get("second").await.ok()?.status?;
+        let lock = st.task?.subtasks.into_iter().find(|t| t.name == "lock")?;
+        (lock.status == TaskStatus::Running).then(|| lock.message.unwrap_or_default())
+    })
+    .await;
+    assert!(waiting.contains("db_busy") && waiting.contains("holder"), "{waiting}");
+    let (fr, _) = finish(&frs, "second").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::RolledBack), "{:?}", st.message);
+    assert!(st.message.unwrap_or_default().contains("db_busy"));
+    let cst = hacs.get("c").await.unwrap().status.unwrap();
+    assert_eq!(cst.shards[0].current_primary.as_deref(), Some(p.as_str()), "nothing touched");
+    assert_eq!(cst.shards[0].epoch, epoch);
+    operator.stop().await;
+}
