@@ -179,12 +179,13 @@ async fn batch_switchover_over_a_redis_and_an_agent_cluster() {
     operator.stop().await;
 }
 
-#[tokio::test]
-async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "fr-guard").await;
+/// Cluster `c`: two redis members, the operator running, the primary elected.
+async fn two_members(
+    client: &kube::Client,
+    ns: &str,
+) -> ([RedisServer; 2], Api<HaCluster>, Operator, String) {
     let servers = [RedisServer::start(None), RedisServer::start(None)];
-    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), ns);
     let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
     hacs.create(
         &PostParams::default(),
@@ -192,8 +193,16 @@ async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back(
     )
     .await
     .unwrap();
-    let operator = Operator::start(client.clone(), &ns);
+    let operator = Operator::start(client.clone(), ns);
     let p = wait_primary(&hacs, "c", "s0", None).await;
+    (servers, hacs, operator, p)
+}
+
+#[tokio::test]
+async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "fr-guard").await;
+    let (servers, hacs, operator, p) = two_members(&client, &ns).await;
     let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
     wait_follows(&servers[ri], &servers[pi]).await;
     let epoch = hacs.get("c").await.unwrap().status.unwrap().shards[0].epoch;
@@ -270,17 +279,7 @@ async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back(
 async fn a_request_waits_for_a_busy_shard_and_gives_up_at_its_deadline() {
     let client = support::client().await;
     let ns = support::namespace(&client, "fr-busy").await;
-    let servers = [RedisServer::start(None), RedisServer::start(None)];
-    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
-    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
-    hacs.create(
-        &PostParams::default(),
-        &cluster("c", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
-    )
-    .await
-    .unwrap();
-    let operator = Operator::start(client.clone(), &ns);
-    let p = wait_primary(&hacs, "c", "s0", None).await;
+    let (_servers, hacs, operator, p) = two_members(&client, &ns).await;
     let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
     // Another operation (a real object) holds the shard's lock.
     let holder = frs
@@ -290,15 +289,18 @@ async fn a_request_waits_for_a_busy_shard_and_gives_up_at_its_deadline() {
         )
         .await
         .unwrap();
-    let mut c = hacs.get("c").await.unwrap();
-    c.status.as_mut().unwrap().shards[0].operation = Some(
-        serde_json::from_value(json!({
-            "kind": "FailoverRequest", "name": "holder", "namespace": ns, "uid": holder.metadata.uid,
-            "acquiredAt": "2026-01-01T00:00:00Z", "expiresAt": "2099-01-01T00:00:00Z"
-        }))
-        .unwrap(),
-    );
-    hacs.replace_status("c", &PostParams::default(), &c).await.unwrap();
+    // The monitor writes status too: retry the injection on a conflict.
+    let lock: understudy::resources::hacluster::OperationLock = serde_json::from_value(json!({
+        "kind": "FailoverRequest", "name": "holder", "namespace": ns, "uid": holder.metadata.uid,
+        "acquiredAt": "2026-01-01T00:00:00Z", "expiresAt": "2099-01-01T00:00:00Z"
+    }))
+    .unwrap();
+    let c = eventually(WAIT, "the lock injected", || async {
+        let mut c = hacs.get("c").await.ok()?;
+        c.status.as_mut()?.shards[0].operation = Some(lock.clone());
+        hacs.replace_status("c", &PostParams::default(), &c).await.ok()
+    })
+    .await;
     let epoch = c.status.as_ref().unwrap().shards[0].epoch;
 
     frs.create(

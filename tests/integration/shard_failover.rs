@@ -32,6 +32,17 @@ pub fn shard_failover(name: &str, spec: serde_json::Value) -> ShardFailover {
     .unwrap()
 }
 
+/// Edit the shards of cluster `bdb` in status; the monitor writes status too, so retry on a
+/// conflict.
+async fn set_locks(hacs: &Api<HaCluster>, edit: impl Fn(&mut understudy::resources::hacluster::ShardStatus)) {
+    eventually(WAIT, "status edited", || async {
+        let mut c = hacs.get("bdb").await.ok()?;
+        c.status.as_mut()?.shards.iter_mut().for_each(&edit);
+        hacs.replace_status("bdb", &PostParams::default(), &c).await.ok()
+    })
+    .await;
+}
+
 async fn submit(api: &Api<ShardFailover>, name: &str, spec: serde_json::Value) -> ShardFailover {
     api.create(&PostParams::default(), &shard_failover(name, spec)).await.unwrap();
     eventually(WAIT, &format!("ShardFailover {name} to finish"), || async {
@@ -116,25 +127,24 @@ async fn shard_failover_plans_refuses_and_fails_over_two_of_three_shards() {
     }))
     .unwrap();
     let holder = frs.create(&PostParams::default(), &holder).await.unwrap();
-    let mut c = hacs.get("bdb").await.unwrap();
-    let s2 = c.status.as_mut().unwrap().shards.iter_mut().find(|s| s.name == "s2").unwrap();
-    s2.operation = Some(
-        serde_json::from_value(json!({
-            "kind": "FailoverRequest", "name": "holder", "namespace": ns, "uid": holder.metadata.uid,
-            "acquiredAt": "2026-01-01T00:00:00Z", "expiresAt": "2099-01-01T00:00:00Z"
-        }))
-        .unwrap(),
-    );
-    hacs.replace_status("bdb", &PostParams::default(), &c).await.unwrap();
+    let lock: understudy::resources::hacluster::OperationLock = serde_json::from_value(json!({
+        "kind": "FailoverRequest", "name": "holder", "namespace": ns, "uid": holder.metadata.uid,
+        "acquiredAt": "2026-01-01T00:00:00Z", "expiresAt": "2099-01-01T00:00:00Z"
+    }))
+    .unwrap();
+    set_locks(&hacs, |s| {
+        if s.name == "s2" {
+            s.operation = Some(lock.clone())
+        }
+    })
+    .await;
     let r = submit(&sfos, "busy", json!({"shardUids": [primaries[2].0], "timeoutSeconds": 3})).await;
     assert_eq!(code(&r), Some(ShardFailoverError::DbBusy), "{:?}", r.status);
     assert!(
         r.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == "DatabaseBusy"),
         "reported busy while waiting"
     );
-    let mut c = hacs.get("bdb").await.unwrap();
-    c.status.as_mut().unwrap().shards.iter_mut().for_each(|s| s.operation = None);
-    hacs.replace_status("bdb", &PostParams::default(), &c).await.unwrap();
+    set_locks(&hacs, |s| s.operation = None).await;
     assert_eq!(servers[2][primaries[2].1].role().await.as_deref(), Some("master"), "busy shard untouched");
 
     // Fail over s0 and s1 while a client writes sequenced keys to s0's primary.
