@@ -10,13 +10,13 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Api, ResourceExt, api::PostParams, runtime::controller::Action};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use tracing::{info, warn};
 
 use super::{
     Context,
     operation::{Holder, acquire, facts_from_status, release},
-    routing,
+    routing, write_status,
 };
 use crate::{
     core::{
@@ -25,9 +25,7 @@ use crate::{
     },
     resources::{
         FailoverRequest, HaCluster,
-        failover_request::{
-            FailoverRequestStatus, ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus,
-        },
+        failover_request::{ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus},
         shared::set_condition,
     },
 };
@@ -70,7 +68,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         status.phase = Some(RequestPhase::Running);
         status.observed_generation = fr.metadata.generation;
         status.progress = status.task.as_ref().map(|t| dag::progress(&t.subtasks));
-        write(&api, &fr, status).await?;
+        write_status(&api, &fr, status).await?;
         return Ok(Action::requeue(Duration::from_millis(50)));
     };
 
@@ -210,7 +208,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     }
     let terminal = status.phase != Some(RequestPhase::Running);
     status.task = Some(task);
-    write(&api, &fr, status).await?;
+    write_status(&api, &fr, status).await?;
     // Woken by HaCluster changes while we hold its lock; the requeue is a fallback (waiting
     // for someone else's lock, timeouts).
     Ok(if terminal { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })
@@ -429,17 +427,4 @@ fn member_route(c: &HaCluster, name: &str) -> Option<String> {
         Some(a) => format!("{a}:{port}"),
         None => m.endpoint.clone(),
     })
-}
-
-async fn write(
-    api: &Api<FailoverRequest>,
-    fr: &FailoverRequest,
-    status: FailoverRequestStatus,
-) -> Result<(), kube::Error> {
-    if fr.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let mut next = fr.clone();
-    next.status = Some(status);
-    api.replace_status(&fr.name_any(), &PostParams::default(), &next).await.map(|_| ())
 }

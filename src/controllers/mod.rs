@@ -199,6 +199,25 @@ where
     Ok(())
 }
 
+/// Replace `obj`'s status with `status` (resourceVersion-guarded), unless it is unchanged.
+pub async fn write_status<K>(api: &Api<K>, obj: &K, status: K::Status) -> Result<(), kube::Error>
+where
+    K: kube::core::object::HasStatus
+        + Resource
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::Status: PartialEq,
+{
+    if obj.status() == Some(&status) {
+        return Ok(());
+    }
+    let mut next = obj.clone();
+    *next.status_mut() = Some(status);
+    api.replace_status(&obj.name_any(), &kube::api::PostParams::default(), &next).await.map(|_| ())
+}
+
 /// Run every controller until one fails or `leading` turns false.
 pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
     tokio::select! {

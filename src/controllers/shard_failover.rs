@@ -10,16 +10,13 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, PostParams},
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
 use tracing::{info, warn};
 
 use super::{
     Context,
     operation::{Holder, acquire, facts_from_status, release},
+    write_status,
 };
 use crate::{
     core::shard::{self, Policy},
@@ -89,12 +86,12 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
                 sfo.metadata.generation,
                 &Time(Timestamp::now()),
             );
-            write(&api, &sfo, status).await?;
+            write_status(&api, &sfo, status).await?;
             return Ok(Action::await_change());
         }
         status.phase = Some(Phase::Running);
         status.message = Some(plan_summary(&status.shards));
-        write(&api, &sfo, status.clone()).await?;
+        write_status(&api, &sfo, status.clone()).await?;
     }
 
     let cluster_name = status.cluster.clone().unwrap_or_default();
@@ -165,7 +162,7 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
             status.message.clone().unwrap_or_default(),
         )
         .await;
-        write(&api, &sfo, status).await?;
+        write_status(&api, &sfo, status).await?;
         return Ok(Action::await_change());
     }
     if let Some(failed) = status.shards.iter().find(|p| p.phase == ShardStep::Failed) {
@@ -237,7 +234,7 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
-    write(&api, &sfo, status).await?;
+    write_status(&api, &sfo, status).await?;
     // Woken by HaCluster changes while we hold its lock; the requeue is a fallback.
     Ok(Action::requeue(Duration::from_secs(1)))
 }
@@ -367,7 +364,7 @@ async fn finish_failed(
     );
     warn!(shardfailover = %sfo.name_any(), %message, "failed");
     ctx.event(sfo, true, &reason, "ShardFailover", message).await;
-    write(api, sfo, status).await?;
+    write_status(api, sfo, status).await?;
     Ok(Action::await_change())
 }
 
@@ -379,17 +376,4 @@ fn reason_of(code: &str) -> String {
             c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
         })
         .collect()
-}
-
-async fn write(
-    api: &Api<ShardFailover>,
-    sfo: &ShardFailover,
-    status: ShardFailoverStatus,
-) -> Result<(), kube::Error> {
-    if sfo.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let mut next = sfo.clone();
-    next.status = Some(status);
-    api.replace_status(&sfo.name_any(), &PostParams::default(), &next).await.map(|_| ())
 }
