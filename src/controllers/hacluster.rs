@@ -827,7 +827,15 @@ impl Monitor {
                 link_up: true,
             });
         }
+        // The new primary's own offset (master side) is the reference from now on, read at
+        // once: a failover before the next heartbeat still knows how far replicas are behind.
         self.last_primary_offset.remove(shard_name);
+        if let Ok(Ok(p)) = tokio::time::timeout(step_timeout, engine.probe(&to.endpoint)).await
+            && p.role == ObservedRole::Primary
+            && let Some(o) = p.offset
+        {
+            self.last_primary_offset.insert(shard_name.to_owned(), o);
+        }
         self.lost_since.remove(shard_name);
 
         if from.is_some() {
