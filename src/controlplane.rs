@@ -80,6 +80,22 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// The admin kubeconfig with the certificates inline (for a Secret another control
+    /// plane's operator reads).
+    pub fn kubeconfig_inline(&self) -> anyhow::Result<String> {
+        use base64::Engine as _;
+        let b64 = |name: &str| -> anyhow::Result<String> {
+            Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(self.path(name))?))
+        };
+        Ok(kubeconfig_yaml(
+            &self.server_url(),
+            &b64("ca.crt")?,
+            &b64("admin.crt")?,
+            &b64("admin.key")?,
+            "-data",
+        ))
+    }
+
     /// The admin kubeconfig (client certificate in group `system:masters`).
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
@@ -210,9 +226,10 @@ impl ControlPlane {
             self.kubeconfig_path(),
             kubeconfig_yaml(
                 &self.server_url(),
-                &self.path("ca.crt"),
-                &self.path("admin.crt"),
-                &self.path("admin.key"),
+                &self.path("ca.crt").display().to_string(),
+                &self.path("admin.crt").display().to_string(),
+                &self.path("admin.key").display().to_string(),
+                "",
             ),
         )?;
         Ok(())
@@ -352,7 +369,8 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(dir.trim()))
 }
 
-fn kubeconfig_yaml(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+/// A kubeconfig for the admin user; `data` is "" (file paths) or "-data" (inline base64).
+fn kubeconfig_yaml(server: &str, ca: &str, cert: &str, key: &str, data: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config
@@ -360,12 +378,12 @@ clusters:
 - name: understudy
   cluster:
     server: {server}
-    certificate-authority: {ca}
+    certificate-authority{data}: {ca}
 users:
 - name: admin
   user:
-    client-certificate: {cert}
-    client-key: {key}
+    client-certificate{data}: {cert}
+    client-key{data}: {key}
 contexts:
 - name: understudy
   context:
@@ -373,10 +391,7 @@ contexts:
     user: admin
     namespace: default
 current-context: understudy
-",
-        ca = ca.display(),
-        cert = cert.display(),
-        key = key.display(),
+"
     )
 }
 

@@ -128,11 +128,16 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(client: Client, namespace: &str) -> Self {
+        Self::start_namespaces(client, &[namespace])
+    }
+
+    /// Watching several namespaces (e.g. the two sites of a ProtectionGroup).
+    pub fn start_namespaces(client: Client, namespaces: &[&str]) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let cfg = RunConfig {
             leader_elect: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            namespaces: vec![namespace.to_owned()],
+            namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
         };
         let task = tokio::spawn(run(client, cfg, async move {
             let _ = rx.await;

@@ -5,6 +5,7 @@
 //!   cargo run --release --bin bench -- failover --runs 30
 //!   cargo run --release --bin bench -- sentinel-failover --runs 30
 //!   cargo run --release --bin bench -- sentinel-switchover --runs 30
+//!   cargo run --release --bin bench -- site-failover --runs 10
 //!
 //! A client writes sequenced keys (one every millisecond) to whatever the system says is the
 //! primary (Understudy: the HaCluster status; Sentinel: `SENTINEL get-master-addr-by-name`),
@@ -27,7 +28,12 @@ use understudy::{
     controlplane::{ControlPlane, Options, free_port, spawn},
     localredis::LocalRedis,
     operator::InProcess,
-    resources::{HaCluster, ShardFailover, hacluster::Role, shard_failover::ShardFailoverPhase},
+    resources::{
+        HaCluster, ProtectionGroup, ShardFailover,
+        hacluster::Role,
+        protection_group::{ProtectionPhase, SiteRole},
+        shard_failover::ShardFailoverPhase,
+    },
 };
 
 #[derive(Parser)]
@@ -51,6 +57,8 @@ enum Scenario {
     Failover,
     SentinelFailover,
     SentinelSwitchover,
+    /// ProtectionGroup planned failover between two sites (alternating directions).
+    SiteFailover,
 }
 
 /// One acknowledged-write log, shared with the writer task.
@@ -184,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
     let (title, stats, extra) = match args.scenario {
         Scenario::Switchover | Scenario::Failover => understudy_bench(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
+        Scenario::SiteFailover => site_bench(&args).await?,
     };
     print_table(&title, &stats, &extra);
     if let Some(path) = &args.json {
@@ -488,4 +497,129 @@ async fn settle_sentinel(resolve: &Resolver, redis: &[LocalRedis]) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Planned site failovers of a ProtectionGroup with one pair (2 Redis members per site),
+/// alternating target → source → target. The writer follows the group's status: the
+/// production cluster's recorded primary.
+async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+    let cp = ControlPlane::start(Options { controller_manager: false, keep: false }).await?;
+    cp.install_generated_crds().await?;
+    let client = cp.client().await?;
+    let (src_ns, dr_ns) = ("site-a", "site-b");
+    cp.create_namespace(src_ns).await?;
+    cp.create_namespace(dr_ns).await?;
+    let redis: Vec<LocalRedis> = (0..4)
+        .map(|_| LocalRedis::try_start_on("127.0.0.1", free_port()?, None))
+        .collect::<anyhow::Result<_>>()?;
+    let ports: Vec<u16> = redis.iter().map(|r| r.port).collect();
+    let hb = format!("{}ms", args.heartbeat_ms);
+    for (ns, name, rs) in [(src_ns, "db", &redis[0..2]), (dr_ns, "db-dr", &redis[2..4])] {
+        let members: Vec<_> = rs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| json!({"name": format!("{name}-{i}"), "endpoint": r.endpoint()}))
+            .collect();
+        let hac: HaCluster = serde_json::from_value(json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": name},
+            "spec": {"engine": "redis", "shards": [{"name": "s0", "members": members}],
+                     "failover": {"heartbeatInterval": hb}}
+        }))?;
+        Api::<HaCluster>::namespaced(client.clone(), ns).create(&PostParams::default(), &hac).await?;
+    }
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), src_ns);
+    let pg: ProtectionGroup = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ProtectionGroup", "metadata": {"name": "pg"},
+        "spec": {"sites": {"source": {"namespace": src_ns}, "target": {"namespace": dr_ns}},
+                 "pairs": [{"source": "db", "target": "db-dr"}], "prioritySite": "source"}
+    }))?;
+    pgs.create(&PostParams::default(), &pg).await?;
+    let op = InProcess::start_namespaces(client.clone(), &[src_ns, dr_ns]);
+
+    let resolve: Resolver = {
+        let (client, pgs, ports) = (client.clone(), pgs.clone(), ports.clone());
+        Arc::new(move || {
+            let (client, pgs, ports) = (client.clone(), pgs.clone(), ports.clone());
+            Box::pin(async move {
+                let st = pgs.get("pg").await.ok()?.status?;
+                let (ns, name) = match st.pairs.first()?.production? {
+                    SiteRole::Source => (src_ns, "db"),
+                    SiteRole::Target => (dr_ns, "db-dr"),
+                };
+                let c = Api::<HaCluster>::namespaced(client, ns).get(name).await.ok()?;
+                let s = c.status?.shards.into_iter().next()?;
+                let p = s.current_primary.clone()?;
+                let m = s.members.iter().find(|m| m.name == p && m.role == Role::Primary)?;
+                let port: u16 = m.endpoint.as_ref()?.rsplit_once(':')?.1.parse().ok()?;
+                ports.contains(&port).then(|| ("127.0.0.1".to_owned(), port))
+            })
+        })
+    };
+    let wait_site = |site: SiteRole| {
+        let pgs = pgs.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(g) = pgs.get("pg").await
+                    && let Some(st) = g.status
+                    && st.phase == Some(ProtectionPhase::Protected)
+                    && st.production_site == Some(site)
+                    && st.pairs.iter().all(|p| p.state == "Replicating")
+                {
+                    return Ok(st);
+                }
+                if Instant::now() > deadline {
+                    bail!("the group did not become protected at {site:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_site(SiteRole::Source).await?;
+
+    let mut gap =
+        Stats { name: "client write gap (last ack before → first ack after)".into(), values_ms: vec![] };
+    let mut pause =
+        Stats { name: "server-side write pause (status.lastWritePauseMs)".into(), values_ms: vec![] };
+    let mut total =
+        Stats { name: "whole planned failover (spec change → protected)".into(), values_ms: vec![] };
+    let (mut lost_total, mut acked_total) = (0usize, 0usize);
+    let mut site = SiteRole::Source;
+    for run in 0..args.runs {
+        let to = site.other();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let prefix = format!("r{run}");
+        let writer = start_writer(prefix.clone(), resolve.clone(), log.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        pgs.patch(
+            "pg",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"prioritySite": to.as_str()}})),
+        )
+        .await?;
+        let st = wait_site(to).await?;
+        total.values_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        pause.values_ms.push(st.last_write_pause_ms.unwrap_or_default() as f64);
+        let (host, port) = resolve().await.context("no production primary")?;
+        let (g, missing, acked) = finish_run(writer, &stop, &log, t0, 500, &prefix, (&host, port)).await?;
+        gap.values_ms.push(g);
+        lost_total += missing;
+        acked_total += acked;
+        eprintln!(
+            "run {run}: {site:?} → {to:?}: gap {g:.1} ms, {missing} of {acked} acknowledged writes missing"
+        );
+        site = to;
+    }
+    op.stop().await;
+    let title = format!(
+        "Understudy planned site failover (ProtectionGroup, 1 pair, 2 members per site), heartbeat {} ms",
+        args.heartbeat_ms
+    );
+    Ok((
+        title,
+        vec![gap, pause, total],
+        vec![format!("acknowledged writes: {acked_total}; lost: {lost_total}")],
+    ))
 }

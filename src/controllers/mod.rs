@@ -4,6 +4,7 @@
 pub mod failover_request;
 pub mod hacluster;
 pub mod operation;
+pub mod protection_group;
 pub mod routing;
 pub mod shard_failover;
 
@@ -224,6 +225,7 @@ pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow
         r = hacluster::run(ctx.clone()) => r,
         r = run_controller(ctx.clone(), "shardfailover", shard_failover::reconcile) => r,
         r = run_controller(ctx.clone(), "failoverrequest", failover_request::reconcile) => r,
+        r = run_controller(ctx.clone(), "protectiongroup", protection_group::reconcile) => r,
         _ = leading.wait_for(|l| !*l) => Ok(()),
     }
 }

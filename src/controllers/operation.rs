@@ -71,6 +71,29 @@ pub struct Holder {
     pub uid: String,
 }
 
+impl Holder {
+    fn lock(&self, now: Timestamp, deadline: Timestamp) -> OperationLock {
+        OperationLock {
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            uid: Some(self.uid.clone()),
+            acquired_at: Time(now),
+            expires_at: Time(deadline),
+        }
+    }
+}
+
+/// The resourceVersion-guarded status write that takes locks; a conflict means another
+/// writer won and the caller retries.
+async fn write_locks(clusters: &Api<HaCluster>, next: &HaCluster) -> Result<Result<(), String>, kube::Error> {
+    match clusters.replace_status(&next.name_any(), &PostParams::default(), next).await {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err("a concurrent status write (retrying)".into())),
+        Err(e) => Err(e),
+    }
+}
+
 /// Take the lock of every shard in `targets`, bump their epochs and record their target
 /// primaries in one resourceVersion-guarded status write. `Ok(Err(holder))` if another
 /// operation holds one of the locks (or a concurrent write won).
@@ -93,22 +116,46 @@ pub async fn acquire(
             LockState::Mine if s.target_primary.as_ref() == Some(to) => continue,
             LockState::Free | LockState::Mine => {}
         }
-        s.operation = Some(OperationLock {
-            kind: holder.kind.clone(),
-            name: holder.name.clone(),
-            namespace: holder.namespace.clone(),
-            uid: Some(holder.uid.clone()),
-            acquired_at: Time(now),
-            expires_at: Time(deadline),
-        });
+        s.operation = Some(holder.lock(now, deadline));
         s.epoch += 1;
         s.target_primary = Some(to.clone());
     }
-    match clusters.replace_status(&cluster.name_any(), &PostParams::default(), &next).await {
-        Ok(_) => Ok(Ok(())),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err("a concurrent status write (retrying)".into())),
-        Err(e) => Err(e),
+    write_locks(clusters, &next).await
+}
+
+/// Take the lock of every shard of `cluster` without recording a promotion (the holder
+/// changes roles itself: ProtectionGroup). `Ok(Err(holder))` while another operation holds
+/// one of them (or a concurrent write won).
+pub async fn lock_all(
+    clusters: &Api<HaCluster>,
+    cluster: &HaCluster,
+    holder: &Holder,
+    deadline: Timestamp,
+) -> Result<Result<(), String>, kube::Error> {
+    let now = Timestamp::now();
+    let mut next = cluster.clone();
+    let status = next.status.get_or_insert_with(Default::default);
+    let mut changed = false;
+    // Holders are looked up where the cluster lives.
+    let client = clusters.clone().into_client();
+    for s in &mut status.shards {
+        let exists = holder_exists(&client, s.operation.as_ref()).await;
+        match lock_state(s.operation.as_ref(), &holder.uid, now, exists) {
+            LockState::Held { holder, .. } => return Ok(Err(holder)),
+            LockState::Mine => {}
+            LockState::Free => {
+                s.operation = Some(holder.lock(now, deadline));
+                changed = true;
+            }
+        }
     }
+    if status.shards.is_empty() {
+        return Ok(Err(format!("{} has no shard status yet", cluster.name_any())));
+    }
+    if !changed {
+        return Ok(Ok(()));
+    }
+    write_locks(clusters, &next).await
 }
 
 /// Whether the object holding `lock` still exists with the same uid. A lock whose holder was
@@ -126,6 +173,12 @@ pub async fn holder_exists(client: &kube::Client, lock: Option<&OperationLock>) 
             .get_opt(&l.name)
             .await
             .map(|o| o.and_then(|o| o.uid())),
+        "ProtectionGroup" => Api::<crate::resources::ProtectionGroup>::namespaced(client.clone(), &ns)
+            .get_opt(&l.name)
+            .await
+            .map(|o| o.and_then(|o| o.uid())),
+        // A ProtectionGroup in another control plane cannot be looked up from here: its
+        // lock is trusted until it expires.
         _ => return true,
     };
     match found {

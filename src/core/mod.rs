@@ -4,3 +4,4 @@
 pub mod dag;
 pub mod lock;
 pub mod shard;
+pub mod site;

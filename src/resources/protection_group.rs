@@ -42,6 +42,10 @@ use super::shared::{SecretKeyRef, conditions_schema};
     {
         "rule": "has(self.sites.source.kubeconfigSecretRef) || has(self.sites.target.kubeconfigSecretRef) || self.sites.source.__namespace__ != self.sites.target.__namespace__ || !has(self.pairs) || self.pairs.all(p, p.source != p.target)",
         "message": "a pair cannot protect a cluster with itself"
+    },
+    {
+        "rule": "!has(oldSelf.prioritySite) || !has(self.prioritySite) || self.prioritySite == oldSelf.prioritySite || (has(self.pairs) && size(self.pairs) > 0)",
+        "message": "a planned failover (changing prioritySite) needs replication pairs"
     }
 ]))]
 pub struct ProtectionGroupSpec {
@@ -54,6 +58,15 @@ pub struct ProtectionGroupSpec {
     /// Which site should be production. Changing it is a planned failover.
     #[serde(default)]
     pub priority_site: SiteRole,
+    /// Deadline of one planned failover, from its start to its end (seconds). When it passes
+    /// the move is stopped where it is safe and the group goes to `error-reversing`.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub timeout_seconds: i64,
+}
+
+fn default_timeout() -> i64 {
+    300
 }
 
 /// Source and target site.
@@ -98,6 +111,30 @@ pub enum SiteRole {
     Target,
 }
 
+impl SiteRole {
+    pub fn other(self) -> Self {
+        match self {
+            Self::Source => Self::Target,
+            Self::Target => Self::Source,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Target => "target",
+        }
+    }
+
+    /// `source-to-target` when `self` is production.
+    pub fn direction(self) -> &'static str {
+        match self {
+            Self::Source => "source-to-target",
+            Self::Target => "target-to-source",
+        }
+    }
+}
+
 /// Observed state of a ProtectionGroup.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -129,6 +166,18 @@ pub struct ProtectionGroupStatus {
     pub pairs: Vec<PairStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// When the current or last planned failover started, and its deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_deadline: Option<Time>,
+    /// How long the last planned failover blocked writes (pause to promotion), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_write_pause_ms: Option<i64>,
+    /// The `understudy.dev/retry` annotation value the last planned failover ran for:
+    /// changing the annotation re-asserts the spec after `error-reversing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_retry: Option<String>,
 }
 
 /// Phases, in the seed's vocabulary.
@@ -148,7 +197,10 @@ pub enum ProtectionPhase {
 pub struct PairStatus {
     pub source: String,
     pub target: String,
-    /// Replicating, Syncing, Broken, Promoted, ...
+    /// The site whose cluster is writable for this pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production: Option<SiteRole>,
+    /// Replicating, Syncing, Broken.
     pub state: String,
     /// Offset difference between the production primary and the DR primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,7 @@ mod hacluster_pods;
 mod hacluster_redis;
 mod operator;
 mod outage;
+mod protection_group;
 mod shard_failover;
 mod standby;
 mod support;

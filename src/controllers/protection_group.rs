@@ -1,0 +1,1000 @@
+//! The ProtectionGroup controller (seed 002): pairs of HaClusters replicating from a
+//! production site to a DR site, and the planned failover that reverses them.
+//!
+//! Steady state: for every pair the production cluster is a normal HaCluster and its DR
+//! counterpart is a standby of it (`spec.standby`, owned by this controller); the controller
+//! reports per-pair state and lag; phase `protected` when every pair replicates.
+//!
+//! Planned failover (spec.prioritySite ≠ status.productionSite), allowed in `protected` or
+//! `error-reversing`: lock every cluster of both sites (the monitors then keep their hands
+//! off) → decide per pair from what the leaders say ([`crate::core::site`]) → stop writes
+//! at the production leaders → wait until every DR leader has everything (offsets equal) →
+//! demote the production leaders (they follow the DR leaders) → promote the DR leaders →
+//! reverse the standby relation in the specs → resume writes → release the locks → wait
+//! until the new production clusters route to their primaries. No instant has two writable
+//! leaders in a pair: a production leader is demoted before its DR leader is promoted.
+//!
+//! Each step is idempotent and decided from the data plane, so a restarted operator simply
+//! runs the move again (phase `failing-over` in status); a failure leaves the group in
+//! `error-reversing` with the reason, and re-asserting the spec (the `understudy.dev/retry`
+//! annotation, or changing `prioritySite` back) completes or reverts the move.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, OpError as Error, key, operation, read_credentials};
+use crate::{
+    core::site::{self, Leader, PairMove},
+    engines::{self, Engine, Probe},
+    resources::{
+        HaCluster, ProtectionGroup,
+        hacluster::{Engine as EngineKind, Role},
+        protection_group::{PairStatus, ProtectionGroupStatus, ProtectionPhase as Phase, Site, SiteRole},
+        shared::set_condition,
+    },
+};
+
+pub const LOCK_KIND: &str = "ProtectionGroup";
+/// Lock kind on clusters in another control plane (the holder cannot be looked up there).
+pub const REMOTE_LOCK_KIND: &str = "RemoteProtectionGroup";
+/// Changing this annotation re-asserts the spec after `error-reversing`.
+pub const RETRY_ANNOTATION: &str = "understudy.dev/retry";
+/// Field manager of the `spec.standby` fields this controller owns.
+const STANDBY_MANAGER: &str = "understudy-protectiongroup";
+/// How long a probe of a leader may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One side of the group: where its clusters live.
+#[derive(Clone)]
+struct SiteHandle {
+    namespace: String,
+    client: Client,
+    remote: bool,
+}
+
+/// One cluster of a pair, with what its leader said.
+struct Side {
+    cluster: HaCluster,
+    api: Api<HaCluster>,
+    engine: Box<dyn Engine>,
+    leader: Option<Leader>,
+}
+
+struct Pair {
+    source: Side,
+    target: Side,
+}
+
+impl Pair {
+    fn side(&self, role: SiteRole) -> &Side {
+        match role {
+            SiteRole::Source => &self.source,
+            SiteRole::Target => &self.target,
+        }
+    }
+    fn name(&self) -> String {
+        format!("{}/{}", self.source.cluster.name_any(), self.target.cluster.name_any())
+    }
+}
+
+pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pg.namespace().unwrap_or_default();
+    let api: Api<ProtectionGroup> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decide on the newest object, not the cache's copy: a status we wrote a moment ago
+    // (a finished move) must not be mistaken for one still in progress.
+    let Some(pg) = api.get_opt(&pg.name_any()).await? else { return Ok(Action::await_change()) };
+    let pg = Arc::new(pg);
+    let mut w = Writer { api, obj: (*pg).clone() };
+    let mut status = pg.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+
+    let sites = match connect(&ctx, &pg).await {
+        Ok(s) => s,
+        Err(msg) => {
+            status.phase = Some(if status.phase == Some(Phase::FailingOver) {
+                Phase::FailingOver
+            } else {
+                Phase::Error
+            });
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                false,
+                "SiteUnreachable",
+                msg,
+                pg.metadata.generation,
+                &now,
+            );
+            w.save(&status).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+    };
+    let mut pairs = match load_pairs(&pg, &sites).await {
+        Ok(p) => p,
+        Err((reason, msg)) => {
+            if status.phase != Some(Phase::FailingOver) {
+                status.phase = Some(Phase::Error);
+            }
+            set_condition(&mut status.conditions, "Ready", false, reason, msg, pg.metadata.generation, &now);
+            w.save(&status).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+    };
+    probe_leaders(&mut pairs).await;
+
+    // First sight: the production site is where the pairs already replicate from, else the
+    // priority site (the DR side's data is then replaced by the production side's).
+    let production = *status.production_site.get_or_insert_with(|| adopt(&pg, &pairs));
+    status.replication_direction.get_or_insert_with(|| production.direction().into());
+
+    let want = pg.spec.priority_site;
+    let retry = pg.annotations().get(RETRY_ANNOTATION).cloned();
+    let reasserted = status.phase == Some(Phase::ErrorReversing)
+        && (pg.metadata.generation != status.observed_generation || retry != status.observed_retry);
+    let pair_production = |i: usize, st: &ProtectionGroupStatus| {
+        st.pairs.get(i).and_then(|p| p.production).unwrap_or(production)
+    };
+    let all_at_want = (0..pairs.len()).all(|i| pair_production(i, &status) == want);
+    // In error-reversing nothing moves until the spec is re-asserted (a new generation or
+    // retry annotation): every attempt pauses production writes, so no automatic retries.
+    let move_wanted = match status.phase {
+        Some(Phase::FailingOver) => true,
+        Some(Phase::ErrorReversing) => reasserted,
+        _ => !all_at_want || want != production,
+    };
+
+    if move_wanted && status.phase != Some(Phase::FailingOver) {
+        let allowed = matches!(status.phase, Some(Phase::Protected | Phase::ErrorReversing));
+        if pairs.is_empty() || !allowed {
+            let (reason, msg) = if pairs.is_empty() {
+                (
+                    "NoReplicationPairs",
+                    "a planned failover needs replication pairs; nothing was changed".to_owned(),
+                )
+            } else {
+                (
+                    "NotProtected",
+                    format!(
+                        "a planned failover to {} is allowed only in phase protected or error-reversing (phase is {}); nothing was changed",
+                        want.as_str(),
+                        phase_name(status.phase)
+                    ),
+                )
+            };
+            set_condition(
+                &mut status.conditions,
+                "FailoverAllowed",
+                false,
+                reason,
+                msg,
+                pg.metadata.generation,
+                &now,
+            );
+            steady(&ctx, &pg, &sites, &pairs, &mut status).await;
+            w.save(&status).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+    }
+    if move_wanted {
+        run_move(&ctx, &mut w, &sites, pairs, status, want, retry).await?;
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    status.conditions.retain(|c| c.type_ != "FailoverAllowed");
+    steady(&ctx, &pg, &sites, &pairs, &mut status).await;
+    w.save(&status).await?;
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+fn phase_name(p: Option<Phase>) -> String {
+    p.map_or("unknown".into(), |p| {
+        serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    })
+}
+
+/// Status writes of the group: resourceVersion-guarded; on a conflict (the spec was edited)
+/// the newest object is read and the write repeated — the status is ours alone.
+struct Writer {
+    api: Api<ProtectionGroup>,
+    obj: ProtectionGroup,
+}
+
+impl Writer {
+    async fn save(&mut self, status: &ProtectionGroupStatus) -> Result<(), kube::Error> {
+        for _ in 0..5 {
+            if self.obj.status.as_ref() == Some(status) {
+                return Ok(());
+            }
+            let mut next = self.obj.clone();
+            next.status = Some(status.clone());
+            match self.api.replace_status(&self.obj.name_any(), &PostParams::default(), &next).await {
+                Ok(o) => {
+                    self.obj = o;
+                    return Ok(());
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    self.obj = self.api.get(&self.obj.name_any()).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Clients for both sites. A remote site is reached through the kubeconfig in a Secret of
+/// the group's namespace; errors never quote the Secret's content.
+async fn connect(ctx: &Context, pg: &ProtectionGroup) -> Result<[SiteHandle; 2], String> {
+    let ns = pg.namespace().unwrap_or_default();
+    let handle = |site: &Site| {
+        let (ctx, ns, site) = (ctx.clone(), ns.clone(), site.clone());
+        async move {
+            let client = match &site.kubeconfig_secret_ref {
+                None => ctx.client.clone(),
+                Some(r) => {
+                    remote_client(&ctx.client, &ns, &r.name, r.key.as_deref().unwrap_or("kubeconfig")).await?
+                }
+            };
+            Ok::<_, String>(SiteHandle {
+                namespace: site.namespace.clone(),
+                client,
+                remote: site.kubeconfig_secret_ref.is_some(),
+            })
+        }
+    };
+    Ok([handle(&pg.spec.sites.source).await?, handle(&pg.spec.sites.target).await?])
+}
+
+type ClientCache = Mutex<HashMap<(String, String, String), (String, Client)>>;
+
+async fn remote_client(local: &Client, ns: &str, name: &str, key: &str) -> Result<Client, String> {
+    static CACHE: OnceLock<ClientCache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let secret = Api::<Secret>::namespaced(local.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {name}: {e}"))?
+        .ok_or_else(|| format!("kubeconfig Secret {name} not found"))?;
+    let rv = secret.resource_version().unwrap_or_default();
+    let ck = (ns.to_owned(), name.to_owned(), key.to_owned());
+    if let Some((cached_rv, c)) = cache.lock().expect("cache").get(&ck)
+        && *cached_rv == rv
+    {
+        return Ok(c.clone());
+    }
+    let data: std::collections::BTreeMap<String, ByteString> = secret.data.unwrap_or_default();
+    let text = data
+        .get(key)
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .ok_or_else(|| format!("Secret {name} has no key {key}"))?;
+    let kc = kube::config::Kubeconfig::from_yaml(&text)
+        .map_err(|_| format!("Secret {name} key {key} is not a valid kubeconfig"))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|_| {
+            format!(
+                "Secret {name} key {key}: the kubeconfig cannot be used (no current context, user or cluster)"
+            )
+        })?;
+    let client = Client::try_from(cfg).map_err(|e| format!("Secret {name}: cannot build a client: {e}"))?;
+    cache.lock().expect("cache").insert(ck, (rv, client.clone()));
+    Ok(client)
+}
+
+/// Read both clusters of every pair and build their engines.
+async fn load_pairs(
+    pg: &ProtectionGroup,
+    sites: &[SiteHandle; 2],
+) -> Result<Vec<Pair>, (&'static str, String)> {
+    let mut out = Vec::new();
+    for p in &pg.spec.pairs {
+        let mut sides = Vec::new();
+        for (site, name) in [(&sites[0], &p.source), (&sites[1], &p.target)] {
+            let api: Api<HaCluster> = Api::namespaced(site.client.clone(), &site.namespace);
+            let where_ = if site.remote { " (remote site)" } else { "" };
+            let cluster = api
+                .get_opt(name)
+                .await
+                .map_err(|e| {
+                    ("SiteUnreachable", format!("reading HaCluster {}/{name}{where_}: {e}", site.namespace))
+                })?
+                .ok_or_else(|| {
+                    (
+                        "ClusterNotFound",
+                        format!("HaCluster {}/{name}{where_} of a pair does not exist", site.namespace),
+                    )
+                })?;
+            if cluster.spec.engine != EngineKind::Redis {
+                return Err((
+                    "UnsupportedEngine",
+                    format!("HaCluster {name}: protection groups support redis clusters"),
+                ));
+            }
+            let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
+            if cluster.spec.selector.is_some() || shards != 1 {
+                return Err((
+                    "UnsupportedCluster",
+                    format!(
+                        "HaCluster {name}: protection groups support clusters with exactly one static shard"
+                    ),
+                ));
+            }
+            let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(500));
+            let (creds, _) =
+                read_credentials(&site.client, &site.namespace, cluster.spec.secret_ref.as_ref(), "password")
+                    .await
+                    .map_err(|e| ("SecretNotFound", format!("HaCluster {name}: {e}")))?;
+            sides.push(Side {
+                api,
+                engine: engines::for_cluster(EngineKind::Redis, creds, timeout),
+                leader: recorded_leader(&cluster),
+                cluster,
+            });
+        }
+        let target = sides.pop().expect("two sides");
+        let source = sides.pop().expect("two sides");
+        out.push(Pair { source, target });
+    }
+    Ok(out)
+}
+
+/// The cluster's recorded primary (a standby cluster's leader) and its endpoint.
+fn recorded_leader(c: &HaCluster) -> Option<Leader> {
+    let s = c.status.as_ref()?.shards.first()?;
+    let name = s.current_primary.clone()?;
+    let endpoint = s.members.iter().find(|m| m.name == name)?.endpoint.clone()?;
+    Some(Leader { name, endpoint, probe: None })
+}
+
+async fn probe(engine: &dyn Engine, endpoint: &str) -> Option<Probe> {
+    tokio::time::timeout(PROBE_TIMEOUT, engine.probe(endpoint)).await.ok()?.ok()
+}
+
+async fn probe_leaders(pairs: &mut [Pair]) {
+    for p in pairs.iter_mut() {
+        for side in [&mut p.source, &mut p.target] {
+            if let Some(l) = side.leader.as_mut() {
+                l.probe = probe(side.engine.as_ref(), &l.endpoint).await;
+            }
+        }
+    }
+}
+
+fn adopt(pg: &ProtectionGroup, pairs: &[Pair]) -> SiteRole {
+    for p in pairs {
+        match (p.source.cluster.spec.standby.is_some(), p.target.cluster.spec.standby.is_some()) {
+            (false, true) => return SiteRole::Source,
+            (true, false) => return SiteRole::Target,
+            _ => {}
+        }
+    }
+    pg.spec.priority_site
+}
+
+/// The standby spec the DR cluster of a pair should have: follow the production cluster by
+/// name within one control plane, or its leader's endpoint across two. `None` while not
+/// known (a remote upstream whose primary is not known is left as it is).
+fn standby_for(
+    production: &HaCluster,
+    leader: Option<&Leader>,
+    sites: &[SiteHandle; 2],
+) -> Option<serde_json::Value> {
+    if sites.iter().any(|s| s.remote) {
+        let shard = production.status.as_ref()?.shards.first()?;
+        if shard.target_primary.is_some() {
+            return None;
+        }
+        return Some(json!({"primaryEndpoint": leader?.endpoint, "cluster": null, "namespace": null}));
+    }
+    Some(json!({
+        "cluster": production.name_any(),
+        "namespace": production.namespace(),
+        "primaryEndpoint": null,
+    }))
+}
+
+fn standby_matches(c: &HaCluster, want: &serde_json::Value) -> bool {
+    let have = c.spec.standby.as_ref().and_then(|s| serde_json::to_value(s).ok());
+    let have = have.unwrap_or(serde_json::Value::Null);
+    let field = |v: &serde_json::Value, k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    ["cluster", "namespace", "primaryEndpoint"].iter().all(|k| field(&have, k) == field(want, k))
+}
+
+async fn set_standby(side: &Side, value: serde_json::Value) -> Result<(), kube::Error> {
+    if value.is_null() && side.cluster.spec.standby.is_none() {
+        return Ok(());
+    }
+    if !value.is_null() && standby_matches(&side.cluster, &value) {
+        return Ok(());
+    }
+    let pp = PatchParams { field_manager: Some(STANDBY_MANAGER.into()), ..Default::default() };
+    side.api.patch(&side.cluster.name_any(), &pp, &Patch::Merge(json!({"spec": {"standby": value}}))).await?;
+    Ok(())
+}
+
+/// Keep every pair replicating from its production side and report how it does.
+async fn steady(
+    ctx: &Context,
+    pg: &ProtectionGroup,
+    sites: &[SiteHandle; 2],
+    pairs: &[Pair],
+    status: &mut ProtectionGroupStatus,
+) {
+    let production = status.production_site.unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let mut out = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let prod = status.pairs.get(i).and_then(|s| s.production).unwrap_or(production);
+        let (ps, ds) = (p.side(prod), p.side(prod.other()));
+        if let Err(e) = set_standby(ps, serde_json::Value::Null).await {
+            warn!(group = %key(pg), cluster = %ps.cluster.name_any(), error = %e, "could not clear standby");
+        }
+        if let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
+            && let Err(e) = set_standby(ds, v).await
+        {
+            warn!(group = %key(pg), cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
+        }
+        let st = site::pair_state(ps.leader.as_ref(), ds.leader.as_ref());
+        out.push(PairStatus {
+            source: p.source.cluster.name_any(),
+            target: p.target.cluster.name_any(),
+            production: Some(prod),
+            state: st.state.into(),
+            lag: st.lag,
+            message: st.message,
+        });
+    }
+    let replicating = out.iter().filter(|p| p.state == "Replicating").count();
+    let all = !out.is_empty() && replicating == out.len();
+    let prev = status.phase;
+    status.phase = Some(match prev {
+        // Sticky until a planned failover (re-asserted) completes.
+        Some(Phase::ErrorReversing) => Phase::ErrorReversing,
+        _ if all => Phase::Protected,
+        _ => Phase::Pending,
+    });
+    if prev != status.phase {
+        status.last_transition_time = Some(now.clone());
+        if status.phase == Some(Phase::Protected) {
+            ctx.event(
+                pg,
+                false,
+                "Protected",
+                "Replicate",
+                format!("{} pairs replicate {}", out.len(), production.direction()),
+            )
+            .await;
+        }
+    }
+    let (ok, reason, msg) = match status.phase {
+        Some(Phase::Protected) => (true, "Protected", format!("{replicating}/{} pairs replicate", out.len())),
+        // The failed move's reason stands until the spec is re-asserted.
+        Some(Phase::ErrorReversing) => {
+            status.pairs = out;
+            return;
+        }
+        _ if out.is_empty() => (false, "NoReplicationPairs", "the group has no replication pairs".into()),
+        _ => (
+            false,
+            "NotReplicating",
+            out.iter()
+                .filter(|p| p.state != "Replicating")
+                .map(|p| {
+                    format!(
+                        "{}/{}: {}",
+                        p.source,
+                        p.target,
+                        p.message.clone().unwrap_or_else(|| p.state.clone())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    set_condition(&mut status.conditions, "Ready", ok, reason, msg, pg.metadata.generation, &now);
+    status.pairs = out;
+}
+
+/// A step of the planned failover, recorded before it runs.
+async fn step(
+    w: &mut Writer,
+    status: &mut ProtectionGroupStatus,
+    name: &str,
+    message: String,
+) -> Result<(), kube::Error> {
+    info!(group = %key(&w.obj), job = ?status.job_id, step = name, "{message}");
+    status.step = Some(name.into());
+    status.message = Some(message);
+    w.save(status).await
+}
+
+/// Carry out (or resume) the planned failover to `want`.
+async fn run_move(
+    ctx: &Context,
+    w: &mut Writer,
+    sites: &[SiteHandle; 2],
+    mut pairs: Vec<Pair>,
+    mut status: ProtectionGroupStatus,
+    want: SiteRole,
+    retry: Option<String>,
+) -> Result<(), Error> {
+    let pg = w.obj.clone();
+    let now = Timestamp::now();
+    if status.phase != Some(Phase::FailingOver) {
+        let deadline = now + Duration::from_secs(pg.spec.timeout_seconds.max(5) as u64);
+        status.job_id = Some(format!(
+            "{}-{:x}",
+            pg.uid().unwrap_or_default().split('-').next().unwrap_or("pg"),
+            now.as_millisecond()
+        ));
+        status.job_started_at = Some(Time(now));
+        status.job_deadline = Some(Time(deadline));
+        status.phase = Some(Phase::FailingOver);
+        status.last_transition_time = Some(Time(now));
+        status.observed_generation = pg.metadata.generation;
+        status.observed_retry = retry;
+        status.conditions.retain(|c| c.type_ != "FailoverAllowed");
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            false,
+            "FailingOver",
+            format!("planned failover to {} in progress", want.as_str()),
+            pg.metadata.generation,
+            &Time(now),
+        );
+        ctx.event(
+            &pg,
+            false,
+            "FailingOver",
+            "PlannedFailover",
+            format!(
+                "job {}: planned failover to the {} site",
+                status.job_id.clone().unwrap_or_default(),
+                want.as_str()
+            ),
+        )
+        .await;
+    }
+    let deadline = status.job_deadline.as_ref().map_or(now + Duration::from_secs(60), |t| t.0);
+    let job = status.job_id.clone().unwrap_or_default();
+    let started = Instant::now();
+    let result = move_pairs(ctx, w, sites, &mut pairs, &mut status, want, deadline).await;
+    // Whatever happened: the locks go, so the monitors take over again.
+    release_all(&pg, &pairs).await;
+    let now = Time(Timestamp::now());
+    let (ok, reason, msg) = match result {
+        Ok(pause) => {
+            status.production_site = Some(want);
+            status.replication_direction = Some(want.direction().into());
+            status.phase = Some(Phase::Protected);
+            status.step = Some("done".into());
+            status.last_write_pause_ms = pause.map(|d| d.as_millis() as i64);
+            let msg = format!(
+                "job {job}: the {} site is production; replication {} ({} ms{})",
+                want.as_str(),
+                want.direction(),
+                started.elapsed().as_millis(),
+                pause.map(|p| format!(", writes paused {} ms", p.as_millis())).unwrap_or_default()
+            );
+            (true, "FailedOver", msg)
+        }
+        Err(Failure { reason, message }) => {
+            status.phase = Some(Phase::ErrorReversing);
+            status.step = Some("failed".into());
+            (false, reason, format!("job {job}: {message}"))
+        }
+    };
+    status.message = Some(msg.clone());
+    status.last_transition_time = Some(now.clone());
+    set_condition(&mut status.conditions, "Ready", ok, reason, msg.clone(), pg.metadata.generation, &now);
+    if ok {
+        info!(group = %key(&pg), "{msg}");
+    } else {
+        warn!(group = %key(&pg), reason, "{msg}");
+    }
+    ctx.event(&pg, !ok, reason, "PlannedFailover", msg).await;
+    w.save(&status).await?;
+    Ok(())
+}
+
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
+    Failure { reason, message: message.into() }
+}
+
+fn holder(pg: &ProtectionGroup, remote: bool) -> operation::Holder {
+    operation::Holder {
+        kind: if remote { REMOTE_LOCK_KIND } else { LOCK_KIND }.into(),
+        name: pg.name_any(),
+        namespace: pg.namespace(),
+        uid: pg.uid().unwrap_or_default(),
+    }
+}
+
+fn remaining(deadline: Timestamp) -> Duration {
+    let left: SignedDuration = deadline.duration_since(Timestamp::now());
+    left.try_into().unwrap_or(Duration::ZERO)
+}
+
+/// The move itself. Ok(write pause) when every pair is production at `want`.
+async fn move_pairs(
+    ctx: &Context,
+    w: &mut Writer,
+    sites: &[SiteHandle; 2],
+    pairs: &mut [Pair],
+    status: &mut ProtectionGroupStatus,
+    want: SiteRole,
+    deadline: Timestamp,
+) -> Result<Option<Duration>, Failure> {
+    let pg = w.obj.clone();
+    // Resumed after the deadline (the operator was down): settle what is half-done under a
+    // short fresh lock — promote where no leader is writable and no write is lost — and stop.
+    let expired = remaining(deadline).is_zero();
+    let deadline = if expired { Timestamp::now() + Duration::from_secs(60) } else { deadline };
+    let save_err = |e: kube::Error| fail("StatusWriteFailed", format!("could not record progress: {e}"));
+    // 1. Lock every cluster of both sites.
+    step(w, status, "lock", format!("taking the operation lock of {} clusters", pairs.len() * 2))
+        .await
+        .map_err(save_err)?;
+    for p in pairs.iter() {
+        for (side, remote) in [(&p.source, sites[0].remote), (&p.target, sites[1].remote)] {
+            let h = holder(&pg, remote);
+            loop {
+                let cluster = side.api.get(&side.cluster.name_any()).await.map_err(|e| {
+                    fail("SiteUnreachable", format!("reading HaCluster {}: {e}", side.cluster.name_any()))
+                })?;
+                match operation::lock_all(&side.api, &cluster, &h, deadline).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(by)) if remaining(deadline) > Duration::ZERO => {
+                        status.message =
+                            Some(format!("waiting: {by} holds the lock of {}", side.cluster.name_any()));
+                        set_condition(
+                            &mut status.conditions,
+                            "Ready",
+                            false,
+                            "DatabaseBusy",
+                            status.message.clone().unwrap_or_default(),
+                            pg.metadata.generation,
+                            &Time(Timestamp::now()),
+                        );
+                        w.save(status).await.map_err(save_err)?;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Ok(Err(by)) => {
+                        return Err(fail(
+                            "DatabaseBusy",
+                            format!(
+                                "{by} held the lock of {} until the deadline; nothing was changed",
+                                side.cluster.name_any()
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(fail(
+                            "SiteUnreachable",
+                            format!("locking {}: {e}", side.cluster.name_any()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // 2. Decide per pair from what the leaders say now (re-read: the locks are ours now).
+    for p in pairs.iter_mut() {
+        for side in [&mut p.source, &mut p.target] {
+            if let Ok(c) = side.api.get(&side.cluster.name_any()).await {
+                side.leader = recorded_leader(&c);
+                side.cluster = c;
+            }
+        }
+    }
+    probe_leaders(pairs).await;
+    let moves: Vec<PairMove> = pairs
+        .iter()
+        .map(|p| site::pair_move(p.side(want).leader.as_ref(), p.side(want.other()).leader.as_ref()))
+        .collect();
+    let blocked: Vec<String> = pairs
+        .iter()
+        .zip(&moves)
+        .filter_map(|(p, m)| match m {
+            PairMove::Blocked(why) => Some(format!("{}: {why}", p.name())),
+            _ => None,
+        })
+        .collect();
+    if !blocked.is_empty() && !expired {
+        return Err(fail("PairNotReady", format!("{}; nothing was changed", blocked.join("; "))));
+    }
+    let moving: Vec<usize> = (0..pairs.len()).filter(|&i| moves[i] == PairMove::Move && !expired).collect();
+    let promoting: Vec<usize> =
+        (0..pairs.len()).filter(|&i| moves[i] == PairMove::PromoteOnly || moving.contains(&i)).collect();
+    if expired {
+        // Pairs that cannot be decided keep (or get back) their old production leader.
+        let undecided: Vec<usize> =
+            (0..pairs.len()).filter(|&i| matches!(moves[i], PairMove::Blocked(_))).collect();
+        restore(pairs, &undecided, want).await;
+    }
+
+    // 3. Stop writes at the production leaders.
+    let pause_started = Instant::now();
+    if !moving.is_empty() {
+        step(w, status, "stop-writes", format!("pausing writes on {} production primaries", moving.len()))
+            .await
+            .map_err(save_err)?;
+        let pause_for = remaining(deadline).min(Duration::from_secs(60)) + Duration::from_secs(2);
+        for &i in &moving {
+            let o = pairs[i].side(want.other());
+            let l = o.leader.as_ref().expect("decided");
+            if let Err(e) = o.engine.pause_writes(&l.endpoint, pause_for).await {
+                resume(pairs, &moving, want).await;
+                return Err(fail(
+                    "StopWritesFailed",
+                    format!("could not pause writes on {}: {e}; nothing was changed", l.name),
+                ));
+            }
+        }
+        // 4. Wait until every DR leader has everything.
+        step(w, status, "sync", "waiting until the DR primaries have every write".into())
+            .await
+            .map_err(save_err)?;
+        let sync_deadline = Instant::now() + remaining(deadline).min(Duration::from_secs(60));
+        loop {
+            let mut behind = Vec::new();
+            for &i in &moving {
+                let (ws, os) = (pairs[i].side(want), pairs[i].side(want.other()));
+                let (wl, ol) = (ws.leader.as_ref().expect("decided"), os.leader.as_ref().expect("decided"));
+                let (wp, op) = futures::join!(
+                    probe(ws.engine.as_ref(), &wl.endpoint),
+                    probe(os.engine.as_ref(), &ol.endpoint)
+                );
+                match (wp, op) {
+                    (Some(wp), Some(op)) if site::caught_up(&wp, &op) => {}
+                    (Some(wp), Some(op)) => behind.push(format!(
+                        "{} is {} bytes behind {}",
+                        wl.name,
+                        op.offset.unwrap_or(0) - wp.offset.unwrap_or(0),
+                        ol.name
+                    )),
+                    (None, _) => behind.push(format!("{} does not answer", wl.name)),
+                    (_, None) => behind.push(format!("{} does not answer", ol.name)),
+                }
+            }
+            if behind.is_empty() {
+                break;
+            }
+            if Instant::now() >= sync_deadline {
+                resume(pairs, &moving, want).await;
+                return Err(fail(
+                    "SyncTimeout",
+                    format!(
+                        "the DR site did not catch up: {}; writes resumed at the production site, nothing was promoted",
+                        behind.join("; ")
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // 5. Demote the production leaders: they follow the DR leaders (no writable leader
+        //    for a moment, never two).
+        step(w, status, "demote", format!("demoting {} production primaries", moving.len()))
+            .await
+            .map_err(save_err)?;
+        let mut demoted = Vec::new();
+        for &i in &moving {
+            let (ws, os) = (pairs[i].side(want), pairs[i].side(want.other()));
+            let (wl, ol) = (ws.leader.as_ref().expect("decided"), os.leader.as_ref().expect("decided"));
+            match os.engine.follow(&ol.endpoint, &wl.endpoint).await {
+                Ok(()) => demoted.push(i),
+                Err(e) => {
+                    restore(pairs, &demoted, want).await;
+                    resume(pairs, &moving, want).await;
+                    return Err(fail(
+                        "DemoteFailed",
+                        format!("could not demote {}: {e}; the production site keeps its roles", ol.name),
+                    ));
+                }
+            }
+        }
+        crate::faults::crash_point("site-after-demote");
+    }
+
+    // 6. Promote the DR leaders.
+    step(w, status, "promote", format!("promoting {} DR primaries", promoting.len()))
+        .await
+        .map_err(save_err)?;
+    let results = futures::future::join_all(promoting.iter().map(|&i| {
+        let ws = pairs[i].side(want);
+        let l = ws.leader.as_ref().expect("decided");
+        async move {
+            match tokio::time::timeout(
+                remaining(deadline).max(Duration::from_millis(500)),
+                ws.engine.promote(&l.endpoint),
+            )
+            .await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("promoting {}: {e}", l.name)),
+                Err(_) => Err(format!("promoting {} did not finish by the deadline", l.name)),
+            }
+        }
+    }))
+    .await;
+    let failed: Vec<(usize, String)> =
+        promoting.iter().zip(results).filter_map(|(&i, r)| r.err().map(|e| (i, e))).collect();
+    let pause = (!moving.is_empty()).then(|| pause_started.elapsed());
+    if !failed.is_empty() {
+        // Give the failed pairs their old production leader back; pairs that moved stay.
+        let failed_idx: Vec<usize> = failed.iter().map(|(i, _)| *i).collect();
+        restore(pairs, &failed_idx, want).await;
+        let moved: Vec<usize> = promoting.iter().copied().filter(|i| !failed_idx.contains(i)).collect();
+        record_pairs(w, sites, pairs, status, want, &moved).await;
+        resume(pairs, &moving, want).await;
+        let msgs: Vec<String> = failed.into_iter().map(|(_, m)| m).collect();
+        return Err(fail(
+            "PromoteFailed",
+            format!("{}; those pairs stay at the {} site", msgs.join("; "), want.other().as_str()),
+        ));
+    }
+    crate::faults::crash_point("site-after-promote");
+
+    // 7. Reverse: the specs say who follows whom; writes resume (refused as READONLY by the
+    //    demoted leaders, so clients move to the new production site).
+    step(w, status, "reverse", "reversing replication: the old production clusters become standbys".into())
+        .await
+        .map_err(save_err)?;
+    let done: Vec<usize> =
+        (0..pairs.len()).filter(|&i| moves[i] == PairMove::InPlace || promoting.contains(&i)).collect();
+    record_pairs(w, sites, pairs, status, want, &done).await;
+    resume(pairs, &moving, want).await;
+    if expired {
+        return Err(fail(
+            "DeadlineExceeded",
+            "the deadline passed while the operator was away; half-done pairs were settled, the others were not moved",
+        ));
+    }
+
+    // 8. Reroute: after the locks are released the new production clusters route to their
+    //    primaries; wait (bounded) until their status says so.
+    step(w, status, "reroute", "waiting until the new production clusters route to their primaries".into())
+        .await
+        .map_err(save_err)?;
+    release_all(&pg, pairs).await;
+    let until = Instant::now() + remaining(deadline).min(Duration::from_secs(30));
+    let _ = ctx;
+    loop {
+        let mut pending = Vec::new();
+        for p in pairs.iter() {
+            let s = p.side(want);
+            let ok = s.api.get(&s.cluster.name_any()).await.ok().is_some_and(|c| {
+                let l = s.leader.as_ref().map(|l| l.name.clone());
+                c.status.as_ref().and_then(|st| st.shards.first()).is_some_and(|sh| {
+                    sh.current_primary == l
+                        && sh.target_primary.is_none()
+                        && sh
+                            .members
+                            .iter()
+                            .any(|m| Some(&m.name) == l.as_ref() && m.role == Role::Primary && m.healthy)
+                })
+            });
+            if !ok {
+                pending.push(s.cluster.name_any());
+            }
+        }
+        if pending.is_empty() || Instant::now() >= until {
+            if !pending.is_empty() {
+                warn!(group = %key(&pg), clusters = ?pending, "new production clusters did not report their primary in time; their monitors finish routing");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(pause)
+}
+
+/// Specs and per-pair status of the pairs that now have their production at `want`.
+async fn record_pairs(
+    w: &mut Writer,
+    sites: &[SiteHandle; 2],
+    pairs: &[Pair],
+    status: &mut ProtectionGroupStatus,
+    want: SiteRole,
+    moved: &[usize],
+) {
+    let production = status.production_site.unwrap_or_default();
+    let mut out: Vec<PairStatus> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut s = status.pairs.get(i).cloned().unwrap_or(PairStatus {
+                source: p.source.cluster.name_any(),
+                target: p.target.cluster.name_any(),
+                production: Some(production),
+                state: "Syncing".into(),
+                lag: None,
+                message: None,
+            });
+            s.production.get_or_insert(production);
+            s
+        })
+        .collect();
+    for &i in moved {
+        let p = &pairs[i];
+        let (ws, os) = (p.side(want), p.side(want.other()));
+        // The new production cluster first (its leader is the upstream the other follows).
+        if let Err(e) = set_standby(ws, serde_json::Value::Null).await {
+            warn!(cluster = %ws.cluster.name_any(), error = %e, "could not clear standby; retried in steady state");
+        }
+        if let Some(v) = standby_for(&ws.cluster, ws.leader.as_ref(), sites)
+            && let Err(e) = set_standby(os, v).await
+        {
+            warn!(cluster = %os.cluster.name_any(), error = %e, "could not set standby; retried in steady state");
+        }
+        out[i].production = Some(want);
+        out[i].state = "Syncing".into();
+        out[i].message = Some(format!("{} is production", ws.cluster.name_any()));
+    }
+    status.pairs = out;
+    let _ = w.save(status).await;
+}
+
+/// Give writes back to the production leaders of `idx` (a pause that is already over is fine).
+async fn resume(pairs: &[Pair], idx: &[usize], want: SiteRole) {
+    for &i in idx {
+        let o = pairs[i].side(want.other());
+        if let Some(l) = &o.leader
+            && let Err(e) = o.engine.resume_writes(&l.endpoint).await
+        {
+            warn!(member = %l.name, error = %e, "could not resume writes (the pause expires by itself)");
+        }
+    }
+}
+
+/// Undo a demotion: the old production leader of each pair in `idx` becomes writable again,
+/// unless its DR counterpart already is.
+async fn restore(pairs: &[Pair], idx: &[usize], want: SiteRole) {
+    for &i in idx {
+        let (ws, os) = (pairs[i].side(want), pairs[i].side(want.other()));
+        let (Some(wl), Some(ol)) = (&ws.leader, &os.leader) else { continue };
+        let dr_writable = probe(ws.engine.as_ref(), &wl.endpoint)
+            .await
+            .is_some_and(|p| p.role == engines::ObservedRole::Primary);
+        if dr_writable {
+            continue;
+        }
+        if let Err(e) = os.engine.promote(&ol.endpoint).await {
+            warn!(member = %ol.name, error = %e, "could not restore the old production primary");
+        }
+    }
+}
+
+async fn release_all(pg: &ProtectionGroup, pairs: &[Pair]) {
+    let uid = pg.uid().unwrap_or_default();
+    for p in pairs {
+        for s in [&p.source, &p.target] {
+            if let Err(e) = operation::release(&s.api, &s.cluster.name_any(), &uid).await {
+                warn!(cluster = %s.cluster.name_any(), error = %e, "could not release the lock (it expires at the deadline)");
+            }
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! ProtectionGroup (issue 5): planned site failover between two sites of Redis HaClusters —
+//! within one control plane (two namespaces) and across two control planes.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use understudy::{
+    controlplane::{ControlPlane, Options},
+    resources::{
+        HaCluster, ProtectionGroup,
+        protection_group::{ProtectionPhase, SiteRole},
+    },
+};
+
+use crate::{
+    hacluster_redis::{cluster, wait_follows, wait_primary},
+    support::{self, Operator, Process, RedisServer, RoleSampler, eventually, redis_conn},
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Two members per site for one pair: (source servers, target servers).
+struct PairServers {
+    name: String,
+    src: [RedisServer; 2],
+    dr: [RedisServer; 2],
+}
+
+impl PairServers {
+    fn start(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            src: [RedisServer::start(None), RedisServer::start(None)],
+            dr: [RedisServer::start(None), RedisServer::start(None)],
+        }
+    }
+    fn all(&self) -> Vec<&RedisServer> {
+        self.src.iter().chain(self.dr.iter()).collect()
+    }
+    fn sampler(&self) -> RoleSampler {
+        RoleSampler::start(self.all().iter().map(|s| s.sample_target()).collect())
+    }
+    fn source_cluster(&self) -> HaCluster {
+        let m = [("s-0", &self.src[0]), ("s-1", &self.src[1])];
+        cluster(&self.name, &[("s0", &m)], json!({"heartbeatInterval": "200ms"}))
+    }
+    fn target_cluster(&self) -> HaCluster {
+        let m = [("t-0", &self.dr[0]), ("t-1", &self.dr[1])];
+        cluster(&format!("{}-dr", self.name), &[("s0", &m)], json!({"heartbeatInterval": "200ms"}))
+    }
+    /// The server acting as master, if exactly one does.
+    async fn master(&self) -> Option<&RedisServer> {
+        let mut found = Vec::new();
+        for s in self.all() {
+            if s.role().await.as_deref() == Some("master") {
+                found.push(s);
+            }
+        }
+        (found.len() == 1).then(|| found[0])
+    }
+}
+
+fn pg(name: &str, src_ns: &str, dr_ns: &str, pairs: &[&str], dr_secret: Option<&str>) -> ProtectionGroup {
+    let mut target = json!({"namespace": dr_ns});
+    if let Some(s) = dr_secret {
+        target["kubeconfigSecretRef"] = json!({"name": s});
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ProtectionGroup",
+        "metadata": {"name": name},
+        "spec": {
+            "sites": {"source": {"namespace": src_ns}, "target": target},
+            "pairs": pairs.iter().map(|p| json!({"source": p, "target": format!("{p}-dr")})).collect::<Vec<_>>(),
+            "prioritySite": "source",
+            "timeoutSeconds": 60,
+        }
+    }))
+    .unwrap()
+}
+
+/// Wait for phase `protected` with production at `site` and every pair replicating.
+async fn wait_protected(pgs: &Api<ProtectionGroup>, name: &str, site: SiteRole) -> ProtectionGroup {
+    eventually(WAIT, &format!("{name} protected with production at {site:?}"), || async {
+        let g = pgs.get(name).await.ok()?;
+        let st = g.status.clone()?;
+        (st.phase == Some(ProtectionPhase::Protected)
+            && st.production_site == Some(site)
+            && !st.pairs.is_empty()
+            && st.pairs.iter().all(|p| p.state == "Replicating" && p.production == Some(site)))
+        .then_some(g)
+    })
+    .await
+}
+
+async fn set_priority(pgs: &Api<ProtectionGroup>, name: &str, site: &str) {
+    pgs.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"prioritySite": site}})))
+        .await
+        .unwrap();
+}
+
+/// Writes `prefix:<seq>` every 2 ms to whichever server of the pair is master; remembers
+/// every acknowledged sequence number.
+struct SiteWriter {
+    acked: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SiteWriter {
+    fn start(prefix: &str, servers: Vec<(String, u16)>) -> Self {
+        let (acked, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (a, s, prefix) = (acked.clone(), stop.clone(), prefix.to_owned());
+        let task = tokio::spawn(async move {
+            let mut seq = 0u64;
+            let mut conn = None;
+            while !s.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if conn.is_none() {
+                    for (ip, port) in &servers {
+                        let Ok(mut c) = redis_conn(ip, *port, None, 200).await else { continue };
+                        let info: String = redis::cmd("INFO")
+                            .arg("replication")
+                            .query_async(&mut c)
+                            .await
+                            .unwrap_or_default();
+                        if info.contains("role:master") {
+                            conn = Some(c);
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                let c = conn.as_mut().unwrap();
+                let r: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(format!("{prefix}:{seq}")).arg(seq).query_async(c).await;
+                match r {
+                    Ok(()) => {
+                        a.lock().unwrap().push(seq);
+                        seq += 1;
+                    }
+                    Err(_) => conn = None,
+                }
+            }
+        });
+        Self { acked, stop, task }
+    }
+
+    async fn stop(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// How many of the acknowledged keys are missing on `server`.
+async fn missing(server: &RedisServer, prefix: &str, acked: &[u64]) -> usize {
+    let mut c = server.connect().await.unwrap();
+    let mut n = 0;
+    for chunk in acked.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|s| format!("{prefix}:{s}")).collect();
+        let vals: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.unwrap();
+        n += vals.iter().filter(|v| v.is_none()).count();
+    }
+    n
+}
+
+/// The recorded leader of a (possibly standby) cluster once it is healthy.
+async fn leader(api: &Api<HaCluster>, name: &str) -> String {
+    eventually(WAIT, &format!("a healthy leader of {name}"), || async {
+        let st = api.get(name).await.ok()?.status?;
+        let s = st.shards.first()?;
+        let l = s.current_primary.clone()?;
+        (s.target_primary.is_none() && s.members.iter().any(|m| m.name == l && m.healthy)).then_some(l)
+    })
+    .await
+}
+
+/// Create both clusters of each pair (the PG then makes the DR side standby).
+async fn create_pairs(src: &Api<HaCluster>, dr: &Api<HaCluster>, pairs: &[&PairServers]) {
+    for p in pairs {
+        src.create(&PostParams::default(), &p.source_cluster()).await.unwrap();
+        dr.create(&PostParams::default(), &p.target_cluster()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-src").await;
+    let dr_ns = support::namespace(&client, "pg-dr").await;
+    let (a, b) = (PairServers::start("a"), PairServers::start("b"));
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&a, &b]).await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["a", "b"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+
+    let g = wait_protected(&pgs, "pg", SiteRole::Source).await;
+    assert_eq!(g.status.unwrap().replication_direction.as_deref(), Some("source-to-target"));
+    let dr_a = dr.get("a-dr").await.unwrap();
+    assert_eq!(
+        dr_a.spec.standby.as_ref().and_then(|s| s.cluster.as_deref()),
+        Some("a"),
+        "the DR side is a standby"
+    );
+    for p in [&a, &b] {
+        let m = p.master().await.expect("one master per pair");
+        assert!(p.src.iter().any(|s| s.port == m.port), "production is the source site");
+        let _: () = m.cmd(redis::cmd("SET").arg("before").arg(&p.name)).await.unwrap();
+    }
+
+    // Planned failover to the target site under a steady writer; sample roles throughout.
+    let (sa, sb) = (a.sampler(), b.sampler());
+    let writer = SiteWriter::start("w", a.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_priority(&pgs, "pg", "target").await;
+    let g = wait_protected(&pgs, "pg", SiteRole::Target).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = writer.stop().await;
+    let st = g.status.unwrap();
+    assert_eq!(st.replication_direction.as_deref(), Some("target-to-source"));
+    assert!(st.job_id.is_some() && st.last_write_pause_ms.is_some(), "{st:?}");
+    for p in [&a, &b] {
+        let m = p.master().await.expect("one master per pair after the move");
+        assert!(p.dr.iter().any(|s| s.port == m.port), "{}: production moved to the target site", p.name);
+        let v: Option<String> = m.cmd(redis::cmd("GET").arg("before")).await.unwrap();
+        assert_eq!(
+            v.as_deref(),
+            Some(p.name.as_str()),
+            "writes before the move are on the new production site"
+        );
+        // The old production leader replicates from the new one.
+        let old_leader = leader(&src, &p.name).await;
+        let old = if old_leader == "s-0" { &p.src[0] } else { &p.src[1] };
+        wait_follows(old, m).await;
+    }
+    let ma = a.master().await.unwrap();
+    assert!(acked.len() > 100, "the writer made progress: {}", acked.len());
+    assert_eq!(missing(ma, "w", &acked).await, 0, "every acknowledged write survives the site failover");
+    assert_eq!(sa.max(), 1, "pair a never had two writable sites");
+    assert_eq!(sb.max(), 1, "pair b never had two writable sites");
+    assert!(sa.count() > 10);
+    assert!(
+        src.get("a").await.unwrap().spec.standby.is_some(),
+        "the old production cluster is a standby now"
+    );
+    assert!(dr.get("a-dr").await.unwrap().spec.standby.is_none());
+
+    // Fail back to the source site; replication continues in the new direction meanwhile.
+    let _: () = ma.cmd(redis::cmd("SET").arg("on-dr").arg("1")).await.unwrap();
+    set_priority(&pgs, "pg", "source").await;
+    let g = wait_protected(&pgs, "pg", SiteRole::Source).await;
+    assert_eq!(g.status.unwrap().replication_direction.as_deref(), Some("source-to-target"));
+    let m = a.master().await.expect("one master");
+    assert!(a.src.iter().any(|s| s.port == m.port));
+    let v: Option<String> = m.cmd(redis::cmd("GET").arg("on-dr")).await.unwrap();
+    assert_eq!(v.as_deref(), Some("1"), "writes made at the DR site came back");
+    assert_eq!(missing(m, "w", &acked).await, 0);
+    assert_eq!((sa.max(), sb.max()), (1, 1));
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn refused_without_pairs_or_protection_and_error_reversing_recovers_when_reasserted() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-c-src").await;
+    let dr_ns = support::namespace(&client, "pg-c-dr").await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+
+    // No pairs: the API server refuses the planned failover.
+    pgs.create(&PostParams::default(), &pg("empty", &src_ns, &dr_ns, &[], None)).await.unwrap();
+    let err = pgs
+        .patch("empty", &PatchParams::default(), &Patch::Merge(json!({"spec": {"prioritySite": "target"}})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("needs replication pairs"), "{err}");
+
+    let c = PairServers::start("c");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&c]).await;
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["c"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let sampler = c.sampler();
+    let prod = c.master().await.unwrap().port;
+
+    // Not protected (the DR site is frozen): refused with a condition, nothing touched.
+    for s in &c.dr {
+        s.signal(libc::SIGSTOP);
+    }
+    eventually(WAIT, "the group notices the pair is broken", || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        (st.phase == Some(ProtectionPhase::Pending)).then_some(())
+    })
+    .await;
+    set_priority(&pgs, "pg", "target").await;
+    eventually(WAIT, "a FailoverAllowed=False condition", || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        let cond = st.conditions.iter().find(|c| c.type_ == "FailoverAllowed")?;
+        (cond.status == "False"
+            && cond.reason == "NotProtected"
+            && cond.message.contains("only in phase protected"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(c.master().await.map(|m| m.port), Some(prod), "nothing was touched");
+    set_priority(&pgs, "pg", "source").await;
+    for s in &c.dr {
+        s.signal(libc::SIGCONT);
+    }
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let dr_leader = leader(&dr, "c-dr").await;
+    let dl = if dr_leader == "t-0" { &c.dr[0] } else { &c.dr[1] };
+
+    // The DR leader cannot be promoted (its ACL forbids REPLICAOF): error-reversing, and the
+    // production site keeps (gets back) its writes.
+    let _: () = dl.cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-replicaof")).await.unwrap();
+    set_priority(&pgs, "pg", "target").await;
+    let st = eventually(WAIT, "error-reversing", || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        (st.phase == Some(ProtectionPhase::ErrorReversing)).then_some(st)
+    })
+    .await;
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "PromoteFailed", "{ready:?}");
+    assert!(ready.message.contains(&dr_leader), "{}", ready.message);
+    assert_eq!(st.production_site, Some(SiteRole::Source));
+    let m = eventually(WAIT, "the source primary writable again", || async {
+        let m = c.master().await?;
+        let r: redis::RedisResult<()> = m.cmd(redis::cmd("SET").arg("after-failure").arg("1")).await;
+        (r.is_ok() && m.port == prod).then_some(m.port)
+    })
+    .await;
+    assert_eq!(m, prod);
+    // It stays in error-reversing (no automatic retries that would pause writes again).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pgs.get("pg").await.unwrap().status.unwrap().phase, Some(ProtectionPhase::ErrorReversing));
+
+    // Fix the cause and re-assert the spec: the move completes.
+    let _: () = dl.cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("+replicaof")).await.unwrap();
+    pgs.patch(
+        "pg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"understudy.dev/retry": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_protected(&pgs, "pg", SiteRole::Target).await;
+    let m = c.master().await.unwrap();
+    assert_eq!(m.port, dl.port, "the DR leader is production now");
+    let v: Option<String> = m.cmd(redis::cmd("GET").arg("after-failure")).await.unwrap();
+    assert_eq!(v.as_deref(), Some("1"), "writes made after the failed attempt were kept");
+    assert_eq!(sampler.max(), 1, "never two writable sites");
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn planned_site_failover_across_two_control_planes() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-x-src").await;
+    // The DR site: its own kube-apiserver + etcd, its own operator.
+    let remote = ControlPlane::start(Options::default()).await.expect("second control plane");
+    remote.install_crds(&support::crds_dir()).await.unwrap();
+    let rclient: Client = remote.client().await.unwrap();
+    let dr_ns = "dr-site";
+    remote.create_namespace(dr_ns).await.unwrap();
+    let kubeconfig = remote.kubeconfig_inline().unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src_ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta { name: Some("dr-site".into()), ..Default::default() },
+                data: Some([("kubeconfig".to_owned(), ByteString(kubeconfig.clone().into_bytes()))].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let x = PairServers::start("x");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(rclient.clone(), dr_ns);
+    create_pairs(&src, &dr, &[&x]).await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, dr_ns, &["x"], Some("dr-site"))).await.unwrap();
+    let local_op = Operator::start(client.clone(), &src_ns);
+    let remote_op = Operator::start(rclient.clone(), dr_ns);
+
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let sp = x.master().await.unwrap().endpoint();
+    let standby = dr.get("x-dr").await.unwrap().spec.standby.unwrap();
+    assert_eq!(standby.primary_endpoint.as_deref(), Some(sp.as_str()), "across control planes: by endpoint");
+    let sampler = x.sampler();
+    let writer = SiteWriter::start("x", x.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_priority(&pgs, "pg", "target").await;
+    wait_protected(&pgs, "pg", SiteRole::Target).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = writer.stop().await;
+    let m = x.master().await.expect("one master");
+    assert!(x.dr.iter().any(|s| s.port == m.port), "production moved to the remote site");
+    assert_eq!(missing(m, "x", &acked).await, 0);
+    assert!(acked.len() > 50);
+    assert_eq!(sampler.max(), 1);
+    let back = src.get("x").await.unwrap().spec.standby.unwrap();
+    assert_eq!(
+        back.primary_endpoint.as_deref(),
+        Some(m.endpoint().as_str()),
+        "the source follows the remote"
+    );
+    // The remote cluster's monitor sees its own primary.
+    wait_primary(&dr, "x-dr", "s0", None).await;
+
+    // Credentials never leak into status or Events.
+    let key_line = kubeconfig.lines().find(|l| l.contains("client-key-data")).unwrap();
+    let key_b64 = key_line.split(':').nth(1).unwrap().trim();
+    let status = serde_json::to_string(&pgs.get("pg").await.unwrap().status).unwrap();
+    assert!(!status.contains(key_b64) && !status.contains("PRIVATE KEY"));
+    let events = support::kubectl(&["get", "events.events.k8s.io", "-n", &src_ns, "-o", "json"]);
+    assert!(events.contains("PlannedFailover"), "events were published");
+    assert!(!events.contains(key_b64) && !events.contains("PRIVATE KEY"));
+    local_op.stop().await;
+    remote_op.stop().await;
+}
+
+/// The operator is killed in the middle of a planned site failover; a fresh process resumes
+/// from status and finishes it: never two writable sites, no acknowledged write lost.
+async fn crash_during_site_failover(point: &str) {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, &format!("pg-{point}")).await;
+    let dr_ns = support::namespace(&client, &format!("pg-{point}-dr")).await;
+    let k = PairServers::start("k");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&k]).await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["k"], None)).await.unwrap();
+    let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+    let namespaces = format!("{src_ns},{dr_ns}");
+    let args = ["run", "--namespaces", &namespaces, "--listen", &listen];
+    let mut doomed =
+        Process::understudy_with_env(&args, &format!("pg-{point}"), &[("UNDERSTUDY_CRASH_AT", point)]);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+
+    let sampler = k.sampler();
+    let writer = SiteWriter::start("c", k.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_priority(&pgs, "pg", "target").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = doomed.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the operator never reached {point}: {}", doomed.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(137), "crashed at {point}: {}", doomed.log());
+    let st = pgs.get("pg").await.unwrap().status.unwrap();
+    assert_eq!(st.phase, Some(ProtectionPhase::FailingOver), "the move was recorded before it started");
+
+    let _fresh = Process::understudy(&args, &format!("pg-resume-{point}"));
+    let g = wait_protected(&pgs, "pg", SiteRole::Target).await;
+    assert_eq!(g.status.unwrap().job_id, st.job_id, "the same job was finished, not a new one");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = writer.stop().await;
+    let m = k.master().await.expect("one master");
+    assert!(k.dr.iter().any(|s| s.port == m.port), "production is at the target site");
+    assert!(acked.len() > 50);
+    assert_eq!(missing(m, "c", &acked).await, 0, "every acknowledged write survived the crash");
+    assert_eq!(sampler.max(), 1, "never two writable sites");
+    for (api, name) in [(&src, "k"), (&dr, "k-dr")] {
+        let st = api.get(name).await.unwrap().status.unwrap();
+        assert!(st.shards[0].operation.is_none(), "{name}: the lock was released");
+    }
+}
+
+#[tokio::test]
+async fn killed_after_demoting_the_production_site_a_fresh_operator_finishes_the_move() {
+    crash_during_site_failover("site-after-demote").await;
+}
+
+#[tokio::test]
+async fn killed_after_promoting_the_dr_site_a_fresh_operator_finishes_the_move() {
+    crash_during_site_failover("site-after-promote").await;
+}
