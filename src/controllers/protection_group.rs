@@ -58,6 +58,8 @@ pub const REMOTE_LOCK_KIND: &str = "RemoteProtectionGroup";
 pub const RETRY_ANNOTATION: &str = "understudy.dev/retry";
 /// Field manager of the `spec.standby` fields this controller owns.
 const STANDBY_MANAGER: &str = "understudy-protectiongroup";
+/// Lag changes smaller than this (bytes) are not worth a status write.
+const LAG_NOISE: i64 = 1 << 20;
 /// How long a probe of a leader may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -199,7 +201,10 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     status.conditions.retain(|c| c.type_ != "FailoverAllowed");
     steady(&ctx, &pg, &sites, &pairs, &mut status).await;
     w.save(&status).await?;
-    Ok(Action::requeue(Duration::from_secs(2)))
+    // Probing is cheap but not free: a protected group is looked at every 5 s (HaCluster
+    // changes of locked clusters wake it at once), anything else every 2 s.
+    let every = if status.phase == Some(Phase::Protected) { 5 } else { 2 };
+    Ok(Action::requeue(Duration::from_secs(every)))
 }
 
 fn phase_name(p: Option<Phase>) -> String {
@@ -450,7 +455,16 @@ async fn steady(
         {
             warn!(group = %key(pg), cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
         }
-        let st = site::pair_state(ps.leader.as_ref(), ds.leader.as_ref());
+        let mut st = site::pair_state(ps.leader.as_ref(), ds.leader.as_ref());
+        // Lag is written when it moves by LAG_NOISE bytes or comes back to zero, so a busy
+        // but healthy pair does not cost a status write every reconcile.
+        if let Some(prev) = status.pairs.get(i).filter(|p| p.state == st.state)
+            && let (Some(a), Some(b)) = (prev.lag, st.lag)
+            && (a - b).abs() < LAG_NOISE
+            && !(b == 0 && a != 0)
+        {
+            st.lag = Some(a);
+        }
         out.push(PairStatus {
             source: p.source.cluster.name_any(),
             target: p.target.cluster.name_any(),
@@ -509,6 +523,14 @@ async fn steady(
     };
     set_condition(&mut status.conditions, "Ready", ok, reason, msg, pg.metadata.generation, &now);
     status.pairs = out;
+}
+
+/// A step after writes were stopped: recorded if possible, but an API-server outage must not
+/// leave the data plane half-way (the move is decided from the data plane on resume).
+async fn progress(w: &mut Writer, status: &mut ProtectionGroupStatus, name: &str, message: String) {
+    if let Err(e) = step(w, status, name, message).await {
+        warn!(group = %key(&w.obj), step = name, error = %e, "could not record progress; carrying on");
+    }
 }
 
 /// A step of the planned failover, recorded before it runs.
@@ -625,6 +647,7 @@ fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
 
 fn holder(pg: &ProtectionGroup, remote: bool) -> operation::Holder {
     operation::Holder {
+        force: false,
         kind: if remote { REMOTE_LOCK_KIND } else { LOCK_KIND }.into(),
         name: pg.name_any(),
         namespace: pg.namespace(),
@@ -755,9 +778,7 @@ async fn move_pairs(
             }
         }
         // 4. Wait until every DR leader has everything.
-        step(w, status, "sync", "waiting until the DR primaries have every write".into())
-            .await
-            .map_err(save_err)?;
+        progress(w, status, "sync", "waiting until the DR primaries have every write".into()).await;
         let sync_deadline = Instant::now() + remaining(deadline).min(Duration::from_secs(60));
         loop {
             let mut behind = Vec::new();
@@ -797,9 +818,7 @@ async fn move_pairs(
         }
         // 5. Demote the production leaders: they follow the DR leaders (no writable leader
         //    for a moment, never two).
-        step(w, status, "demote", format!("demoting {} production primaries", moving.len()))
-            .await
-            .map_err(save_err)?;
+        progress(w, status, "demote", format!("demoting {} production primaries", moving.len())).await;
         let mut demoted = Vec::new();
         for &i in &moving {
             let (ws, os) = (pairs[i].side(want), pairs[i].side(want.other()));
@@ -820,9 +839,7 @@ async fn move_pairs(
     }
 
     // 6. Promote the DR leaders.
-    step(w, status, "promote", format!("promoting {} DR primaries", promoting.len()))
-        .await
-        .map_err(save_err)?;
+    progress(w, status, "promote", format!("promoting {} DR primaries", promoting.len())).await;
     let results = futures::future::join_all(promoting.iter().map(|&i| {
         let ws = pairs[i].side(want);
         let l = ws.leader.as_ref().expect("decided");
@@ -860,9 +877,13 @@ async fn move_pairs(
 
     // 7. Reverse: the specs say who follows whom; writes resume (refused as READONLY by the
     //    demoted leaders, so clients move to the new production site).
-    step(w, status, "reverse", "reversing replication: the old production clusters become standbys".into())
-        .await
-        .map_err(save_err)?;
+    progress(
+        w,
+        status,
+        "reverse",
+        "reversing replication: the old production clusters become standbys".into(),
+    )
+    .await;
     let done: Vec<usize> =
         (0..pairs.len()).filter(|&i| moves[i] == PairMove::InPlace || promoting.contains(&i)).collect();
     record_pairs(w, sites, pairs, status, want, &done).await;
@@ -876,9 +897,13 @@ async fn move_pairs(
 
     // 8. Reroute: after the locks are released the new production clusters route to their
     //    primaries; wait (bounded) until their status says so.
-    step(w, status, "reroute", "waiting until the new production clusters route to their primaries".into())
-        .await
-        .map_err(save_err)?;
+    progress(
+        w,
+        status,
+        "reroute",
+        "waiting until the new production clusters route to their primaries".into(),
+    )
+    .await;
     release_all(&pg, pairs).await;
     let until = Instant::now() + remaining(deadline).min(Duration::from_secs(30));
     let _ = ctx;
@@ -950,12 +975,45 @@ async fn record_pairs(
         {
             warn!(cluster = %os.cluster.name_any(), error = %e, "could not set standby; retried in steady state");
         }
+        record_roles(ws, ws.leader.as_ref(), Role::Primary, None).await;
+        record_roles(os, os.leader.as_ref(), Role::Replica, ws.leader.as_ref().map(|l| l.endpoint.clone()))
+            .await;
         out[i].production = Some(want);
         out[i].state = "Syncing".into();
         out[i].message = Some(format!("{} is production", ws.cluster.name_any()));
     }
     status.pairs = out;
     let _ = w.save(status).await;
+}
+
+/// Record a leader's new role in its cluster's status at once (we hold the cluster's lock),
+/// so clients that follow status do not wait for the monitor's next heartbeat.
+async fn record_roles(side: &Side, leader: Option<&Leader>, role: Role, upstream: Option<String>) {
+    let Some(l) = leader else { return };
+    for _ in 0..3 {
+        let Ok(mut c) = side.api.get(&side.cluster.name_any()).await else { return };
+        let Some(m) = c
+            .status
+            .as_mut()
+            .and_then(|s| s.shards.first_mut())
+            .and_then(|s| s.members.iter_mut().find(|m| m.name == l.name))
+        else {
+            return;
+        };
+        if m.role == role && m.upstream == upstream {
+            return;
+        }
+        m.role = role;
+        m.upstream = upstream.clone();
+        match side.api.replace_status(&side.cluster.name_any(), &PostParams::default(), &c).await {
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => {
+                warn!(cluster = %side.cluster.name_any(), error = %e, "could not record the new role; the monitor will");
+                return;
+            }
+            Ok(_) => return,
+        }
+    }
 }
 
 /// Give writes back to the production leaders of `idx` (a pause that is already over is fine).

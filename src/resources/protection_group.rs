@@ -31,6 +31,8 @@ use super::shared::{SecretKeyRef, conditions_schema};
         json_path = ".status.replicationDirection",
         priority = 1
     ),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.step", priority = 1),
+    printcolumn(name = "Job", type_ = "string", json_path = ".status.jobId", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
