@@ -26,6 +26,7 @@ use crate::{
     resources::{
         FailoverRequest, HaCluster,
         failover_request::{ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus},
+        hacluster::OnTimeout,
         shared::set_condition,
     },
 };
@@ -267,8 +268,13 @@ async fn run_step(
                     "the primary changed to {current:?} before the lock was taken; not touching it"
                 )));
             }
-            let holder =
-                Holder { kind: LOCK_KIND.into(), name: fr.name_any(), namespace: fr.namespace(), uid };
+            let holder = Holder {
+                force: fr.spec.type_ == RequestType::Failover,
+                kind: LOCK_KIND.into(),
+                name: fr.name_any(),
+                namespace: fr.namespace(),
+                uid,
+            };
             let deadline = Timestamp::now() + Duration::from_secs(fr.spec.timeout_seconds.max(1) as u64 * 2);
             match acquire(&clusters, &cluster, &holder, &[(get("shard"), get("to"))], deadline).await? {
                 Ok(()) => Step::Done(format!(
@@ -290,12 +296,17 @@ async fn run_step(
             if current.as_deref() == Some(get("to").as_str()) && target.is_none() {
                 Step::Done(format!("{} is primary; {} follows it", get("to"), get("from")))
             } else if target.as_deref() != Some(get("to").as_str()) {
-                let why = cluster
+                let last = cluster
                     .status
                     .as_ref()
-                    .and_then(|st| st.conditions.iter().find(|c| c.type_ == "LastPromotion"))
-                    .map(|c| c.message.clone());
-                Step::Failed(why.unwrap_or_else(|| "the promotion was abandoned".into()))
+                    .and_then(|st| st.conditions.iter().find(|c| c.type_ == "LastPromotion"));
+                let why = last.map_or_else(|| "the promotion was abandoned".into(), |c| c.message.clone());
+                let drain_timed_out = last.is_some_and(|c| c.reason == super::hacluster::ABANDON_DRAIN);
+                if drain_timed_out && fr.spec.on_timeout == OnTimeout::Force {
+                    force_switch(&clusters, fr, &cluster, &get("shard"), &get("to"), &why).await?
+                } else {
+                    Step::Failed(why)
+                }
             } else {
                 Step::Waiting(format!("waiting for {}'s monitor to promote {}", get("cluster"), get("to")))
             }
@@ -306,7 +317,7 @@ async fn run_step(
                 let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
                     return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
                 };
-                let Some(route) = member_route(&cluster, &get("to")) else {
+                let Some(route) = routing::member_route(&cluster, &get("to")) else {
                     return Ok(Step::Failed(format!("{} has no routable address", get("to"))));
                 };
                 let routes =
@@ -333,6 +344,47 @@ async fn run_step(
         }
         other => Step::Failed(format!("unknown step {other}")),
     })
+}
+
+/// onTimeout: Force after a graceful switchover timed out draining: record the promotion
+/// again, forced (the old primary is fenced at once), if the candidate is within the
+/// cluster's maxLagOnFailover — otherwise forcing would lose more than the cluster allows.
+async fn force_switch(
+    clusters: &Api<HaCluster>,
+    fr: &FailoverRequest,
+    cluster: &HaCluster,
+    shard_name: &str,
+    to: &str,
+    why: &str,
+) -> Result<Step, kube::Error> {
+    let facts = facts_from_status(cluster, shard_name, &[]);
+    let max = cluster.spec.failover.max_lag_on_failover;
+    let lag =
+        facts.members.iter().find(|m| m.name == to).and_then(|m| shard::lag(m, facts.last_primary_offset));
+    match lag {
+        Some(l) if l <= max => {}
+        other => {
+            return Ok(Step::Failed(format!(
+                "{why}; onTimeout Force: not forcing, {to} lags {} bytes (maxLagOnFailover {max})",
+                other.map_or("an unknown number of".into(), |l| l.to_string())
+            )));
+        }
+    }
+    let holder = Holder {
+        force: true,
+        kind: LOCK_KIND.into(),
+        name: fr.name_any(),
+        namespace: fr.namespace(),
+        uid: fr.uid().unwrap_or_default(),
+    };
+    let deadline = Timestamp::now() + Duration::from_secs(fr.spec.timeout_seconds.max(1) as u64 * 2);
+    Ok(
+        match acquire(clusters, cluster, &holder, &[(shard_name.to_owned(), to.to_owned())], deadline).await?
+        {
+            Ok(()) => Step::Waiting(format!("{why}; onTimeout Force: forcing the promotion of {to}")),
+            Err(h) => Step::Waiting(format!("{why}; forcing: {h}")),
+        },
+    )
 }
 
 /// Validate an item and choose its candidate.
@@ -417,14 +469,4 @@ async fn roll_back(ctx: &Context, fr: &FailoverRequest, sub: &Subtask) -> Result
 
 fn shard_of<'a>(c: &'a HaCluster, shard: &str) -> Option<&'a crate::resources::hacluster::ShardStatus> {
     c.status.as_ref()?.shards.iter().find(|s| s.name == shard)
-}
-
-/// `host:port` clients use for a static member (clientAddress if set).
-fn member_route(c: &HaCluster, name: &str) -> Option<String> {
-    let m = c.spec.shards.iter().flatten().flat_map(|s| s.members.iter()).find(|m| m.name == name)?;
-    let (_, port) = crate::engines::split_endpoint(&m.endpoint)?;
-    Some(match &m.client_address {
-        Some(a) => format!("{a}:{port}"),
-        None => m.endpoint.clone(),
-    })
 }

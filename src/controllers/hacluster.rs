@@ -46,6 +46,10 @@ use crate::{
     },
 };
 
+/// `LastPromotion` reason when a graceful switchover was abandoned because the candidate did
+/// not catch up in time (an operation with onTimeout: Force may then force it).
+pub const ABANDON_DRAIN: &str = "DrainTimedOut";
+
 /// Kind recorded in the operation lock by automatic failover and bootstrap.
 pub const LOCK_KIND: &str = "HaCluster";
 
@@ -423,7 +427,12 @@ impl Monitor {
                     ..Plan::default()
                 };
                 if let Some(mut promotion) = requested {
-                    promotion.reason = format!("requested by {} {}", lock.kind, lock.name);
+                    promotion.reason = format!(
+                        "requested by {} {}{}",
+                        lock.kind,
+                        lock.name,
+                        if lock.force { " (forced: the old primary is fenced, not drained)" } else { "" }
+                    );
                     self.promote(engine.as_ref(), &cluster, &shard_name, &declared, promotion).await;
                 }
                 plans.insert(shard_name, p);
@@ -700,6 +709,7 @@ impl Monitor {
                 uid: cluster.uid(),
                 acquired_at: started_at.clone(),
                 expires_at: Time(Timestamp::now() + step_timeout * 4),
+                force: false,
             });
             let epoch = s.epoch;
             status.phase = Some(if p.kind == PromotionKind::Failover {
@@ -741,7 +751,11 @@ impl Monitor {
             let healthy_primary = state.is_some_and(|m| {
                 m.misses == 0 && m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Primary)
             });
-            if healthy_primary && engine.follows_directly() {
+            // A forced promotion (requested by an operation) fences at once: no drain.
+            let forced = shard_status(cluster, shard_name)
+                .and_then(|s| s.operation.as_ref())
+                .is_some_and(|l| l.force && l.kind != LOCK_KIND);
+            if healthy_primary && engine.follows_directly() && !forced {
                 match drain(engine, &from.endpoint, &to.endpoint, step_timeout).await {
                     // Demote before promoting: at no instant are there two primaries (for a
                     // moment there are none). The candidate already has everything.
@@ -753,6 +767,7 @@ impl Monitor {
                                 cluster,
                                 shard_name,
                                 declared,
+                                "DemoteFailed",
                                 &format!(
                                     "switchover to {} abandoned: could not demote {}: {e}",
                                     to.name, from.name
@@ -768,6 +783,7 @@ impl Monitor {
                             cluster,
                             shard_name,
                             declared,
+                            ABANDON_DRAIN,
                             &format!("switchover to {} abandoned: {why}", to.name),
                         )
                         .await;
@@ -808,6 +824,7 @@ impl Monitor {
                     cluster,
                     shard_name,
                     declared,
+                    "PromoteFailed",
                     &format!("{failure}; {} keeps the primary role", from.name),
                 )
                 .await;
@@ -953,7 +970,14 @@ impl Monitor {
 
     /// Give up a recorded promotion without carrying it out: clear the target (and our own
     /// lock); the epoch stays bumped. The old primary keeps its role.
-    async fn abandon(&mut self, cluster: &HaCluster, shard_name: &str, declared: &[Declared], why: &str) {
+    async fn abandon(
+        &mut self,
+        cluster: &HaCluster,
+        shard_name: &str,
+        declared: &[Declared],
+        reason: &str,
+        why: &str,
+    ) {
         warn!(cluster = %key(cluster), shard = shard_name, "{why}");
         self.ctx
             .event(cluster, true, "PromotionAbandoned", "Promote", format!("shard {shard_name}: {why}"))
@@ -971,7 +995,7 @@ impl Monitor {
                 &mut status.conditions,
                 "LastPromotion",
                 false,
-                "Abandoned",
+                reason,
                 format!("shard {shard_name}: {why}"),
                 base.metadata.generation,
                 &Time(Timestamp::now()),

@@ -65,6 +65,8 @@ pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]
 
 /// Who takes a lock.
 pub struct Holder {
+    /// Promotions recorded under the lock are forced (no drain of the old primary).
+    pub force: bool,
     pub kind: String,
     pub name: String,
     pub namespace: Option<String>,
@@ -80,6 +82,7 @@ impl Holder {
             uid: Some(self.uid.clone()),
             acquired_at: Time(now),
             expires_at: Time(deadline),
+            force: self.force,
         }
     }
 }
@@ -113,7 +116,12 @@ pub async fn acquire(
         let exists = holder_exists(&client, s.operation.as_ref()).await;
         match lock_state(s.operation.as_ref(), &holder.uid, now, exists) {
             LockState::Held { holder, .. } => return Ok(Err(holder)),
-            LockState::Mine if s.target_primary.as_ref() == Some(to) => continue,
+            LockState::Mine
+                if s.target_primary.as_ref() == Some(to)
+                    && s.operation.as_ref().is_some_and(|l| l.force == holder.force) =>
+            {
+                continue;
+            }
             LockState::Free | LockState::Mine => {}
         }
         s.operation = Some(holder.lock(now, deadline));

@@ -185,6 +185,43 @@ pub async fn apply_routes(
     Ok(rejected)
 }
 
+/// `host:port` clients use for a static member (clientAddress if set).
+pub fn member_route(c: &HaCluster, name: &str) -> Option<String> {
+    let m = c.spec.shards.iter().flatten().flat_map(|s| s.members.iter()).find(|m| m.name == name)?;
+    let (_, port) = split_endpoint(&m.endpoint)?;
+    Some(match &m.client_address {
+        Some(a) if a.contains(':') => format!("[{a}]:{port}"),
+        Some(a) => format!("{a}:{port}"),
+        None => m.endpoint.clone(),
+    })
+}
+
+/// Point the cluster's primary Service at the recorded primaries of every shard now (what
+/// `forceRebind` asks for right after a promotion). Returns a note for status.
+pub async fn rebind_primaries(client: &Client, cluster: &HaCluster) -> Result<String, kube::Error> {
+    if !cluster.spec.routing.enabled || cluster.spec.selector.is_some() {
+        return Ok("forceRebind: routing is not managed for this cluster (routing disabled or pod members labelled by role)".into());
+    }
+    let primaries: Vec<String> = cluster
+        .status
+        .iter()
+        .flat_map(|s| s.shards.iter())
+        .filter(|s| s.target_primary.is_none())
+        .filter_map(|s| s.current_primary.as_deref().and_then(|p| member_route(cluster, p)))
+        .collect();
+    let svc = primary_service_name(cluster);
+    let routes = Routes { services: BTreeMap::from([(svc.clone(), primaries.clone())]) };
+    let rejected = apply_routes(client, cluster, &routes).await?;
+    Ok(if rejected.is_empty() {
+        format!("forceRebind: Service {svc} → {}", primaries.join(", "))
+    } else {
+        format!(
+            "forceRebind: Service {svc} cannot route to {} (loopback/link-local; set clientAddress)",
+            rejected.join(", ")
+        )
+    })
+}
+
 /// Serialize with apiVersion/kind, as server-side apply needs.
 fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> serde_json::Value {
     let mut v = serde_json::to_value(obj).unwrap_or_default();

@@ -140,10 +140,17 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         }
     }
     if all_done {
+        // forceRebind: clients are re-pointed now, from the recorded primaries, rather than
+        // at the monitor's next routing pass.
+        let rebind = if sfo.spec.force_rebind {
+            format!("; {}", super::routing::rebind_primaries(&ctx.client, &cluster).await?)
+        } else {
+            String::new()
+        };
         release(&clusters, &cluster_name, &uid).await?;
         status.phase = Some(Phase::Succeeded);
         status.completion_time = Some(Time(Timestamp::now()));
-        status.message = Some(format!("done: {}", plan_summary(&status.shards)));
+        status.message = Some(format!("done: {}{rebind}", plan_summary(&status.shards)));
         set_condition(
             &mut status.conditions,
             "Complete",
@@ -187,6 +194,7 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
 
     if !need_lock.is_empty() {
         let holder = Holder {
+            force: false,
             kind: LOCK_KIND.into(),
             name: sfo.name_any(),
             namespace: sfo.namespace(),

@@ -46,6 +46,7 @@ mod tests {
                 now + std::time::Duration::from_secs(expires_in_s.unsigned_abs())
                     * if expires_in_s < 0 { 0 } else { 1 },
             ),
+            force: false,
         }
     }
 

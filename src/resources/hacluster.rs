@@ -454,6 +454,10 @@ pub struct OperationLock {
     pub acquired_at: Time,
     /// After this instant the lock is stale and may be broken.
     pub expires_at: Time,
+    /// The recorded promotion is forced: the old primary is fenced at once instead of
+    /// drained (a FailoverRequest of type Failover, or onTimeout: Force).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// Observed state of a member.

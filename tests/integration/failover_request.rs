@@ -53,7 +53,7 @@ async fn finish(api: &Api<FailoverRequest>, name: &str) -> (FailoverRequest, Has
     }
 }
 
-async fn slice_addresses(client: &kube::Client, ns: &str, service: &str) -> Vec<String> {
+pub async fn slice_addresses(client: &kube::Client, ns: &str, service: &str) -> Vec<String> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let l = api
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
@@ -323,5 +323,83 @@ async fn a_request_waits_for_a_busy_shard_and_gives_up_at_its_deadline() {
     let cst = hacs.get("c").await.unwrap().status.unwrap();
     assert_eq!(cst.shards[0].current_primary.as_deref(), Some(p.as_str()), "nothing touched");
     assert_eq!(cst.shards[0].epoch, epoch);
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_forced_failover_and_a_switchover_that_cannot_drain_aborts_or_is_forced() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "fr-force").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    let failover =
+        json!({"heartbeatInterval": "200ms", "stepTimeout": "1s", "maxLagOnFailover": 100_000_000});
+    hacs.create(&PostParams::default(), &cluster("c", &[("s0", &members)], failover)).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&hacs, "c", "s0", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+
+    // type Failover on a healthy primary: forced — fenced at once, not drained.
+    frs.create(
+        &PostParams::default(),
+        &request("forced", json!({"type": "Failover", "items": [{"cluster": "c"}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, _) = finish(&frs, "forced").await;
+    assert_eq!(fr.status.as_ref().unwrap().phase, Some(RequestPhase::Succeeded), "{:?}", fr.status);
+    let q = wait_primary(&hacs, "c", "s0", Some(&p)).await;
+    assert_eq!(q, ["a", "b"][ri]);
+    let evs = crate::hacluster_redis::events(&client, &ns).await;
+    assert!(
+        evs.iter().any(|(r, n)| r == "FailedOver" && n.contains("forced")),
+        "the promotion was forced: {evs:?}"
+    );
+    wait_follows(&servers[pi], &servers[ri]).await;
+
+    // The replica cannot catch up (the primary refuses its re-sync and the link is cut), so a
+    // graceful switchover cannot drain within stepTimeout.
+    let primary = &servers[ri];
+    let _: () = primary
+        .cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-sync").arg("-psync"))
+        .await
+        .unwrap();
+    let _: i64 = primary.cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica")).await.unwrap();
+    for i in 0..20 {
+        let _: () = primary.cmd(redis::cmd("SET").arg(format!("unreplicated:{i}")).arg(i)).await.unwrap();
+    }
+    // onTimeout Abort (the default): rolled back, the primary keeps its role.
+    frs.create(
+        &PostParams::default(),
+        &request("abort", json!({"type": "Switchover", "items": [{"cluster": "c"}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, _) = finish(&frs, "abort").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::RolledBack), "{:?}", st.message);
+    assert!(st.message.unwrap_or_default().contains("abandoned"));
+    assert_eq!(primary.role().await.as_deref(), Some("master"), "the primary kept its role");
+    let _: () = primary.cmd(redis::cmd("SET").arg("still-writable").arg("1")).await.expect("writable again");
+    // onTimeout Force: the drain timed out, the candidate is within maxLagOnFailover, so the
+    // promotion is forced.
+    frs.create(
+        &PostParams::default(),
+        &request("force", json!({"type": "Switchover", "onTimeout": "Force", "items": [{"cluster": "c"}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, _) = finish(&frs, "force").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st.message);
+    let switch = st.task.unwrap().subtasks.into_iter().find(|t| t.name == "switch").unwrap();
+    assert!(switch.message.unwrap_or_default().contains("primary"), "switch finished");
+    let r = wait_primary(&hacs, "c", "s0", Some(&q)).await;
+    assert_eq!(r, p, "forced back to the first member");
+    let _: () =
+        servers[pi].cmd(redis::cmd("SET").arg("after-force").arg("1")).await.expect("new primary writable");
     operator.stop().await;
 }

@@ -76,7 +76,7 @@ pub async fn wait_follows(replica: &RedisServer, primary: &RedisServer) {
     .await
 }
 
-async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
+pub async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
         .await

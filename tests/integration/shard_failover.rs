@@ -170,7 +170,12 @@ async fn shard_failover_plans_refuses_and_fails_over_two_of_three_shards() {
         })
     };
     eventually(WAIT, "writer running", || async { (acked.load(Ordering::SeqCst) > 200).then_some(()) }).await;
-    let done = submit(&sfos, "two-shards", json!({"shardUids": [primaries[0].0, primaries[1].0]})).await;
+    let done = submit(
+        &sfos,
+        "two-shards",
+        json!({"shardUids": [primaries[0].0, primaries[1].0], "forceRebind": true}),
+    )
+    .await;
     let st = done.status.clone().unwrap();
     assert_eq!(st.phase, Some(ShardFailoverPhase::Succeeded), "{st:?}");
     assert!(st.action_uid.is_some());
@@ -185,6 +190,19 @@ async fn shard_failover_plans_refuses_and_fails_over_two_of_three_shards() {
         wait_follows(&servers[i][pi], &servers[i][ri]).await;
     }
     assert_eq!(after[2], before[2], "the third shard is untouched");
+    // forceRebind: the primary Service names the three current primaries when it succeeds.
+    assert!(st.message.as_deref().unwrap_or_default().contains("forceRebind: Service bdb-primary"), "{st:?}");
+    let mut routed = crate::failover_request::slice_addresses(&client, &ns, "bdb-primary").await;
+    routed.sort();
+    let mut want: Vec<String> = (0..3)
+        .map(|i| {
+            let name = after[i].1.clone().unwrap();
+            let j = names[i].iter().position(|n| *n == name).unwrap();
+            crate::hacluster_redis::route_ip(servers[i][j].port)
+        })
+        .collect();
+    want.sort();
+    assert_eq!(routed, want, "clients are routed to the new primaries");
     let acked = acked.load(Ordering::SeqCst);
     let (_, _, ri) = primaries[0];
     let present: i64 = servers[0][ri].cmd(&redis::cmd("DBSIZE")).await.unwrap();
