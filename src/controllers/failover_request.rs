@@ -1,11 +1,12 @@
 //! The FailoverRequest controller (seed 000): a batch of switchovers or failovers, one item
 //! per cluster/shard, run as a task DAG recorded in `status.task`.
 //!
-//! Per item: check → lock (epoch + target recorded) → switch (carried out by the cluster's
-//! monitor: drain or fence the old primary, promote, redirect) → route (the request's
-//! Service) → record. Items run in parallel. [`crate::core::dag`] decides what may run, what to
-//! roll back and when the whole is terminal; every step is idempotent and its status is
-//! written before the next starts, so a restarted operator resumes from status.
+//! Per item: check → lock (epoch + target recorded) → fence → promote → redirect (carried out
+//! by the cluster's monitor in one go, which records when each of its steps ran; the subtasks
+//! carry those times) → route (the request's Service) → record. Items run in parallel.
+//! [`crate::core::dag`] decides what may run, what to roll back and when the whole is
+//! terminal; every step is idempotent and its status is written before the next starts, so a
+//! restarted operator resumes from status.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -38,6 +39,8 @@ use super::OpError as Error;
 /// What a step did.
 enum Step {
     Done(String),
+    /// Done by the cluster's monitor, which recorded when (its promotion record).
+    DoneAt(String, Time, Time),
     Waiting(String),
     Failed(String),
 }
@@ -99,8 +102,19 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
             run_step(&ctx, &fr, &sub, &context).await?
         };
         let t = task.subtasks.iter_mut().find(|t| t.id == id).expect("id from the dag");
-        t.start_time = Some(started);
+        let outcome = match outcome {
+            Step::DoneAt(msg, from, to) => {
+                t.start_time = Some(from);
+                t.end_time = Some(to);
+                Step::Done(msg)
+            }
+            other => {
+                t.start_time = Some(started);
+                other
+            }
+        };
         match outcome {
+            Step::DoneAt(..) => unreachable!("converted above"),
             Step::Done(msg) => {
                 t.status = if fr.spec.dry_run && t.name != "check" {
                     TaskStatus::Skipped
@@ -108,7 +122,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
                     TaskStatus::Successful
                 };
                 t.message = Some(msg.clone());
-                t.end_time = Some(Time(Timestamp::now()));
+                t.end_time.get_or_insert_with(|| Time(Timestamp::now()));
                 if t.name == "check" {
                     t.context = parse_context(&msg);
                 }
@@ -286,7 +300,10 @@ async fn run_step(
                 Err(h) => Step::Waiting(format!("db_busy: {h} holds the operation lock")),
             }
         }
-        "switch" => {
+        // The monitor carries fence → promote → redirect out in one go once the target is
+        // recorded; each subtask completes when the promotion is recorded, with the times the
+        // monitor recorded for its step. ("switch" is the single step of older requests.)
+        "fence" | "promote" | "redirect" | "switch" => {
             let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
                 return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
             };
@@ -294,7 +311,22 @@ async fn run_step(
             let current = s.and_then(|s| s.current_primary.clone());
             let target = s.and_then(|s| s.target_primary.clone());
             if current.as_deref() == Some(get("to").as_str()) && target.is_none() {
-                Step::Done(format!("{} is primary; {} follows it", get("to"), get("from")))
+                let record = cluster
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.last_failover.as_ref())
+                    .filter(|r| r.shard == get("shard") && r.to.as_deref() == Some(get("to").as_str()))
+                    .and_then(|r| r.steps.iter().find(|st| st.name == sub.name));
+                match record {
+                    Some(r) => Step::DoneAt(
+                        r.message.clone().unwrap_or_default(),
+                        r.started_at.clone(),
+                        r.finished_at.clone(),
+                    ),
+                    None => Step::Done(format!("{} is primary; {} follows it", get("to"), get("from"))),
+                }
+            } else if sub.name != "fence" && sub.name != "switch" {
+                Step::Failed(format!("{} is no longer the primary of {}", get("to"), get("shard")))
             } else if target.as_deref() != Some(get("to").as_str()) {
                 let last = cluster
                     .status

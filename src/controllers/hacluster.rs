@@ -40,7 +40,7 @@ use crate::{
         HaCluster,
         hacluster::{
             ClusterPhase, Engine as EngineKind, FailoverMode, FailoverRecord, HaClusterStatus, MemberStatus,
-            OperationLock, Role, ShardStatus,
+            OperationLock, Role, ShardStatus, StepRecord,
         },
         shared::set_condition,
     },
@@ -742,6 +742,17 @@ impl Monitor {
         //    is drained — writes paused until the candidate has everything — then demoted by
         //    following the new primary; an unhealthy one is demoted if it still answers.
         let mut paused: Option<Declared> = None;
+        let mut steps: Vec<StepRecord> = Vec::new();
+        let mut step_start = Time(Timestamp::now());
+        let mut step_done = |steps: &mut Vec<StepRecord>, name: &str, message: String| {
+            let now = Time(Timestamp::now());
+            steps.push(StepRecord {
+                name: name.into(),
+                started_at: std::mem::replace(&mut step_start, now.clone()),
+                finished_at: now,
+                message: Some(message),
+            });
+        };
         if let Some(from) = &from {
             if let Some(c) = self.latest() {
                 self.update_routing(&c, declared).await;
@@ -795,7 +806,13 @@ impl Monitor {
             }
         }
 
-        if from.is_some() {
+        if let Some(from) = &from {
+            let how = if paused.is_some() {
+                "drained (writes paused until the candidate had everything) and demoted"
+            } else {
+                "fenced"
+            };
+            step_done(&mut steps, "fence", format!("{} {how}", from.name));
             crate::faults::crash_point("after-fence");
         }
 
@@ -855,6 +872,7 @@ impl Monitor {
         }
         self.lost_since.remove(shard_name);
 
+        step_done(&mut steps, "promote", format!("{} is writable", to.name));
         if from.is_some() {
             crate::faults::crash_point("after-promote");
         }
@@ -892,6 +910,8 @@ impl Monitor {
             }
         }
 
+        step_done(&mut steps, "redirect", format!("the other members follow {}", to.name));
+
         // 5. Record the outcome (retry on conflict: this must not be lost).
         let duration_ms = started.elapsed().as_millis() as i64;
         for attempt in 0..5 {
@@ -923,6 +943,7 @@ impl Monitor {
                     duration_ms: Some(duration_ms),
                     lost_offset: p.lost_offset,
                     epoch,
+                    steps: steps.clone(),
                 });
             }
             match self.replace_status(&next).await {

@@ -8,10 +8,12 @@ use crate::resources::failover_request::{Subtask, TaskStatus};
 
 /// The steps of one item, in order. `prohibit_rollback` marks the point of no return: once the
 /// new primary took over, the old one is not restored.
-pub const STEPS: [(&str, &str, bool); 5] = [
+pub const STEPS: [(&str, &str, bool); 7] = [
     ("check", "validate the cluster, the expected primary and the candidate", false),
     ("lock", "take the shard's operation lock and record the new epoch and target", false),
-    ("switch", "fence or drain the old primary, promote the candidate, redirect the replicas", true),
+    ("fence", "drain (switchover) or fence (failover) the old primary", false),
+    ("promote", "make the candidate the writable primary", true),
+    ("redirect", "point the other members at the new primary", true),
     ("route", "point the request's Service at the new primary", false),
     ("record", "record the new primary and release the lock", false),
 ];
@@ -141,10 +143,10 @@ mod tests {
     #[test]
     fn chains_run_in_order_and_items_in_parallel() {
         let mut t = build(2, 60, |_, n| n.to_owned());
-        assert_eq!(runnable(&t), [1, 6], "the first step of each item");
+        assert_eq!(runnable(&t), [1, 8], "the first step of each item");
         set(&mut t, 1, TaskStatus::Successful);
-        assert_eq!(runnable(&t), [2, 6]);
-        assert_eq!(progress(&t), "1/10");
+        assert_eq!(runnable(&t), [2, 8]);
+        assert_eq!(progress(&t), "1/14");
     }
 
     #[test]
@@ -161,12 +163,13 @@ mod tests {
     }
 
     #[test]
-    fn after_the_switch_nothing_is_rolled_back() {
+    fn after_the_promotion_nothing_is_rolled_back() {
         let mut t = build(1, 60, |_, n| n.to_owned());
-        for id in 1..=3 {
+        // check, lock, fence, promote succeeded; redirect failed.
+        for id in 1..=4 {
             set(&mut t, id, TaskStatus::Successful);
         }
-        set(&mut t, 4, TaskStatus::Failed);
+        set(&mut t, 5, TaskStatus::Failed);
         assert!(to_roll_back(&t, 0).is_empty());
         assert_eq!(outcome(&t), Some(ItemOutcome::Failed));
     }

@@ -524,4 +524,20 @@ pub struct FailoverRecord {
     pub lost_offset: Option<i64>,
     /// Shard epoch after the change.
     pub epoch: i64,
+    /// When each step of the promotion ran: fence (drain or demote the old primary),
+    /// promote, redirect (the other members follow the new primary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
+}
+
+/// One step of a promotion, as carried out by the cluster's monitor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    /// fence, promote or redirect.
+    pub name: String,
+    pub started_at: Time,
+    pub finished_at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -129,20 +129,30 @@ async fn batch_switchover_over_a_redis_and_an_agent_cluster() {
     let (fr, seen) = finish(&frs, "batch").await;
     let st = fr.status.clone().unwrap();
     assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st);
-    assert_eq!(st.progress.as_deref(), Some("10/10"));
+    assert_eq!(st.progress.as_deref(), Some("14/14"));
     let task = st.task.unwrap();
-    assert_eq!(task.subtasks.len(), 10, "five steps per item");
-    assert!(task.prohibit_rollback, "the switch step is the point of no return");
+    assert_eq!(task.subtasks.len(), 14, "seven steps per item");
+    assert!(task.prohibit_rollback, "the promote step is the point of no return");
+    // fence / promote / redirect carry the times and notes the cluster's monitor recorded.
+    for (step, note) in [("fence", "drained"), ("promote", "is writable"), ("redirect", "follow")] {
+        assert!(
+            task.subtasks
+                .iter()
+                .any(|t| t.name == step && t.message.as_deref().is_some_and(|m| m.contains(note))),
+            "{step}: {:?}",
+            task.subtasks.iter().filter(|t| t.name == step).map(|t| t.message.clone()).collect::<Vec<_>>()
+        );
+    }
     for t in &task.subtasks {
         assert_eq!(t.status, TaskStatus::Successful, "{t:?}");
         assert!(t.start_time.is_some() && t.end_time.is_some());
         assert!(!t.description.is_empty());
     }
     assert!(
-        seen.contains(&("switch".to_owned(), TaskStatus::Running)),
+        seen.contains(&("fence".to_owned(), TaskStatus::Running)),
         "the DAG was visible mid-way: {seen:?}"
     );
-    for s in ["check", "lock", "switch", "route", "record"] {
+    for s in ["check", "lock", "fence", "promote", "redirect", "route", "record"] {
         assert!(seen.contains(&(s.to_owned(), TaskStatus::Successful)), "{s} seen successful: {seen:?}");
     }
 
@@ -395,8 +405,9 @@ async fn a_forced_failover_and_a_switchover_that_cannot_drain_aborts_or_is_force
     let (fr, _) = finish(&frs, "force").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st.message);
-    let switch = st.task.unwrap().subtasks.into_iter().find(|t| t.name == "switch").unwrap();
-    assert!(switch.message.unwrap_or_default().contains("primary"), "switch finished");
+    let fence = st.task.unwrap().subtasks.into_iter().find(|t| t.name == "fence").unwrap();
+    let msg = fence.message.unwrap_or_default();
+    assert!(msg.contains("fenced"), "forced: fenced, not drained: {msg}");
     let r = wait_primary(&hacs, "c", "s0", Some(&q)).await;
     assert_eq!(r, p, "forced back to the first member");
     let _: () =
