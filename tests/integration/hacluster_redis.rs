@@ -227,8 +227,17 @@ async fn redis_two_shards_fail_over_independently() {
     let epoch1 =
         get(&api, "sharded").await.status.unwrap().shards.iter().find(|s| s.name == "s1").unwrap().epoch;
     // A quiet cluster costs no writes: status is written only when something changed.
-    eventually(WAIT, "cluster Healthy", || async {
-        (api.get("sharded").await.ok()?.status?.phase == Some(ClusterPhase::Healthy)).then_some(())
+    // Settled means Healthy with every replica's link and lag reported: a replica's first sync
+    // completing after Healthy is a real change (its lag becomes known), not steady-state noise.
+    eventually(WAIT, "cluster Healthy with every replica's lag known", || async {
+        let st = api.get("sharded").await.ok()?.status?;
+        let settled = st.phase == Some(ClusterPhase::Healthy)
+            && st.shards.iter().all(|s| {
+                s.members.iter().all(|m| {
+                    Some(&m.name) == s.current_primary.as_ref() || (m.upstream.is_some() && m.lag.is_some())
+                })
+            });
+        settled.then_some(())
     })
     .await;
     let rv = get(&api, "sharded").await.metadata.resource_version;
