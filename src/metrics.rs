@@ -30,6 +30,14 @@ pub struct FailoverLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `FailoverRequest`, `ShardFailover`, `ProtectionGroup`.
+    pub kind: String,
+    /// The terminal phase: `Succeeded`, `Failed`, `RolledBack`, `DryRun`, `ErrorReversing`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MemberLabels {
     pub namespace: String,
     pub cluster: String,
@@ -45,6 +53,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<ControllerLabels, Counter>,
     pub failovers: Family<FailoverLabels, Counter>,
     pub failover_duration: Family<FailoverLabels, Histogram>,
+    pub operations: Family<OperationLabels, Counter>,
+    pub operation_duration: Family<OperationLabels, Histogram>,
     pub member_up: Family<MemberLabels, Gauge>,
     pub epoch: Family<ShardLabels, Gauge>,
     pub leader: Gauge,
@@ -65,6 +75,10 @@ impl Metrics {
         let failover_duration = Family::<FailoverLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0])
         });
+        let operations = Family::<OperationLabels, Counter>::default();
+        let operation_duration = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0])
+        });
         let member_up = Family::<MemberLabels, Gauge>::default();
         let epoch = Family::<ShardLabels, Gauge>::default();
         let leader = Gauge::default();
@@ -80,6 +94,16 @@ impl Metrics {
             "From the decision to fail over to the new primary being routed",
             failover_duration.clone(),
         );
+        registry.register(
+            "operations",
+            "Operations (FailoverRequest, ShardFailover, planned site failover) that reached a terminal phase",
+            operations.clone(),
+        );
+        registry.register(
+            "operation_duration_seconds",
+            "From an operation's start to its terminal phase",
+            operation_duration.clone(),
+        );
         registry.register("member_up", "1 if the member answered its last probe", member_up.clone());
         registry.register("shard_epoch", "Current epoch (fencing token) of the shard", epoch.clone());
         registry.register("leader", "1 while this process holds the leader lease", leader.clone());
@@ -89,9 +113,20 @@ impl Metrics {
             reconcile_errors,
             failovers,
             failover_duration,
+            operations,
+            operation_duration,
             member_up,
             epoch,
             leader,
+        }
+    }
+
+    /// One operation reached its terminal phase after `seconds` (None when its start is unknown).
+    pub fn operation_finished(&self, kind: &str, outcome: &str, seconds: Option<f64>) {
+        let labels = OperationLabels { kind: kind.into(), outcome: outcome.into() };
+        self.operations.get_or_create(&labels).inc();
+        if let Some(s) = seconds {
+            self.operation_duration.get_or_create(&labels).observe(s.max(0.0));
         }
     }
 

@@ -41,7 +41,21 @@ struct HttpState {
 /// Run until `shutdown` resolves (or leadership is lost, which is an error so that the
 /// process restarts clean as a standby).
 pub async fn run(client: Client, cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    run_with(client, cfg, Metrics::new(), shutdown).await
+}
+
+/// [`run`], exporting into the given registry (which an in-process caller can read).
+pub async fn run_with(
+    client: Client,
+    cfg: RunConfig,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let files = raise_file_limit();
+    // Half the descriptors may hold kept-alive agent connections; the rest is for the API
+    // server, Redis members and the HTTP endpoints.
+    crate::engines::agent::set_keepalive_budget((files / 2) as i64);
+    info!(open_files = files, "file descriptor limit");
     let ready = Arc::new(AtomicBool::new(false));
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -104,6 +118,25 @@ pub async fn run(client: Client, cfg: RunConfig, shutdown: impl Future<Output = 
     result
 }
 
+/// Raise the soft open-files limit to the hard one (as the Go runtime does): every member
+/// probed costs a descriptor. Returns the limit in force.
+fn raise_file_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     if s.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ok")
@@ -122,6 +155,8 @@ async fn render_metrics(State(s): State<HttpState>) -> ([(axum::http::HeaderName
 /// The operator running inside this process (demo, benchmarks, tests), watching one
 /// namespace without leader election. Stopped by [`InProcess::stop`], aborted on drop.
 pub struct InProcess {
+    /// What the operator exports on `/metrics`.
+    pub metrics: Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -139,10 +174,11 @@ impl InProcess {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
         };
-        let task = tokio::spawn(run(client, cfg, async move {
+        let metrics = Metrics::new();
+        let task = tokio::spawn(run_with(client, cfg, metrics.clone(), async move {
             let _ = rx.await;
         }));
-        Self { stop: Some(tx), task }
+        Self { metrics, stop: Some(tx), task }
     }
 
     /// Shut down cleanly and wait for it.

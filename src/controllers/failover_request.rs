@@ -222,8 +222,21 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         ctx.event(fr.as_ref(), outcome != ItemOutcome::Succeeded, reason, "FailoverRequest", message).await;
     }
     let terminal = status.phase != Some(RequestPhase::Running);
+    let finished = terminal.then(|| {
+        let outcome = match status.phase {
+            Some(RequestPhase::Succeeded) if fr.spec.dry_run => "DryRun",
+            Some(RequestPhase::Succeeded) => "Succeeded",
+            Some(RequestPhase::RolledBack) => "RolledBack",
+            _ => "Failed",
+        };
+        (outcome, task.start_time.as_ref().map(super::seconds_since))
+    });
     status.task = Some(task);
     write_status(&api, &fr, status).await?;
+    // Counted once the terminal status is stored: a failed write is retried and counted then.
+    if let Some((outcome, seconds)) = finished {
+        ctx.metrics.operation_finished("FailoverRequest", outcome, seconds);
+    }
     // Woken by HaCluster changes while we hold its lock; the requeue is a fallback (waiting
     // for someone else's lock, timeouts).
     Ok(if terminal { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })

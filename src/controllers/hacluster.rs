@@ -12,7 +12,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -31,7 +34,7 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Context, key, read_credentials, routing};
+use super::{Context, cached_credentials, key, routing};
 use crate::{
     core::shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
     engines::{self, Engine, EngineError, ObservedRole, Probe},
@@ -53,7 +56,23 @@ pub const ABANDON_DRAIN: &str = "DrainTimedOut";
 /// Kind recorded in the operation lock by automatic failover and bootstrap.
 pub const LOCK_KIND: &str = "HaCluster";
 
-type Monitors = Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>>;
+type Monitors = Arc<Mutex<HashMap<String, MonitorHandle>>>;
+
+/// A running monitor, and how the controller wakes it.
+struct MonitorHandle {
+    task: tokio::task::JoinHandle<()>,
+    wake: Arc<Wake>,
+}
+
+/// Shared between a monitor and the controller: a change the monitor did not make itself
+/// (spec edit, an operation taking the lock) starts a heartbeat at once instead of at the
+/// next interval.
+#[derive(Default)]
+struct Wake {
+    notify: tokio::sync::Notify,
+    /// The newest resourceVersion the monitor has seen or written.
+    seen: AtomicU64,
+}
 
 struct State {
     ctx: Context,
@@ -110,7 +129,7 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if let Ok(mut m) = self.0.lock() {
             for (_, h) in m.drain() {
-                h.abort();
+                h.task.abort();
             }
         }
     }
@@ -120,24 +139,29 @@ async fn reconcile(obj: Arc<HaCluster>, state: Arc<State>) -> Result<Action, Err
     let uid = obj.uid().ok_or(Error::NoUid)?;
     state.ctx.metrics.reconciles.get_or_create(&ctrl_label()).inc();
     let mut monitors = state.monitors.lock().expect("monitors lock");
-    monitors.retain(|_, h| !h.is_finished());
+    monitors.retain(|_, h| !h.task.is_finished());
     if obj.metadata.deletion_timestamp.is_some() {
         if let Some(h) = monitors.remove(&uid) {
-            h.abort();
+            h.task.abort();
         }
         return Ok(Action::await_change());
     }
-    monitors.entry(uid.clone()).or_insert_with(|| {
+    let handle = monitors.entry(uid.clone()).or_insert_with(|| {
         info!(cluster = %key(obj.as_ref()), "starting monitor");
+        let wake = Arc::new(Wake::default());
         let monitor = Monitor::new(
             state.ctx.clone(),
             state.store.clone(),
             state.pods.clone(),
             ObjectRef::from_obj(obj.as_ref()),
             uid,
+            wake.clone(),
         );
-        tokio::spawn(monitor.run())
+        MonitorHandle { task: tokio::spawn(monitor.run()), wake }
     });
+    if rv(obj.as_ref()) > handle.wake.seen.load(Ordering::SeqCst) {
+        handle.wake.notify.notify_one();
+    }
     Ok(Action::await_change())
 }
 
@@ -192,6 +216,7 @@ struct Monitor {
     pod_services_generation: Option<i64>,
     /// Standby clusters: the upstream primary this heartbeat resolved.
     upstream_seen: Option<String>,
+    wake: Arc<Wake>,
 }
 
 impl Monitor {
@@ -201,6 +226,7 @@ impl Monitor {
         pods: Store<Pod>,
         oref: ObjectRef<HaCluster>,
         uid: String,
+        wake: Arc<Wake>,
     ) -> Self {
         Self {
             pods,
@@ -219,6 +245,7 @@ impl Monitor {
             config_error: None,
             pod_services_generation: None,
             upstream_seen: None,
+            wake,
         }
     }
 
@@ -250,8 +277,15 @@ impl Monitor {
             };
             let interval = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(100));
             let started = Instant::now();
+            self.wake.seen.fetch_max(rv(&cluster), Ordering::SeqCst);
             self.tick(cluster).await;
-            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+            if let Some(w) = &self.written {
+                self.wake.seen.fetch_max(rv(w), Ordering::SeqCst);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+                () = self.wake.notify.notified() => {}
+            }
         }
     }
 
@@ -345,7 +379,7 @@ impl Monitor {
         // Actions (promote, follow, pause) get the step timeout; probes are cut shorter in
         // probe_all so a heartbeat never outlasts its interval.
         let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(200));
-        match read_credentials(&self.ctx.client, &ns, cluster.spec.secret_ref.as_ref(), default_key).await {
+        match cached_credentials(&self.ctx, &ns, cluster.spec.secret_ref.as_ref(), default_key).await {
             Ok((creds, ca)) => {
                 self.engine = Some(match (cluster.spec.engine, ca) {
                     (EngineKind::Agent, Some(ca)) => {
@@ -1042,6 +1076,8 @@ impl Monitor {
         let api: Api<HaCluster> =
             Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
         let written = api.replace_status(&self.oref.name, &PostParams::default(), next).await?;
+        // Before the watch brings our own write back: it must not wake us.
+        self.wake.seen.fetch_max(rv(&written), Ordering::SeqCst);
         self.written = Some(written);
         Ok(())
     }

@@ -8,7 +8,11 @@ pub mod protection_group;
 pub mod routing;
 pub mod shard_failover;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -29,13 +33,15 @@ pub struct Context {
     pub namespaces: Vec<String>,
     /// This replica's name in Events.
     pub instance: String,
+    /// Engine credentials, shared by every monitor that names the same Secret.
+    pub secrets: SecretCache,
 }
 
 impl Context {
     pub fn new(client: Client, metrics: Metrics, namespaces: Vec<String>) -> Self {
         let instance =
             std::env::var("POD_NAME").unwrap_or_else(|_| format!("understudy-{}", std::process::id()));
-        Self { client, metrics, namespaces, instance }
+        Self { client, metrics, namespaces, instance, secrets: SecretCache::default() }
     }
 
     /// One `Api` per watched scope.
@@ -113,7 +119,72 @@ pub async fn read_credentials(
         .await
         .map_err(|e| CredentialsError::Api(r.name.clone(), e))?
         .ok_or_else(|| CredentialsError::NotFound(r.name.clone()))?;
-    let data: BTreeMap<String, ByteString> = secret.data.unwrap_or_default();
+    credentials_from(r, &secret.data.unwrap_or_default(), default_key)
+}
+
+type SecretData = Arc<BTreeMap<String, ByteString>>;
+type SecretSlot = Arc<tokio::sync::Mutex<Option<(Instant, Option<SecretData>)>>>;
+
+/// Secrets read by the monitors, each fetched at most once per [`SecretCache::TTL`] however
+/// many clusters name it (10,000 clusters sharing one Secret cost one GET per TTL, not
+/// 10,000). Callers of one Secret queue behind a single fetch; API errors are not cached.
+#[derive(Clone, Default)]
+pub struct SecretCache {
+    slots: Arc<std::sync::Mutex<HashMap<(String, String), SecretSlot>>>,
+}
+
+impl SecretCache {
+    /// How long a read Secret (or its absence) is believed: a rotated password or a Secret
+    /// created late is noticed within this.
+    pub const TTL: Duration = Duration::from_secs(30);
+
+    /// The data of `namespace/name`, or `None` when it does not exist.
+    pub async fn get(
+        &self,
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, kube::Error> {
+        let slot = {
+            let mut slots = self.slots.lock().expect("secret cache lock");
+            slots.entry((namespace.to_owned(), name.to_owned())).or_default().clone()
+        };
+        let mut cached = slot.lock().await;
+        // A missing Secret is looked for again sooner: it is usually about to be created.
+        if let Some((at, data)) = cached.as_ref()
+            && at.elapsed() < if data.is_some() { Self::TTL } else { Self::TTL / 6 }
+        {
+            return Ok(data.clone());
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let data = api.get_opt(name).await?.map(|s| Arc::new(s.data.unwrap_or_default()));
+        *cached = Some((Instant::now(), data.clone()));
+        Ok(data)
+    }
+}
+
+/// [`read_credentials`] through the shared [`SecretCache`].
+pub async fn cached_credentials(
+    ctx: &Context,
+    namespace: &str,
+    secret_ref: Option<&SecretKeyRef>,
+    default_key: &str,
+) -> Result<(Credentials, Option<Vec<u8>>), CredentialsError> {
+    let Some(r) = secret_ref else { return Ok((Credentials::default(), None)) };
+    let data = ctx
+        .secrets
+        .get(&ctx.client, namespace, &r.name)
+        .await
+        .map_err(|e| CredentialsError::Api(r.name.clone(), e))?
+        .ok_or_else(|| CredentialsError::NotFound(r.name.clone()))?;
+    credentials_from(r, &data, default_key)
+}
+
+fn credentials_from(
+    r: &SecretKeyRef,
+    data: &BTreeMap<String, ByteString>,
+    default_key: &str,
+) -> Result<(Credentials, Option<Vec<u8>>), CredentialsError> {
     let text = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).trim_end_matches('\n').to_owned());
     let key = r.key.as_deref().unwrap_or(default_key);
     let secret_value =
@@ -238,4 +309,10 @@ pub fn key<K: ResourceExt>(obj: &K) -> String {
 /// Exponential backoff for requeues: 1s, 2s, 4s … capped at 5 minutes.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(8)).min(Duration::from_secs(300))
+}
+
+/// Seconds from a recorded status time until now (negative clock skew counts as 0).
+pub(crate) fn seconds_since(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    let d = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+    d.as_secs_f64().max(0.0)
 }

@@ -633,6 +633,11 @@ async fn run_move(
     }
     ctx.event(&pg, !ok, reason, "PlannedFailover", msg).await;
     w.save(&status).await?;
+    ctx.metrics.operation_finished(
+        "ProtectionGroup",
+        if ok { "Succeeded" } else { "ErrorReversing" },
+        Some(started.elapsed().as_secs_f64()),
+    );
     Ok(())
 }
 

@@ -86,7 +86,9 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
                 sfo.metadata.generation,
                 &Time(Timestamp::now()),
             );
+            let seconds = status.start_time.as_ref().map(super::seconds_since);
             write_status(&api, &sfo, status).await?;
+            ctx.metrics.operation_finished("ShardFailover", "DryRun", seconds);
             return Ok(Action::await_change());
         }
         status.phase = Some(Phase::Running);
@@ -169,7 +171,9 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
             status.message.clone().unwrap_or_default(),
         )
         .await;
+        let seconds = status.start_time.as_ref().map(super::seconds_since);
         write_status(&api, &sfo, status).await?;
+        ctx.metrics.operation_finished("ShardFailover", "Succeeded", seconds);
         return Ok(Action::await_change());
     }
     if let Some(failed) = status.shards.iter().find(|p| p.phase == ShardStep::Failed) {
@@ -372,7 +376,9 @@ async fn finish_failed(
     );
     warn!(shardfailover = %sfo.name_any(), %message, "failed");
     ctx.event(sfo, true, &reason, "ShardFailover", message).await;
+    let seconds = status.start_time.as_ref().map(super::seconds_since);
     write_status(api, sfo, status).await?;
+    ctx.metrics.operation_finished("ShardFailover", "Failed", seconds);
     Ok(Action::await_change())
 }
 

@@ -6,14 +6,51 @@
 //! [`Engine::follow`] does nothing here. If the Secret holds `ca.crt`, agents are spoken to
 //! over HTTPS trusting that CA.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{FutureExt as _, future::BoxFuture};
 
 use super::{Credentials, Engine, EngineError, EngineResult, ObservedRole, Probe};
 
+/// How many members, across the whole process, may keep an idle connection open between
+/// heartbeats. Each costs a file descriptor; the members past the budget connect per probe
+/// instead (a few tens of microseconds more per heartbeat). Set from the file-descriptor
+/// limit by the operator at start ([`set_keepalive_budget`]).
+static KEEPALIVE_LEFT: AtomicI64 = AtomicI64::new(4096);
+
+/// Set how many members may hold a kept-alive connection (see [`KEEPALIVE_LEFT`]).
+pub fn set_keepalive_budget(members: i64) {
+    KEEPALIVE_LEFT.store(members.max(0), Ordering::SeqCst);
+}
+
+/// The process-wide plain-HTTP clients: one keeping an idle connection per member, one
+/// opening a connection per request. Shared by every agent engine (the token travels per
+/// request), so 10,000 clusters do not mean 10,000 connection pools.
+fn plain_clients() -> &'static (reqwest::Client, reqwest::Client) {
+    static CLIENTS: OnceLock<(reqwest::Client, reqwest::Client)> = OnceLock::new();
+    CLIENTS.get_or_init(|| {
+        let pooled = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap_or_default();
+        let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
+        (pooled, fresh)
+    })
+}
+
+enum Clients {
+    /// Plain HTTP through the shared clients; which members got a kept-alive connection.
+    Shared { keepalive: Mutex<HashMap<String, bool>> },
+    /// HTTPS trusting one CA: a client of this engine's own.
+    Own(reqwest::Client),
+}
+
 pub struct AgentEngine {
-    http: reqwest::Client,
+    clients: Clients,
     token: String,
     scheme: &'static str,
     timeout: Duration,
@@ -26,20 +63,43 @@ impl AgentEngine {
 
     /// With `ca_pem`, talk HTTPS and trust only that CA.
     pub fn with_ca(creds: Credentials, ca_pem: Option<&[u8]>, timeout: Duration) -> Self {
-        let mut builder =
-            reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).pool_max_idle_per_host(1);
-        let mut scheme = "http";
+        let token = creds.secret.unwrap_or_default();
         if let Some(cert) = ca_pem.and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
-            builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
-            scheme = "https";
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert)
+                .build()
+                .unwrap_or_default();
+            return Self { clients: Clients::Own(http), token, scheme: "https", timeout };
         }
-        let http = builder.build().unwrap_or_default();
-        Self { http, token: creds.secret.unwrap_or_default(), scheme, timeout }
+        Self { clients: Clients::Shared { keepalive: Mutex::default() }, token, scheme: "http", timeout }
+    }
+
+    /// The client for `endpoint`: kept-alive while the process-wide budget lasts.
+    fn http(&self, endpoint: &str) -> &reqwest::Client {
+        match &self.clients {
+            Clients::Own(c) => c,
+            Clients::Shared { keepalive } => {
+                let mut map = keepalive.lock().expect("keepalive map");
+                let kept = *map.entry(endpoint.to_owned()).or_insert_with(|| {
+                    KEEPALIVE_LEFT
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > 0).then(|| n - 1))
+                        .is_ok()
+                });
+                let (pooled, fresh) = plain_clients();
+                if kept { pooled } else { fresh }
+            }
+        }
     }
 
     async fn send(&self, endpoint: &str, req: reqwest::RequestBuilder) -> EngineResult<String> {
-        let resp =
-            req.header("Authorization", format!("token {}", self.token)).send().await.map_err(|e| {
+        let resp = req
+            .header("Authorization", format!("token {}", self.token))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| {
                 if e.is_timeout() {
                     EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout }
                 } else {
@@ -69,8 +129,18 @@ impl AgentEngine {
     }
 
     async fn change(&self, endpoint: &str, to: &str) -> EngineResult<()> {
-        let req = self.http.post(self.url(endpoint)).query(&[("change", to)]);
+        let req = self.http(endpoint).post(self.url(endpoint)).query(&[("change", to)]);
         self.send(endpoint, req).await.map(|_| ())
+    }
+}
+
+impl Drop for AgentEngine {
+    /// Kept-alive slots go back to the budget (the connections themselves idle out).
+    fn drop(&mut self) {
+        if let Clients::Shared { keepalive } = &self.clients {
+            let kept = keepalive.lock().map(|m| m.values().filter(|k| **k).count()).unwrap_or(0);
+            KEEPALIVE_LEFT.fetch_add(kept as i64, Ordering::SeqCst);
+        }
     }
 }
 
@@ -96,7 +166,7 @@ pub fn parse_status(body: &str) -> Option<ObservedRole> {
 impl Engine for AgentEngine {
     fn probe<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<Probe>> {
         async move {
-            let body = self.send(endpoint, self.http.get(self.url(endpoint))).await?;
+            let body = self.send(endpoint, self.http(endpoint).get(self.url(endpoint))).await?;
             let role = parse_status(&body).ok_or_else(|| EngineError::Protocol {
                 endpoint: endpoint.into(),
                 message: format!("unexpected HA status {body:?}"),

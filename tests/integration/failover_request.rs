@@ -282,6 +282,15 @@ async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back(
     let cst = hacs.get("c").await.unwrap().status.unwrap();
     assert_eq!(cst.shards[0].current_primary.as_deref(), Some(p.as_str()));
     assert!(cst.shards[0].operation.is_none() && cst.shards[0].target_primary.is_none());
+    // Each terminal phase is counted once, with its duration.
+    let metrics = operator.metrics.render();
+    for outcome in ["Failed", "DryRun", "RolledBack"] {
+        let line = format!("understudy_operations_total{{kind=\"FailoverRequest\",outcome=\"{outcome}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} missing:\n{metrics}");
+    }
+    assert!(metrics.contains(
+        "understudy_operation_duration_seconds_count{kind=\"FailoverRequest\",outcome=\"RolledBack\"} 1"
+    ));
     operator.stop().await;
 }
 
