@@ -6,11 +6,16 @@
 //!   cargo run --release --bin bench -- sentinel-failover --runs 30
 //!   cargo run --release --bin bench -- sentinel-switchover --runs 30
 //!   cargo run --release --bin bench -- site-failover --runs 10
+//!   cargo run --release --bin bench -- scale --clusters 1000
+//!   cargo run --release --bin bench -- storm --clusters 1000 --fail 100
 //!
 //! A client writes sequenced keys (one every millisecond) to whatever the system says is the
 //! primary (Understudy: the HaCluster status; Sentinel: `SENTINEL get-master-addr-by-name`),
 //! reconnecting on errors. Measured per run: the longest gap between two acknowledged writes
 //! around the event (write pause / end-to-end), and acknowledged writes missing afterwards.
+
+mod scale;
+mod sim;
 
 use std::{
     sync::{Arc, Mutex},
@@ -43,12 +48,50 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     runs: usize,
     /// Heartbeat interval in ms (detection = 3 heartbeats; Sentinel's down-after-milliseconds
-    /// is set to the same window).
-    #[arg(long, default_value_t = 200)]
-    heartbeat_ms: u64,
+    /// is set to the same window). Default 200, or the product default 1000 for scale/storm.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// scale/storm: how many HaClusters.
+    #[arg(long, default_value_t = 1000)]
+    clusters: usize,
+    /// scale/storm: simulated agents per cluster.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// storm: how many primaries die at once.
+    #[arg(long, default_value_t = 100)]
+    fail: usize,
+    /// scale: spec edits timed through watch → reconcile → status.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// scale/storm: seconds to let things settle after the first full reconcile.
+    #[arg(long, default_value_t = 15)]
+    settle_secs: u64,
+    /// scale: length of the steady-state measurement window, seconds.
+    #[arg(long, default_value_t = 30)]
+    window_secs: u64,
+    // Child processes of scale/storm (not for direct use).
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    count: usize,
+    #[arg(long, hide = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    #[arg(long, hide = true, default_value = "scale")]
+    namespace: String,
+    #[arg(long, hide = true)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+impl Args {
+    fn heartbeat(&self) -> u64 {
+        self.heartbeat_ms.unwrap_or(match self.scenario {
+            Scenario::Scale | Scenario::Storm => 1000,
+            _ => 200,
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -59,6 +102,16 @@ enum Scenario {
     SentinelSwitchover,
     /// ProtectionGroup planned failover between two sites (alternating directions).
     SiteFailover,
+    /// 1,000s of HaClusters of simulated agents: memory, first reconcile, steady-state cost.
+    Scale,
+    /// Many primaries die at once among many clusters.
+    Storm,
+    /// (child process) simulated agents.
+    #[value(hide = true)]
+    Simulate,
+    /// (child process) the operator alone.
+    #[value(hide = true)]
+    Operator,
 }
 
 /// One acknowledged-write log, shared with the writer task.
@@ -186,18 +239,47 @@ fn print_table(title: &str, stats: &[Stats], extra: &[String]) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if scale::is_child(args.scenario) {
+        return child(&args);
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench(args))
+}
+
+fn child(args: &Args) -> anyhow::Result<()> {
+    if matches!(args.scenario, Scenario::Simulate) {
+        // One thread: the simulators must not take the cores the operator is measured on.
+        let token = std::env::var("BENCH_AGENT_TOKEN").context("BENCH_AGENT_TOKEN")?;
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(sim::run(args.first, args.count, token));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Runtime::new()?.block_on(scale::operator_child(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     let (title, stats, extra) = match args.scenario {
         Scenario::Switchover | Scenario::Failover => understudy_bench(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
         Scenario::SiteFailover => site_bench(&args).await?,
+        Scenario::Scale => scale::scale(&args).await?,
+        Scenario::Storm => scale::storm(&args).await?,
+        Scenario::Simulate | Scenario::Operator => unreachable!("child processes return earlier"),
     };
     print_table(&title, &stats, &extra);
     if let Some(path) = &args.json {
         let doc = json!({"scenario": format!("{:?}", args.scenario), "title": title, "runs": args.runs,
-            "heartbeat_ms": args.heartbeat_ms, "stats": stats.iter().map(Stats::json).collect::<Vec<_>>(), "notes": extra});
+            "heartbeat_ms": args.heartbeat(), "stats": stats.iter().map(Stats::json).collect::<Vec<_>>(), "notes": extra});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     Ok(())
@@ -221,7 +303,7 @@ async fn understudy_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Ve
     let hac: HaCluster = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "b"},
         "spec": {"engine": "redis", "shards": [{"name": "s0", "members": members}],
-                 "failover": {"heartbeatInterval": format!("{}ms", args.heartbeat_ms), "failureThreshold": 3}}
+                 "failover": {"heartbeatInterval": format!("{}ms", args.heartbeat()), "failureThreshold": 3}}
     }))?;
     hacs.create(&PostParams::default(), &hac).await?;
     let ports: Vec<u16> = redis.iter().map(|r| r.port).collect();
@@ -310,14 +392,11 @@ async fn understudy_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Ve
     op.stop().await;
     drop(redis.drain(..));
     let title = if switchover {
-        format!(
-            "Understudy planned switchover (ShardFailover), 3 members, heartbeat {} ms",
-            args.heartbeat_ms
-        )
+        format!("Understudy planned switchover (ShardFailover), 3 members, heartbeat {} ms", args.heartbeat())
     } else {
         format!(
             "Understudy unplanned failover (SIGKILL primary), 3 members, heartbeat {} ms × 3",
-            args.heartbeat_ms
+            args.heartbeat()
         )
     };
     let mut stats = vec![pause];
@@ -377,7 +456,7 @@ async fn sentinel_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<
         let mut c = r.connect().await?;
         let _: () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(redis[0].port).query_async(&mut c).await?;
     }
-    let down_after = args.heartbeat_ms * 3;
+    let down_after = args.heartbeat() * 3;
     let dir = tempfile::tempdir()?;
     let mut sentinels = Vec::new();
     let mut sentinel_ports = Vec::new();
@@ -513,7 +592,7 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
         .map(|_| LocalRedis::try_start_on("127.0.0.1", free_port()?, None))
         .collect::<anyhow::Result<_>>()?;
     let ports: Vec<u16> = redis.iter().map(|r| r.port).collect();
-    let hb = format!("{}ms", args.heartbeat_ms);
+    let hb = format!("{}ms", args.heartbeat());
     for (ns, name, rs) in [(src_ns, "db", &redis[0..2]), (dr_ns, "db-dr", &redis[2..4])] {
         let members: Vec<_> = rs
             .iter()
@@ -615,7 +694,7 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
     op.stop().await;
     let title = format!(
         "Understudy planned site failover (ProtectionGroup, 1 pair, 2 members per site), heartbeat {} ms",
-        args.heartbeat_ms
+        args.heartbeat()
     );
     Ok((
         title,
