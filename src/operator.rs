@@ -54,7 +54,8 @@ pub async fn run_with(
     let files = raise_file_limit();
     // Half the descriptors may hold kept-alive agent connections; the rest is for the API
     // server, Redis members and the HTTP endpoints.
-    crate::engines::agent::set_keepalive_budget((files / 2) as i64);
+    let budget = std::env::var("UNDERSTUDY_AGENT_KEEPALIVE").ok().and_then(|v| v.parse().ok());
+    crate::engines::agent::set_keepalive_budget(budget.unwrap_or((files / 2) as i64));
     info!(open_files = files, "file descriptor limit");
     let ready = Arc::new(AtomicBool::new(false));
     let listener =
@@ -120,7 +121,7 @@ pub async fn run_with(
 
 /// Raise the soft open-files limit to the hard one (as the Go runtime does): every member
 /// probed costs a descriptor. Returns the limit in force.
-fn raise_file_limit() -> u64 {
+pub fn raise_file_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
     unsafe {

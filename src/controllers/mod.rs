@@ -35,13 +35,34 @@ pub struct Context {
     pub instance: String,
     /// Engine credentials, shared by every monitor that names the same Secret.
     pub secrets: SecretCache,
+    /// Bounds how many monitor status writes and Events are in flight at once. The client
+    /// opens one API connection per concurrent request and keeps it: without a bound, a
+    /// burst (a thousand clusters bootstrapping or failing over together) left a thousand
+    /// idle TLS connections, ~100 MiB, with the process for good.
+    pub api_slots: Arc<tokio::sync::Semaphore>,
+    /// The same for routing updates (Services, EndpointSlices), separately, so that a slow
+    /// Service allocation never holds up a promotion's status write.
+    pub routing_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Monitor status writes and Events in flight at once (see [`Context::api_slots`]).
+pub const API_CONCURRENCY: usize = 64;
+/// Routing updates in flight at once (see [`Context::routing_slots`]).
+pub const ROUTING_CONCURRENCY: usize = 16;
 
 impl Context {
     pub fn new(client: Client, metrics: Metrics, namespaces: Vec<String>) -> Self {
         let instance =
             std::env::var("POD_NAME").unwrap_or_else(|_| format!("understudy-{}", std::process::id()));
-        Self { client, metrics, namespaces, instance, secrets: SecretCache::default() }
+        Self {
+            client,
+            metrics,
+            namespaces,
+            instance,
+            secrets: SecretCache::default(),
+            api_slots: Arc::new(tokio::sync::Semaphore::new(API_CONCURRENCY)),
+            routing_slots: Arc::new(tokio::sync::Semaphore::new(ROUTING_CONCURRENCY)),
+        }
     }
 
     /// One `Api` per watched scope.
@@ -87,6 +108,7 @@ impl Context {
             ..Default::default()
         };
         let api: Api<EventV1> = Api::namespaced(self.client.clone(), &ns);
+        let _slot = self.api_slots.acquire().await.expect("never closed");
         if let Err(e) = api.create(&kube::api::PostParams::default(), &ev).await {
             warn!(error = %e, reason, "could not publish event");
         }
