@@ -69,6 +69,10 @@ struct Args {
     /// scale/storm: seconds to let things settle after the first full reconcile.
     #[arg(long, default_value_t = 15)]
     settle_secs: u64,
+    /// scale/storm: create the clusters with `routing.enabled: false` (no Services); at
+    /// 10,000 clusters the API server's ClusterIP allocation otherwise dominates the setup.
+    #[arg(long)]
+    no_routing: bool,
     /// scale: length of the steady-state measurement window, seconds.
     #[arg(long, default_value_t = 30)]
     window_secs: u64,

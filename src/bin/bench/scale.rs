@@ -177,7 +177,7 @@ async fn apiserver_requests(client: &Client) -> anyhow::Result<HashMap<(String, 
     Ok(out)
 }
 
-fn cluster(i: usize, members: usize, heartbeat_ms: u64) -> anyhow::Result<HaCluster> {
+fn cluster(i: usize, members: usize, heartbeat_ms: u64, routing: bool) -> anyhow::Result<HaCluster> {
     let ms: Vec<_> = (0..members)
         .map(|j| json!({"name": format!("m{j}"), "endpoint": sim::endpoint(i * members + j)}))
         .collect();
@@ -185,7 +185,7 @@ fn cluster(i: usize, members: usize, heartbeat_ms: u64) -> anyhow::Result<HaClus
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": format!("c{i:05}")},
         "spec": {"engine": "agent", "secretRef": {"name": "agent-token"},
-                 "shards": [{"name": "s0", "members": ms}],
+                 "shards": [{"name": "s0", "members": ms}], "routing": {"enabled": routing},
                  "failover": {"heartbeatInterval": format!("{heartbeat_ms}ms"), "failureThreshold": 3}}
     }))?)
 }
@@ -194,7 +194,15 @@ fn cluster(i: usize, members: usize, heartbeat_ms: u64) -> anyhow::Result<HaClus
 async fn start_operator(kubeconfig: &Path, logs: &Path) -> anyhow::Result<(Child, u16)> {
     let port = free_port()?;
     let log = std::fs::File::create(logs.join("operator.log"))?;
-    let child = Command::new(std::env::current_exe()?)
+    let mut cmd = match std::env::var("BENCH_OPERATOR_WRAP") {
+        Ok(w) => {
+            let mut c = Command::new(w);
+            c.arg(std::env::current_exe()?);
+            c
+        }
+        Err(_) => Command::new(std::env::current_exe()?),
+    };
+    let child = cmd
         .args(["operator", "--kubeconfig"])
         .arg(kubeconfig)
         .args(["--namespace", NS, "--listen", &format!("127.0.0.1:{port}")])
@@ -228,7 +236,9 @@ async fn setup(args: &Args, clusters: usize) -> anyhow::Result<Setup> {
     cp.install_generated_crds().await?;
     let client = cp.client().await?;
     cp.create_namespace(NS).await?;
-    let logs = cp.dir().join("bench-logs");
+    // Outside the control plane's directory, which goes when it stops: the logs outlive the run.
+    let logs = std::env::temp_dir().join("understudy-bench-logs");
+    let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs)?;
     eprintln!("logs: {}", logs.display());
     let sims = Sims::start(clusters * members, &logs).await?;
@@ -249,7 +259,7 @@ async fn setup(args: &Args, clusters: usize) -> anyhow::Result<Setup> {
         .map(|i| {
             let hacs = hacs.clone();
             async move {
-                hacs.create(&PostParams::default(), &cluster(i, members, heartbeat)?)
+                hacs.create(&PostParams::default(), &cluster(i, members, heartbeat, !args.no_routing)?)
                     .await
                     .map_err(anyhow::Error::from)
             }
@@ -281,6 +291,32 @@ async fn setup(args: &Args, clusters: usize) -> anyhow::Result<Setup> {
     Ok(Setup { cp, client, sims, operator, seen, names, logs, create_s, started, members })
 }
 
+/// Wait `--settle-secs`, then until the API server has seen no write from us for 5 s (the
+/// Services of a first reconcile take the API server a while to allocate), at most 10 min.
+async fn settle(client: &Client, args: &Args) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let t = Instant::now();
+    let writes = |m: &HashMap<(String, String), f64>| {
+        m.iter()
+            .filter(|((verb, resource), _)| {
+                resource != "leases" && matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
+            })
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    let mut before = writes(&apiserver_requests(client).await?);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = writes(&apiserver_requests(client).await?);
+        if now == before || t.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        before = now;
+    }
+    eprintln!("settled: quiet {:.0} s after the settle time", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
 pub async fn scale(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
     let clusters = args.clusters;
     let mut s = setup(args, clusters).await?;
@@ -300,7 +336,7 @@ pub async fn scale(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
     let (rss_start, _, _) = proc_usage(pid)?;
 
     // Steady state: nothing changes.
-    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    settle(&s.client, args).await?;
     let window = Duration::from_secs(args.window_secs);
     let (_, _, cpu0) = proc_usage(pid)?;
     let api0 = apiserver_requests(&s.client).await?;
@@ -323,8 +359,8 @@ pub async fn scale(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
     let is_write = |verb: &str| matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY");
     // The API server renews its own identity Lease: not ours.
     let ours = |r: &&(String, String, f64)| r.1 != "leases";
-    let total: f64 = rates.iter().filter(ours).map(|r| r.2).sum();
-    let writes: f64 = rates.iter().filter(ours).filter(|r| is_write(&r.0)).map(|r| r.2).sum();
+    let total: f64 = rates.iter().filter(ours).map(|r| r.2).sum::<f64>() + 0.0;
+    let writes: f64 = rates.iter().filter(ours).filter(|r| is_write(&r.0)).map(|r| r.2).sum::<f64>() + 0.0;
 
     // Spec edits, answered through watch → reconcile → monitor → status.
     let hacs: Api<HaCluster> = Api::namespaced(s.client.clone(), NS);
@@ -410,7 +446,7 @@ pub async fn storm(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
     let clusters = args.clusters;
     let fail = args.fail.min(clusters);
     let mut s = setup(args, clusters).await?;
-    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    settle(&s.client, args).await?;
     let before: HashMap<String, String> = s.seen.lock().expect("seen").primary.clone();
     let step = clusters / fail.max(1);
     let victims: Vec<(usize, String)> = (0..fail).map(|k| (k * step, s.names[k * step].clone())).collect();

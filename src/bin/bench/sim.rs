@@ -46,6 +46,12 @@ struct Member {
 
 /// Serve members `first .. first + count` until stdin closes.
 pub async fn run(first: usize, count: usize, token: String) -> anyhow::Result<()> {
+    // A listener and a kept-alive connection per member.
+    let files = understudy::operator::raise_file_limit();
+    anyhow::ensure!(
+        files as usize > 2 * count + 64,
+        "the open-files limit ({files}) is too low for {count} simulated members; raise `ulimit -Hn`"
+    );
     let served = Arc::new(AtomicU64::new(0));
     let auth = Arc::new(format!("token {token}"));
     let mut members = Vec::with_capacity(count);
