@@ -291,6 +291,10 @@ async fn setup(args: &Args, clusters: usize) -> anyhow::Result<Setup> {
     Ok(Setup { cp, client, sims, operator, seen, names, logs, create_s, started, members })
 }
 
+fn is_write(verb: &str) -> bool {
+    matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
+}
+
 /// Wait `--settle-secs`, then until the API server has seen no write from us for 5 s (the
 /// Services of a first reconcile take the API server a while to allocate), at most 10 min.
 async fn settle(client: &Client, args: &Args) -> anyhow::Result<()> {
@@ -298,9 +302,7 @@ async fn settle(client: &Client, args: &Args) -> anyhow::Result<()> {
     let t = Instant::now();
     let writes = |m: &HashMap<(String, String), f64>| {
         m.iter()
-            .filter(|((verb, resource), _)| {
-                resource != "leases" && matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
-            })
+            .filter(|((verb, resource), _)| resource != "leases" && is_write(verb))
             .map(|(_, v)| *v)
             .sum::<f64>()
     };
@@ -356,7 +358,6 @@ pub async fn scale(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
         .filter(|r| r.2 > 0.0)
         .collect();
     rates.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let is_write = |verb: &str| matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY");
     // The API server renews its own identity Lease: not ours.
     let ours = |r: &&(String, String, f64)| r.1 != "leases";
     let total: f64 = rates.iter().filter(ours).map(|r| r.2).sum::<f64>() + 0.0;
