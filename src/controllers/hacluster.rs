@@ -34,7 +34,7 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Context, cached_credentials, key, routing};
+use super::{Context, SecretCache, cached_credentials, key, routing};
 use crate::{
     core::shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
     engines::{self, Engine, EngineError, ObservedRole, Probe},
@@ -185,6 +185,16 @@ struct MemberState {
     error: Option<String>,
 }
 
+/// What an engine is built from: a change in any of it means a new engine.
+#[derive(PartialEq)]
+struct EngineInputs {
+    kind: EngineKind,
+    timeout: Duration,
+    username: Option<String>,
+    secret: Option<String>,
+    ca: Option<Vec<u8>>,
+}
+
 /// A member as declared (static) or discovered (pods).
 #[derive(Clone, Debug)]
 struct Declared {
@@ -207,7 +217,8 @@ struct Monitor {
     last_primary_offset: HashMap<String, i64>,
     lost_since: HashMap<String, Instant>,
     engine: Option<Box<dyn Engine>>,
-    creds_read: Option<Instant>,
+    /// What the current engine was built from.
+    engine_inputs: Option<EngineInputs>,
     /// The newest object we wrote (its resourceVersion may be ahead of the store's).
     written: Option<HaCluster>,
     last_routes: Option<routing::Routes>,
@@ -238,7 +249,7 @@ impl Monitor {
             last_primary_offset: HashMap::new(),
             lost_since: HashMap::new(),
             engine: None,
-            creds_read: None,
+            engine_inputs: None,
             written: None,
             last_routes: None,
             last_redirect: None,
@@ -368,11 +379,11 @@ impl Monitor {
         shard.members.iter().find(|m| &m.name == primary)?.endpoint.clone()
     }
 
+    /// The engine for what the spec and the Secret say now. The Secret comes from the shared
+    /// cache (re-read every [`SecretCache::TTL`], or every few seconds while members refuse
+    /// the credentials); the engine is rebuilt only when its inputs changed, so kept-alive
+    /// connections survive quiet heartbeats.
     async fn ensure_engine(&mut self, cluster: &HaCluster) -> bool {
-        let fresh = self.creds_read.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
-        if self.engine.is_some() && fresh {
-            return true;
-        }
         let ns = cluster.namespace().unwrap_or_default();
         let default_key = match cluster.spec.engine {
             EngineKind::Redis => "password",
@@ -381,15 +392,27 @@ impl Monitor {
         // Actions (promote, follow, pause) get the step timeout; probes are cut shorter in
         // probe_all so a heartbeat never outlasts its interval.
         let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(200));
-        match cached_credentials(&self.ctx, &ns, cluster.spec.secret_ref.as_ref(), default_key).await {
+        let refused = self.members.values().any(|m| m.unauthorized);
+        let max_age = if refused { SecretCache::REFUSED_TTL } else { SecretCache::TTL };
+        match cached_credentials(&self.ctx, &ns, cluster.spec.secret_ref.as_ref(), default_key, max_age).await
+        {
             Ok((creds, ca)) => {
-                self.engine = Some(match (cluster.spec.engine, ca) {
-                    (EngineKind::Agent, Some(ca)) => {
-                        Box::new(engines::agent::AgentEngine::with_ca(creds, Some(&ca), timeout))
-                    }
-                    (kind, _) => engines::for_cluster(kind, creds, timeout),
-                });
-                self.creds_read = Some(Instant::now());
+                let inputs = EngineInputs {
+                    kind: cluster.spec.engine,
+                    timeout,
+                    username: creds.username.clone(),
+                    secret: creds.secret.clone(),
+                    ca: ca.clone(),
+                };
+                if self.engine.is_none() || self.engine_inputs.as_ref() != Some(&inputs) {
+                    self.engine = Some(match (cluster.spec.engine, ca) {
+                        (EngineKind::Agent, Some(ca)) => {
+                            Box::new(engines::agent::AgentEngine::with_ca(creds, Some(&ca), timeout))
+                        }
+                        (kind, _) => engines::for_cluster(kind, creds, timeout),
+                    });
+                    self.engine_inputs = Some(inputs);
+                }
                 self.config_error = None;
                 true
             }

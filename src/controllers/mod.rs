@@ -159,22 +159,29 @@ impl SecretCache {
     /// How long a read Secret (or its absence) is believed: a rotated password or a Secret
     /// created late is noticed within this.
     pub const TTL: Duration = Duration::from_secs(30);
+    /// A missing Secret is looked for again sooner: it is usually about to be created.
+    pub const MISSING_TTL: Duration = Duration::from_secs(5);
+    /// When members refuse the credentials, the Secret is re-read this often: a rotated
+    /// password or token takes effect within seconds, not a whole TTL.
+    pub const REFUSED_TTL: Duration = Duration::from_secs(5);
 
-    /// The data of `namespace/name`, or `None` when it does not exist.
+    /// The data of `namespace/name`, or `None` when it does not exist, read at most `max_age`
+    /// ago (at most `max_age` or [`SecretCache::MISSING_TTL`], whichever is shorter, for a
+    /// Secret that did not exist).
     pub async fn get(
         &self,
         client: &Client,
         namespace: &str,
         name: &str,
+        max_age: Duration,
     ) -> Result<Option<SecretData>, kube::Error> {
         let slot = {
             let mut slots = self.slots.lock().expect("secret cache lock");
             slots.entry((namespace.to_owned(), name.to_owned())).or_default().clone()
         };
         let mut cached = slot.lock().await;
-        // A missing Secret is looked for again sooner: it is usually about to be created.
         if let Some((at, data)) = cached.as_ref()
-            && at.elapsed() < if data.is_some() { Self::TTL } else { Self::TTL / 6 }
+            && at.elapsed() < if data.is_some() { max_age } else { max_age.min(Self::MISSING_TTL) }
         {
             return Ok(data.clone());
         }
@@ -191,11 +198,12 @@ pub async fn cached_credentials(
     namespace: &str,
     secret_ref: Option<&SecretKeyRef>,
     default_key: &str,
+    max_age: Duration,
 ) -> Result<(Credentials, Option<Vec<u8>>), CredentialsError> {
     let Some(r) = secret_ref else { return Ok((Credentials::default(), None)) };
     let data = ctx
         .secrets
-        .get(&ctx.client, namespace, &r.name)
+        .get(&ctx.client, namespace, &r.name, max_age)
         .await
         .map_err(|e| CredentialsError::Api(r.name.clone(), e))?
         .ok_or_else(|| CredentialsError::NotFound(r.name.clone()))?;

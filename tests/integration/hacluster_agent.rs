@@ -10,7 +10,10 @@ use std::{
 };
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, core::v1::Secret};
-use kube::{Api, api::PostParams};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde_json::json;
 use understudy::resources::{HaCluster, hacluster::Role};
 
@@ -178,5 +181,20 @@ async fn wrong_token_is_refused_and_reported_without_changing_roles() {
         assert_eq!(a.status(TOKEN).await.map(|s| s.1).as_deref(), Some("BACKUP"), "roles unchanged");
     }
     assert_eq!(api.get("app").await.unwrap().status.unwrap().shards[0].epoch, 0, "nothing was promoted");
+
+    // The token is fixed in the Secret: while members refuse, the Secret is re-read every few
+    // seconds (not once per 30 s cache lifetime), and the cluster comes up.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let fixed = std::time::Instant::now();
+    secrets
+        .patch("agent-token", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"token": TOKEN}})))
+        .await
+        .unwrap();
+    wait_primary(&api, "app", "main", None).await;
+    assert!(
+        fixed.elapsed() < Duration::from_secs(20),
+        "the fixed token took {:?} to be used (the Secret cache keeps a good Secret 30 s)",
+        fixed.elapsed()
+    );
     operator.stop().await;
 }
