@@ -126,8 +126,44 @@ struct Log {
 
 type Resolver = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<(String, u16)>> + Send + Sync>;
 
-/// Write `prefix:<seq>` every millisecond to the primary `resolve` names; reconnect on error.
-fn start_writer(
+/// The client of one run: writes `prefix:<seq>` every millisecond to the primary `resolve`
+/// names, reconnecting on error, and logs every acknowledgement.
+struct Writer {
+    prefix: String,
+    log: Arc<Mutex<Log>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Start writing, and return once it has run for 300 ms (the baseline before the event).
+    async fn start(prefix: String, resolve: Resolver) -> Self {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = write_loop(prefix.clone(), resolve, log.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Self { prefix, log, stop, task }
+    }
+
+    /// Let the writer settle for `settle_ms`, stop it, and return (longest gap in ms around
+    /// the event at `t0`, acknowledged writes missing on `primary`, acknowledged writes).
+    async fn finish(
+        self,
+        t0: Instant,
+        settle_ms: u64,
+        primary: (&str, u16),
+    ) -> anyhow::Result<(f64, usize, usize)> {
+        tokio::time::sleep(Duration::from_millis(settle_ms)).await;
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.task.await;
+        let log = std::mem::take(&mut *self.log.lock().expect("log"));
+        let gap = longest_gap(&log, t0 - Duration::from_millis(300), Instant::now()).as_secs_f64() * 1000.0;
+        let missing = lost(&log, &self.prefix, primary.0, primary.1).await?;
+        Ok((gap, missing, log.acks.len()))
+    }
+}
+
+fn write_loop(
     prefix: String,
     resolve: Resolver,
     log: Arc<Mutex<Log>>,
@@ -178,26 +214,6 @@ async fn lost(log: &Log, prefix: &str, host: &str, port: u16) -> anyhow::Result<
         missing += vals.iter().filter(|v| v.is_none()).count();
     }
     Ok(missing)
-}
-
-/// Let the writer settle for `settle_ms`, stop it, and return (longest gap in ms around the
-/// event, acknowledged writes missing on `primary`, acknowledged writes).
-async fn finish_run(
-    writer: tokio::task::JoinHandle<()>,
-    stop: &std::sync::atomic::AtomicBool,
-    log: &Mutex<Log>,
-    t0: Instant,
-    settle_ms: u64,
-    prefix: &str,
-    primary: (&str, u16),
-) -> anyhow::Result<(f64, usize, usize)> {
-    tokio::time::sleep(Duration::from_millis(settle_ms)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = writer.await;
-    let log = std::mem::take(&mut *log.lock().expect("log"));
-    let gap = longest_gap(&log, t0 - Duration::from_millis(300), Instant::now()).as_secs_f64() * 1000.0;
-    let missing = lost(&log, prefix, primary.0, primary.1).await?;
-    Ok((gap, missing, log.acks.len()))
 }
 
 struct Stats {
@@ -345,11 +361,7 @@ async fn understudy_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Ve
     for run in 0..args.runs {
         let primary = wait_settled(&hacs).await?;
         let pi = names.iter().position(|n| *n == primary).context("primary")?;
-        let log = Arc::new(Mutex::new(Log::default()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let prefix = format!("r{run}");
-        let writer = start_writer(prefix.clone(), resolve.clone(), log.clone(), stop.clone());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writer = Writer::start(format!("r{run}"), resolve.clone()).await;
         let t0 = Instant::now();
         if switchover {
             let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
@@ -373,8 +385,7 @@ async fn understudy_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Ve
         }
         let new = wait_new_primary(&hacs, &primary).await?;
         let ni = names.iter().position(|n| *n == new).context("new")?;
-        let (gap, missing, acked) =
-            finish_run(writer, &stop, &log, t0, 500, &prefix, ("127.0.0.1", ports[ni])).await?;
+        let (gap, missing, acked) = writer.finish(t0, 500, ("127.0.0.1", ports[ni])).await?;
         pause.values_ms.push(gap);
         lost_total += missing;
         acked_total += acked;
@@ -514,11 +525,7 @@ async fn sentinel_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<
     for run in 0..args.runs {
         let (host, port) = settle_sentinel(&resolve, &redis).await?;
         let pi = redis.iter().position(|r| r.port == port).context("master port")?;
-        let log = Arc::new(Mutex::new(Log::default()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let prefix = format!("s{run}");
-        let writer = start_writer(prefix.clone(), resolve.clone(), log.clone(), stop.clone());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writer = Writer::start(format!("s{run}"), resolve.clone()).await;
         let t0 = Instant::now();
         if matches!(args.scenario, Scenario::SentinelSwitchover) {
             let mut c =
@@ -539,7 +546,7 @@ async fn sentinel_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let (gap, missing, acked) = finish_run(writer, &stop, &log, t0, 800, &prefix, (&nh, np)).await?;
+        let (gap, missing, acked) = writer.finish(t0, 800, (&nh, np)).await?;
         pause.values_ms.push(gap);
         lost_total += missing;
         acked_total += acked;
@@ -670,11 +677,7 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
     let mut site = SiteRole::Source;
     for run in 0..args.runs {
         let to = site.other();
-        let log = Arc::new(Mutex::new(Log::default()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let prefix = format!("r{run}");
-        let writer = start_writer(prefix.clone(), resolve.clone(), log.clone(), stop.clone());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writer = Writer::start(format!("r{run}"), resolve.clone()).await;
         let t0 = Instant::now();
         pgs.patch(
             "pg",
@@ -686,7 +689,7 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
         total.values_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         pause.values_ms.push(st.last_write_pause_ms.unwrap_or_default() as f64);
         let (host, port) = resolve().await.context("no production primary")?;
-        let (g, missing, acked) = finish_run(writer, &stop, &log, t0, 500, &prefix, (&host, port)).await?;
+        let (g, missing, acked) = writer.finish(t0, 500, (&host, port)).await?;
         gap.values_ms.push(g);
         lost_total += missing;
         acked_total += acked;
