@@ -19,6 +19,8 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::readiness::{Readiness, Role};
+
 /// Timing of the election, like client-go's LeaderElectionConfig.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -64,10 +66,11 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn start(client: Client, config: LeaseConfig) -> Self {
+    /// Campaign for the lease; `readiness` learns this replica's role after every round.
+    pub fn start(client: Client, config: LeaseConfig, readiness: Readiness) -> Self {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(run(api.clone(), config.clone(), tx));
+        let task = tokio::spawn(run(api.clone(), config.clone(), tx, readiness));
         Self { rx, task, api, config }
     }
 
@@ -111,13 +114,14 @@ impl Drop for Elector {
     }
 }
 
-async fn run(api: Api<Lease>, cfg: LeaseConfig, tx: watch::Sender<bool>) {
+async fn run(api: Api<Lease>, cfg: LeaseConfig, tx: watch::Sender<bool>, readiness: Readiness) {
     let mut observed: Option<Observed> = None;
     let mut last_renew = Instant::now();
     loop {
         let leading = *tx.borrow();
         match try_acquire_or_renew(&api, &cfg, &mut observed).await {
             Ok(true) => {
+                readiness.set_role(Role::Leader);
                 last_renew = Instant::now();
                 if !leading {
                     info!(lease = %cfg.name, identity = %cfg.identity, "acquired leadership");
@@ -125,6 +129,7 @@ async fn run(api: Api<Lease>, cfg: LeaseConfig, tx: watch::Sender<bool>) {
                 }
             }
             Ok(false) => {
+                readiness.set_role(Role::Standby);
                 if leading {
                     warn!(lease = %cfg.name, "lost leadership to another holder");
                     let _ = tx.send(false);

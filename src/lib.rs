@@ -8,13 +8,17 @@
 
 pub mod agent;
 pub mod controllers;
+#[cfg(feature = "testbed")]
 pub mod controlplane;
 pub mod core;
+#[cfg(feature = "testbed")]
 pub mod demo;
 pub mod engines;
 pub mod faults;
 pub mod leader;
+#[cfg(feature = "testbed")]
 pub mod localredis;
 pub mod metrics;
 pub mod operator;
+pub mod readiness;
 pub mod resources;

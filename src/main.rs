@@ -32,6 +32,7 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Walk through a failover on a local control plane with real redis-server processes.
+    #[cfg(feature = "testbed")]
     Demo(understudy::demo::DemoArgs),
     /// Serve the HA-status API (GET/POST /rest/ha/status) for a node with no HA API of its own.
     Agent(understudy::agent::AgentArgs),
@@ -62,16 +63,17 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
-        "error"
-    } else {
-        "info,kube=warn,tower=warn,hyper=warn"
-    };
+    #[cfg(feature = "testbed")]
+    let quiet = matches!(cli.command, Command::Demo(_));
+    #[cfg(not(feature = "testbed"))]
+    let quiet = false;
+    let default_filter = if quiet { "error" } else { "info,kube=warn,tower=warn,hyper=warn" };
     init_tracing(cli.log_format, default_filter);
     match cli.command {
         Command::Crds { dir } => print_crds(dir),
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
         Command::Agent(args) => tokio::runtime::Runtime::new()?.block_on(understudy::agent::run(args)),
+        #[cfg(feature = "testbed")]
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(understudy::demo::run(args)),
     }
 }
@@ -79,7 +81,10 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a pod's or a test's log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -1,13 +1,6 @@
 //! `understudy run`: the controller manager — HTTP endpoints, leader election, controllers.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{future::Future, net::SocketAddr};
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
@@ -19,6 +12,7 @@ use crate::{
     controllers::{self, Context},
     leader::{Elector, LeaseConfig},
     metrics::Metrics,
+    readiness::{Readiness, Role},
 };
 
 /// How `understudy run` behaves.
@@ -34,7 +28,7 @@ pub struct RunConfig {
 
 #[derive(Clone)]
 struct HttpState {
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
     metrics: Metrics,
 }
 
@@ -57,7 +51,8 @@ pub async fn run_with(
     let budget = std::env::var("UNDERSTUDY_AGENT_KEEPALIVE").ok().and_then(|v| v.parse().ok());
     crate::engines::agent::set_keepalive_budget(budget.unwrap_or((files / 2) as i64));
     info!(open_files = files, "file descriptor limit");
-    let ready = Arc::new(AtomicBool::new(false));
+    let ctx = Context::new(client.clone(), metrics.clone(), cfg.namespaces.clone());
+    let ready = ctx.readiness.clone();
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let local = listener.local_addr()?;
@@ -71,12 +66,11 @@ pub async fn run_with(
 
     let version = client.apiserver_version().await.context("contacting the API server")?;
     info!(server = %version.git_version, "connected to the API server");
-    ready.store(true, Ordering::SeqCst);
 
-    let ctx = Context::new(client.clone(), metrics.clone(), cfg.namespaces.clone());
     tokio::pin!(shutdown);
     let result = match cfg.leader_elect {
         None => {
+            ready.set_role(Role::Leader);
             metrics.leader.set(1);
             let (_tx, rx) = watch::channel(true);
             tokio::select! {
@@ -85,7 +79,7 @@ pub async fn run_with(
             }
         }
         Some(lease) => {
-            let elector = Elector::start(client, lease.clone());
+            let elector = Elector::start(client, lease.clone(), ready.clone());
             info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
             let outcome = tokio::select! {
                 () = elector.acquired() => None,
@@ -139,10 +133,9 @@ pub fn raise_file_limit() -> u64 {
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    match s.ready.not_ready_reason() {
+        None => (StatusCode::OK, "ok"),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

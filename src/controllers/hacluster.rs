@@ -101,11 +101,13 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             None => Api::all(ctx.client.clone()),
         };
         let (pods, writer) = reflector::store();
+        ctx.readiness.track(pods.clone());
         let pod_watch = reflector(writer, watcher(pod_api, watcher::Config::default().any_semantic()))
             .default_backoff()
             .for_each(|_| async {});
         runs.push(pod_watch.boxed());
         let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        ctx.readiness.track(controller.store());
         let state =
             Arc::new(State { ctx: ctx.clone(), store: controller.store(), pods, monitors: monitors.clone() });
         runs.push(

@@ -43,6 +43,8 @@ pub struct Context {
     /// The same for routing updates (Services, EndpointSlices), separately, so that a slow
     /// Service allocation never holds up a promotion's status write.
     pub routing_slots: Arc<tokio::sync::Semaphore>,
+    /// What `/readyz` reports; controllers register their caches here.
+    pub readiness: crate::readiness::Readiness,
 }
 
 /// Monitor status writes and Events in flight at once (see [`Context::api_slots`]).
@@ -62,6 +64,7 @@ impl Context {
             secrets: SecretCache::default(),
             api_slots: Arc::new(tokio::sync::Semaphore::new(API_CONCURRENCY)),
             routing_slots: Arc::new(tokio::sync::Semaphore::new(ROUTING_CONCURRENCY)),
+            readiness: crate::readiness::Readiness::default(),
         }
     }
 
@@ -261,7 +264,9 @@ where
             None => Api::all(ctx.client.clone()),
         };
         let kind = K::kind(&()).to_string();
-        let run = Controller::new(api, watcher::Config::default().any_semantic())
+        let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        ctx.readiness.track(controller.store());
+        let run = controller
             .watches(clusters, watcher::Config::default().any_semantic(), move |hac| {
                 let ns = hac.namespace();
                 hac.status
@@ -322,6 +327,9 @@ where
 
 /// Run every controller until one fails or `leading` turns false.
 pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // Per scope: HaClusters and Pods (HaCluster controller) and one store per operation
+    // controller (ShardFailover, FailoverRequest, ProtectionGroup).
+    ctx.readiness.expect_caches(ctx.scopes::<crate::resources::HaCluster>().len() * 5);
     tokio::select! {
         r = hacluster::run(ctx.clone()) => r,
         r = run_controller(ctx.clone(), "shardfailover", shard_failover::reconcile) => r,

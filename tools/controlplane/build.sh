@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the pinned wrapper
+# Builds kube-apiserver, kube-controller-manager, kubectl and etcd (`all`, the default), or
+# kubelet, kube-scheduler and kube-proxy (`node`), or one of them by name, from the pinned wrapper
 # modules into a cache outside the work tree, once per version. Prints the bin dir.
 #   UNDERSTUDY_CACHE (default ~/.cache/understudy) — where binaries are kept.
 set -euo pipefail
@@ -39,4 +40,8 @@ case "$want" in all|kube-apiserver) build kube-apiserver kube k8s.io/kubernetes/
 case "$want" in all|kube-controller-manager) build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "-s -w $kver" ;; esac
 # kubectl of the same version: the machine's kubectl (if any) may be outside the supported skew.
 case "$want" in all|kubectl) build kubectl kube k8s.io/kubernetes/cmd/kubectl "-s -w $kver" ;; esac
+# The node tier (tests/node): a kubelet, kube-scheduler and kube-proxy of the same version.
+case "$want" in node|kubelet) build kubelet kube k8s.io/kubernetes/cmd/kubelet "-s -w $kver" ;; esac
+case "$want" in node|kube-scheduler) build kube-scheduler kube k8s.io/kubernetes/cmd/kube-scheduler "-s -w $kver" ;; esac
+case "$want" in node|kube-proxy) build kube-proxy kube k8s.io/kubernetes/cmd/kube-proxy "-s -w $kver" ;; esac
 echo "$bin"
