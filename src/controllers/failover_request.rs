@@ -366,7 +366,7 @@ async fn run_step(
                     return Ok(Step::Failed(format!("{} has no routable address", get("to"))));
                 };
                 let routes =
-                    routing::Routes { services: BTreeMap::from([(svc.clone(), vec![route.clone()])]) };
+                    routing::Routes { services: BTreeMap::from([(svc.clone(), vec![route.clone()])]), port: None };
                 let rejected = routing::apply_routes(&ctx.client, &cluster, &routes).await?;
                 if rejected.is_empty() {
                     Step::Done(format!("Service {svc} → {route}"))

@@ -1043,11 +1043,12 @@ impl Monitor {
             None => format!("shard {shard_name}: {} is primary (epoch {epoch}; {})", to.name, p.reason),
         };
         info!(cluster = %ckey, "{note}");
-        let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
-        self.ctx.event(cluster, false, reason, "Promote", note).await;
+        // Clients first: the Services move before the Event is published.
         if let Some(c) = self.latest() {
             self.update_routing(&c, declared).await;
         }
+        let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
+        self.ctx.event(cluster, false, reason, "Promote", note).await;
     }
 
     /// Give up a recorded promotion without carrying it out: clear the target (and our own
@@ -1314,47 +1315,40 @@ impl Monitor {
 
     async fn update_routing(&mut self, cluster: &HaCluster, declared: &[Declared]) {
         let status = cluster.status.clone().unwrap_or_default();
+        // While a promotion is in flight, routing stays as it is: the old primary is fenced by
+        // the engine (writes paused and demoted, or dead), and the primary Service moves to
+        // the new primary in one EndpointSlice write once that is recorded. Emptying it first
+        // costs clients "connection refused" in between and a second kube-proxy sync, which
+        // in iptables mode comes at most once per --iptables-min-sync-period (1 s by default).
+        if status.shards.iter().any(|s| s.target_primary.is_some()) {
+            return;
+        }
         let mut primaries = Vec::new();
         let mut replicas = Vec::new();
         for s in &status.shards {
-            // A shard whose promotion is in flight has no routed primary.
-            let primary = if s.target_primary.is_some() { None } else { s.current_primary.clone() };
             for d in declared.iter().filter(|d| d.shard == s.name) {
                 let st = self.members.get(&d.name);
-                let healthy = st.is_some_and(|m| m.probe.is_some());
-                if primary.as_deref() == Some(&d.name) {
-                    if st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Primary)) {
+                if s.current_primary.as_deref() == Some(&d.name) {
+                    // The recorded primary stays routed until another one is recorded, even
+                    // while it does not answer: the switch is then a single write. A standby
+                    // cluster's leader is read-only and is not routed as a primary.
+                    if cluster.spec.standby.is_none() {
                         primaries.push(d.route.clone());
                     }
-                } else if healthy
-                    && st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica))
-                {
+                } else if st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica)) {
                     replicas.push(d.route.clone());
                 }
             }
         }
         if let Some(sel) = &cluster.spec.selector {
-            self.update_pod_routing(cluster, sel, declared, &status).await;
-            return;
+            self.update_pod_labels_and_policy(cluster, sel, declared, &status).await;
         }
         let routes = routing::desired_routes(cluster, &primaries, &replicas);
-        if self.last_routes.as_ref() == Some(&routes) {
-            return;
+        if self.last_routes.as_ref() != Some(&routes) {
+            self.apply_routes(cluster, routes).await;
         }
-        let applied = {
-            let _slot = self.ctx.routing_slots.acquire().await.expect("never closed");
-            routing::apply_routes(&self.ctx.client, cluster, &routes).await
-        };
-        match applied {
-            Ok(rejected) => {
-                if !rejected.is_empty() {
-                    warn!(cluster = %key(cluster), ?rejected, "endpoints Kubernetes cannot route to (loopback/link-local) were left out of the Services");
-                }
-                self.last_routes = Some(routes);
-            }
-            Err(e) => {
-                warn!(cluster = %key(cluster), error = %e, "could not update routing; retried next heartbeat")
-            }
+        if cluster.spec.selector.is_some() {
+            return;
         }
         // Agent engines: make sure the redirect ConfigMap names the current main.
         if let (Some(redirect), Some(primary)) =
@@ -1436,9 +1430,31 @@ fn pod_member(pod: &Pod, sel: &crate::resources::hacluster::PodMembership) -> Op
 }
 
 impl Monitor {
-    /// Pod members: label each pod with its role, keep the selector Services and the ACL
-    /// NetworkPolicy. Kubernetes' own EndpointSlice controller does the rest.
-    async fn update_pod_routing(
+    /// Write the Services and EndpointSlices of `routes` (remembered once written).
+    async fn apply_routes(&mut self, cluster: &HaCluster, routes: routing::Routes) {
+        let applied = {
+            let _slot = self.ctx.routing_slots.acquire().await.expect("never closed");
+            routing::apply_routes(&self.ctx.client, cluster, &routes).await
+        };
+        match applied {
+            Ok(rejected) => {
+                if !rejected.is_empty() {
+                    warn!(cluster = %key(cluster), ?rejected, "endpoints Kubernetes cannot route to (loopback/link-local) were left out of the Services");
+                }
+                self.last_routes = Some(routes);
+            }
+            Err(e) => {
+                warn!(cluster = %key(cluster), error = %e, "could not update routing; retried next heartbeat")
+            }
+        }
+    }
+
+    /// Pod members: label each pod with its role (for the users' own selectors and for
+    /// `kubectl get pods -L understudy.dev/role`) and keep the ACL NetworkPolicy. The
+    /// Services are selector-less and routed by [`Monitor::apply_routes`], like static
+    /// members', so a switch is one EndpointSlice write rather than two label changes that
+    /// Kubernetes' EndpointSlice controller turns into two updates.
+    async fn update_pod_labels_and_policy(
         &mut self,
         cluster: &HaCluster,
         sel: &crate::resources::hacluster::PodMembership,
@@ -1469,13 +1485,13 @@ impl Monitor {
         if let Err(e) = routing::label_pods(&self.ctx.client, &ns, &roles, &current).await {
             warn!(cluster = %key(cluster), error = %e, "could not label pods; retried next heartbeat");
         }
-        // Services and the NetworkPolicy depend on the spec only: apply once per generation.
+        // The NetworkPolicy depends on the spec only: apply once per generation.
         let generation = cluster.metadata.generation.unwrap_or_default();
         if self.pod_services_generation != Some(generation) {
-            match routing::apply_pod_services(&self.ctx.client, cluster, sel).await {
+            match routing::apply_acl_policy(&self.ctx.client, cluster, sel).await {
                 Ok(()) => self.pod_services_generation = Some(generation),
                 Err(e) => {
-                    warn!(cluster = %key(cluster), error = %e, "could not apply Services/NetworkPolicy")
+                    warn!(cluster = %key(cluster), error = %e, "could not apply the ACL NetworkPolicy")
                 }
             }
         }

@@ -41,6 +41,9 @@ pub const PORT_NAME: &str = "main";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Routes {
     pub services: BTreeMap<String, Vec<String>>,
+    /// The Services' port while they have no endpoint to take it from (pod members: the
+    /// selector's port). Without it, 6379.
+    pub port: Option<u16>,
 }
 
 pub fn primary_service_name(cluster: &HaCluster) -> String {
@@ -64,7 +67,8 @@ pub fn desired_routes(cluster: &HaCluster, primaries: &[String], replicas: &[Str
         services.insert(primary_service_name(cluster), primaries.to_vec());
         services.insert(replicas_service_name(cluster), replicas.to_vec());
     }
-    Routes { services }
+    let port = cluster.spec.selector.as_ref().and_then(|s| u16::try_from(s.port).ok());
+    Routes { services, port }
 }
 
 /// The EndpointSlice address type for a host, or None if Kubernetes would reject it
@@ -113,7 +117,8 @@ pub async fn apply_routes(
             .keys()
             .next()
             .map(|(_, p)| *p)
-            .or_else(|| endpoints.iter().find_map(|e| split_endpoint(e).map(|(_, p)| p)));
+            .or_else(|| endpoints.iter().find_map(|e| split_endpoint(e).map(|(_, p)| p)))
+            .or(routes.port);
         let svc = Service {
             metadata: ObjectMeta {
                 name: Some(service.clone()),
@@ -200,7 +205,9 @@ pub fn member_route(c: &HaCluster, name: &str) -> Option<String> {
 /// `forceRebind` asks for right after a promotion). Returns a note for status.
 pub async fn rebind_primaries(client: &Client, cluster: &HaCluster) -> Result<String, kube::Error> {
     if !cluster.spec.routing.enabled || cluster.spec.selector.is_some() {
-        return Ok("forceRebind: routing is not managed for this cluster (routing disabled or pod members labelled by role)".into());
+        // Pod members: the monitor moves the primary Service's EndpointSlice itself, in the
+        // same write that records nothing else, right after the promotion.
+        return Ok("forceRebind: routing is not managed here for this cluster (routing disabled, or pod members routed by the monitor)".into());
     }
     let primaries: Vec<String> = cluster
         .status
@@ -210,7 +217,7 @@ pub async fn rebind_primaries(client: &Client, cluster: &HaCluster) -> Result<St
         .filter_map(|s| s.current_primary.as_deref().and_then(|p| member_route(cluster, p)))
         .collect();
     let svc = primary_service_name(cluster);
-    let routes = Routes { services: BTreeMap::from([(svc.clone(), primaries.clone())]) };
+    let routes = Routes { services: BTreeMap::from([(svc.clone(), primaries.clone())]), port: None };
     let rejected = apply_routes(client, cluster, &routes).await?;
     Ok(if rejected.is_empty() {
         format!("forceRebind: Service {svc} → {}", primaries.join(", "))
@@ -312,9 +319,10 @@ pub async fn label_pods(
     Ok(patched)
 }
 
-/// Pod members: the primary/replicas Services select pods by role label; the ACL
-/// NetworkPolicy admits the members themselves plus the `acls` CIDRs (none = members only).
-pub async fn apply_pod_services(
+/// Pod members: the ACL NetworkPolicy admits the members themselves plus the `acls` CIDRs
+/// (none = members only). (Their Services are selector-less, like static members': the
+/// monitor writes the EndpointSlices, see [`apply_routes`].)
+pub async fn apply_acl_policy(
     client: &Client,
     cluster: &HaCluster,
     sel: &crate::resources::hacluster::PodMembership,
@@ -322,36 +330,6 @@ pub async fn apply_pod_services(
     let ns = cluster.namespace().unwrap_or_default();
     let owner = cluster.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
     let pp = PatchParams::apply(MANAGER).force();
-    if cluster.spec.routing.enabled {
-        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-        for (name, role) in
-            [(primary_service_name(cluster), "primary"), (replicas_service_name(cluster), "replica")]
-        {
-            let mut selector = sel.match_labels.clone();
-            selector.insert(crate::resources::shared::ROLE_LABEL.into(), role.into());
-            let svc = Service {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    labels: Some(BTreeMap::from([(CLUSTER_LABEL.to_owned(), cluster.name_any())])),
-                    owner_references: Some(owner.clone()),
-                    ..Default::default()
-                },
-                spec: Some(ServiceSpec {
-                    selector: Some(selector),
-                    ports: Some(vec![ServicePort {
-                        name: Some(PORT_NAME.into()),
-                        port: sel.port,
-                        target_port: Some(IntOrString::Int(sel.port)),
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            services.patch(&name, &pp, &Patch::Apply(&with_type(&svc))).await?;
-        }
-    }
     let mut from = vec![json!({"podSelector": {"matchLabels": sel.match_labels}})];
     for cidr in cluster.spec.acls.iter().flatten() {
         from.push(json!({"ipBlock": {"cidr": cidr}}));
