@@ -19,6 +19,8 @@ pub mod leader;
 #[cfg(feature = "testbed")]
 pub mod localredis;
 pub mod metrics;
+#[cfg(feature = "testbed")]
+pub mod nodecluster;
 pub mod operator;
 pub mod readiness;
 pub mod resources;

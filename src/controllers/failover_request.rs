@@ -365,8 +365,10 @@ async fn run_step(
                 let Some(route) = routing::member_route(&cluster, &get("to")) else {
                     return Ok(Step::Failed(format!("{} has no routable address", get("to"))));
                 };
-                let routes =
-                    routing::Routes { services: BTreeMap::from([(svc.clone(), vec![route.clone()])]), port: None };
+                let routes = routing::Routes {
+                    services: BTreeMap::from([(svc.clone(), vec![route.clone()])]),
+                    port: None,
+                };
                 let rejected = routing::apply_routes(&ctx.client, &cluster, &routes).await?;
                 if rejected.is_empty() {
                     Step::Done(format!("Service {svc} → {route}"))

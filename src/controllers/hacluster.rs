@@ -1335,7 +1335,9 @@ impl Monitor {
                     if cluster.spec.standby.is_none() {
                         primaries.push(d.route.clone());
                     }
-                } else if st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica)) {
+                } else if st
+                    .is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica))
+                {
                     replicas.push(d.route.clone());
                 }
             }

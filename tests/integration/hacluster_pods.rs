@@ -1,5 +1,5 @@
-//! HaCluster with pod members (selector): role labels on pods, selector Services whose
-//! EndpointSlices kube-controller-manager fills, and the ACL NetworkPolicy. There is no
+//! HaCluster with pod members (selector): role labels on pods, selector-less Services whose
+//! EndpointSlices the operator writes (pod IPs), and the ACL NetworkPolicy. There is no
 //! kubelet: the test creates the pods and sets their status (IP, Ready) itself, as kwok
 //! does; each pod's `understudy.dev/address` annotation points at a real redis-server on its
 //! own loopback address.
@@ -91,12 +91,14 @@ async fn pod_members_get_role_labels_services_and_a_network_policy() {
         assert_eq!(got, want);
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let svc = services.get("cache-primary").await.unwrap();
-    let selector = svc.spec.unwrap().selector.unwrap();
-    assert_eq!(selector.get("understudy.dev/role").map(String::as_str), Some("primary"));
-    assert_eq!(selector.get("app").map(String::as_str), Some("cache"));
+    let svc =
+        eventually(WAIT, "Service cache-primary", || async { services.get("cache-primary").await.ok() })
+            .await;
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.selector, None, "selector-less: the operator moves its EndpointSlice in one write");
+    assert_eq!(spec.ports.unwrap()[0].port, i32::from(port));
 
-    // kube-controller-manager's EndpointSlice controller routes the Service to the primary pod.
+    // The operator's EndpointSlice routes the Service to the primary pod's IP.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let primary_ips = || async {
         let l = slices
@@ -111,7 +113,7 @@ async fn pod_members_get_role_labels_services_and_a_network_policy() {
         )
     };
     let want = vec![pod_ips[pi].to_owned()];
-    eventually(WAIT, "primary EndpointSlice filled by kube-controller-manager", || async {
+    eventually(WAIT, "primary EndpointSlice on the primary pod", || async {
         primary_ips().await.filter(|ips| *ips == want)
     })
     .await;

@@ -62,9 +62,9 @@ fn uid_of(status: &str) -> Option<u32> {
 async fn helm_installs_the_image_as_non_root_pods_with_one_leader_and_upgrades_without_two() {
     let Some(node) = support::node() else { return };
     let _shared = support::SHARED_NODE.read().await;
-    let client = node.client().await;
+    let client = node.client().await.expect("client");
     let ns = TestNs::new(node, &client, "install").await;
-    node.install_operator(&ns.name, &[]);
+    node.install_operator(&ns.name, &[]).unwrap();
 
     // `helm install --wait` returned: the Deployment is Available with both replicas Ready,
     // which /readyz grants only once the Lease was read (leader or standby) and, on the
@@ -100,30 +100,23 @@ async fn helm_installs_the_image_as_non_root_pods_with_one_leader_and_upgrades_w
         let image = &status.container_statuses.as_ref().unwrap()[0].image;
         assert!(image.ends_with(&node.operator_image), "runs {image}, not {}", node.operator_image);
         // The process itself, as the kernel sees it: user 65532, not root.
-        let pid = node.container_pid(&cid);
+        let pid = node.container_pid(&cid).unwrap();
         let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert_eq!(uid_of(&proc_status), Some(65532), "operator process uid:\n{proc_status}");
     }
     // The pods act with only the chart's RBAC: the leader's log shows the controllers running
     // without a single forbidden request.
-    let (_, logs, _) = node.kubectl_result(&["-n", &ns.name, "logs", &holder]);
+    let (_, logs, _) = node.run(&node.kubectl, &["-n", &ns.name, "logs", &holder]);
     assert!(logs.contains("acquired leadership"), "leader log:\n{logs}");
     assert!(!logs.contains("forbidden"), "the operator hit an RBAC denial:\n{logs}");
 
     // An HaCluster (a user's object) survives everything below.
-    node.apply(&ns.name, &crate::redis_pods::haclusterlike("kept"));
+    node.apply(&ns.name, &crate::redis_pods::haclusterlike("kept")).unwrap();
 
     // helm upgrade to a new tag (the same image under another name): a rolling update that
     // hands the Lease over. Sample every operator pod's leader gauge meanwhile.
     let next = format!("{}-next", env!("CARGO_PKG_VERSION"));
-    let tagged = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&node.containerd)
-        .args(["-n", "k8s.io", "images", "tag", "--force", &node.operator_image])
-        .arg(format!("ghcr.io/understudy-dev/understudy:{next}"))
-        .status()
-        .unwrap();
-    assert!(tagged.success());
+    node.tag_image(&node.operator_image, &format!("ghcr.io/understudy-dev/understudy:{next}")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (max, rounds) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let sampler = {
@@ -157,7 +150,8 @@ async fn helm_installs_the_image_as_non_root_pods_with_one_leader_and_upgrades_w
         "--wait",
         "--timeout",
         "120s",
-    ]);
+    ])
+    .unwrap();
     eventually(WAIT, "both operator pods on the new tag and one leader", || async {
         let ps = pods(&client, &ns.name, OPERATOR).await;
         let upgraded = ps.len() == 2
@@ -181,12 +175,12 @@ async fn helm_installs_the_image_as_non_root_pods_with_one_leader_and_upgrades_w
     assert_eq!(max.load(SeqCst), 1, "two operator pods acted as leader at once during the upgrade");
 
     // helm uninstall: the operator goes, the CRDs and the HaCluster stay.
-    node.helm(&["uninstall", "understudy", "-n", &ns.name, "--wait", "--timeout", "60s"]);
+    node.helm(&["uninstall", "understudy", "-n", &ns.name, "--wait", "--timeout", "60s"]).unwrap();
     eventually(WAIT, "operator pods gone", || async {
         pods(&client, &ns.name, OPERATOR).await.is_empty().then_some(())
     })
     .await;
-    node.kubectl(&["get", "crd", "haclusters.understudy.dev", "shardfailovers.understudy.dev"]);
+    node.kubectl(&["get", "crd", "haclusters.understudy.dev", "shardfailovers.understudy.dev"]).unwrap();
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns.name);
     assert!(hacs.get("kept").await.is_ok(), "the HaCluster survived helm uninstall");
 }

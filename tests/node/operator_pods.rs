@@ -38,7 +38,7 @@ async fn the_other_replica_takes_the_lease_and_finishes_a_shard_failover_when_th
         .into_iter()
         .find(|p| p.metadata.name.as_deref() == Some(&leader))
         .expect("the leader is one of the pods");
-    let leader_pid = node.container_pid(&container_id(&leader_pod).unwrap());
+    let leader_pid = node.container_pid(&container_id(&leader_pod).unwrap()).unwrap();
 
     // Submit, and kill the leader's process the moment it has taken the ShardFailover up.
     let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns.name);
@@ -99,7 +99,7 @@ async fn a_not_ready_node_with_a_healthy_primary_causes_no_failover() {
     let before = epoch(&hacs.get("cache").await.unwrap());
     let sampler = RoleSampler::start(client.clone(), &ns.name, "app=cache", PORT);
 
-    node.kubelet("stop");
+    node.node_sh("kubelet", &["stop"]).unwrap();
     let stopped = Instant::now();
     let nodes: Api<KubeNode> = Api::all(client.clone());
     let ready = |n: &KubeNode| {
@@ -133,7 +133,7 @@ async fn a_not_ready_node_with_a_healthy_primary_causes_no_failover() {
     };
     // Whatever happens, the kubelet comes back for the tests after this one.
     let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
-    node.kubelet("start");
+    node.node_sh("kubelet", &["start"]).unwrap();
     eventually(Duration::from_secs(120), "the node Ready again", || async {
         let n = nodes.get("node-1").await.ok()?;
         (ready(&n).as_deref() == Some("True")).then_some(())

@@ -123,12 +123,12 @@ pub struct Managed {
 /// The operator installed by Helm into a fresh namespace, a Redis StatefulSet `cache` of three
 /// pods and an HaCluster `cache` over it; returns once a primary is elected and followed.
 pub async fn managed_redis(node: &'static Node, prefix: &str) -> Managed {
-    let client = node.client().await;
+    let client = node.client().await.expect("client");
     let ns = TestNs::new(node, &client, prefix).await;
-    node.install_operator(&ns.name, &[]);
+    node.install_operator(&ns.name, &[]).unwrap();
     let t = Instant::now();
-    node.apply(&ns.name, &redis_statefulset(node, "cache"));
-    node.apply(&ns.name, &haclusterlike("cache"));
+    node.apply(&ns.name, &redis_statefulset(node, "cache")).unwrap();
+    node.apply(&ns.name, &haclusterlike("cache")).unwrap();
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns.name);
     let primary = wait_primary(&hacs, "cache", None).await;
     wait_replicas_follow(&client, &ns.name, "cache", &primary).await;
@@ -156,7 +156,7 @@ async fn a_redis_statefulset_fails_over_and_switches_over_through_its_service() 
         .find(|p| p.metadata.name.as_deref() == Some(&first))
         .unwrap();
     let killed = Instant::now();
-    node.kill_container(&container_id(&victim).expect("container id"));
+    node.kill_container(&container_id(&victim).expect("container id")).unwrap();
     let second = wait_primary(&hacs, "cache", Some(&first)).await;
     let promoted = killed.elapsed();
     writer.wait_more(200, WAIT).await;
@@ -169,7 +169,7 @@ async fn a_redis_statefulset_fails_over_and_switches_over_through_its_service() 
 
     // 2. The new primary's pod is force-deleted; the StatefulSet recreates it.
     let deleted = Instant::now();
-    node.kubectl(&["-n", &ns.name, "delete", "pod", &second, "--grace-period=0", "--force"]);
+    node.kubectl(&["-n", &ns.name, "delete", "pod", &second, "--grace-period=0", "--force"]).unwrap();
     let third = wait_primary(&hacs, "cache", Some(&second)).await;
     writer.wait_more(200, WAIT).await;
     let gap2 = writer.longest_gap(deleted, Instant::now());

@@ -8,12 +8,14 @@
 //!   cargo run --release --bin bench -- site-failover --runs 10
 //!   cargo run --release --bin bench -- scale --clusters 1000
 //!   cargo run --release --bin bench -- storm --clusters 1000 --fail 100
+//!   cargo run --release --bin bench -- node --runs 10          (root: a real node, see tools/node)
 //!
 //! A client writes sequenced keys (one every millisecond) to whatever the system says is the
 //! primary (Understudy: the HaCluster status; Sentinel: `SENTINEL get-master-addr-by-name`),
 //! reconnecting on errors. Measured per run: the longest gap between two acknowledged writes
 //! around the event (write pause / end-to-end), and acknowledged writes missing afterwards.
 
+mod node;
 mod scale;
 mod sim;
 
@@ -110,6 +112,9 @@ enum Scenario {
     Scale,
     /// Many primaries die at once among many clusters.
     Storm,
+    /// Failover and switchover through a Service ClusterIP with the operator as pods in a real
+    /// node (tools/node/node.sh; needs root), beside the loopback figures.
+    Node,
     /// (child process) simulated agents.
     #[value(hide = true)]
     Simulate,
@@ -289,7 +294,10 @@ fn child(args: &Args) -> anyhow::Result<()> {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let (title, stats, extra) = match args.scenario {
-        Scenario::Switchover | Scenario::Failover => understudy_bench(&args).await?,
+        Scenario::Switchover | Scenario::Failover => {
+            understudy_bench(&args, matches!(args.scenario, Scenario::Switchover)).await?
+        }
+        Scenario::Node => node::node(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
         Scenario::SiteFailover => site_bench(&args).await?,
         Scenario::Scale => scale::scale(&args).await?,
@@ -307,7 +315,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
 const NS: &str = "bench";
 
-async fn understudy_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+async fn understudy_bench(
+    args: &Args,
+    switchover: bool,
+) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
     let cp = ControlPlane::start(Options { controller_manager: false, keep: false }).await?;
     cp.install_generated_crds().await?;
     let client = cp.client().await?;
@@ -352,7 +363,6 @@ async fn understudy_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Ve
         Stats { name: "promotion (decision → new primary recorded)".into(), values_ms: vec![] };
     let mut lost_total = 0usize;
     let mut acked_total = 0usize;
-    let switchover = matches!(args.scenario, Scenario::Switchover);
     pause.name = if switchover {
         "write pause (last ack before → first after)".into()
     } else {

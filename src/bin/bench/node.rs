@@ -1,0 +1,196 @@
+//! `bench node`: failover and switchover as users see them — the operator as two pods
+//! installed by Helm from the image built here, a Redis StatefulSet of three pods run by a
+//! real kubelet, and the same writer as the loopback scenarios going through the primary
+//! Service's ClusterIP (kube-proxy, iptables mode). Printed side by side with the loopback
+//! figures of the same run, so what the EndpointSlice → kube-proxy hop costs is visible; once
+//! with kube-proxy's defaults and once with `--iptables-min-sync-period=0s`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::json;
+use understudy::{
+    nodecluster::NodeCluster,
+    resources::{HaCluster, ShardFailover, shard_failover::ShardFailoverPhase},
+};
+
+use super::{Args, Resolver, Stats, Writer, wait_new_primary, wait_settled};
+
+const NS: &str = "bench";
+const PORT: u16 = 6379;
+
+fn manifests(node: &NodeCluster, heartbeat_ms: u64) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: b-headless}}
+spec: {{clusterIP: None, selector: {{app: b}}, ports: [{{port: {PORT}}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: b}}
+spec:
+  serviceName: b-headless
+  replicas: 3
+  podManagementPolicy: Parallel
+  selector: {{matchLabels: {{app: b}}}}
+  template:
+    metadata: {{labels: {{app: b}}}}
+    spec:
+      dnsPolicy: Default
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: redis
+        image: {image}
+        imagePullPolicy: Never
+        args: ["--port", "{PORT}", "--protected-mode", "no", "--replicaof", "127.0.0.1", "1", "--save", "", "--appendonly", "no"]
+---
+apiVersion: understudy.dev/v1alpha1
+kind: HaCluster
+metadata: {{name: b}}
+spec:
+  engine: redis
+  selector: {{matchLabels: {{app: b}}, port: {PORT}}}
+  failover: {{heartbeatInterval: {heartbeat_ms}ms, failureThreshold: 3}}
+"#,
+        image = node.redis_image
+    )
+}
+
+pub async fn node(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+    // Loopback first (the node is not running yet, so it takes no CPU from them).
+    let mut stats = Vec::new();
+    let mut notes = Vec::new();
+    for switchover in [false, true] {
+        let (_, s, n) = super::understudy_bench(args, switchover).await?;
+        let kind = if switchover { "switchover" } else { "failover" };
+        let first = s.into_iter().next().context("loopback stats")?;
+        stats.push(Stats { name: format!("loopback {kind}: {}", first.name), values_ms: first.values_ms });
+        notes.extend(n.into_iter().map(|n| format!("loopback {kind}: {n}")));
+    }
+    let node = NodeCluster::up()?;
+    let result = on_node(args, &node, &mut stats, &mut notes).await;
+    node.down();
+    result?;
+    let title = format!(
+        "Client through the primary Service's ClusterIP, operator as pods (node tier) vs loopback; 3 members, heartbeat {} ms × 3",
+        args.heartbeat()
+    );
+    Ok((title, stats, notes))
+}
+
+async fn on_node(
+    args: &Args,
+    node: &NodeCluster,
+    stats: &mut Vec<Stats>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let client = node.client().await?;
+    node.kubectl(&["create", "namespace", NS])?;
+    node.install_operator(NS, &[])?;
+    node.apply(NS, &manifests(node, args.heartbeat()))?;
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait_settled(&hacs).await?;
+    let vip = loop {
+        let svc = Api::<Service>::namespaced(client.clone(), NS).get_opt("b-primary").await?;
+        if let Some(ip) = svc.and_then(|s| s.spec).and_then(|s| s.cluster_ip) {
+            break ip;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let resolve: Resolver = {
+        let vip = vip.clone();
+        Arc::new(move || {
+            let vip = vip.clone();
+            Box::pin(async move { Some((vip, PORT)) })
+        })
+    };
+    for (proxy, flags) in
+        [("kube-proxy default", None), ("kube-proxy min-sync 0s", Some("--iptables-min-sync-period=0s"))]
+    {
+        if let Some(flag) = flags {
+            node.node_sh("proxy", &[flag])?;
+            // Let the restarted kube-proxy program the Services before measuring.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let mut failover = Stats { name: format!("node, {proxy}: failover client gap"), values_ms: vec![] };
+        let mut flip = Stats { name: format!("node, {proxy}: failover kill → status"), values_ms: vec![] };
+        let mut switchover =
+            Stats { name: format!("node, {proxy}: switchover client pause"), values_ms: vec![] };
+        let (mut lost_f, mut lost_s, mut acked) = (0, 0, 0);
+        for run in 0..args.runs {
+            for planned in [false, true] {
+                let primary = wait_settled(&hacs).await?;
+                let writer = Writer::start(
+                    format!("n{}{run}{}", flags.is_some() as u8, planned as u8),
+                    resolve.clone(),
+                )
+                .await;
+                let t0 = Instant::now();
+                if planned {
+                    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
+                    let name = format!("sw-{}-{run}", flags.is_some() as u8);
+                    let sfo: ShardFailover = serde_json::from_value(json!({
+                        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name},
+                        "spec": {"shardUids": [primary]}
+                    }))?;
+                    sfos.create(&PostParams::default(), &sfo).await?;
+                    loop {
+                        match sfos.get(&name).await?.status.and_then(|s| s.phase) {
+                            Some(ShardFailoverPhase::Succeeded) => break,
+                            Some(ShardFailoverPhase::Failed) => anyhow::bail!("switchover {name} failed"),
+                            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                } else {
+                    let pod = pods.get(&primary).await?;
+                    let cid = pod
+                        .status
+                        .and_then(|s| s.container_statuses)
+                        .and_then(|c| c.into_iter().next())
+                        .and_then(|c| c.container_id)
+                        .context("container id of the primary")?;
+                    node.kill_container(&cid)?;
+                }
+                let new = wait_new_primary(&hacs, &primary).await?;
+                let status_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let (gap, missing, n) = writer.finish(t0, 1500, (&vip, PORT)).await?;
+                acked += n;
+                if planned {
+                    switchover.values_ms.push(gap);
+                    lost_s += missing;
+                } else {
+                    failover.values_ms.push(gap);
+                    flip.values_ms.push(status_ms);
+                    lost_f += missing;
+                    // A fresh pod instead of a restarted container: the kubelet's restart
+                    // back-off would otherwise grow with every run.
+                    pods.delete(
+                        &primary,
+                        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+                    )
+                    .await?;
+                }
+                eprintln!(
+                    "{proxy} run {run} {}: {primary} → {new}, client gap {gap:.1} ms (status after {status_ms:.0} ms)",
+                    if planned { "switchover" } else { "failover" }
+                );
+            }
+        }
+        notes.push(format!(
+            "node, {proxy}: acknowledged writes {acked}; lost in failovers {lost_f} (asynchronous replication); lost in switchovers {lost_s}"
+        ));
+        stats.extend([failover, flip, switchover]);
+    }
+    Ok(())
+}
