@@ -669,3 +669,21 @@ async fn operator_does_its_job_with_only_the_charts_rbac() {
     let (ok, _, err) = kubectl_file("delete", &yaml, &["--wait=false"]);
     assert!(ok, "deleting the release: {err}");
 }
+
+/// The image tag users get by default follows the crate version: the chart's appVersion (its
+/// default tag), deploy/'s Deployment, and tools/image.sh / the Dockerfile's name for it.
+#[test]
+fn default_image_tags_follow_the_crate_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let chart = std::fs::read_to_string(repo().join("charts/understudy/Chart.yaml")).unwrap();
+    assert!(chart.contains(&format!("appVersion: \"{version}\"")), "Chart.yaml appVersion is not {version}");
+    let deployment = std::fs::read_to_string(repo().join("deploy/03-deployment.yaml")).unwrap();
+    assert!(
+        deployment.contains(&format!("image: ghcr.io/understudy-dev/understudy:{version}")),
+        "deploy/03-deployment.yaml does not run ghcr.io/understudy-dev/understudy:{version}"
+    );
+    let values = std::fs::read_to_string(repo().join("charts/understudy/values.yaml")).unwrap();
+    assert!(values.contains("repository: ghcr.io/understudy-dev/understudy"));
+    let image_sh = std::fs::read_to_string(repo().join("tools/image.sh")).unwrap();
+    assert!(image_sh.contains("ghcr.io/understudy-dev/understudy:$version"));
+}

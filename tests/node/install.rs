@@ -104,7 +104,17 @@ async fn helm_installs_the_image_as_non_root_pods_with_one_leader_and_upgrades_w
         let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert_eq!(uid_of(&proc_status), Some(65532), "operator process uid:\n{proc_status}");
     }
-    // The pods act with only the chart's RBAC: the leader's log shows the controllers running
+    // Only the chart's RBAC: in watchNamespaces mode the ServiceAccount may work on HaClusters
+    // in its namespace and read no Secret anywhere else.
+    let sa = format!("--as=system:serviceaccount:{}:understudy", ns.name);
+    let can = |args: &[&str]| {
+        node.run(&node.kubectl, &[&["auth", "can-i"], args, &[sa.as_str()]].concat()).1.trim().to_owned()
+    };
+    assert_eq!(can(&["patch", "haclusters.understudy.dev/status", "-n", &ns.name]), "yes");
+    assert_eq!(can(&["list", "secrets", "-n", "default"]), "no");
+    assert_eq!(can(&["list", "secrets", "--all-namespaces"]), "no");
+    assert_eq!(can(&["delete", "pods", "-n", "kube-system"]), "no");
+    // The pods act with that RBAC alone: the leader's log shows the controllers running
     // without a single forbidden request.
     let (_, logs, _) = node.run(&node.kubectl, &["-n", &ns.name, "logs", &holder]);
     assert!(logs.contains("acquired leadership"), "leader log:\n{logs}");

@@ -312,7 +312,10 @@ wait_node_ready() {
 teardown() {
   local start=$SECONDS
   mkdir -p "$D/pids"
-  # 1. Pods away through the API while it is up, so CNI DEL frees addresses and caches.
+  # 1. Pods away through the API while it is up, so CNI DEL frees addresses and caches. The
+  #    controllers stop first, or the StatefulSets and Deployments would recreate them.
+  stop_pid kube-controller-manager TERM 2
+  stop_pid kube-scheduler TERM 2
   if [ -f "$D/pids/kube-apiserver" ] && [ -f "$D/pids/kubelet" ] && kubectl_ get --raw /readyz >/dev/null 2>&1; then
     kubectl_ delete pods --all -A --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
     for _ in $(seq 100); do
@@ -332,8 +335,6 @@ teardown() {
   stop_pid containerd TERM 3
   pkill -KILL -f -- "-address $D/containerd/containerd.sock" 2>/dev/null || true
   # 3. Control plane: the API server does not exit on SIGTERM (quirk 9).
-  stop_pid kube-controller-manager TERM 2
-  stop_pid kube-scheduler TERM 2
   stop_pid kube-apiserver KILL 1
   stop_pid etcd TERM 2
   # 4. Network: iptables chains live in the namespace and go with it.

@@ -150,19 +150,37 @@ impl Writer {
         Self { prefix, log, stop, task }
     }
 
-    /// Let the writer settle for `settle_ms`, stop it, and return (longest gap in ms around
-    /// the event at `t0`, acknowledged writes missing on `primary`, acknowledged writes).
+    /// Call once the new primary is recorded: wait until the client writes again, let it
+    /// settle for `settle_ms`, stop it, and return (longest gap in ms around the event at
+    /// `t0`, acknowledged writes missing on `primary`, acknowledged writes).
     async fn finish(
         self,
         t0: Instant,
         settle_ms: u64,
         primary: (&str, u16),
     ) -> anyhow::Result<(f64, usize, usize)> {
+        // Wait until the client writes again (50 acknowledgements after the new primary was
+        // seen in status, i.e. after this call), at most 10 s; a gap that never closes is then
+        // reported as running to the end of the run, not hidden.
+        let resumed_after = Instant::now();
+        let deadline = resumed_after + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && self.log.lock().expect("log").acks.iter().filter(|(_, at)| *at > resumed_after).count() < 50
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(settle_ms)).await;
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.task.await;
+        let end = Instant::now();
         let log = std::mem::take(&mut *self.log.lock().expect("log"));
-        let gap = longest_gap(&log, t0 - Duration::from_millis(300), Instant::now()).as_secs_f64() * 1000.0;
+        let mut gap = longest_gap(&log, t0 - Duration::from_millis(300), end);
+        if !log.acks.iter().any(|(_, at)| *at > resumed_after) {
+            // No write got through after the switch: the gap runs to the end of the run.
+            let last = log.acks.last().map_or(t0, |(_, at)| *at);
+            gap = gap.max(end - last);
+        }
+        let gap = gap.as_secs_f64() * 1000.0;
         let missing = lost(&log, &self.prefix, primary.0, primary.1).await?;
         Ok((gap, missing, log.acks.len()))
     }
