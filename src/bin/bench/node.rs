@@ -26,6 +26,8 @@ use super::{Args, Resolver, Stats, Writer, wait_new_primary, wait_settled};
 
 const NS: &str = "bench";
 const PORT: u16 = 6379;
+/// Quiet time before a switchover (more than kube-proxy's default min-sync period).
+const QUIET_MS: u64 = 1500;
 
 fn manifests(node: &NodeCluster, heartbeat_ms: u64) -> String {
     format!(
@@ -131,6 +133,14 @@ async fn on_node(
         for run in 0..args.runs {
             for planned in [false, true] {
                 let primary = wait_settled(&hacs).await?;
+                if planned {
+                    // A planned switchover on a quiet cluster: the previous run's recovery
+                    // (a new pod joining the replicas Service) made kube-proxy sync just now,
+                    // and with default settings it would hold the switch back until one
+                    // --iptables-min-sync-period (1 s) after that sync. Measured both ways
+                    // in BENCHMARKS.md.
+                    tokio::time::sleep(Duration::from_millis(QUIET_MS)).await;
+                }
                 let writer = Writer::start(
                     format!("n{}{run}{}", flags.is_some() as u8, planned as u8),
                     resolve.clone(),
