@@ -58,6 +58,8 @@ pub struct Metrics {
     pub member_up: Family<MemberLabels, Gauge>,
     pub epoch: Family<ShardLabels, Gauge>,
     pub leader: Gauge,
+    /// HaCluster monitors running in this process.
+    pub monitors: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,7 @@ impl Metrics {
         let member_up = Family::<MemberLabels, Gauge>::default();
         let epoch = Family::<ShardLabels, Gauge>::default();
         let leader = Gauge::default();
+        let monitors = Gauge::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -107,6 +110,11 @@ impl Metrics {
         registry.register("member_up", "1 if the member answered its last probe", member_up.clone());
         registry.register("shard_epoch", "Current epoch (fencing token) of the shard", epoch.clone());
         registry.register("leader", "1 while this process holds the leader lease", leader.clone());
+        registry.register(
+            "monitors",
+            "HaCluster monitors running in this process (one per cluster while leading)",
+            monitors.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -118,6 +126,7 @@ impl Metrics {
             member_up,
             epoch,
             leader,
+            monitors,
         }
     }
 

@@ -11,7 +11,7 @@
 //! API server down) nothing is promoted. The current primary is never demoted by the monitor.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -125,6 +125,15 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Counts a running monitor down when its task ends, also when it is aborted.
+struct MonitorCount(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for MonitorCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 struct AbortOnDrop(Monitors);
 
 impl Drop for AbortOnDrop {
@@ -230,6 +239,9 @@ struct Monitor {
     /// Standby clusters: the upstream primary this heartbeat resolved.
     upstream_seen: Option<String>,
     wake: Arc<Wake>,
+    /// Metric series this monitor created, removed when their member or the cluster goes.
+    exported_members: HashSet<MemberLabels>,
+    exported_shards: HashSet<ShardLabels>,
 }
 
 impl Monitor {
@@ -259,6 +271,8 @@ impl Monitor {
             pod_services_generation: None,
             upstream_seen: None,
             wake,
+            exported_members: HashSet::new(),
+            exported_shards: HashSet::new(),
         }
     }
 
@@ -278,15 +292,29 @@ impl Monitor {
     }
 
     async fn run(mut self) {
-        // Wait for the store to know the object (it does as soon as the reflector saw it).
+        self.ctx.metrics.monitors.inc();
+        let _running = MonitorCount(self.ctx.metrics.monitors.clone());
         loop {
             let Some(cluster) = self.latest() else {
-                if self.store.get(&self.oref).is_none() {
-                    info!(cluster = %self.oref, "stopping monitor: cluster deleted");
-                    return;
+                // The monitor is started from the object in the store, so the store knows it;
+                // absent, or under the same name with another uid (deleted and created again,
+                // which has a monitor of its own), this incarnation is gone.
+                let why = match self.store.get(&self.oref) {
+                    None => "cluster deleted",
+                    Some(o) if o.uid().as_deref() != Some(self.uid.as_str()) => {
+                        "cluster deleted and recreated"
+                    }
+                    Some(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                info!(cluster = %self.oref, "stopping monitor: {why}");
+                self.forget_metrics(&HashSet::new());
+                for labels in std::mem::take(&mut self.exported_shards) {
+                    self.ctx.metrics.epoch.remove(&labels);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+                return;
             };
             let interval = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(100));
             let started = Instant::now();
@@ -602,16 +630,33 @@ impl Monitor {
                     false
                 }
             };
-            self.ctx
-                .metrics
-                .member_up
-                .get_or_create(&MemberLabels {
-                    namespace: ns.clone(),
-                    cluster: cluster.name_any(),
-                    shard: d.shard.clone(),
-                    member: d.name.clone(),
-                })
-                .set(i64::from(up));
+            let labels = MemberLabels {
+                namespace: ns.clone(),
+                cluster: cluster.name_any(),
+                shard: d.shard.clone(),
+                member: d.name.clone(),
+            };
+            self.ctx.metrics.member_up.get_or_create(&labels).set(i64::from(up));
+            self.exported_members.insert(labels);
+        }
+        let current = declared
+            .iter()
+            .map(|d| MemberLabels {
+                namespace: ns.clone(),
+                cluster: cluster.name_any(),
+                shard: d.shard.clone(),
+                member: d.name.clone(),
+            })
+            .collect();
+        self.forget_metrics(&current);
+    }
+
+    /// Remove the `member_up` series of members not in `keep` (all of them for an empty set).
+    fn forget_metrics(&mut self, keep: &HashSet<MemberLabels>) {
+        let gone: Vec<MemberLabels> = self.exported_members.difference(keep).cloned().collect();
+        for labels in gone {
+            self.ctx.metrics.member_up.remove(&labels);
+            self.exported_members.remove(&labels);
         }
     }
 
@@ -1026,15 +1071,13 @@ impl Monitor {
         };
         self.ctx.metrics.failovers.get_or_create(&labels).inc();
         self.ctx.metrics.failover_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        self.ctx
-            .metrics
-            .epoch
-            .get_or_create(&ShardLabels {
-                namespace: labels.namespace.clone(),
-                cluster: labels.cluster.clone(),
-                shard: labels.shard.clone(),
-            })
-            .set(epoch);
+        let shard_labels = ShardLabels {
+            namespace: labels.namespace.clone(),
+            cluster: labels.cluster.clone(),
+            shard: labels.shard.clone(),
+        };
+        self.ctx.metrics.epoch.get_or_create(&shard_labels).set(epoch);
+        self.exported_shards.insert(shard_labels);
         let note = match &p.from {
             Some(f) => format!(
                 "shard {shard_name}: {} promoted, replacing {f} (epoch {epoch}, {duration_ms} ms; {})",

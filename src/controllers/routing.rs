@@ -138,7 +138,10 @@ pub async fn apply_routes(
             }),
             ..Default::default()
         };
-        services.patch(service, &pp, &Patch::Apply(&with_type(&svc))).await?;
+        let applied = services.patch(service, &pp, &Patch::Apply(&with_type(&svc))).await?;
+        if applied.spec.as_ref().is_some_and(|s| s.selector.is_none()) {
+            remove_foreign_endpoints(client, &ns, service).await?;
+        }
         for ((addr_type, port), hosts) in groups {
             let name = slice_name(service, addr_type, port);
             let slice = EndpointSlice {
@@ -188,6 +191,39 @@ pub async fn apply_routes(
         }
     }
     Ok(rejected)
+}
+
+/// A Service this operator routes has no selector, so every EndpointSlice of it must be ours.
+/// Others are stale: an earlier version gave pod members selector Services, and when the
+/// selector goes, kube-controller-manager leaves its last EndpointSlice and Endpoints in place
+/// (and mirrors those Endpoints into yet another slice) — kube-proxy would keep routing to the
+/// old primary beside the new one. Deleted here, the Endpoints first so nothing mirrors them.
+async fn remove_foreign_endpoints(client: &Client, ns: &str, service: &str) -> Result<(), kube::Error> {
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
+    #[allow(deprecated)] // core/v1 Endpoints: deprecated for EndpointSlices, still served
+    if endpoints.get_opt(service).await?.is_some() {
+        match endpoints.delete(service, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(%service, "deleted stale Endpoints of a selector-less Service"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service}"));
+    for slice in slices.list(&lp).await? {
+        if slice.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY) {
+            continue;
+        }
+        let name = slice.name_any();
+        match slices.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                tracing::info!(%service, slice = %name, "deleted an EndpointSlice this operator did not write")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `host:port` clients use for a static member (clientAddress if set).

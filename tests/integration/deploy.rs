@@ -34,6 +34,7 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["pods"], &["get", "list", "watch", "patch"]),
     ("", &["configmaps"], &["get", "list", "watch", "create", "patch", "update"]),
     ("", &["events"], &["create", "patch"]),
+    ("", &["endpoints"], &["get", "delete"]),
     ("events.k8s.io", &["events"], &["create", "patch"]),
     (
         "discovery.k8s.io",

@@ -76,6 +76,38 @@ async fn pod_members_get_role_labels_services_and_a_network_policy() {
     }))
     .unwrap();
     api.create(&PostParams::default(), &hac).await.unwrap();
+    // An earlier version made the primary Service select pods by role label. Leave one behind,
+    // routed by kube-controller-manager to a pod labelled primary by hand: after the upgrade
+    // its EndpointSlice must go, or kube-proxy would route to that pod beside the real primary.
+    // Applied as that version did: server-side apply by the operator's field manager.
+    let old = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "cache-primary"},
+        "spec": {"selector": {"app": "cache", "understudy.dev/role": "primary"}, "ports": [{"name": "main", "port": port}]}
+    });
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .patch("cache-primary", &PatchParams::apply("understudy").force(), &Patch::Apply(&old))
+        .await
+        .unwrap();
+    let stale = names[2];
+    pods.patch(
+        stale,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"understudy.dev/role": "primary"}}})),
+    )
+    .await
+    .unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    eventually(WAIT, "kube-controller-manager's EndpointSlice for the old selector Service", || async {
+        let l = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=cache-primary"))
+            .await
+            .ok()?;
+        l.items
+            .iter()
+            .any(|s| s.endpoints.iter().any(|e| e.addresses.contains(&pod_ips[2].to_owned())))
+            .then_some(())
+    })
+    .await;
     let operator = Operator::start(client.clone(), &ns);
 
     let first = wait_primary(&api, "cache", "main", None).await;

@@ -10,6 +10,7 @@ mod failover_request;
 mod hacluster_agent;
 mod hacluster_pods;
 mod hacluster_redis;
+mod lifecycle;
 mod operator;
 mod outage;
 mod protection_group;

@@ -67,6 +67,11 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Stale Endpoints left behind when an earlier version's selector Service became
+# selector-less (the mirroring controller would keep routing to them).
+- apiGroups: [""]
+  resources: ["endpoints"]
+  verbs: ["get", "delete"]
 # The role label (understudy.dev/role) on member pods.
 - apiGroups: [""]
   resources: ["pods"]

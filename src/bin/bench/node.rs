@@ -26,8 +26,9 @@ use super::{Args, Resolver, Stats, Writer, wait_new_primary, wait_settled};
 
 const NS: &str = "bench";
 const PORT: u16 = 6379;
-/// Quiet time before a switchover (more than kube-proxy's default min-sync period).
-const QUIET_MS: u64 = 1500;
+/// Quiet time before a switchover: two of kube-proxy's default min-sync periods, since a
+/// change that arrives within one period of a sync is applied a period later.
+const QUIET_MS: u64 = 3000;
 
 fn manifests(node: &NodeCluster, heartbeat_ms: u64) -> String {
     format!(
