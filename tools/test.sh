@@ -60,6 +60,13 @@ cargo clippy --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --locked -- "$@"
 if [ "$node_tier" = 1 ]; then
+  log "the node tier left nothing behind"
+  if ! tools/node/node.sh leftovers; then
+    echo "the node tier's teardown left the above on this machine" >&2
+    exit 1
+  fi
+fi
+if [ "$node_tier" = 1 ]; then
   log "all passed in $((SECONDS - start))s (loopback tier and node tier)"
 else
   log "all passed in $((SECONDS - start))s — NODE TIER SKIPPED (UNDERSTUDY_NODE_TIER=skip): nothing ran as a pod"

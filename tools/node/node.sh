@@ -16,6 +16,7 @@
 #   tools/node/node.sh kubelet DATADIR stop|start
 #                                              stop or restart the kubelet (node NotReady tests).
 #   tools/node/node.sh proxy DATADIR [ARGS...] restart kube-proxy with extra flags (benchmarks).
+#   tools/node/node.sh leftovers               list what a node left on the machine; exit 1 if any.
 #
 # Needs root, the control-plane binaries (tools/controlplane/build.sh all + node) in BIN_DIR,
 # and Debian's containerd, runc, containernetworking-plugins, iptables, conntrack (installed by
@@ -370,7 +371,30 @@ watch_owner() { # owner
   fi
 }
 
-cmd="${1:?usage: node.sh up|down|import|kubelet|proxy DATADIR ...}"
+# Anything a node leaves on the machine after teardown; exit 1 if there is any.
+leftovers() {
+  local found=0 h
+  ip netns list 2>/dev/null | grep -qw "$NETNS" && { echo "network namespace $NETNS"; found=1; }
+  ip link show "$VETH_H" >/dev/null 2>&1 && { echo "link $VETH_H"; found=1; }
+  [ -e "$CURRENT" ] && { echo "$CURRENT ($(cat "$CURRENT"))"; found=1; }
+  for h in /sys/fs/cgroup/*/; do
+    [ -d "$h$CGROUP_ROOT" ] && { echo "cgroup $h$CGROUP_ROOT"; found=1; }
+  done
+  if grep -q "understudy-node-" /proc/self/mounts; then echo "mounts under a node data dir"; found=1; fi
+  if find /var/log/containers -maxdepth 1 -lname '*understudy-node-*' 2>/dev/null | grep -q .; then
+    echo "container log links into a node data dir"; found=1
+  fi
+  if pgrep -f "understudy-node-[0-9]" >/dev/null; then
+    echo "processes: $(pgrep -af "understudy-node-[0-9]" | cut -c1-120 | head -5)"; found=1
+  fi
+  return $found
+}
+
+cmd="${1:?usage: node.sh up|down|import|kubelet|proxy|leftovers DATADIR ...}"
+if [ "$cmd" = leftovers ]; then
+  leftovers && exit 0
+  exit 1
+fi
 D="$(realpath -m "${2:?data dir}")"
 BIN="${BIN_DIR:-$(cd "$(dirname "$0")/../controlplane" && ./build.sh all >/dev/null && ./build.sh node)}"
 shift 2
