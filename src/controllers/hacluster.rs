@@ -190,6 +190,8 @@ fn ctrl_label() -> crate::metrics::ControllerLabels {
 struct MemberState {
     endpoint: String,
     misses: u32,
+    /// When the last counted miss was: misses count at most one per heartbeat interval.
+    last_miss: Option<Instant>,
     probe: Option<Probe>,
     unauthorized: bool,
     last_ok: Option<Timestamp>,
@@ -588,6 +590,11 @@ impl Monitor {
     async fn probe_all(&mut self, engine: &dyn Engine, declared: &[Declared], cluster: &HaCluster) {
         let probe_timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
         let threshold = cluster.spec.failover.failure_threshold.max(1) as u32;
+        // A monitor also probes when woken between heartbeats (a spec edit, a pod event, an
+        // operation's lock). Those probes may clear misses but count at most one miss per
+        // heartbeat interval: `failureThreshold` misses always span the window the spec
+        // promises (threshold − 1 intervals after the first miss), however often it is woken.
+        let miss_spacing = cluster.spec.failover.heartbeat_interval.0.mul_f64(0.9);
         let probes = futures::future::join_all(declared.iter().map(|d| async {
             tokio::time::timeout(probe_timeout, engine.probe(&d.endpoint)).await.unwrap_or_else(|_| {
                 Err(EngineError::Timeout { endpoint: d.endpoint.clone(), timeout: probe_timeout })
@@ -601,6 +608,7 @@ impl Monitor {
             let up = match result {
                 Ok(p) => {
                     st.misses = 0;
+                    st.last_miss = None;
                     st.unauthorized = false;
                     st.error = None;
                     st.last_ok = Some(Timestamp::now());
@@ -616,9 +624,13 @@ impl Monitor {
                 Err(e) => {
                     st.unauthorized = matches!(e, EngineError::Unauthorized { .. });
                     if !e.member_answered() {
-                        st.misses = st.misses.saturating_add(1);
+                        if st.last_miss.is_none_or(|t| t.elapsed() >= miss_spacing) {
+                            st.misses = st.misses.saturating_add(1);
+                            st.last_miss = Some(Instant::now());
+                        }
                     } else {
                         st.misses = 0;
+                        st.last_miss = None;
                     }
                     // One slow answer is not a failure: the last answer stands until the
                     // member is down (failureThreshold misses), so status and routing do not

@@ -494,3 +494,44 @@ async fn redis_frozen_primary_is_failed_over_and_demoted_when_it_thaws() {
     .await;
     operator.stop().await;
 }
+
+/// Misses count at most once per heartbeat interval, however often the monitor is woken: a
+/// cluster edited every 50 ms (each edit wakes its monitor, which probes) whose primary died
+/// is failed over no sooner than `failureThreshold − 1` intervals after the first miss. Before,
+/// every wake-up counted a miss, and the same cluster failed over in a fraction of its window.
+#[tokio::test]
+async fn wake_ups_between_heartbeats_do_not_shorten_the_failure_window() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "window").await;
+    let mut servers = [RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members = [("a", &servers[0]), ("b", &servers[1])];
+    let hac = cluster("w", &[("s0", &members)], json!({"heartbeatInterval": "1s", "failureThreshold": 3}));
+    hacs.create(&PostParams::default(), &hac).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let first = wait_primary(&hacs, "w", "s0", None).await;
+    let (pi, ri) = if first == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+
+    let poker = {
+        let hacs = hacs.clone();
+        tokio::spawn(async move {
+            for n in 0u64.. {
+                let patch = json!({"metadata": {"annotations": {"test.understudy.dev/poke": n.to_string()}}});
+                let _ = hacs.patch("w", &PatchParams::default(), &Patch::Merge(&patch)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    servers[pi].kill();
+    let killed = std::time::Instant::now();
+    let second = wait_primary(&hacs, "w", "s0", Some(&first)).await;
+    let after = killed.elapsed();
+    poker.abort();
+    eprintln!("{first} killed; {second} promoted {after:?} later, with the cluster edited every 50 ms");
+    assert!(
+        after >= Duration::from_millis(1800),
+        "failed over {after:?} after the kill: 3 misses at least 0.9 s apart take at least 1.8 s"
+    );
+    operator.stop().await;
+}
