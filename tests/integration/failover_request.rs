@@ -31,21 +31,31 @@ fn request(name: &str, spec: serde_json::Value) -> FailoverRequest {
 }
 
 /// Wait for a terminal phase, collecting every (step, status) the DAG showed on the way.
-async fn finish(api: &Api<FailoverRequest>, name: &str) -> (FailoverRequest, HashSet<(String, TaskStatus)>) {
+/// Poll a request until it is terminal; returns it, every (subtask, status) seen, and whether
+/// a snapshot before the end showed the DAG part-way (some subtasks done, others not).
+async fn finish(
+    api: &Api<FailoverRequest>,
+    name: &str,
+) -> (FailoverRequest, HashSet<(String, TaskStatus)>, bool) {
     let mut seen = HashSet::new();
+    let mut mid_way = false;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         if let Ok(fr) = api.get(name).await
             && let Some(st) = fr.status.clone()
         {
-            for t in st.task.iter().flat_map(|t| t.subtasks.iter()) {
+            let subtasks: Vec<_> = st.task.iter().flat_map(|t| t.subtasks.iter()).collect();
+            for t in &subtasks {
                 seen.insert((t.name.clone(), t.status));
             }
-            if matches!(
+            let terminal = matches!(
                 st.phase,
                 Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack)
-            ) {
-                return (fr, seen);
+            );
+            let done = subtasks.iter().filter(|t| t.status == TaskStatus::Successful).count();
+            mid_way |= !terminal && done > 0 && done < subtasks.len();
+            if terminal {
+                return (fr, seen, mid_way);
             }
         }
         assert!(std::time::Instant::now() < deadline, "FailoverRequest {name} did not finish; saw {seen:?}");
@@ -126,7 +136,7 @@ async fn batch_switchover_over_a_redis_and_an_agent_cluster() {
     )
     .await
     .unwrap();
-    let (fr, seen) = finish(&frs, "batch").await;
+    let (fr, seen, mid_way) = finish(&frs, "batch").await;
     let st = fr.status.clone().unwrap();
     assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st);
     assert_eq!(st.progress.as_deref(), Some("14/14"));
@@ -148,10 +158,9 @@ async fn batch_switchover_over_a_redis_and_an_agent_cluster() {
         assert!(t.start_time.is_some() && t.end_time.is_some());
         assert!(!t.description.is_empty());
     }
-    assert!(
-        seen.contains(&("fence".to_owned(), TaskStatus::Running)),
-        "the DAG was visible mid-way: {seen:?}"
-    );
+    // Progress is visible while it runs (polled every 20 ms; a single step such as the fence
+    // can be over between two polls, so no particular step is required to be seen Running).
+    assert!(mid_way, "the DAG was visible mid-way: {seen:?}");
     for s in ["check", "lock", "fence", "promote", "redirect", "route", "record"] {
         assert!(seen.contains(&(s.to_owned(), TaskStatus::Successful)), "{s} seen successful: {seen:?}");
     }
@@ -229,7 +238,7 @@ async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back(
     )
     .await
     .unwrap();
-    let (fr, _) = finish(&frs, "guard").await;
+    let (fr, _, _) = finish(&frs, "guard").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::Failed));
     assert!(st.message.as_deref().unwrap_or_default().contains("expectedPrimary"), "{:?}", st.message);
@@ -242,7 +251,7 @@ async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back(
     )
     .await
     .unwrap();
-    let (fr, _) = finish(&frs, "dry").await;
+    let (fr, _, _) = finish(&frs, "dry").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::Succeeded));
     assert!(st.message.unwrap().contains(&format!("would promote {replica}")));
@@ -270,7 +279,7 @@ async fn expected_primary_mismatch_is_refused_and_a_failed_promotion_rolls_back(
     )
     .await
     .unwrap();
-    let (fr, seen) = finish(&frs, "doomed").await;
+    let (fr, seen, _) = finish(&frs, "doomed").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::RolledBack), "{:?}", st.message);
     assert!(seen.contains(&("lock".to_owned(), TaskStatus::RolledBack)), "{seen:?}");
@@ -335,7 +344,7 @@ async fn a_request_waits_for_a_busy_shard_and_gives_up_at_its_deadline() {
     })
     .await;
     assert!(waiting.contains("db_busy") && waiting.contains("holder"), "{waiting}");
-    let (fr, _) = finish(&frs, "second").await;
+    let (fr, _, _) = finish(&frs, "second").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::RolledBack), "{:?}", st.message);
     assert!(st.message.unwrap_or_default().contains("db_busy"));
@@ -368,15 +377,16 @@ async fn a_forced_failover_and_a_switchover_that_cannot_drain_aborts_or_is_force
     )
     .await
     .unwrap();
-    let (fr, _) = finish(&frs, "forced").await;
+    let (fr, _, _) = finish(&frs, "forced").await;
     assert_eq!(fr.status.as_ref().unwrap().phase, Some(RequestPhase::Succeeded), "{:?}", fr.status);
     let q = wait_primary(&hacs, "c", "s0", Some(&p)).await;
     assert_eq!(q, ["a", "b"][ri]);
-    let evs = crate::hacluster_redis::events(&client, &ns).await;
-    assert!(
-        evs.iter().any(|(r, n)| r == "FailedOver" && n.contains("forced")),
-        "the promotion was forced: {evs:?}"
-    );
+    // The Event follows the status record and the routing switch: wait for it.
+    eventually(WAIT, "a FailedOver event saying the promotion was forced", || async {
+        let evs = crate::hacluster_redis::events(&client, &ns).await;
+        evs.iter().any(|(r, n)| r == "FailedOver" && n.contains("forced")).then_some(())
+    })
+    .await;
     wait_follows(&servers[pi], &servers[ri]).await;
 
     // The replica cannot catch up (the primary refuses its re-sync and the link is cut), so a
@@ -397,7 +407,7 @@ async fn a_forced_failover_and_a_switchover_that_cannot_drain_aborts_or_is_force
     )
     .await
     .unwrap();
-    let (fr, _) = finish(&frs, "abort").await;
+    let (fr, _, _) = finish(&frs, "abort").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::RolledBack), "{:?}", st.message);
     assert!(st.message.unwrap_or_default().contains("abandoned"));
@@ -411,7 +421,7 @@ async fn a_forced_failover_and_a_switchover_that_cannot_drain_aborts_or_is_force
     )
     .await
     .unwrap();
-    let (fr, _) = finish(&frs, "force").await;
+    let (fr, _, _) = finish(&frs, "force").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st.message);
     let fence = st.task.unwrap().subtasks.into_iter().find(|t| t.name == "fence").unwrap();

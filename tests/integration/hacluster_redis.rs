@@ -181,9 +181,13 @@ async fn redis_bootstrap_failover_and_return_of_the_old_primary() {
         .then_some(())
     })
     .await;
-    let evs = events(&client, &ns).await;
+    // Clients first: the Event is published after the Services moved.
+    let evs = eventually(WAIT, "the FailedOver event", || async {
+        let evs = events(&client, &ns).await;
+        evs.iter().any(|(r, m)| r == "FailedOver" && m.contains(&second)).then_some(evs)
+    })
+    .await;
     assert!(evs.iter().any(|(r, m)| r == "FailingOver" && m.contains(&first)), "{evs:?}");
-    assert!(evs.iter().any(|(r, m)| r == "FailedOver" && m.contains(&second)), "{evs:?}");
     assert!(evs.iter().any(|(r, m)| r == "PrimaryElected" && m.contains(&first)), "{evs:?}");
 
     // The old primary returns (as it starts: a replica of nothing) and is attached as a replica.
