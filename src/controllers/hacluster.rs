@@ -319,6 +319,15 @@ impl Monitor {
                 return;
             };
             let interval = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(100));
+            // Pod members come from the pod reflector: until its first list has arrived, the
+            // membership would look empty and the routing written from it would take the
+            // primary out of its Service (seen when a new leader took over mid-operation).
+            if cluster.spec.selector.is_some()
+                && !matches!(futures::FutureExt::now_or_never(self.pods.wait_until_ready()), Some(Ok(())))
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let started = Instant::now();
             self.wake.seen.fetch_max(rv(&cluster), Ordering::SeqCst);
             // Boxed: the heartbeat's state lives on the heap only while it runs, so an idle

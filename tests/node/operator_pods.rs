@@ -31,6 +31,8 @@ async fn the_other_replica_takes_the_lease_and_finishes_a_shard_failover_when_th
     writer.wait_more(200, WAIT).await;
     let from_seq = writer.last_seq() + 1;
 
+    let epoch_of = |c: &HaCluster| c.status.as_ref().and_then(|s| s.shards.first()).map_or(0, |s| s.epoch);
+    let epoch_before = epoch_of(&hacs.get("cache").await.unwrap());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let leader = leases.get("understudy-leader").await.unwrap().spec.unwrap().holder_identity.unwrap();
     let leader_pod = pods(&client, &ns.name, "app.kubernetes.io/name=understudy")
@@ -79,6 +81,17 @@ async fn the_other_replica_takes_the_lease_and_finishes_a_shard_failover_when_th
     writer.wait_more(200, WAIT).await;
     eprintln!(
         "{new_leader} holds the Lease; ShardFailover Succeeded {finished:?} after the kill ({first} → {second})"
+    );
+
+    // The epoch is a fencing token: the new leader continues from what the old one recorded.
+    // (A new leader whose pod cache was still empty once saw no members, dropped the shard
+    // from status and bootstrapped it again at epoch 1, below the switchover's epoch 2.)
+    let c = hacs.get("cache").await.unwrap();
+    let last = c.status.as_ref().and_then(|s| s.last_failover.as_ref()).map_or(0, |f| f.epoch);
+    assert!(
+        epoch_of(&c) > epoch_before && epoch_of(&c) >= last,
+        "epoch {} after the leader change; {epoch_before} before the switchover, {last} recorded by it",
+        epoch_of(&c)
     );
 
     let acked: Vec<u64> = writer.stop().await.into_iter().filter(|n| *n >= from_seq).collect();
