@@ -163,10 +163,16 @@ impl NodeCluster {
     /// from this checkout (the chart's default name; `Never` pull: it is on the node already).
     /// The aggregated ClusterRoles are left out: they are cluster-wide, one set per cluster.
     pub fn install_operator(&self, ns: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.operator_release("install", ns, extra)
+    }
+
+    /// `helm install` or `helm upgrade` of the operator release with the settings above plus
+    /// `extra`, waiting until it is rolled out.
+    pub fn operator_release(&self, verb: &str, ns: &str, extra: &[&str]) -> anyhow::Result<()> {
         let chart = repo().join("charts/understudy");
         let watch = format!("watchNamespaces=[\"{ns}\"]");
         let mut args = vec![
-            "install",
+            verb,
             "understudy",
             chart.to_str().context("chart path")?,
             "-n",

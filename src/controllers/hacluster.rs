@@ -244,6 +244,8 @@ struct Monitor {
     /// Metric series this monitor created, removed when their member or the cluster goes.
     exported_members: HashSet<MemberLabels>,
     exported_shards: HashSet<ShardLabels>,
+    /// No stale Endpoints/EndpointSlices of a formerly selector Service are left (pod members).
+    foreign_endpoints_checked: bool,
 }
 
 impl Monitor {
@@ -275,6 +277,7 @@ impl Monitor {
             wake,
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
+            foreign_endpoints_checked: false,
         }
     }
 
@@ -312,7 +315,7 @@ impl Monitor {
                     }
                 };
                 info!(cluster = %self.oref, "stopping monitor: {why}");
-                self.forget_metrics(&HashSet::new());
+                self.keep_member_series(HashSet::new());
                 for labels in std::mem::take(&mut self.exported_shards) {
                     self.ctx.metrics.epoch.remove(&labels);
                 }
@@ -611,6 +614,7 @@ impl Monitor {
         }))
         .await;
         let ns = cluster.namespace().unwrap_or_default();
+        let mut current = HashSet::new();
         for (d, result) in declared.iter().zip(probes) {
             let st = self.members.entry(d.name.clone()).or_default();
             st.endpoint.clone_from(&d.endpoint);
@@ -658,27 +662,17 @@ impl Monitor {
                 member: d.name.clone(),
             };
             self.ctx.metrics.member_up.get_or_create(&labels).set(i64::from(up));
-            self.exported_members.insert(labels);
+            current.insert(labels);
         }
-        let current = declared
-            .iter()
-            .map(|d| MemberLabels {
-                namespace: ns.clone(),
-                cluster: cluster.name_any(),
-                shard: d.shard.clone(),
-                member: d.name.clone(),
-            })
-            .collect();
-        self.forget_metrics(&current);
+        self.keep_member_series(current);
     }
 
-    /// Remove the `member_up` series of members not in `keep` (all of them for an empty set).
-    fn forget_metrics(&mut self, keep: &HashSet<MemberLabels>) {
-        let gone: Vec<MemberLabels> = self.exported_members.difference(keep).cloned().collect();
-        for labels in gone {
-            self.ctx.metrics.member_up.remove(&labels);
-            self.exported_members.remove(&labels);
+    /// `member_up` series from now on are `keep`: remove those of members no longer there.
+    fn keep_member_series(&mut self, keep: HashSet<MemberLabels>) {
+        for gone in self.exported_members.difference(&keep) {
+            self.ctx.metrics.member_up.remove(gone);
         }
+        self.exported_members = keep;
     }
 
     fn facts(&mut self, cluster: &HaCluster, shard_name: &str, declared: &[Declared]) -> ShardFacts {
@@ -1506,6 +1500,22 @@ impl Monitor {
             Ok(rejected) => {
                 if !rejected.is_empty() {
                     warn!(cluster = %key(cluster), ?rejected, "endpoints Kubernetes cannot route to (loopback/link-local) were left out of the Services");
+                }
+                // Pod members' Services were selector Services in an earlier version: clear
+                // what Kubernetes left of that, after each routing write until a check finds
+                // nothing (not on every write for ever).
+                if cluster.spec.selector.is_some() && !self.foreign_endpoints_checked {
+                    let ns = cluster.namespace().unwrap_or_default();
+                    let removed =
+                        routing::remove_foreign_endpoints(&self.ctx.client, &ns, routes.services.keys())
+                            .await;
+                    match removed {
+                        Ok(0) => self.foreign_endpoints_checked = true,
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(cluster = %key(cluster), error = %e, "could not remove stale endpoints; retried")
+                        }
+                    }
                 }
                 self.last_routes = Some(routes);
             }

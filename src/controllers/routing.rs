@@ -138,10 +138,7 @@ pub async fn apply_routes(
             }),
             ..Default::default()
         };
-        let applied = services.patch(service, &pp, &Patch::Apply(&with_type(&svc))).await?;
-        if applied.spec.as_ref().is_some_and(|s| s.selector.is_none()) {
-            remove_foreign_endpoints(client, &ns, service).await?;
-        }
+        services.patch(service, &pp, &Patch::Apply(&with_type(&svc))).await?;
         for ((addr_type, port), hosts) in groups {
             let name = slice_name(service, addr_type, port);
             let slice = EndpointSlice {
@@ -198,12 +195,29 @@ pub async fn apply_routes(
 /// selector goes, kube-controller-manager leaves its last EndpointSlice and Endpoints in place
 /// (and mirrors those Endpoints into yet another slice) — kube-proxy would keep routing to the
 /// old primary beside the new one. Deleted here, the Endpoints first so nothing mirrors them.
-async fn remove_foreign_endpoints(client: &Client, ns: &str, service: &str) -> Result<(), kube::Error> {
+/// Returns how many objects were removed.
+pub async fn remove_foreign_endpoints(
+    client: &Client,
+    ns: &str,
+    services: impl IntoIterator<Item = &String>,
+) -> Result<usize, kube::Error> {
+    let mut removed = 0;
+    for service in services {
+        removed += remove_foreign_endpoints_of(client, ns, service).await?;
+    }
+    Ok(removed)
+}
+
+async fn remove_foreign_endpoints_of(client: &Client, ns: &str, service: &str) -> Result<usize, kube::Error> {
+    let mut removed = 0;
     let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), ns);
     #[allow(deprecated)] // core/v1 Endpoints: deprecated for EndpointSlices, still served
     if endpoints.get_opt(service).await?.is_some() {
         match endpoints.delete(service, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(%service, "deleted stale Endpoints of a selector-less Service"),
+            Ok(_) => {
+                removed += 1;
+                tracing::info!(%service, "deleted stale Endpoints of a selector-less Service");
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e),
         }
@@ -223,7 +237,7 @@ async fn remove_foreign_endpoints(client: &Client, ns: &str, service: &str) -> R
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// `host:port` clients use for a static member (clientAddress if set).

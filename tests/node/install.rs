@@ -140,28 +140,8 @@ async fn helm_installs_the_image_as_non_root_pods_with_one_leader_and_upgrades_w
             }
         })
     };
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/understudy");
-    let watch = format!("watchNamespaces=[\"{}\"]", ns.name);
     let tag = format!("image.tag={next}");
-    node.helm(&[
-        "upgrade",
-        "understudy",
-        chart.to_str().unwrap(),
-        "-n",
-        &ns.name,
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "aggregatedRoles.create=false",
-        "--set-json",
-        &watch,
-        "--set",
-        &tag,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
-    .unwrap();
+    node.operator_release("upgrade", &ns.name, &["--set", &tag]).unwrap();
     eventually(WAIT, "both operator pods on the new tag and one leader", || async {
         let ps = pods(&client, &ns.name, OPERATOR).await;
         let upgraded = ps.len() == 2

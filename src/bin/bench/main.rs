@@ -394,19 +394,7 @@ async fn understudy_bench(
         if switchover {
             let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
             let name = format!("sw-{run}");
-            let sfo: ShardFailover = serde_json::from_value(json!({
-                "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name},
-                "spec": {"shardUids": [primary]}
-            }))?;
-            sfos.create(&PostParams::default(), &sfo).await?;
-            loop {
-                let s = sfos.get(&name).await?;
-                match s.status.and_then(|s| s.phase) {
-                    Some(ShardFailoverPhase::Succeeded) => break,
-                    Some(ShardFailoverPhase::Failed) => bail!("switchover {name} failed"),
-                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
+            switch_over(&sfos, &name, &primary).await?;
             let _ = sfos.delete(&name, &DeleteParams::default()).await;
         } else {
             redis[pi].kill();
@@ -448,6 +436,22 @@ async fn understudy_bench(
         stats.push(promote);
     }
     Ok((title, stats, vec![format!("acknowledged writes: {acked_total}; lost: {lost_total}")]))
+}
+
+/// Submit a ShardFailover `name` moving `primary` and wait until it has Succeeded.
+async fn switch_over(sfos: &Api<ShardFailover>, name: &str, primary: &str) -> anyhow::Result<()> {
+    let sfo: ShardFailover = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name},
+        "spec": {"shardUids": [primary]}
+    }))?;
+    sfos.create(&PostParams::default(), &sfo).await?;
+    loop {
+        match sfos.get(name).await?.status.and_then(|s| s.phase) {
+            Some(ShardFailoverPhase::Succeeded) => return Ok(()),
+            Some(ShardFailoverPhase::Failed) => bail!("switchover {name} failed"),
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }
 
 async fn wait_settled(hacs: &Api<HaCluster>) -> anyhow::Result<String> {

@@ -12,17 +12,13 @@ use std::{
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::{
-    Api,
-    api::{DeleteParams, PostParams},
-};
-use serde_json::json;
+use kube::{Api, api::DeleteParams};
 use understudy::{
     nodecluster::NodeCluster,
-    resources::{HaCluster, ShardFailover, shard_failover::ShardFailoverPhase},
+    resources::{HaCluster, ShardFailover},
 };
 
-use super::{Args, Resolver, Stats, Writer, wait_new_primary, wait_settled};
+use super::{Args, Resolver, Stats, Writer, switch_over, wait_new_primary, wait_settled};
 
 const NS: &str = "bench";
 const PORT: u16 = 6379;
@@ -150,19 +146,7 @@ async fn on_node(
                 let t0 = Instant::now();
                 if planned {
                     let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
-                    let name = format!("sw-{}-{run}", flags.is_some() as u8);
-                    let sfo: ShardFailover = serde_json::from_value(json!({
-                        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name},
-                        "spec": {"shardUids": [primary]}
-                    }))?;
-                    sfos.create(&PostParams::default(), &sfo).await?;
-                    loop {
-                        match sfos.get(&name).await?.status.and_then(|s| s.phase) {
-                            Some(ShardFailoverPhase::Succeeded) => break,
-                            Some(ShardFailoverPhase::Failed) => anyhow::bail!("switchover {name} failed"),
-                            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-                        }
-                    }
+                    switch_over(&sfos, &format!("sw-{}-{run}", flags.is_some() as u8), &primary).await?;
                 } else {
                     let pod = pods.get(&primary).await?;
                     let cid = pod
