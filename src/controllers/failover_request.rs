@@ -301,6 +301,8 @@ async fn run_step(
                 name: fr.name_any(),
                 namespace: fr.namespace(),
                 uid,
+                dead_members: Vec::new(),
+                dead_nodes: Vec::new(),
             };
             let deadline = Timestamp::now() + Duration::from_secs(fr.spec.timeout_seconds.max(1) as u64 * 2);
             match acquire(&clusters, &cluster, &holder, &[(get("shard"), get("to"))], deadline).await? {
@@ -423,6 +425,8 @@ async fn force_switch(
         name: fr.name_any(),
         namespace: fr.namespace(),
         uid: fr.uid().unwrap_or_default(),
+        dead_members: Vec::new(),
+        dead_nodes: Vec::new(),
     };
     let deadline = Timestamp::now() + Duration::from_secs(fr.spec.timeout_seconds.max(1) as u64 * 2);
     Ok(

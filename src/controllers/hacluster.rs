@@ -36,8 +36,11 @@ use tracing::{debug, info, warn};
 
 use super::{Context, SecretCache, cached_credentials, key, routing};
 use crate::{
-    core::shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
-    engines::{self, Engine, EngineError, ObservedRole, Probe},
+    core::{
+        saga::{self, Become, Effect, End, OldPrimary, Report, Saga, Start},
+        shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
+    },
+    engines::{self, Engine, EngineError, Fault, ObservedRole, Probe},
     metrics::{FailoverLabels, MemberLabels, ShardLabels},
     resources::{
         HaCluster,
@@ -51,7 +54,7 @@ use crate::{
 
 /// `LastPromotion` reason when a graceful switchover was abandoned because the candidate did
 /// not catch up in time (an operation with onTimeout: Force may then force it).
-pub const ABANDON_DRAIN: &str = "DrainTimedOut";
+pub const ABANDON_DRAIN: &str = saga::reason::DRAIN_TIMED_OUT;
 
 /// Kind recorded in the operation lock by automatic failover and bootstrap.
 pub const LOCK_KIND: &str = "HaCluster";
@@ -196,6 +199,12 @@ struct MemberState {
     unauthorized: bool,
     last_ok: Option<Timestamp>,
     error: Option<String>,
+    /// How the latest failed probe failed.
+    last_fault: Option<Fault>,
+    /// The latest answer said the member fences itself (kept while it does not answer).
+    self_fencing: bool,
+    /// The self-fencing setting last written to the member (min replicas, max lag).
+    fencing_applied: Option<(u32, u32)>,
 }
 
 /// What an engine is built from: a change in any of it means a new engine.
@@ -246,6 +255,9 @@ struct Monitor {
     exported_shards: HashSet<ShardLabels>,
     /// No stale Endpoints/EndpointSlices of a formerly selector Service are left (pod members).
     foreign_endpoints_checked: bool,
+    /// Shards whose lost primary could not be fenced (onTimeout: Abort): no automatic
+    /// failover past it until it answers again.
+    unfenced: HashMap<String, String>,
 }
 
 impl Monitor {
@@ -278,6 +290,7 @@ impl Monitor {
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
             foreign_endpoints_checked: false,
+            unfenced: HashMap::new(),
         }
     }
 
@@ -485,6 +498,7 @@ impl Monitor {
         let engine = self.engine.take().expect("ensured");
         self.detach_removed(engine.as_ref(), &cluster, &declared).await;
         self.probe_all(engine.as_ref(), &declared, &cluster).await;
+        self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
         let upstream = self.upstream(&cluster).await;
         self.upstream_seen = upstream.clone();
         let policy = Self::policy(&cluster, engine.as_ref(), upstream);
@@ -620,11 +634,14 @@ impl Monitor {
             st.endpoint.clone_from(&d.endpoint);
             let up = match result {
                 Ok(p) => {
+                    self.unfenced.retain(|_, m| m != &d.name);
                     st.misses = 0;
                     st.last_miss = None;
                     st.unauthorized = false;
                     st.error = None;
                     st.last_ok = Some(Timestamp::now());
+                    st.last_fault = None;
+                    st.self_fencing = p.self_fencing;
                     if p.role == ObservedRole::Primary
                         && let Some(o) = p.offset
                     {
@@ -636,6 +653,7 @@ impl Monitor {
                 }
                 Err(e) => {
                     st.unauthorized = matches!(e, EngineError::Unauthorized { .. });
+                    st.last_fault = Some(e.fault());
                     if !e.member_answered() {
                         if st.last_miss.is_none_or(|t| t.elapsed() >= miss_spacing) {
                             st.misses = st.misses.saturating_add(1);
@@ -665,6 +683,48 @@ impl Monitor {
             current.insert(labels);
         }
         self.keep_member_series(current);
+    }
+
+    /// Keep every answering member's self-fencing (redis `min-replicas-to-write`) in step
+    /// with the spec and the shard's size: at most the number of other members, so a
+    /// one-member shard is never fenced. Written when it differs from what was last written
+    /// or when the member says it is not fencing (a restart loses the setting).
+    async fn keep_self_fencing(&mut self, engine: &dyn Engine, declared: &[Declared], cluster: &HaCluster) {
+        if !engine.self_fences() || cluster.spec.paused {
+            return;
+        }
+        let f = &cluster.spec.failover.fencing;
+        let lag = f.max_replica_lag_seconds.max(1) as u32;
+        let mut todo = Vec::new();
+        for d in declared {
+            let others = declared.iter().filter(|x| x.shard == d.shard).count().saturating_sub(1) as u32;
+            let want = (f.min_replicas_to_write.max(0) as u32).min(others);
+            let Some(st) = self.members.get(&d.name) else { continue };
+            let Some(p) = st.probe.as_ref().filter(|_| st.misses == 0 && !st.unauthorized) else { continue };
+            if p.self_fencing != (want > 0) || st.fencing_applied != Some((want, lag)) {
+                todo.push((d.name.clone(), d.endpoint.clone(), want));
+            }
+        }
+        let results = futures::future::join_all(
+            todo.iter().map(|(_, endpoint, want)| engine.set_self_fencing(endpoint, *want, lag)),
+        )
+        .await;
+        for ((name, _, want), r) in todo.into_iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    if let Some(st) = self.members.get_mut(&name) {
+                        st.fencing_applied = Some((want, lag));
+                        if let Some(p) = st.probe.as_mut() {
+                            p.self_fencing = want > 0;
+                        }
+                        st.self_fencing = want > 0;
+                    }
+                }
+                Err(e) => {
+                    warn!(cluster = %key(cluster), member = %name, error = %e, "could not set self-fencing; retried next heartbeat")
+                }
+            }
+        }
     }
 
     /// `member_up` series from now on are `keep`: remove those of members no longer there.
@@ -715,6 +775,7 @@ impl Monitor {
             last_primary_offset: self.last_primary_offset.get(shard_name).copied(),
             primary_lost_for: lost_for,
             avoid_nodes: Vec::new(),
+            unfenced: self.unfenced.get(shard_name).cloned(),
         }
     }
 
@@ -768,6 +829,7 @@ impl Monitor {
         d: &Declared,
         primary: Option<&str>,
     ) {
+        let offset = self.members.get(&d.name).and_then(|m| m.probe.as_ref()).and_then(|p| p.offset);
         let result = match (engine.follows_directly(), primary) {
             (true, Some(p)) => engine.follow(&d.endpoint, p).await,
             _ => engine.demote(&d.endpoint).await,
@@ -792,13 +854,67 @@ impl Monitor {
                 {
                     p.role = ObservedRole::Replica;
                 }
+                if let Some(offset) = offset {
+                    self.account_reattached(cluster, &d.shard, &d.name, offset).await;
+                }
             }
             Err(e) => warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not demote"),
         }
     }
 
-    /// Carry out a promotion: record (epoch, target, lock) → fence → promote → redirect →
-    /// record the result. Each step is idempotent, so a restart resumes from status.
+    /// An old primary came back still acting as primary and was demoted: what it wrote beyond
+    /// the point its successor was promoted at is lost (asynchronous replication cannot save
+    /// it). Raise the last failover's `lostOffset` to that, once, with a `reattach` step.
+    async fn account_reattached(&mut self, cluster: &HaCluster, shard: &str, member: &str, offset: i64) {
+        let Some(base) = self.latest() else { return };
+        let Some(record) = base.status.as_ref().and_then(|s| s.last_failover.as_ref()) else { return };
+        let Some(promoted_at) = record.promoted_at_offset else { return };
+        if record.shard != shard
+            || record.from.as_deref() != Some(member)
+            || record.steps.iter().any(|s| s.name == "reattach")
+        {
+            return;
+        }
+        let lost = (offset - promoted_at).max(0);
+        let mut next = base.clone();
+        let Some(r) = next.status.as_mut().and_then(|s| s.last_failover.as_mut()) else { return };
+        r.lost_offset = Some(r.lost_offset.unwrap_or(0).max(lost));
+        let now = Time(Timestamp::now());
+        r.steps.push(StepRecord {
+            name: "reattach".into(),
+            started_at: now.clone(),
+            finished_at: now,
+            message: Some(format!(
+                "{member} came back as a primary at offset {offset}, {lost} bytes beyond the point {} was promoted at ({promoted_at}); those writes are lost",
+                r.to.clone().unwrap_or_default()
+            )),
+        });
+        match self.replace_status(&next).await {
+            Ok(()) if lost > 0 => {
+                warn!(cluster = %key(cluster), %member, lost, "the re-attached old primary had writes its successor never received");
+                self.ctx
+                    .event(
+                        cluster,
+                        true,
+                        "WritesLost",
+                        "Reattach",
+                        format!(
+                            "{member} had {lost} bytes of writes beyond the promotion point; they are lost"
+                        ),
+                    )
+                    .await;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                warn!(cluster = %key(cluster), %member, error = %e, "could not record the re-attached old primary's offset")
+            }
+        }
+    }
+
+    /// Carry out a promotion. What to do, in which order and when to give up is decided by
+    /// the saga of [`crate::core::saga`]; this function only runs the effects it asks for and
+    /// reports how they went. Every effect is idempotent, so a restarted operator resumes
+    /// from the target and epoch recorded in status.
     async fn promote(
         &mut self,
         engine: &dyn Engine,
@@ -811,344 +927,451 @@ impl Monitor {
         let started_at = Time(Timestamp::now());
         let step_timeout = cluster.spec.failover.step_timeout.0;
         let Some(to) = declared.iter().find(|d| d.name == p.to).cloned() else { return };
-        let from = p.from.as_ref().and_then(|f| declared.iter().find(|d| &d.name == f)).cloned();
         let ckey = key(cluster);
-
-        // 1. Record the decision before acting: epoch+1, target, lock. Guarded by resourceVersion.
-        let epoch = if p.kind == PromotionKind::Resume {
-            shard_status(cluster, shard_name).map_or(0, |s| s.epoch)
-        } else {
-            let mut next = cluster.clone();
-            let status = next.status.get_or_insert_with(Default::default);
-            let s = shard_entry(status, shard_name);
-            s.epoch += 1;
-            s.target_primary = Some(to.name.clone());
-            s.operation = Some(OperationLock {
-                kind: LOCK_KIND.into(),
-                name: cluster.name_any(),
-                namespace: cluster.namespace(),
-                uid: cluster.uid(),
-                acquired_at: started_at.clone(),
-                expires_at: Time(Timestamp::now() + step_timeout * 4),
-                force: false,
-            });
-            let epoch = s.epoch;
-            status.phase = Some(if p.kind == PromotionKind::Failover {
-                ClusterPhase::FailingOver
-            } else {
-                ClusterPhase::Bootstrapping
-            });
-            match self.replace_status(&next).await {
-                Ok(()) => epoch,
-                Err(e) => {
-                    warn!(cluster = %ckey, error = %e, "not promoting: could not record the new epoch");
-                    return;
-                }
-            }
+        let Some(start) = self.saga_start(engine, cluster, shard_name, declared, &p) else { return };
+        let from = start.from.as_ref().map(|f| f.name.clone());
+        let mut saga = Saga::new(start);
+        let endpoint = |name: &str| {
+            declared.iter().find(|d| d.name == name).map(|d| d.endpoint.clone()).unwrap_or_default()
         };
-        info!(cluster = %ckey, shard = shard_name, to = %to.name, from = ?p.from, epoch, reason = %p.reason, "promoting");
-        if p.kind == PromotionKind::Failover {
-            self.ctx
-                .event(
-                    cluster,
-                    true,
-                    "FailingOver",
-                    "Failover",
-                    format!("shard {shard_name}: {}; promoting {} (epoch {epoch})", p.reason, to.name),
-                )
-                .await;
-        }
-
-        // 2. Fence the old primary: out of routing at once. A healthy old primary (switchover)
-        //    is drained — writes paused until the candidate has everything — then demoted by
-        //    following the new primary; an unhealthy one is demoted if it still answers.
-        let mut paused: Option<Declared> = None;
+        let mut epoch = shard_status(cluster, shard_name).map_or(0, |s| s.epoch);
         let mut steps: Vec<StepRecord> = Vec::new();
         let mut step_start = Time(Timestamp::now());
-        let mut step_done = |steps: &mut Vec<StepRecord>, name: &str, message: String| {
-            let now = Time(Timestamp::now());
-            steps.push(StepRecord {
-                name: name.into(),
-                started_at: std::mem::replace(&mut step_start, now.clone()),
-                finished_at: now,
-                message: Some(message),
-            });
-        };
-        if let Some(from) = &from {
-            if let Some(c) = self.latest() {
-                self.update_routing(&c, declared).await;
+        let mut promoted_at_offset = None;
+        let mut refetch = false;
+        let mut seen = 0;
+        let end = loop {
+            // Steps the saga recorded since the last effect, timed as they are seen.
+            for s in &saga.steps[seen..] {
+                let now = Time(Timestamp::now());
+                steps.push(StepRecord {
+                    name: s.name.into(),
+                    started_at: std::mem::replace(&mut step_start, now.clone()),
+                    finished_at: now,
+                    message: Some(s.message.clone()),
+                });
+                match s.name {
+                    "fence" => crate::faults::crash_point("after-fence"),
+                    "promote" if from.is_some() => crate::faults::crash_point("after-promote"),
+                    _ => {}
+                }
             }
-            let state = self.members.get(&from.name);
-            let reachable = state.is_some_and(|m| m.probe.is_some());
-            let healthy_primary = state.is_some_and(|m| {
-                m.misses == 0 && m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Primary)
-            });
-            // A forced promotion (requested by an operation) fences at once: no drain.
-            let forced = shard_status(cluster, shard_name)
-                .and_then(|s| s.operation.as_ref())
-                .is_some_and(|l| l.force && l.kind != LOCK_KIND);
-            if healthy_primary && engine.follows_directly() && !forced {
-                match drain(engine, &from.endpoint, &to.endpoint, step_timeout).await {
-                    // Demote before promoting: at no instant are there two primaries (for a
-                    // moment there are none). The candidate already has everything.
-                    Ok(()) => match engine.demote(&from.endpoint).await {
-                        Ok(()) => paused = Some(from.clone()),
-                        Err(e) => {
-                            let _ = engine.resume_writes(&from.endpoint).await;
-                            self.abandon(
-                                cluster,
-                                shard_name,
-                                declared,
-                                "DemoteFailed",
-                                &format!(
-                                    "switchover to {} abandoned: could not demote {}: {e}",
-                                    to.name, from.name
-                                ),
-                            )
-                            .await;
-                            return;
+            seen = saga.steps.len();
+            let report: Report = match saga.next() {
+                Effect::Done(end) => break end,
+                Effect::Record => {
+                    match self.record_decision(cluster, shard_name, &to.name, p.kind, &started_at).await {
+                        Ok(e) => {
+                            epoch = e;
+                            step_start = Time(Timestamp::now());
+                            info!(cluster = %ckey, shard = shard_name, to = %to.name, from = ?p.from, epoch, reason = %p.reason, "promoting");
+                            if p.kind == PromotionKind::Failover {
+                                let msg = format!(
+                                    "shard {shard_name}: {}; promoting {} (epoch {epoch})",
+                                    p.reason, to.name
+                                );
+                                self.ctx.event(cluster, true, "FailingOver", "Failover", msg).await;
+                            }
+                            Ok(())
                         }
-                    },
-                    Err(why) => {
-                        let _ = engine.resume_writes(&from.endpoint).await;
-                        self.abandon(
-                            cluster,
-                            shard_name,
-                            declared,
-                            ABANDON_DRAIN,
-                            &format!("switchover to {} abandoned: {why}", to.name),
-                        )
-                        .await;
-                        return;
+                        Err(e) => Err((Fault::Silent, e.to_string())),
                     }
                 }
-            } else if reachable && let Err(e) = engine.demote(&from.endpoint).await {
-                warn!(cluster = %ckey, member = %from.name, error = %e, "could not fence the old primary; it is out of routing");
-            }
-        }
-
-        if let Some(from) = &from {
-            let how = if paused.is_some() {
-                "drained (writes paused until the candidate had everything) and demoted"
-            } else {
-                "fenced"
-            };
-            step_done(&mut steps, "fence", format!("{} {how}", from.name));
-            crate::faults::crash_point("after-fence");
-        }
-
-        // 3. Promote.
-        // A standby cluster's leader is not made writable: it follows the upstream.
-        let upstream = self.upstream_seen.clone();
-        let action = match (cluster.spec.standby.is_some(), upstream.as_deref()) {
-            (true, Some(up)) => engine.follow(&to.endpoint, up),
-            (true, None) => return,
-            (false, _) => engine.promote(&to.endpoint),
-        };
-        let failure = match tokio::time::timeout(step_timeout, action).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("promoting {} failed: {e}", to.name)),
-            Err(_) => Some(format!("promoting {} timed out after {step_timeout:?}", to.name)),
-        };
-        if let Some(failure) = failure {
-            if let Some(from) = &paused {
-                // Switchover: the old primary still has everything; make it the primary again
-                // and give it its writes back.
-                if let Err(e) = engine.promote(&from.endpoint).await {
-                    warn!(cluster = %ckey, member = %from.name, error = %e, "could not restore the old primary; the next heartbeat re-elects");
+                Effect::Drain { from, to } => drain(engine, &endpoint(&from), &endpoint(&to), step_timeout)
+                    .await
+                    .map_err(|e| (Fault::Answered, e)),
+                Effect::Demote { member } => reported(engine.demote(&endpoint(&member)).await),
+                Effect::Kill { member } => self.kill_pod(cluster, &member).await,
+                Effect::ResumeWrites { member } => {
+                    let r = reported(engine.resume_writes(&endpoint(&member)).await);
+                    if let Err((_, e)) = &r {
+                        warn!(cluster = %ckey, %member, error = %e, "could not unpause (the pause expires by itself)");
+                    }
+                    r
                 }
-                let _ = engine.resume_writes(&from.endpoint).await;
-                self.abandon(
-                    cluster,
-                    shard_name,
-                    declared,
-                    "PromoteFailed",
-                    &format!("{failure}; {} keeps the primary role", from.name),
-                )
-                .await;
-                return;
+                Effect::Promote { member } => {
+                    let r = timed(step_timeout, engine.promote(&endpoint(&member))).await;
+                    if r.is_ok() && member == to.name {
+                        promoted_at_offset =
+                            self.after_promotion(engine, shard_name, &to, step_timeout).await;
+                    }
+                    r
+                }
+                Effect::FollowUpstream { member, upstream } => {
+                    let r = timed(step_timeout, engine.follow(&endpoint(&member), &upstream)).await;
+                    if r.is_ok() {
+                        self.after_promotion(engine, shard_name, &to, step_timeout).await;
+                    }
+                    r
+                }
+                Effect::Redirect { members, to: _ } => {
+                    self.redirect(engine, cluster, declared, &members, &to).await
+                }
+                Effect::RecordOutcome => {
+                    let outcome = Outcome {
+                        promotion: &p,
+                        to: &to.name,
+                        drained: saga.drained(),
+                        epoch,
+                        started_at: &started_at,
+                        duration_ms: started.elapsed().as_millis() as i64,
+                        steps: &steps,
+                        promoted_at_offset,
+                    };
+                    let r = self.record_outcome(shard_name, outcome, refetch).await;
+                    refetch = r.is_err();
+                    r
+                }
+                Effect::RecordAbandon { reason, message } => {
+                    let r = self.record_abandon(shard_name, reason, &message, refetch).await;
+                    refetch = r.is_err();
+                    r
+                }
+            };
+            saga.observe(report);
+        };
+        match end {
+            End::Promoted => {
+                let labels = FailoverLabels {
+                    namespace: cluster.namespace().unwrap_or_default(),
+                    cluster: cluster.name_any(),
+                    shard: shard_name.to_owned(),
+                    kind: match p.kind {
+                        PromotionKind::Failover => "automatic".into(),
+                        PromotionKind::Resume => "resume".into(),
+                        PromotionKind::Bootstrap | PromotionKind::Adopt => "bootstrap".into(),
+                    },
+                };
+                self.ctx.metrics.failovers.get_or_create(&labels).inc();
+                self.ctx
+                    .metrics
+                    .failover_duration
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                let shard_labels = ShardLabels {
+                    namespace: labels.namespace.clone(),
+                    cluster: labels.cluster.clone(),
+                    shard: labels.shard.clone(),
+                };
+                self.ctx.metrics.epoch.get_or_create(&shard_labels).set(epoch);
+                self.exported_shards.insert(shard_labels);
+                let ms = started.elapsed().as_millis();
+                let note = match &p.from {
+                    Some(f) => format!(
+                        "shard {shard_name}: {} promoted, replacing {f} (epoch {epoch}, {ms} ms; {})",
+                        to.name, p.reason
+                    ),
+                    None => {
+                        format!("shard {shard_name}: {} is primary (epoch {epoch}; {})", to.name, p.reason)
+                    }
+                };
+                info!(cluster = %ckey, "{note}");
+                // Clients first: the Services move before the Event is published.
+                if let Some(c) = self.latest() {
+                    self.update_routing(&c, declared).await;
+                }
+                let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
+                self.ctx.event(cluster, false, reason, "Promote", note).await;
             }
-            // Failover: the target stays recorded; the next heartbeat retries it, or picks
-            // another candidate if it is no longer healthy.
-            warn!(cluster = %ckey, "{failure}");
-            self.ctx.event(cluster, true, "PromotionFailed", "Promote", failure).await;
-            return;
+            End::Abandoned { reason, message } => {
+                warn!(cluster = %ckey, shard = shard_name, reason, "{message}");
+                if reason == saga::reason::FENCE_TIMED_OUT
+                    && let Some(from) = &from
+                {
+                    self.unfenced.insert(shard_name.to_owned(), from.clone());
+                }
+                self.ctx
+                    .event(
+                        cluster,
+                        true,
+                        "PromotionAbandoned",
+                        "Promote",
+                        format!("shard {shard_name}: {message}"),
+                    )
+                    .await;
+                if let Some(c) = self.latest() {
+                    self.last_routes = None;
+                    self.update_routing(&c, declared).await;
+                }
+            }
+            End::NotStarted(e) => {
+                warn!(cluster = %ckey, shard = shard_name, error = %e, "not promoting: could not record the new epoch")
+            }
+            End::Retry(e) => {
+                warn!(cluster = %ckey, shard = shard_name, "{e}; the target stays recorded and is retried");
+                self.ctx
+                    .event(cluster, true, "PromotionFailed", "Promote", format!("shard {shard_name}: {e}"))
+                    .await;
+            }
+            End::Unrecorded(e) => warn!(
+                cluster = %ckey, shard = shard_name, error = %e,
+                "roles changed but the outcome could not be recorded; the next heartbeat resumes from the recorded target"
+            ),
         }
+    }
+
+    /// What the saga of promotion `p` starts from. None: nothing can be done now (a standby
+    /// cluster whose upstream is unknown).
+    fn saga_start(
+        &self,
+        engine: &dyn Engine,
+        cluster: &HaCluster,
+        shard_name: &str,
+        declared: &[Declared],
+        p: &Promotion,
+    ) -> Option<Start> {
+        let lock = shard_status(cluster, shard_name)
+            .and_then(|s| s.operation.clone())
+            .filter(|l| l.kind != LOCK_KIND);
+        let forced = lock.as_ref().is_some_and(|l| l.force);
+        let (dead_members, dead_nodes) = lock.map(|l| (l.dead_members, l.dead_nodes)).unwrap_or_default();
+        let declared_dead = |d: &Declared| {
+            dead_members.contains(&d.name) || d.node.as_ref().is_some_and(|n| dead_nodes.contains(n))
+        };
+        let become_ = match (cluster.spec.standby.is_some(), &self.upstream_seen) {
+            (false, _) => Become::Writable,
+            (true, Some(up)) => Become::Follower(up.clone()),
+            (true, None) => return None,
+        };
+        let from = p.from.as_ref().and_then(|f| declared.iter().find(|d| &d.name == f)).map(|d| {
+            let st = self.members.get(&d.name).cloned().unwrap_or_default();
+            OldPrimary {
+                name: d.name.clone(),
+                healthy_primary: st.misses == 0
+                    && st.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Primary),
+                reachable: st.probe.is_some(),
+                last_fault: st.last_fault.clone(),
+                self_fencing: st.self_fencing,
+                declared_dead: declared_dead(d),
+                killable: cluster.spec.selector.is_some()
+                    && cluster.spec.failover.fencing.delete_unreachable_pods,
+            }
+        });
+        let others = declared
+            .iter()
+            .filter(|d| d.shard == shard_name && d.name != p.to && !declared_dead(d))
+            .filter(|d| self.members.get(&d.name).is_some_and(|m| m.probe.is_some()))
+            .map(|d| d.name.clone())
+            .collect();
+        let on_timeout =
+            if forced || cluster.spec.failover.on_timeout == crate::resources::hacluster::OnTimeout::Force {
+                saga::OnTimeout::Force
+            } else {
+                saga::OnTimeout::Abort
+            };
+        Some(Start {
+            kind: p.kind,
+            to: p.to.clone(),
+            from,
+            graceful: engine.follows_directly() && !forced,
+            become_,
+            others,
+            on_timeout,
+        })
+    }
+
+    /// Record the decision before acting: epoch+1, target, lock; resourceVersion-guarded.
+    async fn record_decision(
+        &mut self,
+        cluster: &HaCluster,
+        shard_name: &str,
+        to: &str,
+        kind: PromotionKind,
+        started_at: &Time,
+    ) -> Result<i64, kube::Error> {
+        let step_timeout = cluster.spec.failover.step_timeout.0;
+        let mut next = cluster.clone();
+        let status = next.status.get_or_insert_with(Default::default);
+        let s = shard_entry(status, shard_name);
+        s.epoch += 1;
+        s.target_primary = Some(to.to_owned());
+        s.operation = Some(OperationLock {
+            kind: LOCK_KIND.into(),
+            name: cluster.name_any(),
+            namespace: cluster.namespace(),
+            uid: cluster.uid(),
+            acquired_at: started_at.clone(),
+            expires_at: Time(Timestamp::now() + step_timeout * 4),
+            force: false,
+            dead_members: Vec::new(),
+            dead_nodes: Vec::new(),
+        });
+        let epoch = s.epoch;
+        status.phase = Some(if kind == PromotionKind::Failover {
+            ClusterPhase::FailingOver
+        } else {
+            ClusterPhase::Bootstrapping
+        });
+        self.replace_status(&next).await?;
+        Ok(epoch)
+    }
+
+    /// The new primary took over: remember it, and read its own offset at once — the point
+    /// replicas are measured against from now on, and what a re-attached old primary had
+    /// beyond it was lost.
+    async fn after_promotion(
+        &mut self,
+        engine: &dyn Engine,
+        shard_name: &str,
+        to: &Declared,
+        step_timeout: Duration,
+    ) -> Option<i64> {
         if let Some(st) = self.members.get_mut(&to.name) {
+            let offset = st.probe.as_ref().and_then(|p| p.offset);
+            let self_fencing = st.self_fencing;
             st.probe = Some(Probe {
                 role: ObservedRole::Primary,
-                offset: st.probe.as_ref().and_then(|p| p.offset),
+                offset,
                 following: None,
                 link_up: true,
+                self_fencing,
             });
         }
-        // The new primary's own offset (master side) is the reference from now on, read at
-        // once: a failover before the next heartbeat still knows how far replicas are behind.
         self.last_primary_offset.remove(shard_name);
+        self.lost_since.remove(shard_name);
+        self.unfenced.remove(shard_name);
         if let Ok(Ok(p)) = tokio::time::timeout(step_timeout, engine.probe(&to.endpoint)).await
             && p.role == ObservedRole::Primary
             && let Some(o) = p.offset
         {
             self.last_primary_offset.insert(shard_name.to_owned(), o);
+            return Some(o);
         }
-        self.lost_since.remove(shard_name);
+        None
+    }
 
-        step_done(&mut steps, "promote", format!("{} is writable", to.name));
-        if from.is_some() {
-            crate::faults::crash_point("after-promote");
-        }
-
-        // 4. Redirect the other members.
+    /// Point `members` at the new primary (redis), or write the redirect ConfigMap (agent).
+    async fn redirect(
+        &mut self,
+        engine: &dyn Engine,
+        cluster: &HaCluster,
+        declared: &[Declared],
+        members: &[String],
+        to: &Declared,
+    ) -> Report {
         if engine.follows_directly() {
-            let others: Vec<&Declared> = declared
-                .iter()
-                .filter(|d| d.shard == shard_name && d.name != to.name)
-                .filter(|d| self.members.get(&d.name).is_some_and(|m| m.probe.is_some()))
-                .collect();
+            let targets: Vec<&Declared> = declared.iter().filter(|d| members.contains(&d.name)).collect();
             let results =
-                futures::future::join_all(others.iter().map(|d| engine.follow(&d.endpoint, &to.endpoint)))
+                futures::future::join_all(targets.iter().map(|d| engine.follow(&d.endpoint, &to.endpoint)))
                     .await;
-            for (d, r) in others.iter().zip(results) {
-                if let Err(e) = r {
-                    warn!(cluster = %ckey, member = %d.name, error = %e, "could not redirect replica; retried next heartbeat");
-                }
+            let failed: Vec<String> = targets
+                .iter()
+                .zip(results)
+                .filter_map(|(d, r)| r.err().map(|e| format!("{}: {e}", d.name)))
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                warn!(cluster = %key(cluster), ?failed, "could not redirect every replica; retried next heartbeat");
+                Err((Fault::Silent, failed.join("; ")))
             }
         } else if let Some(redirect) = &cluster.spec.redirect {
             let host = engines::split_endpoint(&to.route).map(|(h, _)| h.to_owned()).unwrap_or_default();
             match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
-                Ok(_) => self.last_redirect = Some(host),
-                Err(e) => {
-                    warn!(cluster = %ckey, error = %e, "could not write the redirect ConfigMap; retried")
+                Ok(_) => {
+                    self.last_redirect = Some(host);
+                    Ok(())
                 }
+                Err(e) => Err((Fault::Silent, format!("the redirect ConfigMap was not written: {e}"))),
             }
+        } else {
+            Ok(())
         }
-
-        if let Some(from) = &paused {
-            // It follows the new primary now: writes it receives are refused (READONLY), so
-            // clients move to the new primary through routing.
-            if let Err(e) = engine.resume_writes(&from.endpoint).await {
-                warn!(cluster = %ckey, member = %from.name, error = %e, "could not unpause the old primary (the pause expires by itself)");
-            }
-        }
-
-        step_done(&mut steps, "redirect", format!("the other members follow {}", to.name));
-
-        // 5. Record the outcome (retry on conflict: this must not be lost).
-        let duration_ms = started.elapsed().as_millis() as i64;
-        for attempt in 0..5 {
-            let Some(base) = (if attempt == 0 { self.latest() } else { self.fetch().await }) else { return };
-            let mut next = base.clone();
-            let status = next.status.get_or_insert_with(Default::default);
-            let s = shard_entry(status, shard_name);
-            s.current_primary = Some(to.name.clone());
-            s.target_primary = None;
-            // Record the roles as they now are, so status never shows two primaries.
-            for m in &mut s.members {
-                if m.name == to.name {
-                    m.role = Role::Primary;
-                    m.upstream = None;
-                } else if m.role == Role::Primary {
-                    m.role = if paused.is_some() { Role::Replica } else { Role::Fenced };
-                }
-            }
-            if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
-                s.operation = None;
-            }
-            if p.kind == PromotionKind::Failover || (p.kind == PromotionKind::Resume && p.from.is_some()) {
-                status.last_failover = Some(FailoverRecord {
-                    shard: shard_name.to_owned(),
-                    from: p.from.clone(),
-                    to: Some(to.name.clone()),
-                    reason: p.reason.clone(),
-                    started_at: started_at.clone(),
-                    duration_ms: Some(duration_ms),
-                    lost_offset: p.lost_offset,
-                    epoch,
-                    steps: steps.clone(),
-                });
-            }
-            match self.replace_status(&next).await {
-                Ok(()) => break,
-                Err(e) => {
-                    warn!(cluster = %ckey, error = %e, attempt, "recording the promotion failed; retrying")
-                }
-            }
-        }
-        let labels = FailoverLabels {
-            namespace: cluster.namespace().unwrap_or_default(),
-            cluster: cluster.name_any(),
-            shard: shard_name.to_owned(),
-            kind: match p.kind {
-                PromotionKind::Failover => "automatic".into(),
-                PromotionKind::Resume => "resume".into(),
-                PromotionKind::Bootstrap | PromotionKind::Adopt => "bootstrap".into(),
-            },
-        };
-        self.ctx.metrics.failovers.get_or_create(&labels).inc();
-        self.ctx.metrics.failover_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        let shard_labels = ShardLabels {
-            namespace: labels.namespace.clone(),
-            cluster: labels.cluster.clone(),
-            shard: labels.shard.clone(),
-        };
-        self.ctx.metrics.epoch.get_or_create(&shard_labels).set(epoch);
-        self.exported_shards.insert(shard_labels);
-        let note = match &p.from {
-            Some(f) => format!(
-                "shard {shard_name}: {} promoted, replacing {f} (epoch {epoch}, {duration_ms} ms; {})",
-                to.name, p.reason
-            ),
-            None => format!("shard {shard_name}: {} is primary (epoch {epoch}; {})", to.name, p.reason),
-        };
-        info!(cluster = %ckey, "{note}");
-        // Clients first: the Services move before the Event is published.
-        if let Some(c) = self.latest() {
-            self.update_routing(&c, declared).await;
-        }
-        let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
-        self.ctx.event(cluster, false, reason, "Promote", note).await;
     }
 
-    /// Give up a recorded promotion without carrying it out: clear the target (and our own
-    /// lock); the epoch stays bumped. The old primary keeps its role.
-    async fn abandon(
-        &mut self,
-        cluster: &HaCluster,
-        shard_name: &str,
-        declared: &[Declared],
-        reason: &str,
-        why: &str,
-    ) {
-        warn!(cluster = %key(cluster), shard = shard_name, "{why}");
-        self.ctx
-            .event(cluster, true, "PromotionAbandoned", "Promote", format!("shard {shard_name}: {why}"))
-            .await;
-        for attempt in 0..5 {
-            let Some(base) = (if attempt == 0 { self.latest() } else { self.fetch().await }) else { return };
-            let mut next = base.clone();
-            let status = next.status.get_or_insert_with(Default::default);
-            let s = shard_entry(status, shard_name);
-            s.target_primary = None;
-            if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
-                s.operation = None;
+    /// Delete the pod of member `name` with no grace period (the member is a pod of the
+    /// cluster's selector; the uid precondition keeps a pod recreated under the same name).
+    async fn kill_pod(&self, cluster: &HaCluster, name: &str) -> Report {
+        let ns = cluster.namespace().unwrap_or_default();
+        let uid = self
+            .pods
+            .state()
+            .into_iter()
+            .find(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.name_any() == name)
+            .and_then(|p| p.uid());
+        let Some(uid) = uid else { return Err((Fault::Silent, format!("no pod {name} known"))) };
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let params = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(kube::api::Preconditions { uid: Some(uid), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {
+                info!(cluster = %key(cluster), pod = name, "deleted the unreachable old primary's pod (grace period 0)");
+                Ok(())
             }
-            set_condition(
-                &mut status.conditions,
-                "LastPromotion",
-                false,
-                reason,
-                format!("shard {shard_name}: {why}"),
-                base.metadata.generation,
-                &Time(Timestamp::now()),
-            );
-            if self.replace_status(&next).await.is_ok() {
-                break;
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err((Fault::Silent, e.to_string())),
+        }
+    }
+
+    /// Record the new primary, the roles as they now are, the steps and the lost offset;
+    /// clear the target and our lock. One resourceVersion-guarded write; `refetch` reads
+    /// the object first (after a failed attempt).
+    async fn record_outcome(&mut self, shard_name: &str, o: Outcome<'_>, refetch: bool) -> Report {
+        let base = if refetch { self.fetch().await } else { self.latest() };
+        let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
+        let mut next = base.clone();
+        let status = next.status.get_or_insert_with(Default::default);
+        let s = shard_entry(status, shard_name);
+        s.current_primary = Some(o.to.to_owned());
+        s.target_primary = None;
+        // Record the roles as they now are, so status never shows two primaries.
+        for m in &mut s.members {
+            if m.name == o.to {
+                m.role = Role::Primary;
+                m.upstream = None;
+            } else if m.role == Role::Primary {
+                m.role = if o.drained { Role::Replica } else { Role::Fenced };
             }
         }
-        if let Some(c) = self.latest() {
-            self.last_routes = None;
-            self.update_routing(&c, declared).await;
+        if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
+            s.operation = None;
         }
+        let p = o.promotion;
+        if p.kind == PromotionKind::Failover || (p.kind == PromotionKind::Resume && p.from.is_some()) {
+            status.last_failover = Some(FailoverRecord {
+                shard: shard_name.to_owned(),
+                from: p.from.clone(),
+                to: Some(o.to.to_owned()),
+                reason: p.reason.clone(),
+                started_at: o.started_at.clone(),
+                duration_ms: Some(o.duration_ms),
+                lost_offset: if o.drained { Some(0) } else { p.lost_offset },
+                promoted_at_offset: o.promoted_at_offset,
+                epoch: o.epoch,
+                steps: o.steps.to_vec(),
+            });
+        }
+        self.replace_status(&next).await.map_err(|e| {
+            warn!(cluster = %self.oref, error = %e, "recording the promotion failed; retrying");
+            (Fault::Silent, e.to_string())
+        })
+    }
+
+    /// Give up a recorded promotion: clear the target (and our own lock; the epoch stays
+    /// bumped) and say why in the LastPromotion condition.
+    async fn record_abandon(&mut self, shard_name: &str, reason: &str, why: &str, refetch: bool) -> Report {
+        let base = if refetch { self.fetch().await } else { self.latest() };
+        let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
+        let mut next = base.clone();
+        let status = next.status.get_or_insert_with(Default::default);
+        let s = shard_entry(status, shard_name);
+        s.target_primary = None;
+        if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
+            s.operation = None;
+        }
+        set_condition(
+            &mut status.conditions,
+            "LastPromotion",
+            false,
+            reason,
+            format!("shard {shard_name}: {why}"),
+            base.metadata.generation,
+            &Time(Timestamp::now()),
+        );
+        self.replace_status(&next).await.map_err(|e| (Fault::Silent, e.to_string()))
     }
 
     async fn fetch(&self) -> Option<HaCluster> {
@@ -1429,6 +1652,34 @@ impl Monitor {
                 }
             }
         }
+    }
+}
+
+/// What a promotion's outcome record holds.
+struct Outcome<'a> {
+    promotion: &'a Promotion,
+    to: &'a str,
+    drained: bool,
+    epoch: i64,
+    started_at: &'a Time,
+    duration_ms: i64,
+    steps: &'a [StepRecord],
+    promoted_at_offset: Option<i64>,
+}
+
+/// An engine call's result in the saga's terms.
+fn reported(r: Result<(), EngineError>) -> Report {
+    r.map_err(|e| (e.fault(), e.to_string()))
+}
+
+/// An engine action bounded by `timeout`.
+async fn timed(
+    timeout: Duration,
+    action: impl std::future::Future<Output = Result<(), EngineError>>,
+) -> Report {
+    match tokio::time::timeout(timeout, action).await {
+        Ok(r) => reported(r),
+        Err(_) => Err((Fault::Silent, format!("no answer within {timeout:?}"))),
     }
 }
 

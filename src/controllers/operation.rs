@@ -3,7 +3,7 @@
 //! writes on the HaCluster status). ShardFailover and FailoverRequest use these; the
 //! HaCluster monitor carries recorded promotions out.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::PostParams};
@@ -50,6 +50,7 @@ pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]
                     offset: m.offset.or(Some(0)),
                     following: None,
                     link_up: true,
+                    ..Default::default()
                 }),
                 misses: u32::from(!m.healthy),
                 unauthorized: false,
@@ -60,6 +61,16 @@ pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]
         last_primary_offset: primary_offset,
         primary_lost_for: Duration::ZERO,
         avoid_nodes: dead_nodes.to_vec(),
+        unfenced: None,
+    }
+}
+
+/// The recorded lock in the core's terms.
+fn plain_lock(l: &OperationLock) -> crate::core::lock::Lock {
+    crate::core::lock::Lock {
+        holder: format!("{} {}", l.kind, l.name),
+        uid: l.uid.clone(),
+        expires_at: SystemTime::from(l.expires_at.0),
     }
 }
 
@@ -71,6 +82,9 @@ pub struct Holder {
     pub name: String,
     pub namespace: Option<String>,
     pub uid: String,
+    /// Members and nodes the operation declared dead (recorded in the lock for the monitor).
+    pub dead_members: Vec<String>,
+    pub dead_nodes: Vec<String>,
 }
 
 impl Holder {
@@ -83,6 +97,8 @@ impl Holder {
             acquired_at: Time(now),
             expires_at: Time(deadline),
             force: self.force,
+            dead_members: self.dead_members.clone(),
+            dead_nodes: self.dead_nodes.clone(),
         }
     }
 }
@@ -114,7 +130,12 @@ pub async fn acquire(
     for (shard, to) in targets {
         let Some(s) = cstatus.shards.iter_mut().find(|s| &s.name == shard) else { continue };
         let exists = holder_exists(&client, s.operation.as_ref()).await;
-        match lock_state(s.operation.as_ref(), &holder.uid, now, exists) {
+        match lock_state(
+            s.operation.as_ref().map(plain_lock).as_ref(),
+            &holder.uid,
+            SystemTime::from(now),
+            exists,
+        ) {
             LockState::Held { holder, .. } => return Ok(Err(holder)),
             LockState::Mine
                 if s.target_primary.as_ref() == Some(to)
@@ -148,7 +169,12 @@ pub async fn lock_all(
     let client = clusters.clone().into_client();
     for s in &mut status.shards {
         let exists = holder_exists(&client, s.operation.as_ref()).await;
-        match lock_state(s.operation.as_ref(), &holder.uid, now, exists) {
+        match lock_state(
+            s.operation.as_ref().map(plain_lock).as_ref(),
+            &holder.uid,
+            SystemTime::from(now),
+            exists,
+        ) {
             LockState::Held { holder, .. } => return Ok(Err(holder)),
             LockState::Mine => {}
             LockState::Free => {

@@ -657,6 +657,8 @@ fn holder(pg: &ProtectionGroup, remote: bool) -> operation::Holder {
         name: pg.name_any(),
         namespace: pg.namespace(),
         uid: pg.uid().unwrap_or_default(),
+        dead_members: Vec::new(),
+        dead_nodes: Vec::new(),
     }
 }
 

@@ -203,6 +203,8 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
             name: sfo.name_any(),
             namespace: sfo.namespace(),
             uid: uid.clone(),
+            dead_members: sfo.spec.dead_uids.clone(),
+            dead_nodes: sfo.spec.dead_nodes.clone(),
         };
         let targets: Vec<(String, String)> = status
             .shards

@@ -3,5 +3,7 @@
 
 pub mod dag;
 pub mod lock;
+pub mod member;
+pub mod saga;
 pub mod shard;
 pub mod site;

@@ -2,7 +2,7 @@
 
 use std::{cmp::Ordering, time::Duration};
 
-use crate::engines::{ObservedRole, Probe};
+use super::member::{ObservedRole, Probe};
 
 /// What the operator knows about one member right now.
 #[derive(Clone, Debug, Default)]
@@ -46,6 +46,9 @@ pub struct ShardFacts {
     pub primary_lost_for: Duration,
     /// Nodes not to promote on.
     pub avoid_nodes: Vec<String>,
+    /// A lost primary an earlier failover could not fence (onTimeout: Abort): nothing is
+    /// promoted past it until it answers again.
+    pub unfenced: Option<String>,
 }
 
 /// The cluster's failover policy, as plain data.
@@ -255,6 +258,15 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
         });
         return plan;
     }
+    if facts.unfenced.as_deref() == Some(primary) {
+        plan.blocked = Some(Blocked {
+            reason: "FenceTimedOut",
+            message: format!(
+                "primary {primary} does not answer and cannot be shown to have stopped taking writes (no self-fencing, onTimeout: Abort); no replica is promoted until it answers or a FailoverRequest forces a failover"
+            ),
+        });
+        return plan;
+    }
     if facts.primary_lost_for < policy.failover_delay {
         plan.blocked = Some(Blocked {
             reason: "FailoverDelay",
@@ -378,6 +390,7 @@ mod tests {
                 role,
                 offset: Some(offset),
                 link_up: true,
+                ..Default::default()
             }),
             misses: 0,
             ..Default::default()

@@ -2,7 +2,7 @@
 //! pair needs so that the wanted site's cluster is the writable one, and how far the other
 //! side replicates. Pure: the controller gathers the probes and carries the answer out.
 
-use crate::engines::{ObservedRole, Probe};
+use super::member::{ObservedRole, Probe};
 
 /// The leader of one side of a pair (the cluster's recorded primary) and what it said.
 #[derive(Clone, Debug, Default)]
@@ -142,6 +142,7 @@ mod tests {
                 offset: Some(offset),
                 following: following.map(|f| format!("{f}:6379")),
                 link_up: true,
+                ..Default::default()
             }),
         }
     }

@@ -102,6 +102,8 @@ impl AgentEngine {
             .map_err(|e| {
                 if e.is_timeout() {
                     EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout }
+                } else if super::connection_refused(&e) {
+                    EngineError::Refused { endpoint: endpoint.into(), message: without_url(&e) }
                 } else {
                     EngineError::Unreachable { endpoint: endpoint.into(), message: without_url(&e) }
                 }
@@ -171,7 +173,7 @@ impl Engine for AgentEngine {
                 endpoint: endpoint.into(),
                 message: format!("unexpected HA status {body:?}"),
             })?;
-            Ok(Probe { role, offset: None, following: None, link_up: true })
+            Ok(Probe { role, offset: None, following: None, link_up: true, self_fencing: false })
         }
         .boxed()
     }

@@ -10,30 +10,15 @@ use futures::future::BoxFuture;
 
 use crate::resources::hacluster::Engine as EngineKind;
 
-/// What a member says about itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ObservedRole {
-    Primary,
-    Replica,
-}
-
-/// One successful probe.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Probe {
-    pub role: ObservedRole,
-    /// Replication offset: for a primary how much it has written, for a replica how much it
-    /// has applied. `None` when the engine has no offsets (agent).
-    pub offset: Option<i64>,
-    /// For a replica: the `host:port` it follows, if any.
-    pub following: Option<String>,
-    /// For a replica: whether its link to the upstream is up.
-    pub link_up: bool,
-}
+pub use crate::core::member::{Fault, ObservedRole, Probe};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{endpoint} unreachable: {message}")]
     Unreachable { endpoint: String, message: String },
+    /// Nothing listens at the address: the member is not running.
+    #[error("{endpoint} refused the connection (not running): {message}")]
+    Refused { endpoint: String, message: String },
     #[error("{endpoint} did not answer within {timeout:?}")]
     Timeout { endpoint: String, timeout: Duration },
     #[error("{endpoint} refused our credentials: {message}")]
@@ -47,6 +32,29 @@ impl EngineError {
     pub fn member_answered(&self) -> bool {
         matches!(self, Self::Unauthorized { .. } | Self::Protocol { .. })
     }
+
+    /// What the failure says about whether the member may still take writes.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Refused { .. } => Fault::Refused,
+            Self::Unreachable { .. } | Self::Timeout { .. } => Fault::Silent,
+            Self::Unauthorized { .. } | Self::Protocol { .. } => Fault::Answered,
+        }
+    }
+}
+
+/// Whether an error was caused by a refused TCP connection (somewhere in its source chain).
+pub fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;
@@ -87,6 +95,20 @@ pub trait Engine: Send + Sync {
     /// True if replicas are pointed at the primary by [`Engine::follow`] (redis), false if
     /// through the cluster's `redirect` ConfigMap (agent).
     fn follows_directly(&self) -> bool;
+    /// Whether [`Engine::set_self_fencing`] does anything.
+    fn self_fences(&self) -> bool {
+        false
+    }
+    /// Make the member refuse writes while fewer than `min_replicas` replicas acknowledged it
+    /// within `max_lag_seconds` (0 replicas: never). Engines without it return Ok.
+    fn set_self_fencing<'a>(
+        &'a self,
+        _endpoint: &'a str,
+        _min_replicas: u32,
+        _max_lag_seconds: u32,
+    ) -> BoxFuture<'a, EngineResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Build the engine for a cluster.

@@ -74,6 +74,8 @@ fn classify(endpoint: &str, e: RedisError) -> EngineError {
     let endpoint = endpoint.to_owned();
     if message.contains("WRONGPASS") || message.contains("NOAUTH") || message.contains("uthentication") {
         EngineError::Unauthorized { endpoint, message }
+    } else if e.is_connection_refusal() {
+        EngineError::Refused { endpoint, message }
     } else if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() {
         EngineError::Unreachable { endpoint, message }
     } else {
@@ -86,12 +88,15 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
     let fields: HashMap<&str, &str> =
         info.lines().filter_map(|l| l.trim_end_matches('\r').split_once(':')).collect();
     let int = |k: &str| fields.get(k).and_then(|v| v.parse::<i64>().ok());
+    // Present only while min-replicas-to-write and min-replicas-max-lag are both set.
+    let self_fencing = fields.contains_key("min_slaves_good_slaves");
     match fields.get("role").copied() {
         Some("master") => Ok(Probe {
             role: ObservedRole::Primary,
             offset: int("master_repl_offset"),
             following: None,
             link_up: true,
+            self_fencing,
         }),
         Some("slave") => {
             let host = fields.get("master_host").copied().unwrap_or_default();
@@ -103,6 +108,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
                 offset: int("slave_repl_offset").or_else(|| int("slave_read_repl_offset")),
                 following: (!host.is_empty() && !fenced).then(|| format!("{host}:{port}")),
                 link_up: fields.get("master_link_status") == Some(&"up"),
+                self_fencing,
             })
         }
         other => Err(format!("unexpected role {other:?} in INFO replication")),
@@ -166,6 +172,27 @@ impl Engine for RedisEngine {
     fn follows_directly(&self) -> bool {
         true
     }
+
+    fn self_fences(&self) -> bool {
+        true
+    }
+
+    fn set_self_fencing<'a>(
+        &'a self,
+        endpoint: &'a str,
+        min_replicas: u32,
+        max_lag_seconds: u32,
+    ) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("SET").arg("min-replicas-to-write").arg(min_replicas);
+            if min_replicas > 0 {
+                cmd.arg("min-replicas-max-lag").arg(max_lag_seconds.max(1));
+            }
+            self.call::<()>(endpoint, cmd).await
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]
@@ -202,6 +229,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.following, None);
         assert!(!p.link_up);
+    }
+
+    #[test]
+    fn sees_self_fencing() {
+        let on =
+            parse_replication_info("role:master\r\nmin_slaves_good_slaves:1\r\nmaster_repl_offset:5\r\n");
+        assert!(on.unwrap().self_fencing);
+        assert!(!parse_replication_info("role:master\r\nmaster_repl_offset:5\r\n").unwrap().self_fencing);
     }
 
     #[test]

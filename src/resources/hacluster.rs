@@ -227,11 +227,58 @@ pub struct FailoverPolicy {
     /// How long a failover step (fence, promote, redirect) may take.
     #[serde(default = "default_step_timeout")]
     pub step_timeout: GoDuration,
-    /// What to do when fencing the old primary times out: `Abort` leaves the
-    /// shard without a primary and reports it; `Force` promotes anyway once the
-    /// old primary is out of routing.
+    /// What to do when the old primary does not answer during a failover and
+    /// cannot be shown to have stopped taking writes (it is not self-fencing and
+    /// no pod could be deleted): `Abort` leaves the shard without a primary and
+    /// reports it (condition reason FenceTimedOut) until the old primary answers
+    /// again or a FailoverRequest forces a failover; `Force` promotes anyway
+    /// once the old primary is out of routing.
     #[serde(default)]
     pub on_timeout: OnTimeout,
+    /// How an old primary is kept from taking writes after it lost its role.
+    #[serde(default)]
+    pub fencing: Fencing,
+}
+
+/// How an old primary is kept from acknowledging writes once another member took over.
+///
+/// Redis self-fencing: the operator sets `min-replicas-to-write` and `min-replicas-max-lag`
+/// on the members, so a primary that fewer than `minReplicasToWrite` replicas acknowledged
+/// within `maxReplicaLagSeconds` refuses writes (`NOREPLICAS`) by itself: a primary that was
+/// frozen or cut off while another was promoted acknowledges no write once its replicas
+/// follow the new one. The trade-off: writes pause while every replica is down.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Fencing {
+    /// Replicas that must acknowledge the primary for it to take writes (capped at the
+    /// number of other members of the shard; a one-member shard is never fenced). 0 turns
+    /// self-fencing off.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 16))]
+    pub min_replicas_to_write: i32,
+    /// A replica counts while its last acknowledgement is at most this old. Keep it plus 2 s
+    /// below `heartbeatInterval × failureThreshold + failoverDelay` so that a primary cut off
+    /// from its replicas has stopped taking writes before another is promoted.
+    #[serde(default = "two")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_replica_lag_seconds: i32,
+    /// Pod members: when the old primary does not answer during a failover, delete its pod
+    /// with no grace period before promoting (what MHA's shutdown script does to a host).
+    #[serde(default = "yes")]
+    pub delete_unreachable_pods: bool,
+}
+
+impl Default for Fencing {
+    fn default() -> Self {
+        Self { min_replicas_to_write: one(), max_replica_lag_seconds: two(), delete_unreachable_pods: true }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+fn two() -> i32 {
+    2
 }
 
 impl Default for FailoverPolicy {
@@ -244,6 +291,7 @@ impl Default for FailoverPolicy {
             max_lag_on_failover: 0,
             step_timeout: default_step_timeout(),
             on_timeout: OnTimeout::default(),
+            fencing: Fencing::default(),
         }
     }
 }
@@ -458,6 +506,16 @@ pub struct OperationLock {
     /// drained (a FailoverRequest of type Failover, or onTimeout: Force).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Members the operation declared dead (ShardFailover `deadUids`): not stopped, not
+    /// drained, not demoted; only taken out of routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub dead_members: Vec<String>,
+    /// Nodes the operation declared dead (ShardFailover `deadNodes`): members on them are
+    /// neither drained nor promoted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub dead_nodes: Vec<String>,
 }
 
 /// Observed state of a member.
@@ -518,10 +576,15 @@ pub struct FailoverRecord {
     pub started_at: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
-    /// Replication offset the new primary was behind the old one's last known
-    /// offset: data that may have been lost (0 for a clean switchover).
+    /// Replication offset the new primary was behind the old one: data that may
+    /// have been lost (0 for a clean switchover). First the old primary's last
+    /// known offset; raised to what it really had once it is re-attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_offset: Option<i64>,
+    /// The new primary's replication offset right after it was promoted: what the old
+    /// primary had beyond it when it was re-attached was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at_offset: Option<i64>,
     /// Shard epoch after the change.
     pub epoch: i64,
     /// When each step of the promotion ran: fence (drain or demote the old primary),

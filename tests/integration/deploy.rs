@@ -31,7 +31,7 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("understudy.dev", &STATUS, &["get", "patch", "update"]),
     ("", &["secrets"], &["get", "list", "watch"]),
     ("", &["services"], &["get", "list", "watch", "create", "patch", "update", "delete"]),
-    ("", &["pods"], &["get", "list", "watch", "patch"]),
+    ("", &["pods"], &["get", "list", "watch", "patch", "delete"]),
     ("", &["configmaps"], &["get", "list", "watch", "create", "patch", "update"]),
     ("", &["events"], &["create", "patch"]),
     ("", &["endpoints"], &["get", "delete"]),

@@ -7,6 +7,7 @@ mod crash;
 mod demo;
 mod deploy;
 mod failover_request;
+mod fencing;
 mod hacluster_agent;
 mod hacluster_pods;
 mod hacluster_redis;

@@ -257,3 +257,46 @@ async fn shard_failover_resumes_after_the_operator_restarts() {
     assert!(st.shards[0].operation.is_none(), "lock released");
     operator.stop().await;
 }
+
+/// Seed 001's `deadUids` and `deadNodes`: a primary listed as dead is neither drained nor
+/// demoted by the operation (only taken out of routing), and a member on a dead node is
+/// neither promoted nor redirected by it. The steps say so.
+#[tokio::test]
+async fn shard_failover_leaves_dead_uids_and_dead_nodes_untouched() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sfo-dead").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
+    let names = ["a", "b", "c"];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = names.iter().copied().zip(servers.iter()).collect();
+    // Priorities make the election deterministic: a first, then b, then c.
+    let mut hac = cluster("d", &[("s0", &members)], json!({"heartbeatInterval": "200ms"}));
+    for (m, (node, priority)) in hac.spec.shards.as_mut().unwrap()[0].members.iter_mut().zip([
+        ("node-a", 300),
+        ("node-b", 200),
+        ("node-c", 100),
+    ]) {
+        m.node = Some(node.into());
+        m.priority = priority;
+    }
+    hacs.create(&PostParams::default(), &hac).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    assert_eq!(wait_primary(&hacs, "d", "s0", None).await, "a");
+    wait_follows(&servers[1], &servers[0]).await;
+    wait_follows(&servers[2], &servers[0]).await;
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    let done =
+        submit(&sfos, "dead", json!({"shardUids": ["a"], "deadUids": ["a"], "deadNodes": ["node-b"]})).await;
+    assert_eq!(done.status.clone().unwrap().phase, Some(ShardFailoverPhase::Succeeded), "{:?}", done.status);
+    assert_eq!(wait_primary(&hacs, "d", "s0", Some("a")).await, "c", "b is on a dead node: not promoted");
+    let record = hacs.get("d").await.unwrap().status.unwrap().last_failover.unwrap();
+    let step = |name: &str| record.steps.iter().find(|s| s.name == name).and_then(|s| s.message.clone());
+    let fence = step("fence").unwrap_or_default();
+    assert!(fence.contains("not touched") && fence.contains("declared dead"), "fence step: {fence}");
+    let redirect = step("redirect").unwrap_or_default();
+    assert_eq!(redirect, "no other member to redirect", "nobody declared dead is redirected");
+    // Alive after all, a answers as a primary: the monitor (not the operation) demotes it.
+    wait_follows(&servers[0], &servers[2]).await;
+    wait_follows(&servers[1], &servers[2]).await;
+    operator.stop().await;
+}

@@ -72,10 +72,11 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: [""]
   resources: ["endpoints"]
   verbs: ["get", "delete"]
-# The role label (understudy.dev/role) on member pods.
+# The role label (understudy.dev/role) on member pods; an unreachable old primary's pod
+# is deleted (grace period 0) to fence it during a failover (spec.failover.fencing).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # Redirect configuration: the ConfigMap key holding the primary's address.
 - apiGroups: [""]
   resources: ["configmaps"]
