@@ -305,10 +305,14 @@ fn index(name: &str) -> anyhow::Result<usize> {
     NAMES.iter().position(|n| *n == name).with_context(|| format!("unknown member {name}"))
 }
 
+/// The primary (other than `not`) once the cluster is Ready: a healthy primary that takes
+/// writes (with self-fencing, once a replica acknowledges it).
 fn healthy_primary(st: &HaClusterStatus, not: Option<&str>) -> Option<String> {
     let s = st.shards.first()?;
     let p = s.current_primary.clone()?;
-    let ok = s.target_primary.is_none()
+    let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ok = ready
+        && s.target_primary.is_none()
         && s.members.iter().any(|m| m.name == p && m.healthy && m.role == Role::Primary);
     (ok && Some(p.as_str()) != not).then_some(p)
 }

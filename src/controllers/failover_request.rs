@@ -55,11 +55,32 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     }
     let now = Time(Timestamp::now());
     let Some(mut task) = status.task.clone() else {
-        let subtasks = dag::build(fr.spec.items.len(), fr.spec.timeout_seconds, |i, step| {
-            let item = &fr.spec.items[i];
-            let what = dag::STEPS.iter().find(|(n, ..)| *n == step).map_or("", |s| s.1);
-            format!("{}/{}: {what}", item.cluster, item.shard.as_deref().unwrap_or("(first shard)"))
-        });
+        let subtasks = dag::build(fr.spec.items.len())
+            .into_iter()
+            .map(|p| {
+                let item = &fr.spec.items[p.item as usize];
+                let what = dag::STEPS.iter().find(|(n, ..)| *n == p.name).map_or("", |s| s.1);
+                Subtask {
+                    id: p.id,
+                    name: p.name.to_owned(),
+                    description: format!(
+                        "{}/{}: {what}",
+                        item.cluster,
+                        item.shard.as_deref().unwrap_or("(first shard)")
+                    ),
+                    status: p.state.into(),
+                    item: p.item,
+                    upstreams: p.upstreams,
+                    downstreams: p.downstreams,
+                    timeout_seconds: fr.spec.timeout_seconds,
+                    prohibit_rollback: p.prohibit_rollback,
+                    start_time: None,
+                    end_time: None,
+                    message: None,
+                    context: Default::default(),
+                }
+            })
+            .collect();
         status.task = Some(TaskInstance {
             id: fr.uid().unwrap_or_default(),
             name: format!("{:?}", fr.spec.type_).to_lowercase(),

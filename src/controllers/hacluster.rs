@@ -12,15 +12,16 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use futures::{FutureExt as _, StreamExt as _};
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Node, NodeStatus, Pod},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
 use kube::{
     Api, ResourceExt,
     api::PostParams,
@@ -34,10 +35,14 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Context, SecretCache, cached_credentials, key, routing};
+use super::{
+    Context, SecretCache, cached_credentials, key,
+    promotion::{OpDone, ShardOp},
+    routing,
+};
 use crate::{
     core::{
-        saga::{self, Become, Effect, End, OldPrimary, Report, Saga, Start},
+        saga::{self, Become, End, OldPrimary, Start},
         shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
     },
     engines::{self, Engine, EngineError, Fault, ObservedRole, Probe},
@@ -45,8 +50,8 @@ use crate::{
     resources::{
         HaCluster,
         hacluster::{
-            ClusterPhase, Engine as EngineKind, FailoverMode, FailoverRecord, HaClusterStatus, MemberStatus,
-            OperationLock, Role, ShardStatus, StepRecord,
+            ClusterPhase, Engine as EngineKind, FailoverMode, HaClusterStatus, MemberStatus, ReplicasDown,
+            Role, ShardStatus, StepRecord,
         },
         shared::set_condition,
     },
@@ -73,14 +78,35 @@ struct MonitorHandle {
 #[derive(Default)]
 struct Wake {
     notify: tokio::sync::Notify,
-    /// The newest resourceVersion the monitor has seen or written.
-    seen: AtomicU64,
+    /// resourceVersions the monitor has acted on or written itself (the newest few). They
+    /// are opaque strings: a version not among them is a change worth a heartbeat.
+    known: Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Wake {
+    const REMEMBERED: usize = 16;
+
+    fn remember(&self, rv: Option<String>) {
+        let Some(rv) = rv else { return };
+        let mut known = self.known.lock().expect("wake lock");
+        if !known.contains(&rv) {
+            if known.len() == Self::REMEMBERED {
+                known.pop_front();
+            }
+            known.push_back(rv);
+        }
+    }
+
+    fn knows(&self, rv: Option<&str>) -> bool {
+        rv.is_some_and(|rv| self.known.lock().expect("wake lock").iter().any(|k| k == rv))
+    }
 }
 
 struct State {
     ctx: Context,
     store: Store<HaCluster>,
     pods: Store<Pod>,
+    nodes: Store<Node>,
     monitors: Monitors,
 }
 
@@ -97,6 +123,22 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     // leadership, shutdown), so nothing acts after the controller stops.
     let _guard = AbortOnDrop(monitors.clone());
     let mut runs = Vec::new();
+    // Node conditions, cluster-wide: members on a node that is not Ready are not promoted.
+    // Not needed for readiness — without the right to read nodes (or before the first list)
+    // no node counts as dead.
+    let (nodes, writer) = reflector::store();
+    let node_watch = reflector(
+        writer,
+        watcher(Api::<Node>::all(ctx.client.clone()), watcher::Config::default().any_semantic())
+            .modify(slim_node),
+    )
+    .default_backoff()
+    .for_each(|e| async move {
+        if let Err(e) = e {
+            debug!(error = %e, "node watch");
+        }
+    });
+    runs.push(node_watch.boxed());
     for api in ctx.scopes::<HaCluster>() {
         // Pod members come from a reflector in the same scope: monitors read it from memory.
         let pod_api: Api<Pod> = match api.namespace() {
@@ -111,8 +153,13 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         runs.push(pod_watch.boxed());
         let controller = Controller::new(api, watcher::Config::default().any_semantic());
         ctx.readiness.track(controller.store());
-        let state =
-            Arc::new(State { ctx: ctx.clone(), store: controller.store(), pods, monitors: monitors.clone() });
+        let state = Arc::new(State {
+            ctx: ctx.clone(),
+            store: controller.store(),
+            pods,
+            nodes: nodes.clone(),
+            monitors: monitors.clone(),
+        });
         runs.push(
             controller
                 .run(reconcile, error_policy, state)
@@ -128,6 +175,55 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keep of a Node only what decisions need: its name and its Ready condition.
+fn slim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    node.metadata.labels = None;
+    node.spec = None;
+    if let Some(st) = node.status.as_mut() {
+        let ready =
+            st.conditions.take().unwrap_or_default().into_iter().filter(|c| c.type_ == "Ready").collect();
+        *st = NodeStatus { conditions: Some(ready), ..NodeStatus::default() };
+    }
+}
+
+/// Nodes whose Ready condition says False or Unknown: their members are not promoted. A node
+/// without a Ready condition (nobody ever reported on it) is not judged.
+fn dead_nodes(nodes: &Store<Node>) -> Vec<String> {
+    nodes
+        .state()
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status != "True"))
+        })
+        .map(|n| n.name_any())
+        .collect()
+}
+
+/// How many replicas `primary` of `shard` needs to take writes: the spec's
+/// `minReplicasToWrite`, capped at the shard's other members — with `replicasDown:
+/// KeepWriting` only those that answered the latest probe.
+fn fencing_want(
+    cluster: &HaCluster,
+    declared: &[Declared],
+    members: &HashMap<String, MemberState>,
+    shard: &str,
+    primary: &str,
+) -> u32 {
+    let f = &cluster.spec.failover.fencing;
+    let up = |name: &str| members.get(name).is_some_and(|m| m.misses == 0 && m.probe.is_some());
+    let others = declared
+        .iter()
+        .filter(|d| d.shard == shard && d.name != primary)
+        .filter(|d| f.replicas_down == ReplicasDown::PauseWrites || up(&d.name))
+        .count() as u32;
+    (f.min_replicas_to_write.max(0) as u32).min(others)
+}
+
 /// Counts a running monitor down when its task ends, also when it is aborted.
 struct MonitorCount(prometheus_client::metrics::gauge::Gauge);
 
@@ -138,6 +234,15 @@ impl Drop for MonitorCount {
 }
 
 struct AbortOnDrop(Monitors);
+
+impl Drop for Monitor {
+    /// Promotions in flight end with their monitor (cluster gone, leadership lost).
+    fn drop(&mut self) {
+        for task in self.ops.values() {
+            task.abort();
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -167,13 +272,14 @@ async fn reconcile(obj: Arc<HaCluster>, state: Arc<State>) -> Result<Action, Err
             state.ctx.clone(),
             state.store.clone(),
             state.pods.clone(),
+            state.nodes.clone(),
             ObjectRef::from_obj(obj.as_ref()),
             uid,
             wake.clone(),
         );
         MonitorHandle { task: tokio::spawn(monitor.run()), wake }
     });
-    if rv(obj.as_ref()) > handle.wake.seen.load(Ordering::SeqCst) {
+    if !handle.wake.knows(obj.resource_version().as_deref()) {
         handle.wake.notify.notify_one();
     }
     Ok(Action::await_change())
@@ -218,31 +324,120 @@ struct EngineInputs {
 }
 
 /// A member as declared (static) or discovered (pods).
-#[derive(Clone, Debug)]
-struct Declared {
-    shard: String,
-    name: String,
-    endpoint: String,
+#[derive(Clone, Debug, Default)]
+pub(super) struct Declared {
+    pub shard: String,
+    pub name: String,
+    pub endpoint: String,
     /// `host:port` clients are routed to.
-    route: String,
-    node: Option<String>,
-    priority: i32,
+    pub route: String,
+    pub node: Option<String>,
+    pub priority: i32,
+}
+
+/// Reads and resourceVersion-guarded writes of one HaCluster's status, shared by its
+/// monitor and the promotions it runs.
+#[derive(Clone)]
+pub(super) struct StatusHandle {
+    ctx: Context,
+    store: Store<HaCluster>,
+    pub oref: ObjectRef<HaCluster>,
+    uid: String,
+    wake: Arc<Wake>,
+    /// The newest object written through this handle, until the store shows it (the watch
+    /// brings it back within milliseconds; it is trusted for at most [`WRITTEN_TRUSTED`]).
+    pub written: Option<HaCluster>,
+    written_at: Option<Instant>,
+}
+
+/// How long a copy we wrote is preferred to the store's: resourceVersions are opaque, so
+/// which of two copies is newer is known only when the store shows ours.
+const WRITTEN_TRUSTED: Duration = Duration::from_secs(2);
+
+impl StatusHandle {
+    /// The newest copy of the cluster: the store's, or ours if we wrote after it. None when
+    /// this incarnation (uid) of the cluster is gone.
+    pub fn latest(&self) -> Option<HaCluster> {
+        let stored = self.store.get(&self.oref).map(|o| (*o).clone())?;
+        if stored.uid().as_deref() != Some(self.uid.as_str()) {
+            return None;
+        }
+        match (&self.written, self.written_at) {
+            // Until the store shows our write, ours is newer — unless the spec moved on (a
+            // spec edit bumps the generation; status writes do not).
+            (Some(w), Some(at))
+                if w.resource_version() != stored.resource_version()
+                    && w.metadata.generation >= stored.metadata.generation
+                    && at.elapsed() < WRITTEN_TRUSTED =>
+            {
+                Some(w.clone())
+            }
+            _ => Some(stored),
+        }
+    }
+
+    /// Forget our copy once the store shows it (or it is too old to trust).
+    fn settle(&mut self) {
+        let caught_up = self.written.as_ref().is_some_and(|w| {
+            self.store.get(&self.oref).is_some_and(|s| s.resource_version() == w.resource_version())
+        });
+        if caught_up || self.written_at.is_none_or(|at| at.elapsed() >= WRITTEN_TRUSTED) {
+            self.written = None;
+            self.written_at = None;
+        }
+    }
+
+    /// The cluster read from the API server.
+    pub async fn fetch(&self) -> Option<HaCluster> {
+        let api: Api<HaCluster> =
+            Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
+        api.get_opt(&self.oref.name).await.ok().flatten()
+    }
+
+    /// Replace the status with resourceVersion (optimistic concurrency).
+    pub async fn replace(&mut self, next: &HaCluster) -> Result<(), kube::Error> {
+        let api: Api<HaCluster> =
+            Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
+        let written = {
+            let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
+            api.replace_status(&self.oref.name, &PostParams::default(), next).await?
+        };
+        // Before the watch brings our own write back: it must not wake the monitor.
+        self.wake.remember(written.resource_version());
+        self.written = Some(written);
+        self.written_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Take what a promotion wrote: it finished after anything this handle wrote before the
+    /// promotion started; a later write of ours would have conflicted with it.
+    fn adopt(&mut self, other: Option<HaCluster>) {
+        if let Some(o) = other {
+            self.written = Some(o);
+            self.written_at = Some(Instant::now());
+        }
+    }
 }
 
 struct Monitor {
     ctx: Context,
     store: Store<HaCluster>,
     pods: Store<Pod>,
+    nodes: Store<Node>,
     oref: ObjectRef<HaCluster>,
     uid: String,
     members: HashMap<String, MemberState>,
     last_primary_offset: HashMap<String, i64>,
     lost_since: HashMap<String, Instant>,
-    engine: Option<Box<dyn Engine>>,
+    engine: Option<Arc<dyn Engine>>,
     /// What the current engine was built from.
     engine_inputs: Option<EngineInputs>,
-    /// The newest object we wrote (its resourceVersion may be ahead of the store's).
-    written: Option<HaCluster>,
+    /// Status reads and writes (and the newest copy this monitor wrote).
+    status: StatusHandle,
+    /// Promotions in flight, one task per shard.
+    ops: HashMap<String, tokio::task::JoinHandle<()>>,
+    done_tx: tokio::sync::mpsc::UnboundedSender<OpDone>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<OpDone>,
     last_routes: Option<routing::Routes>,
     last_redirect: Option<String>,
     config_error: Option<(&'static str, String)>,
@@ -258,6 +453,8 @@ struct Monitor {
     /// Shards whose lost primary could not be fenced (onTimeout: Abort): no automatic
     /// failover past it until it answers again.
     unfenced: HashMap<String, String>,
+    /// When this monitor last wrote the observed status.
+    observed_written_at: Option<Instant>,
 }
 
 impl Monitor {
@@ -265,22 +462,37 @@ impl Monitor {
         ctx: Context,
         store: Store<HaCluster>,
         pods: Store<Pod>,
+        nodes: Store<Node>,
         oref: ObjectRef<HaCluster>,
         uid: String,
         wake: Arc<Wake>,
     ) -> Self {
+        let status = StatusHandle {
+            ctx: ctx.clone(),
+            store: store.clone(),
+            oref: oref.clone(),
+            uid: uid.clone(),
+            wake: wake.clone(),
+            written: None,
+            written_at: None,
+        };
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             pods,
+            nodes,
             ctx,
             store,
             oref,
             uid,
+            status,
+            ops: HashMap::new(),
+            done_tx,
+            done_rx,
             members: HashMap::new(),
             last_primary_offset: HashMap::new(),
             lost_since: HashMap::new(),
             engine: None,
             engine_inputs: None,
-            written: None,
             last_routes: None,
             last_redirect: None,
             config_error: None,
@@ -291,28 +503,20 @@ impl Monitor {
             exported_shards: HashSet::new(),
             foreign_endpoints_checked: false,
             unfenced: HashMap::new(),
+            observed_written_at: None,
         }
     }
 
-    /// The newest copy of the cluster: the store's, or ours if we wrote after it.
+    /// The newest copy of the cluster (see [`StatusHandle::latest`]).
     fn latest(&self) -> Option<HaCluster> {
-        let stored = self.store.get(&self.oref).map(|o| (*o).clone())?;
-        if stored.uid().as_deref() != Some(self.uid.as_str()) {
-            return None;
-        }
-        match &self.written {
-            Some(w) if rv(w) > rv(&stored) => {
-                // Our write is newer for status; the store is authoritative for spec only if newer.
-                Some(w.clone())
-            }
-            _ => Some(stored),
-        }
+        self.status.latest()
     }
 
     async fn run(mut self) {
         self.ctx.metrics.monitors.inc();
         let _running = MonitorCount(self.ctx.metrics.monitors.clone());
         loop {
+            self.status.settle();
             let Some(cluster) = self.latest() else {
                 // The monitor is started from the object in the store, so the store knows it;
                 // absent, or under the same name with another uid (deleted and created again,
@@ -345,13 +549,10 @@ impl Monitor {
                 continue;
             }
             let started = Instant::now();
-            self.wake.seen.fetch_max(rv(&cluster), Ordering::SeqCst);
+            self.wake.remember(cluster.resource_version());
             // Boxed: the heartbeat's state lives on the heap only while it runs, so an idle
             // monitor holds a few hundred bytes instead of the largest await state (~19 KB).
             Box::pin(self.tick(cluster)).await;
-            if let Some(w) = &self.written {
-                self.wake.seen.fetch_max(rv(w), Ordering::SeqCst);
-            }
             tokio::select! {
                 () = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
                 () = self.wake.notify.notified() => {}
@@ -462,12 +663,13 @@ impl Monitor {
                     ca: ca.clone(),
                 };
                 if self.engine.is_none() || self.engine_inputs.as_ref() != Some(&inputs) {
-                    self.engine = Some(match (cluster.spec.engine, ca) {
+                    self.engine = Some(Arc::from(match (cluster.spec.engine, ca) {
                         (EngineKind::Agent, Some(ca)) => {
                             Box::new(engines::agent::AgentEngine::with_ca(creds, Some(&ca), timeout))
+                                as Box<dyn Engine>
                         }
                         (kind, _) => engines::for_cluster(kind, creds, timeout),
-                    });
+                    }));
                     self.engine_inputs = Some(inputs);
                 }
                 self.config_error = None;
@@ -491,11 +693,14 @@ impl Monitor {
 
     async fn tick(&mut self, cluster: HaCluster) {
         let declared = self.declared(&cluster);
+        self.collect_done(&declared).await;
+        // Finished promotions may have written status: go on from the newest copy.
+        let cluster = self.latest().unwrap_or(cluster);
         if !self.ensure_engine(&cluster).await {
             self.write_status(&cluster, &[]).await;
             return;
         }
-        let engine = self.engine.take().expect("ensured");
+        let engine = self.engine.clone().expect("ensured");
         self.detach_removed(engine.as_ref(), &cluster, &declared).await;
         self.probe_all(engine.as_ref(), &declared, &cluster).await;
         self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
@@ -504,7 +709,13 @@ impl Monitor {
         let policy = Self::policy(&cluster, engine.as_ref(), upstream);
 
         let mut plans = HashMap::new();
+        let mut spawned = false;
         for shard_name in Self::shard_names(&cluster, &declared) {
+            if self.ops.contains_key(&shard_name) {
+                // A promotion of this shard is under way in its own task: it owns the roles.
+                plans.insert(shard_name, Plan::default());
+                continue;
+            }
             // Earlier shards may have written status: decide on the newest copy.
             let cluster = self.latest().unwrap_or_else(|| cluster.clone());
             let facts = self.facts(&cluster, &shard_name, &declared);
@@ -528,7 +739,7 @@ impl Monitor {
                     .is_ok()
                 {
                     busy = None;
-                    self.written = self.fetch().await;
+                    self.status.written = self.fetch().await;
                 }
             }
             if let Some(lock) = busy {
@@ -550,19 +761,23 @@ impl Monitor {
                         lock.name,
                         if lock.force { " (forced: the old primary is fenced, not drained)" } else { "" }
                     );
-                    self.promote(engine.as_ref(), &cluster, &shard_name, &declared, promotion).await;
+                    spawned |= self.spawn_promotion(&engine, &cluster, &shard_name, &declared, promotion);
                 }
                 plans.insert(shard_name, p);
                 continue;
             }
             self.apply_repairs(engine.as_ref(), &cluster, &shard_name, &declared, &plan).await;
             if let Some(promotion) = plan.promote.clone() {
-                self.promote(engine.as_ref(), &cluster, &shard_name, &declared, promotion).await;
+                spawned |= self.spawn_promotion(&engine, &cluster, &shard_name, &declared, promotion);
             }
             plans.insert(shard_name, plan);
         }
-        self.engine = Some(engine);
         let Some(cluster) = self.latest() else { return };
+        // A promotion just started records its decision now: the observed status waits for
+        // the next heartbeat rather than race that write.
+        if spawned {
+            return;
+        }
         let mut blocks: Vec<(String, &'static str, String)> = plans
             .iter()
             .filter_map(|(shard, plan)| {
@@ -693,12 +908,10 @@ impl Monitor {
         if !engine.self_fences() || cluster.spec.paused {
             return;
         }
-        let f = &cluster.spec.failover.fencing;
-        let lag = f.max_replica_lag_seconds.max(1) as u32;
+        let lag = cluster.spec.failover.fencing.max_replica_lag_seconds.max(1) as u32;
         let mut todo = Vec::new();
         for d in declared {
-            let others = declared.iter().filter(|x| x.shard == d.shard).count().saturating_sub(1) as u32;
-            let want = (f.min_replicas_to_write.max(0) as u32).min(others);
+            let want = fencing_want(cluster, declared, &self.members, &d.shard, &d.name);
             let Some(st) = self.members.get(&d.name) else { continue };
             let Some(p) = st.probe.as_ref().filter(|_| st.misses == 0 && !st.unauthorized) else { continue };
             if p.self_fencing != (want > 0) || st.fencing_applied != Some((want, lag)) {
@@ -774,7 +987,7 @@ impl Monitor {
             target_primary: status.and_then(|s| s.target_primary.clone()),
             last_primary_offset: self.last_primary_offset.get(shard_name).copied(),
             primary_lost_for: lost_for,
-            avoid_nodes: Vec::new(),
+            avoid_nodes: dead_nodes(&self.nodes),
             unfenced: self.unfenced.get(shard_name).cloned(),
         }
     }
@@ -866,171 +1079,124 @@ impl Monitor {
     /// the point its successor was promoted at is lost (asynchronous replication cannot save
     /// it). Raise the last failover's `lostOffset` to that, once, with a `reattach` step.
     async fn account_reattached(&mut self, cluster: &HaCluster, shard: &str, member: &str, offset: i64) {
-        let Some(base) = self.latest() else { return };
-        let Some(record) = base.status.as_ref().and_then(|s| s.last_failover.as_ref()) else { return };
-        let Some(promoted_at) = record.promoted_at_offset else { return };
-        if record.shard != shard
-            || record.from.as_deref() != Some(member)
-            || record.steps.iter().any(|s| s.name == "reattach")
-        {
-            return;
+        // Retried on a conflict (a promotion or an operation wrote first): once demoted, the
+        // old primary's offset is gone.
+        for attempt in 0..4 {
+            let base = if attempt == 0 { self.latest() } else { self.fetch().await };
+            let Some(base) = base else { return };
+            let Some(record) = base.status.as_ref().and_then(|s| s.last_failover.as_ref()) else { return };
+            let Some(promoted_at) = record.promoted_at_offset else { return };
+            if record.shard != shard
+                || record.from.as_deref() != Some(member)
+                || record.steps.iter().any(|s| s.name == "reattach")
+            {
+                return;
+            }
+            let lost = (offset - promoted_at).max(0);
+            let mut next = base.clone();
+            let Some(r) = next.status.as_mut().and_then(|s| s.last_failover.as_mut()) else { return };
+            r.lost_offset = Some(r.lost_offset.unwrap_or(0).max(lost));
+            let now = Time(Timestamp::now());
+            r.steps.push(StepRecord {
+                name: "reattach".into(),
+                started_at: now.clone(),
+                finished_at: now,
+                message: Some(format!(
+                    "{member} came back as a primary at offset {offset}, {lost} bytes beyond the point {} was promoted at ({promoted_at}); those writes are lost",
+                    r.to.clone().unwrap_or_default()
+                )),
+            });
+            match self.replace_status(&next).await {
+                Ok(()) if lost > 0 => {
+                    warn!(cluster = %key(cluster), %member, lost, "the re-attached old primary had writes its successor never received");
+                    let msg = format!(
+                        "{member} had {lost} bytes of writes beyond the promotion point; they are lost"
+                    );
+                    self.ctx.event(cluster, true, "WritesLost", "Reattach", msg).await;
+                    return;
+                }
+                Ok(()) => return,
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => {
+                    warn!(cluster = %key(cluster), %member, error = %e, "could not record the re-attached old primary's offset");
+                    return;
+                }
+            }
         }
-        let lost = (offset - promoted_at).max(0);
-        let mut next = base.clone();
-        let Some(r) = next.status.as_mut().and_then(|s| s.last_failover.as_mut()) else { return };
-        r.lost_offset = Some(r.lost_offset.unwrap_or(0).max(lost));
-        let now = Time(Timestamp::now());
-        r.steps.push(StepRecord {
-            name: "reattach".into(),
-            started_at: now.clone(),
-            finished_at: now,
-            message: Some(format!(
-                "{member} came back as a primary at offset {offset}, {lost} bytes beyond the point {} was promoted at ({promoted_at}); those writes are lost",
-                r.to.clone().unwrap_or_default()
-            )),
+        warn!(cluster = %key(cluster), %member, "could not record the re-attached old primary's offset: conflicting writes");
+    }
+
+    /// Start promotion `p` of `shard` in a task of its own (one per shard); false if it
+    /// cannot start now.
+    fn spawn_promotion(
+        &mut self,
+        engine: &Arc<dyn Engine>,
+        cluster: &HaCluster,
+        shard: &str,
+        declared: &[Declared],
+        p: Promotion,
+    ) -> bool {
+        if !declared.iter().any(|d| d.name == p.to) {
+            return false;
+        }
+        let Some(start) = self.saga_start(engine.as_ref(), cluster, shard, declared, &p) else {
+            return false;
+        };
+        let op = ShardOp::new(self.ctx.clone(), self.status.clone(), self.pods.clone());
+        let run = op.run(engine.clone(), cluster.clone(), shard.to_owned(), declared.to_vec(), p, start);
+        let (tx, wake) = (self.done_tx.clone(), self.wake.clone());
+        let task = tokio::spawn(async move {
+            let done = run.await;
+            let _ = tx.send(done);
+            // Apply it at once: routing moves, then the Event.
+            wake.notify.notify_one();
         });
-        match self.replace_status(&next).await {
-            Ok(()) if lost > 0 => {
-                warn!(cluster = %key(cluster), %member, lost, "the re-attached old primary had writes its successor never received");
-                self.ctx
-                    .event(
-                        cluster,
-                        true,
-                        "WritesLost",
-                        "Reattach",
-                        format!(
-                            "{member} had {lost} bytes of writes beyond the promotion point; they are lost"
-                        ),
-                    )
-                    .await;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                warn!(cluster = %key(cluster), %member, error = %e, "could not record the re-attached old primary's offset")
-            }
+        self.ops.insert(shard.to_owned(), task);
+        true
+    }
+
+    /// Apply what finished promotions reported.
+    async fn collect_done(&mut self, declared: &[Declared]) {
+        // A task that ended without a report (it panicked) frees its shard too.
+        self.ops.retain(|_, t| !t.is_finished());
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.ops.remove(&done.shard);
+            self.apply_done(done, declared).await;
         }
     }
 
-    /// Carry out a promotion. What to do, in which order and when to give up is decided by
-    /// the saga of [`crate::core::saga`]; this function only runs the effects it asks for and
-    /// reports how they went. Every effect is idempotent, so a restarted operator resumes
-    /// from the target and epoch recorded in status.
-    async fn promote(
-        &mut self,
-        engine: &dyn Engine,
-        cluster: &HaCluster,
-        shard_name: &str,
-        declared: &[Declared],
-        p: Promotion,
-    ) {
-        let started = Instant::now();
-        let started_at = Time(Timestamp::now());
-        let step_timeout = cluster.spec.failover.step_timeout.0;
-        let Some(to) = declared.iter().find(|d| d.name == p.to).cloned() else { return };
-        let ckey = key(cluster);
-        let Some(start) = self.saga_start(engine, cluster, shard_name, declared, &p) else { return };
-        let from = start.from.as_ref().map(|f| f.name.clone());
-        let mut saga = Saga::new(start);
-        let endpoint = |name: &str| {
-            declared.iter().find(|d| d.name == name).map(|d| d.endpoint.clone()).unwrap_or_default()
-        };
-        let mut epoch = shard_status(cluster, shard_name).map_or(0, |s| s.epoch);
-        let mut steps: Vec<StepRecord> = Vec::new();
-        let mut step_start = Time(Timestamp::now());
-        let mut promoted_at_offset = None;
-        let mut refetch = false;
-        let mut seen = 0;
-        let end = loop {
-            // Steps the saga recorded since the last effect, timed as they are seen.
-            for s in &saga.steps[seen..] {
-                let now = Time(Timestamp::now());
-                steps.push(StepRecord {
-                    name: s.name.into(),
-                    started_at: std::mem::replace(&mut step_start, now.clone()),
-                    finished_at: now,
-                    message: Some(s.message.clone()),
+    /// One finished promotion: member state, metrics, routing, then the Event.
+    async fn apply_done(&mut self, done: OpDone, declared: &[Declared]) {
+        self.status.adopt(done.written.clone());
+        if let Some(host) = done.redirect_host.clone() {
+            self.last_redirect = Some(host);
+        }
+        let shard_name = done.shard.as_str();
+        let p = &done.promotion;
+        if done.promoted {
+            if let Some(st) = self.members.get_mut(&p.to) {
+                let offset = st.probe.as_ref().and_then(|p| p.offset);
+                let self_fencing = st.self_fencing;
+                st.probe = Some(Probe {
+                    role: ObservedRole::Primary,
+                    offset,
+                    following: None,
+                    link_up: true,
+                    self_fencing,
+                    good_replicas: None,
                 });
-                match s.name {
-                    "fence" => crate::faults::crash_point("after-fence"),
-                    "promote" if from.is_some() => crate::faults::crash_point("after-promote"),
-                    _ => {}
-                }
             }
-            seen = saga.steps.len();
-            let report: Report = match saga.next() {
-                Effect::Done(end) => break end,
-                Effect::Record => {
-                    match self.record_decision(cluster, shard_name, &to.name, p.kind, &started_at).await {
-                        Ok(e) => {
-                            epoch = e;
-                            step_start = Time(Timestamp::now());
-                            info!(cluster = %ckey, shard = shard_name, to = %to.name, from = ?p.from, epoch, reason = %p.reason, "promoting");
-                            if p.kind == PromotionKind::Failover {
-                                let msg = format!(
-                                    "shard {shard_name}: {}; promoting {} (epoch {epoch})",
-                                    p.reason, to.name
-                                );
-                                self.ctx.event(cluster, true, "FailingOver", "Failover", msg).await;
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err((Fault::Silent, e.to_string())),
-                    }
-                }
-                Effect::Drain { from, to } => drain(engine, &endpoint(&from), &endpoint(&to), step_timeout)
-                    .await
-                    .map_err(|e| (Fault::Answered, e)),
-                Effect::Demote { member } => reported(engine.demote(&endpoint(&member)).await),
-                Effect::Kill { member } => self.kill_pod(cluster, &member).await,
-                Effect::ResumeWrites { member } => {
-                    let r = reported(engine.resume_writes(&endpoint(&member)).await);
-                    if let Err((_, e)) = &r {
-                        warn!(cluster = %ckey, %member, error = %e, "could not unpause (the pause expires by itself)");
-                    }
-                    r
-                }
-                Effect::Promote { member } => {
-                    let r = timed(step_timeout, engine.promote(&endpoint(&member))).await;
-                    if r.is_ok() && member == to.name {
-                        promoted_at_offset =
-                            self.after_promotion(engine, shard_name, &to, step_timeout).await;
-                    }
-                    r
-                }
-                Effect::FollowUpstream { member, upstream } => {
-                    let r = timed(step_timeout, engine.follow(&endpoint(&member), &upstream)).await;
-                    if r.is_ok() {
-                        self.after_promotion(engine, shard_name, &to, step_timeout).await;
-                    }
-                    r
-                }
-                Effect::Redirect { members, to: _ } => {
-                    self.redirect(engine, cluster, declared, &members, &to).await
-                }
-                Effect::RecordOutcome => {
-                    let outcome = Outcome {
-                        promotion: &p,
-                        to: &to.name,
-                        drained: saga.drained(),
-                        epoch,
-                        started_at: &started_at,
-                        duration_ms: started.elapsed().as_millis() as i64,
-                        steps: &steps,
-                        promoted_at_offset,
-                    };
-                    let r = self.record_outcome(shard_name, outcome, refetch).await;
-                    refetch = r.is_err();
-                    r
-                }
-                Effect::RecordAbandon { reason, message } => {
-                    let r = self.record_abandon(shard_name, reason, &message, refetch).await;
-                    refetch = r.is_err();
-                    r
-                }
-            };
-            saga.observe(report);
-        };
-        match end {
+            // The new primary's own offset is the reference from now on.
+            self.last_primary_offset.remove(shard_name);
+            if let Some(o) = done.promoted_at_offset {
+                self.last_primary_offset.insert(shard_name.to_owned(), o);
+            }
+            self.lost_since.remove(shard_name);
+            self.unfenced.remove(shard_name);
+        }
+        let Some(cluster) = self.latest() else { return };
+        let ckey = key(&cluster);
+        match done.end {
             End::Promoted => {
                 let labels = FailoverLabels {
                     namespace: cluster.namespace().unwrap_or_default(),
@@ -1047,22 +1213,25 @@ impl Monitor {
                     .metrics
                     .failover_duration
                     .get_or_create(&labels)
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(done.started.elapsed().as_secs_f64());
                 let shard_labels = ShardLabels {
                     namespace: labels.namespace.clone(),
                     cluster: labels.cluster.clone(),
                     shard: labels.shard.clone(),
                 };
-                self.ctx.metrics.epoch.get_or_create(&shard_labels).set(epoch);
+                self.ctx.metrics.epoch.get_or_create(&shard_labels).set(done.epoch);
                 self.exported_shards.insert(shard_labels);
-                let ms = started.elapsed().as_millis();
+                let ms = done.started.elapsed().as_millis();
                 let note = match &p.from {
                     Some(f) => format!(
-                        "shard {shard_name}: {} promoted, replacing {f} (epoch {epoch}, {ms} ms; {})",
-                        to.name, p.reason
+                        "shard {shard_name}: {} promoted, replacing {f} (epoch {}, {ms} ms; {})",
+                        p.to, done.epoch, p.reason
                     ),
                     None => {
-                        format!("shard {shard_name}: {} is primary (epoch {epoch}; {})", to.name, p.reason)
+                        format!(
+                            "shard {shard_name}: {} is primary (epoch {}; {})",
+                            p.to, done.epoch, p.reason
+                        )
                     }
                 };
                 info!(cluster = %ckey, "{note}");
@@ -1071,18 +1240,18 @@ impl Monitor {
                     self.update_routing(&c, declared).await;
                 }
                 let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
-                self.ctx.event(cluster, false, reason, "Promote", note).await;
+                self.ctx.event(&cluster, false, reason, "Promote", note).await;
             }
             End::Abandoned { reason, message } => {
                 warn!(cluster = %ckey, shard = shard_name, reason, "{message}");
                 if reason == saga::reason::FENCE_TIMED_OUT
-                    && let Some(from) = &from
+                    && let Some(from) = &done.from
                 {
                     self.unfenced.insert(shard_name.to_owned(), from.clone());
                 }
                 self.ctx
                     .event(
-                        cluster,
+                        &cluster,
                         true,
                         "PromotionAbandoned",
                         "Promote",
@@ -1100,7 +1269,7 @@ impl Monitor {
             End::Retry(e) => {
                 warn!(cluster = %ckey, shard = shard_name, "{e}; the target stays recorded and is retried");
                 self.ctx
-                    .event(cluster, true, "PromotionFailed", "Promote", format!("shard {shard_name}: {e}"))
+                    .event(&cluster, true, "PromotionFailed", "Promote", format!("shard {shard_name}: {e}"))
                     .await;
             }
             End::Unrecorded(e) => warn!(
@@ -1170,228 +1339,12 @@ impl Monitor {
         })
     }
 
-    /// Record the decision before acting: epoch+1, target, lock; resourceVersion-guarded.
-    async fn record_decision(
-        &mut self,
-        cluster: &HaCluster,
-        shard_name: &str,
-        to: &str,
-        kind: PromotionKind,
-        started_at: &Time,
-    ) -> Result<i64, kube::Error> {
-        let step_timeout = cluster.spec.failover.step_timeout.0;
-        let mut next = cluster.clone();
-        let status = next.status.get_or_insert_with(Default::default);
-        let s = shard_entry(status, shard_name);
-        s.epoch += 1;
-        s.target_primary = Some(to.to_owned());
-        s.operation = Some(OperationLock {
-            kind: LOCK_KIND.into(),
-            name: cluster.name_any(),
-            namespace: cluster.namespace(),
-            uid: cluster.uid(),
-            acquired_at: started_at.clone(),
-            expires_at: Time(Timestamp::now() + step_timeout * 4),
-            force: false,
-            dead_members: Vec::new(),
-            dead_nodes: Vec::new(),
-        });
-        let epoch = s.epoch;
-        status.phase = Some(if kind == PromotionKind::Failover {
-            ClusterPhase::FailingOver
-        } else {
-            ClusterPhase::Bootstrapping
-        });
-        self.replace_status(&next).await?;
-        Ok(epoch)
-    }
-
-    /// The new primary took over: remember it, and read its own offset at once — the point
-    /// replicas are measured against from now on, and what a re-attached old primary had
-    /// beyond it was lost.
-    async fn after_promotion(
-        &mut self,
-        engine: &dyn Engine,
-        shard_name: &str,
-        to: &Declared,
-        step_timeout: Duration,
-    ) -> Option<i64> {
-        if let Some(st) = self.members.get_mut(&to.name) {
-            let offset = st.probe.as_ref().and_then(|p| p.offset);
-            let self_fencing = st.self_fencing;
-            st.probe = Some(Probe {
-                role: ObservedRole::Primary,
-                offset,
-                following: None,
-                link_up: true,
-                self_fencing,
-            });
-        }
-        self.last_primary_offset.remove(shard_name);
-        self.lost_since.remove(shard_name);
-        self.unfenced.remove(shard_name);
-        if let Ok(Ok(p)) = tokio::time::timeout(step_timeout, engine.probe(&to.endpoint)).await
-            && p.role == ObservedRole::Primary
-            && let Some(o) = p.offset
-        {
-            self.last_primary_offset.insert(shard_name.to_owned(), o);
-            return Some(o);
-        }
-        None
-    }
-
-    /// Point `members` at the new primary (redis), or write the redirect ConfigMap (agent).
-    async fn redirect(
-        &mut self,
-        engine: &dyn Engine,
-        cluster: &HaCluster,
-        declared: &[Declared],
-        members: &[String],
-        to: &Declared,
-    ) -> Report {
-        if engine.follows_directly() {
-            let targets: Vec<&Declared> = declared.iter().filter(|d| members.contains(&d.name)).collect();
-            let results =
-                futures::future::join_all(targets.iter().map(|d| engine.follow(&d.endpoint, &to.endpoint)))
-                    .await;
-            let failed: Vec<String> = targets
-                .iter()
-                .zip(results)
-                .filter_map(|(d, r)| r.err().map(|e| format!("{}: {e}", d.name)))
-                .collect();
-            if failed.is_empty() {
-                Ok(())
-            } else {
-                warn!(cluster = %key(cluster), ?failed, "could not redirect every replica; retried next heartbeat");
-                Err((Fault::Silent, failed.join("; ")))
-            }
-        } else if let Some(redirect) = &cluster.spec.redirect {
-            let host = engines::split_endpoint(&to.route).map(|(h, _)| h.to_owned()).unwrap_or_default();
-            match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
-                Ok(_) => {
-                    self.last_redirect = Some(host);
-                    Ok(())
-                }
-                Err(e) => Err((Fault::Silent, format!("the redirect ConfigMap was not written: {e}"))),
-            }
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Delete the pod of member `name` with no grace period (the member is a pod of the
-    /// cluster's selector; the uid precondition keeps a pod recreated under the same name).
-    async fn kill_pod(&self, cluster: &HaCluster, name: &str) -> Report {
-        let ns = cluster.namespace().unwrap_or_default();
-        let uid = self
-            .pods
-            .state()
-            .into_iter()
-            .find(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.name_any() == name)
-            .and_then(|p| p.uid());
-        let Some(uid) = uid else { return Err((Fault::Silent, format!("no pod {name} known"))) };
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let params = kube::api::DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(kube::api::Preconditions { uid: Some(uid), resource_version: None }),
-            ..Default::default()
-        };
-        match api.delete(name, &params).await {
-            Ok(_) => {
-                info!(cluster = %key(cluster), pod = name, "deleted the unreachable old primary's pod (grace period 0)");
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err((Fault::Silent, e.to_string())),
-        }
-    }
-
-    /// Record the new primary, the roles as they now are, the steps and the lost offset;
-    /// clear the target and our lock. One resourceVersion-guarded write; `refetch` reads
-    /// the object first (after a failed attempt).
-    async fn record_outcome(&mut self, shard_name: &str, o: Outcome<'_>, refetch: bool) -> Report {
-        let base = if refetch { self.fetch().await } else { self.latest() };
-        let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
-        let mut next = base.clone();
-        let status = next.status.get_or_insert_with(Default::default);
-        let s = shard_entry(status, shard_name);
-        s.current_primary = Some(o.to.to_owned());
-        s.target_primary = None;
-        // Record the roles as they now are, so status never shows two primaries.
-        for m in &mut s.members {
-            if m.name == o.to {
-                m.role = Role::Primary;
-                m.upstream = None;
-            } else if m.role == Role::Primary {
-                m.role = if o.drained { Role::Replica } else { Role::Fenced };
-            }
-        }
-        if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
-            s.operation = None;
-        }
-        let p = o.promotion;
-        if p.kind == PromotionKind::Failover || (p.kind == PromotionKind::Resume && p.from.is_some()) {
-            status.last_failover = Some(FailoverRecord {
-                shard: shard_name.to_owned(),
-                from: p.from.clone(),
-                to: Some(o.to.to_owned()),
-                reason: p.reason.clone(),
-                started_at: o.started_at.clone(),
-                duration_ms: Some(o.duration_ms),
-                lost_offset: if o.drained { Some(0) } else { p.lost_offset },
-                promoted_at_offset: o.promoted_at_offset,
-                epoch: o.epoch,
-                steps: o.steps.to_vec(),
-            });
-        }
-        self.replace_status(&next).await.map_err(|e| {
-            warn!(cluster = %self.oref, error = %e, "recording the promotion failed; retrying");
-            (Fault::Silent, e.to_string())
-        })
-    }
-
-    /// Give up a recorded promotion: clear the target (and our own lock; the epoch stays
-    /// bumped) and say why in the LastPromotion condition.
-    async fn record_abandon(&mut self, shard_name: &str, reason: &str, why: &str, refetch: bool) -> Report {
-        let base = if refetch { self.fetch().await } else { self.latest() };
-        let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
-        let mut next = base.clone();
-        let status = next.status.get_or_insert_with(Default::default);
-        let s = shard_entry(status, shard_name);
-        s.target_primary = None;
-        if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
-            s.operation = None;
-        }
-        set_condition(
-            &mut status.conditions,
-            "LastPromotion",
-            false,
-            reason,
-            format!("shard {shard_name}: {why}"),
-            base.metadata.generation,
-            &Time(Timestamp::now()),
-        );
-        self.replace_status(&next).await.map_err(|e| (Fault::Silent, e.to_string()))
-    }
-
     async fn fetch(&self) -> Option<HaCluster> {
-        let api: Api<HaCluster> =
-            Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
-        api.get_opt(&self.oref.name).await.ok().flatten()
+        self.status.fetch().await
     }
 
-    /// Replace the status with resourceVersion (optimistic concurrency).
     async fn replace_status(&mut self, next: &HaCluster) -> Result<(), kube::Error> {
-        let api: Api<HaCluster> =
-            Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
-        let written = {
-            let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
-            api.replace_status(&self.oref.name, &PostParams::default(), next).await?
-        };
-        // Before the watch brings our own write back: it must not wake us.
-        self.wake.seen.fetch_max(rv(&written), Ordering::SeqCst);
-        self.written = Some(written);
-        Ok(())
+        self.status.replace(next).await
     }
 
     /// Compute the observed status and write it if anything meaningful changed.
@@ -1399,16 +1352,20 @@ impl Monitor {
         let old = cluster.status.clone().unwrap_or_default();
         let next_status = self.observed_status(cluster, &old, blocks);
         let max_lag = cluster.spec.failover.max_lag_on_failover;
-        if significant(&old, max_lag) == significant(&next_status, max_lag) {
+        // Offsets and lag alone are refreshed at most every OFFSETS_REFRESH, with the time of
+        // the probe they came from (lastHeartbeat), so status never shows old numbers as new.
+        let offsets_due = self.observed_written_at.is_none_or(|t| t.elapsed() >= OFFSETS_REFRESH)
+            && offsets(&old) != offsets(&next_status);
+        if significant(&old, max_lag) == significant(&next_status, max_lag) && !offsets_due {
             return;
         }
         let mut next = cluster.clone();
         next.status = Some(next_status);
         match self.replace_status(&next).await {
-            Ok(()) => {}
+            Ok(()) => self.observed_written_at = Some(Instant::now()),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 debug!(cluster = %self.oref, "status conflict; recomputed next heartbeat");
-                self.written = self.fetch().await;
+                self.status.written = self.fetch().await;
             }
             Err(e) => warn!(cluster = %self.oref, error = %e, "could not write status"),
         }
@@ -1442,7 +1399,10 @@ impl Monitor {
                 .filter(|d| d.shard == shard_name)
                 .map(|d| {
                     let st = self.members.get(&d.name).cloned().unwrap_or_default();
-                    let ok = st.probe.is_some() && !st.unauthorized;
+                    // Healthy means it answered the latest probe; a member that stopped
+                    // answering is unhealthy at once (it is *down* after failureThreshold
+                    // misses, which is what failover waits for).
+                    let ok = st.probe.is_some() && st.misses == 0 && !st.unauthorized;
                     if ok {
                         healthy += 1;
                     }
@@ -1502,7 +1462,24 @@ impl Monitor {
         for s in &mut status.shards {
             s.upstream = self.upstream_seen.clone().filter(|_| cluster.spec.standby.is_some());
         }
-        let all_primaries_ok = !status.shards.is_empty()
+        // A self-fencing primary with too few replicas refuses writes: it is not healthy for
+        // clients (until the replicas are attached, after a bootstrap or a failover).
+        let mut refusing = Vec::new();
+        for s in status.shards.iter().filter(|_| cluster.spec.standby.is_none()) {
+            let Some(p) = &s.current_primary else { continue };
+            let want = fencing_want(cluster, &declared, &self.members, &s.name, p);
+            let probe = self.members.get(p).and_then(|m| m.probe.as_ref()).filter(|p| p.self_fencing);
+            if let Some(good) = probe.and_then(|p| p.good_replicas)
+                && good < i64::from(want)
+            {
+                refusing.push(format!(
+                    "shard {}: {p} refuses writes until {want} replica(s) acknowledge it (min-replicas-to-write); {good} do",
+                    s.name
+                ));
+            }
+        }
+        let all_primaries_ok = refusing.is_empty()
+            && !status.shards.is_empty()
             && status.shards.iter().all(|s| {
                 s.current_primary.as_ref().is_some_and(|p| {
                     s.members.iter().any(|m| &m.name == p && m.healthy && m.role == leader_role)
@@ -1528,6 +1505,8 @@ impl Monitor {
             )
         } else if let Some((shard, reason, msg)) = blocks.first() {
             (reason, format!("shard {shard}: {msg}"))
+        } else if !refusing.is_empty() {
+            ("PrimaryRefusesWrites", refusing.join("; "))
         } else if all_primaries_ok {
             ("PrimaryHealthy", "every shard has a healthy primary".to_owned())
         } else {
@@ -1655,37 +1634,14 @@ impl Monitor {
     }
 }
 
-/// What a promotion's outcome record holds.
-struct Outcome<'a> {
-    promotion: &'a Promotion,
-    to: &'a str,
-    drained: bool,
-    epoch: i64,
-    started_at: &'a Time,
-    duration_ms: i64,
-    steps: &'a [StepRecord],
-    promoted_at_offset: Option<i64>,
-}
-
-/// An engine call's result in the saga's terms.
-fn reported(r: Result<(), EngineError>) -> Report {
-    r.map_err(|e| (e.fault(), e.to_string()))
-}
-
-/// An engine action bounded by `timeout`.
-async fn timed(
-    timeout: Duration,
-    action: impl std::future::Future<Output = Result<(), EngineError>>,
-) -> Report {
-    match tokio::time::timeout(timeout, action).await {
-        Ok(r) => reported(r),
-        Err(_) => Err((Fault::Silent, format!("no answer within {timeout:?}"))),
-    }
-}
-
 /// Graceful switchover: pause writes on the old primary, then wait until the candidate has
 /// applied everything the old primary wrote (offsets equal). Err says why not.
-async fn drain(engine: &dyn Engine, from: &str, to: &str, timeout: Duration) -> Result<(), String> {
+pub(super) async fn drain(
+    engine: &dyn Engine,
+    from: &str,
+    to: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     engine
         .pause_writes(from, timeout + Duration::from_secs(2))
         .await
@@ -1825,21 +1781,25 @@ impl Monitor {
     }
 }
 
-fn rv(o: &HaCluster) -> u64 {
-    o.resource_version().and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-fn shard_status<'a>(cluster: &'a HaCluster, shard: &str) -> Option<&'a ShardStatus> {
+pub(super) fn shard_status<'a>(cluster: &'a HaCluster, shard: &str) -> Option<&'a ShardStatus> {
     cluster.status.as_ref()?.shards.iter().find(|s| s.name == shard)
 }
 
-fn shard_entry<'a>(status: &'a mut HaClusterStatus, shard: &str) -> &'a mut ShardStatus {
+pub(super) fn shard_entry<'a>(status: &'a mut HaClusterStatus, shard: &str) -> &'a mut ShardStatus {
     if let Some(i) = status.shards.iter().position(|s| s.name == shard) {
         &mut status.shards[i]
     } else {
         status.shards.push(ShardStatus { name: shard.to_owned(), ..Default::default() });
         status.shards.last_mut().expect("just pushed")
     }
+}
+
+/// How often changed offsets and lag alone are written to status.
+const OFFSETS_REFRESH: Duration = Duration::from_secs(10);
+
+/// Every member's offset and lag.
+fn offsets(s: &HaClusterStatus) -> Vec<(Option<i64>, Option<i64>)> {
+    s.shards.iter().flat_map(|s| s.members.iter().map(|m| (m.offset, m.lag))).collect()
 }
 
 /// The parts of a status whose change is worth a write: everything except heartbeat times,

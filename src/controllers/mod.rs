@@ -4,6 +4,7 @@
 pub mod failover_request;
 pub mod hacluster;
 pub mod operation;
+mod promotion;
 pub mod protection_group;
 pub mod routing;
 pub mod shard_failover;
@@ -17,7 +18,7 @@ use std::{
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{engines::Credentials, metrics::Metrics, resources::shared::SecretKeyRef};
 
@@ -164,9 +165,9 @@ impl SecretCache {
     pub const TTL: Duration = Duration::from_secs(30);
     /// A missing Secret is looked for again sooner: it is usually about to be created.
     pub const MISSING_TTL: Duration = Duration::from_secs(5);
-    /// When members refuse the credentials, the Secret is re-read this often: a rotated
-    /// password or token takes effect within seconds, not a whole TTL.
-    pub const REFUSED_TTL: Duration = Duration::from_secs(5);
+    /// When members refuse the credentials, the Secret is re-read on every heartbeat: a
+    /// rotated password or token takes effect at once, not after a whole TTL.
+    pub const REFUSED_TTL: Duration = Duration::ZERO;
 
     /// The data of `namespace/name`, or `None` when it does not exist, read at most `max_age`
     /// ago (at most `max_age` or [`SecretCache::MISSING_TTL`], whichever is shorter, for a
@@ -290,14 +291,20 @@ where
                 },
                 move |_obj, err: &OpError, ctx: std::sync::Arc<Context>| {
                     ctx.metrics.reconcile_errors.get_or_create(&errors_label).inc();
-                    warn!(controller = name, error = %err, "reconcile failed; retrying");
+                    match err {
+                        // An optimistic-concurrency retry is ordinary: someone else wrote first.
+                        OpError::Kube(kube::Error::Api(s)) if s.code == 409 => {
+                            debug!(controller = name, error = %err, "conflict; retrying")
+                        }
+                        _ => warn!(controller = name, error = %err, "reconcile failed; retrying"),
+                    }
                     Action::requeue(Duration::from_secs(2))
                 },
                 ctx.clone(),
             )
             .for_each(move |r| async move {
                 if let Err(e) = r {
-                    tracing::debug!(controller = name, error = %e, "reconcile");
+                    debug!(controller = name, error = %e, "reconcile");
                 }
             });
         runs.push(run.boxed());

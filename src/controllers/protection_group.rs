@@ -221,7 +221,10 @@ struct Writer {
 }
 
 impl Writer {
+    /// Err unless the status is written: after five conflicts in a row the last one is
+    /// returned, so a step is never taken as recorded when it was not.
     async fn save(&mut self, status: &ProtectionGroupStatus) -> Result<(), kube::Error> {
+        let mut conflict = None;
         for _ in 0..5 {
             if self.obj.status.as_ref() == Some(status) {
                 return Ok(());
@@ -234,12 +237,13 @@ impl Writer {
                     return Ok(());
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
-                    self.obj = self.api.get(&self.obj.name_any()).await?
+                    self.obj = self.api.get(&self.obj.name_any()).await?;
+                    conflict = Some(kube::Error::Api(e));
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Err(conflict.expect("five conflicts"))
     }
 }
 

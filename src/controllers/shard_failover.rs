@@ -177,11 +177,10 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
     if let Some(failed) = status.shards.iter().find(|p| p.phase == ShardStep::Failed) {
-        let msg = format!(
-            "shard {}: {}",
-            failed.shard.clone().unwrap_or_default(),
-            failed.message.clone().unwrap_or_default()
-        );
+        let prefix = format!("shard {}: ", failed.shard.clone().unwrap_or_default());
+        let message = failed.message.clone().unwrap_or_default();
+        // The monitor's own messages (LastPromotion) already name the shard.
+        let msg = if message.starts_with(&prefix) { message } else { format!("{prefix}{message}") };
         release(&clusters, &cluster_name, &uid).await?;
         return finish_failed(&api, &sfo, status, Code::FailoverFailed, msg, &ctx).await;
     }

@@ -24,6 +24,9 @@ pub struct Probe {
     /// `min-replicas-to-write`): as a primary cut off from its replicas it stops taking
     /// writes without being told.
     pub self_fencing: bool,
+    /// For a self-fencing primary: how many replicas acknowledged it recently enough to count
+    /// (redis `min_slaves_good_slaves`).
+    pub good_replicas: Option<i64>,
 }
 
 /// Why an action on a member did not happen, as far as decisions care.

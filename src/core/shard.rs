@@ -569,4 +569,132 @@ mod tests {
         let promo = plan(&facts, &Policy::default()).promote.unwrap();
         assert_eq!((promo.kind, promo.to.as_str()), (PromotionKind::Resume, "b"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn arb_member(i: usize) -> impl Strategy<Value = MemberFacts> {
+            (
+                0..3i32,
+                prop::option::of((any::<bool>(), 0..1000i64)),
+                0..4u32,
+                prop::bool::weighted(0.1),
+                0..3usize,
+            )
+                .prop_map(move |(priority, probe, misses, unauthorized, node)| MemberFacts {
+                    name: format!("m{i}"),
+                    endpoint: format!("m{i}:6379"),
+                    node: Some(format!("n{node}")),
+                    priority: priority * 100,
+                    probe: probe.map(|(primary, offset)| Probe {
+                        role: if primary { Primary } else { Replica },
+                        offset: Some(offset),
+                        following: (!primary).then(|| "m0:6379".to_owned()),
+                        link_up: true,
+                        ..Default::default()
+                    }),
+                    misses,
+                    unauthorized,
+                })
+        }
+
+        fn arb_case() -> impl Strategy<Value = (ShardFacts, Policy, usize)> {
+            (1..6usize)
+                .prop_flat_map(|n| {
+                    (
+                        (0..n).map(arb_member).collect::<Vec<_>>(),
+                        prop::option::of(0..n),
+                        prop::option::of(0..1000i64),
+                        prop::collection::vec(any::<bool>(), 3),
+                        (any::<bool>(), prop::bool::weighted(0.1), 0..500i64, 1..4u32, 0..3u64, 0..3u64),
+                        0..n,
+                    )
+                })
+                .prop_map(
+                    |(
+                        members,
+                        primary,
+                        last,
+                        avoid,
+                        (automatic, paused, max_lag, threshold, delay, lost),
+                        rot,
+                    )| {
+                        let facts = ShardFacts {
+                            current_primary: primary.map(|i| members[i].name.clone()),
+                            members,
+                            target_primary: None,
+                            last_primary_offset: last,
+                            primary_lost_for: Duration::from_secs(lost),
+                            avoid_nodes: (0..3).filter(|i| avoid[*i]).map(|i| format!("n{i}")).collect(),
+                            unfenced: None,
+                        };
+                        let policy = Policy {
+                            automatic,
+                            paused,
+                            failure_threshold: threshold,
+                            failover_delay: Duration::from_secs(delay),
+                            max_lag,
+                            ..Policy::default()
+                        };
+                        (facts, policy, rot)
+                    },
+                )
+        }
+
+        /// What is promoted, demoted and followed, and why nothing is: must not depend on
+        /// member order.
+        type Shape = (Option<(PromotionKind, String)>, Vec<String>, Vec<String>, Option<&'static str>);
+
+        fn shape(p: &Plan) -> Shape {
+            let mut demote = p.demote.clone();
+            demote.sort();
+            let mut follow = p.follow.clone();
+            follow.sort();
+            (
+                p.promote.as_ref().map(|x| (x.kind, x.to.clone())),
+                demote,
+                follow,
+                p.blocked.as_ref().map(|b| b.reason),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn elections_are_safe_and_do_not_depend_on_member_order((facts, policy, rot) in arb_case()) {
+                let plan = plan(&facts, &policy);
+                let mut rotated = facts.clone();
+                rotated.members.rotate_left(rot);
+                prop_assert_eq!(shape(&plan), shape(&super::plan(&rotated, &policy)));
+                if policy.paused {
+                    prop_assert_eq!(&plan, &Plan::default());
+                }
+                let Some(p) = &plan.promote else { return Ok(()) };
+                let m = facts.members.iter().find(|m| m.name == p.to).expect("promotes a member");
+                match p.kind {
+                    PromotionKind::Failover => {
+                        prop_assert!(policy.automatic && !policy.paused, "failover in manual or paused mode");
+                        prop_assert!(facts.primary_lost_for >= policy.failover_delay);
+                    }
+                    PromotionKind::Resume => prop_assert!(false, "no target was recorded"),
+                    PromotionKind::Bootstrap | PromotionKind::Adopt => {
+                        prop_assert!(facts.current_primary.is_none())
+                    }
+                }
+                if p.kind != PromotionKind::Adopt {
+                    prop_assert!(m.priority > 0, "priority 0 promoted");
+                    prop_assert!(is_healthy(m), "unhealthy member promoted: {:?}", m);
+                    prop_assert!(
+                        !m.node.as_ref().is_some_and(|n| facts.avoid_nodes.contains(n)),
+                        "promoted on a dead node"
+                    );
+                }
+                if p.kind == PromotionKind::Failover {
+                    let lag = lag(m, facts.last_primary_offset);
+                    prop_assert!(lag.is_some_and(|l| l <= policy.max_lag), "lag {:?} > {}", lag, policy.max_lag);
+                }
+            }
+        }
+    }
 }

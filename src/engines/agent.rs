@@ -173,7 +173,14 @@ impl Engine for AgentEngine {
                 endpoint: endpoint.into(),
                 message: format!("unexpected HA status {body:?}"),
             })?;
-            Ok(Probe { role, offset: None, following: None, link_up: true, self_fencing: false })
+            Ok(Probe {
+                role,
+                offset: None,
+                following: None,
+                link_up: true,
+                self_fencing: false,
+                good_replicas: None,
+            })
         }
         .boxed()
     }

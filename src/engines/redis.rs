@@ -97,6 +97,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
             following: None,
             link_up: true,
             self_fencing,
+            good_replicas: int("min_slaves_good_slaves"),
         }),
         Some("slave") => {
             let host = fields.get("master_host").copied().unwrap_or_default();
@@ -109,6 +110,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
                 following: (!host.is_empty() && !fenced).then(|| format!("{host}:{port}")),
                 link_up: fields.get("master_link_status") == Some(&"up"),
                 self_fencing,
+                good_replicas: None,
             })
         }
         other => Err(format!("unexpected role {other:?} in INFO replication")),
@@ -235,7 +237,9 @@ mod tests {
     fn sees_self_fencing() {
         let on =
             parse_replication_info("role:master\r\nmin_slaves_good_slaves:1\r\nmaster_repl_offset:5\r\n");
-        assert!(on.unwrap().self_fencing);
+        let on = on.unwrap();
+        assert!(on.self_fencing);
+        assert_eq!(on.good_replicas, Some(1));
         assert!(!parse_replication_info("role:master\r\nmaster_repl_offset:5\r\n").unwrap().self_fencing);
     }
 

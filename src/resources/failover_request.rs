@@ -224,3 +224,52 @@ pub enum TaskStatus {
     Skipped,
     RolledBack,
 }
+
+impl From<TaskStatus> for crate::core::dag::State {
+    fn from(s: TaskStatus) -> Self {
+        use crate::core::dag::State;
+        match s {
+            TaskStatus::Ready => State::Ready,
+            TaskStatus::Pending => State::Pending,
+            TaskStatus::Running => State::Running,
+            TaskStatus::Successful => State::Successful,
+            TaskStatus::Failed => State::Failed,
+            TaskStatus::Skipped => State::Skipped,
+            TaskStatus::RolledBack => State::RolledBack,
+        }
+    }
+}
+
+impl From<crate::core::dag::State> for TaskStatus {
+    fn from(s: crate::core::dag::State) -> Self {
+        use crate::core::dag::State;
+        match s {
+            State::Ready => TaskStatus::Ready,
+            State::Pending => TaskStatus::Pending,
+            State::Running => TaskStatus::Running,
+            State::Successful => TaskStatus::Successful,
+            State::Failed => TaskStatus::Failed,
+            State::Skipped => TaskStatus::Skipped,
+            State::RolledBack => TaskStatus::RolledBack,
+        }
+    }
+}
+
+/// The DAG decisions of [`crate::core::dag`] read subtasks through this.
+impl crate::core::dag::Node for Subtask {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn item(&self) -> i32 {
+        self.item
+    }
+    fn state(&self) -> crate::core::dag::State {
+        self.status.into()
+    }
+    fn upstreams(&self) -> &[i64] {
+        &self.upstreams
+    }
+    fn prohibit_rollback(&self) -> bool {
+        self.prohibit_rollback
+    }
+}

@@ -246,7 +246,7 @@ pub struct FailoverPolicy {
 /// on the members, so a primary that fewer than `minReplicasToWrite` replicas acknowledged
 /// within `maxReplicaLagSeconds` refuses writes (`NOREPLICAS`) by itself: a primary that was
 /// frozen or cut off while another was promoted acknowledges no write once its replicas
-/// follow the new one. The trade-off: writes pause while every replica is down.
+/// follow the new one. `replicasDown` says what happens while the replicas are down.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fencing {
@@ -256,6 +256,13 @@ pub struct Fencing {
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 16))]
     pub min_replicas_to_write: i32,
+    /// While replicas are down: `KeepWriting` (default) counts only the members that answer
+    /// the operator, so a primary whose replicas are all down keeps taking writes (a
+    /// two-member cluster takes writes after a failover); `PauseWrites` counts every member,
+    /// so writes pause until enough replicas are back — the stricter choice, which also
+    /// covers a primary cut off right after its last replica returned.
+    #[serde(default)]
+    pub replicas_down: ReplicasDown,
     /// A replica counts while its last acknowledgement is at most this old. Keep it plus 2 s
     /// below `heartbeatInterval × failureThreshold + failoverDelay` so that a primary cut off
     /// from its replicas has stopped taking writes before another is promoted.
@@ -270,8 +277,23 @@ pub struct Fencing {
 
 impl Default for Fencing {
     fn default() -> Self {
-        Self { min_replicas_to_write: one(), max_replica_lag_seconds: two(), delete_unreachable_pods: true }
+        Self {
+            min_replicas_to_write: one(),
+            replicas_down: ReplicasDown::default(),
+            max_replica_lag_seconds: two(),
+            delete_unreachable_pods: true,
+        }
     }
+}
+
+/// What self-fencing does while replicas are down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ReplicasDown {
+    /// Count only the replicas that answer: a primary alone keeps taking writes.
+    #[default]
+    KeepWriting,
+    /// Count every replica: writes pause until enough of them are back.
+    PauseWrites,
 }
 
 fn one() -> i32 {

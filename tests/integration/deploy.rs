@@ -25,6 +25,9 @@ const KINDS: [&str; 4] = ["haclusters", "failoverrequests", "shardfailovers", "p
 const STATUS: [&str; 4] =
     ["haclusters/status", "failoverrequests/status", "shardfailovers/status", "protectiongroups/status"];
 
+/// Node conditions, read cluster-wide (a ClusterRole of its own, also with watchNamespaces).
+const NODE_RULES: &[(&str, &[&str], &[&str])] = &[("", &["nodes"], &["get", "list", "watch"])];
+
 /// Exactly what the operator may do (API group, resources, verbs); nothing else.
 const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("understudy.dev", &KINDS, &["get", "list", "watch", "patch", "update"]),
@@ -373,15 +376,19 @@ async fn deploy_manifests_apply_and_grant_exactly_what_the_operator_needs() {
     objs.extend(server_objects(&[
         "clusterrole/understudy",
         "clusterrolebinding/understudy",
+        "clusterrole/understudy-nodes",
+        "clusterrolebinding/understudy-nodes",
         "clusterrole/understudy-view",
         "clusterrole/understudy-edit",
     ]));
     assert_no_wildcards(&objs);
     assert_eq!(grants(get(&objs, "ClusterRole", "understudy")), table(OPERATOR_RULES));
+    assert_eq!(grants(get(&objs, "ClusterRole", "understudy-nodes")), table(NODE_RULES));
     assert_eq!(grants(get(&objs, "Role", "understudy-leader-election")), table(LEASE_RULES));
     assert_aggregated_roles(&objs, "understudy");
     let subject = json!([{"kind": "ServiceAccount", "name": "understudy", "namespace": "understudy-system"}]);
     assert_eq!(get(&objs, "ClusterRoleBinding", "understudy")["subjects"], subject);
+    assert_eq!(get(&objs, "ClusterRoleBinding", "understudy-nodes")["subjects"], subject);
     assert_eq!(get(&objs, "RoleBinding", "understudy-leader-election")["subjects"], subject);
 
     let d = get(&objs, "Deployment", "understudy");
@@ -393,6 +400,7 @@ async fn deploy_manifests_apply_and_grant_exactly_what_the_operator_needs() {
     let sa = sa_user("understudy-system", "understudy");
     assert_exact_rights(&client, &sa, &table(OPERATOR_RULES), None).await;
     assert_exact_rights(&client, &sa, &table(OPERATOR_RULES), Some("default")).await;
+    assert_exact_rights(&client, &sa, &table(NODE_RULES), None).await;
     assert_exact_rights(&client, &sa, &table(LEASE_RULES), Some("understudy-system")).await;
     assert_no_rights(&client, &sa, &table(LEASE_RULES), Some("default")).await;
 
@@ -452,6 +460,7 @@ async fn helm_chart_by_default_installs_cluster_wide_with_leader_election() {
     let objs = docs(&yaml);
     assert_no_wildcards(&objs);
     assert_eq!(grants(get(&objs, "ClusterRole", "cw-understudy")), table(OPERATOR_RULES));
+    assert_eq!(grants(get(&objs, "ClusterRole", "cw-understudy-nodes")), table(NODE_RULES));
     assert_eq!(grants(get(&objs, "Role", "cw-understudy-leader-election")), table(LEASE_RULES));
     assert_aggregated_roles(&objs, "cw-understudy");
     assert!(
@@ -514,6 +523,7 @@ async fn helm_chart_with_watch_namespaces_grants_rights_only_there() {
         "cluster-wide operator role with watchNamespaces"
     );
     assert!(find(&objs, "ClusterRoleBinding", "nsd-understudy").is_none());
+    assert_eq!(grants(get(&objs, "ClusterRole", "nsd-understudy-nodes")), table(NODE_RULES));
     assert!(
         find(&objs, "Role", "nsd-understudy-leader-election").is_none(),
         "lease Role without leader election"
@@ -551,6 +561,7 @@ async fn helm_chart_with_watch_namespaces_grants_rights_only_there() {
     assert_no_rights(&client, &sa, &table(OPERATOR_RULES), Some(&ns)).await;
     assert_no_rights(&client, &sa, &table(OPERATOR_RULES), Some("default")).await;
     assert_no_rights(&client, &sa, &table(OPERATOR_RULES), None).await;
+    assert_exact_rights(&client, &sa, &table(NODE_RULES), None).await;
     assert_no_rights(&client, &sa, &table(LEASE_RULES), Some(&ns)).await;
 
     let (ok, _, err) = kubectl_file("delete", &yaml, &["--wait=false"]);

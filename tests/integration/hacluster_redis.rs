@@ -541,3 +541,43 @@ async fn wake_ups_between_heartbeats_do_not_shorten_the_failure_window() {
     );
     operator.stop().await;
 }
+
+/// Automatic failover never promotes a member whose node is not Ready: the node that would
+/// win the election (highest priority) is NotReady, so the next one is promoted.
+#[tokio::test]
+async fn automatic_failover_avoids_members_on_not_ready_nodes() {
+    use k8s_openapi::api::core::v1::Node;
+    let client = support::client().await;
+    let ns = support::namespace(&client, "dead-node").await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|m| format!("{ns}-{m}")).collect();
+    for (name, ready) in names.iter().zip(["True", "False", "True"]) {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": ready, "reason": "Test",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    }
+    let mut servers = [RedisServer::start(None), RedisServer::start(None), RedisServer::start(None)];
+    let members = [("a", &servers[0]), ("b", &servers[1]), ("c", &servers[2])];
+    let mut hac = cluster("dn", &[("s0", &members)], json!({"heartbeatInterval": "200ms"}));
+    for (m, (node, priority)) in
+        hac.spec.shards.as_mut().unwrap()[0].members.iter_mut().zip(names.iter().zip([300, 200, 100]))
+    {
+        m.node = Some(node.clone());
+        m.priority = priority;
+    }
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &hac).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    assert_eq!(wait_primary(&api, "dn", "s0", None).await, "a");
+    wait_follows(&servers[1], &servers[0]).await;
+    wait_follows(&servers[2], &servers[0]).await;
+    servers[0].kill();
+    let next = wait_primary(&api, "dn", "s0", Some("a")).await;
+    assert_eq!(next, "c", "b has the higher priority but its node is not Ready");
+    operator.stop().await;
+    for name in &names {
+        let _ = nodes.delete(name, &Default::default()).await;
+    }
+}

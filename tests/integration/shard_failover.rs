@@ -300,3 +300,71 @@ async fn shard_failover_leaves_dead_uids_and_dead_nodes_untouched() {
     wait_follows(&servers[1], &servers[2]).await;
     operator.stop().await;
 }
+
+/// One task per shard: while a switchover of shard s0 is stuck draining (its candidate cannot
+/// catch up until `stepTimeout`), shard s1's dead primary is failed over in its usual window.
+/// Before, the monitor handled shards one after another and s1 waited for s0's drain.
+#[tokio::test]
+async fn a_drain_in_one_shard_does_not_hold_up_failover_in_another() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sfo-shards").await;
+    let mut servers: Vec<[RedisServer; 2]> =
+        (0..2).map(|_| [RedisServer::start(None), RedisServer::start(None)]).collect();
+    let names = [["a0", "b0"], ["a1", "b1"]];
+    let members: Vec<Vec<(&str, &RedisServer)>> =
+        (0..2).map(|i| vec![(names[i][0], &servers[i][0]), (names[i][1], &servers[i][1])]).collect();
+    let shards: Vec<(&str, &[(&str, &RedisServer)])> =
+        vec![("s0", members[0].as_slice()), ("s1", members[1].as_slice())];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    // Replication of s0 is cut on purpose and written on: no self-fencing.
+    let failover = json!({"heartbeatInterval": "200ms", "stepTimeout": "8s", "maxLagOnFailover": 100_000_000,
+        "fencing": {"minReplicasToWrite": 0}});
+    hacs.create(&PostParams::default(), &cluster("bdb", &shards, failover)).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let mut roles = Vec::new();
+    for (i, s) in ["s0", "s1"].iter().enumerate() {
+        let p = wait_primary(&hacs, "bdb", s, None).await;
+        let (pi, ri) = if p == names[i][0] { (0, 1) } else { (1, 0) };
+        wait_follows(&servers[i][ri], &servers[i][pi]).await;
+        roles.push((p, pi, ri));
+    }
+    // s0's replica can no longer catch up: its primary refuses the re-sync and cuts the link.
+    let p0 = &servers[0][roles[0].1];
+    let _: () =
+        p0.cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-sync").arg("-psync")).await.unwrap();
+    let _: i64 = p0.cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica")).await.unwrap();
+    for i in 0..20 {
+        let _: () = p0.cmd(redis::cmd("SET").arg(format!("unreplicated:{i}")).arg(i)).await.unwrap();
+    }
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    sfos.create(&PostParams::default(), &shard_failover("stuck", json!({"shardUids": [roles[0].0]})))
+        .await
+        .unwrap();
+    let s0_target = |c: &HaCluster| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.shards.iter().find(|s| s.name == "s0"))
+            .and_then(|s| s.target_primary.clone())
+    };
+    eventually(WAIT, "s0's switchover recorded (draining)", || async {
+        s0_target(&hacs.get("bdb").await.ok()?).map(|_| ())
+    })
+    .await;
+    let (p1, p1i) = (roles[1].0.clone(), roles[1].1);
+    servers[1][p1i].kill();
+    let killed = std::time::Instant::now();
+    let q1 = wait_primary(&hacs, "bdb", "s1", Some(&p1)).await;
+    let took = killed.elapsed();
+    let c = hacs.get("bdb").await.unwrap();
+    assert!(
+        s0_target(&c).is_some(),
+        "s1 failed over only after s0's drain ended ({took:?} after the kill): shards are not independent"
+    );
+    eprintln!("s1: {p1} killed, {q1} promoted {took:?} later while s0 was still draining");
+    eventually(WAIT, "the stuck switchover to give up", || async {
+        let s = sfos.get("stuck").await.ok()?;
+        (s.status?.phase == Some(ShardFailoverPhase::Failed)).then_some(())
+    })
+    .await;
+    operator.stop().await;
+}

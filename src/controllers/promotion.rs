@@ -1,0 +1,428 @@
+//! One shard's promotion, run in a task of its own so that a drain (up to `stepTimeout`)
+//! never holds up the heartbeats of the cluster's other shards. What to do and when to give
+//! up is decided by the saga of [`crate::core::saga`]; [`ShardOp::run`] only carries out the
+//! effects it asks for and reports how they went. Every effect is idempotent, so a restarted
+//! operator resumes from the target and epoch recorded in status. The monitor applies the
+//! [`OpDone`] it gets back (member state, metrics, routing, Events).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, runtime::reflector::Store};
+use tracing::{info, warn};
+
+use super::{
+    Context,
+    hacluster::{Declared, LOCK_KIND, StatusHandle, drain, shard_entry, shard_status},
+    key, routing,
+};
+use crate::{
+    core::{
+        saga::{Effect, End, Report, Saga, Start},
+        shard::{Promotion, PromotionKind},
+    },
+    engines::{self, Engine, EngineError, Fault, ObservedRole},
+    resources::{
+        HaCluster,
+        hacluster::{ClusterPhase, FailoverRecord, OperationLock, Role, StepRecord},
+        shared::set_condition,
+    },
+};
+
+/// A promotion's task: what it needs from its monitor, copied when it starts.
+pub struct ShardOp {
+    pub ctx: Context,
+    pub status: StatusHandle,
+    pub pods: Store<Pod>,
+    /// The agent redirect ConfigMap's host, once written.
+    redirect_host: Option<String>,
+}
+
+/// What a finished promotion reports to its monitor.
+pub struct OpDone {
+    pub shard: String,
+    pub promotion: Promotion,
+    pub end: End,
+    pub epoch: i64,
+    pub started: Instant,
+    /// The promote step succeeded: the new primary acts as one.
+    pub promoted: bool,
+    /// The new primary's offset right after its promotion.
+    pub promoted_at_offset: Option<i64>,
+    /// The old primary, as the saga saw it.
+    pub from: Option<String>,
+    /// The newest copy of the cluster this promotion wrote.
+    pub written: Option<HaCluster>,
+    pub redirect_host: Option<String>,
+}
+
+/// What a promotion's outcome record holds.
+struct Outcome<'a> {
+    promotion: &'a Promotion,
+    to: &'a str,
+    drained: bool,
+    epoch: i64,
+    started_at: &'a Time,
+    duration_ms: i64,
+    steps: &'a [StepRecord],
+    promoted_at_offset: Option<i64>,
+}
+
+impl ShardOp {
+    pub fn new(ctx: Context, status: StatusHandle, pods: Store<Pod>) -> Self {
+        Self { ctx, status, pods, redirect_host: None }
+    }
+
+    /// Carry out promotion `p` of `shard_name` as the saga started from `start` directs.
+    pub async fn run(
+        mut self,
+        engine: Arc<dyn Engine>,
+        cluster: HaCluster,
+        shard_name: String,
+        declared: Vec<Declared>,
+        p: Promotion,
+        start: Start,
+    ) -> OpDone {
+        let (cluster, shard_name, declared, engine) =
+            (&cluster, shard_name.as_str(), &declared[..], engine.as_ref());
+        let started = Instant::now();
+        let started_at = Time(Timestamp::now());
+        let step_timeout = cluster.spec.failover.step_timeout.0;
+        let to = declared.iter().find(|d| d.name == p.to).cloned().unwrap_or_default();
+        let ckey = key(cluster);
+        let from = start.from.as_ref().map(|f| f.name.clone());
+        let mut saga = Saga::new(start);
+        let endpoint = |name: &str| {
+            declared.iter().find(|d| d.name == name).map(|d| d.endpoint.clone()).unwrap_or_default()
+        };
+        let mut epoch = shard_status(cluster, shard_name).map_or(0, |s| s.epoch);
+        let mut steps: Vec<StepRecord> = Vec::new();
+        let mut step_start = Time(Timestamp::now());
+        let mut promoted_at_offset = None;
+        let mut promoted = false;
+        let mut refetch = false;
+        let mut seen = 0;
+        let end = loop {
+            // Steps the saga recorded since the last effect, timed as they are seen.
+            for s in &saga.steps[seen..] {
+                let now = Time(Timestamp::now());
+                steps.push(StepRecord {
+                    name: s.name.into(),
+                    started_at: std::mem::replace(&mut step_start, now.clone()),
+                    finished_at: now,
+                    message: Some(s.message.clone()),
+                });
+                match s.name {
+                    "fence" => crate::faults::crash_point("after-fence"),
+                    "promote" if from.is_some() => crate::faults::crash_point("after-promote"),
+                    _ => {}
+                }
+            }
+            seen = saga.steps.len();
+            let report: Report = match saga.next() {
+                Effect::Done(end) => break end,
+                Effect::Record => {
+                    match self.record_decision(cluster, shard_name, &to.name, p.kind, &started_at).await {
+                        Ok(e) => {
+                            epoch = e;
+                            step_start = Time(Timestamp::now());
+                            info!(cluster = %ckey, shard = shard_name, to = %to.name, from = ?p.from, epoch, reason = %p.reason, "promoting");
+                            if p.kind == PromotionKind::Failover {
+                                let msg = format!(
+                                    "shard {shard_name}: {}; promoting {} (epoch {epoch})",
+                                    p.reason, to.name
+                                );
+                                self.ctx.event(cluster, true, "FailingOver", "Failover", msg).await;
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err((Fault::Silent, e.to_string())),
+                    }
+                }
+                Effect::Drain { from, to } => drain(engine, &endpoint(&from), &endpoint(&to), step_timeout)
+                    .await
+                    .map_err(|e| (Fault::Answered, e)),
+                Effect::Demote { member } => reported(engine.demote(&endpoint(&member)).await),
+                Effect::Kill { member } => self.kill_pod(cluster, &member).await,
+                Effect::ResumeWrites { member } => {
+                    let r = reported(engine.resume_writes(&endpoint(&member)).await);
+                    if let Err((_, e)) = &r {
+                        warn!(cluster = %ckey, %member, error = %e, "could not unpause (the pause expires by itself)");
+                    }
+                    r
+                }
+                Effect::Promote { member } => {
+                    let r = timed(step_timeout, engine.promote(&endpoint(&member))).await;
+                    if r.is_ok() && member == to.name {
+                        promoted = true;
+                        promoted_at_offset = primary_offset(engine, &to, step_timeout).await;
+                    }
+                    r
+                }
+                Effect::FollowUpstream { member, upstream } => {
+                    let r = timed(step_timeout, engine.follow(&endpoint(&member), &upstream)).await;
+                    if r.is_ok() {
+                        promoted = true;
+                        promoted_at_offset = primary_offset(engine, &to, step_timeout).await;
+                    }
+                    r
+                }
+                Effect::Redirect { members, to: _ } => {
+                    self.redirect(engine, cluster, declared, &members, &to).await
+                }
+                Effect::RecordOutcome => {
+                    let outcome = Outcome {
+                        promotion: &p,
+                        to: &to.name,
+                        drained: saga.drained(),
+                        epoch,
+                        started_at: &started_at,
+                        duration_ms: started.elapsed().as_millis() as i64,
+                        steps: &steps,
+                        promoted_at_offset,
+                    };
+                    let r = self.record_outcome(shard_name, outcome, refetch).await;
+                    refetch = r.is_err();
+                    r
+                }
+                Effect::RecordAbandon { reason, message } => {
+                    let r = self.record_abandon(shard_name, reason, &message, refetch).await;
+                    refetch = r.is_err();
+                    r
+                }
+            };
+            saga.observe(report);
+        };
+        OpDone {
+            shard: shard_name.to_owned(),
+            promotion: p,
+            end,
+            epoch,
+            started,
+            promoted,
+            promoted_at_offset,
+            from,
+            written: self.status.written.take(),
+            redirect_host: self.redirect_host.take(),
+        }
+    }
+
+    /// Record the decision before acting: epoch+1, target, lock; resourceVersion-guarded.
+    async fn record_decision(
+        &mut self,
+        cluster: &HaCluster,
+        shard_name: &str,
+        to: &str,
+        kind: PromotionKind,
+        started_at: &Time,
+    ) -> Result<i64, kube::Error> {
+        let step_timeout = cluster.spec.failover.step_timeout.0;
+        // What the decision was made on: the shard's epoch, primary, target and lock.
+        let premise = |c: &HaCluster| {
+            let s = shard_status(c, shard_name).cloned().unwrap_or_default();
+            (s.epoch, s.current_primary, s.target_primary, s.operation)
+        };
+        let decided_on = premise(cluster);
+        let mut base = cluster.clone();
+        let mut attempt = 0;
+        loop {
+            let mut next = base.clone();
+            let status = next.status.get_or_insert_with(Default::default);
+            let s = shard_entry(status, shard_name);
+            s.epoch += 1;
+            s.target_primary = Some(to.to_owned());
+            s.operation = Some(OperationLock {
+                kind: LOCK_KIND.into(),
+                name: cluster.name_any(),
+                namespace: cluster.namespace(),
+                uid: cluster.uid(),
+                acquired_at: started_at.clone(),
+                expires_at: Time(Timestamp::now() + step_timeout * 4),
+                force: false,
+                dead_members: Vec::new(),
+                dead_nodes: Vec::new(),
+            });
+            let epoch = s.epoch;
+            status.phase = Some(if kind == PromotionKind::Failover {
+                ClusterPhase::FailingOver
+            } else {
+                ClusterPhase::Bootstrapping
+            });
+            match self.status.replace(&next).await {
+                Ok(()) => return Ok(epoch),
+                // Another write won (usually the monitor's observed status). The decision
+                // still holds if nothing it was made on changed: write it on the new copy.
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 3 => {
+                    attempt += 1;
+                    match self.status.fetch().await {
+                        Some(fresh) if premise(&fresh) == decided_on => base = fresh,
+                        _ => return Err(kube::Error::Api(e)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Point `members` at the new primary (redis), or write the redirect ConfigMap (agent).
+    async fn redirect(
+        &mut self,
+        engine: &dyn Engine,
+        cluster: &HaCluster,
+        declared: &[Declared],
+        members: &[String],
+        to: &Declared,
+    ) -> Report {
+        if engine.follows_directly() {
+            let targets: Vec<&Declared> = declared.iter().filter(|d| members.contains(&d.name)).collect();
+            let results =
+                futures::future::join_all(targets.iter().map(|d| engine.follow(&d.endpoint, &to.endpoint)))
+                    .await;
+            let failed: Vec<String> = targets
+                .iter()
+                .zip(results)
+                .filter_map(|(d, r)| r.err().map(|e| format!("{}: {e}", d.name)))
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                warn!(cluster = %key(cluster), ?failed, "could not redirect every replica; retried next heartbeat");
+                Err((Fault::Silent, failed.join("; ")))
+            }
+        } else if let Some(redirect) = &cluster.spec.redirect {
+            let host = engines::split_endpoint(&to.route).map(|(h, _)| h.to_owned()).unwrap_or_default();
+            match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
+                Ok(_) => {
+                    self.redirect_host = Some(host);
+                    Ok(())
+                }
+                Err(e) => Err((Fault::Silent, format!("the redirect ConfigMap was not written: {e}"))),
+            }
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Delete the pod of member `name` with no grace period (the member is a pod of the
+    /// cluster's selector; the uid precondition keeps a pod recreated under the same name).
+    async fn kill_pod(&self, cluster: &HaCluster, name: &str) -> Report {
+        let ns = cluster.namespace().unwrap_or_default();
+        let uid = self
+            .pods
+            .state()
+            .into_iter()
+            .find(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.name_any() == name)
+            .and_then(|p| p.uid());
+        let Some(uid) = uid else { return Err((Fault::Silent, format!("no pod {name} known"))) };
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let params = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(kube::api::Preconditions { uid: Some(uid), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {
+                info!(cluster = %key(cluster), pod = name, "deleted the unreachable old primary's pod (grace period 0)");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err((Fault::Silent, e.to_string())),
+        }
+    }
+
+    /// Record the new primary, the roles as they now are, the steps and the lost offset;
+    /// clear the target and our lock. One resourceVersion-guarded write; `refetch` reads
+    /// the object first (after a failed attempt).
+    async fn record_outcome(&mut self, shard_name: &str, o: Outcome<'_>, refetch: bool) -> Report {
+        let base = if refetch { self.status.fetch().await } else { self.status.latest() };
+        let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
+        let mut next = base.clone();
+        let status = next.status.get_or_insert_with(Default::default);
+        let s = shard_entry(status, shard_name);
+        s.current_primary = Some(o.to.to_owned());
+        s.target_primary = None;
+        // Record the roles as they now are, so status never shows two primaries.
+        for m in &mut s.members {
+            if m.name == o.to {
+                m.role = Role::Primary;
+                m.upstream = None;
+            } else if m.role == Role::Primary {
+                m.role = if o.drained { Role::Replica } else { Role::Fenced };
+            }
+        }
+        if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
+            s.operation = None;
+        }
+        let p = o.promotion;
+        if p.kind == PromotionKind::Failover || (p.kind == PromotionKind::Resume && p.from.is_some()) {
+            status.last_failover = Some(FailoverRecord {
+                shard: shard_name.to_owned(),
+                from: p.from.clone(),
+                to: Some(o.to.to_owned()),
+                reason: p.reason.clone(),
+                started_at: o.started_at.clone(),
+                duration_ms: Some(o.duration_ms),
+                lost_offset: if o.drained { Some(0) } else { p.lost_offset },
+                promoted_at_offset: o.promoted_at_offset,
+                epoch: o.epoch,
+                steps: o.steps.to_vec(),
+            });
+        }
+        self.status.replace(&next).await.map_err(|e| {
+            warn!(cluster = %self.status.oref, error = %e, "recording the promotion failed; retrying");
+            (Fault::Silent, e.to_string())
+        })
+    }
+
+    /// Give up a recorded promotion: clear the target (and our own lock; the epoch stays
+    /// bumped) and say why in the LastPromotion condition.
+    async fn record_abandon(&mut self, shard_name: &str, reason: &str, why: &str, refetch: bool) -> Report {
+        let base = if refetch { self.status.fetch().await } else { self.status.latest() };
+        let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
+        let mut next = base.clone();
+        let status = next.status.get_or_insert_with(Default::default);
+        let s = shard_entry(status, shard_name);
+        s.target_primary = None;
+        if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
+            s.operation = None;
+        }
+        set_condition(
+            &mut status.conditions,
+            "LastPromotion",
+            false,
+            reason,
+            format!("shard {shard_name}: {why}"),
+            base.metadata.generation,
+            &Time(Timestamp::now()),
+        );
+        self.status.replace(&next).await.map_err(|e| (Fault::Silent, e.to_string()))
+    }
+}
+
+/// An engine call's result in the saga's terms.
+fn reported(r: Result<(), EngineError>) -> Report {
+    r.map_err(|e| (e.fault(), e.to_string()))
+}
+
+/// An engine action bounded by `timeout`.
+async fn timed(
+    timeout: Duration,
+    action: impl std::future::Future<Output = Result<(), EngineError>>,
+) -> Report {
+    match tokio::time::timeout(timeout, action).await {
+        Ok(r) => reported(r),
+        Err(_) => Err((Fault::Silent, format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// The new primary's own offset, read at once after its promotion: the point replicas are
+/// measured against from now on, and what a re-attached old primary had beyond it was lost.
+async fn primary_offset(engine: &dyn Engine, to: &Declared, timeout: Duration) -> Option<i64> {
+    match tokio::time::timeout(timeout, engine.probe(&to.endpoint)).await {
+        Ok(Ok(p)) if p.role == ObservedRole::Primary => p.offset,
+        _ => None,
+    }
+}
