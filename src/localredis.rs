@@ -17,9 +17,19 @@ pub struct LocalRedis {
 }
 
 impl LocalRedis {
-    /// On 127.0.0.1 and a free port; panics if it cannot start (for tests).
+    /// On 127.0.0.1 and a free port; panics if it cannot start (for tests). A port that
+    /// another process takes between the probe for a free one and redis binding it is
+    /// detected (the server answering is not ours) and another port is tried.
     pub fn start(password: Option<&str>) -> Self {
-        Self::start_on("127.0.0.1", crate::controlplane::free_port().expect("free port"), password)
+        let mut last = None;
+        for _ in 0..5 {
+            let port = crate::controlplane::free_port().expect("free port");
+            match Self::try_start_on("127.0.0.1", port, password) {
+                Ok(s) => return s,
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("{:#}", last.expect("tried"))
     }
 
     /// On a given loopback address (any 127.x.y.z) and port; panics if it cannot start.
@@ -60,9 +70,30 @@ impl LocalRedis {
         let log = self.dir.path().join(format!("redis-{}.log", self.port));
         self.child =
             Some(crate::controlplane::spawn(cmd, &log).context("starting redis-server (is it installed?)")?);
-        // Wait until it accepts connections.
+        // Wait until *this* process answers on the port: a server of another test that got
+        // the same port would answer too, and must not be mistaken for ours.
+        let pid = self.child.as_ref().map(std::process::Child::id).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_err() {
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!(
+                    "redis-server on {}:{} exited ({status}):\n{}",
+                    self.ip,
+                    self.port,
+                    crate::controlplane::tail(&log)
+                );
+            }
+            match self.server_pid() {
+                Some(p) if p == pid => return Ok(()),
+                Some(other) => bail!(
+                    "{}:{} is answered by another redis-server (pid {other}), not ours ({pid})",
+                    self.ip,
+                    self.port
+                ),
+                None => {}
+            }
             if Instant::now() > deadline {
                 bail!(
                     "redis-server on {}:{} did not start:\n{}",
@@ -73,7 +104,20 @@ impl LocalRedis {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
+    }
+
+    /// The pid of the redis-server answering on our address (`INFO server`), if one does.
+    fn server_pid(&self) -> Option<u32> {
+        let url = match &self.password {
+            Some(p) => format!("redis://:{p}@{}:{}/", self.ip, self.port),
+            None => format!("redis://{}:{}/", self.ip, self.port),
+        };
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+        info.lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix("process_id:"))
+            .and_then(|v| v.parse().ok())
     }
 
     /// `<ip>:<port>`, where the operator probes it.

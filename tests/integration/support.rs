@@ -93,9 +93,36 @@ pub fn init_logging() {
     });
 }
 
+thread_local! {
+    /// Namespaces the test on this thread created: dumped if it fails.
+    static NAMESPACES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// When a test fails, print what its namespaces held (custom resources, Services,
+/// EndpointSlices, pods) and their Events after the panic message. (The control plane and
+/// with it every namespace is torn down when the test binary ends.)
+fn dump_namespaces_on_failure() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let namespaces = NAMESPACES.with(|n| n.borrow().clone());
+            for ns in namespaces {
+                let kinds = "haclusters,failoverrequests,shardfailovers,protectiongroups,services,endpointslices,pods";
+                let (_, objects, _) = kubectl_result(&["get", kinds, "-n", &ns, "-o", "yaml"]);
+                let (_, events, _) = kubectl_result(&["get", "events", "-n", &ns, "--sort-by=.metadata.creationTimestamp"]);
+                eprintln!("--- objects in namespace {ns} when the test failed:\n{objects}\n--- events in {ns}:\n{events}");
+            }
+        }));
+    });
+}
+
 /// A client for the shared control plane, bound to the calling test's runtime.
 pub async fn client() -> Client {
     init_logging();
+    dump_namespaces_on_failure();
+    NAMESPACES.with(|n| n.borrow_mut().clear());
     client_from_kubeconfig(&shared().kubeconfig).await.expect("client")
 }
 
@@ -111,6 +138,7 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create namespace");
+    NAMESPACES.with(|n| n.borrow_mut().push(name.clone()));
     name
 }
 
