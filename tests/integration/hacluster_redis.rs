@@ -76,6 +76,29 @@ pub async fn wait_follows(replica: &RedisServer, primary: &RedisServer) {
     .await
 }
 
+/// Wait until the operator has probed `server` at least `n` more times: each probe opens a
+/// connection (`total_connections_received`; this function's own reads are subtracted). So
+/// "nothing happened" is asserted after heartbeats that were seen to happen, not after a sleep.
+pub async fn observe_heartbeats(server: &RedisServer, n: u64) {
+    let connections = || async {
+        let info: String = server.cmd(redis::cmd("INFO").arg("stats")).await.ok()?;
+        info.lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix("total_connections_received:"))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let start = connections().await.expect("INFO stats");
+    let deadline = std::time::Instant::now() + WAIT;
+    for ours in 1u64.. {
+        let now = connections().await.expect("INFO stats");
+        // Connections since `start`, less this loop's own (one per read after the first).
+        if now.saturating_sub(start).saturating_sub(ours) >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the operator did not probe {} {n} times", server.port);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn events(client: &Client, ns: &str) -> Vec<(String, String)> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
@@ -245,7 +268,7 @@ async fn redis_two_shards_fail_over_independently() {
     })
     .await;
     let rv = get(&api, "sharded").await.metadata.resource_version;
-    tokio::time::sleep(Duration::from_secs(2)).await; // ten heartbeats
+    observe_heartbeats(&s1[0], 10).await;
     assert_eq!(
         get(&api, "sharded").await.metadata.resource_version,
         rv,
@@ -323,7 +346,7 @@ async fn redis_lagging_replica_is_not_promoted_when_max_lag_is_zero() {
     .await;
     assert!(reason.contains("lags") && reason.contains("maxLagOnFailover 0"), "{reason}");
     // Several more heartbeats: still nothing promoted.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    observe_heartbeats(&servers[ri], 10).await;
     assert_eq!(servers[ri].role().await.as_deref(), Some("slave"), "the lagging replica was not promoted");
     let st = get(&api, "lag").await.status.unwrap();
     assert_eq!(st.shards[0].current_primary.as_deref(), Some(p.as_str()));
@@ -368,7 +391,7 @@ async fn redis_missing_secret_is_reported_and_nothing_is_touched() {
         (api.get("nosecret").await.ok()?.status?.phase == Some(ClusterPhase::Paused)).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    observe_heartbeats(&servers[0], 5).await;
     for s in &servers {
         assert_eq!(s.role().await.as_deref(), Some("slave"), "paused: nothing promoted");
     }
@@ -457,7 +480,7 @@ async fn redis_manual_mode_never_fails_over_by_itself() {
     })
     .await;
     assert!(msg.contains("FailoverRequest"), "{msg}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    observe_heartbeats(&servers[ri], 5).await;
     assert_eq!(servers[ri].role().await.as_deref(), Some("slave"), "manual mode: nothing promoted");
     assert_eq!(get(&api, "manual").await.status.unwrap().shards[0].epoch, 1);
     operator.stop().await;
