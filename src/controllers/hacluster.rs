@@ -25,6 +25,7 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::PostParams,
+    core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt as _,
         controller::Action,
@@ -102,9 +103,13 @@ impl Wake {
     }
 }
 
+/// HaClusters as watched: an object the operator cannot read is kept as an error (with its
+/// metadata), so one malformed object never stalls the watch of all the others.
+type Guarded = DeserializeGuard<HaCluster>;
+
 struct State {
     ctx: Context,
-    store: Store<HaCluster>,
+    store: Store<Guarded>,
     pods: Store<Pod>,
     nodes: Store<Node>,
     monitors: Monitors,
@@ -139,7 +144,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         }
     });
     runs.push(node_watch.boxed());
-    for api in ctx.scopes::<HaCluster>() {
+    for api in ctx.scopes::<Guarded>() {
         // Pod members come from a reflector in the same scope: monitors read it from memory.
         let pod_api: Api<Pod> = match api.namespace() {
             Some(ns) => Api::namespaced(ctx.client.clone(), ns),
@@ -254,9 +259,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn reconcile(obj: Arc<HaCluster>, state: Arc<State>) -> Result<Action, Error> {
-    let uid = obj.uid().ok_or(Error::NoUid)?;
+async fn reconcile(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, Error> {
     state.ctx.metrics.reconciles.get_or_create(&ctrl_label()).inc();
+    let obj = match &guarded.0 {
+        Ok(obj) => obj,
+        Err(invalid) => {
+            // Its monitor, if any, idles until the object can be read again.
+            super::report_invalid::<HaCluster>(&state.ctx, invalid).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let uid = obj.uid().ok_or(Error::NoUid)?;
     let mut monitors = state.monitors.lock().expect("monitors lock");
     monitors.retain(|_, h| !h.task.is_finished());
     if obj.metadata.deletion_timestamp.is_some() {
@@ -266,14 +279,14 @@ async fn reconcile(obj: Arc<HaCluster>, state: Arc<State>) -> Result<Action, Err
         return Ok(Action::await_change());
     }
     let handle = monitors.entry(uid.clone()).or_insert_with(|| {
-        info!(cluster = %key(obj.as_ref()), "starting monitor");
+        info!(cluster = %key(obj), "starting monitor");
         let wake = Arc::new(Wake::default());
         let monitor = Monitor::new(
             state.ctx.clone(),
             state.store.clone(),
             state.pods.clone(),
             state.nodes.clone(),
-            ObjectRef::from_obj(obj.as_ref()),
+            ObjectRef::from_obj(guarded.as_ref()),
             uid,
             wake.clone(),
         );
@@ -285,7 +298,7 @@ async fn reconcile(obj: Arc<HaCluster>, state: Arc<State>) -> Result<Action, Err
     Ok(Action::await_change())
 }
 
-fn error_policy(_obj: Arc<HaCluster>, _err: &Error, state: Arc<State>) -> Action {
+fn error_policy(_obj: Arc<Guarded>, _err: &Error, state: Arc<State>) -> Action {
     state.ctx.metrics.reconcile_errors.get_or_create(&ctrl_label()).inc();
     Action::requeue(Duration::from_secs(5))
 }
@@ -340,8 +353,8 @@ pub(super) struct Declared {
 #[derive(Clone)]
 pub(super) struct StatusHandle {
     ctx: Context,
-    store: Store<HaCluster>,
-    pub oref: ObjectRef<HaCluster>,
+    store: Store<Guarded>,
+    pub oref: ObjectRef<Guarded>,
     uid: String,
     wake: Arc<Wake>,
     /// The newest object written through this handle, until the store shows it (the watch
@@ -358,7 +371,7 @@ impl StatusHandle {
     /// The newest copy of the cluster: the store's, or ours if we wrote after it. None when
     /// this incarnation (uid) of the cluster is gone.
     pub fn latest(&self) -> Option<HaCluster> {
-        let stored = self.store.get(&self.oref).map(|o| (*o).clone())?;
+        let stored = self.store.get(&self.oref)?.0.clone().ok()?;
         if stored.uid().as_deref() != Some(self.uid.as_str()) {
             return None;
         }
@@ -421,10 +434,10 @@ impl StatusHandle {
 
 struct Monitor {
     ctx: Context,
-    store: Store<HaCluster>,
+    store: Store<Guarded>,
     pods: Store<Pod>,
     nodes: Store<Node>,
-    oref: ObjectRef<HaCluster>,
+    oref: ObjectRef<Guarded>,
     uid: String,
     members: HashMap<String, MemberState>,
     last_primary_offset: HashMap<String, i64>,
@@ -460,10 +473,10 @@ struct Monitor {
 impl Monitor {
     fn new(
         ctx: Context,
-        store: Store<HaCluster>,
+        store: Store<Guarded>,
         pods: Store<Pod>,
         nodes: Store<Node>,
-        oref: ObjectRef<HaCluster>,
+        oref: ObjectRef<Guarded>,
         uid: String,
         wake: Arc<Wake>,
     ) -> Self {

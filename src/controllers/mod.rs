@@ -16,7 +16,10 @@ use std::{
 };
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::{DeserializeGuard, error_boundary::InvalidObject},
+};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -236,6 +239,53 @@ pub enum OpError {
     Kube(#[from] kube::Error),
 }
 
+/// An object the operator cannot read: it passed the API server's schema but not the
+/// operator's types (a duration too long for it, a status someone else wrote). It is reported
+/// once per generation — condition `SpecValid=False` (reason `InvalidObject`), a warning
+/// Event and a log line — and otherwise left alone until it changes; every other object is
+/// handled as usual.
+pub async fn report_invalid<K>(ctx: &Context, invalid: &InvalidObject)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    /// (uid, generation, error) of the objects already reported.
+    type Reported = std::sync::Mutex<std::collections::HashSet<(String, Option<i64>, String)>>;
+    static REPORTED: std::sync::LazyLock<Reported> = std::sync::LazyLock::new(Default::default);
+    let meta = &invalid.metadata;
+    let first = REPORTED.lock().expect("reported lock").insert((
+        meta.uid.clone().unwrap_or_default(),
+        meta.generation,
+        invalid.error.clone(),
+    ));
+    if !first {
+        return;
+    }
+    let (ns, name) = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+    let kind = K::kind(&()).to_string();
+    let message = format!(
+        "the operator cannot read this {kind}: {}; nothing is done with it until it is fixed",
+        invalid.error
+    );
+    let object = format!("{ns}/{name}");
+    warn!(kind = %kind, %object, error = %invalid.error, "an object the operator cannot read is left alone");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "SpecValid", "status": "False", "reason": "InvalidObject", "message": message,
+        "lastTransitionTime": now.to_string(), "observedGeneration": meta.generation,
+    }]}});
+    let api: Api<DeserializeGuard<K>> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) =
+        api.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await
+    {
+        warn!(kind = %kind, %object, error = %e, "could not report the unreadable object in its status");
+    }
+    let guard: DeserializeGuard<K> = DeserializeGuard(Err(invalid.clone()));
+    ctx.event(&guard, true, "InvalidObject", "Validate", message).await;
+}
+
 /// Run a kube-runtime Controller for `K` in every watched scope: reconciles and errors are
 /// counted under `name`, a failed reconcile is retried after 2 s. Used by the operation
 /// controllers (ShardFailover, FailoverRequest), which differ only in their reconcile.
@@ -256,11 +306,13 @@ where
     let ctx = std::sync::Arc::new(ctx);
     let label = crate::metrics::ControllerLabels { controller: name.into() };
     let mut runs = Vec::new();
-    for api in ctx.scopes::<K>() {
+    // Objects the operator cannot read are kept as errors (DeserializeGuard): one malformed
+    // object is reported and skipped instead of stalling the watch of all the others.
+    for api in ctx.scopes::<DeserializeGuard<K>>() {
         let (reconcile, label, errors_label) = (reconcile.clone(), label.clone(), label.clone());
         // An operation is woken by changes of the HaCluster whose lock it holds (the monitor
         // recording a promotion), not only by its own requeue.
-        let clusters: Api<crate::resources::HaCluster> = match api.namespace() {
+        let clusters: Api<DeserializeGuard<crate::resources::HaCluster>> = match api.namespace() {
             Some(ns) => Api::namespaced(ctx.client.clone(), ns),
             None => Api::all(ctx.client.clone()),
         };
@@ -268,7 +320,8 @@ where
         let controller = Controller::new(api, watcher::Config::default().any_semantic());
         ctx.readiness.track(controller.store());
         let run = controller
-            .watches(clusters, watcher::Config::default().any_semantic(), move |hac| {
+            .watches(clusters, watcher::Config::default().any_semantic(), move |guarded| {
+                let Ok(hac) = guarded.0 else { return Vec::new() };
                 let ns = hac.namespace();
                 hac.status
                     .iter()
@@ -276,7 +329,7 @@ where
                     .filter_map(|s| s.operation.as_ref())
                     .filter(|l| l.kind == kind)
                     .map(|l| {
-                        let r = kube::runtime::reflector::ObjectRef::<K>::new(&l.name);
+                        let r = kube::runtime::reflector::ObjectRef::<DeserializeGuard<K>>::new(&l.name);
                         match l.namespace.clone().or_else(|| ns.clone()) {
                             Some(n) => r.within(&n),
                             None => r,
@@ -285,9 +338,18 @@ where
                     .collect::<Vec<_>>()
             })
             .run(
-                move |obj, ctx: std::sync::Arc<Context>| {
+                move |obj: std::sync::Arc<DeserializeGuard<K>>, ctx: std::sync::Arc<Context>| {
                     ctx.metrics.reconciles.get_or_create(&label).inc();
-                    reconcile(obj, ctx)
+                    let reconcile = reconcile.clone();
+                    async move {
+                        match &obj.0 {
+                            Ok(k) => reconcile(std::sync::Arc::new(k.clone()), ctx).await,
+                            Err(invalid) => {
+                                report_invalid::<K>(&ctx, invalid).await;
+                                Ok(Action::await_change())
+                            }
+                        }
+                    }
                 },
                 move |_obj, err: &OpError, ctx: std::sync::Arc<Context>| {
                     ctx.metrics.reconcile_errors.get_or_create(&errors_label).inc();

@@ -64,7 +64,10 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
     // Validate and plan once; afterwards the recorded plan is the truth (the uids stop
     // being primaries as soon as the plan is carried out).
     if status.shards.is_empty() {
-        let all = clusters.list(&ListParams::default()).await?.items;
+        // An HaCluster the operator cannot read is not a candidate (it is reported on its own).
+        let guarded: Api<kube::core::DeserializeGuard<HaCluster>> = Api::namespaced(ctx.client.clone(), &ns);
+        let all: Vec<HaCluster> =
+            guarded.list(&ListParams::default()).await?.items.into_iter().filter_map(|g| g.0.ok()).collect();
         match validate_and_plan(&sfo, &all) {
             Err((code, msg)) => return finish_failed(&api, &sfo, status, code, msg, &ctx).await,
             Ok((cluster, plan)) => {

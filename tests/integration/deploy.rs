@@ -460,7 +460,7 @@ async fn helm_chart_by_default_installs_cluster_wide_with_leader_election() {
     let objs = docs(&yaml);
     assert_no_wildcards(&objs);
     assert_eq!(grants(get(&objs, "ClusterRole", "cw-understudy")), table(OPERATOR_RULES));
-    assert_eq!(grants(get(&objs, "ClusterRole", "cw-understudy-nodes")), table(NODE_RULES));
+    assert_eq!(grants(get(&objs, "ClusterRole", &format!("cw-understudy-{ns}-nodes"))), table(NODE_RULES));
     assert_eq!(grants(get(&objs, "Role", "cw-understudy-leader-election")), table(LEASE_RULES));
     assert_aggregated_roles(&objs, "cw-understudy");
     assert!(
@@ -523,7 +523,7 @@ async fn helm_chart_with_watch_namespaces_grants_rights_only_there() {
         "cluster-wide operator role with watchNamespaces"
     );
     assert!(find(&objs, "ClusterRoleBinding", "nsd-understudy").is_none());
-    assert_eq!(grants(get(&objs, "ClusterRole", "nsd-understudy-nodes")), table(NODE_RULES));
+    assert_eq!(grants(get(&objs, "ClusterRole", &format!("nsd-understudy-{ns}-nodes"))), table(NODE_RULES));
     assert!(
         find(&objs, "Role", "nsd-understudy-leader-election").is_none(),
         "lease Role without leader election"

@@ -18,4 +18,5 @@ mod protection_group;
 mod shard_failover;
 mod standby;
 mod support;
+mod unreadable;
 mod validation;
