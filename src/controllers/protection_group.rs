@@ -75,8 +75,32 @@ struct SiteHandle {
 struct Side {
     cluster: HaCluster,
     api: Api<HaCluster>,
-    engine: Box<dyn Engine>,
+    engine: Arc<dyn Engine>,
     leader: Option<Leader>,
+}
+
+/// Production leaders whose writes a move paused. However the move ends — also when its
+/// future is dropped half-way (leadership lost, shutdown) — their writes are given back when
+/// this is dropped, instead of staying paused until the pause expires (up to a minute).
+/// Giving writes back is always safe: a leader already demoted refuses them as a replica.
+struct PausedWrites(Vec<(Arc<dyn Engine>, String)>);
+
+impl Drop for PausedWrites {
+    fn drop(&mut self) {
+        let paused = std::mem::take(&mut self.0);
+        if paused.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for (engine, endpoint) in paused {
+                    if let Err(e) = engine.resume_writes(&endpoint).await {
+                        warn!(%endpoint, error = %e, "could not resume writes (the pause expires by itself)");
+                    }
+                }
+            });
+        }
+    }
 }
 
 struct Pair {
@@ -351,7 +375,7 @@ async fn load_pairs(
                     .map_err(|e| ("SecretNotFound", format!("HaCluster {name}: {e}")))?;
             sides.push(Side {
                 api,
-                engine: engines::for_cluster(EngineKind::Redis, creds, timeout),
+                engine: Arc::from(engines::for_cluster(EngineKind::Redis, creds, timeout)),
                 leader: recorded_leader(&cluster),
                 cluster,
             });
@@ -772,6 +796,7 @@ async fn move_pairs(
 
     // 3. Stop writes at the production leaders.
     let pause_started = Instant::now();
+    let mut paused = PausedWrites(Vec::new());
     if !moving.is_empty() {
         step(w, status, "stop-writes", format!("pausing writes on {} production primaries", moving.len()))
             .await
@@ -780,6 +805,9 @@ async fn move_pairs(
         for &i in &moving {
             let o = pairs[i].side(want.other());
             let l = o.leader.as_ref().expect("decided");
+            // Armed before the pause: a future dropped while the command is in flight still
+            // gives the writes back.
+            paused.0.push((o.engine.clone(), l.endpoint.clone()));
             if let Err(e) = o.engine.pause_writes(&l.endpoint, pause_for).await {
                 resume(pairs, &moving, want).await;
                 return Err(fail(

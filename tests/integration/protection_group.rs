@@ -497,3 +497,59 @@ async fn killed_after_demoting_the_production_site_a_fresh_operator_finishes_the
 async fn killed_after_promoting_the_dr_site_a_fresh_operator_finishes_the_move() {
     crash_during_site_failover("site-after-promote").await;
 }
+
+/// A planned move whose future is dropped half-way — the operator stopped (as when it loses
+/// leadership) while the move waits with production writes paused — gives the writes back at
+/// once instead of leaving them paused until the pause expires (up to a minute).
+#[tokio::test]
+async fn a_move_dropped_while_writes_are_paused_gives_them_back_at_once() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-drop").await;
+    let dr_ns = support::namespace(&client, "pg-drop-dr").await;
+    let k = PairServers::start("k");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&k]).await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["k"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let production = k.master().await.expect("one master");
+    // The production site will be cut from its replicas on purpose and written on: without
+    // self-fencing, which would refuse those writes.
+    let off = json!({"spec": {"failover": {"fencing": {"minReplicasToWrite": 0}}}});
+    src.patch("k", &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
+    eventually(WAIT, "self-fencing off on the production primary", || async {
+        let v: Vec<String> =
+            production.cmd(redis::cmd("CONFIG").arg("GET").arg("min-replicas-to-write")).await.ok()?;
+        (v.get(1)? == "0").then_some(())
+    })
+    .await;
+    // The DR site can no longer catch up: the move will wait (writes paused) for it.
+    let _: () = production
+        .cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-sync").arg("-psync"))
+        .await
+        .unwrap();
+    let _: i64 = production.cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica")).await.unwrap();
+    for i in 0..20 {
+        let _: () = production.cmd(redis::cmd("SET").arg(format!("behind:{i}")).arg(i)).await.unwrap();
+    }
+    set_priority(&pgs, "pg", "target").await;
+    eventually(WAIT, "the move waiting for the DR site with writes paused", || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        (st.step.as_deref()? == "sync").then_some(())
+    })
+    .await;
+    // Writes are paused now: a write waits.
+    let mut slow = redis_conn("127.0.0.1", production.port, None, 300).await.unwrap();
+    let paused: redis::RedisResult<()> = redis::cmd("SET").arg("during").arg(1).query_async(&mut slow).await;
+    assert!(paused.is_err(), "writes are paused while the move waits");
+    operator.stop().await;
+    let started = std::time::Instant::now();
+    let mut conn = redis_conn("127.0.0.1", production.port, None, 5_000).await.unwrap();
+    let r: redis::RedisResult<()> = redis::cmd("SET").arg("after-drop").arg(1).query_async(&mut conn).await;
+    r.expect("production takes writes again once the move is dropped");
+    let took = started.elapsed();
+    eprintln!("production writable {took:?} after the operator stopped mid-move");
+    assert!(took < Duration::from_secs(3), "writes came back only after {took:?}");
+}
