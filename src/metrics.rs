@@ -13,6 +13,14 @@ pub struct ControllerLabels {
     pub controller: String,
 }
 
+/// A failed reconcile: the controller and the kind of error (`conflict`, `not-found`,
+/// `forbidden`, `api-error`, `unavailable`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: String,
+    pub error: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabels {
     pub namespace: String,
@@ -50,7 +58,7 @@ pub struct MemberLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     pub reconciles: Family<ControllerLabels, Counter>,
-    pub reconcile_errors: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub failovers: Family<FailoverLabels, Counter>,
     pub failover_duration: Family<FailoverLabels, Histogram>,
     pub operations: Family<OperationLabels, Counter>,
@@ -72,7 +80,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("understudy");
         let reconciles = Family::<ControllerLabels, Counter>::default();
-        let reconcile_errors = Family::<ControllerLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let failovers = Family::<FailoverLabels, Counter>::default();
         let failover_duration = Family::<FailoverLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0])

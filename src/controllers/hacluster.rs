@@ -290,7 +290,8 @@ async fn reconcile(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, E
             uid,
             wake.clone(),
         );
-        MonitorHandle { task: tokio::spawn(monitor.run()), wake }
+        let span = tracing::info_span!("monitor", cluster = %key(obj));
+        MonitorHandle { task: tokio::spawn(tracing::Instrument::instrument(monitor.run(), span)), wake }
     });
     if !handle.wake.knows(obj.resource_version().as_deref()) {
         handle.wake.notify.notify_one();
@@ -298,8 +299,12 @@ async fn reconcile(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, E
     Ok(Action::await_change())
 }
 
-fn error_policy(_obj: Arc<Guarded>, _err: &Error, state: Arc<State>) -> Action {
-    state.ctx.metrics.reconcile_errors.get_or_create(&ctrl_label()).inc();
+fn error_policy(_obj: Arc<Guarded>, err: &Error, state: Arc<State>) -> Action {
+    let kind = match err {
+        Error::NoUid => "no-uid",
+    };
+    let labels = crate::metrics::ErrorLabels { controller: "hacluster".into(), error: kind.into() };
+    state.ctx.metrics.reconcile_errors.get_or_create(&labels).inc();
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -1156,7 +1161,11 @@ impl Monitor {
             return false;
         };
         let op = ShardOp::new(self.ctx.clone(), self.status.clone(), self.pods.clone());
-        let run = op.run(engine.clone(), cluster.clone(), shard.to_owned(), declared.to_vec(), p, start);
+        let span = tracing::info_span!("promotion", shard, to = %p.to);
+        let run = tracing::Instrument::instrument(
+            op.run(engine.clone(), cluster.clone(), shard.to_owned(), declared.to_vec(), p, start),
+            span,
+        );
         let (tx, wake) = (self.done_tx.clone(), self.wake.clone());
         let task = tokio::spawn(async move {
             let done = run.await;

@@ -239,6 +239,48 @@ pub enum OpError {
     Kube(#[from] kube::Error),
 }
 
+impl OpError {
+    /// What kind of failure this is, for the `reconcile_errors` metric and the log level.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(e) => kube_error_kind(e),
+        }
+    }
+}
+
+/// A kube client error as a short label.
+pub fn kube_error_kind(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => "conflict",
+        kube::Error::Api(s) if s.code == 404 => "not-found",
+        kube::Error::Api(s) if s.code == 403 || s.code == 401 => "forbidden",
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => "invalid",
+        kube::Error::Api(s) if s.code >= 500 || s.code == 429 => "unavailable",
+        kube::Error::Api(_) => "api-error",
+        kube::Error::SerdeError(_) => "unreadable",
+        _ => "unavailable",
+    }
+}
+
+/// Per-object exponential backoff for failed reconciles: 500 ms doubling to 60 s, reset by
+/// a success, so a persistent failure of one object costs little and hides nothing.
+#[derive(Clone, Default)]
+pub struct Backoff(Arc<std::sync::Mutex<HashMap<String, u32>>>);
+
+impl Backoff {
+    /// The delay before retrying `key` after another failure.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut m = self.0.lock().expect("backoff lock");
+        let n = m.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_millis(500u64.saturating_mul(1u64 << (*n - 1).min(7))).min(Duration::from_secs(60))
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        self.0.lock().expect("backoff lock").remove(key);
+    }
+}
+
 /// An object the operator cannot read: it passed the API server's schema but not the
 /// operator's types (a duration too long for it, a status someone else wrote). It is reported
 /// once per generation — condition `SpecValid=False` (reason `InvalidObject`), a warning
@@ -309,7 +351,9 @@ where
     // Objects the operator cannot read are kept as errors (DeserializeGuard): one malformed
     // object is reported and skipped instead of stalling the watch of all the others.
     for api in ctx.scopes::<DeserializeGuard<K>>() {
-        let (reconcile, label, errors_label) = (reconcile.clone(), label.clone(), label.clone());
+        let (reconcile, label) = (reconcile.clone(), label.clone());
+        let backoff = Backoff::default();
+        let backoff_ok = backoff.clone();
         // An operation is woken by changes of the HaCluster whose lock it holds (the monitor
         // recording a promotion), not only by its own requeue.
         let clusters: Api<DeserializeGuard<crate::resources::HaCluster>> = match api.namespace() {
@@ -339,28 +383,41 @@ where
             })
             .run(
                 move |obj: std::sync::Arc<DeserializeGuard<K>>, ctx: std::sync::Arc<Context>| {
+                    use tracing::Instrument as _;
                     ctx.metrics.reconciles.get_or_create(&label).inc();
                     let reconcile = reconcile.clone();
+                    let backoff = backoff_ok.clone();
+                    let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+                    let span = tracing::info_span!("reconcile", controller = name, %object);
                     async move {
-                        match &obj.0 {
+                        let r = match &obj.0 {
                             Ok(k) => reconcile(std::sync::Arc::new(k.clone()), ctx).await,
                             Err(invalid) => {
                                 report_invalid::<K>(&ctx, invalid).await;
                                 Ok(Action::await_change())
                             }
+                        };
+                        if r.is_ok() {
+                            backoff.succeeded(&object);
                         }
+                        r
                     }
+                    .instrument(span)
                 },
-                move |_obj, err: &OpError, ctx: std::sync::Arc<Context>| {
-                    ctx.metrics.reconcile_errors.get_or_create(&errors_label).inc();
-                    match err {
+                move |obj: std::sync::Arc<DeserializeGuard<K>>, err: &OpError, ctx: std::sync::Arc<Context>| {
+                    let labels =
+                        crate::metrics::ErrorLabels { controller: name.into(), error: err.kind().into() };
+                    ctx.metrics.reconcile_errors.get_or_create(&labels).inc();
+                    let object = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+                    let delay = backoff.failed(&object);
+                    match err.kind() {
                         // An optimistic-concurrency retry is ordinary: someone else wrote first.
-                        OpError::Kube(kube::Error::Api(s)) if s.code == 409 => {
-                            debug!(controller = name, error = %err, "conflict; retrying")
+                        "conflict" => debug!(controller = name, %object, error = %err, "conflict; retrying"),
+                        kind => {
+                            warn!(controller = name, %object, error = %err, kind, ?delay, "reconcile failed; retrying")
                         }
-                        _ => warn!(controller = name, error = %err, "reconcile failed; retrying"),
                     }
-                    Action::requeue(Duration::from_secs(2))
+                    Action::requeue(delay)
                 },
                 ctx.clone(),
             )
@@ -422,4 +479,29 @@ pub fn backoff(attempt: u32) -> Duration {
 pub(crate) fn seconds_since(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
     let d = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
     d.as_secs_f64().max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute_and_resets_on_success() {
+        let b = Backoff::default();
+        let delays: Vec<u64> = (0..10).map(|_| b.failed("ns/a").as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]);
+        assert_eq!(b.failed("ns/b").as_millis(), 500, "per object");
+        b.succeeded("ns/a");
+        assert_eq!(b.failed("ns/a").as_millis(), 500);
+    }
+
+    #[test]
+    fn kube_errors_have_short_kinds() {
+        let api = |code| kube::Error::Api(kube::core::Status { code, ..Default::default() }.into());
+        assert_eq!(kube_error_kind(&api(409)), "conflict");
+        assert_eq!(kube_error_kind(&api(404)), "not-found");
+        assert_eq!(kube_error_kind(&api(403)), "forbidden");
+        assert_eq!(kube_error_kind(&api(503)), "unavailable");
+        assert_eq!(kube_error_kind(&api(418)), "api-error");
+    }
 }
