@@ -111,6 +111,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     }
 
     // Drive every runnable subtask one step.
+    let mut just_done = Vec::new();
     for id in dag::runnable(&task.subtasks) {
         let sub = task.subtasks.iter().find(|t| t.id == id).cloned().expect("id from the dag");
         let context = item_context(&task.subtasks, sub.item);
@@ -147,6 +148,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
                 if t.name == "check" {
                     t.context = parse_context(&msg);
                 }
+                just_done.push(t.name.clone());
                 info!(request = %fr.name_any(), step = %t.name, item = t.item, "{msg}");
             }
             Step::Waiting(msg) if !timed_out => {
@@ -185,6 +187,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         })
         .collect();
     let generation = fr.metadata.generation;
+    let mut completion = None;
     if let Some(outcome) = dag::outcome(&task.subtasks) {
         let (phase, tstatus, reason) = match outcome {
             ItemOutcome::Succeeded => (RequestPhase::Succeeded, TaskStatus::Successful, "Succeeded"),
@@ -240,7 +243,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
             generation,
             &Time(Timestamp::now()),
         );
-        ctx.event(fr.as_ref(), outcome != ItemOutcome::Succeeded, reason, "FailoverRequest", message).await;
+        completion = Some((outcome != ItemOutcome::Succeeded, reason, message));
     }
     let terminal = status.phase != Some(RequestPhase::Running);
     let finished = terminal.then(|| {
@@ -254,9 +257,16 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     });
     status.task = Some(task);
     write_status(&api, &fr, status).await?;
-    // Counted once the terminal status is stored: a failed write is retried and counted then.
+    for step in &just_done {
+        crate::faults::crash_point(&format!("fr-after-{step}"));
+    }
+    // Counted and announced once the terminal status is stored: a failed write is retried,
+    // and counted and announced then.
     if let Some((outcome, seconds)) = finished {
         ctx.metrics.operation_finished("FailoverRequest", outcome, seconds);
+    }
+    if let Some((warning, reason, message)) = completion {
+        ctx.event(fr.as_ref(), warning, reason, "FailoverRequest", message).await;
     }
     // Woken by HaCluster changes while we hold its lock; the requeue is a fallback (waiting
     // for someone else's lock, timeouts).

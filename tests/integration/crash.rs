@@ -114,3 +114,73 @@ async fn killed_after_fence_before_promote_a_fresh_operator_finishes() {
 async fn killed_after_promote_before_redirect_a_fresh_operator_finishes() {
     crash_during_switchover("after-promote").await;
 }
+
+/// The operator is killed right after each step of a FailoverRequest's DAG is recorded
+/// (check, lock, fence, promote, redirect, route, record); a fresh process resumes from the
+/// request's status and finishes it: the request succeeds, the shard has one primary (the
+/// candidate), its lock is released, and nothing is done twice.
+#[tokio::test]
+async fn a_failover_request_resumes_after_a_kill_at_every_step() {
+    use understudy::resources::{FailoverRequest, failover_request::RequestPhase};
+    let client = support::client().await;
+    for step in ["check", "lock", "fence", "promote", "redirect", "route", "record"] {
+        let ns = support::namespace(&client, &format!("fr-crash-{step}")).await;
+        let servers = [RedisServer::start(None), RedisServer::start(None)];
+        let sampler = RoleSampler::start(servers.iter().map(RedisServer::sample_target).collect());
+        let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+        let members = [("a", &servers[0]), ("b", &servers[1])];
+        hacs.create(
+            &PostParams::default(),
+            &cluster("k", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+        )
+        .await
+        .unwrap();
+        let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+        let args = ["run", "--namespaces", &ns, "--listen", &listen];
+        let point = format!("fr-after-{step}");
+        let mut doomed = Process::understudy_with_env(
+            &args,
+            &format!("fr-crash-{step}"),
+            &[("UNDERSTUDY_CRASH_AT", &point)],
+        );
+        let p = wait_primary(&hacs, "k", "s0", None).await;
+        let (pi, qi) = if p == "a" { (0, 1) } else { (1, 0) };
+        wait_follows(&servers[qi], &servers[pi]).await;
+        let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+        let spec = json!({"type": "Switchover", "items": [{"cluster": "k"}], "serviceName": "k-writes"});
+        frs.create(&PostParams::default(), &crate::failover_request::request("move", spec)).await.unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = doomed.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator never reached {point}: {}",
+                doomed.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.code(), Some(137), "crashed at {point}: {}", doomed.log());
+        let _fresh = Process::understudy(&args, &format!("fr-resume-{step}"));
+        let done = eventually(WAIT, &format!("the request to finish after a kill at {step}"), || async {
+            let r = frs.get("move").await.ok()?;
+            matches!(
+                r.status.as_ref()?.phase,
+                Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack)
+            )
+            .then_some(r)
+        })
+        .await;
+        let st = done.status.unwrap();
+        assert_eq!(st.phase, Some(RequestPhase::Succeeded), "killed after {step}: {:?}", st.message);
+        let q = wait_primary(&hacs, "k", "s0", Some(&p)).await;
+        assert_eq!(q, ["a", "b"][qi], "killed after {step}: the candidate is primary");
+        wait_follows(&servers[pi], &servers[qi]).await;
+        let c = hacs.get("k").await.unwrap().status.unwrap();
+        assert!(c.shards[0].operation.is_none(), "killed after {step}: the lock was released");
+        assert_eq!(c.shards[0].epoch, 2, "killed after {step}: exactly one promotion after the bootstrap");
+        assert_eq!(sampler.max(), 1, "killed after {step}: never two primaries");
+        eprintln!("killed after {step}: resumed and finished ({} → {q})", p);
+    }
+}

@@ -23,7 +23,7 @@ use crate::{
 const WAIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "fr-token";
 
-fn request(name: &str, spec: serde_json::Value) -> FailoverRequest {
+pub fn request(name: &str, spec: serde_json::Value) -> FailoverRequest {
     serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": name}, "spec": spec
     }))
