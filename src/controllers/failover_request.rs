@@ -48,6 +48,12 @@ enum Step {
 pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = fr.namespace().unwrap_or_default();
     let api: Api<FailoverRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    // Steps act on clusters before the request's status records them: act on the request as
+    // stored now, not on the cache's copy, which may not show the last step yet (a step run
+    // twice would lock and promote twice).
+    let Some(fr) = api.get_opt(&fr.name_any()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let mut status = fr.status.clone().unwrap_or_default();
     if matches!(status.phase, Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack))
     {

@@ -137,8 +137,12 @@ pub async fn acquire(
             exists,
         ) {
             LockState::Held { holder, .. } => return Ok(Err(holder)),
+            // Ours already: recorded (the promotion is under way) or carried out (the target
+            // is the primary now). Taking it again would bump the epoch for nothing — what a
+            // caller acting on a stale copy of its own object would otherwise do.
             LockState::Mine
-                if s.target_primary.as_ref() == Some(to)
+                if (s.target_primary.as_ref() == Some(to)
+                    || (s.target_primary.is_none() && s.current_primary.as_ref() == Some(to)))
                     && s.operation.as_ref().is_some_and(|l| l.force == holder.force) =>
             {
                 continue;

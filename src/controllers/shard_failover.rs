@@ -44,6 +44,11 @@ struct Located {
 pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = sfo.namespace().unwrap_or_default();
     let api: Api<ShardFailover> = Api::namespaced(ctx.client.clone(), &ns);
+    // Act on the object as stored now, not on the cache's copy, which may not show the last
+    // recorded step yet.
+    let Some(sfo) = api.get_opt(&sfo.name_any()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let mut status = sfo.status.clone().unwrap_or_default();
     if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
