@@ -58,6 +58,11 @@ struct RunArgs {
     /// Watch only these namespaces (comma-separated); default the whole cluster.
     #[arg(long, value_delimiter = ',')]
     namespaces: Vec<String>,
+    /// Route clients to static members' `clientAddress` (an address the operator does not
+    /// probe). Off by default: it lets whoever may edit an HaCluster put any address into an
+    /// EndpointSlice, which Kubernetes' built-in `edit` role deliberately cannot do.
+    #[arg(long, env = "UNDERSTUDY_ALLOW_CLIENT_ADDRESS")]
+    allow_client_address: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,7 +110,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             identity,
         )
     });
-    let cfg = RunConfig { leader_elect, listen: args.listen, namespaces: args.namespaces };
+    let cfg = RunConfig {
+        leader_elect,
+        listen: args.listen,
+        namespaces: args.namespaces,
+        allow_client_address: args.allow_client_address,
+    };
     understudy::operator::run(client, cfg, shutdown_signal()).await
 }
 

@@ -24,6 +24,10 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     /// Namespaces to watch; empty means the whole cluster.
     pub namespaces: Vec<String>,
+    /// Route clients to a static member's `clientAddress` (an address the operator does not
+    /// probe). Off by default: it lets whoever may edit an HaCluster put any address into an
+    /// EndpointSlice, which Kubernetes' own `edit` role deliberately cannot do.
+    pub allow_client_address: bool,
 }
 
 #[derive(Clone)]
@@ -51,7 +55,8 @@ pub async fn run_with(
     let budget = std::env::var("UNDERSTUDY_AGENT_KEEPALIVE").ok().and_then(|v| v.parse().ok());
     crate::engines::agent::set_keepalive_budget(budget.unwrap_or((files / 2) as i64));
     info!(open_files = files, "file descriptor limit");
-    let ctx = Context::new(client.clone(), metrics.clone(), cfg.namespaces.clone());
+    let mut ctx = Context::new(client.clone(), metrics.clone(), cfg.namespaces.clone());
+    ctx.allow_client_address = cfg.allow_client_address;
     let ready = ctx.readiness.clone();
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -167,6 +172,8 @@ impl InProcess {
             leader_elect: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+            // The tests' members listen on loopback and stand for routable addresses.
+            allow_client_address: true,
         };
         let metrics = Metrics::new();
         let task = tokio::spawn(run_with(client, cfg, metrics.clone(), async move {

@@ -26,7 +26,9 @@ use crate::{
     },
     resources::{
         FailoverRequest, HaCluster,
-        failover_request::{ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus},
+        failover_request::{
+            FailoverItem, ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus,
+        },
         hacluster::OnTimeout,
         shared::set_condition,
     },
@@ -63,10 +65,10 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     let Some(mut task) = status.task.clone() else {
         let subtasks = dag::build(fr.spec.items.len())
             .into_iter()
-            .map(|p| {
-                let item = &fr.spec.items[p.item as usize];
+            .filter_map(|p| {
+                let item = fr.spec.items.get(p.item as usize)?;
                 let what = dag::STEPS.iter().find(|(n, ..)| *n == p.name).map_or("", |s| s.1);
-                Subtask {
+                Some(Subtask {
                     id: p.id,
                     name: p.name.to_owned(),
                     description: format!(
@@ -84,7 +86,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
                     end_time: None,
                     message: None,
                     context: Default::default(),
-                }
+                })
             })
             .collect();
         status.task = Some(TaskInstance {
@@ -102,6 +104,25 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         write_status(&api, &fr, status).await?;
         return Ok(Action::requeue(Duration::from_millis(50)));
     };
+
+    // What status says is input like any other (anyone granted `*/status` can write it):
+    // a task this operator did not build, or a request past its deadline, ends Failed.
+    if let Err(why) = dag::validate(&task.subtasks, fr.spec.items.len()) {
+        let why = format!("status.task is not one this operator wrote ({why}); abandoned, locks released");
+        return abandon(&ctx, &api, &fr, status, task, "InvalidStatus", why).await;
+    }
+    if let Some(created) = fr.metadata.creation_timestamp.as_ref() {
+        let whole = request_deadline(fr.spec.timeout_seconds);
+        if Timestamp::now() >= created.0 + whole {
+            let why = format!(
+                "not finished {} s after its creation (timeoutSeconds {} × {} steps + 60 s); abandoned, locks released",
+                whole.as_secs(),
+                fr.spec.timeout_seconds,
+                dag::STEPS.len()
+            );
+            return abandon(&ctx, &api, &fr, status, task, "DeadlineExceeded", why).await;
+        }
+    }
 
     // Roll back failed items that may still be rolled back, newest step first.
     let items: Vec<i32> = (0..fr.spec.items.len() as i32).collect();
@@ -121,9 +142,14 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     for id in dag::runnable(&task.subtasks) {
         let sub = task.subtasks.iter().find(|t| t.id == id).cloned().expect("id from the dag");
         let context = item_context(&task.subtasks, sub.item);
-        let started = sub.start_time.clone().unwrap_or_else(|| Time(Timestamp::now()));
+        // The deadline comes from the spec (schema-bounded) and a start no later than now,
+        // whatever status says.
+        let started = match sub.start_time.clone() {
+            Some(t) if t.0 <= Timestamp::now() => t,
+            _ => Time(Timestamp::now()),
+        };
         let timed_out =
-            Timestamp::now() >= started.0 + Duration::from_secs(sub.timeout_seconds.max(1) as u64);
+            Timestamp::now() >= started.0 + Duration::from_secs(fr.spec.timeout_seconds.max(1) as u64);
         let outcome = if fr.spec.dry_run && sub.name != "check" {
             Step::Done("dry run: skipped".into())
         } else {
@@ -163,7 +189,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
             }
             Step::Waiting(msg) => {
                 t.status = TaskStatus::Failed;
-                t.message = Some(format!("timed out after {}s: {msg}", t.timeout_seconds));
+                t.message = Some(format!("timed out after {}s: {msg}", fr.spec.timeout_seconds));
                 t.end_time = Some(Time(Timestamp::now()));
             }
             Step::Failed(msg) => {
@@ -207,7 +233,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
             .map(|t| {
                 format!(
                     "{} {}: {}",
-                    fr.spec.items[t.item as usize].cluster,
+                    fr.spec.items.get(t.item as usize).map_or("?", |i| i.cluster.as_str()),
                     t.name,
                     t.message.clone().unwrap_or_default()
                 )
@@ -314,11 +340,18 @@ async fn run_step(
 ) -> Result<Step, kube::Error> {
     let ns = fr.namespace().unwrap_or_default();
     let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let item = &fr.spec.items[sub.item as usize];
+    let Some(item) = fr.spec.items.get(sub.item as usize) else {
+        return Ok(Step::Failed(format!("subtask {} names no item of spec.items", sub.id)));
+    };
     let uid = fr.uid().unwrap_or_default();
     let get = |k: &str| c.get(k).cloned().unwrap_or_default();
+    if sub.name != "check"
+        && let Err(why) = plan_fits(item, c)
+    {
+        return Ok(Step::Failed(format!("the plan recorded by check does not match spec.items: {why}")));
+    }
     Ok(match sub.name.as_str() {
-        "check" => check(&clusters, fr, sub.item as usize).await?,
+        "check" => check(&clusters, item, fr.spec.type_).await?,
         "lock" => {
             let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
                 return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
@@ -330,6 +363,17 @@ async fn run_step(
             if !ours && current.as_deref() != Some(get("from").as_str()) {
                 return Ok(Step::Failed(format!(
                     "the primary changed to {current:?} before the lock was taken; not touching it"
+                )));
+            }
+            // The candidate came back from status: it must still be a member that may be
+            // promoted.
+            let facts = facts_from_status(&cluster, &get("shard"), &[]);
+            if !ours && !facts.members.iter().any(|m| m.name == get("to") && m.priority > 0) {
+                return Ok(Step::Failed(format!(
+                    "{} is not a member of {}/{} that may be promoted; not touching it",
+                    get("to"),
+                    get("cluster"),
+                    get("shard")
                 )));
             }
             let holder = Holder {
@@ -401,16 +445,24 @@ async fn run_step(
                 let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
                     return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
                 };
-                let Some(route) = routing::member_route(&cluster, &get("to")) else {
+                let Some(route) = routing::member_route(&cluster, &get("to"), ctx.allow_client_address)
+                else {
                     return Ok(Step::Failed(format!("{} has no routable address", get("to"))));
                 };
                 let routes = routing::Routes {
                     services: BTreeMap::from([(svc.clone(), vec![route.clone()])]),
                     port: None,
                 };
-                let rejected = routing::apply_routes(&ctx.client, &cluster, &routes).await?;
-                if rejected.is_empty() {
-                    Step::Done(format!("Service {svc} → {route}"))
+                let applied = routing::apply_routes(&ctx.client, &cluster, &routes).await?;
+                if let Some(why) = applied.conflicts.first() {
+                    Step::Failed(format!("serviceName: {why}"))
+                } else if applied.rejected.is_empty() {
+                    // From now on the cluster's monitor keeps it on the primary.
+                    routing::add_primary_alias(&clusters, &cluster, svc).await?;
+                    Step::Done(format!(
+                        "Service {svc} → {route}; it follows {}'s primary from now on",
+                        get("cluster")
+                    ))
                 } else {
                     Step::Failed(format!(
                         "Kubernetes cannot route to {route} (loopback/link-local); set clientAddress on the member"
@@ -476,8 +528,11 @@ async fn force_switch(
 }
 
 /// Validate an item and choose its candidate.
-async fn check(clusters: &Api<HaCluster>, fr: &FailoverRequest, i: usize) -> Result<Step, kube::Error> {
-    let item = &fr.spec.items[i];
+async fn check(
+    clusters: &Api<HaCluster>,
+    item: &FailoverItem,
+    type_: RequestType,
+) -> Result<Step, kube::Error> {
     let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
         return Ok(Step::Failed(format!("HaCluster {} not found", item.cluster)));
     };
@@ -506,7 +561,7 @@ async fn check(clusters: &Api<HaCluster>, fr: &FailoverRequest, i: usize) -> Res
     let facts = facts_from_status(&cluster, &shard, &[]);
     // A switchover drains the primary first, so lag is not disqualifying; a forced failover
     // keeps the cluster's maxLagOnFailover.
-    let max_lag = match fr.spec.type_ {
+    let max_lag = match type_ {
         RequestType::Switchover => i64::MAX,
         RequestType::Failover => cluster.spec.failover.max_lag_on_failover,
     };
@@ -553,6 +608,87 @@ async fn roll_back(ctx: &Context, fr: &FailoverRequest, sub: &Subtask) -> Result
         }
         _ => "nothing to undo".into(),
     })
+}
+
+/// Whether the plan `check` recorded for an item (read back from status) is one `check`
+/// could have made for it: same cluster, the shard, candidate and expected primary the item
+/// names, and a candidate that is not the primary.
+fn plan_fits(item: &FailoverItem, c: &BTreeMap<String, String>) -> Result<(), String> {
+    let get = |k: &str| c.get(k).map(String::as_str).unwrap_or_default();
+    if get("cluster") != item.cluster {
+        return Err(format!("cluster {:?}, the item names {:?}", get("cluster"), item.cluster));
+    }
+    if get("shard").is_empty() || item.shard.as_deref().is_some_and(|s| s != get("shard")) {
+        return Err(format!("shard {:?}, the item names {:?}", get("shard"), item.shard));
+    }
+    if get("to").is_empty()
+        || get("to") == get("from")
+        || item.candidate.as_deref().is_some_and(|x| x != get("to"))
+    {
+        return Err(format!("candidate {:?} (primary {:?})", get("to"), get("from")));
+    }
+    if item.expected_primary.as_deref().is_some_and(|e| e != get("from")) {
+        return Err(format!("primary {:?}, the item expects {:?}", get("from"), item.expected_primary));
+    }
+    Ok(())
+}
+
+/// How long a whole request may take from its creation: every step of an item to its
+/// deadline (items run in parallel), and a minute for the operator's own delays.
+fn request_deadline(timeout_seconds: i64) -> Duration {
+    Duration::from_secs(timeout_seconds.max(1) as u64 * dag::STEPS.len() as u64 + 60)
+}
+
+/// End the request Failed without driving it further: every unfinished subtask fails with
+/// `why`, every lock the request holds on its items' clusters is released (a recorded
+/// promotion not yet carried out is abandoned with it).
+async fn abandon(
+    ctx: &Context,
+    api: &Api<FailoverRequest>,
+    fr: &Arc<FailoverRequest>,
+    mut status: crate::resources::failover_request::FailoverRequestStatus,
+    mut task: TaskInstance,
+    reason: &str,
+    why: String,
+) -> Result<Action, Error> {
+    let ns = fr.namespace().unwrap_or_default();
+    let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = fr.uid().unwrap_or_default();
+    let names: std::collections::BTreeSet<&str> = fr.spec.items.iter().map(|i| i.cluster.as_str()).collect();
+    for cluster in names {
+        release(&clusters, cluster, &uid).await?;
+    }
+    let now = Time(Timestamp::now());
+    for t in task
+        .subtasks
+        .iter_mut()
+        .filter(|t| matches!(t.status, TaskStatus::Ready | TaskStatus::Pending | TaskStatus::Running))
+    {
+        t.status = TaskStatus::Failed;
+        t.message = Some(why.clone());
+        t.end_time = Some(now.clone());
+    }
+    task.status = TaskStatus::Failed;
+    task.end_time = Some(now.clone());
+    let seconds = task.start_time.as_ref().map(super::seconds_since);
+    status.progress = Some(dag::progress(&task.subtasks));
+    status.task = Some(task);
+    status.phase = Some(RequestPhase::Failed);
+    status.message = Some(why.clone());
+    set_condition(
+        &mut status.conditions,
+        "Complete",
+        false,
+        reason,
+        why.clone(),
+        fr.metadata.generation,
+        &now,
+    );
+    write_status(api, fr, status).await?;
+    warn!(request = %fr.name_any(), "{why}");
+    ctx.metrics.operation_finished("FailoverRequest", "Failed", seconds);
+    ctx.event(fr.as_ref(), true, reason, "FailoverRequest", why).await;
+    Ok(Action::await_change())
 }
 
 fn shard_of<'a>(c: &'a HaCluster, shard: &str) -> Option<&'a crate::resources::hacluster::ShardStatus> {

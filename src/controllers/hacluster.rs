@@ -11,7 +11,7 @@
 //! API server down) nothing is promoted. The current primary is never demoted by the monitor.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -468,6 +468,10 @@ struct Monitor {
     exported_shards: HashSet<ShardLabels>,
     /// No stale Endpoints/EndpointSlices of a formerly selector Service are left (pod members).
     foreign_endpoints_checked: bool,
+    /// What the last routing write could not do (names taken by objects this cluster does
+    /// not own, endpoints Kubernetes cannot route to, clientAddress not allowed): the
+    /// `Routed` condition.
+    routing_problems: BTreeMap<&'static str, String>,
     /// Shards whose lost primary could not be fenced (onTimeout: Abort): no automatic
     /// failover past it until it answers again.
     unfenced: HashMap<String, String>,
@@ -520,6 +524,7 @@ impl Monitor {
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
             foreign_endpoints_checked: false,
+            routing_problems: BTreeMap::new(),
             unfenced: HashMap::new(),
             observed_written_at: None,
         }
@@ -594,11 +599,7 @@ impl Monitor {
         let mut out = Vec::new();
         for s in cluster.spec.shards.iter().flatten() {
             for m in &s.members {
-                let route = match (&m.client_address, engines::split_endpoint(&m.endpoint)) {
-                    (Some(a), Some((_, port))) if a.contains(':') => format!("[{a}]:{port}"),
-                    (Some(a), Some((_, port))) => format!("{a}:{port}"),
-                    _ => m.endpoint.clone(),
-                };
+                let route = routing::route_of(m, self.ctx.allow_client_address);
                 out.push(Declared {
                     shard: s.name.clone(),
                     name: m.name.clone(),
@@ -1576,6 +1577,17 @@ impl Monitor {
             generation,
             &now,
         );
+        let routed = self.routing_problems.is_empty();
+        let (routed_reason, routed_msg) = match self.routing_problems.iter().next() {
+            None if cluster.spec.routing.enabled => {
+                ("Routed", "the Services route to the current roles".to_owned())
+            }
+            None => ("RoutingDisabled", "spec.routing.enabled is false".to_owned()),
+            Some((reason, _)) => {
+                (*reason, self.routing_problems.values().cloned().collect::<Vec<_>>().join("; "))
+            }
+        };
+        set_condition(&mut conditions, "Routed", routed, routed_reason, routed_msg, generation, &now);
         status.conditions = conditions;
         status.phase = Some(if cluster.spec.paused {
             ClusterPhase::Paused
@@ -1626,6 +1638,26 @@ impl Monitor {
         }
         if let Some(sel) = &cluster.spec.selector {
             self.update_pod_labels_and_policy(cluster, sel, declared, &status).await;
+        }
+        let ignored: Vec<&str> = cluster
+            .spec
+            .shards
+            .iter()
+            .flatten()
+            .flat_map(|s| &s.members)
+            .filter(|m| m.client_address.is_some())
+            .map(|m| m.name.as_str())
+            .collect();
+        if ignored.is_empty() || self.ctx.allow_client_address {
+            self.routing_problems.remove("ClientAddressNotAllowed");
+        } else {
+            self.routing_problems.insert(
+                "ClientAddressNotAllowed",
+                format!(
+                    "clientAddress of {} ignored: the operator routes only to addresses it probes unless it runs with --allow-client-address (chart: allowClientAddress)",
+                    ignored.join(", ")
+                ),
+            );
         }
         let routes = routing::desired_routes(cluster, &primaries, &replicas);
         if self.last_routes.as_ref() != Some(&routes) {
@@ -1726,18 +1758,36 @@ impl Monitor {
             routing::apply_routes(&self.ctx.client, cluster, &routes).await
         };
         match applied {
-            Ok(rejected) => {
-                if !rejected.is_empty() {
-                    warn!(cluster = %key(cluster), ?rejected, "endpoints Kubernetes cannot route to (loopback/link-local) were left out of the Services");
+            Ok(applied) => {
+                if !applied.rejected.is_empty() {
+                    warn!(cluster = %key(cluster), rejected = ?applied.rejected, "endpoints Kubernetes cannot route to (loopback/link-local) were left out of the Services");
+                    self.routing_problems.insert(
+                        "Unroutable",
+                        format!(
+                            "left out of the Services, Kubernetes cannot route to them (loopback/link-local): {}",
+                            applied.rejected.join(", ")
+                        ),
+                    );
+                } else {
+                    self.routing_problems.remove("Unroutable");
+                }
+                if applied.conflicts.is_empty() {
+                    self.routing_problems.remove("NameConflict");
+                } else {
+                    warn!(cluster = %key(cluster), conflicts = ?applied.conflicts, "routing objects left alone");
+                    self.routing_problems.insert("NameConflict", applied.conflicts.join("; "));
                 }
                 // Pod members' Services were selector Services in an earlier version: clear
                 // what Kubernetes left of that, after each routing write until a check finds
-                // nothing (not on every write for ever).
+                // nothing (not on every write for ever). Only for Services this cluster owns.
                 if cluster.spec.selector.is_some() && !self.foreign_endpoints_checked {
                     let ns = cluster.namespace().unwrap_or_default();
-                    let removed =
-                        routing::remove_foreign_endpoints(&self.ctx.client, &ns, routes.services.keys())
-                            .await;
+                    let ours: Vec<&String> = routes
+                        .services
+                        .keys()
+                        .filter(|s| !applied.conflicts.iter().any(|c| c.contains(&format!("Service {s} "))))
+                        .collect();
+                    let removed = routing::remove_foreign_endpoints(&self.ctx.client, &ns, ours).await;
                     match removed {
                         Ok(0) => self.foreign_endpoints_checked = true,
                         Ok(_) => {}
@@ -1794,7 +1844,15 @@ impl Monitor {
         let generation = cluster.metadata.generation.unwrap_or_default();
         if self.pod_services_generation != Some(generation) {
             match routing::apply_acl_policy(&self.ctx.client, cluster, sel).await {
-                Ok(()) => self.pod_services_generation = Some(generation),
+                Ok(Ok(())) => {
+                    self.routing_problems.remove("PolicyConflict");
+                    self.pod_services_generation = Some(generation);
+                }
+                Ok(Err(why)) => {
+                    warn!(cluster = %key(cluster), "{why}");
+                    self.routing_problems.insert("PolicyConflict", why);
+                    self.pod_services_generation = Some(generation);
+                }
                 Err(e) => {
                     warn!(cluster = %key(cluster), error = %e, "could not apply the ACL NetworkPolicy")
                 }

@@ -47,6 +47,8 @@ pub struct Context {
     /// The same for routing updates (Services, EndpointSlices), separately, so that a slow
     /// Service allocation never holds up a promotion's status write.
     pub routing_slots: Arc<tokio::sync::Semaphore>,
+    /// `--allow-client-address`: route to static members' clientAddress.
+    pub allow_client_address: bool,
     /// What `/readyz` reports; controllers register their caches here.
     pub readiness: crate::readiness::Readiness,
 }
@@ -68,6 +70,7 @@ impl Context {
             secrets: SecretCache::default(),
             api_slots: Arc::new(tokio::sync::Semaphore::new(API_CONCURRENCY)),
             routing_slots: Arc::new(tokio::sync::Semaphore::new(ROUTING_CONCURRENCY)),
+            allow_client_address: false,
             readiness: crate::readiness::Readiness::default(),
         }
     }

@@ -228,6 +228,7 @@ pub async fn holder_exists(client: &kube::Client, lock: Option<&OperationLock>) 
 /// Release every lock `uid` holds on `cluster`, abandoning targets it recorded that were
 /// not reached.
 pub async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Result<(), kube::Error> {
+    let mut conflict = None;
     for _ in 0..5 {
         let Some(c) = clusters.get_opt(cluster).await? else { return Ok(()) };
         let mut next = c.clone();
@@ -247,9 +248,10 @@ pub async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Res
         }
         match clusters.replace_status(cluster, &PostParams::default(), &next).await {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(kube::Error::Api(s)) if s.code == 409 => conflict = Some(kube::Error::Api(s)),
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    // Still held: the caller retries (never reported as released).
+    Err(conflict.expect("five conflicts"))
 }

@@ -356,6 +356,8 @@ impl ShardOp {
         if s.operation.as_ref().is_some_and(|l| l.kind == LOCK_KIND) {
             s.operation = None;
         }
+        // The summary column follows in the same write (the first shard's primary).
+        status.primary = status.shards.first().and_then(|s| s.current_primary.clone());
         let p = o.promotion;
         if p.kind == PromotionKind::Failover || (p.kind == PromotionKind::Resume && p.from.is_some()) {
             status.last_failover = Some(FailoverRecord {

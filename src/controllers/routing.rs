@@ -3,8 +3,9 @@
 //! ConfigMap plus a rollout restart of the consumer workloads.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::{LazyLock, Mutex},
 };
 
 use k8s_openapi::{
@@ -46,6 +47,52 @@ pub struct Routes {
     pub port: Option<u16>,
 }
 
+/// Annotation on an HaCluster listing (comma-separated) further Services that route to its
+/// primaries, like the primary Service: a FailoverRequest's `serviceName` is added here, so
+/// that it follows every later failover rather than going stale. Remove a name here before
+/// deleting its Service, or the monitor recreates it.
+pub const PRIMARY_ALIASES: &str = "understudy.dev/primary-aliases";
+
+/// The valid names of [`PRIMARY_ALIASES`] (DNS labels), sorted, without the cluster's own
+/// Services.
+pub fn primary_aliases(cluster: &HaCluster) -> BTreeSet<String> {
+    let own = [primary_service_name(cluster), replicas_service_name(cluster)];
+    cluster
+        .annotations()
+        .get(PRIMARY_ALIASES)
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| is_dns_label(n) && !own.iter().any(|o| o == n))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_dns_label(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.as_bytes()[0].is_ascii_lowercase()
+        && !n.ends_with('-')
+}
+
+/// Add `service` to the cluster's [`PRIMARY_ALIASES`] (a metadata patch: the spec a GitOps
+/// tool applies is not touched).
+pub async fn add_primary_alias(
+    clusters: &Api<HaCluster>,
+    cluster: &HaCluster,
+    service: &str,
+) -> Result<(), kube::Error> {
+    let mut names = primary_aliases(cluster);
+    if !names.insert(service.to_owned()) {
+        return Ok(());
+    }
+    let value = names.into_iter().collect::<Vec<_>>().join(",");
+    let patch = json!({"metadata": {"annotations": {PRIMARY_ALIASES: value}}});
+    clusters.patch(&cluster.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+}
+
 pub fn primary_service_name(cluster: &HaCluster) -> String {
     cluster.spec.routing.primary_service.clone().unwrap_or_else(|| format!("{}-primary", cluster.name_any()))
 }
@@ -66,6 +113,9 @@ pub fn desired_routes(cluster: &HaCluster, primaries: &[String], replicas: &[Str
     if cluster.spec.routing.enabled {
         services.insert(primary_service_name(cluster), primaries.to_vec());
         services.insert(replicas_service_name(cluster), replicas.to_vec());
+        for alias in primary_aliases(cluster) {
+            services.insert(alias, primaries.to_vec());
+        }
     }
     let port = cluster.spec.selector.as_ref().and_then(|s| u16::try_from(s.port).ok());
     Routes { services, port }
@@ -89,21 +139,103 @@ fn slice_name(service: &str, address_type: &str, port: u16) -> String {
     format!("{service}-{}-{port}", address_type.to_ascii_lowercase())
 }
 
+/// What a routing write left undone, for the caller to report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Endpoints Kubernetes would reject (loopback, link-local): left out of the Services.
+    pub rejected: Vec<String>,
+    /// Objects routing needs whose name is taken by an object this cluster does not own:
+    /// left alone, with why.
+    pub conflicts: Vec<String>,
+}
+
+/// (kind, namespace, name).
+type OwnedKey = (&'static str, String, String);
+
+/// Objects this operator created or found owned by the cluster, by (kind, namespace, name):
+/// their uid, sent with every later apply as a precondition (the API server refuses an
+/// apply whose uid is not the object's, and does not create one), so that an object deleted
+/// and recreated by someone else is looked at again rather than taken over.
+static OWNED: LazyLock<Mutex<HashMap<OwnedKey, String>>> = LazyLock::new(Default::default);
+
+/// Server-side apply `obj` (a `K` named `name` in `ns`) only if the object does not exist
+/// (it is created) or an owner reference names `owner_uid`. `Ok(Err(why))` when the name
+/// is taken by an object someone else owns: nothing is written.
+async fn apply_owned<K>(
+    api: &Api<K>,
+    ns: &str,
+    name: &str,
+    mut obj: serde_json::Value,
+    owner_uid: &str,
+) -> Result<Result<(), String>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let kind: &'static str = match K::kind(&()).as_ref() {
+        "Service" => "Service",
+        "EndpointSlice" => "EndpointSlice",
+        "NetworkPolicy" => "NetworkPolicy",
+        _ => "object",
+    };
+    let key = (kind, ns.to_owned(), name.to_owned());
+    let pp = PatchParams::apply(MANAGER).force();
+    let cached = OWNED.lock().expect("owned lock").get(&key).cloned();
+    if let Some(uid) = cached {
+        obj["metadata"]["uid"] = json!(uid);
+        match api.patch(name, &pp, &Patch::Apply(&obj)).await {
+            Ok(_) => return Ok(Ok(())),
+            // Gone, or another object under the name now (uid mismatch): look again.
+            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => {
+                OWNED.lock().expect("owned lock").remove(&key);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let applied = match api.get_opt(name).await? {
+        Some(existing) if !existing.owner_references().iter().any(|o| o.uid == owner_uid) => {
+            return Ok(Err(format!(
+                "{kind} {name} exists and is not owned by this HaCluster; left alone (delete or rename it, or choose another name)"
+            )));
+        }
+        Some(existing) => {
+            obj["metadata"]["uid"] = json!(existing.uid());
+            api.patch(name, &pp, &Patch::Apply(&obj)).await?
+        }
+        // Created by the apply (server-side apply again, so that later applies own every field
+        // they set: a POST would leave its fields to an "Update" manager, and list entries the
+        // applies then change would be duplicated). An object someone creates between the
+        // read and this write would be applied over: a window of one round trip, once.
+        None => api.patch(name, &pp, &Patch::Apply(&obj)).await?,
+    };
+    if let Some(uid) = applied.uid() {
+        OWNED.lock().expect("owned lock").insert(key, uid);
+    }
+    Ok(Ok(()))
+}
+
+/// Whether `obj` names `cluster` as an owner.
+pub fn owned_by<K: Resource>(obj: &K, cluster: &HaCluster) -> bool {
+    let uid = cluster.uid().unwrap_or_default();
+    obj.owner_references().iter().any(|o| o.uid == uid)
+}
+
 /// Server-side apply the Services and EndpointSlices of `routes`, and delete slices of this
-/// cluster that are no longer wanted. Endpoints Kubernetes would reject are skipped and
-/// returned so the caller can report them.
+/// cluster that are no longer wanted. Endpoints Kubernetes would reject are skipped; names
+/// taken by objects the cluster does not own are left alone; both are returned so the caller
+/// can report them.
 pub async fn apply_routes(
     client: &Client,
     cluster: &HaCluster,
     routes: &Routes,
-) -> Result<Vec<String>, kube::Error> {
+) -> Result<Applied, kube::Error> {
     let ns = cluster.namespace().unwrap_or_default();
+    let owner_uid = cluster.uid().unwrap_or_default();
     let owner = cluster.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-    let pp = PatchParams::apply(MANAGER).force();
     let mut wanted = BTreeSet::new();
     let mut rejected = Vec::new();
+    let mut conflicts = Vec::new();
     for (service, endpoints) in &routes.services {
         // Group endpoints by (address type, port): one slice each.
         let mut groups: BTreeMap<(&'static str, u16), Vec<String>> = BTreeMap::new();
@@ -138,7 +270,10 @@ pub async fn apply_routes(
             }),
             ..Default::default()
         };
-        services.patch(service, &pp, &Patch::Apply(&with_type(&svc))).await?;
+        if let Err(why) = apply_owned(&services, &ns, service, with_type(&svc), &owner_uid).await? {
+            conflicts.push(why);
+            continue;
+        }
         for ((addr_type, port), hosts) in groups {
             let name = slice_name(service, addr_type, port);
             let slice = EndpointSlice {
@@ -172,8 +307,10 @@ pub async fn apply_routes(
                     ..Default::default()
                 }]),
             };
-            slices.patch(&name, &pp, &Patch::Apply(&with_type(&slice))).await?;
-            wanted.insert(name);
+            wanted.insert(name.clone());
+            if let Err(why) = apply_owned(&slices, &ns, &name, with_type(&slice), &owner_uid).await? {
+                conflicts.push(why);
+            }
         }
     }
     let lp = ListParams::default()
@@ -183,11 +320,11 @@ pub async fn apply_routes(
         // Only slices of the Services this call manages; others (e.g. a FailoverRequest's
         // serviceName) are left alone.
         let service = old.labels().get(SERVICE_NAME_LABEL).cloned().unwrap_or_default();
-        if routes.services.contains_key(&service) && !wanted.contains(&name) {
+        if routes.services.contains_key(&service) && !wanted.contains(&name) && owned_by(&old, cluster) {
             slices.delete(&name, &DeleteParams::default()).await?;
         }
     }
-    Ok(rejected)
+    Ok(Applied { rejected, conflicts })
 }
 
 /// A Service this operator routes has no selector, so every EndpointSlice of it must be ours.
@@ -240,20 +377,29 @@ async fn remove_foreign_endpoints_of(client: &Client, ns: &str, service: &str) -
     Ok(removed)
 }
 
-/// `host:port` clients use for a static member (clientAddress if set).
-pub fn member_route(c: &HaCluster, name: &str) -> Option<String> {
+/// `host:port` clients use for a static member: its endpoint, or its clientAddress with the
+/// endpoint's port where the operator allows clientAddress.
+pub fn member_route(c: &HaCluster, name: &str, allow_client_address: bool) -> Option<String> {
     let m = c.spec.shards.iter().flatten().flat_map(|s| s.members.iter()).find(|m| m.name == name)?;
-    let (_, port) = split_endpoint(&m.endpoint)?;
-    Some(match &m.client_address {
-        Some(a) if a.contains(':') => format!("[{a}]:{port}"),
-        Some(a) => format!("{a}:{port}"),
-        None => m.endpoint.clone(),
-    })
+    Some(route_of(m, allow_client_address))
+}
+
+/// See [`member_route`].
+pub fn route_of(m: &crate::resources::hacluster::MemberSpec, allow_client_address: bool) -> String {
+    match (&m.client_address, split_endpoint(&m.endpoint)) {
+        (Some(a), Some((_, port))) if allow_client_address && a.contains(':') => format!("[{a}]:{port}"),
+        (Some(a), Some((_, port))) if allow_client_address => format!("{a}:{port}"),
+        _ => m.endpoint.clone(),
+    }
 }
 
 /// Point the cluster's primary Service at the recorded primaries of every shard now (what
 /// `forceRebind` asks for right after a promotion). Returns a note for status.
-pub async fn rebind_primaries(client: &Client, cluster: &HaCluster) -> Result<String, kube::Error> {
+pub async fn rebind_primaries(
+    client: &Client,
+    cluster: &HaCluster,
+    allow_client_address: bool,
+) -> Result<String, kube::Error> {
     if !cluster.spec.routing.enabled || cluster.spec.selector.is_some() {
         // Pod members: the monitor moves the primary Service's EndpointSlice itself, in the
         // same write that records nothing else, right after the promotion.
@@ -264,17 +410,21 @@ pub async fn rebind_primaries(client: &Client, cluster: &HaCluster) -> Result<St
         .iter()
         .flat_map(|s| s.shards.iter())
         .filter(|s| s.target_primary.is_none())
-        .filter_map(|s| s.current_primary.as_deref().and_then(|p| member_route(cluster, p)))
+        .filter_map(|s| {
+            s.current_primary.as_deref().and_then(|p| member_route(cluster, p, allow_client_address))
+        })
         .collect();
     let svc = primary_service_name(cluster);
     let routes = Routes { services: BTreeMap::from([(svc.clone(), primaries.clone())]), port: None };
-    let rejected = apply_routes(client, cluster, &routes).await?;
-    Ok(if rejected.is_empty() {
+    let applied = apply_routes(client, cluster, &routes).await?;
+    Ok(if let Some(why) = applied.conflicts.first() {
+        format!("forceRebind: {why}")
+    } else if applied.rejected.is_empty() {
         format!("forceRebind: Service {svc} → {}", primaries.join(", "))
     } else {
         format!(
             "forceRebind: Service {svc} cannot route to {} (loopback/link-local; set clientAddress)",
-            rejected.join(", ")
+            applied.rejected.join(", ")
         )
     })
 }
@@ -376,10 +526,9 @@ pub async fn apply_acl_policy(
     client: &Client,
     cluster: &HaCluster,
     sel: &crate::resources::hacluster::PodMembership,
-) -> Result<(), kube::Error> {
+) -> Result<Result<(), String>, kube::Error> {
     let ns = cluster.namespace().unwrap_or_default();
     let owner = cluster.controller_owner_ref(&()).into_iter().collect::<Vec<_>>();
-    let pp = PatchParams::apply(MANAGER).force();
     let mut from = vec![json!({"podSelector": {"matchLabels": sel.match_labels}})];
     for cidr in cluster.spec.acls.iter().flatten() {
         from.push(json!({"ipBlock": {"cidr": cidr}}));
@@ -398,13 +547,28 @@ pub async fn apply_acl_policy(
         }
     });
     let nps: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-    nps.patch(&format!("{}-acl", cluster.name_any()), &pp, &Patch::Apply(&np)).await?;
-    Ok(())
+    let name = format!("{}-acl", cluster.name_any());
+    apply_owned(&nps, &ns, &name, np, &cluster.uid().unwrap_or_default()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_are_dns_labels_other_than_the_clusters_own_services() {
+        let mut c: HaCluster = serde_json::from_value(json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+            "metadata": {"name": "k", "annotations": {PRIMARY_ALIASES: "k-writes, b,k-primary,Bad!,-x,,k-replicas"}},
+            "spec": {"engine": "redis", "shards": [{"name": "s0", "members": [{"name": "a", "endpoint": "10.0.0.1:6379"}]}]}
+        }))
+        .unwrap();
+        assert_eq!(primary_aliases(&c).into_iter().collect::<Vec<_>>(), ["b", "k-writes"]);
+        let routes = desired_routes(&c, &["10.0.0.1:6379".into()], &[]);
+        assert_eq!(routes.services.get("k-writes"), Some(&vec!["10.0.0.1:6379".to_owned()]));
+        c.spec.routing.enabled = false;
+        assert!(desired_routes(&c, &["10.0.0.1:6379".into()], &[]).services.is_empty());
+    }
 
     #[test]
     fn address_types() {

@@ -153,7 +153,10 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         // forceRebind: clients are re-pointed now, from the recorded primaries, rather than
         // at the monitor's next routing pass.
         let rebind = if sfo.spec.force_rebind {
-            format!("; {}", super::routing::rebind_primaries(&ctx.client, &cluster).await?)
+            format!(
+                "; {}",
+                super::routing::rebind_primaries(&ctx.client, &cluster, ctx.allow_client_address).await?
+            )
         } else {
             String::new()
         };

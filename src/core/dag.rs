@@ -30,6 +30,8 @@ pub enum State {
 /// A subtask as the decisions need it.
 pub trait Node {
     fn id(&self) -> i64;
+    /// One of [`STEPS`] (or `switch`, the single step of older requests).
+    fn name(&self) -> &str;
     fn item(&self) -> i32;
     fn state(&self) -> State;
     fn upstreams(&self) -> &[i64];
@@ -52,6 +54,9 @@ pub struct Planned {
 impl Node for Planned {
     fn id(&self) -> i64 {
         self.id
+    }
+    fn name(&self) -> &str {
+        self.name
     }
     fn item(&self) -> i32 {
         self.item
@@ -86,6 +91,75 @@ pub fn build(items: usize) -> Vec<Planned> {
         }
     }
     out
+}
+
+/// Why subtasks read back from status cannot be driven, if they cannot: the status
+/// subresource is writable by anyone granted `*/status`, so what comes back is input like any
+/// other. Accepted: unique ids, every item of `0..items` present and no other, known step
+/// names with one `check` per item and no upstream of its own, upstreams that exist within
+/// the same item, no cycle. Anything this module's [`build`] made passes.
+pub fn validate<N: Node>(tasks: &[N], items: usize) -> Result<(), String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    if tasks.is_empty() {
+        return Err("no subtasks".into());
+    }
+    let mut by_id: BTreeMap<i64, &N> = BTreeMap::new();
+    for t in tasks {
+        if by_id.insert(t.id(), t).is_some() {
+            return Err(format!("subtask id {} appears twice", t.id()));
+        }
+        if t.item() < 0 || t.item() as usize >= items {
+            return Err(format!(
+                "subtask {} names item {}, but spec.items has {items} entries",
+                t.id(),
+                t.item()
+            ));
+        }
+        if t.name() != "switch" && !STEPS.iter().any(|(n, ..)| *n == t.name()) {
+            return Err(format!("subtask {} has an unknown step name {:?}", t.id(), t.name()));
+        }
+        for u in t.upstreams() {
+            match tasks.iter().find(|x| x.id() == *u) {
+                None => {
+                    return Err(format!("subtask {} waits for subtask {u}, which does not exist", t.id()));
+                }
+                Some(x) if x.item() != t.item() => {
+                    return Err(format!("subtask {} waits for subtask {u} of another item", t.id()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let present: BTreeSet<i32> = tasks.iter().map(|t| t.item()).collect();
+    if present.len() != items {
+        return Err(format!("spec.items has {items} entries but the subtasks cover {}", present.len()));
+    }
+    for item in 0..items as i32 {
+        let checks: Vec<&N> = tasks.iter().filter(|t| t.item() == item && t.name() == "check").collect();
+        match checks.as_slice() {
+            [c] if c.upstreams().is_empty() => {}
+            [_] => return Err(format!("the check of item {item} waits for another subtask")),
+            _ => return Err(format!("item {item} has {} check subtasks, not one", checks.len())),
+        }
+    }
+    // Kahn: repeatedly take subtasks whose upstreams are all taken; what is left is a cycle.
+    let mut taken: BTreeSet<i64> = BTreeSet::new();
+    loop {
+        let next: Vec<i64> = tasks
+            .iter()
+            .filter(|t| !taken.contains(&t.id()) && t.upstreams().iter().all(|u| taken.contains(u)))
+            .map(|t| t.id())
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        taken.extend(next);
+    }
+    if taken.len() != tasks.len() {
+        let left: Vec<i64> = tasks.iter().map(|t| t.id()).filter(|id| !taken.contains(id)).collect();
+        return Err(format!("subtasks {left:?} wait for each other in a cycle"));
+    }
+    Ok(())
 }
 
 fn done(s: State) -> bool {
@@ -225,6 +299,36 @@ mod tests {
             Just(State::Skipped),
             Just(State::RolledBack),
         ]
+    }
+
+    #[test]
+    fn what_the_builder_makes_is_valid_and_tampering_is_not() {
+        assert_eq!(validate(&build(3), 3), Ok(()));
+        assert!(validate(&build(3), 2).unwrap_err().contains("item 2"), "an item beyond spec.items");
+        assert!(validate(&build(2), 3).is_err(), "an item without subtasks");
+        let mut t = build(1);
+        t[1].upstreams = vec![3];
+        t[2].upstreams = vec![2];
+        assert!(validate(&t, 1).unwrap_err().contains("cycle"));
+        let mut t = build(1);
+        t[3].upstreams = vec![99];
+        assert!(validate(&t, 1).unwrap_err().contains("does not exist"));
+        let mut t = build(2);
+        t[8].upstreams = vec![3];
+        assert!(validate(&t, 2).unwrap_err().contains("another item"));
+        let mut t = build(1);
+        t[4].id = 1;
+        assert!(validate(&t, 1).unwrap_err().contains("twice"));
+        let mut t = build(1);
+        t[4].name = "drop-tables";
+        assert!(validate(&t, 1).unwrap_err().contains("unknown step"));
+        let mut t = build(1);
+        t[0].upstreams = vec![7];
+        assert!(validate(&t, 1).is_err(), "a check with an upstream");
+        let mut t = build(1);
+        t[0].item = -1;
+        assert!(validate(&t, 1).is_err());
+        assert!(validate::<Planned>(&[], 1).is_err());
     }
 
     proptest! {

@@ -260,6 +260,9 @@ impl crate::core::dag::Node for Subtask {
     fn id(&self) -> i64 {
         self.id
     }
+    fn name(&self) -> &str {
+        &self.name
+    }
     fn item(&self) -> i32 {
         self.item
     }

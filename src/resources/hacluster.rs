@@ -136,6 +136,9 @@ pub struct ShardSpec {
     pub members: Vec<MemberSpec>,
 }
 
+/// CEL: `host:port` (or `[ipv6]:port`) with a port from 1 to 65535.
+const ENDPOINT_RULE: &str = "self.matches('^(\\\\[[0-9a-fA-F:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$') && int(self.substring(self.lastIndexOf(':') + 1)) > 0 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535";
+
 /// A statically declared member.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -146,7 +149,7 @@ pub struct MemberSpec {
     /// `host:port` (or `[ipv6]:port`) where the member's engine listens.
     #[schemars(length(min = 3, max = 261))]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^(\\\\[[0-9a-fA-F:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$') && int(self.substring(self.lastIndexOf(':') + 1)) > 0 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535",
+        "rule": ENDPOINT_RULE,
         "message": "endpoint must be host:port with a port from 1 to 65535, for example 10.0.0.7:6379 or redis-0.redis:6379"
     }]))]
     pub endpoint: String,
@@ -434,6 +437,10 @@ pub struct Standby {
     /// A fixed upstream `host:port`, for an upstream outside this control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3, max = 261))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": ENDPOINT_RULE,
+        "message": "primaryEndpoint must be host:port with a port from 1 to 65535, for example 10.0.0.7:6379"
+    }]))]
     pub primary_endpoint: Option<String>,
 }
 

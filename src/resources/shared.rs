@@ -67,9 +67,13 @@ impl fmt::Display for GoDuration {
     }
 }
 
+/// The longest duration any field takes: longer makes no sense for probing, failover delays
+/// or step timeouts, and the schema refuses it too (schema and parser agree).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Why a duration string could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {input:?}: expected a number and unit such as 500ms, 5s, 1m30s or 2h")]
+#[error("invalid duration {input:?}: expected a number and unit such as 500ms, 5s, 1m30s or 2h, at most 24h")]
 pub struct DurationParseError {
     input: String,
 }
@@ -109,6 +113,9 @@ impl FromStr for GoDuration {
                 return Err(err());
             }
             total = total.checked_add(Duration::from_nanos(nanos as u64)).ok_or_else(err)?;
+            if total > MAX_DURATION {
+                return Err(err());
+            }
         }
         Ok(Self(total))
     }
@@ -141,6 +148,14 @@ impl JsonSchema for GoDuration {
             "x-kubernetes-validations": [{
                 "rule": format!("self.matches('{}')", DURATION_PATTERN.replace('\\', "\\\\")),
                 "message": "must be a duration such as 500ms, 5s, 1m30s or 2h"
+            }, {
+                // Only durations that match the pattern are compared (the rule above reports
+                // the others).
+                "rule": format!(
+                    "!self.matches('{}') || duration(self) <= duration('24h')",
+                    DURATION_PATTERN.replace('\\', "\\\\")
+                ),
+                "message": "must be at most 24h"
             }]
         })
     }
@@ -223,7 +238,9 @@ mod tests {
         assert_eq!(ms("1.5s"), Ok(1500));
         assert_eq!(ms("2h"), Ok(7_200_000));
         assert_eq!(ms("0"), Ok(0));
-        for bad in ["", "5", "s", "5x", "-5s", "5 s", "1e3s", "ms5"] {
+        assert_eq!(ms("24h"), Ok(86_400_000), "the longest accepted");
+        assert_eq!(ms("23h59m59.999s"), Ok(86_399_999));
+        for bad in ["", "5", "s", "5x", "-5s", "5 s", "1e3s", "ms5", "24h1ms", "25h", "1441m", "300000h"] {
             assert!(bad.parse::<GoDuration>().is_err(), "{bad:?} should be rejected");
         }
     }

@@ -671,6 +671,17 @@ async fn operator_does_its_job_with_only_the_charts_rbac() {
         support::kubectl_result(&["get", "service", "cache-primary", "-n", &watched]).0.then_some(())
     })
     .await;
+    // The chart does not allow clientAddress by default: the operator says it ignores it.
+    eventually(WAIT, "Routed=False ClientAddressNotAllowed", || async {
+        let (ok, out, _) =
+            support::kubectl_result(&["get", "hacluster", "cache", "-n", &watched, "-o", "json"]);
+        let c: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        c["status"]["conditions"].as_array()?.iter().find(|c| {
+            c["type"] == "Routed" && c["status"] == "False" && c["reason"] == "ClientAddressNotAllowed"
+        })?;
+        Some(())
+    })
+    .await;
     assert!(!operator.log().to_lowercase().contains("forbidden"), "the operator was refused something");
     drop(dump);
     drop(operator);

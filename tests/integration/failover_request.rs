@@ -195,6 +195,26 @@ async fn batch_switchover_over_a_redis_and_an_agent_cluster() {
             "lock released on {c}"
         );
     }
+    // The request's Service is maintained for its whole life: after a later automatic
+    // failover it points at the newest primary, not at the one the request chose.
+    let annotated = hacs.get("r").await.unwrap();
+    assert_eq!(
+        annotated
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("understudy.dev/primary-aliases"))
+            .cloned(),
+        Some("r-rw".to_owned())
+    );
+    let mut servers = servers;
+    servers[ni].kill();
+    let r_third = wait_primary(&hacs, "r", "s0", Some(&r_new)).await;
+    let ti = ["ra", "rb", "rc"].iter().position(|n| *n == r_third).unwrap();
+    eventually(WAIT, "r-rw to follow the automatic failover", || async {
+        (slice_addresses(&client, &ns, "r-rw").await == [route_ip(servers[ti].port)]).then_some(())
+    })
+    .await;
     operator.stop().await;
 }
 

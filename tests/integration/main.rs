@@ -11,6 +11,7 @@ mod fencing;
 mod hacluster_agent;
 mod hacluster_pods;
 mod hacluster_redis;
+mod hostile;
 mod lifecycle;
 mod operator;
 mod outage;

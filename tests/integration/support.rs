@@ -193,6 +193,8 @@ impl Process {
         let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
         cmd.args(args).env("KUBECONFIG", &shared().kubeconfig).env("RUST_LOG", "info,understudy=debug");
+        // The tests' members listen on loopback; their clientAddress stands for a routable one.
+        cmd.env("UNDERSTUDY_ALLOW_CLIENT_ADDRESS", "true");
         cmd.envs(env.iter().copied());
         let child = understudy::controlplane::spawn(cmd, &log).expect("start understudy");
         Self { child, log }

@@ -224,6 +224,24 @@ fn cases() -> Vec<Case> {
             expect: &["each HaCluster may appear in only one pair on each side"],
         },
         Case {
+            what: "a duration beyond 24h (the parser's bound too)",
+            kind: "HaCluster",
+            spec: redis(json!({"failover": {"failoverDelay": "300000h"}})),
+            expect: &["spec.failover.failoverDelay", "must be at most 24h"],
+        },
+        Case {
+            what: "a step timeout of 25h",
+            kind: "HaCluster",
+            spec: redis(json!({"failover": {"stepTimeout": "25h"}})),
+            expect: &["spec.failover.stepTimeout", "must be at most 24h"],
+        },
+        Case {
+            what: "a standby primaryEndpoint that is not host:port",
+            kind: "HaCluster",
+            spec: redis(json!({"standby": {"primaryEndpoint": "garbage!!"}})),
+            expect: &["spec.standby.primaryEndpoint", "host:port"],
+        },
+        Case {
             what: "missing sites",
             kind: "ProtectionGroup",
             spec: json!({"pairs": []}),

@@ -517,6 +517,7 @@ pub async fn operator_child(args: &Args) -> anyhow::Result<()> {
         leader_elect: None,
         listen: args.listen.context("--listen")?,
         namespaces: vec![args.namespace.clone()],
+        allow_client_address: true,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     understudy::operator::run(client, cfg, async move {
