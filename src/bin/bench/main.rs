@@ -9,12 +9,14 @@
 //!   cargo run --release --bin bench -- scale --clusters 1000
 //!   cargo run --release --bin bench -- storm --clusters 1000 --fail 100
 //!   cargo run --release --bin bench -- node --runs 10          (root: a real node, see tools/node)
+//!   cargo run --release --bin bench -- chaos --runs 60 --max-outage-secs 15
 //!
 //! A client writes sequenced keys (one every millisecond) to whatever the system says is the
 //! primary (Understudy: the HaCluster status; Sentinel: `SENTINEL get-master-addr-by-name`),
 //! reconnecting on errors. Measured per run: the longest gap between two acknowledged writes
 //! around the event (write pause / end-to-end), and acknowledged writes missing afterwards.
 
+mod chaos;
 mod node;
 mod scale;
 mod sim;
@@ -78,6 +80,15 @@ struct Args {
     /// scale: length of the steady-state measurement window, seconds.
     #[arg(long, default_value_t = 30)]
     window_secs: u64,
+    /// chaos: seed of the first run (run i uses seed + i); `--runs 1 --seed S` replays run S.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// chaos: longest fault hold, seconds (kube-apiserver is stopped for 5 s to this).
+    #[arg(long, default_value_t = 60)]
+    max_outage_secs: u64,
+    /// chaos: the cluster must be Healthy again within this many seconds of the heal.
+    #[arg(long, default_value_t = 60)]
+    bound_secs: u64,
     // Child processes of scale/storm (not for direct use).
     #[arg(long, hide = true, default_value_t = 0)]
     first: usize,
@@ -115,6 +126,9 @@ enum Scenario {
     /// Failover and switchover through a Service ClusterIP with the operator as pods in a real
     /// node (tools/node/node.sh; needs root), beside the loopback figures.
     Node,
+    /// Randomized fault injection: one random fault per run, checked for split brain, lost
+    /// writes, operation deadlines and recovery to Healthy.
+    Chaos,
     /// (child process) simulated agents.
     #[value(hide = true)]
     Simulate,
@@ -316,6 +330,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             understudy_bench(&args, matches!(args.scenario, Scenario::Switchover)).await?
         }
         Scenario::Node => node::node(&args).await?,
+        Scenario::Chaos => chaos::chaos(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
         Scenario::SiteFailover => site_bench(&args).await?,
         Scenario::Scale => scale::scale(&args).await?,
