@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    Api,
+    Api, Resource,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
@@ -75,13 +75,16 @@ async fn pod_members_get_role_labels_services_and_a_network_policy() {
         }
     }))
     .unwrap();
-    api.create(&PostParams::default(), &hac).await.unwrap();
+    let created = api.create(&PostParams::default(), &hac).await.unwrap();
     // An earlier version made the primary Service select pods by role label. Leave one behind,
     // routed by kube-controller-manager to a pod labelled primary by hand: after the upgrade
     // its EndpointSlice must go, or kube-proxy would route to that pod beside the real primary.
-    // Applied as that version did: server-side apply by the operator's field manager.
+    // Applied as that version did: server-side apply by the operator's field manager, owned
+    // by the cluster.
+    let owner = created.controller_owner_ref(&()).unwrap();
     let old = json!({
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "cache-primary"},
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "cache-primary", "ownerReferences": [owner]},
         "spec": {"selector": {"app": "cache", "understudy.dev/role": "primary"}, "ports": [{"name": "main", "port": port}]}
     });
     Api::<Service>::namespaced(client.clone(), &ns)
