@@ -533,22 +533,29 @@ async fn check(
     item: &FailoverItem,
     type_: RequestType,
 ) -> Result<Step, kube::Error> {
+    // A cluster that does not exist yet, or has no primary yet, is waited for until the
+    // step's deadline: GitOps tools apply a request and its cluster together.
     let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
-        return Ok(Step::Failed(format!("HaCluster {} not found", item.cluster)));
+        return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
     };
     let st = cluster.status.clone().unwrap_or_default();
     let shard = match &item.shard {
         Some(s) => s.clone(),
         None => match st.shards.first() {
             Some(s) => s.name.clone(),
-            None => return Ok(Step::Failed(format!("HaCluster {} has no shards yet", item.cluster))),
+            None => return Ok(Step::Waiting(format!("HaCluster {} has no shards yet", item.cluster))),
         },
     };
     let Some(s) = st.shards.iter().find(|s| s.name == shard) else {
-        return Ok(Step::Failed(format!("HaCluster {} has no shard {shard}", item.cluster)));
+        let declared = cluster.spec.shards.iter().flatten().any(|s| s.name == shard);
+        return Ok(if declared || cluster.spec.selector.is_some() {
+            Step::Waiting(format!("HaCluster {} has no status for shard {shard} yet", item.cluster))
+        } else {
+            Step::Failed(format!("HaCluster {} has no shard {shard}", item.cluster))
+        });
     };
     let Some(current) = s.current_primary.clone() else {
-        return Ok(Step::Failed(format!("{}/{shard} has no primary yet", item.cluster)));
+        return Ok(Step::Waiting(format!("{}/{shard} has no primary yet", item.cluster)));
     };
     if let Some(expected) = &item.expected_primary
         && expected != &current
@@ -559,6 +566,9 @@ async fn check(
         )));
     }
     let facts = facts_from_status(&cluster, &shard, &[]);
+    if facts.members.is_empty() {
+        return Ok(Step::Waiting(format!("{}/{shard} has no member status yet", item.cluster)));
+    }
     // A switchover drains the primary first, so lag is not disqualifying; a forced failover
     // keeps the cluster's maxLagOnFailover.
     let max_lag = match type_ {
@@ -577,15 +587,20 @@ async fn check(
             if c == &current {
                 return Ok(Step::Failed(format!("candidate {c} is already the primary")));
             }
-            if !shard::is_healthy(m) || m.priority <= 0 {
-                return Ok(Step::Failed(format!("candidate {c} is not eligible (unhealthy or priority 0)")));
+            if m.priority <= 0 {
+                return Ok(Step::Failed(format!("candidate {c} has priority 0: never promoted")));
+            }
+            if !shard::is_healthy(m) {
+                // It may be starting (a cluster applied together with the request): waited
+                // for until the step's deadline.
+                return Ok(Step::Waiting(format!("candidate {c} is not healthy (yet)")));
             }
             c.clone()
         }
         None => match shard::elect_candidate(&facts, &policy, Some(&current)) {
             Ok(m) if m.name != current => m.name.clone(),
-            Ok(_) => return Ok(Step::Failed("no replica other than the primary is eligible".into())),
-            Err(why) => return Ok(Step::Failed(format!("no eligible replica: {why}"))),
+            Ok(_) => return Ok(Step::Waiting("no replica other than the primary is eligible (yet)".into())),
+            Err(why) => return Ok(Step::Waiting(format!("no eligible replica (yet): {why}"))),
         },
     };
     Ok(Step::Done(format!(

@@ -1,6 +1,7 @@
 //! Controllers: gather facts, ask [`crate::core`] what to do, apply it. What the controllers
 //! share (context, events, credentials, status writes) lives here so they are not copies.
 
+mod events;
 pub mod failover_request;
 pub mod hacluster;
 pub mod operation;
@@ -51,6 +52,8 @@ pub struct Context {
     pub allow_client_address: bool,
     /// What `/readyz` reports; controllers register their caches here.
     pub readiness: crate::readiness::Readiness,
+    /// Warnings already published, aggregated into series.
+    warnings: Arc<std::sync::Mutex<events::Series>>,
 }
 
 /// Monitor status writes and Events in flight at once (see [`Context::api_slots`]).
@@ -72,6 +75,7 @@ impl Context {
             routing_slots: Arc::new(tokio::sync::Semaphore::new(ROUTING_CONCURRENCY)),
             allow_client_address: false,
             readiness: crate::readiness::Readiness::default(),
+            warnings: Arc::default(),
         }
     }
 
@@ -91,9 +95,10 @@ impl Context {
         }
     }
 
-    /// Publish a Kubernetes Event about `obj`; failures are logged, never fatal. Each call is
-    /// its own Event (role changes must not be folded into a series that keeps only the
-    /// first note).
+    /// Publish a Kubernetes Event about `obj`; failures are logged, never fatal. Each Normal
+    /// event is its own Event (role changes must not be folded into a series that keeps only
+    /// the first note); a Warning repeated with the same reason and note is counted in the
+    /// first one's `series` (see [`events::Series`]).
     pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
     where
         K: Resource<DynamicType = ()>,
@@ -101,6 +106,29 @@ impl Context {
         use k8s_openapi::{api::events::v1::Event as EventV1, apimachinery::pkg::apis::meta::v1::MicroTime};
         let regarding = obj.object_ref(&());
         let ns = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        let note: String = note.chars().take(1024).collect();
+        let uid = regarding.uid.clone().unwrap_or_default();
+        let api: Api<EventV1> = Api::namespaced(self.client.clone(), &ns);
+        if warning {
+            let publish =
+                self.warnings.lock().expect("warnings lock").observe(&uid, reason, &note, Instant::now());
+            match publish {
+                events::Publish::Create => {}
+                events::Publish::Skip => return,
+                events::Publish::Patch { name, count } => {
+                    let patch = serde_json::json!({"series": {
+                        "count": count,
+                        "lastObservedTime": MicroTime(k8s_openapi::jiff::Timestamp::now()),
+                    }});
+                    let _slot = self.api_slots.acquire().await.expect("never closed");
+                    let pp = kube::api::PatchParams::default();
+                    if let Err(e) = api.patch(&name, &pp, &kube::api::Patch::Merge(&patch)).await {
+                        warn!(error = %e, reason, "could not update an event's series");
+                    }
+                    return;
+                }
+            }
+        }
         let ev = EventV1 {
             metadata: kube::api::ObjectMeta {
                 generate_name: Some(format!("{}-", regarding.name.clone().unwrap_or_default())),
@@ -111,16 +139,20 @@ impl Context {
             type_: Some(if warning { "Warning" } else { "Normal" }.into()),
             reason: Some(reason.into()),
             action: Some(action.into()),
-            note: Some(note.chars().take(1024).collect()),
+            note: Some(note.clone()),
             regarding: Some(regarding),
             reporting_controller: Some("understudy.dev/operator".into()),
             reporting_instance: Some(self.instance.clone()),
             ..Default::default()
         };
-        let api: Api<EventV1> = Api::namespaced(self.client.clone(), &ns);
         let _slot = self.api_slots.acquire().await.expect("never closed");
-        if let Err(e) = api.create(&kube::api::PostParams::default(), &ev).await {
+        let created = api.create(&kube::api::PostParams::default(), &ev).await;
+        if let Err(e) = &created {
             warn!(error = %e, reason, "could not publish event");
+        }
+        if warning {
+            let name = created.ok().and_then(|e| e.metadata.name);
+            self.warnings.lock().expect("warnings lock").created(&uid, reason, &note, name);
         }
     }
 }

@@ -74,6 +74,16 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         let all: Vec<HaCluster> =
             guarded.list(&ListParams::default()).await?.items.into_iter().filter_map(|g| g.0.ok()).collect();
         match validate_and_plan(&sfo, &all) {
+            // Created before its cluster exists or has a primary (GitOps applies everything
+            // at once): wait, as for a busy lock, until the deadline.
+            Err((code, msg)) if not_yet(code, &msg) && now < deadline => {
+                let msg = format!("waiting until {}: {msg}", Time(deadline).0);
+                if status.message.as_deref() != Some(msg.as_str()) {
+                    status.message = Some(msg);
+                    write_status(&api, &sfo, status).await?;
+                }
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
             Err((code, msg)) => return finish_failed(&api, &sfo, status, code, msg, &ctx).await,
             Ok((cluster, plan)) => {
                 status.cluster = Some(cluster);
@@ -117,6 +127,13 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         .await;
     };
     let cstatus = cluster.status.clone().unwrap_or_default();
+    // The recorded plan is read back from status, which anyone granted `*/status` can write:
+    // it must be one validate_and_plan could have made for this spec.
+    if let Err(why) = plan_fits(&sfo, &cluster, &status.shards) {
+        release(&clusters, &cluster_name, &uid).await?;
+        let msg = format!("status.shards is not a plan this operator made ({why}); nothing done");
+        return finish_failed(&api, &sfo, status, Code::FailoverFailed, msg, &ctx).await;
+    }
 
     // Done shards: the cluster's monitor made `to` the primary.
     let mut all_done = true;
@@ -285,14 +302,27 @@ fn validate_and_plan(
 ) -> Result<(String, Vec<ShardProgress>), (Code, String)> {
     let mut located: Vec<(String, Located)> = Vec::new();
     for uid in &sfo.spec.shard_uids {
-        let found = clusters.iter().find_map(|c| {
-            let st = c.status.as_ref()?;
-            st.shards
-                .iter()
-                .find(|s| s.members.iter().any(|m| &m.name == uid))
-                .map(|s| Located { cluster: c.clone(), shard: s.name.clone() })
-        });
-        let Some(loc) = found else {
+        let mut found: Vec<Located> = clusters
+            .iter()
+            .filter_map(|c| {
+                let st = c.status.as_ref()?;
+                st.shards
+                    .iter()
+                    .find(|s| s.members.iter().any(|m| &m.name == uid))
+                    .map(|s| Located { cluster: c.clone(), shard: s.name.clone() })
+            })
+            .collect();
+        if found.len() > 1 {
+            let names: Vec<String> = found.iter().map(|l| l.cluster.name_any()).collect();
+            return Err((
+                Code::ShardUidAmbiguous,
+                format!(
+                    "shard_uid_ambiguous: {uid} is a member of several HaClusters in this namespace ({}); nothing touched — give members names unique in the namespace",
+                    names.join(", ")
+                ),
+            ));
+        }
+        let Some(loc) = found.pop() else {
             return Err((
                 Code::ShardNotExist,
                 format!("shard_not_exist: {uid} is not a member of any HaCluster in this namespace"),
@@ -362,6 +392,36 @@ fn validate_and_plan(
         }
     }
     Ok((names.into_iter().next().unwrap_or_default(), plan))
+}
+
+/// Failures that may pass by themselves: a uid that is not (yet) a member of a bootstrapped
+/// cluster, or whose shard has no primary yet.
+fn not_yet(code: Code, msg: &str) -> bool {
+    code == Code::ShardNotExist || (code == Code::ShardIsSlave && msg.ends_with("(its primary is unknown)"))
+}
+
+/// Whether a plan read back from status is one [`validate_and_plan`] could have made: one
+/// entry per uid of the spec, each from that uid, in a shard of `cluster` holding both it and
+/// a `to` that may be promoted.
+fn plan_fits(sfo: &ShardFailover, cluster: &HaCluster, plan: &[ShardProgress]) -> Result<(), String> {
+    let uids: std::collections::BTreeSet<&String> = plan.iter().map(|p| &p.uid).collect();
+    let spec: std::collections::BTreeSet<&String> = sfo.spec.shard_uids.iter().collect();
+    if uids != spec || plan.len() != spec.len() {
+        return Err("its uids are not spec.shardUids".into());
+    }
+    for p in plan {
+        let shard = p.shard.as_deref().unwrap_or_default();
+        let facts = facts_from_status(cluster, shard, &[]);
+        let member = |n: &str| facts.members.iter().find(|m| m.name == n);
+        if p.from != p.uid || member(&p.uid).is_none() {
+            return Err(format!("{} is not a member of shard {shard:?} of {}", p.uid, cluster.name_any()));
+        }
+        match p.to.as_deref().and_then(member) {
+            Some(m) if m.priority > 0 && m.name != p.uid => {}
+            _ => return Err(format!("candidate {:?} may not be promoted in shard {shard:?}", p.to)),
+        }
+    }
+    Ok(())
 }
 
 async fn finish_failed(

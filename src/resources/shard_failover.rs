@@ -136,6 +136,9 @@ pub enum ShardFailoverError {
     ShardIsSlave,
     /// The uids belong to more than one HaCluster.
     FailoverShardsDifferentBdb,
+    /// A uid names a member of several HaClusters (member names should be unique in a
+    /// namespace; which one was meant cannot be told).
+    ShardUidAmbiguous,
     /// Another operation held a shard's lock until the deadline.
     DbBusy,
     /// No eligible replica to promote.

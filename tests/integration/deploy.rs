@@ -32,7 +32,7 @@ const NODE_RULES: &[(&str, &[&str], &[&str])] = &[("", &["nodes"], &["get", "lis
 const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("understudy.dev", &KINDS, &["get", "list", "watch", "patch", "update"]),
     ("understudy.dev", &STATUS, &["get", "patch", "update"]),
-    ("", &["secrets"], &["get", "list", "watch"]),
+    ("", &["secrets"], &["get"]),
     ("", &["services"], &["get", "list", "watch", "create", "patch", "update", "delete"]),
     ("", &["pods"], &["get", "list", "watch", "patch", "delete"]),
     ("", &["configmaps"], &["get", "list", "watch", "create", "patch", "update"]),

@@ -281,3 +281,137 @@ async fn routing_never_takes_over_a_service_it_did_not_create() {
     assert!(services.get_opt("payments").await.unwrap().is_some());
     assert!(services.get_opt("payments-writes").await.unwrap().is_some());
 }
+
+/// Operations that name things ambiguously are refused, and operations created before what
+/// they name wait for it: a ShardFailover whose uid is a member of two HaClusters fails with
+/// `shard_uid_ambiguous` and touches neither; a ShardFailover and a FailoverRequest created
+/// before their clusters exist (as a GitOps tool applies them, all at once) wait and then
+/// succeed once it is bootstrapped.
+#[tokio::test]
+async fn ambiguous_names_are_refused_and_operations_wait_for_their_cluster() {
+    use understudy::resources::{
+        ShardFailover,
+        shard_failover::{ShardFailoverError, ShardFailoverPhase},
+    };
+    let client = support::client().await;
+    let ns = support::namespace(&client, "hostile-order").await;
+    let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+    let _operator = Process::understudy(&["run", "--namespaces", &ns, "--listen", &listen], "hostile-order");
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    let sfo = |name: &str, spec: serde_json::Value| -> ShardFailover {
+        serde_json::from_value(json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap()
+    };
+    let finished = |name: &'static str| {
+        let sfos = sfos.clone();
+        async move {
+            eventually(WAIT, &format!("ShardFailover {name} to finish"), || async {
+                let s = sfos.get(name).await.ok()?;
+                matches!(
+                    s.status.as_ref()?.phase,
+                    Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed)
+                )
+                .then_some(s)
+            })
+            .await
+        }
+    };
+
+    // Before any cluster exists: a ShardFailover for member "late-a" and a FailoverRequest
+    // for cluster "late". Both wait.
+    sfos.create(
+        &PostParams::default(),
+        &sfo("early", json!({"shardUids": ["late-a"], "timeoutSeconds": 60})),
+    )
+    .await
+    .unwrap();
+    frs.create(
+        &PostParams::default(),
+        &request(
+            "early",
+            json!({"type": "Switchover", "timeoutSeconds": 60, "items": [{"cluster": "late2"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "the ShardFailover to say it waits", || async {
+        let st = sfos.get("early").await.ok()?.status?;
+        (st.phase == Some(ShardFailoverPhase::Pending) && st.message?.contains("waiting")).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the FailoverRequest's check to wait", || async {
+        let st = frs.get("early").await.ok()?.status?;
+        let check = st.task?.subtasks.into_iter().find(|t| t.name == "check")?;
+        (st.phase == Some(RequestPhase::Running) && check.status == TaskStatus::Running).then_some(())
+    })
+    .await;
+    // The clusters arrive.
+    let late = [RedisServer::start(None), RedisServer::start(None)];
+    let late2 = [RedisServer::start(None), RedisServer::start(None)];
+    hacs.create(
+        &PostParams::default(),
+        &cluster(
+            "late2",
+            &[("s0", &[("l2a", &late2[0]), ("l2b", &late2[1])])],
+            json!({"heartbeatInterval": "200ms"}),
+        ),
+    )
+    .await
+    .unwrap();
+    hacs.create(
+        &PostParams::default(),
+        &cluster(
+            "late",
+            &[("s0", &[("late-a", &late[0]), ("late-b", &late[1])])],
+            json!({"heartbeatInterval": "200ms", "mode": "manual"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let first = wait_primary(&hacs, "late", "s0", None).await;
+    if first == "late-a" {
+        let s = finished("early").await;
+        assert_eq!(s.status.as_ref().unwrap().phase, Some(ShardFailoverPhase::Succeeded), "{:?}", s.status);
+    } else {
+        // late-b won the bootstrap: late-a is a replica, which is not a reason to wait.
+        let s = finished("early").await;
+        assert_eq!(
+            s.status.as_ref().unwrap().error_code,
+            Some(ShardFailoverError::ShardIsSlave),
+            "{:?}",
+            s.status
+        );
+    }
+    let fr = eventually(WAIT, "the request to end", || async {
+        let r = frs.get("early").await.ok()?;
+        r.status.as_ref()?.phase.filter(|p| p.is_terminal()).map(|_| r)
+    })
+    .await;
+    assert_eq!(fr.status.as_ref().unwrap().phase, Some(RequestPhase::Succeeded), "{:?}", fr.status);
+
+    // Two clusters with a member named "twin": a ShardFailover for it is ambiguous.
+    let twins = [RedisServer::start(None), RedisServer::start(None)];
+    let failover = json!({"heartbeatInterval": "200ms"});
+    hacs.create(&PostParams::default(), &cluster("x", &[("s0", &[("twin", &twins[0])])], failover.clone()))
+        .await
+        .unwrap();
+    hacs.create(&PostParams::default(), &cluster("y", &[("s0", &[("twin", &twins[1])])], failover))
+        .await
+        .unwrap();
+    wait_primary(&hacs, "x", "s0", None).await;
+    wait_primary(&hacs, "y", "s0", None).await;
+    let epochs = |c: HaCluster| c.status.map(|s| s.shards[0].epoch);
+    let before = (epochs(hacs.get("x").await.unwrap()), epochs(hacs.get("y").await.unwrap()));
+    sfos.create(&PostParams::default(), &sfo("which", json!({"shardUids": ["twin"]}))).await.unwrap();
+    let s = finished("which").await;
+    let st = s.status.unwrap();
+    assert_eq!(st.error_code, Some(ShardFailoverError::ShardUidAmbiguous), "{st:?}");
+    let message = st.message.unwrap_or_default();
+    assert!(message.contains("x") && message.contains("y"), "names both clusters: {message}");
+    let after = (epochs(hacs.get("x").await.unwrap()), epochs(hacs.get("y").await.unwrap()));
+    assert_eq!(before, after, "neither cluster was touched");
+}

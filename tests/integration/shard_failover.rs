@@ -109,7 +109,8 @@ async fn shard_failover_plans_refuses_and_fails_over_two_of_three_shards() {
     assert_eq!(servers[0][primaries[0].1].role().await.as_deref(), Some("master"));
 
     // Every error code, from a real attempt; nothing touched.
-    let r = submit(&sfos, "nope", json!({"shardUids": ["zz"]})).await;
+    // (A uid that is no member yet is waited for until the deadline: GitOps ordering.)
+    let r = submit(&sfos, "nope", json!({"shardUids": ["zz"], "timeoutSeconds": 2})).await;
     assert_eq!(code(&r), Some(ShardFailoverError::ShardNotExist), "{:?}", r.status);
     let replica = names[0][primaries[0].2].clone();
     let r = submit(&sfos, "slave", json!({"shardUids": [replica]})).await;

@@ -112,6 +112,9 @@ async fn helm_installs_the_image_as_non_root_pods_with_one_leader_and_upgrades_w
     };
     assert_eq!(can(&["patch", "haclusters.understudy.dev/status", "-n", &ns.name]), "yes");
     assert_eq!(can(&["list", "secrets", "-n", "default"]), "no");
+    // Secrets are read by name only, also where it works.
+    assert_eq!(can(&["list", "secrets", "-n", &ns.name]), "no");
+    assert_eq!(can(&["watch", "secrets", "-n", &ns.name]), "no");
     assert_eq!(can(&["list", "secrets", "--all-namespaces"]), "no");
     assert_eq!(can(&["delete", "pods", "-n", "kube-system"]), "no");
     // The pods act with that RBAC alone: the leader's log shows the controllers running

@@ -56,10 +56,11 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: ["understudy.dev"]
   resources: ["haclusters/status", "failoverrequests/status", "shardfailovers/status", "protectiongroups/status"]
   verbs: ["get", "patch", "update"]
-# Credentials of the managed services (referenced by HaCluster specs); read only.
+# Credentials of the managed services, read by the name an HaCluster (or a ProtectionGroup's
+# remote site) gives: get only, never listed or watched.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 # Routing: Services and EndpointSlices pointing at the current primary.
 - apiGroups: [""]
   resources: ["services"]
