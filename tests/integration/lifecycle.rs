@@ -39,10 +39,15 @@ async fn deleting_or_recreating_a_cluster_stops_its_monitor_and_removes_its_seri
     hacs.create(&PostParams::default(), &first).await.unwrap();
     let operator = Operator::start(client.clone(), &ns);
     wait_primary(&hacs, "c", "s0", None).await;
-    let m = operator.metrics.render();
+    // The series are exported by the heartbeat after the one that recorded the primary.
+    let m = eventually(WAIT, "the first incarnation's series", || async {
+        let m = operator.metrics.render();
+        (series(&m, "understudy_member_up", "c").iter().any(|l| l.contains("member=\"a\""))
+            && !series(&m, "understudy_shard_epoch", "c").is_empty())
+        .then_some(m)
+    })
+    .await;
     assert_eq!(gauge(&m, "understudy_monitors"), Some(1), "{m}");
-    assert!(series(&m, "understudy_member_up", "c").iter().any(|l| l.contains("member=\"a\"")), "{m}");
-    assert!(!series(&m, "understudy_shard_epoch", "c").is_empty(), "{m}");
 
     // Delete and create again under the same name, with another member.
     hacs.delete("c", &DeleteParams::default()).await.unwrap();
