@@ -362,7 +362,8 @@ async fn run_step(
                 .is_some_and(|l| l.uid.as_deref() == Some(uid.as_str()));
             if !ours && current.as_deref() != Some(get("from").as_str()) {
                 return Ok(Step::Failed(format!(
-                    "the primary changed to {current:?} before the lock was taken; not touching it"
+                    "the primary changed to {} before the lock was taken; not touching it",
+                    current.as_deref().unwrap_or("none")
                 )));
             }
             // The candidate came back from status: it must still be a member that may be
@@ -631,19 +632,27 @@ async fn roll_back(ctx: &Context, fr: &FailoverRequest, sub: &Subtask) -> Result
 fn plan_fits(item: &FailoverItem, c: &BTreeMap<String, String>) -> Result<(), String> {
     let get = |k: &str| c.get(k).map(String::as_str).unwrap_or_default();
     if get("cluster") != item.cluster {
-        return Err(format!("cluster {:?}, the item names {:?}", get("cluster"), item.cluster));
+        return Err(format!("cluster '{}', the item names '{}'", get("cluster"), item.cluster));
     }
     if get("shard").is_empty() || item.shard.as_deref().is_some_and(|s| s != get("shard")) {
-        return Err(format!("shard {:?}, the item names {:?}", get("shard"), item.shard));
+        return Err(format!(
+            "shard '{}', the item names '{}'",
+            get("shard"),
+            item.shard.as_deref().unwrap_or("(first)")
+        ));
     }
     if get("to").is_empty()
         || get("to") == get("from")
         || item.candidate.as_deref().is_some_and(|x| x != get("to"))
     {
-        return Err(format!("candidate {:?} (primary {:?})", get("to"), get("from")));
+        return Err(format!("candidate '{}' (primary '{}')", get("to"), get("from")));
     }
     if item.expected_primary.as_deref().is_some_and(|e| e != get("from")) {
-        return Err(format!("primary {:?}, the item expects {:?}", get("from"), item.expected_primary));
+        return Err(format!(
+            "primary '{}', the item expects '{}'",
+            get("from"),
+            item.expected_primary.as_deref().unwrap_or_default()
+        ));
     }
     Ok(())
 }

@@ -1546,15 +1546,17 @@ impl Monitor {
             &now,
         );
         let degraded = healthy < declared.len() || !blocks.is_empty();
-        set_condition(
-            &mut conditions,
-            "Degraded",
-            degraded,
-            if degraded { "MembersUnhealthy" } else { "AllMembersHealthy" },
-            format!("{healthy} of {} members healthy", declared.len()),
-            generation,
-            &now,
-        );
+        // The message never contradicts the status: degraded with every member healthy
+        // says what blocks the shard.
+        let members_msg = format!("{healthy} of {} members healthy", declared.len());
+        let (degraded_reason, degraded_msg): (&str, String) = if healthy < declared.len() {
+            ("MembersUnhealthy", members_msg)
+        } else if let Some((shard, reason, msg)) = blocks.first() {
+            (reason, format!("{members_msg}, but shard {shard}: {msg}"))
+        } else {
+            ("AllMembersHealthy", members_msg)
+        };
+        set_condition(&mut conditions, "Degraded", degraded, degraded_reason, degraded_msg, generation, &now);
         set_condition(
             &mut conditions,
             "FailingOver",

@@ -159,8 +159,11 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         } else if !ours {
             if current.as_deref() != Some(p.from.as_str()) {
                 p.phase = ShardStep::Failed;
-                p.message =
-                    Some(format!("{} is no longer the primary (now {current:?}); not touching it", p.from));
+                p.message = Some(format!(
+                    "{} is no longer the primary (now {}); not touching it",
+                    p.from,
+                    current.as_deref().unwrap_or("none")
+                ));
             } else {
                 need_lock.push(p.shard.clone().unwrap_or_default());
             }
@@ -216,7 +219,7 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         let msg = if need_lock.is_empty() {
             "the promotions did not finish before the deadline".to_owned()
         } else {
-            format!("shards {need_lock:?} stayed locked by another operation until the deadline")
+            format!("shards {} stayed locked by another operation until the deadline", need_lock.join(", "))
         };
         let code = if need_lock.is_empty() { Code::FailoverFailed } else { Code::DbBusy };
         release(&clusters, &cluster_name, &uid).await?;
@@ -414,11 +417,16 @@ fn plan_fits(sfo: &ShardFailover, cluster: &HaCluster, plan: &[ShardProgress]) -
         let facts = facts_from_status(cluster, shard, &[]);
         let member = |n: &str| facts.members.iter().find(|m| m.name == n);
         if p.from != p.uid || member(&p.uid).is_none() {
-            return Err(format!("{} is not a member of shard {shard:?} of {}", p.uid, cluster.name_any()));
+            return Err(format!("{} is not a member of shard '{shard}' of {}", p.uid, cluster.name_any()));
         }
         match p.to.as_deref().and_then(member) {
             Some(m) if m.priority > 0 && m.name != p.uid => {}
-            _ => return Err(format!("candidate {:?} may not be promoted in shard {shard:?}", p.to)),
+            _ => {
+                return Err(format!(
+                    "candidate '{}' may not be promoted in shard '{shard}'",
+                    p.to.as_deref().unwrap_or_default()
+                ));
+            }
         }
     }
     Ok(())

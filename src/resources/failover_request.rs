@@ -87,6 +87,10 @@ pub enum RequestType {
 /// One cluster (or shard) to move.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.candidate) || !has(self.expectedPrimary) || self.candidate != self.expectedPrimary",
+    "message": "candidate must be another member than expectedPrimary (the primary cannot replace itself)"
+}]))]
 pub struct FailoverItem {
     /// HaCluster in the request's namespace.
     #[schemars(length(min = 1, max = 253))]

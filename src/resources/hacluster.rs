@@ -187,7 +187,13 @@ pub struct PodMembership {
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "size(self) > 0",
         "message": "selector.matchLabels must name at least one label; an empty selector would match every pod"
-    }]))]
+    }, {
+        "rule": "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",
+        "message": "selector.matchLabels keys must be label keys (an optional DNS prefix and '/', then up to 63 letters, digits, '-', '_' or '.')"
+    }, {
+        "rule": "self.all(k, self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))",
+        "message": "selector.matchLabels values must be label values (up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+    }], "maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
     pub match_labels: BTreeMap<String, String>,
     /// Label whose value names a pod's shard; without it every pod is in shard `main`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,12 +212,22 @@ pub struct PodMembership {
 /// Whether the operator fails over by itself, and how cautiously.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.heartbeatInterval) || !self.heartbeatInterval.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.heartbeatInterval) >= duration('100ms')",
+        "message": "heartbeatInterval must be at least 100ms"
+    },
+    {
+        "rule": "!has(self.stepTimeout) || !self.stepTimeout.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.stepTimeout) >= duration('200ms')",
+        "message": "stepTimeout must be at least 200ms"
+    }
+]))]
 pub struct FailoverPolicy {
     /// `automatic`: fail over when the primary is down. `manual`: only
     /// FailoverRequest / ShardFailover objects change roles.
     #[serde(default)]
     pub mode: FailoverMode,
-    /// How often each member is probed.
+    /// How often each member is probed (100ms to 24h).
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: GoDuration,
     /// Consecutive failed probes after which a member is down.
@@ -227,7 +243,7 @@ pub struct FailoverPolicy {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_lag_on_failover: i64,
-    /// How long a failover step (fence, promote, redirect) may take.
+    /// How long a failover step (fence, promote, redirect) may take (200ms to 24h).
     #[serde(default = "default_step_timeout")]
     pub step_timeout: GoDuration,
     /// What to do when the old primary does not answer during a failover and
@@ -356,6 +372,10 @@ pub enum OnTimeout {
 /// Client routing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.primaryService) || !has(self.replicasService) || self.primaryService != self.replicasService",
+    "message": "primaryService and replicasService must be different Services"
+}]))]
 pub struct Routing {
     /// Manage the routing Services at all.
     #[serde(default = "yes")]

@@ -36,6 +36,10 @@ use super::shared::conditions_schema;
     {
         "rule": "has(self.shardUids) && size(self.shardUids) > 0",
         "message": "shard_uids_required: shardUids must name at least one primary shard"
+    },
+    {
+        "rule": "!has(self.deadUids) || !has(self.shardUids) || self.deadUids.all(u, u in self.shardUids)",
+        "message": "deadUids must be uids listed in shardUids (the primaries being failed over that are dead)"
     }
 ]))]
 pub struct ShardFailoverSpec {
