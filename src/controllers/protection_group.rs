@@ -165,6 +165,15 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     };
     probe_leaders(&mut pairs).await;
 
+    // Status is input like any other (anyone granted `*/status` can write it): in a steady
+    // state, where each pair replicates from (the cluster without spec.standby) wins over
+    // what status claims, so a forged production site never starts a move.
+    if status.phase == Some(Phase::Protected) {
+        let corrected = correct_production(&mut status, &pairs);
+        if !corrected.is_empty() {
+            warn!(pg = %pg.name_any(), pairs = ?corrected, "status named another production site than the pairs show; corrected from the pairs");
+        }
+    }
     // First sight: the production site is where the pairs already replicate from, else the
     // priority site (the DR side's data is then replaced by the production side's).
     let production = *status.production_site.get_or_insert_with(|| adopt(&pg, &pairs));
@@ -407,6 +416,40 @@ async fn probe_leaders(pairs: &mut [Pair]) {
             }
         }
     }
+}
+
+/// The production side a pair shows: the one of its clusters that is not a standby.
+fn observed_production(p: &Pair) -> Option<SiteRole> {
+    match (p.source.cluster.spec.standby.is_some(), p.target.cluster.spec.standby.is_some()) {
+        (false, true) => Some(SiteRole::Source),
+        (true, false) => Some(SiteRole::Target),
+        _ => None,
+    }
+}
+
+/// Make status's production sites agree with what the pairs show; returns the pairs whose
+/// recorded production was wrong.
+fn correct_production(status: &mut ProtectionGroupStatus, pairs: &[Pair]) -> Vec<String> {
+    let mut corrected = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let Some(observed) = observed_production(p) else { continue };
+        if let Some(ps) = status.pairs.get_mut(i)
+            && ps.production.is_some_and(|r| r != observed)
+        {
+            ps.production = Some(observed);
+            corrected.push(p.name());
+        }
+    }
+    let mut seen: Vec<SiteRole> = pairs.iter().filter_map(observed_production).collect();
+    seen.dedup();
+    if let [only] = seen[..]
+        && status.production_site.is_some_and(|r| r != only)
+    {
+        status.production_site = Some(only);
+        status.replication_direction = Some(only.direction().into());
+        corrected.push("productionSite".into());
+    }
+    corrected
 }
 
 fn adopt(pg: &ProtectionGroup, pairs: &[Pair]) -> SiteRole {

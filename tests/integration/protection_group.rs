@@ -553,3 +553,51 @@ async fn a_move_dropped_while_writes_are_paused_gives_them_back_at_once() {
     eprintln!("production writable {took:?} after the operator stopped mid-move");
     assert!(took < Duration::from_secs(3), "writes came back only after {took:?}");
 }
+
+/// A ProtectionGroup's status written by someone else never starts a site move: with the
+/// pair replicating source → target, a status claiming production is at the target site
+/// is corrected from the pairs (the cluster without spec.standby) instead of being "moved
+/// back" (a move pauses production writes), the DR cluster stays a standby, and the source
+/// keeps the only master.
+#[tokio::test]
+async fn a_forged_production_site_in_status_moves_nothing() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-f-src").await;
+    let dr_ns = support::namespace(&client, "pg-f-dr").await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    let f = PairServers::start("f");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&f]).await;
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["f"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    let g = wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let sampler = f.sampler();
+    let prod = f.master().await.unwrap().port;
+    let job = g.status.as_ref().unwrap().job_id.clone();
+    let mut pairs = serde_json::to_value(&g.status.as_ref().unwrap().pairs).unwrap();
+    pairs[0]["production"] = json!("target");
+    pgs.patch_status(
+        "pg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"productionSite": "target", "replicationDirection": "target-to-source", "pairs": pairs}})),
+    )
+    .await
+    .unwrap();
+    // Corrected back from the pairs, with no move in between.
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    // And it stays so over several reconciles.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let g = pgs.get("pg").await.unwrap();
+    let st = g.status.unwrap();
+    assert_eq!(st.production_site, Some(SiteRole::Source), "{st:?}");
+    assert_eq!(st.phase, Some(ProtectionPhase::Protected), "{st:?}");
+    assert_eq!(
+        st.job_id, job,
+        "no site move was started (each move is a new job, pausing production writes)"
+    );
+    assert!(dr.get("f-dr").await.unwrap().spec.standby.is_some(), "the DR cluster is still a standby");
+    assert_eq!(f.master().await.map(|s| s.port), Some(prod), "the source keeps the only master");
+    assert_eq!(sampler.max(), 1, "never two masters");
+    operator.stop().await;
+}
