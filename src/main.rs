@@ -63,6 +63,11 @@ struct RunArgs {
     /// EndpointSlice, which Kubernetes' built-in `edit` role deliberately cannot do.
     #[arg(long, env = "UNDERSTUDY_ALLOW_CLIENT_ADDRESS")]
     allow_client_address: bool,
+    /// Restart the workloads an HaCluster's `spec.redirect.restart` lists after a role
+    /// change (needs patch rights on them). Off by default: it lets whoever may edit an
+    /// HaCluster have any workload of its namespace restarted.
+    #[arg(long, env = "UNDERSTUDY_ALLOW_WORKLOAD_RESTARTS")]
+    allow_workload_restarts: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +120,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         listen: args.listen,
         namespaces: args.namespaces,
         allow_client_address: args.allow_client_address,
+        allow_workload_restarts: args.allow_workload_restarts,
     };
     understudy::operator::run(client, cfg, shutdown_signal()).await
 }

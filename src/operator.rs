@@ -28,6 +28,10 @@ pub struct RunConfig {
     /// probe). Off by default: it lets whoever may edit an HaCluster put any address into an
     /// EndpointSlice, which Kubernetes' own `edit` role deliberately cannot do.
     pub allow_client_address: bool,
+    /// Restart the workloads an HaCluster's redirect lists. Off by default: it lets whoever
+    /// may edit an HaCluster have any Deployment, StatefulSet or DaemonSet of its namespace
+    /// restarted.
+    pub allow_workload_restarts: bool,
 }
 
 #[derive(Clone)]
@@ -57,6 +61,7 @@ pub async fn run_with(
     info!(open_files = files, "file descriptor limit");
     let mut ctx = Context::new(client.clone(), metrics.clone(), cfg.namespaces.clone());
     ctx.allow_client_address = cfg.allow_client_address;
+    ctx.allow_workload_restarts = cfg.allow_workload_restarts;
     let ready = ctx.readiness.clone();
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -174,6 +179,7 @@ impl InProcess {
             namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
             // The tests' members listen on loopback and stand for routable addresses.
             allow_client_address: true,
+            allow_workload_restarts: true,
         };
         let metrics = Metrics::new();
         let task = tokio::spawn(run_with(client, cfg, metrics.clone(), async move {

@@ -1679,7 +1679,16 @@ impl Monitor {
             if let Some(host) = host
                 && self.last_redirect.as_deref() != Some(&host)
             {
-                match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
+                let restarts = self.ctx.allow_workload_restarts;
+                if redirect.restart.is_empty() || restarts {
+                    self.routing_problems.remove("WorkloadRestartsNotAllowed");
+                } else {
+                    self.routing_problems.insert(
+                        "WorkloadRestartsNotAllowed",
+                        "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts); the redirect ConfigMap is written".into(),
+                    );
+                }
+                match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host, restarts).await {
                     Ok(_) => self.last_redirect = Some(host),
                     Err(e) => {
                         warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap")

@@ -50,6 +50,8 @@ pub struct Context {
     pub routing_slots: Arc<tokio::sync::Semaphore>,
     /// `--allow-client-address`: route to static members' clientAddress.
     pub allow_client_address: bool,
+    /// `--allow-workload-restarts`: restart the workloads a redirect lists.
+    pub allow_workload_restarts: bool,
     /// What `/readyz` reports; controllers register their caches here.
     pub readiness: crate::readiness::Readiness,
     /// Warnings already published, aggregated into series.
@@ -74,6 +76,7 @@ impl Context {
             api_slots: Arc::new(tokio::sync::Semaphore::new(API_CONCURRENCY)),
             routing_slots: Arc::new(tokio::sync::Semaphore::new(ROUTING_CONCURRENCY)),
             allow_client_address: false,
+            allow_workload_restarts: false,
             readiness: crate::readiness::Readiness::default(),
             warnings: Arc::default(),
         }

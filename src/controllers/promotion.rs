@@ -294,7 +294,15 @@ impl ShardOp {
             }
         } else if let Some(redirect) = &cluster.spec.redirect {
             let host = engines::split_endpoint(&to.route).map(|(h, _)| h.to_owned()).unwrap_or_default();
-            match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host).await {
+            match routing::apply_redirect(
+                &self.ctx.client,
+                cluster,
+                redirect,
+                &host,
+                self.ctx.allow_workload_restarts,
+            )
+            .await
+            {
                 Ok(_) => {
                     self.redirect_host = Some(host);
                     Ok(())

@@ -438,12 +438,14 @@ fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> serde
 }
 
 /// Agent engines: write the new main's host into the redirect ConfigMap, then restart the
-/// consumer workloads (the same annotation `kubectl rollout restart` sets).
+/// consumer workloads (the same annotation `kubectl rollout restart` sets) where
+/// `restarts` allows it.
 pub async fn apply_redirect(
     client: &Client,
     cluster: &HaCluster,
     redirect: &Redirect,
     host: &str,
+    restarts: bool,
 ) -> Result<bool, kube::Error> {
     let ns = cluster.namespace().unwrap_or_default();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -461,7 +463,7 @@ pub async fn apply_redirect(
     cms.patch(&redirect.config_map, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&cm)).await?;
     let stamp = Timestamp::now().to_string();
     let restart = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}});
-    for w in &redirect.restart {
+    for w in redirect.restart.iter().filter(|_| restarts) {
         let pp = PatchParams::default();
         let res = match w.kind {
             WorkloadKind::Deployment => {

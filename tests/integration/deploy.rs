@@ -49,7 +49,6 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
         &["networkpolicies"],
         &["get", "list", "watch", "create", "patch", "update", "delete"],
     ),
-    ("apps", &["deployments", "statefulsets", "daemonsets"], &["get", "patch"]),
 ];
 const LEASE_RULES: &[(&str, &[&str], &[&str])] =
     &[("coordination.k8s.io", &["leases"], &["get", "create", "update"])];
@@ -474,6 +473,23 @@ async fn helm_chart_by_default_installs_cluster_wide_with_leader_election() {
     assert_eq!(d["spec"]["replicas"], 2);
     assert_eq!(args(d), ["run", "--leader-elect", "--log-format=json"]);
     assert_operator_pod(d, "cw-understudy");
+    // The two rights that are off by default come with their flags when turned on.
+    let opted = docs(&render(
+        "cw",
+        &ns,
+        &["--set", "allowWorkloadRestarts=true", "--set", "allowClientAddress=true"],
+    ));
+    let mut with_restarts = table(OPERATOR_RULES);
+    with_restarts.extend(table(&[(
+        "apps",
+        &["deployments", "statefulsets", "daemonsets"],
+        &["get", "patch"],
+    )]));
+    assert_eq!(grants(get(&opted, "ClusterRole", "cw-understudy")), with_restarts);
+    assert_eq!(
+        args(get(&opted, "Deployment", "cw-understudy")),
+        ["run", "--leader-elect", "--log-format=json", "--allow-client-address", "--allow-workload-restarts"]
+    );
 
     // The CRDs the chart installs are the generated ones; the API server accepts them.
     let with_crds = docs(&render("cw", &ns, &["--include-crds"]));

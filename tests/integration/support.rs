@@ -195,6 +195,7 @@ impl Process {
         cmd.args(args).env("KUBECONFIG", &shared().kubeconfig).env("RUST_LOG", "info,understudy=debug");
         // The tests' members listen on loopback; their clientAddress stands for a routable one.
         cmd.env("UNDERSTUDY_ALLOW_CLIENT_ADDRESS", "true");
+        cmd.env("UNDERSTUDY_ALLOW_WORKLOAD_RESTARTS", "true");
         cmd.envs(env.iter().copied());
         let child = understudy::controlplane::spawn(cmd, &log).expect("start understudy");
         Self { child, log }

@@ -86,10 +86,12 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Restarts of the workloads listed for restart after a role change.
+{{- if .Values.allowWorkloadRestarts }}
+# Restarts of the workloads an HaCluster's redirect lists, after a role change.
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "patch"]
+{{- end }}
 # An Event for every role change.
 - apiGroups: [""]
   resources: ["events"]

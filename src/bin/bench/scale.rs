@@ -518,6 +518,7 @@ pub async fn operator_child(args: &Args) -> anyhow::Result<()> {
         listen: args.listen.context("--listen")?,
         namespaces: vec![args.namespace.clone()],
         allow_client_address: true,
+        allow_workload_restarts: true,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     understudy::operator::run(client, cfg, async move {
