@@ -149,8 +149,8 @@ pub struct Applied {
     pub conflicts: Vec<String>,
 }
 
-/// (kind, namespace, name).
-type OwnedKey = (&'static str, String, String);
+/// (kind, namespace, name, owner uid).
+type OwnedKey = (&'static str, String, String, String);
 
 /// Objects this operator created or found owned by the cluster, by (kind, namespace, name):
 /// their uid, sent with every later apply as a precondition (the API server refuses an
@@ -177,7 +177,8 @@ where
         "NetworkPolicy" => "NetworkPolicy",
         _ => "object",
     };
-    let key = (kind, ns.to_owned(), name.to_owned());
+    // Keyed by owner too: another cluster naming the same object must look for itself.
+    let key = (kind, ns.to_owned(), name.to_owned(), owner_uid.to_owned());
     let pp = PatchParams::apply(MANAGER).force();
     let cached = OWNED.lock().expect("owned lock").get(&key).cloned();
     if let Some(uid) = cached {

@@ -415,3 +415,44 @@ async fn ambiguous_names_are_refused_and_operations_wait_for_their_cluster() {
     let after = (epochs(hacs.get("x").await.unwrap()), epochs(hacs.get("y").await.unwrap()));
     assert_eq!(before, after, "neither cluster was touched");
 }
+
+/// Two clusters naming the same Service: the first one's stays the first one's. The second
+/// reports `Routed=False NameConflict` and never becomes an owner (the operator remembers
+/// which objects each cluster owns, not which objects it has written).
+#[tokio::test]
+async fn a_second_cluster_cannot_take_the_first_ones_service() {
+    use k8s_openapi::api::core::v1::Service;
+    let client = support::client().await;
+    let ns = support::namespace(&client, "hostile-shared").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+    let _operator = Process::understudy(&["run", "--namespaces", &ns, "--listen", &listen], "hostile-shared");
+    let failover = json!({"heartbeatInterval": "200ms"});
+    let mut first = cluster("first", &[("s0", &[("a", &servers[0])])], failover.clone());
+    first.spec.routing.primary_service = Some("shared".into());
+    hacs.create(&PostParams::default(), &first).await.unwrap();
+    wait_primary(&hacs, "first", "s0", None).await;
+    let owners = |s: &Service| s.owner_references().iter().map(|o| o.name.clone()).collect::<Vec<_>>();
+    let svc = eventually(WAIT, "Service shared owned by first", || async {
+        let s = services.get_opt("shared").await.ok()??;
+        (owners(&s) == ["first"]).then_some(s)
+    })
+    .await;
+    let mut second = cluster("second", &[("s0", &[("b", &servers[1])])], failover);
+    second.spec.routing.primary_service = Some("shared".into());
+    hacs.create(&PostParams::default(), &second).await.unwrap();
+    wait_primary(&hacs, "second", "s0", None).await;
+    eventually(WAIT, "second: Routed=False NameConflict", || async {
+        let st = hacs.get("second").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == "Routed" && c.status == "False" && c.reason == "NameConflict")?;
+        Some(())
+    })
+    .await;
+    let now = services.get("shared").await.unwrap();
+    assert_eq!(owners(&now), ["first"], "only the first cluster owns it");
+    assert_eq!(now.metadata.uid, svc.metadata.uid);
+}
