@@ -782,13 +782,17 @@ impl Bench<'_> {
                         let f: BTreeMap<&str, &str> =
                             info.lines().filter_map(|l| l.trim_end_matches('\r').split_once(':')).collect();
                         line += &format!(
-                            " | {p} {} off {} link {} slaves {} good {} mport {}",
+                            " | {p} {} off {} link {} slaves {} good {} mport {} read {} sync {} io {} s0 {}",
                             f.get("role").unwrap_or(&"-"),
                             f.get("master_repl_offset").unwrap_or(&"-"),
                             f.get("master_link_status").unwrap_or(&"-"),
                             f.get("connected_slaves").unwrap_or(&"-"),
                             f.get("min_slaves_good_slaves").unwrap_or(&"-"),
                             f.get("master_port").unwrap_or(&"-"),
+                            f.get("slave_read_repl_offset").unwrap_or(&"-"),
+                            f.get("master_sync_in_progress").unwrap_or(&"-"),
+                            f.get("master_last_io_seconds_ago").unwrap_or(&"-"),
+                            f.get("slave0").unwrap_or(&"-"),
                         );
                     }
                     eprintln!("  sample {line}");
