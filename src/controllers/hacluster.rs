@@ -1793,11 +1793,8 @@ impl Monitor {
                 // nothing (not on every write for ever). Only for Services this cluster owns.
                 if cluster.spec.selector.is_some() && !self.foreign_endpoints_checked {
                     let ns = cluster.namespace().unwrap_or_default();
-                    let ours: Vec<&String> = routes
-                        .services
-                        .keys()
-                        .filter(|s| !applied.conflicts.iter().any(|c| c.contains(&format!("Service {s} "))))
-                        .collect();
+                    let ours: Vec<&String> =
+                        routes.services.keys().filter(|s| !applied.unowned_services.contains(*s)).collect();
                     let removed = routing::remove_foreign_endpoints(&self.ctx.client, &ns, ours).await;
                     match removed {
                         Ok(0) => self.foreign_endpoints_checked = true,

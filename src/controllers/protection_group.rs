@@ -453,14 +453,7 @@ fn correct_production(status: &mut ProtectionGroupStatus, pairs: &[Pair]) -> Vec
 }
 
 fn adopt(pg: &ProtectionGroup, pairs: &[Pair]) -> SiteRole {
-    for p in pairs {
-        match (p.source.cluster.spec.standby.is_some(), p.target.cluster.spec.standby.is_some()) {
-            (false, true) => return SiteRole::Source,
-            (true, false) => return SiteRole::Target,
-            _ => {}
-        }
-    }
-    pg.spec.priority_site
+    pairs.iter().find_map(observed_production).unwrap_or(pg.spec.priority_site)
 }
 
 /// The standby spec the DR cluster of a pair should have: follow the production cluster by

@@ -147,10 +147,12 @@ pub struct Applied {
     /// Objects routing needs whose name is taken by an object this cluster does not own:
     /// left alone, with why.
     pub conflicts: Vec<String>,
+    /// The Services among them (their EndpointSlices are not ours to touch either).
+    pub unowned_services: BTreeSet<String>,
 }
 
 /// (kind, namespace, name, owner uid).
-type OwnedKey = (&'static str, String, String, String);
+type OwnedKey = (String, String, String, String);
 
 /// Objects this operator created or found owned by the cluster, by (kind, namespace, name):
 /// their uid, sent with every later apply as a precondition (the API server refuses an
@@ -171,14 +173,9 @@ async fn apply_owned<K>(
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    let kind: &'static str = match K::kind(&()).as_ref() {
-        "Service" => "Service",
-        "EndpointSlice" => "EndpointSlice",
-        "NetworkPolicy" => "NetworkPolicy",
-        _ => "object",
-    };
+    let kind = K::kind(&()).into_owned();
     // Keyed by owner too: another cluster naming the same object must look for itself.
-    let key = (kind, ns.to_owned(), name.to_owned(), owner_uid.to_owned());
+    let key = (kind.clone(), ns.to_owned(), name.to_owned(), owner_uid.to_owned());
     let pp = PatchParams::apply(MANAGER).force();
     let cached = OWNED.lock().expect("owned lock").get(&key).cloned();
     if let Some(uid) = cached {
@@ -237,6 +234,7 @@ pub async fn apply_routes(
     let mut wanted = BTreeSet::new();
     let mut rejected = Vec::new();
     let mut conflicts = Vec::new();
+    let mut unowned_services = BTreeSet::new();
     for (service, endpoints) in &routes.services {
         // Group endpoints by (address type, port): one slice each.
         let mut groups: BTreeMap<(&'static str, u16), Vec<String>> = BTreeMap::new();
@@ -273,6 +271,7 @@ pub async fn apply_routes(
         };
         if let Err(why) = apply_owned(&services, &ns, service, with_type(&svc), &owner_uid).await? {
             conflicts.push(why);
+            unowned_services.insert(service.clone());
             continue;
         }
         for ((addr_type, port), hosts) in groups {
@@ -325,7 +324,7 @@ pub async fn apply_routes(
             slices.delete(&name, &DeleteParams::default()).await?;
         }
     }
-    Ok(Applied { rejected, conflicts })
+    Ok(Applied { rejected, conflicts, unowned_services })
 }
 
 /// A Service this operator routes has no selector, so every EndpointSlice of it must be ours.

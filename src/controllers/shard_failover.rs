@@ -76,15 +76,15 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         match validate_and_plan(&sfo, &all) {
             // Created before its cluster exists or has a primary (GitOps applies everything
             // at once): wait, as for a busy lock, until the deadline.
-            Err((code, msg)) if not_yet(code, &msg) && now < deadline => {
-                let msg = format!("waiting until {}: {msg}", Time(deadline).0);
+            Err(r) if r.may_pass && now < deadline => {
+                let msg = format!("waiting until {}: {}", Time(deadline).0, r.message);
                 if status.message.as_deref() != Some(msg.as_str()) {
                     status.message = Some(msg);
                     write_status(&api, &sfo, status).await?;
                 }
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
-            Err((code, msg)) => return finish_failed(&api, &sfo, status, code, msg, &ctx).await,
+            Err(r) => return finish_failed(&api, &sfo, status, r.code, r.message, &ctx).await,
             Ok((cluster, plan)) => {
                 status.cluster = Some(cluster);
                 status.shards = plan;
@@ -302,7 +302,7 @@ fn plan_summary(shards: &[ShardProgress]) -> String {
 fn validate_and_plan(
     sfo: &ShardFailover,
     clusters: &[HaCluster],
-) -> Result<(String, Vec<ShardProgress>), (Code, String)> {
+) -> Result<(String, Vec<ShardProgress>), Refusal> {
     let mut located: Vec<(String, Located)> = Vec::new();
     for uid in &sfo.spec.shard_uids {
         let mut found: Vec<Located> = clusters
@@ -317,7 +317,7 @@ fn validate_and_plan(
             .collect();
         if found.len() > 1 {
             let names: Vec<String> = found.iter().map(|l| l.cluster.name_any()).collect();
-            return Err((
+            return Err(Refusal::new(
                 Code::ShardUidAmbiguous,
                 format!(
                     "shard_uid_ambiguous: {uid} is a member of several HaClusters in this namespace ({}); nothing touched — give members names unique in the namespace",
@@ -326,10 +326,11 @@ fn validate_and_plan(
             ));
         }
         let Some(loc) = found.pop() else {
-            return Err((
+            return Err(Refusal::new(
                 Code::ShardNotExist,
                 format!("shard_not_exist: {uid} is not a member of any HaCluster in this namespace"),
-            ));
+            )
+            .may_pass(true));
         };
         let primary = loc
             .cluster
@@ -338,21 +339,23 @@ fn validate_and_plan(
             .and_then(|s| s.shards.iter().find(|s| s.name == loc.shard))
             .and_then(|s| s.current_primary.clone());
         if primary.as_deref() != Some(uid.as_str()) {
-            return Err((
+            let primary_unknown = primary.is_none();
+            return Err(Refusal::new(
                 Code::ShardIsSlave,
                 format!(
                     "shard_is_slave: {uid} is a replica of shard {} (its primary is {})",
                     loc.shard,
                     primary.unwrap_or_else(|| "unknown".into())
                 ),
-            ));
+            )
+            .may_pass(primary_unknown));
         }
         located.push((uid.clone(), loc));
     }
     let names: std::collections::BTreeSet<String> =
         located.iter().map(|(_, l)| l.cluster.name_any()).collect();
     if names.len() > 1 {
-        return Err((
+        return Err(Refusal::new(
             Code::FailoverShardsDifferentBdb,
             format!(
                 "failover_shards_different_bdb: the uids belong to different HaClusters ({})",
@@ -387,7 +390,7 @@ fn validate_and_plan(
                 let why = shard::elect_candidate(&facts, &policy, Some(uid))
                     .err()
                     .unwrap_or_else(|| "no other member qualifies".into());
-                return Err((
+                return Err(Refusal::new(
                     Code::NoEligibleReplica,
                     format!("no_eligible_replica: shard {}: {why}", loc.shard),
                 ));
@@ -397,10 +400,22 @@ fn validate_and_plan(
     Ok((names.into_iter().next().unwrap_or_default(), plan))
 }
 
-/// Failures that may pass by themselves: a uid that is not (yet) a member of a bootstrapped
-/// cluster, or whose shard has no primary yet.
-fn not_yet(code: Code, msg: &str) -> bool {
-    code == Code::ShardNotExist || (code == Code::ShardIsSlave && msg.ends_with("(its primary is unknown)"))
+/// Why a ShardFailover is refused.
+struct Refusal {
+    code: Code,
+    message: String,
+    /// It may pass by itself (a uid not yet a member of a bootstrapped cluster, a shard with no
+    /// primary yet): waited for until the deadline.
+    may_pass: bool,
+}
+
+impl Refusal {
+    fn new(code: Code, message: String) -> Self {
+        Self { code, message, may_pass: false }
+    }
+    fn may_pass(self, may_pass: bool) -> Self {
+        Self { may_pass, ..self }
+    }
 }
 
 /// Whether a plan read back from status is one [`validate_and_plan`] could have made: one

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::shared::{GoDuration, SecretKeyRef, conditions_schema};
+use super::shared::{GoDuration, SecretKeyRef, cel_min_duration, conditions_schema};
 
 /// Desired state of a replicated service: its members, how failures are
 /// handled and where clients are routed.
@@ -213,14 +213,8 @@ pub struct PodMembership {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "!has(self.heartbeatInterval) || !self.heartbeatInterval.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.heartbeatInterval) >= duration('100ms')",
-        "message": "heartbeatInterval must be at least 100ms"
-    },
-    {
-        "rule": "!has(self.stepTimeout) || !self.stepTimeout.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.stepTimeout) >= duration('200ms')",
-        "message": "stepTimeout must be at least 200ms"
-    }
+    {"rule": cel_min_duration("heartbeatInterval", "100ms"), "message": "heartbeatInterval must be at least 100ms"},
+    {"rule": cel_min_duration("stepTimeout", "200ms"), "message": "stepTimeout must be at least 200ms"}
 ]))]
 pub struct FailoverPolicy {
     /// `automatic`: fail over when the primary is down. `manual`: only

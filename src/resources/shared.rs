@@ -23,6 +23,18 @@ pub struct GoDuration(pub Duration);
 /// Regular expression (RE2 and Rust `regex` compatible) for a non-negative Go duration.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
+/// CEL: `expr` (a string) is a duration in [`DURATION_PATTERN`]'s form.
+fn cel_is_duration(expr: &str) -> String {
+    format!("{expr}.matches('{}')", DURATION_PATTERN.replace('\\', "\\\\"))
+}
+
+/// CEL rule for an object holding the duration field `field`: when set and well formed (the
+/// field's own rule reports the rest), it is at least `min`.
+pub fn cel_min_duration(field: &str, min: &str) -> String {
+    let f = format!("self.{field}");
+    format!("!has({f}) || !{} || duration({f}) >= duration('{min}')", cel_is_duration(&f))
+}
+
 impl GoDuration {
     pub const fn from_millis(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
@@ -146,15 +158,12 @@ impl JsonSchema for GoDuration {
             "type": "string",
             "maxLength": 32,
             "x-kubernetes-validations": [{
-                "rule": format!("self.matches('{}')", DURATION_PATTERN.replace('\\', "\\\\")),
+                "rule": cel_is_duration("self"),
                 "message": "must be a duration such as 500ms, 5s, 1m30s or 2h"
             }, {
                 // Only durations that match the pattern are compared (the rule above reports
                 // the others).
-                "rule": format!(
-                    "!self.matches('{}') || duration(self) <= duration('24h')",
-                    DURATION_PATTERN.replace('\\', "\\\\")
-                ),
+                "rule": format!("!{} || duration(self) <= duration('24h')", cel_is_duration("self")),
                 "message": "must be at most 24h"
             }]
         })

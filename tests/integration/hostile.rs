@@ -22,6 +22,15 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The request once it is terminal.
+async fn ended(frs: &Api<FailoverRequest>, name: &str) -> FailoverRequest {
+    eventually(WAIT, &format!("FailoverRequest {name} to end"), || async {
+        let r = frs.get(name).await.ok()?;
+        r.status.as_ref()?.phase.filter(|p| p.is_terminal()).map(|_| r)
+    })
+    .await
+}
+
 /// A well-formed task for one item, as the operator builds it, with `check` done and its
 /// plan recorded (`cluster`, `from`, `to`), every later step Pending.
 fn task(cluster: &str, from: &str, to: &str) -> serde_json::Value {
@@ -135,11 +144,7 @@ async fn failover_requests_with_forged_status_fail_cleanly_and_touch_nothing() {
     }
     let mut operator = Process::understudy(&args, "hostile-fr-2");
     for (name, _, expect) in &forged {
-        let fr = eventually(WAIT, &format!("{name} to end"), || async {
-            let r = frs.get(name).await.ok()?;
-            r.status.as_ref()?.phase.filter(|p| p.is_terminal()).map(|_| r)
-        })
-        .await;
+        let fr = ended(&frs, name).await;
         let st = fr.status.unwrap();
         // Failed, or RolledBack where a step failed after `check` (which has nothing to undo).
         assert!(
@@ -180,11 +185,7 @@ async fn failover_requests_with_forged_status_fail_cleanly_and_touch_nothing() {
     )
     .await
     .unwrap();
-    let done = eventually(WAIT, "the valid request to end", || async {
-        let r = frs.get("valid").await.ok()?;
-        r.status.as_ref()?.phase.filter(|p| p.is_terminal()).map(|_| r)
-    })
-    .await;
+    let done = ended(&frs, "valid").await;
     assert_eq!(done.status.as_ref().unwrap().phase, Some(RequestPhase::Succeeded), "{:?}", done.status);
     assert_eq!(wait_primary(&hacs, "k", "s0", Some(&p)).await, q);
     assert_eq!(sampler.max(), 1, "never two primaries");
@@ -250,11 +251,7 @@ async fn routing_never_takes_over_a_service_it_did_not_create() {
     let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"type": "Switchover", "items": [{"cluster": "k", "serviceName": "payments-writes"}]});
     frs.create(&PostParams::default(), &request("move", spec)).await.unwrap();
-    let fr = eventually(WAIT, "the request to end", || async {
-        let r = frs.get("move").await.ok()?;
-        r.status.as_ref()?.phase.filter(|p| p.is_terminal()).map(|_| r)
-    })
-    .await;
+    let fr = ended(&frs, "move").await;
     let st = fr.status.unwrap();
     assert_eq!(st.phase, Some(RequestPhase::Failed), "{:?}", st.message);
     assert!(st.message.as_deref().unwrap_or_default().contains("payments-writes"), "{:?}", st.message);
@@ -386,11 +383,7 @@ async fn ambiguous_names_are_refused_and_operations_wait_for_their_cluster() {
             s.status
         );
     }
-    let fr = eventually(WAIT, "the request to end", || async {
-        let r = frs.get("early").await.ok()?;
-        r.status.as_ref()?.phase.filter(|p| p.is_terminal()).map(|_| r)
-    })
-    .await;
+    let fr = ended(&frs, "early").await;
     assert_eq!(fr.status.as_ref().unwrap().phase, Some(RequestPhase::Succeeded), "{:?}", fr.status);
 
     // Two clusters with a member named "twin": a ShardFailover for it is ambiguous.

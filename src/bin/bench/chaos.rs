@@ -995,27 +995,16 @@ impl Bench<'_> {
                     "spec": {"shardUids": [primary], "timeoutSeconds": SFO_TIMEOUT_SECS}
                 }))?;
                 api_.create(&PostParams::default(), &sfo).await?;
-                let deadline = submitted + Duration::from_secs(SFO_TIMEOUT_SECS as u64) + DEADLINE_SLACK;
-                loop {
-                    let s = api(api_.get("sw")).await.and_then(|s| s.status);
-                    let phase = s.as_ref().and_then(|s| s.phase);
-                    if matches!(phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed)) {
-                        let s = s.expect("phase");
-                        let detail =
-                            format!("{:?} {:?} {}", phase, s.error_code, s.message.unwrap_or_default());
-                        return Ok((format!("{:?}", phase.expect("terminal")), true, detail));
-                    }
-                    if Instant::now() > deadline {
-                        let detail = format!(
-                            "ShardFailover still {:?} {:.1} s after submission (timeoutSeconds {SFO_TIMEOUT_SECS}): {}",
-                            phase,
-                            submitted.elapsed().as_secs_f64(),
-                            s.and_then(|s| s.message).unwrap_or_default()
-                        );
-                        return Ok((format!("{phase:?} (stuck)"), false, detail));
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                let budget = Duration::from_secs(SFO_TIMEOUT_SECS as u64);
+                let what = format!("ShardFailover (timeoutSeconds {SFO_TIMEOUT_SECS})");
+                Ok(await_terminal(submitted, budget, &what, || async {
+                    let s = api(api_.get("sw")).await.and_then(|s| s.status).unwrap_or_default();
+                    let terminal =
+                        matches!(s.phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed));
+                    let message = format!("{:?} {}", s.error_code, s.message.unwrap_or_default());
+                    (s.phase.map(|p| format!("{p:?}")), terminal, message)
+                })
+                .await)
             }
             _ => {
                 let api_: Api<FailoverRequest> = Api::namespaced(self.client.clone(), ns);
@@ -1025,28 +1014,46 @@ impl Bench<'_> {
                              "items": [{"cluster": CLUSTER, "expectedPrimary": primary}]}
                 }))?;
                 api_.create(&PostParams::default(), &fr).await?;
-                let deadline =
-                    submitted + Duration::from_secs((FR_TIMEOUT_SECS * FR_SUBTASKS) as u64) + DEADLINE_SLACK;
-                loop {
-                    let s = api(api_.get("fr")).await.and_then(|s| s.status);
-                    let phase = s.as_ref().and_then(|s| s.phase);
-                    if phase.is_some_and(RequestPhase::is_terminal) {
-                        let detail = format!("{:?} {}", phase, s.and_then(|s| s.message).unwrap_or_default());
-                        return Ok((format!("{:?}", phase.expect("terminal")), true, detail));
-                    }
-                    if Instant::now() > deadline {
-                        let detail = format!(
-                            "FailoverRequest still {:?} {:.1} s after submission (timeoutSeconds {FR_TIMEOUT_SECS} per subtask): {}",
-                            phase,
-                            submitted.elapsed().as_secs_f64(),
-                            s.and_then(|s| s.message).unwrap_or_default()
-                        );
-                        return Ok((format!("{phase:?} (stuck)"), false, detail));
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                let budget = Duration::from_secs((FR_TIMEOUT_SECS * FR_SUBTASKS) as u64);
+                let what = format!("FailoverRequest (timeoutSeconds {FR_TIMEOUT_SECS} per subtask)");
+                Ok(await_terminal(submitted, budget, &what, || async {
+                    let s = api(api_.get("fr")).await.and_then(|s| s.status).unwrap_or_default();
+                    let terminal = s.phase.is_some_and(RequestPhase::is_terminal);
+                    (s.phase.map(|p| format!("{p:?}")), terminal, s.message.unwrap_or_default())
+                })
+                .await)
             }
         }
+    }
+}
+
+/// Poll an operation's (phase, terminal, message) every 10 ms until it is terminal or its
+/// budget (+ slack) from `submitted` has passed. Returns (final phase, terminal in time, detail).
+async fn await_terminal<F, Fut>(
+    submitted: Instant,
+    budget: Duration,
+    what: &str,
+    read: F,
+) -> (String, bool, String)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (Option<String>, bool, String)>,
+{
+    let deadline = submitted + budget + DEADLINE_SLACK;
+    loop {
+        let (phase, terminal, message) = read().await;
+        let phase = phase.unwrap_or_else(|| "no phase".into());
+        if terminal {
+            return (phase.clone(), true, format!("{phase} {message}"));
+        }
+        if Instant::now() > deadline {
+            let detail = format!(
+                "{what} still {phase} {:.1} s after submission: {message}",
+                submitted.elapsed().as_secs_f64()
+            );
+            return (format!("{phase} (stuck)"), false, detail);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
