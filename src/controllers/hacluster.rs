@@ -43,6 +43,7 @@ use super::{
 };
 use crate::{
     core::{
+        member::stream_stalled,
         saga::{self, Become, End, OldPrimary, Start},
         shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
     },
@@ -320,6 +321,8 @@ struct MemberState {
     /// When the last counted miss was: misses count at most one per heartbeat interval.
     last_miss: Option<Instant>,
     probe: Option<Probe>,
+    /// The offset of the successful probe before `probe`.
+    offset_before: Option<i64>,
     unauthorized: bool,
     last_ok: Option<Timestamp>,
     error: Option<String>,
@@ -723,6 +726,7 @@ impl Monitor {
         self.detach_removed(engine.as_ref(), &cluster, &declared).await;
         self.probe_all(engine.as_ref(), &declared, &cluster).await;
         self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
+        self.start_stalled_streams(engine.as_ref(), &declared, &cluster).await;
         let upstream = self.upstream(&cluster).await;
         self.upstream_seen = upstream.clone();
         let policy = Self::policy(&cluster, engine.as_ref(), upstream);
@@ -876,6 +880,7 @@ impl Monitor {
                     st.last_ok = Some(Timestamp::now());
                     st.last_fault = None;
                     st.self_fencing = p.self_fencing;
+                    st.offset_before = st.probe.as_ref().and_then(|p| p.offset);
                     if p.role == ObservedRole::Primary
                         && let Some(o) = p.offset
                     {
@@ -954,6 +959,47 @@ impl Monitor {
                 }
                 Err(e) => {
                     warn!(cluster = %key(cluster), member = %name, error = %e, "could not set self-fencing; retried next heartbeat")
+                }
+            }
+        }
+    }
+
+    /// Ask every replica whose command stream is held back ([`stream_stalled`]) to
+    /// acknowledge, so that what its primary acknowledges to clients reaches it. The engine
+    /// already does this right after it attaches a replica; this catches the syncs it did not
+    /// start (a replica's link broke and it resynced by itself).
+    async fn start_stalled_streams(
+        &mut self,
+        engine: &dyn Engine,
+        declared: &[Declared],
+        cluster: &HaCluster,
+    ) {
+        let mut stalled = Vec::new();
+        for shard in Self::shard_names(cluster, declared) {
+            let Some(primary) = shard_status(cluster, &shard).and_then(|s| s.current_primary.clone()) else {
+                continue;
+            };
+            let Some(p) = self.members.get(&primary).filter(|m| m.misses == 0) else { continue };
+            if p.probe.as_ref().is_none_or(|p| p.role != ObservedRole::Primary) {
+                continue;
+            }
+            for d in declared.iter().filter(|d| d.shard == shard && d.name != primary) {
+                let Some(st) = self.members.get(&d.name).filter(|m| m.misses == 0) else { continue };
+                if let Some(probe) = &st.probe
+                    && stream_stalled(probe, st.offset_before, &p.endpoint, p.offset_before)
+                {
+                    stalled.push(d.clone());
+                }
+            }
+        }
+        for d in stalled {
+            match engine.request_ack(&d.endpoint).await {
+                Ok(()) => info!(
+                    cluster = %key(cluster), member = %d.name,
+                    "replica received nothing for a heartbeat while behind its primary; asked it to acknowledge"
+                ),
+                Err(e) => {
+                    warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not ask a stalled replica to acknowledge")
                 }
             }
         }

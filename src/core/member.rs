@@ -41,3 +41,63 @@ pub enum Fault {
     /// The member answered and refused or failed the action: it is alive.
     Answered,
 }
+
+/// Whether a replica's command stream is held back: its link is up and it follows the
+/// primary, yet between two probes it received nothing although the primary already had more
+/// at the first of them. Redis does this after a diskless full sync until the replica's first
+/// acknowledgement gets through (up to a second, while the primary counts the replica as good);
+/// asking the replica to acknowledge starts the stream.
+pub fn stream_stalled(
+    replica: &Probe,
+    replica_offset_before: Option<i64>,
+    primary_endpoint: &str,
+    primary_offset_before: Option<i64>,
+) -> bool {
+    replica.role == ObservedRole::Replica
+        && replica.link_up
+        && replica.following.as_deref() == Some(primary_endpoint)
+        && match (replica_offset_before, replica.offset, primary_offset_before) {
+            (Some(before), Some(now), Some(primary)) => before == now && primary > now,
+            _ => false,
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(offset: i64) -> Probe {
+        Probe {
+            role: ObservedRole::Replica,
+            offset: Some(offset),
+            following: Some("p:6379".into()),
+            link_up: true,
+            ..Probe::default()
+        }
+    }
+
+    #[test]
+    fn a_replica_that_received_nothing_while_behind_is_stalled() {
+        assert!(stream_stalled(&replica(100), Some(100), "p:6379", Some(250)));
+    }
+
+    #[test]
+    fn a_replica_that_moved_caught_up_or_had_nothing_to_get_is_not() {
+        // It received something since the last probe.
+        assert!(!stream_stalled(&replica(180), Some(100), "p:6379", Some(250)));
+        // Nothing was written: nothing to receive.
+        assert!(!stream_stalled(&replica(100), Some(100), "p:6379", Some(100)));
+        // First probe: nothing to compare with.
+        assert!(!stream_stalled(&replica(100), None, "p:6379", Some(250)));
+        assert!(!stream_stalled(&replica(100), Some(100), "p:6379", None));
+    }
+
+    #[test]
+    fn only_linked_replicas_of_this_primary_count() {
+        let down = Probe { link_up: false, ..replica(100) };
+        assert!(!stream_stalled(&down, Some(100), "p:6379", Some(250)));
+        assert!(!stream_stalled(&replica(100), Some(100), "other:6379", Some(250)));
+        let primary = Probe { role: ObservedRole::Primary, ..replica(100) };
+        assert!(!stream_stalled(&primary, Some(100), "p:6379", Some(250)));
+    }
+}

@@ -95,6 +95,12 @@ pub trait Engine: Send + Sync {
     /// True if replicas are pointed at the primary by [`Engine::follow`] (redis), false if
     /// through the cluster's `redirect` ConfigMap (agent).
     fn follows_directly(&self) -> bool;
+    /// Ask a replica to acknowledge to its primary now (redis: `REPLCONF GETACK`), which
+    /// starts a command stream the primary holds back until the first acknowledgement.
+    /// Engines without it return Ok.
+    fn request_ack<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Whether [`Engine::set_self_fencing`] does anything.
     fn self_fences(&self) -> bool {
         false
