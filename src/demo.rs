@@ -175,7 +175,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .collect();
     let hac: HaCluster = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "demo"},
-        "spec": {"engine": "redis", "shards": [{"name": "main", "members": members}],
+        "spec": {"engine": "Redis", "shards": [{"name": "main", "members": members}],
                  "failover": {"heartbeatInterval": args.heartbeat, "failureThreshold": 3}}
     }))?;
     let mut view = View { tty: std::io::stdout().is_terminal(), last: String::new(), lines: 0 };

@@ -207,7 +207,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
                 (
                     "NotProtected",
                     format!(
-                        "a planned failover to {} is allowed only in phase protected or error-reversing (phase is {}); nothing was changed",
+                        "a planned failover to {} is allowed only in phase Protected or ErrorReversing (phase is {}); nothing was changed",
                         want.as_str(),
                         phase_name(status.phase)
                     ),

@@ -562,7 +562,7 @@ mod tests {
         let mut c: HaCluster = serde_json::from_value(json!({
             "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
             "metadata": {"name": "k", "annotations": {PRIMARY_ALIASES: "k-writes, b,k-primary,Bad!,-x,,k-replicas"}},
-            "spec": {"engine": "redis", "shards": [{"name": "s0", "members": [{"name": "a", "endpoint": "10.0.0.1:6379"}]}]}
+            "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": [{"name": "a", "endpoint": "10.0.0.1:6379"}]}]}
         }))
         .unwrap();
         assert_eq!(primary_aliases(&c).into_iter().collect::<Vec<_>>(), ["b", "k-writes"]);

@@ -52,17 +52,17 @@ use super::shared::{GoDuration, SecretKeyRef, cel_min_duration, conditions_schem
         "message": "member names must be unique across all shards of the cluster"
     },
     {
-        "rule": "!has(self.redirect) || self.engine == 'agent'",
-        "message": "spec.redirect is only used with engine agent"
+        "rule": "!has(self.redirect) || self.engine in ['Agent', 'agent']",
+        "message": "spec.redirect is only used with engine Agent"
     }
 ]))]
 pub struct HaClusterSpec {
-    /// How the operator talks to members: `redis` (RESP) or `agent` (the HTTP
+    /// How the operator talks to members: `Redis` (RESP) or `Agent` (the HTTP
     /// HA-status protocol spoken by the Understudy reference agent).
     pub engine: Engine,
 
-    /// Secret holding the credentials: for `redis` the key `password` (and an
-    /// optional `username`), for `agent` the key `token`. `key` overrides the
+    /// Secret holding the credentials: for `Redis` the key `password` (and an
+    /// optional `username`), for `Agent` the key `token`. `key` overrides the
     /// password/token key name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
@@ -87,7 +87,7 @@ pub struct HaClusterSpec {
     #[serde(default)]
     pub routing: Routing,
 
-    /// For `agent` engines: where replicas learn the new main and which
+    /// For `Agent` engines: where replicas learn the new main and which
     /// workloads to restart after a role change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
@@ -115,11 +115,13 @@ pub struct HaClusterSpec {
 
 /// How the operator talks to the members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::resources::shared::also_earlier_spelling)]
 pub enum Engine {
     /// Redis servers, driven over RESP (`ROLE`, `INFO replication`, `REPLICAOF`).
+    #[serde(alias = "redis")]
     Redis,
     /// Nodes exposing the HTTP HA-status protocol (`/rest/ha/status`).
+    #[serde(alias = "agent")]
     Agent,
 }
 
@@ -217,7 +219,7 @@ pub struct PodMembership {
     {"rule": cel_min_duration("stepTimeout", "200ms"), "message": "stepTimeout must be at least 200ms"}
 ]))]
 pub struct FailoverPolicy {
-    /// `automatic`: fail over when the primary is down. `manual`: only
+    /// `Automatic`: fail over when the primary is down. `Manual`: only
     /// FailoverRequest / ShardFailover objects change roles.
     #[serde(default)]
     pub mode: FailoverMode,
@@ -346,10 +348,12 @@ fn default_step_timeout() -> GoDuration {
 
 /// Automatic or manual failover.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::resources::shared::also_earlier_spelling)]
 pub enum FailoverMode {
     #[default]
+    #[serde(alias = "automatic")]
     Automatic,
+    #[serde(alias = "manual")]
     Manual,
 }
 
@@ -570,7 +574,7 @@ pub struct MemberStatus {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// primary, replica, fenced or unknown.
+    /// Primary, Replica, Fenced or Unknown.
     pub role: Role,
     /// Answering probes (fewer than failureThreshold consecutive misses).
     #[serde(default)]
@@ -594,12 +598,16 @@ pub struct MemberStatus {
 
 /// A member's role.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::resources::shared::also_earlier_spelling)]
 pub enum Role {
+    #[serde(alias = "primary")]
     Primary,
+    #[serde(alias = "replica")]
     Replica,
+    #[serde(alias = "fenced")]
     Fenced,
     #[default]
+    #[serde(alias = "unknown")]
     Unknown,
 }
 

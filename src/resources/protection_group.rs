@@ -61,7 +61,7 @@ pub struct ProtectionGroupSpec {
     #[serde(default)]
     pub priority_site: SiteRole,
     /// Deadline of one planned failover, from its start to its end (seconds). When it passes
-    /// the move is stopped where it is safe and the group goes to `error-reversing`.
+    /// the move is stopped where it is safe and the group goes to `ErrorReversing`.
     #[serde(default = "default_timeout")]
     #[schemars(range(min = 5, max = 86400))]
     pub timeout_seconds: i64,
@@ -106,10 +106,12 @@ pub struct ReplicationPair {
 
 /// One of the two sites.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::resources::shared::also_earlier_spelling)]
 pub enum SiteRole {
     #[default]
+    #[serde(alias = "source")]
     Source,
+    #[serde(alias = "target")]
     Target,
 }
 
@@ -123,8 +125,8 @@ impl SiteRole {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Source => "source",
-            Self::Target => "target",
+            Self::Source => "Source",
+            Self::Target => "Target",
         }
     }
 
@@ -141,7 +143,7 @@ impl SiteRole {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProtectionGroupStatus {
-    /// protected, failing-over, error-reversing, error.
+    /// Pending, Protected, FailingOver, ErrorReversing, Error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ProtectionPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,19 +179,24 @@ pub struct ProtectionGroupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_write_pause_ms: Option<i64>,
     /// The `understudy.dev/retry` annotation value the last planned failover ran for:
-    /// changing the annotation re-asserts the spec after `error-reversing`.
+    /// changing the annotation re-asserts the spec after `ErrorReversing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_retry: Option<String>,
 }
 
 /// Phases, in the seed's vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
+#[schemars(transform = crate::resources::shared::also_earlier_spelling)]
 pub enum ProtectionPhase {
+    #[serde(alias = "pending")]
     Pending,
+    #[serde(alias = "protected")]
     Protected,
+    #[serde(alias = "failing-over")]
     FailingOver,
+    #[serde(alias = "error-reversing")]
     ErrorReversing,
+    #[serde(alias = "error")]
     Error,
 }
 

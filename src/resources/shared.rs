@@ -28,6 +28,48 @@ fn cel_is_duration(expr: &str) -> String {
     format!("{expr}.matches('{}')", DURATION_PATTERN.replace('\\', "\\\\"))
 }
 
+/// Schema transform for an enum spelled in CamelCase (the Kubernetes API conventions) whose
+/// earlier versions used lowercase or kebab-case: the schema accepts both spellings (stored
+/// objects and manifests written for an earlier version stay valid; each variant has a serde
+/// `alias`), the operator writes CamelCase.
+pub fn also_earlier_spelling(schema: &mut schemars::Schema) {
+    use serde_json::{Value, json};
+    // Variants without docs: `enum: [...]`.
+    if let Some(Value::Array(values)) = schema.get_mut("enum") {
+        let earlier: Vec<Value> = values
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(earlier_spelling)
+            .filter(|e| !values.iter().any(|v| v.as_str() == Some(e.as_str())))
+            .map(Value::from)
+            .collect();
+        values.extend(earlier);
+    }
+    // Variants with docs: `oneOf: [{const, description}, ...]` (flattened to `enum` in the CRD).
+    if let Some(Value::Array(variants)) = schema.get_mut("oneOf") {
+        let earlier: Vec<Value> = variants
+            .iter()
+            .filter_map(|v| v.get("const").and_then(Value::as_str))
+            .map(|c| (c.to_owned(), earlier_spelling(c)))
+            .filter(|(c, e)| c != e)
+            .map(|(c, e)| json!({"const": e, "type": "string", "description": format!("Earlier spelling of `{c}`.")}))
+            .collect();
+        variants.extend(earlier);
+    }
+}
+
+/// `FailingOver` → `failing-over`, `Redis` → `redis`.
+pub fn earlier_spelling(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 /// CEL rule for an object holding the duration field `field`: when set and well formed (the
 /// field's own rule reports the rest), it is at least `min`.
 pub fn cel_min_duration(field: &str, min: &str) -> String {

@@ -39,7 +39,7 @@ async fn hacluster_create_read_list_status() {
     let hac: HaCluster = from_json(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": "orders"},
-        "spec": {"engine": "redis", "shards": [{"name": "s0", "members": [
+        "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": [
             {"name": "a", "endpoint": "10.0.0.1:6379"},
             {"name": "b", "endpoint": "redis-b.orders:6379", "priority": 50, "node": "n2"}]}]}
     }));
@@ -59,8 +59,8 @@ async fn hacluster_create_read_list_status() {
         "conditions": [{"type": "Ready", "status": "True", "reason": "PrimaryElected",
                         "message": "a is primary", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
         "shards": [{"name": "s0", "currentPrimary": "a", "epoch": 7, "members": [
-            {"name": "a", "role": "primary", "healthy": true},
-            {"name": "b", "role": "replica", "healthy": true, "lag": 0}]}]
+            {"name": "a", "role": "Primary", "healthy": true},
+            {"name": "b", "role": "Replica", "healthy": true, "lag": 0}]}]
     }});
     api.patch_status("orders", &PatchParams::default(), &Patch::Merge(&status)).await.expect("patch status");
     // A status written through the main resource is ignored.
@@ -77,7 +77,7 @@ async fn hacluster_create_read_list_status() {
 
     let t = table("hac", &ns, true);
     assert_eq!(column(&t, "NAME"), "orders");
-    assert_eq!(column(&t, "ENGINE"), "redis");
+    assert_eq!(column(&t, "ENGINE"), "Redis");
     assert_eq!(column(&t, "PHASE"), "Healthy");
     assert_eq!(column(&t, "PRIMARY"), "a");
     assert_eq!(column(&t, "EPOCH"), "7");
@@ -161,18 +161,86 @@ async fn protection_group_create_read_list_status() {
     }));
     api.create(&PostParams::default(), &pg).await.expect("create");
     let got = api.get("dr").await.unwrap();
-    assert_eq!(serde_json::to_value(got.spec.priority_site).unwrap(), "source");
+    assert_eq!(serde_json::to_value(got.spec.priority_site).unwrap(), "Source");
 
-    let status = json!({"status": {"phase": "protected", "productionSite": "source",
+    let status = json!({"status": {"phase": "Protected", "productionSite": "Source",
         "replicationDirection": "east->west", "pairs": [{"source": "orders", "target": "orders", "state": "replicating", "lag": 0}]}});
     api.patch_status("dr", &PatchParams::default(), &Patch::Merge(&status)).await.expect("status");
     assert_eq!(api.list(&Default::default()).await.unwrap().items.len(), 1);
 
     let t = table("pg", &ns, true);
-    assert_eq!(column(&t, "PHASE"), "protected");
-    assert_eq!(column(&t, "PRODUCTION"), "source");
-    assert_eq!(column(&t, "PRIORITY"), "source");
+    assert_eq!(column(&t, "PHASE"), "Protected");
+    assert_eq!(column(&t, "PRODUCTION"), "Source");
+    assert_eq!(column(&t, "PRIORITY"), "Source", "the schema's default");
     assert_eq!(column(&t, "DIRECTION"), "east->west");
+}
+
+/// Enum values are CamelCase; the lowercase (and kebab-case) spellings of earlier versions are
+/// still accepted by the API server and read by the operator, which writes CamelCase back.
+#[tokio::test]
+async fn earlier_lowercase_enum_spellings_are_still_accepted_and_read() {
+    use understudy::resources::{
+        hacluster::{Engine, FailoverMode, Role},
+        protection_group::{ProtectionPhase, SiteRole},
+    };
+    let client = support::client().await;
+    let ns = support::namespace(&client, "api-spelling").await;
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    // Sent as written (a typed object would be re-serialized in CamelCase on the way).
+    let raw = |erased: kube::api::ApiResource| -> Api<kube::api::DynamicObject> {
+        Api::namespaced_with(client.clone(), &ns, &erased)
+    };
+    let raw_hacs = raw(kube::api::ApiResource::erase::<HaCluster>(&()));
+    let hac = |name: &str, engine: &str, mode: &str| -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": name},
+            "spec": {"engine": engine, "failover": {"mode": mode},
+                     "shards": [{"name": "s0", "members": [{"name": "a", "endpoint": "10.0.0.1:6379"}]}]}
+        }))
+        .unwrap()
+    };
+    for (name, engine, mode) in
+        [("old", "redis", "manual"), ("new", "Redis", "Manual"), ("agent", "agent", "automatic")]
+    {
+        raw_hacs
+            .create(&PostParams::default(), &hac(name, engine, mode))
+            .await
+            .unwrap_or_else(|e| panic!("{engine}/{mode} refused: {e}"));
+    }
+    let stored = raw_hacs.get("old").await.unwrap();
+    assert_eq!(stored.data["spec"]["engine"], "redis", "stored as written");
+    let old = hacs.get("old").await.unwrap();
+    assert_eq!((old.spec.engine, old.spec.failover.mode), (Engine::Redis, FailoverMode::Manual));
+    assert_eq!(hacs.get("agent").await.unwrap().spec.engine, Engine::Agent);
+    // What the operator writes back is CamelCase.
+    let v = serde_json::to_value(&old.spec).unwrap();
+    assert_eq!((v["engine"].as_str(), v["failover"]["mode"].as_str()), (Some("Redis"), Some("Manual")));
+    // A status written by an earlier version (lowercase roles) is read.
+    let status = json!({"status": {"shards": [{"name": "s0", "currentPrimary": "a", "epoch": 1,
+        "members": [{"name": "a", "role": "primary", "healthy": true}]}]}});
+    hacs.patch_status("old", &PatchParams::default(), &Patch::Merge(&status)).await.expect("lowercase role");
+    let st = hacs.get("old").await.unwrap().status.unwrap();
+    assert_eq!(st.shards[0].members[0].role, Role::Primary);
+    // Any other spelling is refused.
+    let err = raw_hacs.create(&PostParams::default(), &hac("bad", "REDIS", "Manual")).await.unwrap_err();
+    assert!(err.to_string().contains("spec.engine"), "{err}");
+
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &ns);
+    let pg: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ProtectionGroup", "metadata": {"name": "dr"},
+        "spec": {"sites": {"source": {"namespace": "east"}, "target": {"namespace": "west"}},
+                 "pairs": [{"source": "orders", "target": "orders"}], "prioritySite": "target"}
+    }))
+    .unwrap();
+    raw(kube::api::ApiResource::erase::<ProtectionGroup>(&()))
+        .create(&PostParams::default(), &pg)
+        .await
+        .expect("lowercase prioritySite");
+    assert_eq!(pgs.get("dr").await.unwrap().spec.priority_site, SiteRole::Target);
+    let status = json!({"status": {"phase": "failing-over", "productionSite": "source"}});
+    pgs.patch_status("dr", &PatchParams::default(), &Patch::Merge(&status)).await.expect("kebab-case phase");
+    let st = pgs.get("dr").await.unwrap().status.unwrap();
+    assert_eq!((st.phase, st.production_site), (Some(ProtectionPhase::FailingOver), Some(SiteRole::Source)));
 }
 
 #[tokio::test]

@@ -104,7 +104,7 @@ async fn batch_switchover_over_a_redis_and_an_agent_cluster() {
     let agent_ip = |i: usize| format!("10.66.0.{}", i + 1);
     let g: HaCluster = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "g"},
-        "spec": {"engine": "agent", "secretRef": {"name": "agent-token"},
+        "spec": {"engine": "Agent", "secretRef": {"name": "agent-token"},
                  "shards": [{"name": "main", "members": [
                      {"name": "ga", "endpoint": agents[0].addr.to_string(), "clientAddress": agent_ip(0)},
                      {"name": "gb", "endpoint": agents[1].addr.to_string(), "clientAddress": agent_ip(1)}]}],

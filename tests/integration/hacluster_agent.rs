@@ -39,7 +39,7 @@ fn agent_cluster(name: &str, agents: &[(&str, &SupervisedAgent)]) -> HaCluster {
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": name},
         "spec": {
-            "engine": "agent",
+            "engine": "Agent",
             "secretRef": {"name": "agent-token"},
             "shards": [{"name": "main", "members": agents.iter().map(|(n, a)| json!({"name": n, "endpoint": a.addr.to_string()})).collect::<Vec<_>>()}],
             "failover": {"heartbeatInterval": "200ms", "failureThreshold": 3},

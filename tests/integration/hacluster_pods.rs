@@ -68,7 +68,7 @@ async fn pod_members_get_role_labels_services_and_a_network_policy() {
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": "cache"},
         "spec": {
-            "engine": "redis",
+            "engine": "Redis",
             "selector": {"matchLabels": {"app": "cache"}, "port": port, "addressAnnotation": "understudy.dev/address"},
             "failover": {"heartbeatInterval": "200ms", "failureThreshold": 3},
             "acls": ["10.0.0.0/8"],

@@ -364,7 +364,7 @@ async fn ambiguous_names_are_refused_and_operations_wait_for_their_cluster() {
         &cluster(
             "late",
             &[("s0", &[("late-a", &late[0]), ("late-b", &late[1])])],
-            json!({"heartbeatInterval": "200ms", "mode": "manual"}),
+            json!({"heartbeatInterval": "200ms", "mode": "Manual"}),
         ),
     )
     .await

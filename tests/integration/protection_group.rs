@@ -82,7 +82,7 @@ fn pg(name: &str, src_ns: &str, dr_ns: &str, pairs: &[&str], dr_secret: Option<&
         "spec": {
             "sites": {"source": {"namespace": src_ns}, "target": target},
             "pairs": pairs.iter().map(|p| json!({"source": p, "target": format!("{p}-dr")})).collect::<Vec<_>>(),
-            "prioritySite": "source",
+            "prioritySite": "Source",
             "timeoutSeconds": 60,
         }
     }))
@@ -225,7 +225,7 @@ async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
     let (sa, sb) = (a.sampler(), b.sampler());
     let writer = SiteWriter::start("w", a.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    set_priority(&pgs, "pg", "target").await;
+    set_priority(&pgs, "pg", "Target").await;
     let g = wait_protected(&pgs, "pg", SiteRole::Target).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = writer.stop().await;
@@ -260,7 +260,7 @@ async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
 
     // Fail back to the source site; replication continues in the new direction meanwhile.
     let _: () = ma.cmd(redis::cmd("SET").arg("on-dr").arg("1")).await.unwrap();
-    set_priority(&pgs, "pg", "source").await;
+    set_priority(&pgs, "pg", "Source").await;
     let g = wait_protected(&pgs, "pg", SiteRole::Source).await;
     assert_eq!(g.status.unwrap().replication_direction.as_deref(), Some("source-to-target"));
     let m = a.master().await.expect("one master");
@@ -282,7 +282,7 @@ async fn refused_without_pairs_or_protection_and_error_reversing_recovers_when_r
     // No pairs: the API server refuses the planned failover.
     pgs.create(&PostParams::default(), &pg("empty", &src_ns, &dr_ns, &[], None)).await.unwrap();
     let err = pgs
-        .patch("empty", &PatchParams::default(), &Patch::Merge(json!({"spec": {"prioritySite": "target"}})))
+        .patch("empty", &PatchParams::default(), &Patch::Merge(json!({"spec": {"prioritySite": "Target"}})))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("needs replication pairs"), "{err}");
@@ -306,18 +306,18 @@ async fn refused_without_pairs_or_protection_and_error_reversing_recovers_when_r
         (st.phase == Some(ProtectionPhase::Pending)).then_some(())
     })
     .await;
-    set_priority(&pgs, "pg", "target").await;
+    set_priority(&pgs, "pg", "Target").await;
     eventually(WAIT, "a FailoverAllowed=False condition", || async {
         let st = pgs.get("pg").await.ok()?.status?;
         let cond = st.conditions.iter().find(|c| c.type_ == "FailoverAllowed")?;
         (cond.status == "False"
             && cond.reason == "NotProtected"
-            && cond.message.contains("only in phase protected"))
+            && cond.message.contains("only in phase Protected"))
         .then_some(())
     })
     .await;
     assert_eq!(c.master().await.map(|m| m.port), Some(prod), "nothing was touched");
-    set_priority(&pgs, "pg", "source").await;
+    set_priority(&pgs, "pg", "Source").await;
     for s in &c.dr {
         s.signal(libc::SIGCONT);
     }
@@ -328,7 +328,7 @@ async fn refused_without_pairs_or_protection_and_error_reversing_recovers_when_r
     // The DR leader cannot be promoted (its ACL forbids REPLICAOF): error-reversing, and the
     // production site keeps (gets back) its writes.
     let _: () = dl.cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-replicaof")).await.unwrap();
-    set_priority(&pgs, "pg", "target").await;
+    set_priority(&pgs, "pg", "Target").await;
     let st = eventually(WAIT, "error-reversing", || async {
         let st = pgs.get("pg").await.ok()?.status?;
         (st.phase == Some(ProtectionPhase::ErrorReversing)).then_some(st)
@@ -407,7 +407,7 @@ async fn planned_site_failover_across_two_control_planes() {
     let sampler = x.sampler();
     let writer = SiteWriter::start("x", x.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    set_priority(&pgs, "pg", "target").await;
+    set_priority(&pgs, "pg", "Target").await;
     wait_protected(&pgs, "pg", SiteRole::Target).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let acked = writer.stop().await;
@@ -459,7 +459,7 @@ async fn crash_during_site_failover(point: &str) {
     let sampler = k.sampler();
     let writer = SiteWriter::start("c", k.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    set_priority(&pgs, "pg", "target").await;
+    set_priority(&pgs, "pg", "Target").await;
     let deadline = std::time::Instant::now() + WAIT;
     let status = loop {
         if let Some(s) = doomed.child.try_wait().unwrap() {
@@ -534,7 +534,7 @@ async fn a_move_dropped_while_writes_are_paused_gives_them_back_at_once() {
     for i in 0..20 {
         let _: () = production.cmd(redis::cmd("SET").arg(format!("behind:{i}")).arg(i)).await.unwrap();
     }
-    set_priority(&pgs, "pg", "target").await;
+    set_priority(&pgs, "pg", "Target").await;
     eventually(WAIT, "the move waiting for the DR site with writes paused", || async {
         let st = pgs.get("pg").await.ok()?.status?;
         (st.step.as_deref()? == "sync").then_some(())

@@ -37,7 +37,7 @@ async fn an_unreadable_cluster_is_reported_and_stops_nothing_else() {
     cp.create_namespace(ns).await.unwrap();
     let bad: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "bad"},
-        "spec": {"engine": "redis", "shards": [{"name": "s0", "members": [{"name": "x", "endpoint": "127.0.0.1:1"}]}],
+        "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": [{"name": "x", "endpoint": "127.0.0.1:1"}]}],
                  "failover": {"failoverDelay": "300000h"}}
     }))
     .unwrap();

@@ -141,7 +141,7 @@ fn cases() -> Vec<Case> {
             what: "redirect with the redis engine",
             kind: "HaCluster",
             spec: redis(json!({"redirect": {"configMap": "app-config"}})),
-            expect: &["spec.redirect is only used with engine agent"],
+            expect: &["spec.redirect is only used with engine Agent"],
         },
         Case {
             what: "ACL that is not a CIDR",

@@ -65,7 +65,7 @@ apiVersion: understudy.dev/v1alpha1
 kind: HaCluster
 metadata: {{name: {name}}}
 spec:
-  engine: redis
+  engine: Redis
   selector:
     matchLabels: {{app: {name}}}
     port: {PORT}

@@ -710,7 +710,7 @@ impl Bench<'_> {
             NAMES.iter().zip(&redis).map(|(n, r)| json!({"name": n, "endpoint": r.endpoint()})).collect();
         let hac: HaCluster = serde_json::from_value(json!({
             "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": CLUSTER},
-            "spec": {"engine": "redis", "shards": [{"name": "s0", "members": members}],
+            "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": members}],
                      "failover": {"heartbeatInterval": format!("{}ms", self.args.heartbeat()),
                                   "failureThreshold": 3, "maxLagOnFailover": 1_000_000_000_i64}}
         }))?;

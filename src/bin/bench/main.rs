@@ -366,7 +366,7 @@ async fn understudy_bench(
         names.iter().zip(&redis).map(|(n, r)| json!({"name": n, "endpoint": r.endpoint()})).collect();
     let hac: HaCluster = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "b"},
-        "spec": {"engine": "redis", "shards": [{"name": "s0", "members": members}],
+        "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": members}],
                  "failover": {"heartbeatInterval": format!("{}ms", args.heartbeat()), "failureThreshold": 3}}
     }))?;
     hacs.create(&PostParams::default(), &hac).await?;
@@ -659,7 +659,7 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
             .collect();
         let hac: HaCluster = serde_json::from_value(json!({
             "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": name},
-            "spec": {"engine": "redis", "shards": [{"name": "s0", "members": members}],
+            "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": members}],
                      "failover": {"heartbeatInterval": hb}}
         }))?;
         Api::<HaCluster>::namespaced(client.clone(), ns).create(&PostParams::default(), &hac).await?;
@@ -668,7 +668,7 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
     let pg: ProtectionGroup = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "ProtectionGroup", "metadata": {"name": "pg"},
         "spec": {"sites": {"source": {"namespace": src_ns}, "target": {"namespace": dr_ns}},
-                 "pairs": [{"source": "db", "target": "db-dr"}], "prioritySite": "source"}
+                 "pairs": [{"source": "db", "target": "db-dr"}], "prioritySite": "Source"}
     }))?;
     pgs.create(&PostParams::default(), &pg).await?;
     let op = InProcess::start_namespaces(client.clone(), &[src_ns, dr_ns]);

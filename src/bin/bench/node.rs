@@ -57,7 +57,7 @@ apiVersion: understudy.dev/v1alpha1
 kind: HaCluster
 metadata: {{name: b}}
 spec:
-  engine: redis
+  engine: Redis
   selector: {{matchLabels: {{app: b}}, port: {PORT}}}
   failover: {{heartbeatInterval: {heartbeat_ms}ms, failureThreshold: 3}}
 "#,

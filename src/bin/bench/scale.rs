@@ -184,7 +184,7 @@ fn cluster(i: usize, members: usize, heartbeat_ms: u64, routing: bool) -> anyhow
     Ok(serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": format!("c{i:05}")},
-        "spec": {"engine": "agent", "secretRef": {"name": "agent-token"},
+        "spec": {"engine": "Agent", "secretRef": {"name": "agent-token"},
                  "shards": [{"name": "s0", "members": ms}], "routing": {"enabled": routing},
                  "failover": {"heartbeatInterval": format!("{heartbeat_ms}ms"), "failureThreshold": 3}}
     }))?)
