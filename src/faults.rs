@@ -18,3 +18,20 @@ pub fn crash_point(name: &str) {
 #[cfg(not(feature = "testbed"))]
 #[inline(always)]
 pub fn crash_point(_name: &str) {}
+
+/// Panic, once per process, if `UNDERSTUDY_PANIC_AT` names this point: a stand-in for a bug,
+/// to test that one panicking task neither stops the operator nor leaves its work undone.
+#[cfg(feature = "testbed")]
+pub fn panic_point(name: &str) {
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("UNDERSTUDY_PANIC_AT").is_ok_and(|v| v == name)
+        && !FIRED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        panic!("UNDERSTUDY_PANIC_AT={name}");
+    }
+}
+
+/// Without the `testbed` feature a panic point is nothing at all.
+#[cfg(not(feature = "testbed"))]
+#[inline(always)]
+pub fn panic_point(_name: &str) {}

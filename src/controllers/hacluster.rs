@@ -72,6 +72,7 @@ type Monitors = Arc<Mutex<HashMap<String, MonitorHandle>>>;
 struct MonitorHandle {
     task: tokio::task::JoinHandle<()>,
     wake: Arc<Wake>,
+    oref: ObjectRef<Guarded>,
 }
 
 /// Shared between a monitor and the controller: a change the monitor did not make itself
@@ -166,6 +167,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             nodes: nodes.clone(),
             monitors: monitors.clone(),
         });
+        runs.push(supervise(state.clone()).boxed());
         runs.push(
             controller
                 .run(reconcile, error_policy, state)
@@ -177,8 +179,10 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
                 .boxed(),
         );
     }
-    futures::future::join_all(runs).await;
-    Ok(())
+    // None of these ends while the process runs (watches retry for ever): one that does leaves
+    // part of the operator blind, so the whole operator stops and its pod is restarted.
+    let (_, which, _) = futures::future::select_all(runs).await;
+    anyhow::bail!("the HaCluster controller's stream {which} ended")
 }
 
 /// Keep of a Node only what decisions need: its name and its Ready condition.
@@ -281,23 +285,68 @@ async fn reconcile(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, E
     }
     let handle = monitors.entry(uid.clone()).or_insert_with(|| {
         info!(cluster = %key(obj), "starting monitor");
-        let wake = Arc::new(Wake::default());
-        let monitor = Monitor::new(
-            state.ctx.clone(),
-            state.store.clone(),
-            state.pods.clone(),
-            state.nodes.clone(),
-            ObjectRef::from_obj(guarded.as_ref()),
-            uid,
-            wake.clone(),
-        );
-        let span = tracing::info_span!("monitor", cluster = %key(obj));
-        MonitorHandle { task: tokio::spawn(tracing::Instrument::instrument(monitor.run(), span)), wake }
+        start_monitor(&state, ObjectRef::from_obj(guarded.as_ref()), uid)
     });
     if !handle.wake.knows(obj.resource_version().as_deref()) {
         handle.wake.notify.notify_one();
     }
     Ok(Action::await_change())
+}
+
+/// `namespace/name`, as [`key`] gives for the object.
+fn oref_key(oref: &ObjectRef<Guarded>) -> String {
+    format!("{}/{}", oref.namespace.as_deref().unwrap_or_default(), oref.name)
+}
+
+fn start_monitor(state: &State, oref: ObjectRef<Guarded>, uid: String) -> MonitorHandle {
+    let wake = Arc::new(Wake::default());
+    let span = tracing::info_span!("monitor", cluster = %oref_key(&oref));
+    let monitor = Monitor::new(
+        state.ctx.clone(),
+        state.store.clone(),
+        state.pods.clone(),
+        state.nodes.clone(),
+        oref.clone(),
+        uid,
+        wake.clone(),
+    );
+    MonitorHandle { task: tokio::spawn(tracing::Instrument::instrument(monitor.run(), span)), wake, oref }
+}
+
+/// A monitor ends by itself only when its cluster is gone. One that ended otherwise (a panic:
+/// a bug, but one that must not leave a production cluster unmonitored until its object next
+/// changes) is counted in `reconcile_errors{error="monitor-panic"}` and started again within a
+/// second, from status, as after an operator restart.
+async fn supervise(state: Arc<State>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let ended: Vec<(String, MonitorHandle)> = {
+            let mut monitors = state.monitors.lock().expect("monitors lock");
+            let done: Vec<String> =
+                monitors.iter().filter(|(_, h)| h.task.is_finished()).map(|(uid, _)| uid.clone()).collect();
+            done.into_iter().filter_map(|uid| monitors.remove(&uid).map(|h| (uid, h))).collect()
+        };
+        for (uid, handle) in ended {
+            let panic = match futures::FutureExt::now_or_never(handle.task) {
+                Some(Err(e)) if e.is_panic() => super::panic_message(e.into_panic().as_ref()),
+                _ => continue,
+            };
+            let labels =
+                crate::metrics::ErrorLabels { controller: "hacluster".into(), error: "monitor-panic".into() };
+            state.ctx.metrics.reconcile_errors.get_or_create(&labels).inc();
+            let current =
+                state.store.get(&handle.oref).is_some_and(|o| o.uid().as_deref() == Some(uid.as_str()));
+            if !current {
+                warn!(cluster = %oref_key(&handle.oref), panic = %panic, "a monitor panicked; its cluster is gone");
+                continue;
+            }
+            warn!(cluster = %oref_key(&handle.oref), panic = %panic, "a monitor panicked; starting it again");
+            let mut monitors = state.monitors.lock().expect("monitors lock");
+            monitors.entry(uid.clone()).or_insert_with(|| start_monitor(&state, handle.oref.clone(), uid));
+        }
+    }
 }
 
 fn error_policy(_obj: Arc<Guarded>, err: &Error, state: Arc<State>) -> Action {
@@ -578,6 +627,7 @@ impl Monitor {
             self.wake.remember(cluster.resource_version());
             // Boxed: the heartbeat's state lives on the heap only while it runs, so an idle
             // monitor holds a few hundred bytes instead of the largest await state (~19 KB).
+            crate::faults::panic_point("monitor-tick");
             Box::pin(self.tick(cluster)).await;
             tokio::select! {
                 () = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
@@ -1735,9 +1785,27 @@ impl Monitor {
                     );
                 }
                 match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host, restarts).await {
-                    Ok(_) => self.last_redirect = Some(host),
+                    Ok(_) => {
+                        self.last_redirect = Some(host);
+                        self.routing_problems.remove("RedirectFailed");
+                    }
                     Err(e) => {
-                        warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap")
+                        let cm = &redirect.config_map;
+                        let why = match &e {
+                            kube::Error::Api(s) if s.code == 403 => format!(
+                                "the redirect ConfigMap {cm} cannot be written: the operator may not write ConfigMaps in this namespace (chart: redirectNamespaces); replicas are not told the new primary"
+                            ),
+                            e => format!(
+                                "the redirect ConfigMap {cm} could not be written ({e}); retried each heartbeat"
+                            ),
+                        };
+                        // Said once (a condition, a warning); repeated each heartbeat only at debug.
+                        if self.routing_problems.get("RedirectFailed") != Some(&why) {
+                            warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
+                            self.routing_problems.insert("RedirectFailed", why);
+                        } else {
+                            debug!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
+                        }
                     }
                 }
             }

@@ -275,6 +275,10 @@ fn credentials_from(
 pub enum OpError {
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
+    /// The reconcile panicked (a bug): the object is retried with backoff and every other
+    /// object goes on being served.
+    #[error("reconcile panicked: {0}")]
+    Panic(String),
 }
 
 impl OpError {
@@ -282,8 +286,18 @@ impl OpError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Kube(e) => kube_error_kind(e),
+            Self::Panic(_) => "panic",
         }
     }
+}
+
+/// The message a panic carried (`panic!` with a literal or a formatted string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// A kube client error as a short label.
@@ -429,7 +443,19 @@ where
                     let span = tracing::info_span!("reconcile", controller = name, %object);
                     async move {
                         let r = match &obj.0 {
-                            Ok(k) => reconcile(std::sync::Arc::new(k.clone()), ctx).await,
+                            Ok(k) => {
+                                // A panic would unwind through the controller's stream and end
+                                // the process, and on restart do it again: one object would
+                                // stop the operator for every other.
+                                let work = async {
+                                    crate::faults::panic_point(&format!("reconcile-{name}"));
+                                    reconcile(std::sync::Arc::new(k.clone()), ctx).await
+                                };
+                                std::panic::AssertUnwindSafe(work)
+                                    .catch_unwind()
+                                    .await
+                                    .unwrap_or_else(|p| Err(OpError::Panic(panic_message(p.as_ref()))))
+                            }
                             Err(invalid) => {
                                 report_invalid::<K>(&ctx, invalid).await;
                                 Ok(Action::await_change())
@@ -466,8 +492,10 @@ where
             });
         runs.push(run.boxed());
     }
-    futures::future::join_all(runs).await;
-    Ok(())
+    // A controller stream never ends while the process runs (watches retry for ever): one
+    // that does leaves the operator blind to that kind, so it stops and its pod is restarted.
+    let (_, which, _) = futures::future::select_all(runs).await;
+    anyhow::bail!("the {name} controller's stream {which} ended")
 }
 
 /// Replace `obj`'s status with `status` (resourceVersion-guarded), unless it is unchanged.

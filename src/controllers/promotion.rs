@@ -131,10 +131,9 @@ impl ShardOp {
                             step_start = Time(Timestamp::now());
                             info!(cluster = %ckey, shard = shard_name, to = %to.name, from = ?p.from, epoch, reason = %p.reason, "promoting");
                             if p.kind == PromotionKind::Failover {
-                                let msg = format!(
-                                    "shard {shard_name}: {}; promoting {} (epoch {epoch})",
-                                    p.reason, to.name
-                                );
+                                // No epoch in the words: a repeated attempt is the same Warning
+                                // (folded into one Event); the epoch is in status.
+                                let msg = format!("shard {shard_name}: {}; promoting {}", p.reason, to.name);
                                 self.ctx.event(cluster, true, "FailingOver", "Failover", msg).await;
                             }
                             Ok(())

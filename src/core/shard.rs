@@ -285,7 +285,13 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
                 Some(pm) if pm.role() == Some(&ObservedRole::Replica) => {
                     format!("primary {primary} came back as a replica (restarted)")
                 }
-                Some(pm) => format!("primary {primary} missed {} consecutive heartbeats", pm.misses),
+                // The threshold, not the running count: the reason of a repeated attempt (an
+                // abandoned one is tried again each heartbeat) stays the same words, so its
+                // Warnings fold into one Event.
+                Some(_) => format!(
+                    "primary {primary} stopped answering ({} consecutive heartbeats missed)",
+                    policy.failure_threshold.max(1)
+                ),
             };
             plan.promote = Some(Promotion {
                 kind: PromotionKind::Failover,

@@ -30,25 +30,17 @@ const NODE_RULES: &[(&str, &[&str], &[&str])] = &[("", &["nodes"], &["get", "lis
 
 /// Exactly what the operator may do (API group, resources, verbs); nothing else.
 const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
-    ("understudy.dev", &KINDS, &["get", "list", "watch", "patch", "update"]),
+    ("understudy.dev", &KINDS, &["get", "list", "watch", "patch"]),
     ("understudy.dev", &STATUS, &["get", "patch", "update"]),
     ("", &["secrets"], &["get"]),
-    ("", &["services"], &["get", "list", "watch", "create", "patch", "update", "delete"]),
+    ("", &["services"], &["get", "create", "patch"]),
     ("", &["pods"], &["get", "list", "watch", "patch", "delete"]),
-    ("", &["configmaps"], &["get", "list", "watch", "create", "patch", "update"]),
+    ("", &["configmaps"], &["get", "create", "patch"]),
     ("", &["events"], &["create", "patch"]),
     ("", &["endpoints"], &["get", "delete"]),
     ("events.k8s.io", &["events"], &["create", "patch"]),
-    (
-        "discovery.k8s.io",
-        &["endpointslices"],
-        &["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
-    (
-        "networking.k8s.io",
-        &["networkpolicies"],
-        &["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
+    ("discovery.k8s.io", &["endpointslices"], &["get", "list", "create", "patch", "delete"]),
+    ("networking.k8s.io", &["networkpolicies"], &["get", "create", "patch"]),
 ];
 const LEASE_RULES: &[(&str, &[&str], &[&str])] =
     &[("coordination.k8s.io", &["leases"], &["get", "create", "update"])];
@@ -491,6 +483,29 @@ async fn helm_chart_by_default_installs_cluster_wide_with_leader_election() {
         ["run", "--leader-elect", "--log-format=json", "--allow-client-address", "--allow-workload-restarts"]
     );
 
+    // ConfigMap writes only where redirects are configured: no configmaps rule cluster-wide,
+    // a Role granting exactly it in each listed namespace, bound to the operator.
+    let narrowed = docs(&render("cw", &ns, &["--set", "redirectNamespaces={team-a,team-b}"]));
+    let without_cm: BTreeSet<Grant> =
+        table(OPERATOR_RULES).into_iter().filter(|(_, resource, _)| resource != "configmaps").collect();
+    assert_eq!(grants(get(&narrowed, "ClusterRole", "cw-understudy")), without_cm);
+    for team in ["team-a", "team-b"] {
+        let redirect = |kind: &str| {
+            narrowed
+                .iter()
+                .find(|o| {
+                    o["kind"] == kind
+                        && o["metadata"]["name"] == "cw-understudy-redirect"
+                        && o["metadata"]["namespace"] == team
+                })
+                .unwrap_or_else(|| panic!("no redirect {kind} in {team}"))
+        };
+        assert_eq!(grants(redirect("Role")), table(&[("", &["configmaps"], &["get", "create", "patch"])]));
+        let binding = redirect("RoleBinding");
+        assert_eq!(binding["roleRef"]["name"], "cw-understudy-redirect");
+        assert_eq!(binding["subjects"][0]["name"], "cw-understudy");
+    }
+
     // The CRDs the chart installs are the generated ones; the API server accepts them.
     let with_crds = docs(&render("cw", &ns, &["--include-crds"]));
     for f in std::fs::read_dir(support::crds_dir()).unwrap() {
@@ -644,7 +659,7 @@ async fn operator_does_its_job_with_only_the_charts_rbac() {
     let cluster = json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": "cache", "namespace": watched},
-        "spec": {"engine": "redis", "shards": [{"name": "s0", "members": members}],
+        "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": members}],
                  "failover": {"heartbeatInterval": "200ms"}},
     });
     apply(&cluster.to_string());

@@ -37,7 +37,7 @@ pub fn cluster(
     serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": name},
-        "spec": {"engine": "redis", "shards": shards, "failover": failover}
+        "spec": {"engine": "Redis", "shards": shards, "failover": failover}
     }))
     .unwrap()
 }
@@ -464,7 +464,7 @@ async fn redis_manual_mode_never_fails_over_by_itself() {
     let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
     api.create(
         &PostParams::default(),
-        &cluster("manual", &[("s0", &members)], json!({"heartbeatInterval": "200ms", "mode": "manual"})),
+        &cluster("manual", &[("s0", &members)], json!({"heartbeatInterval": "200ms", "mode": "Manual"})),
     )
     .await
     .unwrap();
@@ -603,4 +603,55 @@ async fn automatic_failover_avoids_members_on_not_ready_nodes() {
     for name in &names {
         let _ = nodes.delete(name, &Default::default()).await;
     }
+}
+
+/// A promotion that fails on the candidate (its ACL forbids `REPLICAOF`) stays recorded and is
+/// retried every heartbeat. The attempts are repeated Warnings, not a flood of Events: one
+/// Event per (reason, note) whose `series.count` grows.
+#[tokio::test]
+async fn repeated_failed_promotions_are_one_event_not_one_per_attempt() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-repeat").await;
+    let mut servers = [RedisServer::start(None), RedisServer::start(None)];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &cluster(
+            "r",
+            &[("s0", &[("a", &servers[0]), ("b", &servers[1])])],
+            json!({"heartbeatInterval": "200ms"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&api, "r", "s0", None).await;
+    let (pi, other) = if p == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[other], &servers[pi]).await;
+    // The replica refuses to be promoted; the primary dies.
+    let () =
+        servers[other].cmd(redis::cmd("ACL").arg("SETUSER").arg("default").arg("-replicaof")).await.unwrap();
+    servers[pi].kill();
+    let evs: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let failed = || async {
+        evs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("PromotionFailed"))
+            .collect::<Vec<_>>()
+    };
+    // The series is written at the earliest 30 s after the first Event, for a repeat.
+    let counted = eventually(Duration::from_secs(90), "a PromotionFailed series", || async {
+        failed().await.into_iter().find_map(|e| e.series.map(|s| s.count)).filter(|c| *c >= 10)
+    })
+    .await;
+    let all = failed().await;
+    let notes: std::collections::BTreeSet<_> =
+        all.iter().map(|e| e.note.clone().unwrap_or_default()).collect();
+    assert_eq!(all.len(), notes.len(), "one Event per distinct note: {all:#?}");
+    assert!(all.len() <= 2, "{} PromotionFailed Events for {counted} attempts: {notes:#?}", all.len());
+    assert_eq!(servers[other].role().await.as_deref(), Some("slave"), "nothing promoted");
+    operator.stop().await;
 }

@@ -19,6 +19,7 @@ mod outage;
 mod protection_group;
 mod shard_failover;
 mod standby;
+mod supervision;
 mod support;
 mod unreadable;
 mod validation;

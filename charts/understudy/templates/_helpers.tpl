@@ -52,7 +52,7 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 # The four custom resources, watched and updated by their controllers.
 - apiGroups: ["understudy.dev"]
   resources: ["haclusters", "failoverrequests", "shardfailovers", "protectiongroups"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["understudy.dev"]
   resources: ["haclusters/status", "failoverrequests/status", "shardfailovers/status", "protectiongroups/status"]
   verbs: ["get", "patch", "update"]
@@ -61,13 +61,16 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Routing: Services and EndpointSlices pointing at the current primary.
+# Routing: Services and EndpointSlices pointing at the current primary, written by server-side
+# apply (which the API server authorizes as create for a new object and patch otherwise),
+# read by name; a cluster's own stale EndpointSlices are listed by label and deleted. Services
+# are never deleted by the operator (owner references let the garbage collector do it).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Stale Endpoints left behind when an earlier version's selector Service became
 # selector-less (the mirroring controller would keep routing to them).
 - apiGroups: [""]
@@ -78,14 +81,14 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch", "delete"]
-# Redirect configuration: the ConfigMap key holding the primary's address.
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
-# Client access: spec.acls becomes a NetworkPolicy.
+{{- if empty .Values.redirectNamespaces }}
+{{ include "understudy.redirectRule" . }}
+{{- end }}
+# Client access: spec.acls becomes a NetworkPolicy (read by name, server-side applied; the
+# garbage collector removes it with its HaCluster).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch"]
 {{- if .Values.allowWorkloadRestarts }}
 # Restarts of the workloads an HaCluster's redirect lists, after a role change.
 - apiGroups: ["apps"]
@@ -99,4 +102,13 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Redirect ConfigMaps: everywhere the operator works, or only in redirectNamespaces. */}}
+{{- define "understudy.redirectRule" -}}
+# Redirect configuration (agent engine): the ConfigMap key holding the primary's address,
+# read by name and server-side applied; never listed, watched or deleted.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
