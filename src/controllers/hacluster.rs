@@ -1132,6 +1132,18 @@ impl Monitor {
         }
         for name in &plan.follow {
             if let Some(d) = declared.iter().find(|d| &d.name == name) {
+                // An old primary that demoted itself on thawing (a queued demotion) still holds
+                // what it wrote: measure it before it resyncs and loses it.
+                let offset = self
+                    .members
+                    .get(&d.name)
+                    .and_then(|m| m.probe.as_ref())
+                    .filter(|p| p.role == ObservedRole::Replica && p.following.is_none())
+                    .and_then(|p| p.offset)
+                    .filter(|o| *o > 0);
+                if let Some(offset) = offset {
+                    self.account_reattached(cluster, &d.shard, &d.name, offset).await;
+                }
                 // A standby leader follows the upstream; everyone else follows the leader.
                 let target = match &self.upstream_seen {
                     Some(up) if d.name == p.name => up.clone(),
@@ -1217,7 +1229,7 @@ impl Monitor {
                 started_at: now.clone(),
                 finished_at: now,
                 message: Some(format!(
-                    "{member} came back as a primary at offset {offset}, {lost} bytes beyond the point {} was promoted at ({promoted_at}); those writes are lost",
+                    "{member} came back at offset {offset}, {lost} bytes beyond the point {} was promoted at ({promoted_at}); those writes are lost",
                     r.to.clone().unwrap_or_default()
                 )),
             });
@@ -1781,7 +1793,7 @@ impl Monitor {
                 } else {
                     self.routing_problems.insert(
                         "WorkloadRestartsNotAllowed",
-                        "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts); the redirect ConfigMap is written".into(),
+                        "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts)".into(),
                     );
                 }
                 match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host, restarts).await {

@@ -145,6 +145,9 @@ impl ShardOp {
                     .await
                     .map_err(|e| (Fault::Answered, e)),
                 Effect::Demote { member } => reported(engine.demote(&endpoint(&member)).await),
+                Effect::QueueDemote { member } => {
+                    reported(engine.demote_when_thawed(&endpoint(&member)).await)
+                }
                 Effect::Kill { member } => self.kill_pod(cluster, &member).await,
                 Effect::ResumeWrites { member } => {
                     let r = reported(engine.resume_writes(&endpoint(&member)).await);

@@ -88,6 +88,9 @@ pub enum Effect {
     Demote { member: String },
     /// Delete the member's pod with no grace period.
     Kill { member: String },
+    /// The member does not answer: queue a demotion that it runs, if it runs again, before
+    /// any client command sent after this (a frozen process thawing).
+    QueueDemote { member: String },
     /// Give the member its writes back (undo a drain's pause).
     ResumeWrites { member: String },
     /// Make the member a writable primary.
@@ -131,6 +134,10 @@ enum Phase {
     Drain,
     DemoteDrained,
     Fence,
+    /// Then back to deciding on the silent old primary, `why` it was silent in hand.
+    QueueDemote {
+        why: String,
+    },
     Kill,
     Promote,
     /// Switchover whose promotion failed: make the old primary writable again.
@@ -182,6 +189,8 @@ pub struct Saga {
     drained: bool,
     /// Deleting the old primary's pod was tried (it is tried once).
     kill_tried: bool,
+    /// Queueing a demotion on the silent old primary was tried (once).
+    queue_tried: bool,
     attempts: u32,
 }
 
@@ -193,6 +202,7 @@ impl Saga {
             steps: Vec::new(),
             drained: false,
             kill_tried: false,
+            queue_tried: false,
             attempts: 0,
         };
         if saga.start.kind == PromotionKind::Resume {
@@ -214,6 +224,7 @@ impl Saga {
             Phase::Drain => Effect::Drain { from: from(), to: self.start.to.clone() },
             Phase::DemoteDrained | Phase::Fence => Effect::Demote { member: from() },
             Phase::Kill => Effect::Kill { member: from() },
+            Phase::QueueDemote { .. } => Effect::QueueDemote { member: from() },
             Phase::Promote => match &self.start.become_ {
                 Become::Writable => Effect::Promote { member: self.start.to.clone() },
                 Become::Follower(up) => {
@@ -292,6 +303,10 @@ impl Saga {
                     from.name, self.start.to
                 ),
             },
+            Fault::Silent if !self.queue_tried => {
+                self.queue_tried = true;
+                Phase::QueueDemote { why }
+            }
             Fault::Silent if from.killable && !self.kill_tried => {
                 self.kill_tried = true;
                 Phase::Kill
@@ -351,6 +366,13 @@ impl Saga {
             }
             (Phase::Fence, Err((fault, e))) => self.fence_failed(fault, e),
 
+            (Phase::QueueDemote { why }, Ok(())) => self.fence_failed(
+                Fault::Silent,
+                format!("{why}; a demotion is queued that it runs before any later client command"),
+            ),
+            (Phase::QueueDemote { why }, Err((_, e))) => {
+                self.fence_failed(Fault::Silent, format!("{why}; no demotion could be queued: {e}"))
+            }
             (Phase::Kill, Ok(())) => {
                 self.step("fence", format!("{from} unreachable; its pod was deleted (grace period 0)"));
                 Phase::Promote
@@ -490,8 +512,18 @@ mod tests {
         let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));
         let effects = run(&mut s, |_| None);
         assert_eq!(effects[0], Effect::Record);
-        assert_eq!(effects[1], Effect::Promote { member: "b".into() });
+        // Silent: a demotion is queued for the moment it runs again, then it is promoted past.
+        assert_eq!(effects[1], Effect::QueueDemote { member: "a".into() });
+        assert_eq!(effects[2], Effect::Promote { member: "b".into() });
         assert!(s.steps[0].message.contains("not demoted"), "{:?}", s.steps);
+        assert!(s.steps[0].message.contains("a demotion is queued"), "{:?}", s.steps);
+        // A demotion that could not be queued is said so, and changes nothing else.
+        let mut from = old(false);
+        from.self_fencing = true;
+        let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));
+        run(&mut s, |e| matches!(e, Effect::QueueDemote { .. }).then_some(Fault::Silent));
+        assert_eq!(s.done(), Some(&End::Promoted));
+        assert!(s.steps[0].message.contains("no demotion could be queued"), "{:?}", s.steps);
     }
 
     #[test]
@@ -519,7 +551,8 @@ mod tests {
         from.killable = true;
         let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));
         let effects = run(&mut s, |_| None);
-        assert_eq!(effects[1], Effect::Kill { member: "a".into() });
+        assert_eq!(effects[1], Effect::QueueDemote { member: "a".into() });
+        assert_eq!(effects[2], Effect::Kill { member: "a".into() });
         assert!(s.steps[0].message.contains("pod was deleted"));
         // The pod cannot be deleted: the rules for an unreachable primary apply.
         let mut from = old(false);
@@ -545,7 +578,11 @@ mod tests {
         let effects = run(&mut s, |_| None);
         assert!(!effects.iter().any(|e| matches!(
             e,
-            Effect::Drain { .. } | Effect::Demote { .. } | Effect::Kill { .. } | Effect::ResumeWrites { .. }
+            Effect::Drain { .. }
+                | Effect::Demote { .. }
+                | Effect::Kill { .. }
+                | Effect::QueueDemote { .. }
+                | Effect::ResumeWrites { .. }
         )));
         assert_eq!(s.done(), Some(&End::Promoted));
     }

@@ -101,6 +101,14 @@ pub trait Engine: Send + Sync {
     fn request_ack<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// Queue a demotion on a member that accepts connections but does not answer (frozen, or
+    /// too slow): it is written on a connection kept open to the primary for this (redis: a
+    /// fence line), so that the member runs it, when it runs again, before any command a
+    /// client sends after that — a thawed old primary then refuses writes at once, not when
+    /// its self-fencing notices or the next heartbeat demotes it. Engines without it return Ok.
+    fn demote_when_thawed<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Whether [`Engine::set_self_fencing`] does anything.
     fn self_fences(&self) -> bool {
         false

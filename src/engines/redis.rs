@@ -28,6 +28,40 @@ pub struct RedisEngine {
     timeout: Duration,
     /// Replicas being watched until their command stream starts (see [`Self::start_stream`]).
     linking: Arc<Mutex<HashSet<String>>>,
+    /// Fence lines to primaries (see [`Engine::demote_when_thawed`]).
+    lines: Arc<Mutex<HashMap<String, Line>>>,
+}
+
+/// An authenticated connection kept open to a primary, used for nothing until the primary
+/// stops answering: then a demotion is written on it, to run when the primary runs again.
+enum Line {
+    Opening,
+    Open { stream: tokio::net::TcpStream, used: Instant },
+}
+
+/// A fence line not wanted for this long (its member no longer probed as a primary) is closed.
+const LINE_IDLE: Duration = Duration::from_secs(300);
+/// How long a queued demotion waits for its member to run again before its connection is
+/// closed (the member still reads the command when it thaws; no answer is awaited then).
+const THAW_WATCH: Duration = Duration::from_secs(600);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A command in RESP.
+fn resp(out: &mut Vec<u8>, args: &[&str]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+}
+
+/// Whether a line is still connected and in step: nothing to read (a closed or reset
+/// connection reads as end of file or an error; unexpected bytes mean it is out of step).
+fn line_alive(stream: &tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// How long a newly attached replica is watched for its link to come up.
@@ -39,7 +73,66 @@ const ACK_REQUESTS: [Duration; 3] = [Duration::ZERO, Duration::from_millis(50), 
 
 impl RedisEngine {
     pub fn new(creds: Credentials, timeout: Duration) -> Self {
-        Self { creds, timeout, linking: Arc::default() }
+        Self { creds, timeout, linking: Arc::default(), lines: Arc::default() }
+    }
+
+    /// `AUTH` as the member expects it, or nothing without a password.
+    fn auth(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match (&self.creds.username, &self.creds.secret) {
+            (Some(user), Some(pass)) => resp(&mut out, &["AUTH", user, pass]),
+            (None, Some(pass)) => resp(&mut out, &["AUTH", pass]),
+            _ => {}
+        }
+        out
+    }
+
+    async fn open_line(&self, endpoint: &str) -> std::io::Result<tokio::net::TcpStream> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (host, port) = split_endpoint(endpoint).ok_or_else(|| std::io::Error::other("not host:port"))?;
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        let auth = self.auth();
+        if !auth.is_empty() {
+            stream.write_all(&auth).await?;
+            let mut reply = [0u8; 64];
+            let n = stream.read(&mut reply).await?;
+            if !reply[..n].starts_with(b"+OK") {
+                return Err(std::io::Error::other("AUTH refused"));
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Keep a fence line open to `endpoint` (a primary), opening it in the background when
+    /// there is none or it broke; lines not wanted for [`LINE_IDLE`] are closed.
+    fn keep_line(&self, endpoint: &str) {
+        let mut lines = lock(&self.lines);
+        lines.retain(|_, l| !matches!(l, Line::Open { used, .. } if used.elapsed() > LINE_IDLE));
+        match lines.get_mut(endpoint) {
+            Some(Line::Opening) => return,
+            Some(Line::Open { stream, used }) if line_alive(stream) => {
+                *used = Instant::now();
+                return;
+            }
+            _ => {}
+        }
+        lines.insert(endpoint.to_owned(), Line::Opening);
+        drop(lines);
+        let this = self.clone();
+        let endpoint = endpoint.to_owned();
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(this.timeout, this.open_line(&endpoint)).await;
+            let mut lines = lock(&this.lines);
+            match opened {
+                Ok(Ok(stream)) => {
+                    lines.insert(endpoint, Line::Open { stream, used: Instant::now() });
+                }
+                _ => {
+                    lines.remove(&endpoint);
+                }
+            }
+        });
     }
 
     /// After a diskless full sync (Redis 7's default) a primary starts sending a replica its
@@ -172,8 +265,66 @@ impl Engine for RedisEngine {
             let mut cmd = redis::cmd("INFO");
             cmd.arg("replication");
             let info: String = self.call(endpoint, cmd).await?;
-            parse_replication_info(&info)
-                .map_err(|message| EngineError::Protocol { endpoint: endpoint.into(), message })
+            let probe = parse_replication_info(&info)
+                .map_err(|message| EngineError::Protocol { endpoint: endpoint.into(), message })?;
+            if probe.role == ObservedRole::Primary {
+                self.keep_line(endpoint);
+            }
+            Ok(probe)
+        }
+        .boxed()
+    }
+
+    fn demote_when_thawed<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let unreachable =
+                |e: std::io::Error| EngineError::Unreachable { endpoint: endpoint.into(), message: e.to_string() };
+            let timeout = || EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout };
+            let line = match lock(&self.lines).remove(endpoint) {
+                Some(Line::Open { stream, .. }) if line_alive(&stream) => Some(stream),
+                _ => None,
+            };
+            let mut commands = Vec::new();
+            let (mut stream, replies) = match line {
+                Some(stream) => (stream, 1),
+                // No line: a new connection, which the kernel accepts while the member is frozen.
+                // Its commands run when the member has accepted it — after whatever arrived
+                // before, so this is weaker than a line.
+                None => {
+                    let (host, port) = split_endpoint(endpoint)
+                        .ok_or_else(|| unreachable(std::io::Error::other("not host:port")))?;
+                    let stream = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect((host, port)))
+                        .await
+                        .map_err(|_| timeout())?
+                        .map_err(unreachable)?;
+                    commands = self.auth();
+                    (stream, if commands.is_empty() { 1 } else { 2 })
+                }
+            };
+            resp(&mut commands, &["REPLICAOF", FENCE_HOST, &FENCE_PORT.to_string()]);
+            tokio::time::timeout(self.timeout, stream.write_all(&commands))
+                .await
+                .map_err(|_| timeout())?
+                .map_err(unreachable)?;
+            // Held open until the member answers: it reads the command when it runs again.
+            let endpoint = endpoint.to_owned();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let read = async {
+                    let mut buf = [0u8; 256];
+                    while got.iter().filter(|b| **b == b'\n').count() < replies {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                };
+                let answered = tokio::time::timeout(THAW_WATCH, read).await.is_ok();
+                let reply = String::from_utf8_lossy(&got).trim().replace("\r\n", " ");
+                tracing::info!(member = %endpoint, answered, %reply, "a demotion queued while the member did not answer has run");
+            });
+            Ok(())
         }
         .boxed()
     }

@@ -19,7 +19,7 @@ use kube::{Api, Client, api::PostParams};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-use crate::support::{self, Process, RedisServer, eventually};
+use crate::support::{self, Process, RedisServer, SupervisedAgent, eventually};
 
 const KINDS: [&str; 4] = ["haclusters", "failoverrequests", "shardfailovers", "protectiongroups"];
 const STATUS: [&str; 4] =
@@ -35,7 +35,6 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["secrets"], &["get"]),
     ("", &["services"], &["get", "create", "patch"]),
     ("", &["pods"], &["get", "list", "watch", "patch", "delete"]),
-    ("", &["configmaps"], &["get", "create", "patch"]),
     ("", &["events"], &["create", "patch"]),
     ("", &["endpoints"], &["get", "delete"]),
     ("events.k8s.io", &["events"], &["create", "patch"]),
@@ -483,12 +482,18 @@ async fn helm_chart_by_default_installs_cluster_wide_with_leader_election() {
         ["run", "--leader-elect", "--log-format=json", "--allow-client-address", "--allow-workload-restarts"]
     );
 
-    // ConfigMap writes only where redirects are configured: no configmaps rule cluster-wide,
-    // a Role granting exactly it in each listed namespace, bound to the operator.
+    // ConfigMap writes only where redirects are configured: by default nowhere (above); with
+    // "*" everywhere the operator works; with a list, a Role granting exactly that in each
+    // listed namespace, bound to the operator, and nothing cluster-wide.
+    let cm = table(&[("", &["configmaps"], &["get", "create", "patch"])]);
+    let everywhere = docs(&render("cw", &ns, &["--set", "redirectNamespaces={*}"]));
+    assert_eq!(
+        grants(get(&everywhere, "ClusterRole", "cw-understudy")),
+        table(OPERATOR_RULES).union(&cm).cloned().collect()
+    );
+    assert!(everywhere.iter().all(|o| o["metadata"]["name"] != "cw-understudy-redirect"));
     let narrowed = docs(&render("cw", &ns, &["--set", "redirectNamespaces={team-a,team-b}"]));
-    let without_cm: BTreeSet<Grant> =
-        table(OPERATOR_RULES).into_iter().filter(|(_, resource, _)| resource != "configmaps").collect();
-    assert_eq!(grants(get(&narrowed, "ClusterRole", "cw-understudy")), without_cm);
+    assert_eq!(grants(get(&narrowed, "ClusterRole", "cw-understudy")), table(OPERATOR_RULES));
     for team in ["team-a", "team-b"] {
         let redirect = |kind: &str| {
             narrowed
@@ -500,7 +505,7 @@ async fn helm_chart_by_default_installs_cluster_wide_with_leader_election() {
                 })
                 .unwrap_or_else(|| panic!("no redirect {kind} in {team}"))
         };
-        assert_eq!(grants(redirect("Role")), table(&[("", &["configmaps"], &["get", "create", "patch"])]));
+        assert_eq!(grants(redirect("Role")), cm);
         let binding = redirect("RoleBinding");
         assert_eq!(binding["roleRef"]["name"], "cw-understudy-redirect");
         assert_eq!(binding["subjects"][0]["name"], "cw-understudy");
@@ -714,6 +719,42 @@ async fn operator_does_its_job_with_only_the_charts_rbac() {
     })
     .await;
     assert!(!operator.log().to_lowercase().contains("forbidden"), "the operator was refused something");
+
+    // An agent cluster with a redirect: the chart grants no ConfigMap writes by default, so the
+    // cluster elects its main all the same and says why replicas are not told.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "agent-token", "namespace": watched}, "stringData": {"token": "t0ken"}});
+    apply(&secret.to_string());
+    let agents = [SupervisedAgent::start("127.0.0.1", "t0ken"), SupervisedAgent::start("127.0.0.1", "t0ken")];
+    let agent_cluster = json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "metadata": {"name": "app", "namespace": watched},
+        "spec": {"engine": "Agent", "secretRef": {"name": "agent-token"},
+                 "shards": [{"name": "main", "members": agents.iter().enumerate()
+                     .map(|(i, a)| json!({"name": format!("n{i}"), "endpoint": a.addr.to_string()})).collect::<Vec<_>>()}],
+                 "failover": {"heartbeatInterval": "200ms"},
+                 "redirect": {"configMap": "app-config"}},
+    });
+    apply(&agent_cluster.to_string());
+    let message = eventually(WAIT, "Routed=False RedirectFailed with a main", || async {
+        let (ok, out, _) =
+            support::kubectl_result(&["get", "hacluster", "app", "-n", &watched, "-o", "json"]);
+        let c: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        c["status"]["shards"][0]["currentPrimary"].as_str()?;
+        let cond = c["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Routed" && c["status"] == "False" && c["reason"] == "RedirectFailed")?;
+        cond["message"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(message.contains("app-config") && message.contains("redirectNamespaces"), "{message}");
+    let cms = support::kubectl_result(&["get", "configmap", "app-config", "-n", &watched]);
+    assert!(!cms.0, "the ConfigMap was written without the right to");
+    for line in operator.log().lines().filter(|l| l.to_lowercase().contains("forbidden")) {
+        assert!(line.contains("configmaps"), "refused something other than the redirect ConfigMap: {line}");
+    }
+    drop(agents);
     drop(dump);
     drop(operator);
     let _ = std::fs::remove_file(&log);

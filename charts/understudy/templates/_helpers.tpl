@@ -81,7 +81,7 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch", "delete"]
-{{- if empty .Values.redirectNamespaces }}
+{{- if has "*" .Values.redirectNamespaces }}
 {{ include "understudy.redirectRule" . }}
 {{- end }}
 # Client access: spec.acls becomes a NetworkPolicy (read by name, server-side applied; the
@@ -104,7 +104,7 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
   verbs: ["create", "patch"]
 {{- end }}
 
-{{/* Redirect ConfigMaps: everywhere the operator works, or only in redirectNamespaces. */}}
+{{/* Redirect ConfigMaps: nowhere (default), everywhere the operator works ("*"), or only in the listed namespaces. */}}
 {{- define "understudy.redirectRule" -}}
 # Redirect configuration (agent engine): the ConfigMap key holding the primary's address,
 # read by name and server-side applied; never listed, watched or deleted.
