@@ -303,13 +303,17 @@ impl Saga {
                     from.name, self.start.to
                 ),
             },
-            Fault::Silent if !self.queue_tried => {
-                self.queue_tried = true;
-                Phase::QueueDemote { why }
-            }
             Fault::Silent if from.killable && !self.kill_tried => {
                 self.kill_tried = true;
                 Phase::Kill
+            }
+            // Going on past it: first queue a demotion it runs if it runs again (not when the
+            // promotion is abandoned — then nothing is changed on it).
+            Fault::Silent
+                if (from.self_fencing || self.start.on_timeout == OnTimeout::Force) && !self.queue_tried =>
+            {
+                self.queue_tried = true;
+                Phase::QueueDemote { why }
             }
             Fault::Silent if from.self_fencing => {
                 self.step(
@@ -532,12 +536,17 @@ mod tests {
         let effects = run(&mut s, |_| None);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Promote { .. })));
         assert!(matches!(s.done(), Some(End::Abandoned { reason: reason::FENCE_TIMED_OUT, .. })));
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::QueueDemote { .. })),
+            "abandoned: nothing queued"
+        );
         let mut forced = start(PromotionKind::Failover, Some(old(false)));
         forced.on_timeout = OnTimeout::Force;
         let mut s = Saga::new(forced);
-        run(&mut s, |_| None);
+        let effects = run(&mut s, |_| None);
         assert_eq!(s.done(), Some(&End::Promoted));
         assert!(s.steps[0].message.contains("skipped"));
+        assert!(effects.contains(&Effect::QueueDemote { member: "a".into() }), "promoted past it: queued");
     }
 
     #[test]
@@ -551,8 +560,7 @@ mod tests {
         from.killable = true;
         let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));
         let effects = run(&mut s, |_| None);
-        assert_eq!(effects[1], Effect::QueueDemote { member: "a".into() });
-        assert_eq!(effects[2], Effect::Kill { member: "a".into() });
+        assert_eq!(effects[1], Effect::Kill { member: "a".into() });
         assert!(s.steps[0].message.contains("pod was deleted"));
         // The pod cannot be deleted: the rules for an unreachable primary apply.
         let mut from = old(false);
