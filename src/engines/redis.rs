@@ -87,11 +87,17 @@ impl RedisEngine {
         out
     }
 
+    /// A plain TCP connection (for commands written without waiting for their answers).
+    async fn tcp(endpoint: &str) -> std::io::Result<tokio::net::TcpStream> {
+        let (host, port) = split_endpoint(endpoint).ok_or_else(|| std::io::Error::other("not host:port"))?;
+        let stream = tokio::net::TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
     async fn open_line(&self, endpoint: &str) -> std::io::Result<tokio::net::TcpStream> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let (host, port) = split_endpoint(endpoint).ok_or_else(|| std::io::Error::other("not host:port"))?;
-        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
-        stream.set_nodelay(true)?;
+        let mut stream = Self::tcp(endpoint).await?;
         let auth = self.auth();
         if !auth.is_empty() {
             stream.write_all(&auth).await?;
@@ -145,8 +151,7 @@ impl RedisEngine {
     /// about 1,100 writes each when the primary died in it). So after attaching a replica,
     /// watch it until its link is up and ask it to acknowledge at once, a few times.
     fn start_stream(&self, endpoint: &str) {
-        if !self.linking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(endpoint.to_owned())
-        {
+        if !lock(&self.linking).insert(endpoint.to_owned()) {
             return;
         }
         let this = self.clone();
@@ -166,7 +171,7 @@ impl RedisEngine {
                 }
                 tokio::time::sleep(LINK_POLL).await;
             }
-            this.linking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&endpoint);
+            lock(&this.linking).remove(&endpoint);
         });
     }
 
@@ -195,10 +200,19 @@ impl RedisEngine {
 
     /// Run one command on a fresh connection, the whole exchange bounded by the timeout.
     async fn call<T: redis::FromRedisValue>(&self, endpoint: &str, cmd: redis::Cmd) -> EngineResult<T> {
-        let work = async {
+        self.bounded(endpoint, async {
             let mut conn = self.connect(endpoint).await?;
             cmd.query_async::<T>(&mut conn).await.map_err(|e| classify(endpoint, e))
-        };
+        })
+        .await
+    }
+
+    /// `work` on `endpoint`, the whole of it bounded by the engine's timeout.
+    async fn bounded<T>(
+        &self,
+        endpoint: &str,
+        work: impl std::future::Future<Output = EngineResult<T>>,
+    ) -> EngineResult<T> {
         tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout })?
@@ -280,7 +294,6 @@ impl Engine for RedisEngine {
             use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
             let unreachable =
                 |e: std::io::Error| EngineError::Unreachable { endpoint: endpoint.into(), message: e.to_string() };
-            let timeout = || EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout };
             let line = match lock(&self.lines).remove(endpoint) {
                 Some(Line::Open { stream, .. }) if line_alive(&stream) => Some(stream),
                 _ => None,
@@ -292,21 +305,13 @@ impl Engine for RedisEngine {
                 // Its commands run when the member has accepted it — after whatever arrived
                 // before, so this is weaker than a line.
                 None => {
-                    let (host, port) = split_endpoint(endpoint)
-                        .ok_or_else(|| unreachable(std::io::Error::other("not host:port")))?;
-                    let stream = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect((host, port)))
-                        .await
-                        .map_err(|_| timeout())?
-                        .map_err(unreachable)?;
+                    let stream = self.bounded(endpoint, async { Self::tcp(endpoint).await.map_err(unreachable) }).await?;
                     commands = self.auth();
                     (stream, if commands.is_empty() { 1 } else { 2 })
                 }
             };
             resp(&mut commands, &["REPLICAOF", FENCE_HOST, &FENCE_PORT.to_string()]);
-            tokio::time::timeout(self.timeout, stream.write_all(&commands))
-                .await
-                .map_err(|_| timeout())?
-                .map_err(unreachable)?;
+            self.bounded(endpoint, async { stream.write_all(&commands).await.map_err(unreachable) }).await?;
             // Held open until the member answers: it reads the command when it runs again.
             let endpoint = endpoint.to_owned();
             tokio::spawn(async move {
@@ -358,22 +363,20 @@ impl Engine for RedisEngine {
             // carries the one reply to wait for.
             let mut pipe = redis::pipe();
             pipe.cmd("REPLCONF").arg("GETACK").arg("*").cmd("PING");
-            let work = async {
-                let mut conn = self.connect(endpoint).await?;
-                redis::aio::ConnectionLike::req_packed_commands(&mut conn, &pipe, 0, 1)
-                    .await
-                    .map_err(|e| classify(endpoint, e))
-            };
-            match tokio::time::timeout(self.timeout, work).await {
-                Err(_) => Err(EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout }),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(replies)) => match replies.first() {
-                    Some(redis::Value::SimpleString(s)) if s == "PONG" => Ok(()),
-                    other => Err(EngineError::Protocol {
-                        endpoint: endpoint.into(),
-                        message: format!("REPLCONF GETACK: unexpected reply {other:?}"),
-                    }),
-                },
+            let replies = self
+                .bounded(endpoint, async {
+                    let mut conn = self.connect(endpoint).await?;
+                    redis::aio::ConnectionLike::req_packed_commands(&mut conn, &pipe, 0, 1)
+                        .await
+                        .map_err(|e| classify(endpoint, e))
+                })
+                .await?;
+            match replies.first() {
+                Some(redis::Value::SimpleString(s)) if s == "PONG" => Ok(()),
+                other => Err(EngineError::Protocol {
+                    endpoint: endpoint.into(),
+                    message: format!("REPLCONF GETACK: unexpected reply {other:?}"),
+                }),
             }
         }
         .boxed()
