@@ -18,12 +18,14 @@ use serde_json::json;
 
 use crate::{
     controlplane::{ControlPlane, Options, free_port},
+    core::vocabulary::ConditionType,
     localredis::LocalRedis,
     operator::InProcess,
     resources::{
         HaCluster, ShardFailover,
         hacluster::{HaClusterStatus, Role},
         shard_failover::ShardFailoverPhase,
+        shared::{TRUE, condition},
     },
 };
 
@@ -310,7 +312,7 @@ fn index(name: &str) -> anyhow::Result<usize> {
 fn healthy_primary(st: &HaClusterStatus, not: Option<&str>) -> Option<String> {
     let s = st.shards.first()?;
     let p = s.current_primary.clone()?;
-    let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = condition(&st.conditions, ConditionType::Ready).is_some_and(|c| c.status == TRUE);
     let ok = ready
         && s.target_primary.is_none()
         && s.members.iter().any(|m| m.name == p && m.healthy && m.role == Role::Primary);

@@ -81,30 +81,29 @@ impl Series {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::vocabulary::Reason;
 
     #[test]
     fn the_same_warning_is_one_event_with_a_count() {
         let mut s = Series::default();
         let t0 = Instant::now();
-        assert_eq!(s.observe("u", "PromotionFailed", "x", t0), Publish::Create);
-        s.created("u", "PromotionFailed", "x", Some("ev-1".into()));
+        let (failed, other) = (Reason::PromotionFailed.as_str(), Reason::PromotionAbandoned.as_str());
+        assert_eq!(s.observe("u", failed, "x", t0), Publish::Create);
+        s.created("u", failed, "x", Some("ev-1".into()));
         // Every 500 ms for 29 s: counted, not published.
         for i in 1..59 {
-            assert_eq!(
-                s.observe("u", "PromotionFailed", "x", t0 + Duration::from_millis(500 * i)),
-                Publish::Skip
-            );
+            assert_eq!(s.observe("u", failed, "x", t0 + Duration::from_millis(500 * i)), Publish::Skip);
         }
         assert_eq!(
-            s.observe("u", "PromotionFailed", "x", t0 + Duration::from_secs(30)),
+            s.observe("u", failed, "x", t0 + Duration::from_secs(30)),
             Publish::Patch { name: "ev-1".into(), count: 60 }
         );
         // Another note, reason or object is its own Event.
-        assert_eq!(s.observe("u", "PromotionFailed", "y", t0 + Duration::from_secs(31)), Publish::Create);
-        assert_eq!(s.observe("u", "Other", "x", t0 + Duration::from_secs(31)), Publish::Create);
-        assert_eq!(s.observe("v", "PromotionFailed", "x", t0 + Duration::from_secs(31)), Publish::Create);
+        assert_eq!(s.observe("u", failed, "y", t0 + Duration::from_secs(31)), Publish::Create);
+        assert_eq!(s.observe("u", other, "x", t0 + Duration::from_secs(31)), Publish::Create);
+        assert_eq!(s.observe("v", failed, "x", t0 + Duration::from_secs(31)), Publish::Create);
         // After the window, a new Event.
-        assert_eq!(s.observe("u", "PromotionFailed", "x", t0 + Series::WINDOW), Publish::Create);
+        assert_eq!(s.observe("u", failed, "x", t0 + Series::WINDOW), Publish::Create);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::{
     core::{
         dag::{self, ItemOutcome},
         shard::{self, Policy},
+        vocabulary::{Action as EventAction, ConditionType, Reason},
     },
     resources::{
         FailoverRequest, HaCluster,
@@ -30,7 +31,7 @@ use crate::{
             FailoverItem, ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus,
         },
         hacluster::OnTimeout,
-        shared::set_condition,
+        shared::{condition, set_condition},
     },
 };
 
@@ -109,7 +110,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     // a task this operator did not build, or a request past its deadline, ends Failed.
     if let Err(why) = dag::validate(&task.subtasks, fr.spec.items.len()) {
         let why = format!("status.task is not one this operator wrote ({why}); abandoned, locks released");
-        return abandon(&ctx, &api, &fr, status, task, "InvalidStatus", why).await;
+        return abandon(&ctx, &api, &fr, status, task, Reason::InvalidStatus, why).await;
     }
     if let Some(created) = fr.metadata.creation_timestamp.as_ref() {
         let whole = request_deadline(fr.spec.timeout_seconds);
@@ -120,7 +121,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
                 fr.spec.timeout_seconds,
                 dag::STEPS.len()
             );
-            return abandon(&ctx, &api, &fr, status, task, "DeadlineExceeded", why).await;
+            return abandon(&ctx, &api, &fr, status, task, Reason::DeadlineExceeded, why).await;
         }
     }
 
@@ -222,9 +223,9 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     let mut completion = None;
     if let Some(outcome) = dag::outcome(&task.subtasks) {
         let (phase, tstatus, reason) = match outcome {
-            ItemOutcome::Succeeded => (RequestPhase::Succeeded, TaskStatus::Successful, "Succeeded"),
-            ItemOutcome::Failed => (RequestPhase::Failed, TaskStatus::Failed, "Failed"),
-            ItemOutcome::RolledBack => (RequestPhase::RolledBack, TaskStatus::RolledBack, "RolledBack"),
+            ItemOutcome::Succeeded => (RequestPhase::Succeeded, TaskStatus::Successful, Reason::Succeeded),
+            ItemOutcome::Failed => (RequestPhase::Failed, TaskStatus::Failed, Reason::Failed),
+            ItemOutcome::RolledBack => (RequestPhase::RolledBack, TaskStatus::RolledBack, Reason::RolledBack),
         };
         let failures: Vec<String> = task
             .subtasks
@@ -268,7 +269,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         status.message = Some(message.clone());
         set_condition(
             &mut status.conditions,
-            "Complete",
+            ConditionType::Complete,
             outcome == ItemOutcome::Succeeded,
             reason,
             message.clone(),
@@ -298,7 +299,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         ctx.metrics.operation_finished("FailoverRequest", outcome, seconds);
     }
     if let Some((warning, reason, message)) = completion {
-        ctx.event(fr.as_ref(), warning, reason, "FailoverRequest", message).await;
+        ctx.event(fr.as_ref(), warning, reason, EventAction::FailoverRequest, message).await;
     }
     // Woken by HaCluster changes while we hold its lock; the requeue is a fallback (waiting
     // for someone else's lock, timeouts).
@@ -428,9 +429,10 @@ async fn run_step(
                 let last = cluster
                     .status
                     .as_ref()
-                    .and_then(|st| st.conditions.iter().find(|c| c.type_ == "LastPromotion"));
+                    .and_then(|st| condition(&st.conditions, ConditionType::LastPromotion));
                 let why = last.map_or_else(|| "the promotion was abandoned".into(), |c| c.message.clone());
-                let drain_timed_out = last.is_some_and(|c| c.reason == super::hacluster::ABANDON_DRAIN);
+                let drain_timed_out =
+                    last.is_some_and(|c| c.reason == super::hacluster::ABANDON_DRAIN.as_str());
                 if drain_timed_out && fr.spec.on_timeout == OnTimeout::Force {
                     force_switch(&clusters, fr, &cluster, &get("shard"), &get("to"), &why).await?
                 } else {
@@ -672,7 +674,7 @@ async fn abandon(
     fr: &Arc<FailoverRequest>,
     mut status: crate::resources::failover_request::FailoverRequestStatus,
     mut task: TaskInstance,
-    reason: &str,
+    reason: Reason,
     why: String,
 ) -> Result<Action, Error> {
     let ns = fr.namespace().unwrap_or_default();
@@ -701,7 +703,7 @@ async fn abandon(
     status.message = Some(why.clone());
     set_condition(
         &mut status.conditions,
-        "Complete",
+        ConditionType::Complete,
         false,
         reason,
         why.clone(),
@@ -711,7 +713,7 @@ async fn abandon(
     write_status(api, fr, status).await?;
     warn!(request = %fr.name_any(), "{why}");
     ctx.metrics.operation_finished("FailoverRequest", "Failed", seconds);
-    ctx.event(fr.as_ref(), true, reason, "FailoverRequest", why).await;
+    ctx.event(fr.as_ref(), true, reason, EventAction::FailoverRequest, why).await;
     Ok(Action::await_change())
 }
 

@@ -46,6 +46,7 @@ use crate::{
         member::stream_stalled,
         saga::{self, Become, End, OldPrimary, Start},
         shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
+        vocabulary::{Action as EventAction, ConditionType, Reason},
     },
     engines::{self, Engine, EngineError, Fault, ObservedRole, Probe},
     metrics::{FailoverLabels, MemberLabels, ShardLabels},
@@ -61,7 +62,7 @@ use crate::{
 
 /// `LastPromotion` reason when a graceful switchover was abandoned because the candidate did
 /// not catch up in time (an operation with onTimeout: Force may then force it).
-pub const ABANDON_DRAIN: &str = saga::reason::DRAIN_TIMED_OUT;
+pub const ABANDON_DRAIN: Reason = Reason::DrainTimedOut;
 
 /// Kind recorded in the operation lock by automatic failover and bootstrap.
 pub const LOCK_KIND: &str = "HaCluster";
@@ -185,6 +186,10 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     anyhow::bail!("the HaCluster controller's stream {which} ended")
 }
 
+/// The kubelet's Node condition type (Kubernetes' vocabulary, not the operator's
+/// [`ConditionType`]).
+const NODE_READY: &str = "Ready";
+
 /// Keep of a Node only what decisions need: its name and its Ready condition.
 fn slim_node(node: &mut Node) {
     node.metadata.managed_fields = None;
@@ -193,7 +198,7 @@ fn slim_node(node: &mut Node) {
     node.spec = None;
     if let Some(st) = node.status.as_mut() {
         let ready =
-            st.conditions.take().unwrap_or_default().into_iter().filter(|c| c.type_ == "Ready").collect();
+            st.conditions.take().unwrap_or_default().into_iter().filter(|c| c.type_ == NODE_READY).collect();
         *st = NodeStatus { conditions: Some(ready), ..NodeStatus::default() };
     }
 }
@@ -208,7 +213,7 @@ fn dead_nodes(nodes: &Store<Node>) -> Vec<String> {
             n.status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status != "True"))
+                .is_some_and(|c| c.iter().any(|c| c.type_ == NODE_READY && c.status != "True"))
         })
         .map(|n| n.name_any())
         .collect()
@@ -510,7 +515,7 @@ struct Monitor {
     done_rx: tokio::sync::mpsc::UnboundedReceiver<OpDone>,
     last_routes: Option<routing::Routes>,
     last_redirect: Option<String>,
-    config_error: Option<(&'static str, String)>,
+    config_error: Option<(Reason, String)>,
     pod_services_generation: Option<i64>,
     /// Standby clusters: the upstream primary this heartbeat resolved.
     upstream_seen: Option<String>,
@@ -523,7 +528,7 @@ struct Monitor {
     /// What the last routing write could not do (names taken by objects this cluster does
     /// not own, endpoints Kubernetes cannot route to, clientAddress not allowed): the
     /// `Routed` condition.
-    routing_problems: BTreeMap<&'static str, String>,
+    routing_problems: BTreeMap<Reason, String>,
     /// Shards whose lost primary could not be fenced (onTimeout: Abort): no automatic
     /// failover past it until it answers again.
     unfenced: HashMap<String, String>,
@@ -749,7 +754,7 @@ impl Monitor {
             }
             Err(e @ (super::CredentialsError::NotFound(_) | super::CredentialsError::MissingKey { .. })) => {
                 self.config_error = Some((
-                    "SecretNotFound",
+                    Reason::SecretNotFound,
                     format!("{e}; the operator does not touch the members until it exists"),
                 ));
                 self.engine = None;
@@ -822,7 +827,7 @@ impl Monitor {
                 let requested = plan.promote.take().filter(|p| p.kind == PromotionKind::Resume);
                 let p = Plan {
                     blocked: requested.is_none().then(|| shard::Blocked {
-                        reason: "DatabaseBusy",
+                        reason: Reason::DatabaseBusy,
                         message: format!("{} {} holds the shard's operation lock", lock.kind, lock.name),
                     }),
                     ..Plan::default()
@@ -851,7 +856,7 @@ impl Monitor {
         if spawned {
             return;
         }
-        let mut blocks: Vec<(String, &'static str, String)> = plans
+        let mut blocks: Vec<(String, Reason, String)> = plans
             .iter()
             .filter_map(|(shard, plan)| {
                 plan.blocked.as_ref().map(|b| (shard.clone(), b.reason, b.message.clone()))
@@ -887,8 +892,8 @@ impl Monitor {
                         .event(
                             cluster,
                             false,
-                            "MemberDetached",
-                            "Detach",
+                            Reason::MemberDetached,
+                            EventAction::Detach,
                             format!("{name} was removed from the membership and detached"),
                         )
                         .await;
@@ -1181,8 +1186,8 @@ impl Monitor {
                     .event(
                         cluster,
                         false,
-                        "Demoted",
-                        "Demote",
+                        Reason::Demoted,
+                        EventAction::Demote,
                         format!(
                             "{} acted as primary but is not the shard's primary; demoted to replica",
                             d.name
@@ -1239,7 +1244,7 @@ impl Monitor {
                     let msg = format!(
                         "{member} had {lost} bytes of writes beyond the promotion point; they are lost"
                     );
-                    self.ctx.event(cluster, true, "WritesLost", "Reattach", msg).await;
+                    self.ctx.event(cluster, true, Reason::WritesLost, EventAction::Reattach, msg).await;
                     return;
                 }
                 Ok(()) => return,
@@ -1370,12 +1375,12 @@ impl Monitor {
                 if let Some(c) = self.latest() {
                     self.update_routing(&c, declared).await;
                 }
-                let reason = if p.from.is_some() { "FailedOver" } else { "PrimaryElected" };
-                self.ctx.event(&cluster, false, reason, "Promote", note).await;
+                let reason = if p.from.is_some() { Reason::FailedOver } else { Reason::PrimaryElected };
+                self.ctx.event(&cluster, false, reason, EventAction::Promote, note).await;
             }
             End::Abandoned { reason, message } => {
-                warn!(cluster = %ckey, shard = shard_name, reason, "{message}");
-                if reason == saga::reason::FENCE_TIMED_OUT
+                warn!(cluster = %ckey, shard = shard_name, %reason, "{message}");
+                if reason == Reason::FenceTimedOut
                     && let Some(from) = &done.from
                 {
                     self.unfenced.insert(shard_name.to_owned(), from.clone());
@@ -1384,8 +1389,8 @@ impl Monitor {
                     .event(
                         &cluster,
                         true,
-                        "PromotionAbandoned",
-                        "Promote",
+                        Reason::PromotionAbandoned,
+                        EventAction::Promote,
                         format!("shard {shard_name}: {message}"),
                     )
                     .await;
@@ -1400,7 +1405,13 @@ impl Monitor {
             End::Retry(e) => {
                 warn!(cluster = %ckey, shard = shard_name, "{e}; the target stays recorded and is retried");
                 self.ctx
-                    .event(&cluster, true, "PromotionFailed", "Promote", format!("shard {shard_name}: {e}"))
+                    .event(
+                        &cluster,
+                        true,
+                        Reason::PromotionFailed,
+                        EventAction::Promote,
+                        format!("shard {shard_name}: {e}"),
+                    )
                     .await;
             }
             End::Unrecorded(e) => warn!(
@@ -1479,7 +1490,7 @@ impl Monitor {
     }
 
     /// Compute the observed status and write it if anything meaningful changed.
-    async fn write_status(&mut self, cluster: &HaCluster, blocks: &[(String, &'static str, String)]) {
+    async fn write_status(&mut self, cluster: &HaCluster, blocks: &[(String, Reason, String)]) {
         let old = cluster.status.clone().unwrap_or_default();
         let next_status = self.observed_status(cluster, &old, blocks);
         let max_lag = cluster.spec.failover.max_lag_on_failover;
@@ -1506,7 +1517,7 @@ impl Monitor {
         &self,
         cluster: &HaCluster,
         old: &HaClusterStatus,
-        blocks: &[(String, &'static str, String)],
+        blocks: &[(String, Reason, String)],
     ) -> HaClusterStatus {
         let declared = self.declared(cluster);
         let now = Time(Timestamp::now());
@@ -1624,29 +1635,29 @@ impl Monitor {
             .map(|(n, m)| format!("{n}: {}", m.error.clone().unwrap_or_default()))
             .collect();
         unauthorized.sort();
-        let (ready_reason, ready_msg): (&str, String) = if let Some((reason, msg)) = &self.config_error {
-            (reason, msg.clone())
+        let (ready_reason, ready_msg): (Reason, String) = if let Some((reason, msg)) = &self.config_error {
+            (*reason, msg.clone())
         } else if !unauthorized.is_empty() {
             (
-                "Unauthorized",
+                Reason::Unauthorized,
                 format!(
                     "members refuse the credentials in the cluster's Secret; roles are left unchanged: {}",
                     unauthorized.join("; ")
                 ),
             )
         } else if let Some((shard, reason, msg)) = blocks.first() {
-            (reason, format!("shard {shard}: {msg}"))
+            (*reason, format!("shard {shard}: {msg}"))
         } else if !refusing.is_empty() {
-            ("PrimaryRefusesWrites", refusing.join("; "))
+            (Reason::PrimaryRefusesWrites, refusing.join("; "))
         } else if all_primaries_ok {
-            ("PrimaryHealthy", "every shard has a healthy primary".to_owned())
+            (Reason::PrimaryHealthy, "every shard has a healthy primary".to_owned())
         } else {
-            ("NoPrimary", "waiting for a healthy primary".to_owned())
+            (Reason::NoPrimary, "waiting for a healthy primary".to_owned())
         };
         let mut conditions = old.conditions.clone();
         set_condition(
             &mut conditions,
-            "Ready",
+            ConditionType::Ready,
             all_primaries_ok && self.config_error.is_none(),
             ready_reason,
             ready_msg,
@@ -1657,28 +1668,36 @@ impl Monitor {
         // The message never contradicts the status: degraded with every member healthy
         // says what blocks the shard.
         let members_msg = format!("{healthy} of {} members healthy", declared.len());
-        let (degraded_reason, degraded_msg): (&str, String) = if healthy < declared.len() {
-            ("MembersUnhealthy", members_msg)
+        let (degraded_reason, degraded_msg): (Reason, String) = if healthy < declared.len() {
+            (Reason::MembersUnhealthy, members_msg)
         } else if let Some((shard, reason, msg)) = blocks.first() {
-            (reason, format!("{members_msg}, but shard {shard}: {msg}"))
+            (*reason, format!("{members_msg}, but shard {shard}: {msg}"))
         } else {
-            ("AllMembersHealthy", members_msg)
+            (Reason::AllMembersHealthy, members_msg)
         };
-        set_condition(&mut conditions, "Degraded", degraded, degraded_reason, degraded_msg, generation, &now);
         set_condition(
             &mut conditions,
-            "FailingOver",
+            ConditionType::Degraded,
+            degraded,
+            degraded_reason,
+            degraded_msg,
+            generation,
+            &now,
+        );
+        set_condition(
+            &mut conditions,
+            ConditionType::FailingOver,
             any_lock,
-            if any_lock { "Promoting" } else { "Idle" },
+            if any_lock { Reason::Promoting } else { Reason::Idle },
             if any_lock { "a promotion is in progress" } else { "no promotion in progress" },
             generation,
             &now,
         );
         set_condition(
             &mut conditions,
-            "Paused",
+            ConditionType::Paused,
             cluster.spec.paused,
-            if cluster.spec.paused { "Paused" } else { "Active" },
+            if cluster.spec.paused { Reason::Paused } else { Reason::Active },
             if cluster.spec.paused {
                 "spec.paused: observing only, never acting"
             } else {
@@ -1690,14 +1709,22 @@ impl Monitor {
         let routed = self.routing_problems.is_empty();
         let (routed_reason, routed_msg) = match self.routing_problems.iter().next() {
             None if cluster.spec.routing.enabled => {
-                ("Routed", "the Services route to the current roles".to_owned())
+                (Reason::Routed, "the Services route to the current roles".to_owned())
             }
-            None => ("RoutingDisabled", "spec.routing.enabled is false".to_owned()),
+            None => (Reason::RoutingDisabled, "spec.routing.enabled is false".to_owned()),
             Some((reason, _)) => {
                 (*reason, self.routing_problems.values().cloned().collect::<Vec<_>>().join("; "))
             }
         };
-        set_condition(&mut conditions, "Routed", routed, routed_reason, routed_msg, generation, &now);
+        set_condition(
+            &mut conditions,
+            ConditionType::Routed,
+            routed,
+            routed_reason,
+            routed_msg,
+            generation,
+            &now,
+        );
         status.conditions = conditions;
         status.phase = Some(if cluster.spec.paused {
             ClusterPhase::Paused
@@ -1707,7 +1734,7 @@ impl Monitor {
             ClusterPhase::Failed
         } else if no_primary_yet {
             ClusterPhase::Bootstrapping
-        } else if !all_primaries_ok && blocks.iter().any(|b| b.1 == "NoEligibleReplica") {
+        } else if !all_primaries_ok && blocks.iter().any(|b| b.1 == Reason::NoEligibleReplica) {
             ClusterPhase::Failed
         } else if !all_primaries_ok || degraded {
             ClusterPhase::Degraded
@@ -1759,10 +1786,10 @@ impl Monitor {
             .map(|m| m.name.as_str())
             .collect();
         if ignored.is_empty() || self.ctx.allow_client_address {
-            self.routing_problems.remove("ClientAddressNotAllowed");
+            self.routing_problems.remove(&Reason::ClientAddressNotAllowed);
         } else {
             self.routing_problems.insert(
-                "ClientAddressNotAllowed",
+                Reason::ClientAddressNotAllowed,
                 format!(
                     "clientAddress of {} ignored: the operator routes only to addresses it probes unless it runs with --allow-client-address (chart: allowClientAddress)",
                     ignored.join(", ")
@@ -1789,17 +1816,17 @@ impl Monitor {
             {
                 let restarts = self.ctx.allow_workload_restarts;
                 if redirect.restart.is_empty() || restarts {
-                    self.routing_problems.remove("WorkloadRestartsNotAllowed");
+                    self.routing_problems.remove(&Reason::WorkloadRestartsNotAllowed);
                 } else {
                     self.routing_problems.insert(
-                        "WorkloadRestartsNotAllowed",
+                        Reason::WorkloadRestartsNotAllowed,
                         "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts)".into(),
                     );
                 }
                 match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host, restarts).await {
                     Ok(_) => {
                         self.last_redirect = Some(host);
-                        self.routing_problems.remove("RedirectFailed");
+                        self.routing_problems.remove(&Reason::RedirectFailed);
                     }
                     Err(e) => {
                         let cm = &redirect.config_map;
@@ -1812,9 +1839,9 @@ impl Monitor {
                             ),
                         };
                         // Said once (a condition, a warning); repeated each heartbeat only at debug.
-                        if self.routing_problems.get("RedirectFailed") != Some(&why) {
+                        if self.routing_problems.get(&Reason::RedirectFailed) != Some(&why) {
                             warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
-                            self.routing_problems.insert("RedirectFailed", why);
+                            self.routing_problems.insert(Reason::RedirectFailed, why);
                         } else {
                             debug!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
                         }
@@ -1899,20 +1926,20 @@ impl Monitor {
                 if !applied.rejected.is_empty() {
                     warn!(cluster = %key(cluster), rejected = ?applied.rejected, "endpoints Kubernetes cannot route to (loopback/link-local) were left out of the Services");
                     self.routing_problems.insert(
-                        "Unroutable",
+                        Reason::Unroutable,
                         format!(
                             "left out of the Services, Kubernetes cannot route to them (loopback/link-local): {}",
                             applied.rejected.join(", ")
                         ),
                     );
                 } else {
-                    self.routing_problems.remove("Unroutable");
+                    self.routing_problems.remove(&Reason::Unroutable);
                 }
                 if applied.conflicts.is_empty() {
-                    self.routing_problems.remove("NameConflict");
+                    self.routing_problems.remove(&Reason::NameConflict);
                 } else {
                     warn!(cluster = %key(cluster), conflicts = ?applied.conflicts, "routing objects left alone");
-                    self.routing_problems.insert("NameConflict", applied.conflicts.join("; "));
+                    self.routing_problems.insert(Reason::NameConflict, applied.conflicts.join("; "));
                 }
                 // Pod members' Services were selector Services in an earlier version: clear
                 // what Kubernetes left of that, after each routing write until a check finds
@@ -1979,12 +2006,12 @@ impl Monitor {
         if self.pod_services_generation != Some(generation) {
             match routing::apply_acl_policy(&self.ctx.client, cluster, sel).await {
                 Ok(Ok(())) => {
-                    self.routing_problems.remove("PolicyConflict");
+                    self.routing_problems.remove(&Reason::PolicyConflict);
                     self.pod_services_generation = Some(generation);
                 }
                 Ok(Err(why)) => {
                     warn!(cluster = %key(cluster), "{why}");
-                    self.routing_problems.insert("PolicyConflict", why);
+                    self.routing_problems.insert(Reason::PolicyConflict, why);
                     self.pod_services_generation = Some(generation);
                 }
                 Err(e) => {

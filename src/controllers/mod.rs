@@ -24,7 +24,12 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::{engines::Credentials, metrics::Metrics, resources::shared::SecretKeyRef};
+use crate::{
+    core::vocabulary::{Action as EventAction, ConditionType, Reason},
+    engines::Credentials,
+    metrics::Metrics,
+    resources::shared::SecretKeyRef,
+};
 
 /// Field manager for every write the operator makes.
 pub const MANAGER: &str = "understudy";
@@ -102,11 +107,12 @@ impl Context {
     /// event is its own Event (role changes must not be folded into a series that keeps only
     /// the first note); a Warning repeated with the same reason and note is counted in the
     /// first one's `series` (see [`events::Series`]).
-    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: Reason, action: EventAction, note: String)
     where
         K: Resource<DynamicType = ()>,
     {
         use k8s_openapi::{api::events::v1::Event as EventV1, apimachinery::pkg::apis::meta::v1::MicroTime};
+        let (reason, action) = (reason.as_str(), action.as_str());
         let regarding = obj.object_ref(&());
         let ns = regarding.namespace.clone().unwrap_or_else(|| "default".into());
         let note: String = note.chars().take(1024).collect();
@@ -367,7 +373,8 @@ where
     warn!(kind = %kind, %object, error = %invalid.error, "an object the operator cannot read is left alone");
     let now = k8s_openapi::jiff::Timestamp::now();
     let patch = serde_json::json!({"status": {"conditions": [{
-        "type": "SpecValid", "status": "False", "reason": "InvalidObject", "message": message,
+        "type": ConditionType::SpecValid.as_str(), "status": "False",
+        "reason": Reason::InvalidObject.as_str(), "message": message,
         "lastTransitionTime": now.to_string(), "observedGeneration": meta.generation,
     }]}});
     let api: Api<DeserializeGuard<K>> = Api::namespaced(ctx.client.clone(), &ns);
@@ -377,7 +384,7 @@ where
         warn!(kind = %kind, %object, error = %e, "could not report the unreadable object in its status");
     }
     let guard: DeserializeGuard<K> = DeserializeGuard(Err(invalid.clone()));
-    ctx.event(&guard, true, "InvalidObject", "Validate", message).await;
+    ctx.event(&guard, true, Reason::InvalidObject, EventAction::Validate, message).await;
 }
 
 /// Run a kube-runtime Controller for `K` in every watched scope: reconciles and errors are

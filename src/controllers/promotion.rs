@@ -23,6 +23,7 @@ use crate::{
     core::{
         saga::{Effect, End, Report, Saga, Start},
         shard::{Promotion, PromotionKind},
+        vocabulary::{Action, ConditionType, Reason},
     },
     engines::{self, Engine, EngineError, Fault, ObservedRole},
     resources::{
@@ -134,7 +135,9 @@ impl ShardOp {
                                 // No epoch in the words: a repeated attempt is the same Warning
                                 // (folded into one Event); the epoch is in status.
                                 let msg = format!("shard {shard_name}: {}; promoting {}", p.reason, to.name);
-                                self.ctx.event(cluster, true, "FailingOver", "Failover", msg).await;
+                                self.ctx
+                                    .event(cluster, true, Reason::FailingOver, Action::Failover, msg)
+                                    .await;
                             }
                             Ok(())
                         }
@@ -391,7 +394,7 @@ impl ShardOp {
 
     /// Give up a recorded promotion: clear the target (and our own lock; the epoch stays
     /// bumped) and say why in the LastPromotion condition.
-    async fn record_abandon(&mut self, shard_name: &str, reason: &str, why: &str, refetch: bool) -> Report {
+    async fn record_abandon(&mut self, shard_name: &str, reason: Reason, why: &str, refetch: bool) -> Report {
         let base = if refetch { self.status.fetch().await } else { self.status.latest() };
         let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
         let mut next = base.clone();
@@ -403,7 +406,7 @@ impl ShardOp {
         }
         set_condition(
             &mut status.conditions,
-            "LastPromotion",
+            ConditionType::LastPromotion,
             false,
             reason,
             format!("shard {shard_name}: {why}"),

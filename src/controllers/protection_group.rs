@@ -41,13 +41,16 @@ use tracing::{info, warn};
 
 use super::{Context, OpError as Error, key, operation, read_credentials};
 use crate::{
-    core::site::{self, Leader, PairMove},
+    core::{
+        site::{self, Leader, PairMove},
+        vocabulary::{Action as EventAction, ConditionType, Reason},
+    },
     engines::{self, Engine, Probe},
     resources::{
         HaCluster, ProtectionGroup,
         hacluster::{Engine as EngineKind, Role},
         protection_group::{PairStatus, ProtectionGroupStatus, ProtectionPhase as Phase, Site, SiteRole},
-        shared::set_condition,
+        shared::{remove_condition, set_condition},
     },
 };
 
@@ -141,9 +144,9 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             });
             set_condition(
                 &mut status.conditions,
-                "Ready",
+                ConditionType::Ready,
                 false,
-                "SiteUnreachable",
+                Reason::SiteUnreachable,
                 msg,
                 pg.metadata.generation,
                 &now,
@@ -158,7 +161,15 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             if status.phase != Some(Phase::FailingOver) {
                 status.phase = Some(Phase::Error);
             }
-            set_condition(&mut status.conditions, "Ready", false, reason, msg, pg.metadata.generation, &now);
+            set_condition(
+                &mut status.conditions,
+                ConditionType::Ready,
+                false,
+                reason,
+                msg,
+                pg.metadata.generation,
+                &now,
+            );
             w.save(&status).await?;
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
@@ -200,12 +211,12 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
         if pairs.is_empty() || !allowed {
             let (reason, msg) = if pairs.is_empty() {
                 (
-                    "NoReplicationPairs",
+                    Reason::NoReplicationPairs,
                     "a planned failover needs replication pairs; nothing was changed".to_owned(),
                 )
             } else {
                 (
-                    "NotProtected",
+                    Reason::NotProtected,
                     format!(
                         "a planned failover to {} is allowed only in phase Protected or ErrorReversing (phase is {}); nothing was changed",
                         want.as_str(),
@@ -215,7 +226,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             };
             set_condition(
                 &mut status.conditions,
-                "FailoverAllowed",
+                ConditionType::FailoverAllowed,
                 false,
                 reason,
                 msg,
@@ -231,7 +242,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
         run_move(&ctx, &mut w, &sites, pairs, status, want, retry).await?;
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    status.conditions.retain(|c| c.type_ != "FailoverAllowed");
+    remove_condition(&mut status.conditions, ConditionType::FailoverAllowed);
     steady(&ctx, &pg, &sites, &pairs, &mut status).await;
     w.save(&status).await?;
     // Probing is cheap but not free: a protected group is looked at every 5 s (HaCluster
@@ -340,10 +351,7 @@ async fn remote_client(local: &Client, ns: &str, name: &str, key: &str) -> Resul
 }
 
 /// Read both clusters of every pair and build their engines.
-async fn load_pairs(
-    pg: &ProtectionGroup,
-    sites: &[SiteHandle; 2],
-) -> Result<Vec<Pair>, (&'static str, String)> {
+async fn load_pairs(pg: &ProtectionGroup, sites: &[SiteHandle; 2]) -> Result<Vec<Pair>, (Reason, String)> {
     let mut out = Vec::new();
     for p in &pg.spec.pairs {
         let mut sides = Vec::new();
@@ -354,24 +362,27 @@ async fn load_pairs(
                 .get_opt(name)
                 .await
                 .map_err(|e| {
-                    ("SiteUnreachable", format!("reading HaCluster {}/{name}{where_}: {e}", site.namespace))
+                    (
+                        Reason::SiteUnreachable,
+                        format!("reading HaCluster {}/{name}{where_}: {e}", site.namespace),
+                    )
                 })?
                 .ok_or_else(|| {
                     (
-                        "ClusterNotFound",
+                        Reason::ClusterNotFound,
                         format!("HaCluster {}/{name}{where_} of a pair does not exist", site.namespace),
                     )
                 })?;
             if cluster.spec.engine != EngineKind::Redis {
                 return Err((
-                    "UnsupportedEngine",
+                    Reason::UnsupportedEngine,
                     format!("HaCluster {name}: protection groups support redis clusters"),
                 ));
             }
             let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
             if cluster.spec.selector.is_some() || shards != 1 {
                 return Err((
-                    "UnsupportedCluster",
+                    Reason::UnsupportedCluster,
                     format!(
                         "HaCluster {name}: protection groups support clusters with exactly one static shard"
                     ),
@@ -381,7 +392,7 @@ async fn load_pairs(
             let (creds, _) =
                 read_credentials(&site.client, &site.namespace, cluster.spec.secret_ref.as_ref(), "password")
                     .await
-                    .map_err(|e| ("SecretNotFound", format!("HaCluster {name}: {e}")))?;
+                    .map_err(|e| (Reason::SecretNotFound, format!("HaCluster {name}: {e}")))?;
             sides.push(Side {
                 api,
                 engine: Arc::from(engines::for_cluster(EngineKind::Redis, creds, timeout)),
@@ -553,24 +564,28 @@ async fn steady(
             ctx.event(
                 pg,
                 false,
-                "Protected",
-                "Replicate",
+                Reason::Protected,
+                EventAction::Replicate,
                 format!("{} pairs replicate {}", out.len(), production.direction()),
             )
             .await;
         }
     }
     let (ok, reason, msg) = match status.phase {
-        Some(Phase::Protected) => (true, "Protected", format!("{replicating}/{} pairs replicate", out.len())),
+        Some(Phase::Protected) => {
+            (true, Reason::Protected, format!("{replicating}/{} pairs replicate", out.len()))
+        }
         // The failed move's reason stands until the spec is re-asserted.
         Some(Phase::ErrorReversing) => {
             status.pairs = out;
             return;
         }
-        _ if out.is_empty() => (false, "NoReplicationPairs", "the group has no replication pairs".into()),
+        _ if out.is_empty() => {
+            (false, Reason::NoReplicationPairs, "the group has no replication pairs".into())
+        }
         _ => (
             false,
-            "NotReplicating",
+            Reason::NotReplicating,
             out.iter()
                 .filter(|p| p.state != "Replicating")
                 .map(|p| {
@@ -585,7 +600,15 @@ async fn steady(
                 .join("; "),
         ),
     };
-    set_condition(&mut status.conditions, "Ready", ok, reason, msg, pg.metadata.generation, &now);
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Ready,
+        ok,
+        reason,
+        msg,
+        pg.metadata.generation,
+        &now,
+    );
     status.pairs = out;
 }
 
@@ -635,12 +658,12 @@ async fn run_move(
         status.last_transition_time = Some(Time(now));
         status.observed_generation = pg.metadata.generation;
         status.observed_retry = retry;
-        status.conditions.retain(|c| c.type_ != "FailoverAllowed");
+        remove_condition(&mut status.conditions, ConditionType::FailoverAllowed);
         set_condition(
             &mut status.conditions,
-            "Ready",
+            ConditionType::Ready,
             false,
-            "FailingOver",
+            Reason::FailingOver,
             format!("planned failover to {} in progress", want.as_str()),
             pg.metadata.generation,
             &Time(now),
@@ -648,8 +671,8 @@ async fn run_move(
         ctx.event(
             &pg,
             false,
-            "FailingOver",
-            "PlannedFailover",
+            Reason::FailingOver,
+            EventAction::PlannedFailover,
             format!(
                 "job {}: planned failover to the {} site",
                 status.job_id.clone().unwrap_or_default(),
@@ -679,7 +702,7 @@ async fn run_move(
                 started.elapsed().as_millis(),
                 pause.map(|p| format!(", writes paused {} ms", p.as_millis())).unwrap_or_default()
             );
-            (true, "FailedOver", msg)
+            (true, Reason::FailedOver, msg)
         }
         Err(Failure { reason, message }) => {
             status.phase = Some(Phase::ErrorReversing);
@@ -689,13 +712,21 @@ async fn run_move(
     };
     status.message = Some(msg.clone());
     status.last_transition_time = Some(now.clone());
-    set_condition(&mut status.conditions, "Ready", ok, reason, msg.clone(), pg.metadata.generation, &now);
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Ready,
+        ok,
+        reason,
+        msg.clone(),
+        pg.metadata.generation,
+        &now,
+    );
     if ok {
         info!(group = %key(&pg), "{msg}");
     } else {
-        warn!(group = %key(&pg), reason, "{msg}");
+        warn!(group = %key(&pg), %reason, "{msg}");
     }
-    ctx.event(&pg, !ok, reason, "PlannedFailover", msg).await;
+    ctx.event(&pg, !ok, reason, EventAction::PlannedFailover, msg).await;
     w.save(&status).await?;
     ctx.metrics.operation_finished(
         "ProtectionGroup",
@@ -706,11 +737,11 @@ async fn run_move(
 }
 
 struct Failure {
-    reason: &'static str,
+    reason: Reason,
     message: String,
 }
 
-fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
+fn fail(reason: Reason, message: impl Into<String>) -> Failure {
     Failure { reason, message: message.into() }
 }
 
@@ -746,7 +777,8 @@ async fn move_pairs(
     // short fresh lock — promote where no leader is writable and no write is lost — and stop.
     let expired = remaining(deadline).is_zero();
     let deadline = if expired { Timestamp::now() + Duration::from_secs(60) } else { deadline };
-    let save_err = |e: kube::Error| fail("StatusWriteFailed", format!("could not record progress: {e}"));
+    let save_err =
+        |e: kube::Error| fail(Reason::StatusWriteFailed, format!("could not record progress: {e}"));
     // 1. Lock every cluster of both sites.
     step(w, status, "lock", format!("taking the operation lock of {} clusters", pairs.len() * 2))
         .await
@@ -756,7 +788,10 @@ async fn move_pairs(
             let h = holder(&pg, remote);
             loop {
                 let cluster = side.api.get(&side.cluster.name_any()).await.map_err(|e| {
-                    fail("SiteUnreachable", format!("reading HaCluster {}: {e}", side.cluster.name_any()))
+                    fail(
+                        Reason::SiteUnreachable,
+                        format!("reading HaCluster {}: {e}", side.cluster.name_any()),
+                    )
                 })?;
                 match operation::lock_all(&side.api, &cluster, &h, deadline).await {
                     Ok(Ok(())) => break,
@@ -765,9 +800,9 @@ async fn move_pairs(
                             Some(format!("waiting: {by} holds the lock of {}", side.cluster.name_any()));
                         set_condition(
                             &mut status.conditions,
-                            "Ready",
+                            ConditionType::Ready,
                             false,
-                            "DatabaseBusy",
+                            Reason::DatabaseBusy,
                             status.message.clone().unwrap_or_default(),
                             pg.metadata.generation,
                             &Time(Timestamp::now()),
@@ -777,7 +812,7 @@ async fn move_pairs(
                     }
                     Ok(Err(by)) => {
                         return Err(fail(
-                            "DatabaseBusy",
+                            Reason::DatabaseBusy,
                             format!(
                                 "{by} held the lock of {} until the deadline; nothing was changed",
                                 side.cluster.name_any()
@@ -786,7 +821,7 @@ async fn move_pairs(
                     }
                     Err(e) => {
                         return Err(fail(
-                            "SiteUnreachable",
+                            Reason::SiteUnreachable,
                             format!("locking {}: {e}", side.cluster.name_any()),
                         ));
                     }
@@ -818,7 +853,7 @@ async fn move_pairs(
         })
         .collect();
     if !blocked.is_empty() && !expired {
-        return Err(fail("PairNotReady", format!("{}; nothing was changed", blocked.join("; "))));
+        return Err(fail(Reason::PairNotReady, format!("{}; nothing was changed", blocked.join("; "))));
     }
     let moving: Vec<usize> = (0..pairs.len()).filter(|&i| moves[i] == PairMove::Move && !expired).collect();
     let promoting: Vec<usize> =
@@ -847,7 +882,7 @@ async fn move_pairs(
             if let Err(e) = o.engine.pause_writes(&l.endpoint, pause_for).await {
                 resume(pairs, &moving, want).await;
                 return Err(fail(
-                    "StopWritesFailed",
+                    Reason::StopWritesFailed,
                     format!("could not pause writes on {}: {e}; nothing was changed", l.name),
                 ));
             }
@@ -882,7 +917,7 @@ async fn move_pairs(
             if Instant::now() >= sync_deadline {
                 resume(pairs, &moving, want).await;
                 return Err(fail(
-                    "SyncTimeout",
+                    Reason::SyncTimeout,
                     format!(
                         "the DR site did not catch up: {}; writes resumed at the production site, nothing was promoted",
                         behind.join("; ")
@@ -904,7 +939,7 @@ async fn move_pairs(
                     restore(pairs, &demoted, want).await;
                     resume(pairs, &moving, want).await;
                     return Err(fail(
-                        "DemoteFailed",
+                        Reason::DemoteFailed,
                         format!("could not demote {}: {e}; the production site keeps its roles", ol.name),
                     ));
                 }
@@ -944,7 +979,7 @@ async fn move_pairs(
         resume(pairs, &moving, want).await;
         let msgs: Vec<String> = failed.into_iter().map(|(_, m)| m).collect();
         return Err(fail(
-            "PromoteFailed",
+            Reason::PromoteFailed,
             format!("{}; those pairs stay at the {} site", msgs.join("; "), want.other().as_str()),
         ));
     }
@@ -965,7 +1000,7 @@ async fn move_pairs(
     resume(pairs, &moving, want).await;
     if expired {
         return Err(fail(
-            "DeadlineExceeded",
+            Reason::DeadlineExceeded,
             "the deadline passed while the operator was away; half-done pairs were settled, the others were not moved",
         ));
     }

@@ -19,7 +19,10 @@ use super::{
     write_status,
 };
 use crate::{
-    core::shard::{self, Policy},
+    core::{
+        shard::{self, Policy},
+        vocabulary::{Action as EventAction, ConditionType, Reason},
+    },
     resources::{
         HaCluster, ShardFailover,
         hacluster::FailoverMode,
@@ -27,7 +30,7 @@ use crate::{
             ShardFailoverError as Code, ShardFailoverPhase as Phase, ShardFailoverStatus, ShardProgress,
             ShardStep,
         },
-        shared::set_condition,
+        shared::{condition, remove_condition, set_condition},
     },
 };
 
@@ -97,9 +100,9 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
             status.message = Some(format!("dry run: {summary}; nothing was changed"));
             set_condition(
                 &mut status.conditions,
-                "Complete",
+                ConditionType::Complete,
                 true,
-                "DryRun",
+                Reason::DryRun,
                 status.message.clone().unwrap_or_default(),
                 sfo.metadata.generation,
                 &Time(Timestamp::now()),
@@ -153,8 +156,7 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         if ours && target.is_none() {
             // The monitor abandoned our promotion (e.g. the candidate could not catch up).
             p.phase = ShardStep::Failed;
-            let why =
-                cstatus.conditions.iter().find(|c| c.type_ == "LastPromotion").map(|c| c.message.clone());
+            let why = condition(&cstatus.conditions, ConditionType::LastPromotion).map(|c| c.message.clone());
             p.message = Some(why.unwrap_or_else(|| "the promotion was abandoned".into()));
         } else if !ours {
             if current.as_deref() != Some(p.from.as_str()) {
@@ -186,9 +188,9 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         status.message = Some(format!("done: {}{rebind}", plan_summary(&status.shards)));
         set_condition(
             &mut status.conditions,
-            "Complete",
+            ConditionType::Complete,
             true,
-            "Succeeded",
+            Reason::Succeeded,
             status.message.clone().unwrap_or_default(),
             sfo.metadata.generation,
             &Time(Timestamp::now()),
@@ -197,8 +199,8 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         ctx.event(
             sfo.as_ref(),
             false,
-            "Succeeded",
-            "ShardFailover",
+            Reason::Succeeded,
+            EventAction::ShardFailover,
             status.message.clone().unwrap_or_default(),
         )
         .await;
@@ -252,7 +254,7 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
                     p.phase = ShardStep::Promoting;
                     p.message = Some(format!("promoting {}", p.to.clone().unwrap_or_default()));
                 }
-                status.conditions.retain(|c| c.type_ != "DatabaseBusy");
+                remove_condition(&mut status.conditions, ConditionType::DatabaseBusy);
                 info!(shardfailover = %sfo.name_any(), shards = ?need_lock, "locked; promotions recorded");
             }
             Err(holder) => {
@@ -266,9 +268,9 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
                 }
                 set_condition(
                     &mut status.conditions,
-                    "DatabaseBusy",
+                    ConditionType::DatabaseBusy,
                     true,
-                    "DatabaseBusy",
+                    Reason::DatabaseBusy,
                     format!(
                         "db_busy: {holder} holds the operation lock; waiting until it frees or the deadline"
                     ),
@@ -455,34 +457,65 @@ async fn finish_failed(
     message: String,
     ctx: &Context,
 ) -> Result<Action, Error> {
-    let reason = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(reason_of)).unwrap_or_default();
+    let reason = reason_of(code);
     status.phase = Some(Phase::Failed);
     status.error_code = Some(code);
     status.message = Some(message.clone());
     status.completion_time = Some(Time(Timestamp::now()));
     set_condition(
         &mut status.conditions,
-        "Complete",
+        ConditionType::Complete,
         false,
-        &reason,
+        reason,
         message.clone(),
         sfo.metadata.generation,
         &Time(Timestamp::now()),
     );
     warn!(shardfailover = %sfo.name_any(), %message, "failed");
-    ctx.event(sfo, true, &reason, "ShardFailover", message).await;
+    ctx.event(sfo, true, reason, EventAction::ShardFailover, message).await;
     let seconds = status.start_time.as_ref().map(super::seconds_since);
     write_status(api, sfo, status).await?;
     ctx.metrics.operation_finished("ShardFailover", "Failed", seconds);
     Ok(Action::await_change())
 }
 
-/// `shard_is_slave` → `ShardIsSlave`.
-fn reason_of(code: &str) -> String {
-    code.split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
-        })
-        .collect()
+/// The Complete condition's (and the Warning's) reason for an error code: the code
+/// (`status.errorCode`, snake_case) in UpperCamelCase, `shard_is_slave` → `ShardIsSlave`.
+fn reason_of(code: Code) -> Reason {
+    match code {
+        Code::ShardUidsRequired => Reason::ShardUidsRequired,
+        Code::ShardNotExist => Reason::ShardNotExist,
+        Code::ShardIsSlave => Reason::ShardIsSlave,
+        Code::FailoverShardsDifferentBdb => Reason::FailoverShardsDifferentBdb,
+        Code::ShardUidAmbiguous => Reason::ShardUidAmbiguous,
+        Code::DbBusy => Reason::DbBusy,
+        Code::NoEligibleReplica => Reason::NoEligibleReplica,
+        Code::FailoverFailed => Reason::FailoverFailed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_of_an_error_code_is_the_code_in_upper_camel_case() {
+        let codes = [
+            Code::ShardUidsRequired,
+            Code::ShardNotExist,
+            Code::ShardIsSlave,
+            Code::FailoverShardsDifferentBdb,
+            Code::ShardUidAmbiguous,
+            Code::DbBusy,
+            Code::NoEligibleReplica,
+            Code::FailoverFailed,
+        ];
+        for code in codes {
+            let snake = serde_json::to_value(code).unwrap();
+            let camel: String =
+                snake.as_str().unwrap().split('_').map(|w| w[..1].to_ascii_uppercase() + &w[1..]).collect();
+            assert_eq!(reason_of(code).as_str(), camel, "{snake}");
+        }
+        assert_eq!(reason_of(Code::ShardIsSlave).as_str(), "ShardIsSlave");
+    }
 }

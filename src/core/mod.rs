@@ -7,3 +7,4 @@ pub mod member;
 pub mod saga;
 pub mod shard;
 pub mod site;
+pub mod vocabulary;

@@ -19,7 +19,7 @@
 //! - Steps record what happened, never what was meant to happen.
 //! - The outcome is reported as done only when it was written.
 
-use super::{member::Fault, shard::PromotionKind};
+use super::{member::Fault, shard::PromotionKind, vocabulary::Reason};
 
 /// How many times a status write of the saga is tried before it gives up.
 pub const RECORD_ATTEMPTS: u32 = 5;
@@ -103,7 +103,7 @@ pub enum Effect {
     /// Record the new primary, the steps and the lost offset; clear the target and the lock.
     RecordOutcome,
     /// Clear the target and the saga's own lock; report `reason` and `message`.
-    RecordAbandon { reason: &'static str, message: String },
+    RecordAbandon { reason: Reason, message: String },
     /// Nothing more to do.
     Done(End),
 }
@@ -113,8 +113,10 @@ pub enum Effect {
 pub enum End {
     /// The new primary is recorded.
     Promoted,
-    /// Given up and recorded; the old primary keeps (or got back) its role.
-    Abandoned { reason: &'static str, message: String },
+    /// Given up and recorded; the old primary keeps (or got back) its role. `reason` (the
+    /// `LastPromotion` condition's) is one of [`Reason::DrainTimedOut`],
+    /// [`Reason::DemoteFailed`], [`Reason::PromoteFailed`] and [`Reason::FenceTimedOut`].
+    Abandoned { reason: Reason, message: String },
     /// The decision could not be recorded: nothing was done.
     NotStarted(String),
     /// The promotion itself failed: the target stays recorded and the next heartbeat
@@ -142,12 +144,12 @@ enum Phase {
     Promote,
     /// Switchover whose promotion failed: make the old primary writable again.
     RestoreOld {
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
     /// Give the drained old primary its writes back, then abandon.
     ResumeOld {
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
     Redirect,
@@ -156,18 +158,10 @@ enum Phase {
     Unpause,
     Outcome,
     Abandon {
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
     Done(End),
-}
-
-/// Reasons a promotion is abandoned (the `LastPromotion` condition's reason).
-pub mod reason {
-    pub const DRAIN_TIMED_OUT: &str = "DrainTimedOut";
-    pub const DEMOTE_FAILED: &str = "DemoteFailed";
-    pub const PROMOTE_FAILED: &str = "PromoteFailed";
-    pub const FENCE_TIMED_OUT: &str = "FenceTimedOut";
 }
 
 /// One step as it happened, for `status.lastFailover.steps`.
@@ -237,7 +231,9 @@ impl Saga {
                 Effect::Redirect { members: self.start.others.clone(), to: self.start.to.clone() }
             }
             Phase::Outcome => Effect::RecordOutcome,
-            Phase::Abandon { reason, message } => Effect::RecordAbandon { reason, message: message.clone() },
+            Phase::Abandon { reason, message } => {
+                Effect::RecordAbandon { reason: *reason, message: message.clone() }
+            }
             Phase::Done(end) => Effect::Done(end.clone()),
         }
     }
@@ -297,7 +293,7 @@ impl Saga {
                 Phase::Promote
             }
             Fault::Answered => Phase::Abandon {
-                reason: reason::DEMOTE_FAILED,
+                reason: Reason::DemoteFailed,
                 message: format!(
                     "{} answers but could not be demoted ({why}); {} is not promoted while it may take writes",
                     from.name, self.start.to
@@ -330,7 +326,7 @@ impl Saga {
                 Phase::Promote
             }
             Fault::Silent => Phase::Abandon {
-                reason: reason::FENCE_TIMED_OUT,
+                reason: Reason::FenceTimedOut,
                 message: format!(
                     "{} does not answer ({why}) and cannot be shown to have stopped taking writes (no self-fencing, onTimeout: Abort); {} is not promoted",
                     from.name, self.start.to
@@ -348,7 +344,7 @@ impl Saga {
 
             (Phase::Drain, Ok(())) => Phase::DemoteDrained,
             (Phase::Drain, Err((_, e))) => Phase::ResumeOld {
-                reason: reason::DRAIN_TIMED_OUT,
+                reason: Reason::DrainTimedOut,
                 message: format!("switchover to {to} abandoned: {e}"),
             },
             (Phase::DemoteDrained, Ok(())) => {
@@ -360,7 +356,7 @@ impl Saga {
                 Phase::Promote
             }
             (Phase::DemoteDrained, Err((_, e))) => Phase::ResumeOld {
-                reason: reason::DEMOTE_FAILED,
+                reason: Reason::DemoteFailed,
                 message: format!("switchover to {to} abandoned: could not demote {from}: {e}"),
             },
 
@@ -394,7 +390,7 @@ impl Saga {
                 Phase::Redirect
             }
             (Phase::Promote, Err((_, e))) if self.drained => Phase::RestoreOld {
-                reason: reason::PROMOTE_FAILED,
+                reason: Reason::PromoteFailed,
                 message: format!("promoting {to} failed: {e}; {from} keeps the primary role"),
             },
             (Phase::Promote, Err((_, e))) => Phase::Done(End::Retry(format!("promoting {to} failed: {e}"))),
@@ -535,7 +531,7 @@ mod tests {
         let mut s = Saga::new(start(PromotionKind::Failover, Some(old(false))));
         let effects = run(&mut s, |_| None);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Promote { .. })));
-        assert!(matches!(s.done(), Some(End::Abandoned { reason: reason::FENCE_TIMED_OUT, .. })));
+        assert!(matches!(s.done(), Some(End::Abandoned { reason: Reason::FenceTimedOut, .. })));
         assert!(
             !effects.iter().any(|e| matches!(e, Effect::QueueDemote { .. })),
             "abandoned: nothing queued"
@@ -567,7 +563,7 @@ mod tests {
         from.killable = true;
         let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));
         run(&mut s, |e| matches!(e, Effect::Kill { .. }).then_some(Fault::Silent));
-        assert!(matches!(s.done(), Some(End::Abandoned { reason: reason::FENCE_TIMED_OUT, .. })));
+        assert!(matches!(s.done(), Some(End::Abandoned { reason: Reason::FenceTimedOut, .. })));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 
 use std::{cmp::Ordering, time::Duration};
 
-use super::member::{ObservedRole, Probe};
+use super::{
+    member::{ObservedRole, Probe},
+    vocabulary::Reason,
+};
 
 /// What the operator knows about one member right now.
 #[derive(Clone, Debug, Default)]
@@ -111,8 +114,8 @@ pub struct Promotion {
 /// Why nothing is promoted although the shard has no working primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocked {
-    /// A CamelCase condition reason.
-    pub reason: &'static str,
+    /// The HaCluster's Ready and Degraded condition reason.
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -208,7 +211,7 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     }
     if policy.standby && policy.upstream.is_none() {
         plan.blocked = Some(Blocked {
-            reason: "UpstreamUnknown",
+            reason: Reason::UpstreamUnknown,
             message: "standby cluster: the upstream primary is not known; nothing is changed until it is"
                 .into(),
         });
@@ -251,7 +254,7 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     plan.primary_lost = true;
     if !policy.automatic {
         plan.blocked = Some(Blocked {
-            reason: "ManualFailover",
+            reason: Reason::ManualFailover,
             message: format!(
                 "primary {primary} is lost and failover mode is manual; create a FailoverRequest"
             ),
@@ -260,7 +263,7 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     }
     if facts.unfenced.as_deref() == Some(primary) {
         plan.blocked = Some(Blocked {
-            reason: "FenceTimedOut",
+            reason: Reason::FenceTimedOut,
             message: format!(
                 "primary {primary} does not answer and cannot be shown to have stopped taking writes (no self-fencing, onTimeout: Abort); no replica is promoted until it answers or a FailoverRequest forces a failover"
             ),
@@ -269,7 +272,7 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     }
     if facts.primary_lost_for < policy.failover_delay {
         plan.blocked = Some(Blocked {
-            reason: "FailoverDelay",
+            reason: Reason::FailoverDelay,
             message: format!("primary {primary} is lost; waiting failoverDelay before failing over"),
         });
         return plan;
@@ -303,7 +306,7 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
         }
         Err(why) => {
             plan.blocked = Some(Blocked {
-                reason: "NoEligibleReplica",
+                reason: Reason::NoEligibleReplica,
                 message: format!("primary {primary} is lost and no replica may be promoted: {why}"),
             })
         }
@@ -321,7 +324,7 @@ fn bootstrap(facts: &ShardFacts, policy: &Policy) -> Plan {
         .collect();
     if !undecided.is_empty() {
         plan.blocked = Some(Blocked {
-            reason: "Bootstrapping",
+            reason: Reason::Bootstrapping,
             message: format!("waiting for every member to answer once (not yet: {})", undecided.join(", ")),
         });
         return plan;
@@ -353,7 +356,7 @@ fn bootstrap(facts: &ShardFacts, policy: &Policy) -> Plan {
         }
         Err(why) => {
             plan.blocked = Some(Blocked {
-                reason: "NoEligibleMember",
+                reason: Reason::NoEligibleMember,
                 message: format!("no member can be the first primary: {why}"),
             })
         }
@@ -418,7 +421,7 @@ mod tests {
         let facts = ShardFacts { members: vec![member("a", Some(Replica), 0), b], ..Default::default() };
         let p = plan(&facts, &Policy::default());
         assert_eq!(p.promote, None);
-        assert_eq!(p.blocked.unwrap().reason, "Bootstrapping");
+        assert_eq!(p.blocked.unwrap().reason, Reason::Bootstrapping);
     }
 
     #[test]
@@ -454,7 +457,7 @@ mod tests {
         let mut a = member("a", Some(Replica), 0);
         a.priority = 0;
         let facts = ShardFacts { members: vec![a], ..Default::default() };
-        assert_eq!(plan(&facts, &Policy::default()).blocked.unwrap().reason, "NoEligibleMember");
+        assert_eq!(plan(&facts, &Policy::default()).blocked.unwrap().reason, Reason::NoEligibleMember);
     }
 
     fn with_primary(members: Vec<MemberFacts>, last: i64) -> ShardFacts {
@@ -512,7 +515,7 @@ mod tests {
         let p = plan(&facts, &Policy { max_lag: 0, ..Policy::default() });
         assert_eq!(p.promote, None);
         let blocked = p.blocked.unwrap();
-        assert_eq!(blocked.reason, "NoEligibleReplica");
+        assert_eq!(blocked.reason, Reason::NoEligibleReplica);
         assert!(blocked.message.contains("b: lags 10 bytes"), "{}", blocked.message);
     }
 
@@ -521,7 +524,7 @@ mod tests {
         let facts =
             with_primary(vec![down(member("a", Some(Primary), 0)), member("b", Some(Replica), 100)], 100);
         let p = plan(&facts, &Policy { automatic: false, ..Policy::default() });
-        assert_eq!((p.promote, p.blocked.unwrap().reason), (None, "ManualFailover"));
+        assert_eq!((p.promote, p.blocked.unwrap().reason), (None, Reason::ManualFailover));
         assert_eq!(plan(&facts, &Policy { paused: true, ..Policy::default() }), Plan::default());
     }
 
@@ -564,7 +567,7 @@ mod tests {
         assert_eq!(p.promote, None, "a replica leader is not lost in a standby cluster");
         assert_eq!(p.follow, ["a"], "the leader is pointed at the upstream");
         let unknown = Policy { standby: true, upstream: None, ..Policy::default() };
-        assert_eq!(plan(&facts, &unknown).blocked.unwrap().reason, "UpstreamUnknown");
+        assert_eq!(plan(&facts, &unknown).blocked.unwrap().reason, Reason::UpstreamUnknown);
     }
 
     #[test]
@@ -651,7 +654,7 @@ mod tests {
 
         /// What is promoted, demoted and followed, and why nothing is: must not depend on
         /// member order.
-        type Shape = (Option<(PromotionKind, String)>, Vec<String>, Vec<String>, Option<&'static str>);
+        type Shape = (Option<(PromotionKind, String)>, Vec<String>, Vec<String>, Option<Reason>);
 
         fn shape(p: &Plan) -> Shape {
             let mut demote = p.demote.clone();

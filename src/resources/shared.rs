@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::core::vocabulary::{ConditionType, Reason};
+
 /// API group of every Understudy resource.
 pub const GROUP: &str = "understudy.dev";
 /// The one served and stored version.
@@ -241,15 +243,16 @@ pub const FALSE: &str = "False";
 /// status did not change so that a status write only happens on real change.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
-    type_: &str,
+    type_: ConditionType,
     status: bool,
-    reason: &str,
+    reason: Reason,
     message: impl Into<String>,
     observed_generation: Option<i64>,
     now: &Time,
 ) {
     let status = if status { TRUE } else { FALSE };
     let message = message.into();
+    let (type_, reason) = (type_.as_str(), reason.as_str());
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
@@ -272,8 +275,13 @@ pub fn set_condition(
 }
 
 /// Looks up a condition by type.
-pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
+pub fn condition(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
+}
+
+/// Removes the condition of type `type_`, if any.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
+    conditions.retain(|c| c.type_ != type_.as_str());
 }
 
 #[cfg(test)]
@@ -310,13 +318,18 @@ mod tests {
         let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap());
         let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(200).unwrap());
         let mut cs = vec![];
-        set_condition(&mut cs, "Ready", true, "Ok", "fine", Some(1), &t0);
-        set_condition(&mut cs, "Ready", true, "Ok", "still fine", Some(2), &t1);
+        let ready = ConditionType::Ready;
+        set_condition(&mut cs, ready, true, Reason::PrimaryHealthy, "fine", Some(1), &t0);
+        set_condition(&mut cs, ready, true, Reason::PrimaryHealthy, "still fine", Some(2), &t1);
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0].last_transition_time, t0);
         assert_eq!(cs[0].message, "still fine");
-        set_condition(&mut cs, "Ready", false, "Down", "gone", Some(2), &t1);
+        assert_eq!((cs[0].type_.as_str(), cs[0].reason.as_str()), ("Ready", "PrimaryHealthy"));
+        set_condition(&mut cs, ready, false, Reason::NoPrimary, "gone", Some(2), &t1);
         assert_eq!(cs[0].last_transition_time, t1);
         assert_eq!(cs[0].status, FALSE);
+        assert_eq!(condition(&cs, ready).map(|c| c.reason.as_str()), Some("NoPrimary"));
+        remove_condition(&mut cs, ready);
+        assert!(condition(&cs, ready).is_none());
     }
 }

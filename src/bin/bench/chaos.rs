@@ -7,7 +7,8 @@
 //! client that never follows routing, so that a frozen-then-thawed old primary is exercised).
 //! At a random instant one random fault is injected and later healed:
 //!
-//! - SIGKILL of the primary or of a replica (restarted after a random hold, empty);
+//! - SIGKILL of the primary or of a replica (restarted after a random hold, empty; holds are
+//!   50 ms to 1 s in three runs of ten, otherwise 1 s to `--max-hold-secs`);
 //! - SIGSTOP of the primary or of a replica (SIGCONT after a random hold);
 //! - SIGKILL of the operator (restarted after a random hold);
 //! - SIGSTOP of kube-apiserver for 5–60 s (`--max-outage-secs` shortens it);
@@ -153,16 +154,16 @@ struct Plan {
 }
 
 impl Plan {
-    fn draw(seed: u64, max_outage_ms: u64) -> Self {
+    fn draw(seed: u64, max_outage_ms: u64, max_hold_ms: u64) -> Self {
         let mut rng = Rng(seed);
         let fault = Fault::ALL[rng.below(Fault::ALL.len() as u64) as usize];
         let delay_ms = rng.range(200, 2000);
         let short = rng.below(10) < 3;
         let hold_ms = match fault {
             Fault::StopApiserver => rng.range(5000.min(max_outage_ms), max_outage_ms),
-            // Often around the detection window, otherwise up to the longest outage.
-            _ if short => rng.range(50, 1000.min(max_outage_ms)),
-            _ => rng.range(1000.min(max_outage_ms), max_outage_ms),
+            // Often around the detection window, otherwise up to the longest hold.
+            _ if short => rng.range(50, 1000.min(max_hold_ms)),
+            _ => rng.range(1000.min(max_hold_ms), max_hold_ms),
         };
         let replica = rng.below(2) as usize;
         Self { fault, delay_ms, hold_ms, replica }
@@ -1065,6 +1066,7 @@ pub async fn chaos(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
         bail!("--runs must be at least 1");
     }
     let max_outage_ms = args.max_outage_secs.max(1) * 1000;
+    let max_hold_ms = args.max_hold_secs.max(1) * 1000;
     let base = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
             % 1_000_000_000
@@ -1084,7 +1086,7 @@ pub async fn chaos(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
     let mut errors: Vec<(u64, Fault, String)> = Vec::new();
     for run in 0..args.runs {
         let seed = base.wrapping_add(run as u64);
-        let plan = Plan::draw(seed, max_outage_ms);
+        let plan = Plan::draw(seed, max_outage_ms, max_hold_ms);
         let what = describe(&plan);
         match bench.run(run, seed, plan.clone()).await {
             Ok(o) => {
@@ -1136,10 +1138,11 @@ fn report(
     errors: &[(u64, Fault, String)],
 ) -> (String, Vec<Stats>, Vec<String>) {
     let title = format!(
-        "Chaos: one random fault per run, 3 redis members, heartbeat {} ms × 3, Healthy bound {} s, outages ≤ {} s",
+        "Chaos: one random fault per run, 3 redis members, heartbeat {} ms × 3, Healthy bound {} s, apiserver outages ≤ {} s, other holds ≤ {} s",
         args.heartbeat(),
         args.bound_secs,
-        args.max_outage_secs
+        args.max_outage_secs,
+        args.max_hold_secs
     );
     let mut stats = Vec::new();
     let mut by_kind: BTreeMap<Fault, Vec<&Outcome>> = BTreeMap::new();
@@ -1226,8 +1229,9 @@ fn report(
         extra.push(format!("harness error, seed {seed} ({}): {e}", f.name()));
     }
     extra.push(format!(
-        "replay one run: cargo run --release --bin bench -- chaos --runs 1 --seed <seed> --max-outage-secs {} --bound-secs {} --heartbeat-ms {}",
+        "replay one run: cargo run --release --bin bench -- chaos --runs 1 --seed <seed> --max-outage-secs {} --max-hold-secs {} --bound-secs {} --heartbeat-ms {}",
         args.max_outage_secs,
+        args.max_hold_secs,
         args.bound_secs,
         args.heartbeat()
     ));
@@ -1292,11 +1296,19 @@ mod tests {
 
     #[test]
     fn plans_replay_from_their_seed() {
-        let a = Plan::draw(42, 15_000);
-        let b = Plan::draw(42, 15_000);
+        let a = Plan::draw(42, 60_000, 15_000);
+        let b = Plan::draw(42, 60_000, 15_000);
         assert_eq!((a.fault, a.delay_ms, a.hold_ms, a.replica), (b.fault, b.delay_ms, b.hold_ms, b.replica));
         let kinds: std::collections::BTreeSet<Fault> =
-            (0..200).map(|s| Plan::draw(s, 15_000).fault).collect();
+            (0..200).map(|s| Plan::draw(s, 60_000, 15_000).fault).collect();
         assert_eq!(kinds.len(), Fault::ALL.len());
+        for s in 0..500 {
+            let p = Plan::draw(s, 60_000, 15_000);
+            let max = if p.fault == Fault::StopApiserver { 60_000 } else { 15_000 };
+            assert!(p.hold_ms <= max, "seed {s}: {:?} held {} ms", p.fault, p.hold_ms);
+            if p.fault == Fault::StopApiserver {
+                assert!(p.hold_ms >= 5_000, "seed {s}: an outage of {} ms", p.hold_ms);
+            }
+        }
     }
 }

@@ -83,9 +83,12 @@ struct Args {
     /// chaos: seed of the first run (run i uses seed + i); `--runs 1 --seed S` replays run S.
     #[arg(long)]
     seed: Option<u64>,
-    /// chaos: longest fault hold, seconds (kube-apiserver is stopped for 5 s to this).
+    /// chaos: longest kube-apiserver outage, seconds (it is stopped for 5 s to this).
     #[arg(long, default_value_t = 60)]
     max_outage_secs: u64,
+    /// chaos: longest hold of a member or operator fault (frozen, or dead before restart), seconds.
+    #[arg(long, default_value_t = 15)]
+    max_hold_secs: u64,
     /// chaos: the cluster must be Healthy again within this many seconds of the heal.
     #[arg(long, default_value_t = 60)]
     bound_secs: u64,
