@@ -23,8 +23,8 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, ResourceExt,
-    api::PostParams,
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt as _,
@@ -484,6 +484,29 @@ impl StatusHandle {
         Ok(())
     }
 
+    /// Server-side apply of the observed part of the status ([`observed_part`]) under the
+    /// monitor's own field manager: no resourceVersion, so it never conflicts with (and can
+    /// never overwrite) the lock, epoch, target or failover record that the compare-and-set
+    /// path ([`Self::replace`]) owns. The API server takes no uid precondition on an apply,
+    /// so it is written only while the store shows this incarnation of the cluster.
+    pub async fn apply_observed(&mut self, status: &HaClusterStatus) -> Result<(), kube::Error> {
+        let api: Api<HaCluster> =
+            Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
+        if self.latest().is_none() {
+            return Ok(());
+        }
+        let body = observed_part(status);
+        let written = {
+            let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
+            let pp = PatchParams::apply(OBSERVER).force();
+            api.patch_status(&self.oref.name, &pp, &Patch::Apply(&body)).await?
+        };
+        self.wake.remember(written.resource_version());
+        self.written = Some(written);
+        self.written_at = Some(Instant::now());
+        Ok(())
+    }
+
     /// Take what a promotion wrote: it finished after anything this handle wrote before the
     /// promotion started; a later write of ours would have conflicted with it.
     fn adopt(&mut self, other: Option<HaCluster>) {
@@ -690,7 +713,7 @@ impl Monitor {
             failover_delay: f.failover_delay.0,
             max_lag: f.max_lag_on_failover,
             follows_directly: engine.follows_directly(),
-            standby: cluster.spec.standby.is_some(),
+            standby: cluster.standby().is_some(),
             upstream,
         }
     }
@@ -698,7 +721,7 @@ impl Monitor {
     /// A standby cluster's upstream: the primary endpoint of the HaCluster it follows (read
     /// from that cluster's status), or the fixed `primaryEndpoint`.
     async fn upstream(&self, cluster: &HaCluster) -> Option<String> {
-        let standby = cluster.spec.standby.as_ref()?;
+        let standby = cluster.standby()?;
         if let Some(ep) = &standby.primary_endpoint {
             return Some(ep.clone());
         }
@@ -1439,7 +1462,7 @@ impl Monitor {
         let declared_dead = |d: &Declared| {
             dead_members.contains(&d.name) || d.node.as_ref().is_some_and(|n| dead_nodes.contains(n))
         };
-        let become_ = match (cluster.spec.standby.is_some(), &self.upstream_seen) {
+        let become_ = match (cluster.standby().is_some(), &self.upstream_seen) {
             (false, _) => Become::Writable,
             (true, Some(up)) => Become::Follower(up.clone()),
             (true, None) => return None,
@@ -1501,15 +1524,41 @@ impl Monitor {
         if significant(&old, max_lag) == significant(&next_status, max_lag) && !offsets_due {
             return;
         }
-        let mut next = cluster.clone();
-        next.status = Some(next_status);
-        match self.replace_status(&next).await {
+        match self.status.apply_observed(&next_status).await {
             Ok(()) => self.observed_written_at = Some(Instant::now()),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                debug!(cluster = %self.oref, "status conflict; recomputed next heartbeat");
-                self.status.written = self.fetch().await;
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                debug!(cluster = %self.oref, error = %s.message, "cluster gone; status not written");
             }
             Err(e) => warn!(cluster = %self.oref, error = %e, "could not write status"),
+        }
+        self.prune_undeclared(cluster).await;
+    }
+
+    /// Remove shards and members that are no longer declared. The observed part drops them
+    /// from what the monitor applies, but an entry another writer also set (the shard's
+    /// lock and epoch, or fields written before the monitor applied its own) stays until it
+    /// is removed through the compare-and-set path.
+    async fn prune_undeclared(&mut self, cluster: &HaCluster) {
+        let declared = self.declared(cluster);
+        let names = Self::shard_names(cluster, &declared);
+        let Some(latest) = self.latest() else { return };
+        let Some(st) = latest.status.as_ref() else { return };
+        let stale = |s: &ShardStatus| {
+            !names.contains(&s.name)
+                || s.members.iter().any(|m| !declared.iter().any(|d| d.name == m.name && d.shard == s.name))
+        };
+        if !st.shards.iter().any(stale) {
+            return;
+        }
+        let mut next = latest.clone();
+        let st = next.status.as_mut().expect("checked");
+        // A shard whose lock is held stays until its operation ends.
+        st.shards.retain(|s| names.contains(&s.name) || s.operation.is_some());
+        for s in &mut st.shards {
+            s.members.retain(|m| declared.iter().any(|d| d.name == m.name && d.shard == s.name));
+        }
+        if let Err(e) = self.replace_status(&next).await {
+            debug!(cluster = %self.oref, error = %e, "could not prune undeclared members; retried next heartbeat");
         }
     }
 
@@ -1600,14 +1649,14 @@ impl Monitor {
 
         let any_lock = status.shards.iter().any(|s| s.target_primary.is_some());
         // A standby cluster's leader is a healthy replica of the upstream.
-        let leader_role = if cluster.spec.standby.is_some() { Role::Replica } else { Role::Primary };
+        let leader_role = if cluster.standby().is_some() { Role::Replica } else { Role::Primary };
         for s in &mut status.shards {
-            s.upstream = self.upstream_seen.clone().filter(|_| cluster.spec.standby.is_some());
+            s.upstream = self.upstream_seen.clone().filter(|_| cluster.standby().is_some());
         }
         // A self-fencing primary with too few replicas refuses writes: it is not healthy for
         // clients (until the replicas are attached, after a bootstrap or a failover).
         let mut refusing = Vec::new();
-        for s in status.shards.iter().filter(|_| cluster.spec.standby.is_none()) {
+        for s in status.shards.iter().filter(|_| cluster.standby().is_none()) {
             let Some(p) = &s.current_primary else { continue };
             let want = fencing_want(cluster, &declared, &self.members, &s.name, p);
             let probe = self.members.get(p).and_then(|m| m.probe.as_ref()).filter(|p| p.self_fencing);
@@ -1763,7 +1812,7 @@ impl Monitor {
                     // The recorded primary stays routed until another one is recorded, even
                     // while it does not answer: the switch is then a single write. A standby
                     // cluster's leader is read-only and is not routed as a primary.
-                    if cluster.spec.standby.is_none() {
+                    if cluster.standby().is_none() {
                         primaries.push(d.route.clone());
                     }
                 } else if st
@@ -2035,6 +2084,65 @@ pub(super) fn shard_entry<'a>(status: &'a mut HaClusterStatus, shard: &str) -> &
     }
 }
 
+/// Field manager of the observed part of HaCluster status, written by the monitor alone.
+pub const OBSERVER: &str = "understudy-monitor";
+
+/// The conditions the monitor owns; others (`LastPromotion`) are written by promotions.
+const OBSERVED_CONDITIONS: [ConditionType; 5] = [
+    ConditionType::Ready,
+    ConditionType::Degraded,
+    ConditionType::FailingOver,
+    ConditionType::Paused,
+    ConditionType::Routed,
+];
+
+/// The apply configuration of what the monitor observes: phase, observedGeneration, its
+/// conditions, primary, healthyMembers and, per shard, upstream and members. Never the
+/// shard's currentPrimary, targetPrimary, epoch, operation lock or the failover record:
+/// those change only through the resourceVersion-guarded path.
+fn observed_part(status: &HaClusterStatus) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let mut st = Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            st.insert(k.into(), v);
+        }
+    };
+    put("phase", json!(status.phase));
+    put("observedGeneration", json!(status.observed_generation));
+    put(
+        "conditions",
+        json!(
+            status
+                .conditions
+                .iter()
+                .filter(|c| OBSERVED_CONDITIONS.iter().any(|t| c.type_ == t.as_str()))
+                .collect::<Vec<_>>()
+        ),
+    );
+    put("primary", json!(status.primary));
+    put("healthyMembers", json!(status.healthy_members));
+    let shards: Vec<Value> = status
+        .shards
+        .iter()
+        .map(|s| {
+            let mut o = Map::new();
+            o.insert("name".into(), json!(s.name));
+            if let Some(u) = &s.upstream {
+                o.insert("upstream".into(), json!(u));
+            }
+            o.insert("members".into(), json!(s.members));
+            Value::Object(o)
+        })
+        .collect();
+    put("shards", Value::Array(shards));
+    json!({
+        "apiVersion": HaCluster::api_version(&()),
+        "kind": HaCluster::kind(&()),
+        "status": st,
+    })
+}
+
 /// How often changed offsets and lag alone are written to status.
 const OFFSETS_REFRESH: Duration = Duration::from_secs(10);
 
@@ -2060,4 +2168,86 @@ fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
         c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
     }
     serde_json::to_value(s).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::hacluster::{FailoverRecord, MemberStatus, OperationLock};
+
+    #[test]
+    fn the_observed_part_carries_no_decision() {
+        let t = Time(Timestamp::UNIX_EPOCH);
+        let mut status = HaClusterStatus {
+            phase: Some(ClusterPhase::Healthy),
+            primary: Some("a".into()),
+            shards: vec![ShardStatus {
+                name: "s0".into(),
+                current_primary: Some("a".into()),
+                target_primary: Some("b".into()),
+                epoch: 7,
+                operation: Some(OperationLock {
+                    kind: "ShardFailover".into(),
+                    name: "x".into(),
+                    namespace: None,
+                    uid: None,
+                    acquired_at: t.clone(),
+                    expires_at: t.clone(),
+                    force: false,
+                    dead_members: vec![],
+                    dead_nodes: vec![],
+                }),
+                upstream: None,
+                members: vec![MemberStatus { name: "a".into(), role: Role::Primary, ..Default::default() }],
+            }],
+            last_failover: Some(FailoverRecord {
+                shard: "s0".into(),
+                from: None,
+                to: Some("a".into()),
+                reason: String::new(),
+                started_at: t.clone(),
+                duration_ms: None,
+                lost_offset: None,
+                promoted_at_offset: None,
+                epoch: 7,
+                steps: vec![],
+            }),
+            ..Default::default()
+        };
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Ready,
+            true,
+            Reason::PrimaryHealthy,
+            "ok",
+            None,
+            &t,
+        );
+        set_condition(
+            &mut status.conditions,
+            ConditionType::LastPromotion,
+            false,
+            Reason::PromoteFailed,
+            "x",
+            None,
+            &t,
+        );
+        let body = observed_part(&status);
+        let text = body.to_string();
+        for decision in [
+            "currentPrimary",
+            "targetPrimary",
+            "epoch",
+            "operation",
+            "lastFailover",
+            "LastPromotion",
+            "protection",
+        ] {
+            assert!(!text.contains(decision), "{decision} in {text}");
+        }
+        assert_eq!(body["status"]["shards"][0]["members"][0]["role"], "Primary");
+        assert_eq!(body["status"]["conditions"][0]["type"], "Ready");
+        assert_eq!(body["status"]["primary"], "a");
+        assert_eq!(body["kind"], "HaCluster");
+    }
 }

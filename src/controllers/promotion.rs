@@ -12,7 +12,7 @@ use std::{
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::reflector::Store};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     Context,
@@ -387,7 +387,13 @@ impl ShardOp {
             });
         }
         self.status.replace(&next).await.map_err(|e| {
-            warn!(cluster = %self.status.oref, error = %e, "recording the promotion failed; retrying");
+            match &e {
+                // An ordinary optimistic-concurrency retry (the monitor applied what it saw).
+                kube::Error::Api(s) if s.code == 409 => {
+                    debug!(cluster = %self.status.oref, "recording the promotion met a concurrent write; retrying")
+                }
+                _ => warn!(cluster = %self.status.oref, error = %e, "recording the promotion failed; retrying"),
+            }
             (Fault::Silent, e.to_string())
         })
     }

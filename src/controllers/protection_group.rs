@@ -2,7 +2,8 @@
 //! production site to a DR site, and the planned failover that reverses them.
 //!
 //! Steady state: for every pair the production cluster is a normal HaCluster and its DR
-//! counterpart is a standby of it (`spec.standby`, owned by this controller); the controller
+//! counterpart is a standby of it (published in the clusters' `status.protection`, a field
+//! this controller alone writes, so that the user's spec stays the user's); the controller
 //! reports per-pair state and lag; phase `protected` when every pair replicates.
 //!
 //! Planned failover (spec.prioritySite ≠ status.productionSite), allowed in `protected` or
@@ -10,7 +11,7 @@
 //! off) → decide per pair from what the leaders say ([`crate::core::site`]) → stop writes
 //! at the production leaders → wait until every DR leader has everything (offsets equal) →
 //! demote the production leaders (they follow the DR leaders) → promote the DR leaders →
-//! reverse the standby relation in the specs → resume writes → release the locks → wait
+//! reverse the standby relation → resume writes → release the locks → wait
 //! until the new production clusters route to their primaries. No instant has two writable
 //! leaders in a pair: a production leader is demoted before its DR leader is promoted.
 //!
@@ -32,7 +33,7 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
@@ -48,7 +49,7 @@ use crate::{
     engines::{self, Engine, Probe},
     resources::{
         HaCluster, ProtectionGroup,
-        hacluster::{Engine as EngineKind, Role},
+        hacluster::{Engine as EngineKind, Protection, Role, Standby},
         protection_group::{PairStatus, ProtectionGroupStatus, ProtectionPhase as Phase, Site, SiteRole},
         shared::{remove_condition, set_condition},
     },
@@ -59,7 +60,8 @@ pub const LOCK_KIND: &str = "ProtectionGroup";
 pub const REMOTE_LOCK_KIND: &str = "RemoteProtectionGroup";
 /// Changing this annotation re-asserts the spec after `error-reversing`.
 pub const RETRY_ANNOTATION: &str = "understudy.dev/retry";
-/// Field manager of the `spec.standby` fields this controller owns.
+/// Field manager of the `status.protection` field of HaClusters, which this controller owns
+/// (and of `spec.standby`, which versions before it wrote).
 const STANDBY_MANAGER: &str = "understudy-protectiongroup";
 /// Lag changes smaller than this (bytes) are not worth a status write.
 const LAG_NOISE: i64 = 1 << 20;
@@ -177,7 +179,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     probe_leaders(&mut pairs).await;
 
     // Status is input like any other (anyone granted `*/status` can write it): in a steady
-    // state, where each pair replicates from (the cluster without spec.standby) wins over
+    // state, where each pair replicates from (the cluster that is not a standby) wins over
     // what status claims, so a forged production site never starts a move.
     if status.phase == Some(Phase::Protected) {
         let corrected = correct_production(&mut status, &pairs);
@@ -431,7 +433,7 @@ async fn probe_leaders(pairs: &mut [Pair]) {
 
 /// The production side a pair shows: the one of its clusters that is not a standby.
 fn observed_production(p: &Pair) -> Option<SiteRole> {
-    match (p.source.cluster.spec.standby.is_some(), p.target.cluster.spec.standby.is_some()) {
+    match (p.source.cluster.standby().is_some(), p.target.cluster.standby().is_some()) {
         (false, true) => Some(SiteRole::Source),
         (true, false) => Some(SiteRole::Target),
         _ => None,
@@ -467,45 +469,62 @@ fn adopt(pg: &ProtectionGroup, pairs: &[Pair]) -> SiteRole {
     pairs.iter().find_map(observed_production).unwrap_or(pg.spec.priority_site)
 }
 
-/// The standby spec the DR cluster of a pair should have: follow the production cluster by
-/// name within one control plane, or its leader's endpoint across two. `None` while not
-/// known (a remote upstream whose primary is not known is left as it is).
-fn standby_for(
-    production: &HaCluster,
-    leader: Option<&Leader>,
-    sites: &[SiteHandle; 2],
-) -> Option<serde_json::Value> {
+/// What the DR cluster of a pair should follow: the production cluster by name within one
+/// control plane, or its leader's endpoint across two. `None` while not known (a remote
+/// upstream whose primary is not known is left as it is).
+fn standby_for(production: &HaCluster, leader: Option<&Leader>, sites: &[SiteHandle; 2]) -> Option<Standby> {
     if sites.iter().any(|s| s.remote) {
         let shard = production.status.as_ref()?.shards.first()?;
         if shard.target_primary.is_some() {
             return None;
         }
-        return Some(json!({"primaryEndpoint": leader?.endpoint, "cluster": null, "namespace": null}));
+        return Some(Standby {
+            cluster: None,
+            namespace: None,
+            primary_endpoint: Some(leader?.endpoint.clone()),
+        });
     }
-    Some(json!({
-        "cluster": production.name_any(),
-        "namespace": production.namespace(),
-        "primaryEndpoint": null,
-    }))
+    Some(Standby {
+        cluster: Some(production.name_any()),
+        namespace: production.namespace(),
+        primary_endpoint: None,
+    })
 }
 
-fn standby_matches(c: &HaCluster, want: &serde_json::Value) -> bool {
-    let have = c.spec.standby.as_ref().and_then(|s| serde_json::to_value(s).ok());
-    let have = have.unwrap_or(serde_json::Value::Null);
-    let field = |v: &serde_json::Value, k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
-    ["cluster", "namespace", "primaryEndpoint"].iter().all(|k| field(&have, k) == field(want, k))
-}
-
-async fn set_standby(side: &Side, value: serde_json::Value) -> Result<(), kube::Error> {
-    if value.is_null() && side.cluster.spec.standby.is_none() {
-        return Ok(());
+/// Publish a cluster's side of the relation in its `status.protection` (`standby: None` on
+/// the production side), by server-side apply of exactly that field under this
+/// controller's field manager. Never in the spec, which belongs to the user and to the tool
+/// that applies the user's manifests. A `spec.standby` that an earlier version of this
+/// controller wrote is removed once the status carries the relation.
+async fn set_standby(side: &Side, group: &str, standby: Option<Standby>) -> Result<(), kube::Error> {
+    let name = side.cluster.name_any();
+    let want = Protection { group: group.to_owned(), standby };
+    let have = side.cluster.status.as_ref().and_then(|s| s.protection.as_ref());
+    if have != Some(&want) {
+        let body = json!({
+            "apiVersion": HaCluster::api_version(&()),
+            "kind": HaCluster::kind(&()),
+            "status": {"protection": want},
+        });
+        side.api
+            .patch_status(&name, &PatchParams::apply(STANDBY_MANAGER).force(), &Patch::Apply(&body))
+            .await?;
     }
-    if !value.is_null() && standby_matches(&side.cluster, &value) {
-        return Ok(());
+    if side.cluster.spec.standby.is_some() && spec_standby_is_ours(&side.cluster) {
+        let pp = PatchParams { field_manager: Some(STANDBY_MANAGER.into()), ..Default::default() };
+        side.api.patch(&name, &pp, &Patch::Merge(json!({"spec": {"standby": null}}))).await?;
     }
-    let pp = PatchParams { field_manager: Some(STANDBY_MANAGER.into()), ..Default::default() };
-    side.api.patch(&side.cluster.name_any(), &pp, &Patch::Merge(json!({"spec": {"standby": value}}))).await?;
     Ok(())
+}
+
+/// Whether `spec.standby` was written by this controller (before it published the relation
+/// in status) and by no one else.
+fn spec_standby_is_ours(c: &HaCluster) -> bool {
+    let owns = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:standby")).is_some())
+    };
+    let owners: Vec<_> = c.managed_fields().iter().filter(|m| owns(m)).collect();
+    !owners.is_empty() && owners.iter().all(|m| m.manager.as_deref() == Some(STANDBY_MANAGER))
 }
 
 /// Keep every pair replicating from its production side and report how it does.
@@ -522,11 +541,12 @@ async fn steady(
     for (i, p) in pairs.iter().enumerate() {
         let prod = status.pairs.get(i).and_then(|s| s.production).unwrap_or(production);
         let (ps, ds) = (p.side(prod), p.side(prod.other()));
-        if let Err(e) = set_standby(ps, serde_json::Value::Null).await {
-            warn!(group = %key(pg), cluster = %ps.cluster.name_any(), error = %e, "could not clear standby");
+        let group = key(pg);
+        if let Err(e) = set_standby(ps, &group, None).await {
+            warn!(%group, cluster = %ps.cluster.name_any(), error = %e, "could not publish the production side");
         }
         if let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
-            && let Err(e) = set_standby(ds, v).await
+            && let Err(e) = set_standby(ds, &group, Some(v)).await
         {
             warn!(group = %key(pg), cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
         }
@@ -1056,6 +1076,7 @@ async fn record_pairs(
     want: SiteRole,
     moved: &[usize],
 ) {
+    let group = key(&w.obj);
     let production = status.production_site.unwrap_or_default();
     let mut out: Vec<PairStatus> = pairs
         .iter()
@@ -1077,53 +1098,22 @@ async fn record_pairs(
         let p = &pairs[i];
         let (ws, os) = (p.side(want), p.side(want.other()));
         // The new production cluster first (its leader is the upstream the other follows).
-        if let Err(e) = set_standby(ws, serde_json::Value::Null).await {
-            warn!(cluster = %ws.cluster.name_any(), error = %e, "could not clear standby; retried in steady state");
+        // The new production cluster first (its leader is the upstream the other follows).
+        // Member roles are the monitors' to write: the published relation wakes them.
+        if let Err(e) = set_standby(ws, &group, None).await {
+            warn!(cluster = %ws.cluster.name_any(), error = %e, "could not publish the production side; retried in steady state");
         }
         if let Some(v) = standby_for(&ws.cluster, ws.leader.as_ref(), sites)
-            && let Err(e) = set_standby(os, v).await
+            && let Err(e) = set_standby(os, &group, Some(v)).await
         {
-            warn!(cluster = %os.cluster.name_any(), error = %e, "could not set standby; retried in steady state");
+            warn!(cluster = %os.cluster.name_any(), error = %e, "could not publish the standby side; retried in steady state");
         }
-        record_roles(ws, ws.leader.as_ref(), Role::Primary, None).await;
-        record_roles(os, os.leader.as_ref(), Role::Replica, ws.leader.as_ref().map(|l| l.endpoint.clone()))
-            .await;
         out[i].production = Some(want);
         out[i].state = "Syncing".into();
         out[i].message = Some(format!("{} is production", ws.cluster.name_any()));
     }
     status.pairs = out;
     let _ = w.save(status).await;
-}
-
-/// Record a leader's new role in its cluster's status at once (we hold the cluster's lock),
-/// so clients that follow status do not wait for the monitor's next heartbeat.
-async fn record_roles(side: &Side, leader: Option<&Leader>, role: Role, upstream: Option<String>) {
-    let Some(l) = leader else { return };
-    for _ in 0..3 {
-        let Ok(mut c) = side.api.get(&side.cluster.name_any()).await else { return };
-        let Some(m) = c
-            .status
-            .as_mut()
-            .and_then(|s| s.shards.first_mut())
-            .and_then(|s| s.members.iter_mut().find(|m| m.name == l.name))
-        else {
-            return;
-        };
-        if m.role == role && m.upstream == upstream {
-            return;
-        }
-        m.role = role;
-        m.upstream = upstream.clone();
-        match side.api.replace_status(&side.cluster.name_any(), &PostParams::default(), &c).await {
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => {
-                warn!(cluster = %side.cluster.name_any(), error = %e, "could not record the new role; the monitor will");
-                return;
-            }
-            Ok(_) => return,
-        }
-    }
 }
 
 /// Give writes back to the production leaders of `idx` (a pause that is already over is fine).

@@ -108,7 +108,8 @@ pub struct HaClusterSpec {
     pub paused: bool,
 
     /// Replicate the whole cluster from another cluster's primary (disaster
-    /// recovery). Set by a ProtectionGroup or by hand.
+    /// recovery), set by hand. A ProtectionGroup does not use this field: it publishes
+    /// the relation in status.protection, which takes precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<Standby>,
 }
@@ -489,6 +490,34 @@ pub struct HaClusterStatus {
     /// The most recent role change by failover or switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+    /// Set by the ProtectionGroup that protects this cluster (never by hand, and never
+    /// touched by a tool that applies the spec): which group, and what the cluster follows
+    /// while it is its pair's DR side. Takes precedence over spec.standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<Protection>,
+}
+
+/// The standby relation a ProtectionGroup keeps for one of its clusters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Protection {
+    /// `namespace/name` of the group, in the control plane where it lives.
+    #[schemars(length(min = 1, max = 317))]
+    pub group: String,
+    /// What the cluster follows while it is the DR side; absent on the production side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
+}
+
+impl HaCluster {
+    /// The standby relation in force: the protecting group's (status.protection) when a
+    /// group protects the cluster, otherwise spec.standby.
+    pub fn standby(&self) -> Option<&Standby> {
+        match self.status.as_ref().and_then(|s| s.protection.as_ref()) {
+            Some(p) => p.standby.as_ref(),
+            None => self.spec.standby.as_ref(),
+        }
+    }
 }
 
 /// Coarse cluster phase.

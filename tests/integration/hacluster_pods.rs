@@ -126,9 +126,15 @@ async fn pod_members_get_role_labels_services_and_a_network_policy() {
         assert_eq!(got, want);
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let svc =
-        eventually(WAIT, "Service cache-primary", || async { services.get("cache-primary").await.ok() })
-            .await;
+    // Pod labels are written just before the Services, in the same pass: wait for the write.
+    let svc = eventually(WAIT, "Service cache-primary without a selector", || async {
+        services
+            .get("cache-primary")
+            .await
+            .ok()
+            .filter(|s| s.spec.as_ref().is_some_and(|s| s.selector.is_none()))
+    })
+    .await;
     let spec = svc.spec.unwrap();
     assert_eq!(spec.selector, None, "selector-less: the operator moves its EndpointSlice in one write");
     assert_eq!(spec.ports.unwrap()[0].port, i32::from(port));

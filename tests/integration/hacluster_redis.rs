@@ -655,3 +655,71 @@ async fn repeated_failed_promotions_are_one_event_not_one_per_attempt() {
     assert_eq!(servers[other].role().await.as_deref(), Some("slave"), "nothing promoted");
     operator.stop().await;
 }
+
+/// One writer per status field: the monitor writes what it observes (members, conditions,
+/// phase) by server-side apply under its own field manager and never the fields of the
+/// compare-and-set path (lock, epoch, currentPrimary, targetPrimary, lastFailover); an
+/// observed field forced by another writer is taken back.
+#[tokio::test]
+async fn observed_status_and_role_decisions_have_separate_writers() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "redis-owners").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &RedisServer)> = vec![("a", &servers[0]), ("b", &servers[1])];
+    api.create(
+        &PostParams::default(),
+        &cluster("own", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    wait_primary(&api, "own", "s0", None).await;
+    eventually(WAIT, "both members healthy in status", || async {
+        let st = api.get("own").await.ok()?.status?;
+        (st.shards.first()?.members.iter().filter(|m| m.healthy).count() == 2).then_some(())
+    })
+    .await;
+
+    let c = api.get("own").await.unwrap();
+    let owned = |manager: &str| -> serde_json::Value {
+        let fields: Vec<_> = c
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.manager.as_deref() == Some(manager) && m.subresource.as_deref() == Some("status"))
+            .filter_map(|m| m.fields_v1.as_ref().map(|f| f.0.clone()))
+            .collect();
+        serde_json::Value::Array(fields)
+    };
+    let monitor = owned("understudy-monitor").to_string();
+    assert!(monitor.contains("f:members") && monitor.contains("f:conditions"), "{monitor}");
+    for control in ["f:epoch", "f:currentPrimary", "f:targetPrimary", "f:operation", "f:lastFailover"] {
+        assert!(!monitor.contains(control), "the monitor owns {control}: {monitor}");
+    }
+    let writers_of_epoch: Vec<_> = c
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0.to_string().contains("f:epoch")))
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(!writers_of_epoch.is_empty() && !writers_of_epoch.iter().any(|m| m == "understudy-monitor"));
+
+    // Someone else forces an observed field: the monitor's next apply takes it back.
+    let body = json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "status": {"healthyMembers": "0/2"},
+    });
+    api.patch_status("own", &PatchParams::apply("a-stale-writer").force(), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    eventually(WAIT, "the monitor's truth back", || async {
+        let st = api.get("own").await.ok()?.status?;
+        (st.healthy_members.as_deref() == Some("2/2")).then_some(())
+    })
+    .await;
+    operator.stop().await;
+}

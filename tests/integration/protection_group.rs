@@ -11,7 +11,7 @@ use std::{
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
@@ -210,10 +210,11 @@ async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
     let g = wait_protected(&pgs, "pg", SiteRole::Source).await;
     assert_eq!(g.status.unwrap().replication_direction.as_deref(), Some("source-to-target"));
     let dr_a = dr.get("a-dr").await.unwrap();
+    assert_eq!(dr_a.standby().and_then(|s| s.cluster.as_deref()), Some("a"), "the DR side is a standby");
+    assert!(dr_a.spec.standby.is_none(), "the relation is published in status, the spec is the user's");
     assert_eq!(
-        dr_a.spec.standby.as_ref().and_then(|s| s.cluster.as_deref()),
-        Some("a"),
-        "the DR side is a standby"
+        dr_a.status.as_ref().and_then(|s| s.protection.as_ref()).map(|p| p.group.as_str()),
+        Some(format!("{src_ns}/pg").as_str())
     );
     for p in [&a, &b] {
         let m = p.master().await.expect("one master per pair");
@@ -252,11 +253,41 @@ async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
     assert_eq!(sa.max(), 1, "pair a never had two writable sites");
     assert_eq!(sb.max(), 1, "pair b never had two writable sites");
     assert!(sa.count() > 10);
-    assert!(
-        src.get("a").await.unwrap().spec.standby.is_some(),
-        "the old production cluster is a standby now"
-    );
-    assert!(dr.get("a-dr").await.unwrap().spec.standby.is_none());
+    assert!(src.get("a").await.unwrap().standby().is_some(), "the old production cluster is a standby now");
+    assert!(dr.get("a-dr").await.unwrap().standby().is_none());
+
+    // A tool that owns the whole spec (kubectl replace, a GitOps sync) puts the user's
+    // manifests back, which say nothing about standby: nothing moves, nothing fights.
+    for _ in 0..3 {
+        for (api, name) in [(&src, "a"), (&dr, "a-dr"), (&src, "b"), (&dr, "b-dr")] {
+            let mut c = api.get(name).await.unwrap();
+            c.spec.standby = None;
+            c.metadata.managed_fields = None;
+            api.replace(name, &PostParams { field_manager: Some("gitops".into()), ..Default::default() }, &c)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    for p in [&a, &b] {
+        let m = p.master().await.expect("one master per pair after the re-apply");
+        assert!(p.dr.iter().any(|s| s.port == m.port), "{}: production stays on the target site", p.name);
+    }
+    assert!(src.get("a").await.unwrap().standby().is_some(), "the old production cluster is still a standby");
+    for (api, name) in [(&src, "a"), (&dr, "a-dr")] {
+        let c = api.get(name).await.unwrap();
+        let spec_writers: Vec<_> = c
+            .managed_fields()
+            .iter()
+            .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").is_some()))
+            .filter_map(|m| m.manager.clone())
+            .filter(|m| m.starts_with("understudy"))
+            .collect();
+        assert!(spec_writers.is_empty(), "{name}: the operator wrote the spec: {spec_writers:?}");
+    }
+    assert_eq!(sa.max(), 1, "pair a never had two writable sites, re-apply included");
+    let g = pgs.get("pg").await.unwrap();
+    assert_eq!(g.status.as_ref().and_then(|s| s.phase), Some(ProtectionPhase::Protected), "{:?}", g.status);
 
     // Fail back to the source site; replication continues in the new direction meanwhile.
     let _: () = ma.cmd(redis::cmd("SET").arg("on-dr").arg("1")).await.unwrap();
@@ -402,7 +433,7 @@ async fn planned_site_failover_across_two_control_planes() {
 
     wait_protected(&pgs, "pg", SiteRole::Source).await;
     let sp = x.master().await.unwrap().endpoint();
-    let standby = dr.get("x-dr").await.unwrap().spec.standby.unwrap();
+    let standby = dr.get("x-dr").await.unwrap().standby().cloned().unwrap();
     assert_eq!(standby.primary_endpoint.as_deref(), Some(sp.as_str()), "across control planes: by endpoint");
     let sampler = x.sampler();
     let writer = SiteWriter::start("x", x.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
@@ -416,7 +447,7 @@ async fn planned_site_failover_across_two_control_planes() {
     assert_eq!(missing(m, "x", &acked).await, 0);
     assert!(acked.len() > 50);
     assert_eq!(sampler.max(), 1);
-    let back = src.get("x").await.unwrap().spec.standby.unwrap();
+    let back = src.get("x").await.unwrap().standby().cloned().unwrap();
     assert_eq!(
         back.primary_endpoint.as_deref(),
         Some(m.endpoint().as_str()),
@@ -556,7 +587,7 @@ async fn a_move_dropped_while_writes_are_paused_gives_them_back_at_once() {
 
 /// A ProtectionGroup's status written by someone else never starts a site move: with the
 /// pair replicating source → target, a status claiming production is at the target site
-/// is corrected from the pairs (the cluster without spec.standby) instead of being "moved
+/// is corrected from the pairs (the cluster that is not a standby) instead of being "moved
 /// back" (a move pauses production writes), the DR cluster stays a standby, and the source
 /// keeps the only master.
 #[tokio::test]
@@ -569,9 +600,25 @@ async fn a_forged_production_site_in_status_moves_nothing() {
     let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
     let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
     create_pairs(&src, &dr, &[&f]).await;
+    // As an earlier version left it: spec.standby written by the group's field manager.
+    let earlier =
+        PatchParams { field_manager: Some("understudy-protectiongroup".into()), ..Default::default() };
+    dr.patch(
+        "f-dr",
+        &earlier,
+        &Patch::Merge(json!({"spec": {"standby": {"cluster": "f", "namespace": src_ns}}})),
+    )
+    .await
+    .unwrap();
     pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["f"], None)).await.unwrap();
     let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
     let g = wait_protected(&pgs, "pg", SiteRole::Source).await;
+    eventually(WAIT, "the earlier spec.standby moved to status.protection", || async {
+        let c = dr.get("f-dr").await.ok()?;
+        (c.spec.standby.is_none() && c.standby().and_then(|s| s.cluster.as_deref()) == Some("f"))
+            .then_some(())
+    })
+    .await;
     let sampler = f.sampler();
     let prod = f.master().await.unwrap().port;
     let job = g.status.as_ref().unwrap().job_id.clone();
@@ -596,7 +643,7 @@ async fn a_forged_production_site_in_status_moves_nothing() {
         st.job_id, job,
         "no site move was started (each move is a new job, pausing production writes)"
     );
-    assert!(dr.get("f-dr").await.unwrap().spec.standby.is_some(), "the DR cluster is still a standby");
+    assert!(dr.get("f-dr").await.unwrap().standby().is_some(), "the DR cluster is still a standby");
     assert_eq!(f.master().await.map(|s| s.port), Some(prod), "the source keeps the only master");
     assert_eq!(sampler.max(), 1, "never two masters");
     operator.stop().await;
