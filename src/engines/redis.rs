@@ -299,6 +299,7 @@ impl Engine for RedisEngine {
                 _ => None,
             };
             let mut commands = Vec::new();
+            let via = if line.is_some() { "line" } else { "new connection" };
             let (mut stream, replies) = match line {
                 Some(stream) => (stream, 1),
                 // No line: a new connection, which the kernel accepts while the member is frozen.
@@ -327,7 +328,7 @@ impl Engine for RedisEngine {
                 };
                 let answered = tokio::time::timeout(THAW_WATCH, read).await.is_ok();
                 let reply = String::from_utf8_lossy(&got).trim().replace("\r\n", " ");
-                tracing::info!(member = %endpoint, answered, %reply, "a demotion queued while the member did not answer has run");
+                tracing::info!(member = %endpoint, via, answered, %reply, "a demotion queued while the member did not answer has run");
             });
             Ok(())
         }
