@@ -423,6 +423,10 @@ pub(super) struct StatusHandle {
     /// brings it back within milliseconds; it is trusted for at most [`WRITTEN_TRUSTED`]).
     pub written: Option<HaCluster>,
     written_at: Option<Instant>,
+    /// The store's resourceVersion when we wrote: while the store still shows that copy,
+    /// ours is newer; once it shows any other, another write may have come after ours (a
+    /// lock, a published standby relation), and the store's copy is used.
+    written_over: Option<String>,
 }
 
 /// How long a copy we wrote is preferred to the store's: resourceVersions are opaque, so
@@ -438,10 +442,13 @@ impl StatusHandle {
             return None;
         }
         match (&self.written, self.written_at) {
-            // Until the store shows our write, ours is newer — unless the spec moved on (a
-            // spec edit bumps the generation; status writes do not).
+            // Until the store moves on from the copy we wrote over, ours is newer — unless
+            // the spec moved on (a spec edit bumps the generation; status writes do not).
+            // resourceVersions are opaque: a store that shows a copy other than that one
+            // and ours may show a write made after ours, so it is not second-guessed.
             (Some(w), Some(at))
                 if w.resource_version() != stored.resource_version()
+                    && stored.resource_version() == self.written_over
                     && w.metadata.generation >= stored.metadata.generation
                     && at.elapsed() < WRITTEN_TRUSTED =>
             {
@@ -459,7 +466,20 @@ impl StatusHandle {
         if caught_up || self.written_at.is_none_or(|at| at.elapsed() >= WRITTEN_TRUSTED) {
             self.written = None;
             self.written_at = None;
+            self.written_over = None;
         }
+    }
+
+    /// The resourceVersion of the store's copy.
+    fn stored_version(&self) -> Option<String> {
+        self.store.get(&self.oref).and_then(|s| s.resource_version())
+    }
+
+    fn wrote(&mut self, written: HaCluster, over: Option<String>) {
+        self.wake.remember(written.resource_version());
+        self.written = Some(written);
+        self.written_at = Some(Instant::now());
+        self.written_over = over;
     }
 
     /// The cluster read from the API server.
@@ -473,14 +493,13 @@ impl StatusHandle {
     pub async fn replace(&mut self, next: &HaCluster) -> Result<(), kube::Error> {
         let api: Api<HaCluster> =
             Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
+        let over = self.stored_version();
         let written = {
             let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
             api.replace_status(&self.oref.name, &PostParams::default(), next).await?
         };
         // Before the watch brings our own write back: it must not wake the monitor.
-        self.wake.remember(written.resource_version());
-        self.written = Some(written);
-        self.written_at = Some(Instant::now());
+        self.wrote(written, over);
         Ok(())
     }
 
@@ -496,14 +515,13 @@ impl StatusHandle {
             return Ok(());
         }
         let body = observed_part(status);
+        let over = self.stored_version();
         let written = {
             let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
             let pp = PatchParams::apply(OBSERVER).force();
             api.patch_status(&self.oref.name, &pp, &Patch::Apply(&body)).await?
         };
-        self.wake.remember(written.resource_version());
-        self.written = Some(written);
-        self.written_at = Some(Instant::now());
+        self.wrote(written, over);
         Ok(())
     }
 
@@ -511,8 +529,10 @@ impl StatusHandle {
     /// promotion started; a later write of ours would have conflicted with it.
     fn adopt(&mut self, other: Option<HaCluster>) {
         if let Some(o) = other {
+            let over = self.stored_version();
             self.written = Some(o);
             self.written_at = Some(Instant::now());
+            self.written_over = over;
         }
     }
 }
@@ -577,6 +597,7 @@ impl Monitor {
             wake: wake.clone(),
             written: None,
             written_at: None,
+            written_over: None,
         };
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
@@ -840,7 +861,8 @@ impl Monitor {
                     .is_ok()
                 {
                     busy = None;
-                    self.status.written = self.fetch().await;
+                    let fresh = self.fetch().await;
+                    self.status.adopt(fresh);
                 }
             }
             if let Some(lock) = busy {

@@ -225,10 +225,19 @@ impl ShardOp {
         started_at: &Time,
     ) -> Result<i64, kube::Error> {
         let step_timeout = cluster.spec.failover.step_timeout.0;
-        // What the decision was made on: the shard's epoch, primary, target and lock.
+        // What the decision was made on: the shard's epoch, primary, target and lock, the
+        // spec (its generation) and the standby relation (a ProtectionGroup publishes it in
+        // status, without a new generation).
         let premise = |c: &HaCluster| {
             let s = shard_status(c, shard_name).cloned().unwrap_or_default();
-            (s.epoch, s.current_primary, s.target_primary, s.operation)
+            (
+                s.epoch,
+                s.current_primary,
+                s.target_primary,
+                s.operation,
+                c.metadata.generation,
+                c.standby().cloned(),
+            )
         };
         let decided_on = premise(cluster);
         let mut base = cluster.clone();

@@ -15,8 +15,12 @@
 //! until the new production clusters route to their primaries. No instant has two writable
 //! leaders in a pair: a production leader is demoted before its DR leader is promoted.
 //!
-//! Each step is idempotent and decided from the data plane, so a restarted operator simply
-//! runs the move again (phase `failing-over` in status); a failure leaves the group in
+//! A reconcile advances one step recorded in `status.step`: `lock` (retried every 500 ms
+//! while another operation holds a lock; nothing in the data plane changes) → the switch
+//! (`decide` … `reverse`: the only step that pauses writes, one future bounded by the job's
+//! deadline whose paused writes are resumed if it is dropped, e.g. on a lost leadership) →
+//! `reroute`. Each step is idempotent and the switch is decided from the data plane, so a
+//! restarted operator goes on from the recorded step (phase `FailingOver`); a failure leaves the group in
 //! `error-reversing` with the reason, and re-asserting the spec (the `understudy.dev/retry`
 //! annotation, or changing `prioritySite` back) completes or reverts the move.
 
@@ -241,8 +245,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
         }
     }
     if move_wanted {
-        run_move(&ctx, &mut w, &sites, pairs, status, want, retry).await?;
-        return Ok(Action::requeue(Duration::from_millis(500)));
+        return run_move(&ctx, &mut w, &sites, pairs, status, want, retry).await;
     }
     remove_condition(&mut status.conditions, ConditionType::FailoverAllowed);
     steady(&ctx, &pg, &sites, &pairs, &mut status).await;
@@ -653,7 +656,26 @@ async fn step(
     w.save(status).await
 }
 
-/// Carry out (or resume) the planned failover to `want`.
+/// Steps of a move in `status.step`. A reconcile advances one: `lock` (until every cluster
+/// of both sites is locked) → the switch (one bounded future from `decide` through
+/// `stop-writes`, `sync`, `demote`, `promote` and `reverse`, writes resumed even if it is
+/// dropped) → `reroute` (until the new production clusters route to their primaries).
+const STEP_LOCK: &str = "lock";
+const STEP_DECIDE: &str = "decide";
+const STEP_REROUTE: &str = "reroute";
+/// The steps inside the switch: a move resumed at any of them runs the switch again, decided
+/// from what the leaders say.
+const SWITCH_STEPS: [&str; 6] = [STEP_DECIDE, "stop-writes", "sync", "demote", "promote", "reverse"];
+
+/// What one reconcile of a move did.
+enum Next {
+    /// Recorded in status; go on after this long.
+    Again(Duration),
+    /// The move ended (Ok: how long production writes were paused).
+    End(Result<Option<Duration>, Failure>),
+}
+
+/// Carry out (or resume) the planned failover to `want`, one step per reconcile.
 async fn run_move(
     ctx: &Context,
     w: &mut Writer,
@@ -662,7 +684,7 @@ async fn run_move(
     mut status: ProtectionGroupStatus,
     want: SiteRole,
     retry: Option<String>,
-) -> Result<(), Error> {
+) -> Result<Action, Error> {
     let pg = w.obj.clone();
     let now = Timestamp::now();
     if status.phase != Some(Phase::FailingOver) {
@@ -675,6 +697,8 @@ async fn run_move(
         status.job_started_at = Some(Time(now));
         status.job_deadline = Some(Time(deadline));
         status.phase = Some(Phase::FailingOver);
+        status.step = None;
+        status.last_write_pause_ms = None;
         status.last_transition_time = Some(Time(now));
         status.observed_generation = pg.metadata.generation;
         status.observed_retry = retry;
@@ -703,8 +727,22 @@ async fn run_move(
     }
     let deadline = status.job_deadline.as_ref().map_or(now + Duration::from_secs(60), |t| t.0);
     let job = status.job_id.clone().unwrap_or_default();
-    let started = Instant::now();
-    let result = move_pairs(ctx, w, sites, &mut pairs, &mut status, want, deadline).await;
+    let next = match status.step.as_deref() {
+        Some(STEP_REROUTE) => reroute(w, &pairs, &mut status, want, deadline).await,
+        Some(s) if SWITCH_STEPS.contains(&s) => {
+            switch(w, sites, &mut pairs, &mut status, want, deadline).await
+        }
+        _ => lock(w, sites, &pairs, &mut status, deadline).await,
+    };
+    let result = match next {
+        Next::Again(after) => return Ok(Action::requeue(after)),
+        Next::End(result) => result,
+    };
+    let took = status
+        .job_started_at
+        .as_ref()
+        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default();
     // Whatever happened: the locks go, so the monitors take over again.
     release_all(&pg, &pairs).await;
     let now = Time(Timestamp::now());
@@ -719,7 +757,7 @@ async fn run_move(
                 "job {job}: the {} site is production; replication {} ({} ms{})",
                 want.as_str(),
                 want.direction(),
-                started.elapsed().as_millis(),
+                took.as_millis(),
                 pause.map(|p| format!(", writes paused {} ms", p.as_millis())).unwrap_or_default()
             );
             (true, Reason::FailedOver, msg)
@@ -751,9 +789,9 @@ async fn run_move(
     ctx.metrics.operation_finished(
         "ProtectionGroup",
         if ok { "Succeeded" } else { "ErrorReversing" },
-        Some(started.elapsed().as_secs_f64()),
+        Some(took.as_secs_f64()),
     );
-    Ok(())
+    Ok(Action::requeue(Duration::from_millis(500)))
 }
 
 struct Failure {
@@ -782,74 +820,217 @@ fn remaining(deadline: Timestamp) -> Duration {
     left.try_into().unwrap_or(Duration::ZERO)
 }
 
-/// The move itself. Ok(write pause) when every pair is production at `want`.
-async fn move_pairs(
-    ctx: &Context,
+/// Why not every cluster could be locked.
+enum LockBlock {
+    Busy { cluster: String, by: String },
+    Api { cluster: String, error: kube::Error },
+}
+
+/// One attempt at the operation lock of every cluster of both sites (locks already ours are
+/// kept, or renewed to `deadline` once expired).
+async fn lock_once(
+    pg: &ProtectionGroup,
+    sites: &[SiteHandle; 2],
+    pairs: &[Pair],
+    deadline: Timestamp,
+) -> Result<(), LockBlock> {
+    for p in pairs {
+        for (side, remote) in [(&p.source, sites[0].remote), (&p.target, sites[1].remote)] {
+            let cluster = side.cluster.name_any();
+            let locked = match side.api.get(&cluster).await {
+                Ok(c) => operation::lock_all(&side.api, &c, &holder(pg, remote), deadline).await,
+                Err(e) => Err(e),
+            };
+            match locked {
+                Ok(Ok(())) => {}
+                Ok(Err(by)) => return Err(LockBlock::Busy { cluster, by }),
+                Err(error) => return Err(LockBlock::Api { cluster, error }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Take the operation lock of every cluster of both sites (one attempt per reconcile;
+/// locks already ours are kept). Nothing in the data plane changes in this step.
+async fn lock(
+    w: &mut Writer,
+    sites: &[SiteHandle; 2],
+    pairs: &[Pair],
+    status: &mut ProtectionGroupStatus,
+    deadline: Timestamp,
+) -> Next {
+    let pg = w.obj.clone();
+    let save_err = |e: kube::Error| {
+        Next::End(Err(fail(Reason::StatusWriteFailed, format!("could not record progress: {e}"))))
+    };
+    if status.step.as_deref() != Some(STEP_LOCK)
+        && let Err(e) =
+            step(w, status, STEP_LOCK, format!("taking the operation lock of {} clusters", pairs.len() * 2))
+                .await
+    {
+        return save_err(e);
+    }
+    match lock_once(&pg, sites, pairs, deadline).await {
+        Ok(()) => {}
+        Err(LockBlock::Busy { cluster, by }) if remaining(deadline) > Duration::ZERO => {
+            let message = format!("waiting: {by} holds the lock of {cluster}");
+            if status.message.as_deref() != Some(message.as_str()) {
+                status.message = Some(message.clone());
+                set_condition(
+                    &mut status.conditions,
+                    ConditionType::Ready,
+                    false,
+                    Reason::DatabaseBusy,
+                    message,
+                    pg.metadata.generation,
+                    &Time(Timestamp::now()),
+                );
+                if let Err(e) = w.save(status).await {
+                    return save_err(e);
+                }
+            }
+            return Next::Again(Duration::from_millis(500));
+        }
+        Err(LockBlock::Busy { cluster, by }) => {
+            return Next::End(Err(fail(
+                Reason::DatabaseBusy,
+                format!("{by} held the lock of {cluster} until the deadline; nothing was changed"),
+            )));
+        }
+        Err(LockBlock::Api { cluster, error }) => {
+            return Next::End(Err(fail(Reason::SiteUnreachable, format!("locking {cluster}: {error}"))));
+        }
+    }
+    match step(
+        w,
+        status,
+        STEP_DECIDE,
+        "every cluster is locked; deciding per pair from what the leaders say".into(),
+    )
+    .await
+    {
+        Ok(()) => Next::Again(Duration::ZERO),
+        Err(e) => save_err(e),
+    }
+}
+
+/// The switch: decide per pair, stop writes, wait for the DR site, demote, promote,
+/// reverse, resume writes — one future, bounded by the job's deadline (plus a little for the
+/// last step), whose writes come back if it is dropped ([`PausedWrites`]). Resumed at any of
+/// its steps it runs again from the data plane.
+async fn switch(
     w: &mut Writer,
     sites: &[SiteHandle; 2],
     pairs: &mut [Pair],
     status: &mut ProtectionGroupStatus,
     want: SiteRole,
     deadline: Timestamp,
-) -> Result<Option<Duration>, Failure> {
-    let pg = w.obj.clone();
+) -> Next {
     // Resumed after the deadline (the operator was down): settle what is half-done under a
     // short fresh lock — promote where no leader is writable and no write is lost — and stop.
     let expired = remaining(deadline).is_zero();
     let deadline = if expired { Timestamp::now() + Duration::from_secs(60) } else { deadline };
-    let save_err =
-        |e: kube::Error| fail(Reason::StatusWriteFailed, format!("could not record progress: {e}"));
-    // 1. Lock every cluster of both sites.
-    step(w, status, "lock", format!("taking the operation lock of {} clusters", pairs.len() * 2))
-        .await
-        .map_err(save_err)?;
-    for p in pairs.iter() {
-        for (side, remote) in [(&p.source, sites[0].remote), (&p.target, sites[1].remote)] {
-            let h = holder(&pg, remote);
-            loop {
-                let cluster = side.api.get(&side.cluster.name_any()).await.map_err(|e| {
-                    fail(
-                        Reason::SiteUnreachable,
-                        format!("reading HaCluster {}: {e}", side.cluster.name_any()),
-                    )
-                })?;
-                match operation::lock_all(&side.api, &cluster, &h, deadline).await {
-                    Ok(Ok(())) => break,
-                    Ok(Err(by)) if remaining(deadline) > Duration::ZERO => {
-                        status.message =
-                            Some(format!("waiting: {by} holds the lock of {}", side.cluster.name_any()));
-                        set_condition(
-                            &mut status.conditions,
-                            ConditionType::Ready,
-                            false,
-                            Reason::DatabaseBusy,
-                            status.message.clone().unwrap_or_default(),
-                            pg.metadata.generation,
-                            &Time(Timestamp::now()),
-                        );
-                        w.save(status).await.map_err(save_err)?;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Ok(Err(by)) => {
-                        return Err(fail(
-                            Reason::DatabaseBusy,
-                            format!(
-                                "{by} held the lock of {} until the deadline; nothing was changed",
-                                side.cluster.name_any()
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(fail(
-                            Reason::SiteUnreachable,
-                            format!("locking {}: {e}", side.cluster.name_any()),
-                        ));
-                    }
+    let bound = remaining(deadline) + Duration::from_secs(10);
+    let run = async {
+        if expired {
+            match lock_once(&w.obj.clone(), sites, pairs, deadline).await {
+                Ok(()) => {}
+                Err(LockBlock::Busy { cluster, by }) => {
+                    return Err(fail(
+                        Reason::DatabaseBusy,
+                        format!(
+                            "the deadline passed while the operator was away and {by} holds the lock of {cluster}; re-assert the spec to settle the move"
+                        ),
+                    ));
+                }
+                Err(LockBlock::Api { cluster, error }) => {
+                    return Err(fail(Reason::SiteUnreachable, format!("locking {cluster}: {error}")));
                 }
             }
         }
+        switch_pairs(w, sites, pairs, status, want, deadline, expired).await
+    };
+    match tokio::time::timeout(bound, run).await {
+        Ok(Ok(pause)) => {
+            status.last_write_pause_ms = pause.map(|d| d.as_millis() as i64);
+            // After the locks are released the new production clusters route to their
+            // primaries; the next reconciles wait (bounded) until their status says so.
+            release_all(&w.obj.clone(), pairs).await;
+            match step(
+                w,
+                status,
+                STEP_REROUTE,
+                "waiting until the new production clusters route to their primaries".into(),
+            )
+            .await
+            {
+                Ok(()) => Next::Again(Duration::ZERO),
+                // Not recorded: the switch runs again next time and finds everything in place.
+                Err(e) => {
+                    warn!(group = %key(&w.obj), error = %e, "could not record the end of the switch; it is checked again");
+                    Next::Again(Duration::from_millis(500))
+                }
+            }
+        }
+        Ok(Err(failure)) => Next::End(Err(failure)),
+        Err(_) => Next::End(Err(fail(
+            Reason::DeadlineExceeded,
+            format!("the switch did not finish within {} s; writes were resumed", bound.as_secs()),
+        ))),
     }
+}
 
+/// Done when every new production cluster's status shows its leader as a healthy primary, or
+/// at the job's deadline (their monitors finish routing by themselves).
+async fn reroute(
+    w: &mut Writer,
+    pairs: &[Pair],
+    status: &mut ProtectionGroupStatus,
+    want: SiteRole,
+    deadline: Timestamp,
+) -> Next {
+    let pause = status.last_write_pause_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let mut pending = Vec::new();
+    for p in pairs {
+        let s = p.side(want);
+        let ok = s.api.get(&s.cluster.name_any()).await.ok().is_some_and(|c| {
+            let l = recorded_leader(&c).map(|l| l.name);
+            c.status.as_ref().and_then(|st| st.shards.first()).is_some_and(|sh| {
+                sh.target_primary.is_none()
+                    && sh
+                        .members
+                        .iter()
+                        .any(|m| Some(&m.name) == l.as_ref() && m.role == Role::Primary && m.healthy)
+            })
+        });
+        if !ok {
+            pending.push(s.cluster.name_any());
+        }
+    }
+    if pending.is_empty() {
+        return Next::End(Ok(pause));
+    }
+    if remaining(deadline).is_zero() {
+        warn!(group = %key(&w.obj), clusters = ?pending, "new production clusters did not report their primary in time; their monitors finish routing");
+        return Next::End(Ok(pause));
+    }
+    Next::Again(Duration::from_millis(100))
+}
+
+/// Steps 2–7 of the move. Ok(write pause) when every pair is production at `want`.
+#[allow(clippy::too_many_arguments)]
+async fn switch_pairs(
+    w: &mut Writer,
+    sites: &[SiteHandle; 2],
+    pairs: &mut [Pair],
+    status: &mut ProtectionGroupStatus,
+    want: SiteRole,
+    deadline: Timestamp,
+    expired: bool,
+) -> Result<Option<Duration>, Failure> {
+    let save_err =
+        |e: kube::Error| fail(Reason::StatusWriteFailed, format!("could not record progress: {e}"));
     // 2. Decide per pair from what the leaders say now (re-read: the locks are ours now).
     for p in pairs.iter_mut() {
         for side in [&mut p.source, &mut p.target] {
@@ -1025,45 +1206,6 @@ async fn move_pairs(
         ));
     }
 
-    // 8. Reroute: after the locks are released the new production clusters route to their
-    //    primaries; wait (bounded) until their status says so.
-    progress(
-        w,
-        status,
-        "reroute",
-        "waiting until the new production clusters route to their primaries".into(),
-    )
-    .await;
-    release_all(&pg, pairs).await;
-    let until = Instant::now() + remaining(deadline).min(Duration::from_secs(30));
-    let _ = ctx;
-    loop {
-        let mut pending = Vec::new();
-        for p in pairs.iter() {
-            let s = p.side(want);
-            let ok = s.api.get(&s.cluster.name_any()).await.ok().is_some_and(|c| {
-                let l = s.leader.as_ref().map(|l| l.name.clone());
-                c.status.as_ref().and_then(|st| st.shards.first()).is_some_and(|sh| {
-                    sh.current_primary == l
-                        && sh.target_primary.is_none()
-                        && sh
-                            .members
-                            .iter()
-                            .any(|m| Some(&m.name) == l.as_ref() && m.role == Role::Primary && m.healthy)
-                })
-            });
-            if !ok {
-                pending.push(s.cluster.name_any());
-            }
-        }
-        if pending.is_empty() || Instant::now() >= until {
-            if !pending.is_empty() {
-                warn!(group = %key(&pg), clusters = ?pending, "new production clusters did not report their primary in time; their monitors finish routing");
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     Ok(pause)
 }
 

@@ -648,3 +648,70 @@ async fn a_forged_production_site_in_status_moves_nothing() {
     assert_eq!(sampler.max(), 1, "never two masters");
     operator.stop().await;
 }
+
+/// A move advances one recorded step per reconcile: while another operation holds a
+/// cluster's lock the group waits in step `lock` (production keeps taking writes, nothing is
+/// paused), an operator killed there is replaced by one that goes on from the record, and
+/// the move completes once the lock is free.
+#[tokio::test]
+async fn a_move_waiting_for_a_busy_lock_survives_an_operator_kill_and_completes() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-busy").await;
+    let dr_ns = support::namespace(&client, "pg-busy-dr").await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    let q = PairServers::start("q");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&q]).await;
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["q"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let sampler = q.sampler();
+
+    // Another operation (a kind this control plane cannot look up: alive until its lease
+    // ends) holds the DR cluster's lock for 8 s.
+    let mut c = dr.get("q-dr").await.unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let until = now + std::time::Duration::from_secs(8);
+    let st = c.status.as_mut().unwrap();
+    st.shards[0].operation = Some(
+        serde_json::from_value(json!({
+            "kind": "RemoteProtectionGroup", "name": "elsewhere", "uid": "not-here",
+            "acquiredAt": now.to_string(), "expiresAt": until.to_string(),
+        }))
+        .unwrap(),
+    );
+    dr.replace_status("q-dr", &PostParams::default(), &c).await.unwrap();
+    let writer = SiteWriter::start("q", q.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
+    set_priority(&pgs, "pg", "Target").await;
+    eventually(WAIT, "the move waiting in step lock", || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        (st.phase == Some(ProtectionPhase::FailingOver)
+            && st.step.as_deref() == Some("lock")
+            && st.message.as_deref()?.contains("holds the lock of q-dr"))
+        .then_some(())
+    })
+    .await;
+    // Nothing is paused while it waits: production answers a write at once.
+    let prod = q.master().await.unwrap();
+    let mut conn = redis_conn("127.0.0.1", prod.port, None, 300).await.unwrap();
+    let r: redis::RedisResult<()> =
+        redis::cmd("SET").arg("while-waiting").arg(1).query_async(&mut conn).await;
+    r.expect("production takes writes while the move waits for a lock");
+    assert!(q.src.iter().any(|s| s.port == prod.port), "still at the source site");
+
+    // Killed while waiting; a fresh operator goes on from the recorded step.
+    operator.stop().await;
+    let job = pgs.get("pg").await.unwrap().status.unwrap().job_id;
+    let _fresh = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    let g = wait_protected(&pgs, "pg", SiteRole::Target).await;
+    let st = g.status.unwrap();
+    assert_eq!(st.job_id, job, "the same job finished");
+    assert!(st.last_write_pause_ms.is_some(), "{st:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked = writer.stop().await;
+    let m = q.master().await.expect("one master");
+    assert!(q.dr.iter().any(|s| s.port == m.port), "production moved to the target site");
+    assert_eq!(missing(m, "q", &acked).await, 0, "every acknowledged write survived");
+    assert_eq!(sampler.max(), 1, "never two writable sites");
+}
