@@ -934,7 +934,7 @@ async fn switch(
     let bound = remaining(deadline) + Duration::from_secs(10);
     let run = async {
         if expired {
-            match lock_once(&w.obj.clone(), sites, pairs, deadline).await {
+            match lock_once(&w.obj, sites, pairs, deadline).await {
                 Ok(()) => {}
                 Err(LockBlock::Busy { cluster, by }) => {
                     return Err(fail(
@@ -956,7 +956,7 @@ async fn switch(
             status.last_write_pause_ms = pause.map(|d| d.as_millis() as i64);
             // After the locks are released the new production clusters route to their
             // primaries; the next reconciles wait (bounded) until their status says so.
-            release_all(&w.obj.clone(), pairs).await;
+            release_all(&w.obj, pairs).await;
             match step(
                 w,
                 status,
