@@ -253,7 +253,7 @@ struct AbortOnDrop(Monitors);
 impl Drop for Monitor {
     /// Promotions in flight end with their monitor (cluster gone, leadership lost).
     fn drop(&mut self) {
-        for task in self.ops.values() {
+        for (_, task) in self.ops.values() {
             task.abort();
         }
     }
@@ -495,7 +495,7 @@ impl StatusHandle {
             Api::namespaced(self.ctx.client.clone(), self.oref.namespace.as_deref().unwrap_or_default());
         let over = self.stored_version();
         let written = {
-            let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
+            let _slot = self.ctx.decision_slots.acquire().await.expect("never closed");
             api.replace_status(&self.oref.name, &PostParams::default(), next).await?
         };
         // Before the watch brings our own write back: it must not wake the monitor.
@@ -553,7 +553,7 @@ struct Monitor {
     /// Status reads and writes (and the newest copy this monitor wrote).
     status: StatusHandle,
     /// Promotions in flight, one task per shard.
-    ops: HashMap<String, tokio::task::JoinHandle<()>>,
+    ops: HashMap<String, (Instant, tokio::task::JoinHandle<()>)>,
     done_tx: tokio::sync::mpsc::UnboundedSender<OpDone>,
     done_rx: tokio::sync::mpsc::UnboundedReceiver<OpDone>,
     last_routes: Option<routing::Routes>,
@@ -1332,14 +1332,14 @@ impl Monitor {
             // Apply it at once: routing moves, then the Event.
             wake.notify.notify_one();
         });
-        self.ops.insert(shard.to_owned(), task);
+        self.ops.insert(shard.to_owned(), (Instant::now(), task));
         true
     }
 
     /// Apply what finished promotions reported.
     async fn collect_done(&mut self, declared: &[Declared]) {
         // A task that ended without a report (it panicked) frees its shard too.
-        self.ops.retain(|_, t| !t.is_finished());
+        self.ops.retain(|_, (_, t)| !t.is_finished());
         while let Ok(done) = self.done_rx.try_recv() {
             self.ops.remove(&done.shard);
             self.apply_done(done, declared).await;
@@ -1544,6 +1544,14 @@ impl Monitor {
         let offsets_due = self.observed_written_at.is_none_or(|t| t.elapsed() >= OFFSETS_REFRESH)
             && offsets(&old) != offsets(&next_status);
         if significant(&old, max_lag) == significant(&next_status, max_lag) && !offsets_due {
+            return;
+        }
+        // A promotion that started moments ago writes its outcome within a moment, compared
+        // against the copy it decided on: an observed write now would only make that fail
+        // and be retried (at a thousand clusters bootstrapping, those retries multiplied).
+        // What the monitor sees meanwhile is written after it, or once the promotion has run
+        // for OBSERVED_HELD_FOR a drain can take longer.
+        if self.ops.values().any(|(started, _)| started.elapsed() < OBSERVED_HELD_FOR) {
             return;
         }
         match self.status.apply_observed(&next_status).await {
@@ -1757,15 +1765,6 @@ impl Monitor {
         );
         set_condition(
             &mut conditions,
-            ConditionType::FailingOver,
-            any_lock,
-            if any_lock { Reason::Promoting } else { Reason::Idle },
-            if any_lock { "a promotion is in progress" } else { "no promotion in progress" },
-            generation,
-            &now,
-        );
-        set_condition(
-            &mut conditions,
             ConditionType::Paused,
             cluster.spec.paused,
             if cluster.spec.paused { Reason::Paused } else { Reason::Active },
@@ -1797,10 +1796,12 @@ impl Monitor {
             &now,
         );
         status.conditions = conditions;
+        // The promotion's own phase and condition (it writes the same with its decision).
+        status.mark_promoting(any_lock, generation, &now);
         status.phase = Some(if cluster.spec.paused {
             ClusterPhase::Paused
         } else if any_lock {
-            ClusterPhase::FailingOver
+            status.phase.unwrap_or(ClusterPhase::FailingOver)
         } else if self.config_error.is_some() {
             ClusterPhase::Failed
         } else if no_primary_yet {
@@ -2167,6 +2168,10 @@ fn observed_part(status: &HaClusterStatus) -> serde_json::Value {
 
 /// How often changed offsets and lag alone are written to status.
 const OFFSETS_REFRESH: Duration = Duration::from_secs(10);
+
+/// How long the monitor holds its observed write while a promotion it started is in flight
+/// (most finish well within it; see [`Monitor::write_status`]).
+const OBSERVED_HELD_FOR: Duration = Duration::from_secs(2);
 
 /// Every member's offset and lag.
 fn offsets(s: &HaClusterStatus) -> Vec<(Option<i64>, Option<i64>)> {

@@ -50,6 +50,10 @@ pub struct Context {
     /// burst (a thousand clusters bootstrapping or failing over together) left a thousand
     /// idle TLS connections, ~100 MiB, with the process for good.
     pub api_slots: Arc<tokio::sync::Semaphore>,
+    /// The same for decisions (compare-and-set status writes: a promotion's decision and
+    /// outcome, locks), separately, so that they never queue behind a thousand monitors'
+    /// observed status writes.
+    pub decision_slots: Arc<tokio::sync::Semaphore>,
     /// The same for routing updates (Services, EndpointSlices), separately, so that a slow
     /// Service allocation never holds up a promotion's status write.
     pub routing_slots: Arc<tokio::sync::Semaphore>,
@@ -65,6 +69,8 @@ pub struct Context {
 
 /// Monitor status writes and Events in flight at once (see [`Context::api_slots`]).
 pub const API_CONCURRENCY: usize = 64;
+/// Decisions in flight at once (see [`Context::decision_slots`]).
+pub const DECISION_CONCURRENCY: usize = 16;
 /// Routing updates in flight at once (see [`Context::routing_slots`]).
 pub const ROUTING_CONCURRENCY: usize = 16;
 
@@ -79,6 +85,7 @@ impl Context {
             instance,
             secrets: SecretCache::default(),
             api_slots: Arc::new(tokio::sync::Semaphore::new(API_CONCURRENCY)),
+            decision_slots: Arc::new(tokio::sync::Semaphore::new(DECISION_CONCURRENCY)),
             routing_slots: Arc::new(tokio::sync::Semaphore::new(ROUTING_CONCURRENCY)),
             allow_client_address: false,
             allow_workload_restarts: false,

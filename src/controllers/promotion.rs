@@ -28,7 +28,7 @@ use crate::{
     engines::{self, Engine, EngineError, Fault, ObservedRole},
     resources::{
         HaCluster,
-        hacluster::{ClusterPhase, FailoverRecord, OperationLock, Role, StepRecord},
+        hacluster::{FailoverRecord, OperationLock, Role, StepRecord},
         shared::set_condition,
     },
 };
@@ -126,7 +126,7 @@ impl ShardOp {
             let report: Report = match saga.next() {
                 Effect::Done(end) => break end,
                 Effect::Record => {
-                    match self.record_decision(cluster, shard_name, &to.name, p.kind, &started_at).await {
+                    match self.record_decision(cluster, shard_name, &to.name, &started_at).await {
                         Ok(e) => {
                             epoch = e;
                             step_start = Time(Timestamp::now());
@@ -221,7 +221,6 @@ impl ShardOp {
         cluster: &HaCluster,
         shard_name: &str,
         to: &str,
-        kind: PromotionKind,
         started_at: &Time,
     ) -> Result<i64, kube::Error> {
         let step_timeout = cluster.spec.failover.step_timeout.0;
@@ -260,11 +259,7 @@ impl ShardOp {
                 dead_nodes: Vec::new(),
             });
             let epoch = s.epoch;
-            status.phase = Some(if kind == PromotionKind::Failover {
-                ClusterPhase::FailingOver
-            } else {
-                ClusterPhase::Bootstrapping
-            });
+            status.mark_promoting(true, cluster.metadata.generation, &Time(Timestamp::now()));
             match self.status.replace(&next).await {
                 Ok(()) => return Ok(epoch),
                 // Another write won (usually the monitor's observed status). The decision

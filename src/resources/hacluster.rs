@@ -532,6 +532,30 @@ pub enum ClusterPhase {
     Failed,
 }
 
+impl HaClusterStatus {
+    /// Mark a promotion as under way: the phase (Bootstrapping until every shard has had a
+    /// primary, FailingOver after) and the FailingOver condition. The monitor derives the same
+    /// from a held target, and the promotion writes it with its decision, so the monitor's
+    /// next observed write has nothing to change and does not race the promotion's outcome.
+    pub fn mark_promoting(&mut self, promoting: bool, generation: Option<i64>, now: &Time) {
+        use super::shared::set_condition;
+        use crate::core::vocabulary::{ConditionType, Reason};
+        if promoting {
+            let first = self.shards.iter().any(|s| s.current_primary.is_none());
+            self.phase = Some(if first { ClusterPhase::Bootstrapping } else { ClusterPhase::FailingOver });
+        }
+        set_condition(
+            &mut self.conditions,
+            ConditionType::FailingOver,
+            promoting,
+            if promoting { Reason::Promoting } else { Reason::Idle },
+            if promoting { "a promotion is in progress" } else { "no promotion in progress" },
+            generation,
+            now,
+        );
+    }
+}
+
 /// Observed state of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

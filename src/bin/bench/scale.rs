@@ -226,6 +226,9 @@ struct Setup {
     create_s: f64,
     started: Instant,
     members: usize,
+    /// API requests (verb, resource, count) from the operator's start until every cluster
+    /// had a primary; the API server's own Lease renewals excluded.
+    bootstrap_requests: Vec<(String, String, f64)>,
 }
 
 /// Control plane, simulators, `clusters` HaClusters, then the operator; returns once every
@@ -271,6 +274,7 @@ async fn setup(args: &Args, clusters: usize) -> anyhow::Result<Setup> {
     eprintln!("created {clusters} HaClusters in {create_s:.1} s");
     let seen = Arc::new(Mutex::new(Seen::default()));
     watch(hacs.clone(), seen.clone());
+    let before = apiserver_requests(&client).await?;
     let started = Instant::now();
     let (operator, _) = start_operator(&cp.kubeconfig_path(), &logs).await?;
     let names: Vec<String> = (0..clusters).map(|i| format!("c{i:05}")).collect();
@@ -288,7 +292,26 @@ async fn setup(args: &Args, clusters: usize) -> anyhow::Result<Setup> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Setup { cp, client, sims, operator, seen, names, logs, create_s, started, members })
+    let after = apiserver_requests(&client).await?;
+    let mut bootstrap_requests: Vec<(String, String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.0.clone(), k.1.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|r| r.2 > 0.0 && r.1 != "leases")
+        .collect();
+    bootstrap_requests.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(Setup {
+        cp,
+        client,
+        sims,
+        operator,
+        seen,
+        names,
+        logs,
+        create_s,
+        started,
+        members,
+        bootstrap_requests,
+    })
 }
 
 fn is_write(verb: &str) -> bool {
@@ -432,6 +455,15 @@ pub async fn scale(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
         .map(|r| format!("{} {}: {:.2}/s", r.0, if r.1.is_empty() { "-" } else { &r.1 }, r.2))
         .collect();
     extra.push(format!("by verb and resource: {}", breakdown.join(", ")));
+    let bootstrap: Vec<String> = s
+        .bootstrap_requests
+        .iter()
+        .map(|r| format!("{} {}: {:.0}", r.0, if r.1.is_empty() { "-" } else { &r.1 }, r.2))
+        .collect();
+    extra.push(format!(
+        "API requests until every cluster had a primary, by verb and resource: {}",
+        bootstrap.join(", ")
+    ));
     if unanswered > 0 {
         extra.push(format!("{unanswered} spec edits were not answered within 30 s"));
     }
