@@ -551,7 +551,7 @@ async fn check(
     };
     let Some(s) = st.shards.iter().find(|s| s.name == shard) else {
         let declared = cluster.spec.shards.iter().flatten().any(|s| s.name == shard);
-        return Ok(if declared || cluster.spec.selector.is_some() {
+        return Ok(if declared || cluster.pod_membership().is_some() {
             Step::Waiting(format!("HaCluster {} has no status for shard {shard} yet", item.cluster))
         } else {
             Step::Failed(format!("HaCluster {} has no shard {shard}", item.cluster))

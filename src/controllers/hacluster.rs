@@ -666,7 +666,7 @@ impl Monitor {
             // Pod members come from the pod reflector: until its first list has arrived, the
             // membership would look empty and the routing written from it would take the
             // primary out of its Service (seen when a new leader took over mid-operation).
-            if cluster.spec.selector.is_some()
+            if cluster.pod_membership().is_some()
                 && !matches!(futures::FutureExt::now_or_never(self.pods.wait_until_ready()), Some(Ok(())))
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -686,7 +686,7 @@ impl Monitor {
     }
 
     fn declared(&self, cluster: &HaCluster) -> Vec<Declared> {
-        if let Some(sel) = &cluster.spec.selector {
+        if let Some(sel) = cluster.pod_membership().as_deref() {
             let ns = cluster.namespace();
             let mut pods: Vec<Arc<Pod>> = self
                 .pods
@@ -716,7 +716,7 @@ impl Monitor {
     }
 
     fn shard_names(cluster: &HaCluster, declared: &[Declared]) -> Vec<String> {
-        if cluster.spec.selector.is_some() {
+        if cluster.pod_membership().is_some() {
             let mut names: Vec<String> = declared.iter().map(|d| d.shard.clone()).collect();
             names.sort();
             names.dedup();
@@ -1499,7 +1499,7 @@ impl Monitor {
                 last_fault: st.last_fault.clone(),
                 self_fencing: st.self_fencing,
                 declared_dead: declared_dead(d),
-                killable: cluster.spec.selector.is_some()
+                killable: cluster.pod_membership().is_some()
                     && cluster.spec.failover.fencing.delete_unreachable_pods,
             }
         });
@@ -1845,7 +1845,7 @@ impl Monitor {
                 }
             }
         }
-        if let Some(sel) = &cluster.spec.selector {
+        if let Some(sel) = cluster.pod_membership().as_deref() {
             self.update_pod_labels_and_policy(cluster, sel, declared, &status).await;
         }
         let ignored: Vec<&str> = cluster
@@ -1872,7 +1872,7 @@ impl Monitor {
         if self.last_routes.as_ref() != Some(&routes) {
             self.apply_routes(cluster, routes).await;
         }
-        if cluster.spec.selector.is_some() {
+        if cluster.pod_membership().is_some() {
             return;
         }
         // Agent engines: make sure the redirect ConfigMap names the current main.
@@ -2016,7 +2016,7 @@ impl Monitor {
                 // Pod members' Services were selector Services in an earlier version: clear
                 // what Kubernetes left of that, after each routing write until a check finds
                 // nothing (not on every write for ever). Only for Services this cluster owns.
-                if cluster.spec.selector.is_some() && !self.foreign_endpoints_checked {
+                if cluster.pod_membership().is_some() && !self.foreign_endpoints_checked {
                     let ns = cluster.namespace().unwrap_or_default();
                     let ours: Vec<&String> =
                         routes.services.keys().filter(|s| !applied.unowned_services.contains(*s)).collect();

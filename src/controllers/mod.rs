@@ -4,6 +4,7 @@
 mod events;
 pub mod failover_request;
 pub mod hacluster;
+pub mod instances;
 pub mod operation;
 mod promotion;
 pub mod protection_group;
@@ -533,11 +534,13 @@ where
 
 /// Run every controller until one fails or `leading` turns false.
 pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow::Result<()> {
-    // Per scope: HaClusters and Pods (HaCluster controller) and one store per operation
-    // controller (ShardFailover, FailoverRequest, ProtectionGroup).
-    ctx.readiness.expect_caches(ctx.scopes::<crate::resources::HaCluster>().len() * 5);
+    // Per scope: HaClusters and Pods (HaCluster controller), HaClusters (instances
+    // controller) and one store per operation controller (ShardFailover, FailoverRequest,
+    // ProtectionGroup).
+    ctx.readiness.expect_caches(ctx.scopes::<crate::resources::HaCluster>().len() * 6);
     tokio::select! {
         r = hacluster::run(ctx.clone()) => r,
+        r = instances::run(ctx.clone()) => r,
         r = run_controller(ctx.clone(), "shardfailover", shard_failover::reconcile) => r,
         r = run_controller(ctx.clone(), "failoverrequest", failover_request::reconcile) => r,
         r = run_controller(ctx.clone(), "protectiongroup", protection_group::reconcile) => r,

@@ -385,7 +385,7 @@ async fn load_pairs(pg: &ProtectionGroup, sites: &[SiteHandle; 2]) -> Result<Vec
                 ));
             }
             let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
-            if cluster.spec.selector.is_some() || shards != 1 {
+            if cluster.pod_membership().is_some() || shards != 1 {
                 return Err((
                     Reason::UnsupportedCluster,
                     format!(

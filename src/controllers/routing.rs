@@ -31,7 +31,7 @@ use crate::{
     },
 };
 
-pub const CLUSTER_LABEL: &str = "understudy.dev/cluster";
+pub const CLUSTER_LABEL: &str = crate::resources::instances::CLUSTER_LABEL;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "understudy.dev";
@@ -117,7 +117,7 @@ pub fn desired_routes(cluster: &HaCluster, primaries: &[String], replicas: &[Str
             services.insert(alias, primaries.to_vec());
         }
     }
-    let port = cluster.spec.selector.as_ref().and_then(|s| u16::try_from(s.port).ok());
+    let port = cluster.pod_membership().and_then(|s| u16::try_from(s.port).ok());
     Routes { services, port }
 }
 
@@ -400,7 +400,7 @@ pub async fn rebind_primaries(
     cluster: &HaCluster,
     allow_client_address: bool,
 ) -> Result<String, kube::Error> {
-    if !cluster.spec.routing.enabled || cluster.spec.selector.is_some() {
+    if !cluster.spec.routing.enabled || cluster.pod_membership().is_some() {
         // Pod members: the monitor moves the primary Service's EndpointSlice itself, in the
         // same write that records nothing else, right after the promotion.
         return Ok("forceRebind: routing is not managed here for this cluster (routing disabled, or pod members routed by the monitor)".into());

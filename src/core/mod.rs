@@ -2,6 +2,7 @@
 //! functions and apply what they return; this is where the unit and property tests live.
 
 pub mod dag;
+pub mod instances;
 pub mod lock;
 pub mod member;
 pub mod saga;

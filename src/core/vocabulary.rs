@@ -84,6 +84,10 @@ vocabulary! {
         FailoverAllowed,
         /// ShardFailover: True while another operation holds the lock of a shard to fail over.
         DatabaseBusy,
+        /// HaCluster with `spec.instances`: True while members are created, added, removed,
+        /// restarted, resized or upgraded (the reason says which); False with `UpToDate` when
+        /// every member runs the spec, or with the reason a change stopped.
+        Progressing,
     }
 }
 
@@ -271,6 +275,31 @@ vocabulary! {
         /// ProtectionGroup Ready=False (Warning, action PlannedFailover): writes could not be
         /// paused at the production site; nothing was changed.
         StopWritesFailed,
+        // HaCluster Progressing (spec.instances), and the lifecycle's Events.
+        /// Progressing=True: the members of a new cluster are being created (seed: BUILD).
+        Creating,
+        /// Progressing=True: a replica is being added (members was raised).
+        AddingReplica,
+        /// Progressing=True: a replica is being removed (members was lowered).
+        RemovingReplica,
+        /// Progressing=True: members restart one at a time, replicas first (seed: REBOOT).
+        Restarting,
+        /// Progressing=True: members move to a new image one at a time (seed: UPGRADING).
+        Upgrading,
+        /// Progressing=True: members restart one at a time with new resources (the flavor).
+        Resizing,
+        /// Progressing=True: members restart one at a time with new engine parameters.
+        Reconfiguring,
+        /// Progressing=False: every member runs the current spec.
+        UpToDate,
+        /// Progressing=False: a member does not come up; the change waits (the primary is not
+        /// touched) until it does or the spec is corrected.
+        MemberNotReady,
+        /// Progressing=False: the switchover that moves the primary off a member to restart
+        /// failed; it is retried.
+        SwitchoverFailed,
+        /// Progressing=False: the cluster's name is too long to name its pods.
+        NameTooLong,
         /// ProtectionGroup Ready=False (Warning, action PlannedFailover): the DR site did not
         /// catch up; writes resumed at the production site.
         SyncTimeout,
@@ -300,6 +329,14 @@ vocabulary! {
         PlannedFailover,
         /// ProtectionGroup: replicate from the production site to the DR site.
         Replicate,
+        /// HaCluster (spec.instances): create a member's pod or volume.
+        CreateMember,
+        /// HaCluster (spec.instances): delete a member's pod (to restart or remove it).
+        DeleteMember,
+        /// HaCluster (spec.instances): move the primary off a member before restarting it.
+        Switchover,
+        /// HaCluster (spec.instances): a lifecycle change starts, ends or stops.
+        Lifecycle,
     }
 }
 

@@ -44,8 +44,16 @@ use super::shared::{GoDuration, SecretKeyRef, cel_min_duration, conditions_schem
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "has(self.shards) != has(self.selector)",
-        "message": "set exactly one of spec.shards (static members) or spec.selector (pod members)"
+        "rule": "[has(self.shards), has(self.selector), has(self.instances)].filter(x, x).size() == 1",
+        "message": "set exactly one of spec.shards (static members), spec.selector (pods run by something else) or spec.instances (pods the operator runs)"
+    },
+    {
+        "rule": "has(self.instances) == has(oldSelf.instances)",
+        "message": "spec.instances cannot be added to or removed from an existing cluster (its pods would be orphaned or adopted); create a new HaCluster"
+    },
+    {
+        "rule": "!has(self.instances) || self.engine in ['Redis', 'redis']",
+        "message": "spec.instances runs Redis members only (engine Redis); Agent members are run by something else"
     },
     {
         "rule": "!has(self.shards) || self.shards.map(s, s.members.map(m, m.name)).flatten().distinct().size() == self.shards.map(s, size(s.members)).sum()",
@@ -78,6 +86,12 @@ pub struct HaClusterSpec {
     /// exclusive with `shards`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<PodMembership>,
+
+    /// Members the operator creates and runs: pods and volumes it owns, added, removed,
+    /// restarted and upgraded in an order that keeps a primary serving. Mutually exclusive
+    /// with `shards` and `selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<super::instances::Instances>,
 
     /// When and how the operator fails over by itself.
     #[serde(default)]
@@ -495,6 +509,10 @@ pub struct HaClusterStatus {
     /// while it is its pair's DR side. Takes precedence over spec.standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<Protection>,
+    /// Members the operator runs (spec.instances): which pods are members, and how far a
+    /// change has rolled. Written by the instances controller only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<super::instances::InstancesStatus>,
 }
 
 /// The standby relation a ProtectionGroup keeps for one of its clusters.
@@ -510,6 +528,23 @@ pub struct Protection {
 }
 
 impl HaCluster {
+    /// How pod members are found: `spec.selector`, or for `spec.instances` the label the
+    /// operator puts on the pods it runs. None for static members.
+    pub fn pod_membership(&self) -> Option<std::borrow::Cow<'_, PodMembership>> {
+        if let Some(sel) = &self.spec.selector {
+            return Some(std::borrow::Cow::Borrowed(sel));
+        }
+        let instances = self.spec.instances.as_ref()?;
+        let name = self.metadata.name.clone().unwrap_or_default();
+        Some(std::borrow::Cow::Owned(PodMembership {
+            match_labels: BTreeMap::from([(super::instances::CLUSTER_LABEL.to_owned(), name)]),
+            shard_label: None,
+            port: instances.port,
+            address_annotation: None,
+            priority_annotation: None,
+        }))
+    }
+
     /// The standby relation in force: the protecting group's (status.protection) when a
     /// group protects the cluster, otherwise spec.standby.
     pub fn standby(&self) -> Option<&Standby> {

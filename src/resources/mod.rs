@@ -5,6 +5,7 @@
 pub mod failover_request;
 #[allow(clippy::duplicated_attributes)]
 pub mod hacluster;
+pub mod instances;
 #[allow(clippy::duplicated_attributes)]
 pub mod protection_group;
 #[allow(clippy::duplicated_attributes)]

@@ -57,6 +57,15 @@ fn redis(extra: Value) -> Value {
     spec
 }
 
+/// A Redis cluster of instances with `extra` merged into spec.instances.
+fn instances(extra: Value) -> Value {
+    let mut spec = json!({"engine": "Redis", "instances": {"members": 3, "image": "redis:7"}});
+    for (k, v) in extra.as_object().unwrap() {
+        spec["instances"][k] = v.clone();
+    }
+    spec
+}
+
 fn cases() -> Vec<Case> {
     let sites = json!({"source": {"namespace": "east"}, "target": {"namespace": "west"}});
     vec![
@@ -76,13 +85,63 @@ fn cases() -> Vec<Case> {
             what: "both static members and a selector",
             kind: "HaCluster",
             spec: redis(json!({"selector": {"matchLabels": {"app": "redis"}, "port": 6379}})),
-            expect: &["set exactly one of spec.shards (static members) or spec.selector (pod members)"],
+            expect: &[
+                "set exactly one of spec.shards (static members), spec.selector (pods run by something else) or spec.instances (pods the operator runs)",
+            ],
         },
         Case {
             what: "neither static members nor a selector",
             kind: "HaCluster",
             spec: json!({"engine": "redis"}),
             expect: &["set exactly one of spec.shards"],
+        },
+        Case {
+            what: "static members and instances",
+            kind: "HaCluster",
+            spec: redis(json!({"instances": {"members": 3, "image": "redis:7"}})),
+            expect: &["set exactly one of spec.shards"],
+        },
+        Case {
+            what: "zero instances",
+            kind: "HaCluster",
+            spec: instances(json!({"members": 0})),
+            expect: &["spec.instances.members", "should be greater than or equal to 1"],
+        },
+        Case {
+            what: "too many instances",
+            kind: "HaCluster",
+            spec: instances(json!({"members": 10})),
+            expect: &["spec.instances.members", "should be less than or equal to 9"],
+        },
+        Case {
+            what: "instances without an image",
+            kind: "HaCluster",
+            spec: json!({"engine": "Redis", "instances": {"members": 3}}),
+            expect: &["spec.instances.image: Required value"],
+        },
+        Case {
+            what: "instances of an agent engine",
+            kind: "HaCluster",
+            spec: json!({"engine": "Agent", "instances": {"members": 3, "image": "redis:7"}}),
+            expect: &["spec.instances runs Redis members only"],
+        },
+        Case {
+            what: "storage size not a quantity",
+            kind: "HaCluster",
+            spec: instances(json!({"storage": {"size": "lots"}})),
+            expect: &["storage.size must be a positive quantity such as 1Gi"],
+        },
+        Case {
+            what: "a parameter the operator sets",
+            kind: "HaCluster",
+            spec: instances(json!({"parameters": {"replicaof": "10.0.0.9 6379"}})),
+            expect: &["port, dir, replicaof, bind"],
+        },
+        Case {
+            what: "a multi-line parameter value",
+            kind: "HaCluster",
+            spec: instances(json!({"parameters": {"maxmemory": "1mb\nreplicaof 10.0.0.9 6379"}})),
+            expect: &["parameter values must be one line"],
         },
         Case {
             what: "duplicate member names across shards",
@@ -714,4 +773,50 @@ async fn specs_of_operations_are_immutable() {
         let label = json!({"metadata": {"labels": {"team": "db"}}});
         api.patch("op", &PatchParams::default(), &Patch::Merge(&label)).await.expect("metadata edit allowed");
     }
+}
+
+/// Edits that would lose data or orphan pods are refused by the API server; growing storage
+/// and other edits pass.
+#[tokio::test]
+async fn instances_refuse_shrinking_storage_and_switching_membership() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "instances-edit").await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource("HaCluster"));
+    let spec = instances(json!({"storage": {"size": "2Gi", "storageClassName": "fast"}}));
+    api.create(&PostParams::default(), &object("HaCluster", "db", spec)).await.expect("valid create");
+    for (what, change, expect) in [
+        (
+            "shrinking storage",
+            json!({"spec": {"instances": {"storage": {"size": "1Gi"}}}}),
+            "spec.instances.storage.size can only grow",
+        ),
+        (
+            "another storage class",
+            json!({"spec": {"instances": {"storage": {"storageClassName": "slow"}}}}),
+            "storageClassName cannot change",
+        ),
+        (
+            "dropping storage",
+            json!({"spec": {"instances": {"storage": null}}}),
+            "spec.instances.storage cannot be added or removed",
+        ),
+        (
+            "switching to static members",
+            json!({"spec": {"instances": null, "shards": [{"name": "s0", "members": members(&["a"])}]}}),
+            "spec.instances cannot be added to or removed from an existing cluster",
+        ),
+    ] {
+        let err = api.patch("db", &PatchParams::default(), &Patch::Merge(&change)).await.expect_err(what);
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 422, "{what}: {}", s.message);
+                assert!(s.message.contains(expect), "{what}: {}", s.message);
+            }
+            other => panic!("{what}: unexpected error {other}"),
+        }
+        let stored = api.get("db").await.unwrap();
+        assert_eq!(stored.data["spec"]["instances"]["storage"]["size"], "2Gi", "{what}: nothing stored");
+    }
+    let grow = json!({"spec": {"instances": {"storage": {"size": "3Gi"}, "members": 5}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&grow)).await.expect("growing is allowed");
 }

@@ -8,6 +8,7 @@
 
 mod client;
 mod install;
+mod instances;
 mod operator_pods;
 mod redis_pods;
 mod support;

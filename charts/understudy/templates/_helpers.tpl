@@ -56,6 +56,11 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: ["understudy.dev"]
   resources: ["haclusters/status", "failoverrequests/status", "shardfailovers/status", "protectiongroups/status"]
   verbs: ["get", "patch", "update"]
+# The switchover that moves the primary off a member before it restarts (spec.instances) is a
+# FailoverRequest, the audited path a user would take.
+- apiGroups: ["understudy.dev"]
+  resources: ["failoverrequests"]
+  verbs: ["create"]
 # Credentials of the managed services, read by the name an HaCluster (or a ProtectionGroup's
 # remote site) gives: get only, never listed or watched.
 - apiGroups: [""]
@@ -78,9 +83,19 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
   verbs: ["get", "delete"]
 # The role label (understudy.dev/role) on member pods; an unreachable old primary's pod
 # is deleted (grace period 0) to fence it during a failover (spec.failover.fencing).
+# Members of spec.instances clusters are pods the operator creates, owns and deletes (one at
+# a time, never the primary), with a volume each and a PodDisruptionBudget of one. Whoever
+# may edit an HaCluster may so have pods run in its namespace, as with a Deployment; the
+# pods get the namespace's default service account and pass its pod security admission.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create"]
 {{- if has "*" .Values.redirectNamespaces }}
 {{ include "understudy.redirectRule" . }}
 {{- end }}

@@ -1,0 +1,714 @@
+//! Members the operator runs (`spec.instances`): the Pods, PersistentVolumeClaims, the
+//! PodDisruptionBudget and the switchovers of a roll, owned by the HaCluster.
+//!
+//! Each reconcile gathers what exists (pods, volumes, the monitor's view of the roles in
+//! status, this cluster's switchover requests), asks [`core::instances::next_step`] for the
+//! one step that comes next, carries it out and records the outcome in `status.instances`
+//! and the `Progressing` condition (server-side apply under its own field manager; the
+//! monitor owns the roles). Roles stay the monitor's: a new member starts as a replica of
+//! nothing and the monitor attaches it; a primary is moved by a FailoverRequest of type
+//! Switchover, the same audited path a user takes.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaim,
+            PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
+            PodAntiAffinity, PodSpec, Probe, SecretKeySelector, TCPSocketAction, Volume, VolumeMount,
+            VolumeResourceRequirements, WeightedPodAffinityTerm,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time},
+        util::intstr::IntOrString,
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    core::DeserializeGuard,
+    runtime::{Controller, controller::Action, watcher},
+};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::{Context, OpError, key};
+use crate::{
+    core::{
+        instances::{Facts, MemberView, PodView, Step, SwitchoverState, next_step},
+        vocabulary::{Action as EventAction, ConditionType, Reason},
+    },
+    resources::{
+        FailoverRequest, HaCluster,
+        failover_request::{FailoverItem, FailoverRequestSpec, RequestPhase, RequestType},
+        hacluster::Role,
+        instances::{
+            CLUSTER_LABEL, DATA_DIR, Instances, InstancesStatus, ORDINAL_LABEL, REVISION_ANNOTATION,
+            Retention,
+        },
+        shared::set_condition,
+    },
+};
+
+/// The field manager of `status.instances`, the `Progressing` condition and owned objects.
+pub const MANAGER: &str = "understudy-instances";
+/// Label of a switchover request: the revision whose roll asked for it.
+const REVISION_LABEL: &str = "understudy.dev/revision";
+/// Longest cluster name whose members' names stay valid hostnames and label values.
+const MAX_NAME: usize = 55;
+/// Environment variable holding the password inside a member's container.
+const PASSWORD_ENV: &str = "UNDERSTUDY_PASSWORD";
+
+type Guarded = DeserializeGuard<HaCluster>;
+
+struct State {
+    ctx: Context,
+    /// PodDisruptionBudgets known to exist, by cluster uid.
+    budgets: Mutex<HashSet<String>>,
+}
+
+/// Run the instances controller in every watched scope.
+pub async fn run(ctx: Context) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    let state = Arc::new(State { ctx: ctx.clone(), budgets: Mutex::default() });
+    for api in ctx.scopes::<Guarded>() {
+        // Requests are read through a guard: a malformed one is skipped, not a stalled watch.
+        let scoped = |ns: Option<&str>| -> (Api<Pod>, Api<PersistentVolumeClaim>, Api<DeserializeGuard<FailoverRequest>>) {
+            match ns {
+                Some(ns) => (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                ),
+                None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+            }
+        };
+        let (pods, pvcs, requests) = scoped(api.namespace());
+        let owned = watcher::Config::default().labels(CLUSTER_LABEL).any_semantic();
+        let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        ctx.readiness.track(controller.store());
+        let run = controller
+            .owns(pods, owned.clone())
+            .owns(pvcs, owned.clone())
+            .owns(requests, owned)
+            .run(reconcile, error_policy, state.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    debug!(error = %e, "instances reconcile");
+                }
+            });
+        runs.push(run.boxed());
+    }
+    let (_, which, _) = futures::future::select_all(runs).await;
+    anyhow::bail!("the instances controller's stream {which} ended")
+}
+
+fn error_policy(_: Arc<Guarded>, err: &OpError, _: Arc<State>) -> Action {
+    warn!(error = %err, "instances reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// A panic would unwind through the controller's stream and end the process, and on restart
+/// do it again: one cluster would stop the operator for every other.
+async fn reconcile(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, OpError> {
+    std::panic::AssertUnwindSafe(reconcile_one(guarded, state))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(OpError::Panic(super::panic_message(p.as_ref()))))
+}
+
+async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, OpError> {
+    let Ok(cluster) = &guarded.0 else { return Ok(Action::await_change()) };
+    let Some(instances) = &cluster.spec.instances else { return Ok(Action::await_change()) };
+    if cluster.metadata.deletion_timestamp.is_some() {
+        // Owner references take the pods, the budget and (per whenDeleted) the volumes.
+        return Ok(Action::await_change());
+    }
+    crate::faults::panic_point("reconcile-instances");
+    let ctx = &state.ctx;
+    let name = cluster.name_any();
+    let ns = cluster.namespace().unwrap_or_default();
+    let st = cluster.status.clone().unwrap_or_default().instances.unwrap_or_default();
+    if name.len() > MAX_NAME {
+        let msg = format!(
+            "the cluster's name has {} characters; members are named <name>-<n> and need it to be at most {MAX_NAME}",
+            name.len()
+        );
+        write_status(ctx, cluster, &st, false, Reason::NameTooLong, &msg).await?;
+        return Ok(Action::await_change());
+    }
+    ensure_budget(&state, cluster).await?;
+    let revision = revision(cluster, instances);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let fr_api: Api<FailoverRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    let fr_guarded: Api<DeserializeGuard<FailoverRequest>> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{CLUSTER_LABEL}={name}");
+    let lp = ListParams::default().labels(&selector);
+    let uid = cluster.uid().unwrap_or_default();
+    let owned_by_us = |m: &ObjectMeta| m.owner_references.iter().flatten().any(|o| o.uid == uid);
+    let pods: Vec<Pod> =
+        pods_api.list(&lp).await?.items.into_iter().filter(|p| owned_by_us(&p.metadata)).collect();
+    let pvcs: Vec<PersistentVolumeClaim> = pvc_api.list(&lp).await?.items;
+    let requests: Vec<FailoverRequest> = fr_guarded
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|r| r.0.ok())
+        .filter(|r| owned_by_us(&r.metadata))
+        .collect();
+
+    let facts = facts(cluster, instances, &st, &revision, &pods, &pvcs, &requests);
+    let plan = next_step(&facts);
+    debug!(cluster = %key(cluster), step = ?plan.step, reason = %plan.reason, message = %plan.message, "instances");
+    let mut next = st.clone();
+    next.revision = Some(revision.clone());
+    next.updated_ready = pods
+        .iter()
+        .filter(|p| member_names(&facts).contains(&p.name_any()))
+        .filter(|p| pod_revision(p) == Some(revision.as_str()) && pod_ready(p))
+        .count() as i32;
+    if plan.reason == Reason::UpToDate {
+        next.created = true;
+    }
+    let requeue = match &plan.step {
+        Step::List(members) => {
+            next.members = members.clone();
+            // Recorded before any pod is created or deleted for it.
+            write_status(ctx, cluster, &next, plan.progressing, plan.reason, &plan.message).await?;
+            return Ok(Action::requeue(Duration::from_millis(100)));
+        }
+        Step::CreateVolume(member) => {
+            create_volume(ctx, cluster, instances, member).await?;
+            Duration::from_millis(100)
+        }
+        Step::CreatePod(member) => {
+            let pod = member_pod(cluster, instances, member, &revision);
+            match pods_api
+                .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &pod)
+                .await
+            {
+                Ok(_) => info!(cluster = %key(cluster), member, %revision, "created member pod"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.event(cluster, false, plan.reason, EventAction::CreateMember, plan.message.clone()).await;
+            Duration::from_millis(100)
+        }
+        Step::DeletePod(member) => {
+            // Guarded by the pod's uid: a pod recreated meanwhile is not the one decided on.
+            let Some(pod) = pods.iter().find(|p| &p.name_any() == member) else {
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            };
+            let dp = DeleteParams {
+                preconditions: Some(kube::api::Preconditions { uid: pod.uid(), resource_version: None }),
+                ..Default::default()
+            };
+            match pods_api.delete(member, &dp).await {
+                Ok(_) => info!(cluster = %key(cluster), member, reason = %plan.reason, "deleted member pod"),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.event(cluster, false, plan.reason, EventAction::DeleteMember, plan.message.clone()).await;
+            Duration::from_millis(500)
+        }
+        Step::DeleteVolume(member) => {
+            match pvc_api.delete(&volume_name(member), &DeleteParams::default()).await {
+                Ok(_) => info!(cluster = %key(cluster), member, "deleted the volume of a removed member"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Duration::from_millis(100)
+        }
+        Step::Switchover { from, to } => {
+            let n = requests.iter().filter(|r| r.labels().get(REVISION_LABEL) == Some(&revision)).count();
+            let request = switchover(cluster, &revision, n, from, to);
+            let request_name = request.name_any();
+            match fr_api
+                .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &request)
+                .await
+            {
+                Ok(_) => {
+                    info!(cluster = %key(cluster), %from, %to, request = %request_name, "requested a switchover")
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            let msg = format!("{} (FailoverRequest {request_name})", plan.message);
+            ctx.event(cluster, false, plan.reason, EventAction::Switchover, msg).await;
+            Duration::from_millis(500)
+        }
+        Step::Wait if plan.progressing => Duration::from_secs(2),
+        Step::Wait => Duration::from_secs(30),
+    };
+    write_status(ctx, cluster, &next, plan.progressing, plan.reason, &plan.message).await?;
+    Ok(Action::requeue(requeue))
+}
+
+fn member_names(f: &Facts) -> Vec<String> {
+    f.listed.clone().unwrap_or_default()
+}
+
+/// Gather what the planner needs.
+fn facts(
+    cluster: &HaCluster,
+    instances: &Instances,
+    st: &InstancesStatus,
+    revision: &str,
+    pods: &[Pod],
+    pvcs: &[PersistentVolumeClaim],
+    requests: &[FailoverRequest],
+) -> Facts {
+    let status = cluster.status.clone().unwrap_or_default();
+    let shard = status.shards.iter().find(|s| s.name == "main");
+    let primary = shard.and_then(|s| s.current_primary.clone());
+    let promoting = shard.is_some_and(|s| s.target_primary.is_some() || s.operation.is_some());
+    let members = shard
+        .map(|s| {
+            s.members
+                .iter()
+                .map(|m| MemberView {
+                    name: m.name.clone(),
+                    healthy: m.healthy,
+                    acts_primary: m.role == Role::Primary,
+                    lag: m.lag.or_else(|| (primary.as_deref() == Some(m.name.as_str())).then_some(0)),
+                    upstream: m.upstream.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let desired_image = &instances.image;
+    let desired_resources = instances.resources.clone().unwrap_or_default();
+    let pods = pods
+        .iter()
+        .map(|p| {
+            let container = p.spec.as_ref().and_then(|s| s.containers.first());
+            let change = (pod_revision(p) != Some(revision)).then(|| {
+                if container.and_then(|c| c.image.as_ref()) != Some(desired_image) {
+                    Reason::Upgrading
+                } else if container.and_then(|c| c.resources.clone()).unwrap_or_default() != desired_resources
+                {
+                    Reason::Resizing
+                } else if p.annotations().get(PARAMETERS_ANNOTATION) != Some(&parameters_hash(instances)) {
+                    Reason::Reconfiguring
+                } else {
+                    Reason::Restarting
+                }
+            });
+            PodView {
+                name: p.name_any(),
+                change,
+                ready: pod_ready(p),
+                deleting: p.metadata.deletion_timestamp.is_some(),
+                waiting: waiting(p),
+            }
+        })
+        .collect();
+    let volumes = pvcs
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .filter_map(|c| c.name_any().strip_prefix("data-").map(str::to_owned))
+        .collect();
+    let ours: Vec<&FailoverRequest> = requests
+        .iter()
+        .filter(|r| r.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision))
+        .collect();
+    let latest = ours.iter().max_by_key(|r| r.metadata.creation_timestamp.clone().map(|t| t.0));
+    let switchover = latest.and_then(|r| {
+        let s = r.status.clone().unwrap_or_default();
+        match s.phase {
+            Some(RequestPhase::Succeeded) => None,
+            Some(p) if p.is_terminal() => {
+                let ended = s
+                    .task
+                    .as_ref()
+                    .and_then(|t| t.end_time.clone())
+                    .or_else(|| r.metadata.creation_timestamp.clone());
+                Some(SwitchoverState::Failed {
+                    name: r.name_any(),
+                    message: s.message.unwrap_or_default(),
+                    ago_secs: ended.map_or(f64::MAX, |t| super::seconds_since(&t)),
+                })
+            }
+            _ => Some(SwitchoverState::InFlight(r.name_any())),
+        }
+    });
+    Facts {
+        cluster: cluster.name_any(),
+        want: usize::try_from(instances.members).unwrap_or(1),
+        listed: cluster.status.as_ref().and_then(|s| s.instances.as_ref()).map(|i| i.members.clone()),
+        created: st.created,
+        pods,
+        volumes,
+        storage: instances.storage.is_some(),
+        delete_volume_when_scaled: instances.pvc_retention.when_scaled == Retention::Delete,
+        primary,
+        promoting,
+        members,
+        switchover,
+        max_lag: cluster.spec.failover.max_lag_on_failover,
+    }
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_revision(p: &Pod) -> Option<&str> {
+    p.annotations().get(REVISION_ANNOTATION).map(String::as_str)
+}
+
+/// Why the member's container is not running, as the kubelet says.
+fn waiting(p: &Pod) -> Option<String> {
+    let st = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let w = st.state.as_ref()?.waiting.as_ref()?;
+    let reason = w.reason.clone().filter(|r| r != "ContainerCreating" && r != "PodInitializing")?;
+    Some(match &w.message {
+        Some(m) => format!("{reason}: {m}"),
+        None => reason,
+    })
+}
+
+/// Pod annotation: a hash of the engine parameters the pod started with.
+const PARAMETERS_ANNOTATION: &str = "understudy.dev/parameters";
+
+fn parameters_hash(instances: &Instances) -> String {
+    fnv(&serde_json::to_vec(&instances.parameters).unwrap_or_default())
+}
+
+/// A hash of everything that shapes a member's pod: a change is rolled out.
+fn revision(cluster: &HaCluster, instances: &Instances) -> String {
+    let shaping = json!({
+        "image": instances.image,
+        "pull": instances.image_pull_policy,
+        "port": instances.port,
+        "resources": instances.resources,
+        "parameters": instances.parameters,
+        "pod": instances.pod,
+        "secret": cluster.spec.secret_ref,
+        "storage": instances.storage.is_some(),
+    });
+    fnv(&serde_json::to_vec(&shaping).unwrap_or_default())
+}
+
+/// FNV-1a (64 bits), hex: stable across builds and Rust versions, unlike std's hasher.
+fn fnv(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn owner(cluster: &HaCluster) -> OwnerReference {
+    cluster.controller_owner_ref(&()).expect("a stored cluster has a name and uid")
+}
+
+fn volume_name(member: &str) -> String {
+    format!("data-{member}")
+}
+
+fn labels(cluster: &HaCluster, member: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (CLUSTER_LABEL.to_owned(), cluster.name_any()),
+        ("app.kubernetes.io/managed-by".to_owned(), "understudy".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), cluster.name_any()),
+    ]);
+    if let Some(m) = member
+        && let Some((_, n)) = m.rsplit_once('-')
+    {
+        l.insert(ORDINAL_LABEL.to_owned(), n.to_owned());
+    }
+    l
+}
+
+/// The pod of one member: the engine started as a replica of nothing (the monitor elects or
+/// attaches it), its data directory on the member's volume.
+pub fn member_pod(cluster: &HaCluster, instances: &Instances, member: &str, revision: &str) -> Pod {
+    let port = instances.port;
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--protected-mode",
+        "no",
+        "--replicaof",
+        "127.0.0.1",
+        "1",
+        "--dir",
+        DATA_DIR,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut env = Vec::new();
+    if let Some(secret) = &cluster.spec.secret_ref {
+        env.push(EnvVar {
+            name: PASSWORD_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone().unwrap_or_else(|| "password".into()),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        // Kubernetes expands $(VAR) in args from the container's environment.
+        for flag in ["--requirepass", "--masterauth"] {
+            args.push(flag.into());
+            args.push(format!("$({PASSWORD_ENV})"));
+        }
+    }
+    for (k, v) in &instances.parameters {
+        args.push(format!("--{k}"));
+        args.push(v.clone());
+    }
+    let o = &instances.pod;
+    let mut pod_labels = o.labels.clone();
+    pod_labels.extend(labels(cluster, Some(member)));
+    let mut annotations = o.annotations.clone();
+    annotations.insert(REVISION_ANNOTATION.into(), revision.into());
+    annotations.insert(PARAMETERS_ANNOTATION.into(), parameters_hash(instances));
+    // Spread across nodes unless the user says otherwise.
+    let affinity = o.affinity.clone().or_else(|| {
+        Some(k8s_openapi::api::core::v1::Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                CLUSTER_LABEL.to_owned(),
+                                cluster.name_any(),
+                            )])),
+                            ..Default::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    });
+    let volume = match &instances.storage {
+        Some(_) => Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: volume_name(member),
+                read_only: None,
+            }),
+            ..Default::default()
+        },
+        None => Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(member.into()),
+            namespace: cluster.namespace(),
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner(cluster)]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "engine".into(),
+                image: Some(instances.image.clone()),
+                image_pull_policy: instances.image_pull_policy.map(|p| p.as_str().to_owned()),
+                args: Some(args),
+                env: (!env.is_empty()).then_some(env),
+                ports: Some(vec![ContainerPort {
+                    name: Some("engine".into()),
+                    container_port: port,
+                    ..Default::default()
+                }]),
+                readiness_probe: Some(Probe {
+                    tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port), host: None }),
+                    period_seconds: Some(2),
+                    ..Default::default()
+                }),
+                resources: instances.resources.clone(),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "data".into(),
+                    mount_path: DATA_DIR.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![volume]),
+            hostname: Some(member.into()),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(o.termination_grace_period_seconds.unwrap_or(10)),
+            node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
+            tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
+            affinity,
+            priority_class_name: o.priority_class_name.clone(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The member's volume; owned by the cluster (deleted with it) only with
+/// `pvcRetention.whenDeleted: Delete`.
+async fn create_volume(
+    ctx: &Context,
+    cluster: &HaCluster,
+    instances: &Instances,
+    member: &str,
+) -> Result<(), OpError> {
+    let Some(storage) = &instances.storage else { return Ok(()) };
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let owners = (instances.pvc_retention.when_deleted == Retention::Delete).then(|| vec![owner(cluster)]);
+    let pvc = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(volume_name(member)),
+            labels: Some(labels(cluster, Some(member))),
+            owner_references: owners,
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), storage.quantity())])),
+                limits: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &pvc).await {
+        Ok(_) => {
+            info!(cluster = %key(cluster), member, size = %storage.size, "created member volume");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A PodDisruptionBudget of one: `kubectl drain` never takes two members at once.
+async fn ensure_budget(state: &State, cluster: &HaCluster) -> Result<(), OpError> {
+    let uid = cluster.uid().unwrap_or_default();
+    if state.budgets.lock().expect("budgets").contains(&uid) {
+        return Ok(());
+    }
+    let api: Api<PodDisruptionBudget> =
+        Api::namespaced(state.ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let pdb = PodDisruptionBudget {
+        metadata: ObjectMeta {
+            name: Some(cluster.name_any()),
+            labels: Some(labels(cluster, None)),
+            owner_references: Some(vec![owner(cluster)]),
+            ..Default::default()
+        },
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(CLUSTER_LABEL.to_owned(), cluster.name_any())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &pdb).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    state.budgets.lock().expect("budgets").insert(uid);
+    Ok(())
+}
+
+/// The switchover of a roll: the audited path a user would take, owned by the cluster.
+fn switchover(cluster: &HaCluster, revision: &str, n: usize, from: &str, to: &str) -> FailoverRequest {
+    let name = format!("{}-switchover-{}-{n}", cluster.name_any(), &revision[..8.min(revision.len())]);
+    let mut labels = labels(cluster, None);
+    labels.insert(REVISION_LABEL.into(), revision.into());
+    let mut fr = FailoverRequest::new(
+        &name,
+        FailoverRequestSpec {
+            type_: RequestType::Switchover,
+            items: vec![FailoverItem {
+                cluster: cluster.name_any(),
+                shard: Some("main".into()),
+                candidate: Some(to.into()),
+                expected_primary: Some(from.into()),
+                service_name: None,
+            }],
+            timeout_seconds: 120,
+            on_timeout: Default::default(),
+            dry_run: false,
+        },
+    );
+    fr.metadata.namespace = cluster.namespace();
+    fr.metadata.labels = Some(labels);
+    fr.metadata.owner_references = Some(vec![owner(cluster)]);
+    fr
+}
+
+/// Apply `status.instances` and the Progressing condition (this controller's fields only).
+async fn write_status(
+    ctx: &Context,
+    cluster: &HaCluster,
+    next: &InstancesStatus,
+    progressing: bool,
+    reason: Reason,
+    message: &str,
+) -> Result<(), OpError> {
+    let old = cluster.status.clone().unwrap_or_default();
+    let mut conditions: Vec<_> =
+        old.conditions.iter().filter(|c| c.type_ == ConditionType::Progressing.as_str()).cloned().collect();
+    let now = Time(Timestamp::now());
+    let before = conditions.clone();
+    set_condition(
+        &mut conditions,
+        ConditionType::Progressing,
+        progressing,
+        reason,
+        message,
+        cluster.metadata.generation,
+        &now,
+    );
+    if old.instances.as_ref() == Some(next) && conditions == before {
+        return Ok(());
+    }
+    if conditions.first().map(|c| (&c.reason, &c.status)) != before.first().map(|c| (&c.reason, &c.status)) {
+        let warning =
+            matches!(reason, Reason::MemberNotReady | Reason::SwitchoverFailed | Reason::NameTooLong);
+        ctx.event(cluster, warning, reason, EventAction::Lifecycle, message.to_owned()).await;
+    }
+    let api: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": "understudy.dev/v1alpha1",
+        "kind": "HaCluster",
+        "metadata": {"name": cluster.name_any()},
+        "status": {"instances": next, "conditions": conditions},
+    });
+    api.patch_status(&cluster.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}

@@ -1,0 +1,560 @@
+//! Members the operator runs (`spec.instances`): given what exists, the one step that comes
+//! next. Pure: the instances controller gathers the facts, applies the step and asks again.
+//!
+//! The rules that keep a primary serving:
+//! - a pod is deleted only when it is neither the recorded primary nor the target of a
+//!   promotion, nor observed acting as a primary;
+//! - a member that serves (ready) is restarted only while every other member is ready,
+//!   healthy and caught up, no promotion is in flight, and one member at a time;
+//! - the primary is restarted last, after a switchover has moved the role to an up-to-date
+//!   replica; a member that does not come up stops the change before the primary is touched.
+
+use super::vocabulary::Reason;
+
+/// One member pod as the controller sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodView {
+    pub name: String,
+    /// What differs from the spec (Upgrading, Resizing, Reconfiguring, Restarting), or None
+    /// when the pod runs the current revision.
+    pub change: Option<Reason>,
+    /// The pod's Ready condition.
+    pub ready: bool,
+    /// Being deleted (a deletionTimestamp).
+    pub deleting: bool,
+    /// Why its container is not running, when the kubelet says (`ErrImagePull: …`).
+    pub waiting: Option<String>,
+}
+
+/// One member as the monitor last recorded it (HaCluster status).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemberView {
+    pub name: String,
+    pub healthy: bool,
+    /// Observed acting as a primary.
+    pub acts_primary: bool,
+    /// Replication lag behind the primary, when known.
+    pub lag: Option<i64>,
+    /// The member it replicates from, when it is a replica.
+    pub upstream: Option<String>,
+}
+
+/// A switchover this controller requested.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SwitchoverState {
+    InFlight(String),
+    /// Failed, with the request's message and seconds since it ended.
+    Failed {
+        name: String,
+        message: String,
+        ago_secs: f64,
+    },
+}
+
+/// What the planner is told.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// The cluster's name: members are `<name>-<ordinal>`.
+    pub cluster: String,
+    /// `spec.instances.members`.
+    pub want: usize,
+    /// The member list recorded in status (None before the first write).
+    pub listed: Option<Vec<String>>,
+    /// Every member's pods have been ready at the current revision once.
+    pub created: bool,
+    pub pods: Vec<PodView>,
+    /// Members (by name) whose volume exists.
+    pub volumes: Vec<String>,
+    /// Members have volumes (`spec.instances.storage`).
+    pub storage: bool,
+    /// Delete the volume of a removed member (`pvcRetention.whenScaled: Delete`).
+    pub delete_volume_when_scaled: bool,
+    /// The shard's recorded primary.
+    pub primary: Option<String>,
+    /// A promotion is in flight (a target primary or an operation lock is recorded).
+    pub promoting: bool,
+    pub members: Vec<MemberView>,
+    /// The latest switchover requested for the current revision, if any.
+    pub switchover: Option<SwitchoverState>,
+    /// A replica further behind than this is not caught up.
+    pub max_lag: i64,
+}
+
+/// The one thing to do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Record this member list in status (before any pod of a new member is created or any
+    /// pod of a removed one deleted, so a restarted operator knows which is which).
+    List(Vec<String>),
+    CreateVolume(String),
+    CreatePod(String),
+    DeletePod(String),
+    DeleteVolume(String),
+    /// Move the primary from `from` to `to` (a FailoverRequest of type Switchover).
+    Switchover {
+        from: String,
+        to: String,
+    },
+    /// Nothing to do until something changes.
+    Wait,
+}
+
+/// The next step and what the `Progressing` condition says meanwhile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub step: Step,
+    pub progressing: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// How long a failed switchover waits before it is requested again.
+pub const SWITCHOVER_RETRY_SECS: f64 = 30.0;
+
+fn ordinal(name: &str) -> Option<u32> {
+    name.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
+}
+
+/// The member names of `cluster` for the lowest `n` ordinals not in `taken`.
+fn free_names(cluster: &str, taken: &[String], n: usize) -> Vec<String> {
+    (0u32..).map(|i| format!("{cluster}-{i}")).filter(|name| !taken.contains(name)).take(n).collect()
+}
+
+fn plan(step: Step, progressing: bool, reason: Reason, message: impl Into<String>) -> Plan {
+    Plan { step, progressing, reason, message: message.into() }
+}
+
+impl Facts {
+    fn pod(&self, name: &str) -> Option<&PodView> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    fn member(&self, name: &str) -> Option<&MemberView> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// May this member's pod be deleted now without taking a primary away?
+    fn deletable(&self, name: &str) -> bool {
+        self.primary.as_deref() != Some(name)
+            && !self.promoting
+            && !self.member(name).is_some_and(|m| m.acts_primary)
+    }
+
+    /// Every listed member serves: pod ready, member healthy, replicas caught up with and
+    /// following the primary, no promotion in flight. Otherwise, what is missing.
+    fn all_serving(&self, listed: &[String]) -> Result<(), String> {
+        let Some(primary) = &self.primary else { return Err("no primary is recorded yet".into()) };
+        if self.promoting {
+            return Err("a promotion is in flight".into());
+        }
+        for name in listed {
+            let Some(pod) = self.pod(name) else { return Err(format!("{name} has no pod yet")) };
+            if pod.deleting {
+                return Err(format!("{name} is stopping"));
+            }
+            if !pod.ready {
+                return Err(match &pod.waiting {
+                    Some(w) => format!("{name} is not ready ({w})"),
+                    None => format!("{name} is not ready"),
+                });
+            }
+            let Some(m) = self.member(name).filter(|m| m.healthy) else {
+                return Err(format!("{name} is not healthy yet"));
+            };
+            if name != primary {
+                if m.upstream.as_deref() != Some(primary.as_str()) {
+                    return Err(format!("{name} does not replicate from {primary} yet"));
+                }
+                if m.lag.is_none_or(|l| l > self.max_lag) {
+                    return Err(format!("{name} has not caught up with {primary}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next step towards `facts.want` members, all at the current revision.
+pub fn next_step(f: &Facts) -> Plan {
+    let creating = !f.created;
+    // A new cluster (or one whose list was lost): record the members first.
+    let Some(listed) = &f.listed else {
+        let mut names: Vec<String> = f.pods.iter().filter(|p| !p.deleting).map(|p| p.name.clone()).collect();
+        names.sort_by_key(|n| (ordinal(n), n.clone()));
+        if names.is_empty() {
+            names = free_names(&f.cluster, &[], f.want);
+        }
+        return plan(Step::List(names), true, Reason::Creating, "recording the members to create");
+    };
+    let adding = listed.len() < f.want;
+    let grow_reason = if creating { Reason::Creating } else { Reason::AddingReplica };
+
+    // Listed members first get a volume, then a pod.
+    for name in listed {
+        if f.storage && !f.volumes.contains(name) {
+            let why = if creating { Reason::Creating } else { Reason::AddingReplica };
+            return plan(
+                Step::CreateVolume(name.clone()),
+                true,
+                why,
+                format!("creating the volume of {name}"),
+            );
+        }
+    }
+    for name in listed {
+        match f.pod(name) {
+            None => {
+                let why = if creating || adding { grow_reason } else { Reason::Restarting };
+                return plan(Step::CreatePod(name.clone()), true, why, format!("creating the pod of {name}"));
+            }
+            Some(p) if p.deleting => {
+                return plan(
+                    Step::Wait,
+                    true,
+                    Reason::Restarting,
+                    format!("waiting for the old pod of {name} to stop"),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    // Pods of members no longer listed go, never a primary.
+    let unlisted: Vec<&PodView> =
+        f.pods.iter().filter(|p| !listed.contains(&p.name) && !p.deleting).collect();
+    if let Some(p) = unlisted.iter().find(|p| f.deletable(&p.name)) {
+        return plan(
+            Step::DeletePod(p.name.clone()),
+            true,
+            Reason::RemovingReplica,
+            format!("removing {}", p.name),
+        );
+    }
+    if let Some(p) = unlisted.first() {
+        // Listed members were chosen among non-primaries; the role moved since. Move it back.
+        return match best_replica(f, listed) {
+            Some(_) if matches!(f.switchover, Some(SwitchoverState::InFlight(_))) => {
+                plan(Step::Wait, true, Reason::RemovingReplica, "waiting for the switchover")
+            }
+            Some(to) => plan(
+                Step::Switchover { from: p.name.clone(), to: to.clone() },
+                true,
+                Reason::RemovingReplica,
+                format!("moving the primary from {} to {to} before removing it", p.name),
+            ),
+            None => plan(
+                Step::Wait,
+                true,
+                Reason::RemovingReplica,
+                format!("{} is primary; waiting for a replica to take over", p.name),
+            ),
+        };
+    }
+    if f.delete_volume_when_scaled {
+        for v in f.volumes.iter().filter(|v| !listed.contains(v)) {
+            if f.pod(v).is_none() {
+                return plan(
+                    Step::DeleteVolume(v.clone()),
+                    true,
+                    Reason::RemovingReplica,
+                    format!("deleting the volume of removed member {v}"),
+                );
+            }
+        }
+    }
+
+    // The member count.
+    if adding {
+        let mut names = listed.clone();
+        names.extend(free_names(&f.cluster, listed, f.want - listed.len()));
+        return plan(
+            Step::List(names),
+            true,
+            grow_reason,
+            format!("adding {} member(s)", f.want - listed.len()),
+        );
+    }
+    if listed.len() > f.want {
+        let victim = listed
+            .iter()
+            .filter(|n| f.deletable(n))
+            // Prefer a member that does not serve, then the highest ordinal.
+            .max_by_key(|n| (!f.pod(n).is_some_and(|p| p.ready), ordinal(n), (*n).clone()));
+        return match victim {
+            Some(v) => {
+                let names = listed.iter().filter(|n| *n != v).cloned().collect();
+                plan(Step::List(names), true, Reason::RemovingReplica, format!("removing {v}"))
+            }
+            None => plan(Step::Wait, true, Reason::RemovingReplica, "waiting for the primary to be recorded"),
+        };
+    }
+
+    // The roll: pods whose revision is not the spec's, replicas first, the primary last.
+    let outdated: Vec<&PodView> =
+        listed.iter().filter_map(|n| f.pod(n)).filter(|p| p.change.is_some()).collect();
+    let Some(first) = outdated.first() else {
+        return match f.all_serving(listed) {
+            Ok(()) => plan(
+                Step::Wait,
+                false,
+                Reason::UpToDate,
+                format!("{} member(s) run the current spec", listed.len()),
+            ),
+            Err(why) => plan(
+                Step::Wait,
+                true,
+                if creating { Reason::Creating } else { Reason::Restarting },
+                format!("waiting: {why}"),
+            ),
+        };
+    };
+    let change = first.change.unwrap_or(Reason::Restarting);
+    // A member that does not serve anyway is replaced at once (a bad image, corrected).
+    if let Some(p) = outdated.iter().find(|p| !p.ready && f.deletable(&p.name)) {
+        return plan(
+            Step::DeletePod(p.name.clone()),
+            true,
+            change,
+            format!("replacing {}, which is not ready", p.name),
+        );
+    }
+    if let Err(why) = f.all_serving(listed) {
+        let stuck = listed.iter().filter_map(|n| f.pod(n)).find(|p| p.waiting.is_some() && !p.ready);
+        return match stuck {
+            Some(p) => plan(
+                Step::Wait,
+                false,
+                Reason::MemberNotReady,
+                format!(
+                    "{} does not come up ({}); the change waits and the primary is not touched",
+                    p.name,
+                    p.waiting.clone().unwrap_or_default()
+                ),
+            ),
+            None => plan(Step::Wait, true, change, format!("waiting: {why}")),
+        };
+    }
+    let replicas: Vec<&&PodView> = outdated.iter().filter(|p| f.deletable(&p.name)).collect();
+    if let Some(p) = replicas.iter().max_by_key(|p| (ordinal(&p.name), p.name.clone())) {
+        return plan(
+            Step::DeletePod(p.name.clone()),
+            true,
+            change,
+            format!("restarting replica {} ({} left)", p.name, outdated.len()),
+        );
+    }
+    // Only the primary is left.
+    let primary = f.primary.clone().unwrap_or_default();
+    match &f.switchover {
+        Some(SwitchoverState::InFlight(name)) => {
+            plan(Step::Wait, true, change, format!("switchover {name} moves the primary off {primary}"))
+        }
+        Some(SwitchoverState::Failed { name, message, ago_secs }) if *ago_secs < SWITCHOVER_RETRY_SECS => {
+            plan(
+                Step::Wait,
+                false,
+                Reason::SwitchoverFailed,
+                format!(
+                    "switchover {name} failed ({message}); retried in {:.0} s",
+                    SWITCHOVER_RETRY_SECS - ago_secs
+                ),
+            )
+        }
+        _ => match best_replica(f, listed) {
+            Some(to) => plan(
+                Step::Switchover { from: primary.clone(), to: to.clone() },
+                true,
+                change,
+                format!("moving the primary from {primary} to {to} before restarting it"),
+            ),
+            // One member: nothing can take over; it restarts (clients wait for it).
+            None if listed.len() == 1 => plan(
+                Step::DeletePod(primary.clone()),
+                true,
+                change,
+                format!("restarting {primary}, the only member"),
+            ),
+            None => plan(Step::Wait, true, change, "waiting for an up-to-date replica to take over"),
+        },
+    }
+}
+
+/// The up-to-date replica best placed to take over: serving, least lag, lowest ordinal.
+fn best_replica(f: &Facts, listed: &[String]) -> Option<String> {
+    listed
+        .iter()
+        .filter(|n| f.primary.as_deref() != Some(n.as_str()))
+        .filter(|n| f.pod(n).is_some_and(|p| p.ready && !p.deleting && p.change.is_none()))
+        .filter_map(|n| f.member(n).filter(|m| m.healthy && !m.acts_primary))
+        .filter(|m| m.lag.is_some_and(|l| l <= f.max_lag))
+        .min_by_key(|m| (m.lag, ordinal(&m.name)))
+        .map(|m| m.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> PodView {
+        PodView { name: name.into(), ready: true, ..Default::default() }
+    }
+
+    fn member(name: &str, primary: &str) -> MemberView {
+        MemberView {
+            name: name.into(),
+            healthy: true,
+            acts_primary: name == primary,
+            lag: (name != primary).then_some(0),
+            upstream: (name != primary).then(|| primary.into()),
+        }
+    }
+
+    /// Three serving members, c-1 primary.
+    fn serving() -> Facts {
+        let names: Vec<String> = (0..3).map(|i| format!("c-{i}")).collect();
+        Facts {
+            cluster: "c".into(),
+            want: 3,
+            listed: Some(names.clone()),
+            created: true,
+            pods: names.iter().map(|n| pod(n)).collect(),
+            primary: Some("c-1".into()),
+            members: names.iter().map(|n| member(n, "c-1")).collect(),
+            max_lag: 1_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_cluster_lists_then_creates_its_members() {
+        let f = Facts { cluster: "c".into(), want: 2, storage: true, ..Default::default() };
+        let p = next_step(&f);
+        assert_eq!(p.step, Step::List(vec!["c-0".into(), "c-1".into()]));
+        assert_eq!(p.reason, Reason::Creating);
+        let f = Facts { listed: Some(vec!["c-0".into(), "c-1".into()]), ..f };
+        assert_eq!(next_step(&f).step, Step::CreateVolume("c-0".into()));
+        let f = Facts { volumes: vec!["c-0".into(), "c-1".into()], ..f };
+        assert_eq!(next_step(&f).step, Step::CreatePod("c-0".into()));
+        let f = Facts { pods: vec![pod("c-0")], ..f };
+        assert_eq!(next_step(&f).step, Step::CreatePod("c-1".into()));
+    }
+
+    #[test]
+    fn up_to_date_when_every_member_serves() {
+        let p = next_step(&serving());
+        assert_eq!((p.step, p.progressing, p.reason), (Step::Wait, false, Reason::UpToDate));
+    }
+
+    #[test]
+    fn removal_takes_a_replica_never_the_primary() {
+        // c-2 is the highest ordinal, but primary: c-1... make c-2 primary instead.
+        let mut f = serving();
+        f.primary = Some("c-2".into());
+        f.members = f.listed.clone().unwrap().iter().map(|n| member(n, "c-2")).collect();
+        f.want = 1;
+        let p = next_step(&f);
+        assert_eq!(p.step, Step::List(vec!["c-0".into(), "c-2".into()]));
+        assert_eq!(p.reason, Reason::RemovingReplica);
+        f.listed = Some(vec!["c-0".into(), "c-2".into()]);
+        assert_eq!(next_step(&f).step, Step::DeletePod("c-1".into()));
+        f.listed = Some(vec!["c-2".into()]);
+        f.pods.retain(|p| p.name == "c-2" || p.name == "c-0");
+        f.delete_volume_when_scaled = true;
+        assert_eq!(next_step(&f).step, Step::DeletePod("c-0".into()));
+    }
+
+    #[test]
+    fn a_pod_left_unlisted_as_primary_is_switched_over_not_deleted() {
+        let mut f = serving();
+        f.listed = Some(vec!["c-0".into(), "c-2".into()]);
+        f.want = 2;
+        let p = next_step(&f);
+        assert_eq!(p.step, Step::Switchover { from: "c-1".into(), to: "c-0".into() });
+        f.promoting = true;
+        assert!(!matches!(next_step(&f).step, Step::DeletePod(_)));
+    }
+
+    #[test]
+    fn a_roll_restarts_replicas_one_at_a_time_then_switches_over() {
+        let mut f = serving();
+        for p in &mut f.pods {
+            p.change = Some(Reason::Upgrading);
+        }
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::DeletePod("c-2".into()), Reason::Upgrading));
+        // c-2 is back at the new revision but not caught up: nothing else moves.
+        f.pods[2].change = None;
+        f.members[2].lag = None;
+        assert_eq!(next_step(&f).step, Step::Wait);
+        f.members[2].lag = Some(0);
+        assert_eq!(next_step(&f).step, Step::DeletePod("c-0".into()));
+        f.pods[0].change = None;
+        let p = next_step(&f);
+        assert_eq!(p.step, Step::Switchover { from: "c-1".into(), to: "c-0".into() });
+        f.switchover = Some(SwitchoverState::InFlight("x".into()));
+        assert_eq!(next_step(&f).step, Step::Wait);
+    }
+
+    #[test]
+    fn a_member_that_does_not_come_up_stops_the_roll_before_the_primary() {
+        let mut f = serving();
+        for p in &mut f.pods {
+            p.change = Some(Reason::Upgrading);
+        }
+        f.pods[2] = PodView {
+            name: "c-2".into(),
+            ready: false,
+            waiting: Some("ErrImagePull: nope".into()),
+            ..Default::default()
+        };
+        f.members[2].healthy = false;
+        let p = next_step(&f);
+        assert_eq!(
+            (p.step.clone(), p.progressing, p.reason),
+            (Step::Wait, false, Reason::MemberNotReady),
+            "{p:?}"
+        );
+        assert!(p.message.contains("ErrImagePull"), "{}", p.message);
+        // The spec is corrected: the broken pod is outdated again and replaced at once.
+        f.pods[2].change = Some(Reason::Upgrading);
+        assert_eq!(next_step(&f).step, Step::DeletePod("c-2".into()));
+    }
+
+    #[test]
+    fn nothing_is_deleted_while_a_promotion_is_in_flight() {
+        let mut f = serving();
+        f.promoting = true;
+        for p in &mut f.pods {
+            p.change = Some(Reason::Restarting);
+        }
+        assert_eq!(next_step(&f).step, Step::Wait);
+        f.want = 2;
+        assert!(!matches!(next_step(&f).step, Step::DeletePod(_) | Step::List(_)));
+    }
+
+    #[test]
+    fn a_failed_switchover_waits_then_is_requested_again() {
+        let mut f = serving();
+        f.pods[1].change = Some(Reason::Restarting);
+        f.switchover =
+            Some(SwitchoverState::Failed { name: "x".into(), message: "lag".into(), ago_secs: 5.0 });
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::Wait, Reason::SwitchoverFailed));
+        f.switchover =
+            Some(SwitchoverState::Failed { name: "x".into(), message: "lag".into(), ago_secs: 31.0 });
+        assert!(matches!(next_step(&f).step, Step::Switchover { .. }));
+    }
+
+    #[test]
+    fn adding_lists_the_lowest_free_ordinals() {
+        let mut f = serving();
+        f.listed = Some(vec!["c-0".into(), "c-2".into()]);
+        f.pods.retain(|p| p.name != "c-1");
+        f.primary = Some("c-0".into());
+        f.members = ["c-0", "c-2"].iter().map(|n| member(n, "c-0")).collect();
+        f.want = 4;
+        let p = next_step(&f);
+        assert_eq!(p.step, Step::List(vec!["c-0".into(), "c-2".into(), "c-1".into(), "c-3".into()]));
+        assert_eq!(p.reason, Reason::AddingReplica);
+    }
+}

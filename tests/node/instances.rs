@@ -1,0 +1,291 @@
+//! `spec.instances`: the operator creates and runs the members itself — pods and volumes it
+//! owns — and carries out the lifecycle (create, restart, upgrade, add and remove replicas,
+//! a bad image, delete) while a client writes through the primary Service.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{
+    core::v1::{PersistentVolumeClaim, Pod},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+use understudy::resources::{
+    FailoverRequest, HaCluster,
+    failover_request::RequestPhase,
+    instances::{CLUSTER_LABEL, REVISION_ANNOTATION},
+};
+
+use crate::{
+    client::{RoleSampler, Writer, missing},
+    redis_pods::{cluster_ip, wait_primary},
+    support::{self, TestNs, eventually, is_ready, pods},
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+const PORT: u16 = 6379;
+const SELECTOR: &str = "understudy.dev/cluster=db";
+
+/// Static hostPath volumes (the node has no provisioner), world-writable: the Redis image
+/// runs as uid 65532 and a replica's full resync writes its RDB file to /data.
+fn volumes(node: &support::Node, class: &str, n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        let dir = node.dir.join("pv").join(format!("{class}-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        out.push_str(&format!(
+            r#"
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {class}-{i}, labels: {{test: {class}}}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: {class}
+  hostPath: {{path: {path}, type: Directory}}
+"#,
+            path = dir.display()
+        ));
+    }
+    out
+}
+
+fn cluster(image: &str, class: &str, members: usize) -> String {
+    format!(
+        r#"
+apiVersion: understudy.dev/v1alpha1
+kind: HaCluster
+metadata: {{name: db}}
+spec:
+  engine: Redis
+  instances:
+    members: {members}
+    image: {image}
+    imagePullPolicy: Never
+    storage: {{size: 64Mi, storageClassName: {class}}}
+    parameters: {{save: "", appendonly: "no"}}
+  failover: {{heartbeatInterval: 200ms, failureThreshold: 3}}
+"#
+    )
+}
+
+/// The Progressing condition's (status, reason, message).
+fn progressing(c: &HaCluster) -> Option<(String, String, String)> {
+    let cond = c.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Progressing")?;
+    Some((cond.status.clone(), cond.reason.clone(), cond.message.clone()))
+}
+
+/// Wait until every one of `n` members runs the current revision, is ready and caught up
+/// (Progressing=False UpToDate); returns the member pods.
+async fn up_to_date(client: &kube::Client, hacs: &Api<HaCluster>, ns: &str, n: usize) -> Vec<Pod> {
+    eventually(WAIT, &format!("{n} members up to date"), || async {
+        let c = hacs.get("db").await.ok()?;
+        let (status, reason, _) = progressing(&c)?;
+        let inst = c.status.as_ref()?.instances.clone()?;
+        let revision = inst.revision.clone()?;
+        let pods = pods(client, ns, SELECTOR).await;
+        let current = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.annotations().get(REVISION_ANNOTATION) == Some(&revision) && is_ready(p))
+            .count();
+        (status == "False"
+            && reason == "UpToDate"
+            && inst.members.len() == n
+            && pods.len() == n
+            && current == n)
+            .then_some(pods)
+    })
+    .await
+}
+
+fn uids(pods: &[Pod]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = pods.iter().map(|p| (p.name_any(), p.uid().unwrap_or_default())).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_writing_client() {
+    let Some(node) = support::node() else { return };
+    let _shared = support::SHARED_NODE.read().await;
+    let client = node.client().await.expect("client");
+    let ns = TestNs::new(node, &client, "inst").await;
+    node.install_operator(&ns.name, &[]).unwrap();
+    let class = format!("local-{}", ns.name);
+    node.apply(&ns.name, &volumes(node, &class, 5)).unwrap();
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns.name);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+
+    // 1. Create: three members from nothing, each with its volume; a primary is elected.
+    let t = Instant::now();
+    node.apply(&ns.name, &cluster(&node.redis_image, &class, 3)).unwrap();
+    let created = up_to_date(&client, &hacs, &ns.name, 3).await;
+    let primary = wait_primary(&hacs, "db", None).await;
+    eprintln!(
+        "create: 3 members up to date, {primary} primary, {:.1}s after apply",
+        t.elapsed().as_secs_f64()
+    );
+    let c = hacs.get("db").await.unwrap();
+    for p in &created {
+        let owner = &p.owner_references()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("HaCluster", c.uid().unwrap().as_str()));
+    }
+    let claims = pvcs.list(&ListParams::default().labels(SELECTOR)).await.unwrap().items;
+    assert_eq!(claims.len(), 3, "one volume per member");
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name).get("db").await.unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+
+    let sampler = RoleSampler::start(client.clone(), &ns.name, SELECTOR, PORT);
+    let vip = cluster_ip(&client, &ns.name, "db-primary").await;
+    let writer = Writer::start(&vip, PORT);
+    writer.wait_more(200, WAIT).await;
+    let from_seq = writer.last_seq() + 1;
+    let mut pauses = Vec::new();
+
+    // 2. Restart, as `kubectl rollout restart` asks: replicas first, a switchover, the old
+    // primary last; every pod is new, the primary moved once.
+    let before = uids(&created);
+    let t = Instant::now();
+    let restart =
+        json!({"spec": {"instances": {"pod": {"annotations": {"kubectl.kubernetes.io/restartedAt": "1"}}}}});
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(&restart)).await.unwrap();
+    eventually(WAIT, "the restart to start", || async {
+        let c = hacs.get("db").await.ok()?;
+        (progressing(&c)?.0 == "True").then_some(())
+    })
+    .await;
+    let restarted = up_to_date(&client, &hacs, &ns.name, 3).await;
+    let after_restart = wait_primary(&hacs, "db", None).await;
+    writer.wait_more(200, WAIT).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    pauses.push(pause);
+    eprintln!(
+        "restart: {:.1}s, primary {primary} → {after_restart}, longest client pause through the Service {pause:?}",
+        t.elapsed().as_secs_f64()
+    );
+    for ((n, old), (_, new)) in before.iter().zip(uids(&restarted)) {
+        assert_ne!(old, &new, "{n} was not restarted");
+    }
+    assert_ne!(after_restart, primary, "the primary was moved off by a switchover before its restart");
+    let frs = Api::<FailoverRequest>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        frs.items.iter().any(|r| r.status.as_ref().and_then(|s| s.phase) == Some(RequestPhase::Succeeded)),
+        "the roll's switchover is an audited FailoverRequest"
+    );
+
+    // 3. Upgrade: a new image (the same build under a new name) rolls the same way.
+    let upgraded_image = "docker.io/local/redis:upgraded";
+    node.tag_image(&node.redis_image, upgraded_image).unwrap();
+    let t = Instant::now();
+    let upgrade = json!({"spec": {"instances": {"image": upgraded_image}}});
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(&upgrade)).await.unwrap();
+    eventually(WAIT, "Progressing=True Upgrading", || async {
+        let c = hacs.get("db").await.ok()?;
+        let (s, r, _) = progressing(&c)?;
+        (s == "True" && r == "Upgrading").then_some(())
+    })
+    .await;
+    let upgraded = up_to_date(&client, &hacs, &ns.name, 3).await;
+    writer.wait_more(200, WAIT).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    pauses.push(pause);
+    eprintln!("upgrade: {:.1}s, longest client pause {pause:?}", t.elapsed().as_secs_f64());
+    for p in &upgraded {
+        assert_eq!(p.spec.as_ref().unwrap().containers[0].image.as_deref(), Some(upgraded_image));
+    }
+
+    // 4. A bad image stops the roll at the first replica; the primary is not touched.
+    let primary_before = wait_primary(&hacs, "db", None).await;
+    let primary_uid = upgraded.iter().find(|p| p.name_any() == primary_before).unwrap().uid();
+    let bad = json!({"spec": {"instances": {"image": "docker.io/local/redis:does-not-exist"}}});
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(&bad)).await.unwrap();
+    let (_, _, message) = eventually(WAIT, "Progressing=False MemberNotReady", || async {
+        let c = hacs.get("db").await.ok()?;
+        let p = progressing(&c)?;
+        (p.0 == "False" && p.1 == "MemberNotReady").then_some(p)
+    })
+    .await;
+    eprintln!("bad image: {message}");
+    assert!(message.contains("ErrImageNeverPull") || message.contains("Err"), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = pods(&client, &ns.name, SELECTOR).await;
+    let p = now.iter().find(|p| p.name_any() == primary_before).expect("the primary's pod");
+    assert_eq!(p.uid(), primary_uid, "the primary's pod was not touched by a stopped roll");
+    writer.wait_more(200, WAIT).await;
+    // Corrected: the broken member is replaced at once, nothing else moves.
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(&upgrade)).await.unwrap();
+    let fixed = up_to_date(&client, &hacs, &ns.name, 3).await;
+    assert_eq!(fixed.iter().find(|p| p.name_any() == primary_before).unwrap().uid(), primary_uid);
+
+    // 5. Add a replica, then remove two: the primary is never the one removed, and a removed
+    // member's volume goes with it (pvcRetention.whenScaled: Delete).
+    let t = Instant::now();
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(json!({"spec": {"instances": {"members": 4}}})))
+        .await
+        .unwrap();
+    up_to_date(&client, &hacs, &ns.name, 4).await;
+    eprintln!("add a replica: {:.1}s", t.elapsed().as_secs_f64());
+    let primary_now = wait_primary(&hacs, "db", None).await;
+    let t = Instant::now();
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(json!({"spec": {"instances": {"members": 2}}})))
+        .await
+        .unwrap();
+    let two = up_to_date(&client, &hacs, &ns.name, 2).await;
+    eprintln!("remove two replicas: {:.1}s", t.elapsed().as_secs_f64());
+    assert!(two.iter().any(|p| p.name_any() == primary_now), "the primary {primary_now} stayed");
+    assert_eq!(wait_primary(&hacs, "db", None).await, primary_now, "removing replicas moved no role");
+    let claims = eventually(WAIT, "the removed members' volumes to go", || async {
+        let c = pvcs.list(&ListParams::default().labels(SELECTOR)).await.ok()?.items;
+        let live: Vec<_> = c.into_iter().filter(|c| c.metadata.deletion_timestamp.is_none()).collect();
+        (live.len() == 2).then_some(live)
+    })
+    .await;
+    writer.wait_more(200, WAIT).await;
+
+    // Nothing acknowledged was lost; never two primaries.
+    let acked = writer.stop().await;
+    let since: Vec<u64> = acked.iter().copied().filter(|n| *n >= from_seq).collect();
+    let lost = missing(&vip, PORT, &since).await;
+    eprintln!(
+        "writes: {} acknowledged through the lifecycle, {} lost; longest pauses {pauses:?}",
+        since.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {:?}", &lost[..lost.len().min(20)]);
+    assert!(sampler.rounds() > 50, "the role sampler ran {} rounds", sampler.rounds());
+    assert_eq!(sampler.max(), 1, "two members answered as primary at once");
+
+    // 6. Delete: the pods and the budget go with the cluster; the volumes stay (whenDeleted:
+    // Retain, the default).
+    hacs.delete("db", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "the members' pods to go", || async {
+        pods(&client, &ns.name, SELECTOR).await.is_empty().then_some(())
+    })
+    .await;
+    let kept = pvcs.list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}=db"))).await.unwrap().items;
+    assert_eq!(
+        uids_of(&kept),
+        uids_of(&claims),
+        "the volumes outlive the cluster (pvcRetention.whenDeleted: Retain)"
+    );
+    let _ = node.kubectl(&["delete", "pv", "-l", &format!("test={class}"), "--wait=false"]);
+}
+
+fn uids_of(c: &[PersistentVolumeClaim]) -> Vec<String> {
+    let mut v: Vec<String> = c.iter().filter_map(|c| c.uid()).collect();
+    v.sort();
+    v
+}
