@@ -16,6 +16,7 @@ use std::{
 };
 
 use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::{
     api::{
         core::v1::{
@@ -47,6 +48,7 @@ use crate::{
         instances::{Facts, MemberView, PodView, Step, SwitchoverState, next_step},
         vocabulary::{Action as EventAction, ConditionType, Reason},
     },
+    engines::Setting,
     resources::{
         FailoverRequest, HaCluster,
         failover_request::{FailoverItem, FailoverRequestSpec, RequestPhase, RequestType},
@@ -143,7 +145,7 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
             "the cluster's name has {} characters; members are named <name>-<n> and need it to be at most {MAX_NAME}",
             name.len()
         );
-        write_status(ctx, cluster, &st, false, Reason::NameTooLong, &msg).await?;
+        write_status(ctx, cluster, &st, (false, Reason::NameTooLong, &msg), &restart_condition(&[])).await?;
         return Ok(Action::await_change());
     }
     ensure_budget(&state, cluster).await?;
@@ -168,10 +170,31 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
         .filter(|r| owned_by_us(&r.metadata))
         .collect();
 
-    let facts = facts(cluster, instances, &st, &revision, &pods, &pvcs, &requests);
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let routed_at = slices
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .flat_map(|s| s.managed_fields())
+        .filter_map(|m| m.time.as_ref())
+        .map(super::seconds_since)
+        .fold(f64::MAX, f64::min);
+    let mut next = st.clone();
+    let params = parameters(ctx, cluster, instances, &st, &pods).await?;
+    next.parameters = Some(params.in_force.clone());
+    let mut facts = facts(cluster, instances, &params.in_force, &st, &revision, &pods, &pvcs, &requests);
+    facts.routing_quiet_secs = routed_at;
     let plan = next_step(&facts);
     debug!(cluster = %key(cluster), step = ?plan.step, reason = %plan.reason, message = %plan.message, "instances");
-    let mut next = st.clone();
+    let mut plan = plan;
+    if let Some(why) = &params.refused
+        && !plan.progressing
+    {
+        plan.reason = Reason::InvalidParameter;
+        plan.message = why.clone();
+    }
+    let restart = restart_condition(&params.restart_required);
     next.revision = Some(revision.clone());
     next.updated_ready = pods
         .iter()
@@ -185,7 +208,8 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
         Step::List(members) => {
             next.members = members.clone();
             // Recorded before any pod is created or deleted for it.
-            write_status(ctx, cluster, &next, plan.progressing, plan.reason, &plan.message).await?;
+            write_status(ctx, cluster, &next, (plan.progressing, plan.reason, &plan.message), &restart)
+                .await?;
             return Ok(Action::requeue(Duration::from_millis(100)));
         }
         Step::CreateVolume(member) => {
@@ -193,7 +217,7 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
             Duration::from_millis(100)
         }
         Step::CreatePod(member) => {
-            let pod = member_pod(cluster, instances, member, &revision);
+            let pod = member_pod(cluster, instances, member, &revision, &params.in_force);
             match pods_api
                 .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &pod)
                 .await
@@ -251,7 +275,7 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
         Step::Wait if plan.progressing => Duration::from_secs(2),
         Step::Wait => Duration::from_secs(30),
     };
-    write_status(ctx, cluster, &next, plan.progressing, plan.reason, &plan.message).await?;
+    write_status(ctx, cluster, &next, (plan.progressing, plan.reason, &plan.message), &restart).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -260,9 +284,11 @@ fn member_names(f: &Facts) -> Vec<String> {
 }
 
 /// Gather what the planner needs.
+#[allow(clippy::too_many_arguments)]
 fn facts(
     cluster: &HaCluster,
     instances: &Instances,
+    in_force: &BTreeMap<String, String>,
     st: &InstancesStatus,
     revision: &str,
     pods: &[Pod],
@@ -293,18 +319,22 @@ fn facts(
         .iter()
         .map(|p| {
             let container = p.spec.as_ref().and_then(|s| s.containers.first());
-            let change = (pod_revision(p) != Some(revision)).then(|| {
-                if container.and_then(|c| c.image.as_ref()) != Some(desired_image) {
+            let change = if pod_revision(p) != Some(revision) {
+                Some(if container.and_then(|c| c.image.as_ref()) != Some(desired_image) {
                     Reason::Upgrading
                 } else if container.and_then(|c| c.resources.clone()).unwrap_or_default() != desired_resources
                 {
                     Reason::Resizing
-                } else if p.annotations().get(PARAMETERS_ANNOTATION) != Some(&parameters_hash(instances)) {
-                    Reason::Reconfiguring
                 } else {
                     Reason::Restarting
-                }
-            });
+                })
+            } else if !pod_ready(p) && started_with(p).as_ref() != Some(in_force) {
+                // Started with parameters no longer in force (a value the engine refused, and
+                // since corrected): it does not serve, so it is replaced.
+                Some(Reason::Reconfiguring)
+            } else {
+                None
+            };
             PodView {
                 name: p.name_any(),
                 change,
@@ -357,6 +387,7 @@ fn facts(
         members,
         switchover,
         max_lag: cluster.spec.failover.max_lag_on_failover,
+        routing_quiet_secs: f64::MAX,
     }
 }
 
@@ -382,21 +413,172 @@ fn waiting(p: &Pod) -> Option<String> {
     })
 }
 
-/// Pod annotation: a hash of the engine parameters the pod started with.
+/// Pod annotation: the engine parameters (JSON) the pod's container starts with.
 const PARAMETERS_ANNOTATION: &str = "understudy.dev/parameters";
+/// Pod annotation: `<hash of the parameters>/<container id>` once those parameters were set
+/// live in that container (a container restarted in place starts from its arguments again,
+/// and gets them set again).
+const LIVE_ANNOTATION: &str = "understudy.dev/parameters-live";
+/// Pod annotation: the parameters set live that the engine applies only at start.
+const PENDING_ANNOTATION: &str = "understudy.dev/parameters-pending";
 
-fn parameters_hash(instances: &Instances) -> String {
-    fnv(&serde_json::to_vec(&instances.parameters).unwrap_or_default())
+fn parameters_hash(parameters: &BTreeMap<String, String>) -> String {
+    fnv(&serde_json::to_vec(parameters).unwrap_or_default())
 }
 
-/// A hash of everything that shapes a member's pod: a change is rolled out.
+/// The parameters a pod's container starts with.
+fn started_with(p: &Pod) -> Option<BTreeMap<String, String>> {
+    serde_json::from_str(p.annotations().get(PARAMETERS_ANNOTATION)?).ok()
+}
+
+fn container_id(p: &Pod) -> Option<String> {
+    p.status.as_ref()?.container_statuses.as_ref()?.first()?.container_id.clone()
+}
+
+/// What the spec's parameters need of a member that started with `started`: the values to
+/// set, and the names it has that the spec no longer does (only a restart removes those).
+pub(crate) fn parameter_changes(
+    started: &BTreeMap<String, String>,
+    want: &BTreeMap<String, String>,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let set = want
+        .iter()
+        .filter(|(k, v)| started.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let removed = started.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+    (set, removed)
+}
+
+/// The parameters: in force, pending a restart, or refused.
+struct Parameters {
+    in_force: BTreeMap<String, String>,
+    restart_required: Vec<String>,
+    refused: Option<String>,
+}
+
+/// Bring the spec's parameters to every member: set them live where a member started with
+/// others (once per container), note what only a restart applies, and make them the
+/// parameters in force once every member took them. A refused value stops there.
+async fn parameters(
+    ctx: &Context,
+    cluster: &HaCluster,
+    instances: &Instances,
+    st: &InstancesStatus,
+    pods: &[Pod],
+) -> Result<Parameters, OpError> {
+    let want = &instances.parameters;
+    let Some(in_force) = st.parameters.clone() else {
+        // A new cluster: its members start with the spec's.
+        return Ok(Parameters { in_force: want.clone(), restart_required: Vec::new(), refused: None });
+    };
+    let marker_hash = parameters_hash(want);
+    let listed: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| st.members.contains(&p.name_any()) && p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut engine: Option<Box<dyn crate::engines::Engine>> = None;
+    let mut pending = std::collections::BTreeSet::new();
+    let mut all_took = listed.len() == st.members.len();
+    let mut refused = None;
+    let mut applied_on = Vec::new();
+    for p in listed {
+        let started = started_with(p).unwrap_or_default();
+        if &started == want {
+            continue;
+        }
+        let cid = container_id(p);
+        let marker = cid.as_ref().map(|c| format!("{marker_hash}/{c}"));
+        if marker.is_some() && p.annotations().get(LIVE_ANNOTATION) == marker.as_ref() {
+            let keys = p.annotations().get(PENDING_ANNOTATION).cloned().unwrap_or_default();
+            pending.extend(keys.split(',').filter(|k| !k.is_empty()).map(str::to_owned));
+            continue;
+        }
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let (Some(marker), Some(ip), true) = (marker, ip, pod_ready(p)) else {
+            all_took = false;
+            continue;
+        };
+        if engine.is_none() {
+            let ns = cluster.namespace().unwrap_or_default();
+            let secret = cluster.spec.secret_ref.as_ref();
+            let creds = match super::cached_credentials(ctx, &ns, secret, "password", super::SecretCache::TTL)
+                .await
+            {
+                Ok((creds, _)) => creds,
+                Err(e) => {
+                    refused = Some(format!("parameters not applied: {e}"));
+                    break;
+                }
+            };
+            engine = Some(crate::engines::for_cluster(cluster.spec.engine, creds, Duration::from_secs(2)));
+        }
+        let e = engine.as_ref().expect("built");
+        let endpoint = format!("{ip}:{}", instances.port);
+        let (set, removed) = parameter_changes(&started, want);
+        let mut restart = removed;
+        let mut reached = true;
+        for (k, v) in &set {
+            match e.set_parameter(&endpoint, k, v).await {
+                Ok(Setting::Applied) => {}
+                Ok(Setting::RestartRequired) => restart.push(k.clone()),
+                Ok(Setting::Refused(why)) => {
+                    refused = Some(format!("{} refused parameter {k}={v:?}: {why}", p.name_any()));
+                    break;
+                }
+                Err(err) => {
+                    debug!(cluster = %key(cluster), pod = %p.name_any(), error = %err, "parameters not set yet");
+                    reached = false;
+                    break;
+                }
+            }
+        }
+        if refused.is_some() {
+            break;
+        }
+        if !reached {
+            all_took = false;
+            continue;
+        }
+        let pods_api: Api<Pod> =
+            Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+        let patch = json!({"metadata": {"annotations": {LIVE_ANNOTATION: marker, PENDING_ANNOTATION: restart.join(",")}}});
+        pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        pending.extend(restart);
+        applied_on.push(p.name_any());
+    }
+    if !applied_on.is_empty() && refused.is_none() {
+        let msg = format!("parameters set live on {}", applied_on.join(", "));
+        info!(cluster = %key(cluster), "{msg}");
+        ctx.event(cluster, false, Reason::Reconfiguring, EventAction::Lifecycle, msg).await;
+    }
+    let in_force = if refused.is_none() && all_took { want.clone() } else { in_force };
+    Ok(Parameters { in_force, restart_required: pending.into_iter().collect(), refused })
+}
+
+fn restart_condition(pending: &[String]) -> (bool, Reason, String) {
+    if pending.is_empty() {
+        (false, Reason::ParametersApplied, "every member runs with spec.instances.parameters".into())
+    } else {
+        (
+            true,
+            Reason::ParametersNeedRestart,
+            format!(
+                "{} applied at the members' next restart (kubectl.kubernetes.io/restartedAt in spec.instances.pod.annotations)",
+                pending.join(", ")
+            ),
+        )
+    }
+}
+
+/// A hash of everything that shapes a member's pod: a change is rolled out. Parameters are
+/// not in it: a change of them is set live (see [`parameters`]).
 fn revision(cluster: &HaCluster, instances: &Instances) -> String {
     let shaping = json!({
         "image": instances.image,
         "pull": instances.image_pull_policy,
         "port": instances.port,
         "resources": instances.resources,
-        "parameters": instances.parameters,
         "pod": instances.pod,
         "secret": cluster.spec.secret_ref,
         "storage": instances.storage.is_some(),
@@ -438,7 +620,13 @@ fn labels(cluster: &HaCluster, member: Option<&str>) -> BTreeMap<String, String>
 
 /// The pod of one member: the engine started as a replica of nothing (the monitor elects or
 /// attaches it), its data directory on the member's volume.
-pub fn member_pod(cluster: &HaCluster, instances: &Instances, member: &str, revision: &str) -> Pod {
+pub fn member_pod(
+    cluster: &HaCluster,
+    instances: &Instances,
+    member: &str,
+    revision: &str,
+    parameters: &BTreeMap<String, String>,
+) -> Pod {
     let port = instances.port;
     let mut args: Vec<String> = [
         "--port",
@@ -474,7 +662,7 @@ pub fn member_pod(cluster: &HaCluster, instances: &Instances, member: &str, revi
             args.push(format!("$({PASSWORD_ENV})"));
         }
     }
-    for (k, v) in &instances.parameters {
+    for (k, v) in parameters {
         args.push(format!("--{k}"));
         args.push(v.clone());
     }
@@ -483,7 +671,10 @@ pub fn member_pod(cluster: &HaCluster, instances: &Instances, member: &str, revi
     pod_labels.extend(labels(cluster, Some(member)));
     let mut annotations = o.annotations.clone();
     annotations.insert(REVISION_ANNOTATION.into(), revision.into());
-    annotations.insert(PARAMETERS_ANNOTATION.into(), parameters_hash(instances));
+    annotations.insert(
+        PARAMETERS_ANNOTATION.into(),
+        serde_json::to_string(parameters).expect("a map of strings serializes"),
+    );
     // Spread across nodes unless the user says otherwise.
     let affinity = o.affinity.clone().or_else(|| {
         Some(k8s_openapi::api::core::v1::Affinity {
@@ -671,36 +862,61 @@ fn switchover(cluster: &HaCluster, revision: &str, n: usize, from: &str, to: &st
     fr
 }
 
-/// Apply `status.instances` and the Progressing condition (this controller's fields only).
+/// Apply `status.instances` and the Progressing and RestartRequired conditions (this
+/// controller's fields only).
 async fn write_status(
     ctx: &Context,
     cluster: &HaCluster,
     next: &InstancesStatus,
-    progressing: bool,
-    reason: Reason,
-    message: &str,
+    (progressing, reason, message): (bool, Reason, &str),
+    restart: &(bool, Reason, String),
 ) -> Result<(), OpError> {
     let old = cluster.status.clone().unwrap_or_default();
+    let ours = [ConditionType::Progressing.as_str(), ConditionType::RestartRequired.as_str()];
     let mut conditions: Vec<_> =
-        old.conditions.iter().filter(|c| c.type_ == ConditionType::Progressing.as_str()).cloned().collect();
+        old.conditions.iter().filter(|c| ours.contains(&c.type_.as_str())).cloned().collect();
     let now = Time(Timestamp::now());
     let before = conditions.clone();
+    let generation = cluster.metadata.generation;
     set_condition(
         &mut conditions,
         ConditionType::Progressing,
         progressing,
         reason,
         message,
-        cluster.metadata.generation,
+        generation,
+        &now,
+    );
+    set_condition(
+        &mut conditions,
+        ConditionType::RestartRequired,
+        restart.0,
+        restart.1,
+        restart.2.clone(),
+        generation,
         &now,
     );
     if old.instances.as_ref() == Some(next) && conditions == before {
         return Ok(());
     }
-    if conditions.first().map(|c| (&c.reason, &c.status)) != before.first().map(|c| (&c.reason, &c.status)) {
-        let warning =
-            matches!(reason, Reason::MemberNotReady | Reason::SwitchoverFailed | Reason::NameTooLong);
+    let changed = |t: ConditionType| {
+        let find = |v: &Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>| {
+            v.iter().find(|c| c.type_ == t.as_str()).map(|c| (c.reason.clone(), c.status.clone()))
+        };
+        find(&conditions) != find(&before)
+    };
+    if changed(ConditionType::Progressing) {
+        let warning = matches!(
+            reason,
+            Reason::MemberNotReady
+                | Reason::SwitchoverFailed
+                | Reason::NameTooLong
+                | Reason::InvalidParameter
+        );
         ctx.event(cluster, warning, reason, EventAction::Lifecycle, message.to_owned()).await;
+    }
+    if changed(ConditionType::RestartRequired) && restart.0 {
+        ctx.event(cluster, false, restart.1, EventAction::Lifecycle, restart.2.clone()).await;
     }
     let api: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let body = json!({
@@ -711,4 +927,42 @@ async fn write_status(
     });
     api.patch_status(&cluster.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn parameter_changes_are_new_values_and_removed_names() {
+        let started = map(&[("maxmemory", "1mb"), ("databases", "16"), ("save", "")]);
+        let want = map(&[("maxmemory", "2mb"), ("save", ""), ("hz", "20")]);
+        let (set, removed) = parameter_changes(&started, &want);
+        assert_eq!(set, vec![("hz".to_owned(), "20".to_owned()), ("maxmemory".to_owned(), "2mb".to_owned())]);
+        assert_eq!(removed, vec!["databases".to_owned()]);
+        assert_eq!(parameter_changes(&want, &want), (vec![], vec![]));
+    }
+
+    #[test]
+    fn revisions_are_stable_and_ignore_parameters() {
+        let cluster: HaCluster = serde_json::from_value(json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "db"},
+            "spec": {"engine": "Redis", "instances": {"members": 3, "image": "redis:7", "parameters": {"hz": "10"}}}
+        }))
+        .unwrap();
+        let mut i = cluster.spec.instances.clone().unwrap();
+        let r = revision(&cluster, &i);
+        // FNV-1a's published test vectors: the same across builds and Rust versions (pods
+        // compare it with the spec's after an operator upgrade).
+        assert_eq!(fnv(b""), "cbf29ce484222325");
+        assert_eq!(fnv(b"a"), "af63dc4c8601ec8c");
+        i.parameters.insert("hz".into(), "20".into());
+        assert_eq!(revision(&cluster, &i), r, "parameters are applied live, not rolled");
+        i.image = "redis:8".into();
+        assert_ne!(revision(&cluster, &i), r);
+    }
 }

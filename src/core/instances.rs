@@ -78,6 +78,8 @@ pub struct Facts {
     pub switchover: Option<SwitchoverState>,
     /// A replica further behind than this is not caught up.
     pub max_lag: i64,
+    /// Seconds since the cluster's routing (its EndpointSlices) last changed.
+    pub routing_quiet_secs: f64,
 }
 
 /// The one thing to do next.
@@ -110,6 +112,13 @@ pub struct Plan {
 
 /// How long a failed switchover waits before it is requested again.
 pub const SWITCHOVER_RETRY_SECS: f64 = 30.0;
+
+/// How long the routing must have been quiet before a roll's switchover. kube-proxy in
+/// iptables mode applies at most one change per `--iptables-min-sync-period` (1 s by
+/// default): a switchover arriving within a second of the sync that a restarted replica's
+/// return caused reaches clients up to a second late (measured: 933 ms instead of ~50 ms).
+/// Two periods, plus one for the API's whole-second timestamps. The roll is in no hurry.
+pub const ROUTING_QUIET_SECS: f64 = 3.0;
 
 fn ordinal(name: &str) -> Option<u32> {
     name.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
@@ -361,6 +370,12 @@ pub fn next_step(f: &Facts) -> Plan {
             )
         }
         _ => match best_replica(f, listed) {
+            Some(_) if f.routing_quiet_secs < ROUTING_QUIET_SECS => plan(
+                Step::Wait,
+                true,
+                change,
+                format!("letting the Services settle before moving the primary off {primary}"),
+            ),
             Some(to) => plan(
                 Step::Switchover { from: primary.clone(), to: to.clone() },
                 true,
@@ -421,6 +436,7 @@ mod tests {
             primary: Some("c-1".into()),
             members: names.iter().map(|n| member(n, "c-1")).collect(),
             max_lag: 1_000_000,
+            routing_quiet_secs: 60.0,
             ..Default::default()
         }
     }
@@ -489,6 +505,10 @@ mod tests {
         f.members[2].lag = Some(0);
         assert_eq!(next_step(&f).step, Step::DeletePod("c-0".into()));
         f.pods[0].change = None;
+        // c-0's return just changed the replicas Service: the switchover waits for quiet.
+        f.routing_quiet_secs = 0.5;
+        assert_eq!(next_step(&f).step, Step::Wait);
+        f.routing_quiet_secs = ROUTING_QUIET_SECS;
         let p = next_step(&f);
         assert_eq!(p.step, Step::Switchover { from: "c-1".into(), to: "c-0".into() });
         f.switchover = Some(SwitchoverState::InFlight("x".into()));

@@ -88,6 +88,9 @@ vocabulary! {
         /// restarted, resized or upgraded (the reason says which); False with `UpToDate` when
         /// every member runs the spec, or with the reason a change stopped.
         Progressing,
+        /// HaCluster with `spec.instances`: True while changed parameters that the engine
+        /// reads only at start wait for the members' restart (the message names them).
+        RestartRequired,
     }
 }
 
@@ -300,6 +303,13 @@ vocabulary! {
         SwitchoverFailed,
         /// Progressing=False: the cluster's name is too long to name its pods.
         NameTooLong,
+        /// Progressing=False: a member refused a parameter's value; new members keep starting
+        /// with the parameters in force (members that took an earlier value live keep it).
+        InvalidParameter,
+        /// RestartRequired=True: the parameters the message names apply at the next restart.
+        ParametersNeedRestart,
+        /// RestartRequired=False: every member runs with spec.instances.parameters.
+        ParametersApplied,
         /// ProtectionGroup Ready=False (Warning, action PlannedFailover): the DR site did not
         /// catch up; writes resumed at the production site.
         SyncTimeout,

@@ -109,6 +109,17 @@ pub trait Engine: Send + Sync {
     fn demote_when_thawed<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// Set an engine parameter on a running member (redis: `CONFIG SET`). A parameter the
+    /// member can change only at start is [`Setting::RestartRequired`]; a value it refuses is
+    /// [`Setting::Refused`]. Engines without live parameters answer RestartRequired.
+    fn set_parameter<'a>(
+        &'a self,
+        _endpoint: &'a str,
+        _name: &'a str,
+        _value: &'a str,
+    ) -> BoxFuture<'a, EngineResult<Setting>> {
+        Box::pin(async { Ok(Setting::RestartRequired) })
+    }
     /// Whether [`Engine::set_self_fencing`] does anything.
     fn self_fences(&self) -> bool {
         false
@@ -123,6 +134,16 @@ pub trait Engine: Send + Sync {
     ) -> BoxFuture<'a, EngineResult<()>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// What a member said to a live parameter change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Applied,
+    /// Only a restart applies it (the member keeps its current value until then).
+    RestartRequired,
+    /// The member refused the value, with its words.
+    Refused(String),
 }
 
 /// Build the engine for a cluster.

@@ -239,6 +239,16 @@ fn classify(endpoint: &str, e: RedisError) -> EngineError {
     }
 }
 
+/// What a refused `CONFIG SET` means: Redis 7 says "can't set immutable config" of a
+/// parameter it reads only at start; anything else is a value (or a name) it refuses.
+fn setting_refused(message: &str) -> super::Setting {
+    if message.contains("immutable") {
+        super::Setting::RestartRequired
+    } else {
+        super::Setting::Refused(message.to_owned())
+    }
+}
+
 /// Parse `INFO replication`.
 pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
     let fields: HashMap<&str, &str> =
@@ -413,6 +423,24 @@ impl Engine for RedisEngine {
         true
     }
 
+    fn set_parameter<'a>(
+        &'a self,
+        endpoint: &'a str,
+        name: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, EngineResult<super::Setting>> {
+        async move {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("SET").arg(name).arg(value);
+            match self.call::<()>(endpoint, cmd).await {
+                Ok(()) => Ok(super::Setting::Applied),
+                Err(EngineError::Protocol { message, .. }) => Ok(setting_refused(&message)),
+                Err(e) => Err(e),
+            }
+        }
+        .boxed()
+    }
+
     fn set_self_fencing<'a>(
         &'a self,
         endpoint: &'a str,
@@ -434,6 +462,22 @@ impl Engine for RedisEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_immutable_parameter_needs_a_restart_and_a_bad_value_is_refused() {
+        assert_eq!(
+            setting_refused(
+                "ERR CONFIG SET failed (possibly related to argument 'databases') - can't set immutable config"
+            ),
+            super::super::Setting::RestartRequired
+        );
+        assert!(matches!(
+            setting_refused(
+                "ERR CONFIG SET failed (possibly related to argument 'maxmemory') - argument couldn't be parsed into an integer"
+            ),
+            super::super::Setting::Refused(m) if m.contains("maxmemory")
+        ));
+    }
 
     #[test]
     fn parses_a_primary() {

@@ -53,13 +53,17 @@ pub struct Instances {
     /// emptyDir: a restarted member starts empty and resynchronises from the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<Storage>,
-    /// Engine parameters passed to every member at start (for Redis, configuration
-    /// directives such as `maxmemory: 256mb`). Changing them restarts the members in order.
+    /// Engine parameters (for Redis, configuration directives such as `maxmemory: 256mb`),
+    /// passed to every member at start. A change is applied live on every member (Redis
+    /// `CONFIG SET`), without a restart; one the engine reads only at start sets the
+    /// condition `RestartRequired=True` naming it until the members are restarted
+    /// (`kubectl.kubernetes.io/restartedAt`). A value the engine refuses is reported
+    /// (`Progressing=False InvalidParameter`) and new members keep the parameters in force.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.all(k, k.matches('^[a-z][-a-z0-9]*$') && !(k in ['port', 'dir', 'replicaof', 'slaveof', 'bind', 'protected-mode', 'include', 'rename-command', 'requirepass', 'masterauth', 'daemonize', 'aclfile', 'unixsocket']))",
-        "message": "parameters must be lower-case directive names (letters, digits, '-'); port, dir, replicaof, bind, protected-mode, passwords, include, rename-command, daemonize, aclfile and unixsocket are set by the operator"
+        "rule": "self.all(k, k.matches('^[a-z][-a-z0-9]*$') && !(k in ['port', 'dir', 'replicaof', 'slaveof', 'bind', 'protected-mode', 'include', 'rename-command', 'requirepass', 'masterauth', 'daemonize', 'aclfile', 'unixsocket', 'min-replicas-to-write', 'min-replicas-max-lag', 'min-slaves-to-write', 'min-slaves-max-lag']))",
+        "message": "parameters must be lower-case directive names (letters, digits, '-'); port, dir, replicaof, bind, protected-mode, passwords, include, rename-command, daemonize, aclfile, unixsocket and min-replicas-* (self-fencing) are set by the operator"
     }, {
         "rule": "self.all(k, !self[k].contains('\\n'))",
         "message": "parameter values must be one line of at most 256 characters"
@@ -211,4 +215,9 @@ pub struct InstancesStatus {
     /// Every member has been ready at the current revision once: creation is over.
     #[serde(default)]
     pub created: bool,
+    /// The parameters in force: every member runs with them (set live, or from its start)
+    /// or has them pending a restart; new members start with them. Spec parameters become
+    /// the parameters in force once every member took them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BTreeMap<String, String>>,
 }

@@ -138,6 +138,12 @@ fn cases() -> Vec<Case> {
             expect: &["port, dir, replicaof, bind"],
         },
         Case {
+            what: "a parameter that would fight the operator's self-fencing",
+            kind: "HaCluster",
+            spec: instances(json!({"parameters": {"min-replicas-to-write": "0"}})),
+            expect: &["min-replicas-* (self-fencing) are set by the operator"],
+        },
+        Case {
             what: "a multi-line parameter value",
             kind: "HaCluster",
             spec: instances(json!({"parameters": {"maxmemory": "1mb\nreplicaof 10.0.0.9 6379"}})),

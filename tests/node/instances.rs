@@ -186,6 +186,53 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
         "the roll's switchover is an audited FailoverRequest"
     );
 
+    // Parameters. A dynamic one is set live on every member: no pod restarts.
+    let set = |params: serde_json::Value| {
+        let hacs = hacs.clone();
+        async move {
+            let p = json!({"spec": {"instances": {"parameters": params}}});
+            hacs.patch("db", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+        }
+    };
+    let t = Instant::now();
+    set(json!({"maxmemory": "64mb"})).await;
+    let live = eventually(WAIT, "maxmemory set live on every member", || async {
+        let pods = pods(&client, &ns.name, SELECTOR).await;
+        for p in &pods {
+            if config_get(&support::pod_ip(p)?, "maxmemory").await? != "67108864" {
+                return None;
+            }
+        }
+        let c = hacs.get("db").await.ok()?;
+        let in_force = c.status?.instances?.parameters?;
+        (pods.len() == 3 && in_force.get("maxmemory").map(String::as_str) == Some("64mb")).then_some(pods)
+    })
+    .await;
+    eprintln!("parameters: maxmemory set live on 3 members in {:.1}s", t.elapsed().as_secs_f64());
+    assert_eq!(uids(&live), uids(&restarted), "a dynamic parameter restarts nothing");
+    // One the engine reads only at start waits for a restart, and says so.
+    set(json!({"databases": "32"})).await;
+    let (_, reason, message) = eventually(WAIT, "RestartRequired=True", || async {
+        let c = hacs.get("db").await.ok()?;
+        let cond = c.status?.conditions.into_iter().find(|c| c.type_ == "RestartRequired")?;
+        (cond.status == "True").then_some((cond.status, cond.reason, cond.message))
+    })
+    .await;
+    eprintln!("parameters: {reason}: {message}");
+    assert!(message.contains("databases"), "{message}");
+    // A value the engine refuses is reported; new members keep the parameters in force.
+    set(json!({"maxmemory": "lots"})).await;
+    let (_, _, refused) = eventually(WAIT, "Progressing=False InvalidParameter", || async {
+        let c = hacs.get("db").await.ok()?;
+        let p = progressing(&c)?;
+        (p.1 == "InvalidParameter").then_some(p)
+    })
+    .await;
+    eprintln!("parameters: {refused}");
+    assert!(refused.contains("maxmemory"), "{refused}");
+    set(json!({"maxmemory": "64mb"})).await;
+    up_to_date(&client, &hacs, &ns.name, 3).await;
+
     // 3. Upgrade: a new image (the same build under a new name) rolls the same way.
     let upgraded_image = "docker.io/local/redis:upgraded";
     node.tag_image(&node.redis_image, upgraded_image).unwrap();
@@ -198,6 +245,20 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
         (s == "True" && r == "Upgrading").then_some(())
     })
     .await;
+    // Mid-roll, the moment the first member runs the new image, the operator's leader is
+    // killed (SIGKILL): the other operator pod takes the lease and finishes the roll from
+    // what status and the pods say.
+    eventually(WAIT, "the first upgraded member", || async {
+        let pods = pods(&client, &ns.name, SELECTOR).await;
+        pods.iter()
+            .any(|p| p.spec.as_ref().and_then(|s| s.containers[0].image.as_deref()) == Some(upgraded_image))
+            .then_some(())
+    })
+    .await;
+    let (leader, leader_pid) = support::leader(node, &client, &ns.name).await;
+    // SAFETY: kill(2) of the operator container's host process.
+    unsafe { libc::kill(leader_pid as i32, libc::SIGKILL) };
+    eprintln!("upgrade: killed the operator's leader {leader} mid-roll");
     let upgraded = up_to_date(&client, &hacs, &ns.name, 3).await;
     writer.wait_more(200, WAIT).await;
     let pause = writer.longest_gap(t, Instant::now());
@@ -206,6 +267,16 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     for p in &upgraded {
         assert_eq!(p.spec.as_ref().unwrap().containers[0].image.as_deref(), Some(upgraded_image));
     }
+    // The roll restarted every member: the parameter that waited for it is in force.
+    for p in &upgraded {
+        assert_eq!(config_get(&support::pod_ip(p).unwrap(), "databases").await.as_deref(), Some("32"));
+    }
+    eventually(WAIT, "RestartRequired=False", || async {
+        let c = hacs.get("db").await.ok()?;
+        let cond = c.status?.conditions.into_iter().find(|c| c.type_ == "RestartRequired")?;
+        (cond.status == "False").then_some(())
+    })
+    .await;
 
     // 4. A bad image stops the roll at the first replica; the primary is not touched.
     let primary_before = wait_primary(&hacs, "db", None).await;
@@ -282,6 +353,13 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
         "the volumes outlive the cluster (pvcRetention.whenDeleted: Retain)"
     );
     let _ = node.kubectl(&["delete", "pv", "-l", &format!("test={class}"), "--wait=false"]);
+}
+
+/// `CONFIG GET name` of the member at `ip`.
+async fn config_get(ip: &str, name: &str) -> Option<String> {
+    let mut c = understudy::localredis::redis_conn(ip, PORT, None, 1000).await.ok()?;
+    let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut c).await.ok()?;
+    v.get(1).cloned()
 }
 
 fn uids_of(c: &[PersistentVolumeClaim]) -> Vec<String> {

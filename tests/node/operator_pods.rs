@@ -14,7 +14,7 @@ use understudy::resources::{HaCluster, ShardFailover, shard_failover::ShardFailo
 use crate::{
     client::{RoleSampler, Writer, missing},
     redis_pods::{Managed, cluster_ip, managed_redis, wait_primary, wait_replicas_follow},
-    support::{self, container_id, eventually, pods},
+    support::{self, eventually},
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -34,13 +34,7 @@ async fn the_other_replica_takes_the_lease_and_finishes_a_shard_failover_when_th
     let epoch_of = |c: &HaCluster| c.status.as_ref().and_then(|s| s.shards.first()).map_or(0, |s| s.epoch);
     let epoch_before = epoch_of(&hacs.get("cache").await.unwrap());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let leader = leases.get("understudy-leader").await.unwrap().spec.unwrap().holder_identity.unwrap();
-    let leader_pod = pods(&client, &ns.name, "app.kubernetes.io/name=understudy")
-        .await
-        .into_iter()
-        .find(|p| p.metadata.name.as_deref() == Some(&leader))
-        .expect("the leader is one of the pods");
-    let leader_pid = node.container_pid(&container_id(&leader_pod).unwrap()).unwrap();
+    let (leader, leader_pid) = support::leader(node, &client, &ns.name).await;
 
     // Submit, and kill the leader's process the moment it has taken the ShardFailover up.
     let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns.name);

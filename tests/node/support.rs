@@ -142,3 +142,16 @@ pub fn is_ready(p: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+/// The operator pod holding the leader Lease in `ns`, and its container's host PID.
+pub async fn leader(node: &Node, client: &Client, ns: &str) -> (String, u32) {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), ns);
+    let leader = leases.get("understudy-leader").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    let leader_pod = pods(client, ns, "app.kubernetes.io/name=understudy")
+        .await
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some(&leader))
+        .expect("the leader is one of the pods");
+    let pid = node.container_pid(&container_id(&leader_pod).unwrap()).unwrap();
+    (leader, pid)
+}

@@ -9,6 +9,7 @@
 //!   cargo run --release --bin bench -- scale --clusters 1000
 //!   cargo run --release --bin bench -- storm --clusters 1000 --fail 100
 //!   cargo run --release --bin bench -- node --runs 10          (root: a real node, see tools/node)
+//!   cargo run --release --bin bench -- lifecycle --runs 20     (root: a real node; spec.instances vs StatefulSet)
 //!   cargo run --release --bin bench -- chaos --runs 60 --max-outage-secs 15
 //!
 //! A client writes sequenced keys (one every millisecond) to whatever the system says is the
@@ -17,6 +18,7 @@
 //! around the event (write pause / end-to-end), and acknowledged writes missing afterwards.
 
 mod chaos;
+mod lifecycle;
 mod node;
 mod scale;
 mod sim;
@@ -129,6 +131,9 @@ enum Scenario {
     /// Failover and switchover through a Service ClusterIP with the operator as pods in a real
     /// node (tools/node/node.sh; needs root), beside the loopback figures.
     Node,
+    /// An ordered restart of three members through the primary Service in a real node:
+    /// spec.instances beside a StatefulSet rollout restart (needs root).
+    Lifecycle,
     /// Randomized fault injection: one random fault per run, checked for split brain, lost
     /// writes, operation deadlines and recovery to Healthy.
     Chaos,
@@ -176,6 +181,25 @@ impl Writer {
         settle_ms: u64,
         primary: (&str, u16),
     ) -> anyhow::Result<(f64, usize, usize)> {
+        let (gap, _, missing, n) = self.finish_detailed(t0, settle_ms, primary).await?;
+        Ok((gap, missing, n))
+    }
+
+    /// Stop without checking anything (there is no primary to check against); returns how
+    /// many writes had been acknowledged.
+    fn abandon(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.abort();
+        self.log.lock().expect("log").acks.len()
+    }
+
+    /// [`Writer::finish`], plus when the longest gap began.
+    async fn finish_detailed(
+        self,
+        t0: Instant,
+        settle_ms: u64,
+        primary: (&str, u16),
+    ) -> anyhow::Result<(f64, Option<Instant>, usize, usize)> {
         // Wait until the client writes again (50 acknowledgements after the new primary was
         // seen in status, i.e. after this call), at most 10 s; a gap that never closes is then
         // reported as running to the end of the run, not hidden.
@@ -191,15 +215,17 @@ impl Writer {
         let _ = self.task.await;
         let end = Instant::now();
         let log = std::mem::take(&mut *self.log.lock().expect("log"));
-        let mut gap = longest_gap(&log, t0 - Duration::from_millis(300), end);
+        let (mut gap, mut began) = longest_gap_at(&log, t0 - Duration::from_millis(300), end);
         if !log.acks.iter().any(|(_, at)| *at > resumed_after) {
             // No write got through after the switch: the gap runs to the end of the run.
             let last = log.acks.last().map_or(t0, |(_, at)| *at);
-            gap = gap.max(end - last);
+            if end - last > gap {
+                (gap, began) = (end - last, Some(last));
+            }
         }
         let gap = gap.as_secs_f64() * 1000.0;
         let missing = lost(&log, &self.prefix, primary.0, primary.1).await?;
-        Ok((gap, missing, log.acks.len()))
+        Ok((gap, began, missing, log.acks.len()))
     }
 }
 
@@ -238,10 +264,10 @@ fn write_loop(
     })
 }
 
-/// Longest gap between consecutive acknowledgements in [from, to].
-fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
+/// Longest gap between consecutive acknowledgements in [from, to], and when it began.
+fn longest_gap_at(log: &Log, from: Instant, to: Instant) -> (Duration, Option<Instant>) {
     let times: Vec<Instant> = log.acks.iter().map(|a| a.1).filter(|t| *t >= from && *t <= to).collect();
-    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    times.windows(2).map(|w| (w[1] - w[0], Some(w[0]))).max_by_key(|g| g.0).unwrap_or_default()
 }
 
 /// Acknowledged keys missing on the server at host:port.
@@ -333,6 +359,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             understudy_bench(&args, matches!(args.scenario, Scenario::Switchover)).await?
         }
         Scenario::Node => node::node(&args).await?,
+        Scenario::Lifecycle => lifecycle::lifecycle(&args).await?,
         Scenario::Chaos => chaos::chaos(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
         Scenario::SiteFailover => site_bench(&args).await?,

@@ -27,23 +27,29 @@ const PORT: u16 = 6379;
 const QUIET_MS: u64 = 3000;
 
 fn manifests(node: &NodeCluster, heartbeat_ms: u64) -> String {
+    redis_statefulset(node, "b", heartbeat_ms)
+}
+
+/// A Redis StatefulSet `name` of three pods, started as replicas of nothing, and an HaCluster
+/// `name` adopting them by label (`selector`): what users run without `spec.instances`.
+pub fn redis_statefulset(node: &NodeCluster, name: &str, heartbeat_ms: u64) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: Service
-metadata: {{name: b-headless}}
-spec: {{clusterIP: None, selector: {{app: b}}, ports: [{{port: {PORT}}}]}}
+metadata: {{name: {name}-headless}}
+spec: {{clusterIP: None, selector: {{app: {name}}}, ports: [{{port: {PORT}}}]}}
 ---
 apiVersion: apps/v1
 kind: StatefulSet
-metadata: {{name: b}}
+metadata: {{name: {name}}}
 spec:
-  serviceName: b-headless
+  serviceName: {name}-headless
   replicas: 3
   podManagementPolicy: Parallel
-  selector: {{matchLabels: {{app: b}}}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: b}}}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       dnsPolicy: Default
       terminationGracePeriodSeconds: 2
@@ -52,13 +58,14 @@ spec:
         image: {image}
         imagePullPolicy: Never
         args: ["--port", "{PORT}", "--protected-mode", "no", "--replicaof", "127.0.0.1", "1", "--save", "", "--appendonly", "no"]
+        readinessProbe: {{tcpSocket: {{port: {PORT}}}, periodSeconds: 2}}
 ---
 apiVersion: understudy.dev/v1alpha1
 kind: HaCluster
-metadata: {{name: b}}
+metadata: {{name: {name}}}
 spec:
   engine: Redis
-  selector: {{matchLabels: {{app: b}}, port: {PORT}}}
+  selector: {{matchLabels: {{app: {name}}}, port: {PORT}}}
   failover: {{heartbeatInterval: {heartbeat_ms}ms, failureThreshold: 3}}
 "#,
         image = node.redis_image
