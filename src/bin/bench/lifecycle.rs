@@ -333,10 +333,14 @@ async fn on_node(
             acked += n;
             most_primaries = most_primaries.max(primaries);
         }
-        notes.push(format!(
-            "{label}: {acked} acknowledged writes, {lost} lost; at most {most_primaries} member(s) answered as primary at once (sampled every 20 ms)"
-        ));
-        stats.extend([pause, took]);
+        // A peer that did not finish one roll has no figures, only its note.
+        if !pause.values_ms.is_empty() {
+            notes.push(format!(
+                "{label}: {} rolls, {acked} acknowledged writes, {lost} lost; at most {most_primaries} member(s) answered as primary at once (sampled every 20 ms)",
+                pause.values_ms.len()
+            ));
+            stats.extend([pause, took]);
+        }
     }
     Ok(())
 }
