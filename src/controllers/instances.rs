@@ -6,8 +6,8 @@
 //! one step that comes next, carries it out and records the outcome in `status.instances`
 //! and the `Progressing` condition (server-side apply under its own field manager; the
 //! monitor owns the roles). Roles stay the monitor's: a new member starts as a replica of
-//! nothing and the monitor attaches it; a primary is moved by a FailoverRequest of type
-//! Switchover, the same audited path a user takes.
+//! nothing and the monitor attaches it; a primary is moved by a ShardFailover, the same
+//! audited zero-loss path a user takes.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -50,13 +50,13 @@ use crate::{
     },
     engines::Setting,
     resources::{
-        FailoverRequest, HaCluster,
-        failover_request::{FailoverItem, FailoverRequestSpec, RequestPhase, RequestType},
+        HaCluster, ShardFailover,
         hacluster::Role,
         instances::{
             CLUSTER_LABEL, DATA_DIR, Instances, InstancesStatus, ORDINAL_LABEL, REVISION_ANNOTATION,
             Retention,
         },
+        shard_failover::{ShardFailoverPhase, ShardFailoverSpec},
         shared::set_condition,
     },
 };
@@ -83,8 +83,8 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     let state = Arc::new(State { ctx: ctx.clone(), budgets: Mutex::default() });
     for api in ctx.scopes::<Guarded>() {
-        // Requests are read through a guard: a malformed one is skipped, not a stalled watch.
-        let scoped = |ns: Option<&str>| -> (Api<Pod>, Api<PersistentVolumeClaim>, Api<DeserializeGuard<FailoverRequest>>) {
+        // Switchovers are read through a guard: a malformed one is skipped, not a stalled watch.
+        let scoped = |ns: Option<&str>| -> (Api<Pod>, Api<PersistentVolumeClaim>, Api<DeserializeGuard<ShardFailover>>) {
             match ns {
                 Some(ns) => (
                     Api::namespaced(ctx.client.clone(), ns),
@@ -152,8 +152,8 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     let revision = revision(cluster, instances);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let fr_api: Api<FailoverRequest> = Api::namespaced(ctx.client.clone(), &ns);
-    let fr_guarded: Api<DeserializeGuard<FailoverRequest>> = Api::namespaced(ctx.client.clone(), &ns);
+    let sfo_api: Api<ShardFailover> = Api::namespaced(ctx.client.clone(), &ns);
+    let sfo_guarded: Api<DeserializeGuard<ShardFailover>> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = format!("{CLUSTER_LABEL}={name}");
     let lp = ListParams::default().labels(&selector);
     let uid = cluster.uid().unwrap_or_default();
@@ -161,7 +161,7 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     let pods: Vec<Pod> =
         pods_api.list(&lp).await?.items.into_iter().filter(|p| owned_by_us(&p.metadata)).collect();
     let pvcs: Vec<PersistentVolumeClaim> = pvc_api.list(&lp).await?.items;
-    let requests: Vec<FailoverRequest> = fr_guarded
+    let requests: Vec<ShardFailover> = sfo_guarded
         .list(&lp)
         .await?
         .items
@@ -256,19 +256,17 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
         }
         Step::Switchover { from, to } => {
             let n = requests.iter().filter(|r| r.labels().get(REVISION_LABEL) == Some(&revision)).count();
-            let request = switchover(cluster, &revision, n, from, to);
+            let request = switchover(cluster, &revision, n, from);
             let request_name = request.name_any();
-            match fr_api
-                .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &request)
-                .await
-            {
+            let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+            match sfo_api.create(&pp, &request).await {
                 Ok(_) => {
-                    info!(cluster = %key(cluster), %from, %to, request = %request_name, "requested a switchover")
+                    info!(cluster = %key(cluster), %from, likely = %to, request = %request_name, "requested a switchover")
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
-            let msg = format!("{} (FailoverRequest {request_name})", plan.message);
+            let msg = format!("{} (ShardFailover {request_name})", plan.message);
             ctx.event(cluster, false, plan.reason, EventAction::Switchover, msg).await;
             Duration::from_millis(500)
         }
@@ -293,7 +291,7 @@ fn facts(
     revision: &str,
     pods: &[Pod],
     pvcs: &[PersistentVolumeClaim],
-    requests: &[FailoverRequest],
+    requests: &[ShardFailover],
 ) -> Facts {
     let status = cluster.status.clone().unwrap_or_default();
     let shard = status.shards.iter().find(|s| s.name == "main");
@@ -349,7 +347,7 @@ fn facts(
         .filter(|c| c.metadata.deletion_timestamp.is_none())
         .filter_map(|c| c.name_any().strip_prefix("data-").map(str::to_owned))
         .collect();
-    let ours: Vec<&FailoverRequest> = requests
+    let ours: Vec<&ShardFailover> = requests
         .iter()
         .filter(|r| r.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision))
         .collect();
@@ -357,13 +355,9 @@ fn facts(
     let switchover = latest.and_then(|r| {
         let s = r.status.clone().unwrap_or_default();
         match s.phase {
-            Some(RequestPhase::Succeeded) => None,
-            Some(p) if p.is_terminal() => {
-                let ended = s
-                    .task
-                    .as_ref()
-                    .and_then(|t| t.end_time.clone())
-                    .or_else(|| r.metadata.creation_timestamp.clone());
+            Some(ShardFailoverPhase::Succeeded) => None,
+            Some(ShardFailoverPhase::Failed) => {
+                let ended = s.completion_time.clone().or_else(|| r.metadata.creation_timestamp.clone());
                 Some(SwitchoverState::Failed {
                     name: r.name_any(),
                     message: s.message.unwrap_or_default(),
@@ -835,31 +829,29 @@ async fn ensure_budget(state: &State, cluster: &HaCluster) -> Result<(), OpError
     Ok(())
 }
 
-/// The switchover of a roll: the audited path a user would take, owned by the cluster.
-fn switchover(cluster: &HaCluster, revision: &str, n: usize, from: &str, to: &str) -> FailoverRequest {
+/// The switchover of a roll: a ShardFailover of the primary, the audited zero-loss path a
+/// user would take (drain, promote the best replica, redirect, one recorded promotion), owned
+/// by the cluster. Every other member runs the current revision by then, so whichever replica
+/// it picks is up to date.
+fn switchover(cluster: &HaCluster, revision: &str, n: usize, from: &str) -> ShardFailover {
     let name = format!("{}-switchover-{}-{n}", cluster.name_any(), &revision[..8.min(revision.len())]);
     let mut labels = labels(cluster, None);
     labels.insert(REVISION_LABEL.into(), revision.into());
-    let mut fr = FailoverRequest::new(
+    let mut sfo = ShardFailover::new(
         &name,
-        FailoverRequestSpec {
-            type_: RequestType::Switchover,
-            items: vec![FailoverItem {
-                cluster: cluster.name_any(),
-                shard: Some("main".into()),
-                candidate: Some(to.into()),
-                expected_primary: Some(from.into()),
-                service_name: None,
-            }],
-            timeout_seconds: 120,
-            on_timeout: Default::default(),
+        ShardFailoverSpec {
+            shard_uids: vec![from.into()],
+            dead_uids: Vec::new(),
+            dead_nodes: Vec::new(),
             dry_run: false,
+            force_rebind: false,
+            timeout_seconds: 120,
         },
     );
-    fr.metadata.namespace = cluster.namespace();
-    fr.metadata.labels = Some(labels);
-    fr.metadata.owner_references = Some(vec![owner(cluster)]);
-    fr
+    sfo.metadata.namespace = cluster.namespace();
+    sfo.metadata.labels = Some(labels);
+    sfo.metadata.owner_references = Some(vec![owner(cluster)]);
+    sfo
 }
 
 /// Apply `status.instances` and the Progressing and RestartRequired conditions (this

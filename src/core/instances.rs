@@ -92,7 +92,7 @@ pub enum Step {
     CreatePod(String),
     DeletePod(String),
     DeleteVolume(String),
-    /// Move the primary from `from` to `to` (a FailoverRequest of type Switchover).
+    /// Move the primary off `from` (a ShardFailover; `to` is the replica expected to take over).
     Switchover {
         from: String,
         to: String,

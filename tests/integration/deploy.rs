@@ -34,7 +34,7 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("understudy.dev", &STATUS, &["get", "patch", "update"]),
     ("", &["secrets"], &["get"]),
     ("", &["services"], &["get", "create", "patch"]),
-    ("understudy.dev", &["failoverrequests"], &["create"]),
+    ("understudy.dev", &["shardfailovers"], &["create"]),
     ("", &["pods"], &["get", "list", "watch", "create", "patch", "delete"]),
     ("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "delete"]),
     ("policy", &["poddisruptionbudgets"], &["create"]),

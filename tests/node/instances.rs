@@ -14,9 +14,9 @@ use kube::{
 };
 use serde_json::json;
 use understudy::resources::{
-    FailoverRequest, HaCluster,
-    failover_request::RequestPhase,
+    HaCluster, ShardFailover,
     instances::{CLUSTER_LABEL, REVISION_ANNOTATION},
+    shard_failover::ShardFailoverPhase,
 };
 
 use crate::{
@@ -177,13 +177,15 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
         assert_ne!(old, &new, "{n} was not restarted");
     }
     assert_ne!(after_restart, primary, "the primary was moved off by a switchover before its restart");
-    let frs = Api::<FailoverRequest>::namespaced(client.clone(), &ns.name)
+    let sfos = Api::<ShardFailover>::namespaced(client.clone(), &ns.name)
         .list(&ListParams::default())
         .await
         .unwrap();
     assert!(
-        frs.items.iter().any(|r| r.status.as_ref().and_then(|s| s.phase) == Some(RequestPhase::Succeeded)),
-        "the roll's switchover is an audited FailoverRequest"
+        sfos.items
+            .iter()
+            .any(|r| r.status.as_ref().and_then(|s| s.phase) == Some(ShardFailoverPhase::Succeeded)),
+        "the roll's switchover is an audited ShardFailover"
     );
 
     // Parameters. A dynamic one is set live on every member: no pod restarts.

@@ -57,9 +57,9 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
   resources: ["haclusters/status", "failoverrequests/status", "shardfailovers/status", "protectiongroups/status"]
   verbs: ["get", "patch", "update"]
 # The switchover that moves the primary off a member before it restarts (spec.instances) is a
-# FailoverRequest, the audited path a user would take.
+# ShardFailover, the audited path a user would take.
 - apiGroups: ["understudy.dev"]
-  resources: ["failoverrequests"]
+  resources: ["shardfailovers"]
   verbs: ["create"]
 # Credentials of the managed services, read by the name an HaCluster (or a ProtectionGroup's
 # remote site) gives: get only, never listed or watched.
