@@ -198,7 +198,7 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     next.revision = Some(revision.clone());
     next.updated_ready = pods
         .iter()
-        .filter(|p| member_names(&facts).contains(&p.name_any()))
+        .filter(|p| st.members.contains(&p.name_any()))
         .filter(|p| pod_revision(p) == Some(revision.as_str()) && pod_ready(p))
         .count() as i32;
     if plan.reason == Reason::UpToDate {
@@ -275,10 +275,6 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     };
     write_status(ctx, cluster, &next, (plan.progressing, plan.reason, &plan.message), &restart).await?;
     Ok(Action::requeue(requeue))
-}
-
-fn member_names(f: &Facts) -> Vec<String> {
-    f.listed.clone().unwrap_or_default()
 }
 
 /// Gather what the planner needs.
@@ -471,6 +467,7 @@ async fn parameters(
         .iter()
         .filter(|p| st.members.contains(&p.name_any()) && p.metadata.deletion_timestamp.is_none())
         .collect();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let mut engine: Option<Box<dyn crate::engines::Engine>> = None;
     let mut pending = std::collections::BTreeSet::new();
     let mut all_took = listed.len() == st.members.len();
@@ -534,8 +531,6 @@ async fn parameters(
             all_took = false;
             continue;
         }
-        let pods_api: Api<Pod> =
-            Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
         let patch = json!({"metadata": {"annotations": {LIVE_ANNOTATION: marker, PENDING_ANNOTATION: restart.join(",")}}});
         pods_api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
         pending.extend(restart);

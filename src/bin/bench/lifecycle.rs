@@ -219,7 +219,8 @@ async fn role(ip: &str) -> Option<String> {
     info.lines().find_map(|l| l.strip_prefix("role:")).map(|r| r.trim().to_owned())
 }
 
-async fn cluster_ip(client: &Client, svc: &str) -> anyhow::Result<String> {
+/// The ClusterIP of Service `svc` in the bench namespace, once allocated.
+pub async fn cluster_ip(client: &Client, svc: &str) -> anyhow::Result<String> {
     let deadline = Instant::now() + ROLL_TIMEOUT;
     loop {
         let s = Api::<Service>::namespaced(client.clone(), NS).get_opt(svc).await?;

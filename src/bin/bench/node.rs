@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::DeleteParams};
 use understudy::{
     nodecluster::NodeCluster,
@@ -107,13 +107,7 @@ async fn on_node(
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_settled(&hacs).await?;
-    let vip = loop {
-        let svc = Api::<Service>::namespaced(client.clone(), NS).get_opt("b-primary").await?;
-        if let Some(ip) = svc.and_then(|s| s.spec).and_then(|s| s.cluster_ip) {
-            break ip;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let vip = super::lifecycle::cluster_ip(&client, "b-primary").await?;
     let resolve: Resolver = {
         let vip = vip.clone();
         Arc::new(move || {
