@@ -16,7 +16,6 @@ use std::{
 };
 
 use futures::{FutureExt as _, StreamExt as _};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::{
     api::{
         core::v1::{
@@ -35,9 +34,14 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     core::DeserializeGuard,
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{
+        Controller, WatchStreamExt as _,
+        controller::Action,
+        reflector::{self, Store},
+        watcher::{self, watcher},
+    },
 };
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -45,7 +49,7 @@ use tracing::{debug, info, warn};
 use super::{Context, OpError, key};
 use crate::{
     core::{
-        instances::{Facts, MemberView, PodView, Step, SwitchoverState, next_step},
+        instances::{Facts, MemberView, PodView, Resize, Step, SwitchoverState, next_step},
         vocabulary::{Action as EventAction, ConditionType, Reason},
     },
     engines::Setting,
@@ -67,6 +71,8 @@ pub const MANAGER: &str = "understudy-instances";
 const REVISION_LABEL: &str = "understudy.dev/revision";
 /// Longest cluster name whose members' names stay valid hostnames and label values.
 const MAX_NAME: usize = 55;
+/// The engine's container in a member's pod.
+const CONTAINER: &str = "engine";
 /// Environment variable holding the password inside a member's container.
 const PASSWORD_ENV: &str = "UNDERSTUDY_PASSWORD";
 
@@ -76,12 +82,40 @@ struct State {
     ctx: Context,
     /// PodDisruptionBudgets known to exist, by cluster uid.
     budgets: Mutex<HashSet<String>>,
+    /// What the controller's watches of owned objects hold, one set per watched scope: read
+    /// by every reconcile instead of listing them (a switchover triggers several reconciles,
+    /// and their lists competed with the promotion's writes while clients waited).
+    caches: Vec<Caches>,
+}
+
+struct Caches {
+    pods: Store<Pod>,
+    pvcs: Store<PersistentVolumeClaim>,
+    requests: Store<DeserializeGuard<ShardFailover>>,
+}
+
+impl State {
+    /// Once every cache has its first full list (a reconcile before that would see members
+    /// missing and create them again).
+    async fn caches_ready(&self) -> bool {
+        for c in &self.caches {
+            let ready = futures::future::join3(
+                c.pods.wait_until_ready(),
+                c.pvcs.wait_until_ready(),
+                c.requests.wait_until_ready(),
+            );
+            if tokio::time::timeout(Duration::from_secs(5), ready).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Run the instances controller in every watched scope.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
-    let mut runs = Vec::new();
-    let state = Arc::new(State { ctx: ctx.clone(), budgets: Mutex::default() });
+    let mut controllers = Vec::new();
+    let mut caches = Vec::new();
     for api in ctx.scopes::<Guarded>() {
         // Switchovers are read through a guard: a malformed one is skipped, not a stalled watch.
         let scoped = |ns: Option<&str>| -> (Api<Pod>, Api<PersistentVolumeClaim>, Api<DeserializeGuard<ShardFailover>>) {
@@ -96,18 +130,28 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         };
         let (pods, pvcs, requests) = scoped(api.namespace());
         let owned = watcher::Config::default().labels(CLUSTER_LABEL).any_semantic();
+        let (pod_store, pod_writer) = reflector::store();
+        let (pvc_store, pvc_writer) = reflector::store();
+        let (request_store, request_writer) = reflector::store();
         let controller = Controller::new(api, watcher::Config::default().any_semantic());
         ctx.readiness.track(controller.store());
-        let run = controller
-            .owns(pods, owned.clone())
-            .owns(pvcs, owned.clone())
-            .owns(requests, owned)
-            .run(reconcile, error_policy, state.clone())
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    debug!(error = %e, "instances reconcile");
-                }
-            });
+        let controller = controller
+            .owns_stream(watcher(pods, owned.clone()).default_backoff().reflect(pod_writer).touched_objects())
+            .owns_stream(watcher(pvcs, owned.clone()).default_backoff().reflect(pvc_writer).touched_objects())
+            .owns_stream(
+                watcher(requests, owned).default_backoff().reflect(request_writer).touched_objects(),
+            );
+        caches.push(Caches { pods: pod_store, pvcs: pvc_store, requests: request_store });
+        controllers.push(controller);
+    }
+    let state = Arc::new(State { ctx: ctx.clone(), budgets: Mutex::default(), caches });
+    let mut runs = Vec::new();
+    for controller in controllers {
+        let run = controller.run(reconcile, error_policy, state.clone()).for_each(|r| async move {
+            if let Err(e) = r {
+                debug!(error = %e, "instances reconcile");
+            }
+        });
         runs.push(run.boxed());
     }
     let (_, which, _) = futures::future::select_all(runs).await;
@@ -148,38 +192,43 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
         write_status(ctx, cluster, &st, (false, Reason::NameTooLong, &msg), &restart_condition(&[])).await?;
         return Ok(Action::await_change());
     }
+    if !state.caches_ready().await {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     ensure_budget(&state, cluster).await?;
     let revision = revision(cluster, instances);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let sfo_api: Api<ShardFailover> = Api::namespaced(ctx.client.clone(), &ns);
-    let sfo_guarded: Api<DeserializeGuard<ShardFailover>> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = format!("{CLUSTER_LABEL}={name}");
-    let lp = ListParams::default().labels(&selector);
     let uid = cluster.uid().unwrap_or_default();
     let owned_by_us = |m: &ObjectMeta| m.owner_references.iter().flatten().any(|o| o.uid == uid);
-    let pods: Vec<Pod> =
-        pods_api.list(&lp).await?.items.into_iter().filter(|p| owned_by_us(&p.metadata)).collect();
-    let pvcs: Vec<PersistentVolumeClaim> = pvc_api.list(&lp).await?.items;
-    let requests: Vec<ShardFailover> = sfo_guarded
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|r| r.0.ok())
-        .filter(|r| owned_by_us(&r.metadata))
-        .collect();
-
-    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let routed_at = slices
-        .list(&lp)
-        .await?
-        .items
+    let ours = |m: &ObjectMeta| {
+        m.namespace.as_deref() == Some(ns.as_str())
+            && m.labels.as_ref().and_then(|l| l.get(CLUSTER_LABEL)) == Some(&name)
+    };
+    let pods: Vec<Pod> = state
+        .caches
         .iter()
-        .flat_map(|s| s.managed_fields())
-        .filter_map(|m| m.time.as_ref())
-        .map(super::seconds_since)
-        .fold(f64::MAX, f64::min);
+        .flat_map(|c| c.pods.state())
+        .filter(|p| ours(&p.metadata) && owned_by_us(&p.metadata))
+        .map(|p| (*p).clone())
+        .collect();
+    // Volumes by label only: a retained volume outlives the cluster that made it.
+    let pvcs: Vec<PersistentVolumeClaim> = state
+        .caches
+        .iter()
+        .flat_map(|c| c.pvcs.state())
+        .filter(|c| ours(&c.metadata))
+        .map(|c| (*c).clone())
+        .collect();
+    let requests: Vec<ShardFailover> = state
+        .caches
+        .iter()
+        .flat_map(|c| c.requests.state())
+        .filter_map(|r| r.0.as_ref().ok().cloned())
+        .filter(|r| ours(&r.metadata) && owned_by_us(&r.metadata))
+        .collect();
+    let routed_at = ctx.routing_quiet_secs(&uid);
     let mut next = st.clone();
     let params = parameters(ctx, cluster, instances, &st, &pods).await?;
     next.parameters = Some(params.in_force.clone());
@@ -246,6 +295,10 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
             ctx.event(cluster, false, plan.reason, EventAction::DeleteMember, plan.message.clone()).await;
             Duration::from_millis(500)
         }
+        Step::Resize(member) => {
+            resize(ctx, cluster, instances, member, &pods_api).await?;
+            Duration::from_millis(500)
+        }
         Step::DeleteVolume(member) => {
             match pvc_api.delete(&volume_name(member), &DeleteParams::default()).await {
                 Ok(_) => info!(cluster = %key(cluster), member, "deleted the volume of a removed member"),
@@ -268,6 +321,10 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
             }
             let msg = format!("{} (ShardFailover {request_name})", plan.message);
             ctx.event(cluster, false, plan.reason, EventAction::Switchover, msg).await;
+            // Status says what it will say while the switchover runs, so the reconciles its
+            // progress triggers write nothing: a write then would meet the promotion's
+            // outcome record (a conflict and a retry while clients wait, measured).
+            plan.message = crate::core::instances::switchover_message(&request_name, from);
             Duration::from_millis(500)
         }
         Step::Wait if plan.progressing => Duration::from_secs(2),
@@ -308,20 +365,20 @@ fn facts(
         })
         .unwrap_or_default();
     let desired_image = &instances.image;
-    let desired_resources = instances.resources.clone().unwrap_or_default();
+    let desired_resources = resources_hash(instances);
     let pods = pods
         .iter()
         .map(|p| {
             let container = p.spec.as_ref().and_then(|s| s.containers.first());
+            let mut resize = Resize::Done;
             let change = if pod_revision(p) != Some(revision) {
                 Some(if container.and_then(|c| c.image.as_ref()) != Some(desired_image) {
                     Reason::Upgrading
-                } else if container.and_then(|c| c.resources.clone()).unwrap_or_default() != desired_resources
-                {
-                    Reason::Resizing
                 } else {
                     Reason::Restarting
                 })
+            } else if let Err(why) = resize_state(p, &desired_resources).inspect(|r| resize = *r) {
+                Some(why)
             } else if !pod_ready(p) && started_with(p).as_ref() != Some(in_force) {
                 // Started with parameters no longer in force (a value the engine refused, and
                 // since corrected): it does not serve, so it is replaced.
@@ -335,6 +392,7 @@ fn facts(
                 ready: pod_ready(p),
                 deleting: p.metadata.deletion_timestamp.is_some(),
                 waiting: waiting(p),
+                resize,
             }
         })
         .collect();
@@ -401,6 +459,46 @@ fn waiting(p: &Pod) -> Option<String> {
         Some(m) => format!("{reason}: {m}"),
         None => reason,
     })
+}
+
+/// Pod annotation: the hash of the resources (`spec.instances.resources`) the pod was created
+/// with or last resized to. Resources are not part of the revision: they change in place.
+const RESOURCES_ANNOTATION: &str = "understudy.dev/resources";
+/// Pod annotation: the hash of resources its node would not take in place (the API refused
+/// the resize); the pod is restarted with them instead.
+const RESIZE_REFUSED_ANNOTATION: &str = "understudy.dev/resize-refused";
+
+fn resources_hash(instances: &Instances) -> String {
+    fnv(&serde_json::to_vec(&instances.resources).unwrap_or_default())
+}
+
+/// Where a pod's resources stand against `want` (a [`resources_hash`]). A resize the
+/// kubelet calls infeasible, or the API refused, is reported as a change (a restart).
+fn resize_state(p: &Pod, want: &str) -> Result<Resize, Reason> {
+    let has = p.annotations().get(RESOURCES_ANNOTATION).map(String::as_str);
+    if has != Some(want) {
+        if p.annotations().get(RESIZE_REFUSED_ANNOTATION).map(String::as_str) == Some(want) {
+            return Err(Reason::Resizing);
+        }
+        return Ok(Resize::Wanted);
+    }
+    let conditions = p.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let active = |t: &str| conditions.iter().find(|c| c.type_ == t && c.status == "True");
+    if active("PodResizePending").is_some_and(|c| c.reason.as_deref() == Some("Infeasible")) {
+        return Err(Reason::Resizing);
+    }
+    if active("PodResizePending").is_some() || active("PodResizeInProgress").is_some() {
+        return Ok(Resize::InProgress);
+    }
+    // A resize bumps the pod's generation; until the kubelet has seen it (it then sets the
+    // conditions above while it applies it), the resize has not started.
+    let observed = p.status.as_ref().and_then(|s| s.observed_generation);
+    if let (Some(generation), Some(observed)) = (p.metadata.generation, observed)
+        && observed < generation
+    {
+        return Ok(Resize::InProgress);
+    }
+    Ok(Resize::Done)
 }
 
 /// Pod annotation: the engine parameters (JSON) the pod's container starts with.
@@ -567,7 +665,6 @@ fn revision(cluster: &HaCluster, instances: &Instances) -> String {
         "image": instances.image,
         "pull": instances.image_pull_policy,
         "port": instances.port,
-        "resources": instances.resources,
         "pod": instances.pod,
         "secret": cluster.spec.secret_ref,
         "storage": instances.storage.is_some(),
@@ -660,6 +757,7 @@ pub fn member_pod(
     pod_labels.extend(labels(cluster, Some(member)));
     let mut annotations = o.annotations.clone();
     annotations.insert(REVISION_ANNOTATION.into(), revision.into());
+    annotations.insert(RESOURCES_ANNOTATION.into(), resources_hash(instances));
     annotations.insert(
         PARAMETERS_ANNOTATION.into(),
         serde_json::to_string(parameters).expect("a map of strings serializes"),
@@ -713,7 +811,7 @@ pub fn member_pod(
         },
         spec: Some(PodSpec {
             containers: vec![Container {
-                name: "engine".into(),
+                name: CONTAINER.into(),
                 image: Some(instances.image.clone()),
                 image_pull_policy: instances.image_pull_policy.map(|p| p.as_str().to_owned()),
                 args: Some(args),
@@ -748,6 +846,45 @@ pub fn member_pod(
         }),
         status: None,
     }
+}
+
+/// Give `member`'s pod the spec's resources in place (the `resize` subresource, Kubernetes
+/// 1.33+), then record them on the pod. Refused by the API (a QoS class change, an API server
+/// without the subresource), the pod is marked to be restarted with them instead.
+async fn resize(
+    ctx: &Context,
+    cluster: &HaCluster,
+    instances: &Instances,
+    member: &str,
+    pods_api: &Api<Pod>,
+) -> Result<(), OpError> {
+    let want = resources_hash(instances);
+    // The whole resources object replaces the pod's (a limit removed from the spec goes).
+    let mut resources = json!(instances.resources.clone().unwrap_or_default());
+    resources["$patch"] = json!("replace");
+    let body = json!({"spec": {"containers": [{"name": CONTAINER, "resources": resources}]}});
+    let pp = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let (annotation, outcome) = match pods_api
+        .patch_subresource("resize", member, &pp, &Patch::Strategic(&body))
+        .await
+    {
+        Ok(_) => {
+            info!(cluster = %key(cluster), member, "resizing in place");
+            (RESOURCES_ANNOTATION, format!("resizing {member} in place"))
+        }
+        Err(kube::Error::Api(e)) if matches!(e.code, 400 | 404 | 405 | 422) => {
+            warn!(cluster = %key(cluster), member, error = %e.message, "in-place resize refused; the member restarts instead");
+            (
+                RESIZE_REFUSED_ANNOTATION,
+                format!("{member} cannot be resized in place ({}); it restarts instead", e.message),
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mark = json!({"metadata": {"annotations": {annotation: want}}});
+    pods_api.patch(member, &pp, &Patch::Merge(&mark)).await?;
+    ctx.event(cluster, false, Reason::Resizing, EventAction::Resize, outcome).await;
+    Ok(())
 }
 
 /// The member's volume; owned by the cluster (deleted with it) only with
@@ -935,6 +1072,39 @@ mod tests {
     }
 
     #[test]
+    fn resize_state_follows_the_pod_and_the_kubelet() {
+        let pod = |annotations: serde_json::Value, status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "db-0", "generation": 2, "annotations": annotations},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let done = json!({"observedGeneration": 2});
+        assert_eq!(
+            resize_state(&pod(json!({RESOURCES_ANNOTATION: "a"}), done.clone()), "a"),
+            Ok(Resize::Done)
+        );
+        assert_eq!(
+            resize_state(&pod(json!({RESOURCES_ANNOTATION: "a"}), done.clone()), "b"),
+            Ok(Resize::Wanted)
+        );
+        // Refused by the API for these resources: restarted instead.
+        let refused = json!({RESOURCES_ANNOTATION: "a", RESIZE_REFUSED_ANNOTATION: "b"});
+        assert_eq!(resize_state(&pod(refused, done), "b"), Err(Reason::Resizing));
+        // Asked, not yet seen by the kubelet; then being applied; then infeasible.
+        let asked = json!({RESOURCES_ANNOTATION: "b"});
+        assert_eq!(
+            resize_state(&pod(asked.clone(), json!({"observedGeneration": 1})), "b"),
+            Ok(Resize::InProgress)
+        );
+        let applying = json!({"observedGeneration": 2, "conditions": [{"type": "PodResizeInProgress", "status": "True"}]});
+        assert_eq!(resize_state(&pod(asked.clone(), applying), "b"), Ok(Resize::InProgress));
+        let infeasible = json!({"observedGeneration": 2, "conditions": [{"type": "PodResizePending", "status": "True", "reason": "Infeasible"}]});
+        assert_eq!(resize_state(&pod(asked, infeasible), "b"), Err(Reason::Resizing));
+    }
+
+    #[test]
     fn revisions_are_stable_and_ignore_parameters() {
         let cluster: HaCluster = serde_json::from_value(json!({
             "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "db"},
@@ -949,6 +1119,8 @@ mod tests {
         assert_eq!(fnv(b"a"), "af63dc4c8601ec8c");
         i.parameters.insert("hz".into(), "20".into());
         assert_eq!(revision(&cluster, &i), r, "parameters are applied live, not rolled");
+        i.resources = Some(serde_json::from_value(json!({"limits": {"memory": "1Gi"}})).unwrap());
+        assert_eq!(revision(&cluster, &i), r, "resources are resized in place, not rolled");
         i.image = "redis:8".into();
         assert_ne!(revision(&cluster, &i), r);
     }

@@ -64,6 +64,9 @@ pub struct Context {
     pub allow_workload_restarts: bool,
     /// What `/readyz` reports; controllers register their caches here.
     pub readiness: crate::readiness::Readiness,
+    /// When each cluster's routing (its Services' EndpointSlices) was last written, by
+    /// cluster uid, and when this process started: how long the routing has been quiet.
+    routed: Arc<std::sync::Mutex<(std::time::Instant, HashMap<String, std::time::Instant>)>>,
     /// Warnings already published, aggregated into series.
     warnings: Arc<std::sync::Mutex<events::Series>>,
 }
@@ -91,6 +94,7 @@ impl Context {
             allow_client_address: false,
             allow_workload_restarts: false,
             readiness: crate::readiness::Readiness::default(),
+            routed: Arc::new(std::sync::Mutex::new((std::time::Instant::now(), HashMap::new()))),
             warnings: Arc::default(),
         }
     }
@@ -109,6 +113,23 @@ impl Context {
         } else {
             self.namespaces.iter().map(|ns| Api::namespaced(self.client.clone(), ns)).collect()
         }
+    }
+
+    /// Note that the routing of the cluster with uid `uid` was just written.
+    pub fn routed(&self, uid: &str) {
+        self.routed.lock().expect("routed lock").1.insert(uid.to_owned(), std::time::Instant::now());
+    }
+
+    /// Seconds since the routing of the cluster with uid `uid` was last written (by this
+    /// process; at most since it started, since another may have written it just before).
+    pub fn routing_quiet_secs(&self, uid: &str) -> f64 {
+        let routed = self.routed.lock().expect("routed lock");
+        routed.1.get(uid).unwrap_or(&routed.0).elapsed().as_secs_f64()
+    }
+
+    /// Forget the routing time of a cluster that is gone.
+    pub fn forget_routed(&self, uid: &str) {
+        self.routed.lock().expect("routed lock").1.remove(uid);
     }
 
     /// Publish a Kubernetes Event about `obj`; failures are logged, never fatal. Each Normal

@@ -123,7 +123,10 @@ impl ShardOp {
                 }
             }
             seen = saga.steps.len();
-            let report: Report = match saga.next() {
+            let effect = saga.next();
+            let effect_started = Instant::now();
+            let what = format!("{effect:?}");
+            let report: Report = match effect {
                 Effect::Done(end) => break end,
                 Effect::Record => {
                     match self.record_decision(cluster, shard_name, &to.name, &started_at).await {
@@ -199,6 +202,17 @@ impl ShardOp {
                     r
                 }
             };
+            // Where a promotion's time goes, effect by effect (the status record has
+            // whole seconds only).
+            debug!(
+                cluster = %ckey,
+                shard = shard_name,
+                effect = %what,
+                ok = report.is_ok(),
+                took_ms = effect_started.elapsed().as_secs_f64() * 1000.0,
+                since_start_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "promotion effect"
+            );
             saga.observe(report);
         };
         OpDone {

@@ -24,6 +24,22 @@ pub struct PodView {
     pub deleting: bool,
     /// Why its container is not running, when the kubelet says (`ErrImagePull: …`).
     pub waiting: Option<String>,
+    /// Its resources (the flavor) against the spec's, when it runs the current revision.
+    pub resize: Resize,
+}
+
+/// Where a pod's resources stand against the spec's. A pod whose node cannot resize it in
+/// place (the API refuses, or the kubelet calls it infeasible) is restarted instead: the
+/// controller reports it as a change (`Resizing`), not here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Resize {
+    /// The pod has the spec's resources.
+    #[default]
+    Done,
+    /// The spec's resources differ and have not been asked of the pod.
+    Wanted,
+    /// Asked (the pod's spec has them); the kubelet has not applied them yet.
+    InProgress,
 }
 
 /// One member as the monitor last recorded it (HaCluster status).
@@ -97,6 +113,8 @@ pub enum Step {
         from: String,
         to: String,
     },
+    /// Give a member's pod the spec's resources in place (the `resize` subresource).
+    Resize(String),
     /// Nothing to do until something changes.
     Wait,
 }
@@ -127,6 +145,11 @@ fn ordinal(name: &str) -> Option<u32> {
 /// The member names of `cluster` for the lowest `n` ordinals not in `taken`.
 fn free_names(cluster: &str, taken: &[String], n: usize) -> Vec<String> {
     (0u32..).map(|i| format!("{cluster}-{i}")).filter(|name| !taken.contains(name)).take(n).collect()
+}
+
+/// What `Progressing` says while switchover `name` moves the primary off `from`.
+pub fn switchover_message(name: &str, from: &str) -> String {
+    format!("switchover {name} moves the primary off {from}")
 }
 
 fn plan(step: Step, progressing: bool, reason: Reason, message: impl Into<String>) -> Plan {
@@ -242,8 +265,8 @@ pub fn next_step(f: &Facts) -> Plan {
     if let Some(p) = unlisted.first() {
         // Listed members were chosen among non-primaries; the role moved since. Move it back.
         return match best_replica(f, listed) {
-            Some(_) if matches!(f.switchover, Some(SwitchoverState::InFlight(_))) => {
-                plan(Step::Wait, true, Reason::RemovingReplica, "waiting for the switchover")
+            Some(_) if let Some(SwitchoverState::InFlight(name)) = &f.switchover => {
+                plan(Step::Wait, true, Reason::RemovingReplica, switchover_message(name, &p.name))
             }
             Some(to) => plan(
                 Step::Switchover { from: p.name.clone(), to: to.clone() },
@@ -302,6 +325,9 @@ pub fn next_step(f: &Facts) -> Plan {
     let outdated: Vec<&PodView> =
         listed.iter().filter_map(|n| f.pod(n)).filter(|p| p.change.is_some()).collect();
     let Some(first) = outdated.first() else {
+        if let Some(p) = next_resize(f, listed) {
+            return p;
+        }
         return match f.all_serving(listed) {
             Ok(()) => plan(
                 Step::Wait,
@@ -356,7 +382,7 @@ pub fn next_step(f: &Facts) -> Plan {
     let primary = f.primary.clone().unwrap_or_default();
     match &f.switchover {
         Some(SwitchoverState::InFlight(name)) => {
-            plan(Step::Wait, true, change, format!("switchover {name} moves the primary off {primary}"))
+            plan(Step::Wait, true, change, switchover_message(name, &primary))
         }
         Some(SwitchoverState::Failed { name, message, ago_secs }) if *ago_secs < SWITCHOVER_RETRY_SECS => {
             plan(
@@ -392,6 +418,34 @@ pub fn next_step(f: &Facts) -> Plan {
             None => plan(Step::Wait, true, change, "waiting for an up-to-date replica to take over"),
         },
     }
+}
+
+/// In-place resizes: one member at a time, replicas first and the primary last, each only
+/// while every member serves; none while a resize is being applied.
+fn next_resize(f: &Facts, listed: &[String]) -> Option<Plan> {
+    let pods: Vec<&PodView> = listed.iter().filter_map(|n| f.pod(n)).collect();
+    if let Some(p) = pods.iter().find(|p| p.resize == Resize::InProgress) {
+        return Some(plan(Step::Wait, true, Reason::Resizing, format!("the kubelet is resizing {}", p.name)));
+    }
+    let wanted: Vec<&&PodView> = pods.iter().filter(|p| p.resize == Resize::Wanted).collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    if let Err(why) = f.all_serving(listed) {
+        return Some(plan(Step::Wait, true, Reason::Resizing, format!("waiting: {why}")));
+    }
+    let primary = f.primary.as_deref();
+    let p = wanted
+        .iter()
+        .filter(|p| Some(p.name.as_str()) != primary)
+        .max_by_key(|p| (ordinal(&p.name), p.name.clone()))
+        .or(wanted.first())?;
+    Some(plan(
+        Step::Resize(p.name.clone()),
+        true,
+        Reason::Resizing,
+        format!("resizing {} in place ({} left)", p.name, wanted.len()),
+    ))
 }
 
 /// The up-to-date replica best placed to take over: serving, least lag, lowest ordinal.
@@ -563,6 +617,32 @@ mod tests {
         f.switchover =
             Some(SwitchoverState::Failed { name: "x".into(), message: "lag".into(), ago_secs: 31.0 });
         assert!(matches!(next_step(&f).step, Step::Switchover { .. }));
+    }
+
+    #[test]
+    fn resizes_in_place_one_member_at_a_time_replicas_first() {
+        let mut f = serving();
+        for p in &mut f.pods {
+            p.resize = Resize::Wanted;
+        }
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::Resize("c-2".into()), Reason::Resizing));
+        f.pods[2].resize = Resize::InProgress;
+        assert_eq!(next_step(&f).step, Step::Wait, "one at a time");
+        f.pods[2].resize = Resize::Done;
+        assert_eq!(next_step(&f).step, Step::Resize("c-0".into()));
+        f.pods[0].resize = Resize::Done;
+        // The primary last, and only while every replica serves.
+        f.members[2].lag = None;
+        assert_eq!(next_step(&f).step, Step::Wait);
+        f.members[2].lag = Some(0);
+        assert_eq!(next_step(&f).step, Step::Resize("c-1".into()));
+        f.pods[1].resize = Resize::Done;
+        assert_eq!(next_step(&f).reason, Reason::UpToDate);
+        // A pod that must restart anyway is rolled, not resized.
+        f.pods[0].resize = Resize::Wanted;
+        f.pods[2].change = Some(Reason::Upgrading);
+        assert_eq!(next_step(&f).step, Step::DeletePod("c-2".into()));
     }
 
     #[test]

@@ -289,7 +289,8 @@ vocabulary! {
         Restarting,
         /// Progressing=True: members move to a new image one at a time (seed: UPGRADING).
         Upgrading,
-        /// Progressing=True: members restart one at a time with new resources (the flavor).
+        /// Progressing=True: members get new resources (the flavor), in place one at a time
+        /// where their node can, otherwise restarted one at a time.
         Resizing,
         /// Progressing=True: members restart one at a time with new engine parameters.
         Reconfiguring,
@@ -347,6 +348,8 @@ vocabulary! {
         Switchover,
         /// HaCluster (spec.instances): a lifecycle change starts, ends or stops.
         Lifecycle,
+        /// HaCluster (spec.instances): give a member's pod new resources in place.
+        Resize,
     }
 }
 

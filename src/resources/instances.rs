@@ -46,7 +46,10 @@ pub struct Instances {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// CPU and memory of each member (the flavor). Changing them restarts the members in order.
+    /// CPU and memory of each member (the flavor). A change is applied to the running members
+    /// in place, one at a time (the pods' resize subresource, Kubernetes 1.33+); where the
+    /// node cannot (a QoS class change, such as adding the first request), the members
+    /// restart in order instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// A volume per member, mounted at /data. Without it members keep their data in an

@@ -36,6 +36,7 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["services"], &["get", "create", "patch"]),
     ("understudy.dev", &["shardfailovers"], &["create"]),
     ("", &["pods"], &["get", "list", "watch", "create", "patch", "delete"]),
+    ("", &["pods/resize"], &["patch"]),
     ("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "delete"]),
     ("policy", &["poddisruptionbudgets"], &["create"]),
     ("", &["events"], &["create", "patch"]),

@@ -233,7 +233,67 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     eprintln!("parameters: {refused}");
     assert!(refused.contains("maxmemory"), "{refused}");
     set(json!({"maxmemory": "64mb"})).await;
-    up_to_date(&client, &hacs, &ns.name, 3).await;
+    let configured = up_to_date(&client, &hacs, &ns.name, 3).await;
+
+    // Resize (the flavor). From no resources to some, the pods' QoS class changes, which
+    // Kubernetes does not do in place: the API refuses the resize and the members restart in
+    // the roll's order.
+    let flavor = |cpu: &str, memory: &str| {
+        json!({"spec": {"instances": {"resources": {
+            "requests": {"cpu": cpu, "memory": "32Mi"}, "limits": {"memory": memory}}}}})
+    };
+    let t = Instant::now();
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(flavor("50m", "256Mi"))).await.unwrap();
+    eventually(WAIT, "Progressing=True Resizing", || async {
+        let c = hacs.get("db").await.ok()?;
+        let (s, r, _) = progressing(&c)?;
+        (s == "True" && r == "Resizing").then_some(())
+    })
+    .await;
+    let restarted_for_qos = eventually(WAIT, "every member restarted with resources", || async {
+        let pods = up_to_date(&client, &hacs, &ns.name, 3).await;
+        pods.iter().all(|p| memory_limit(p, false).as_deref() == Some("256Mi")).then_some(pods)
+    })
+    .await;
+    writer.wait_more(200, WAIT).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    pauses.push(pause);
+    eprintln!(
+        "resize (QoS class changes: restarts): {:.1}s, longest client pause {pause:?}",
+        t.elapsed().as_secs_f64()
+    );
+    for ((n, old), (_, new)) in uids(&configured).iter().zip(uids(&restarted_for_qos)) {
+        assert_ne!(old, &new, "{n} was not restarted for a QoS class change");
+    }
+    // Within the class, the kubelet resizes the running containers: nothing restarts.
+    let primary_before_resize = wait_primary(&hacs, "db", None).await;
+    let t = Instant::now();
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(flavor("100m", "512Mi"))).await.unwrap();
+    let resized = eventually(WAIT, "every member resized in place", || async {
+        let c = hacs.get("db").await.ok()?;
+        let (s, r, _) = progressing(&c)?;
+        let pods = pods(&client, &ns.name, SELECTOR).await;
+        (s == "False"
+            && r == "UpToDate"
+            && pods.len() == 3
+            && pods.iter().all(|p| memory_limit(p, true).as_deref() == Some("512Mi")))
+        .then_some(pods)
+    })
+    .await;
+    writer.wait_more(200, WAIT).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    eprintln!("resize in place: {:.1}s, longest client pause {pause:?}", t.elapsed().as_secs_f64());
+    assert_eq!(uids(&resized), uids(&restarted_for_qos), "an in-place resize restarts no pod");
+    for p in &resized {
+        let restarts =
+            p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|c| c[0].restart_count);
+        assert_eq!(restarts, Some(0), "{} restarted its container", p.name_any());
+    }
+    assert_eq!(
+        wait_primary(&hacs, "db", None).await,
+        primary_before_resize,
+        "the primary stays through an in-place resize"
+    );
 
     // 3. Upgrade: a new image (the same build under a new name) rolls the same way.
     let upgraded_image = "docker.io/local/redis:upgraded";
@@ -328,6 +388,28 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     .await;
     writer.wait_more(200, WAIT).await;
 
+    // 6. The primary's pod is evicted (what `kubectl drain` does; the budget allows one): the
+    // role moves to a replica before the pod stops, losing nothing, and the operator
+    // recreates the member.
+    let evicted = wait_primary(&hacs, "db", None).await;
+    let old_uid = two.iter().find(|p| p.name_any() == evicted).and_then(|p| p.uid());
+    let t = Instant::now();
+    node.kubectl(&["-n", &ns.name, "delete", "pod", &evicted, "--wait=false"]).unwrap();
+    let successor = wait_primary(&hacs, "db", Some(&evicted)).await;
+    let back = eventually(WAIT, "the evicted member to come back", || async {
+        let pods = up_to_date(&client, &hacs, &ns.name, 2).await;
+        pods.iter().any(|p| p.name_any() == evicted && p.uid() != old_uid).then_some(pods)
+    })
+    .await;
+    writer.wait_more(200, WAIT).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    pauses.push(pause);
+    eprintln!(
+        "evict the primary {evicted}: {successor} took over, member back in {:.1}s, longest client pause {pause:?}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(back.len(), 2);
+
     // Nothing acknowledged was lost; never two primaries.
     let acked = writer.stop().await;
     let since: Vec<u64> = acked.iter().copied().filter(|n| *n >= from_seq).collect();
@@ -341,7 +423,7 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     assert!(sampler.rounds() > 50, "the role sampler ran {} rounds", sampler.rounds());
     assert_eq!(sampler.max(), 1, "two members answered as primary at once");
 
-    // 6. Delete: the pods and the budget go with the cluster; the volumes stay (whenDeleted:
+    // 7. Delete: the pods and the budget go with the cluster; the volumes stay (whenDeleted:
     // Retain, the default).
     hacs.delete("db", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "the members' pods to go", || async {
@@ -355,6 +437,17 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
         "the volumes outlive the cluster (pvcRetention.whenDeleted: Retain)"
     );
     let _ = node.kubectl(&["delete", "pv", "-l", &format!("test={class}"), "--wait=false"]);
+}
+
+/// The engine container's memory limit: as the pod asks (`running` false) or as the kubelet
+/// reports it applied (`running` true).
+fn memory_limit(p: &Pod, running: bool) -> Option<String> {
+    let resources = if running {
+        p.status.as_ref()?.container_statuses.as_ref()?.first()?.resources.clone()?
+    } else {
+        p.spec.as_ref()?.containers.first()?.resources.clone()?
+    };
+    Some(resources.limits?.get("memory")?.0.clone())
 }
 
 /// `CONFIG GET name` of the member at `ip`.

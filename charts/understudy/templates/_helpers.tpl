@@ -90,6 +90,10 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# A member's new resources (spec.instances.resources), given in place where the node can.
+- apiGroups: [""]
+  resources: ["pods/resize"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "delete"]

@@ -247,11 +247,41 @@ async fn on_node(
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    for (kind, name, selector) in
-        [("instances", "u", "understudy.dev/cluster=u"), ("statefulset", "s", "app=s")]
-    {
-        settled(&hacs, name).await.with_context(|| format!("{kind} bootstrap"))?;
-        let vip = cluster_ip(&client, &format!("{name}-primary")).await?;
+    if args.trace_dir.is_some() {
+        node.kubectl(&["-n", NS, "set", "env", "deployment/understudy", "RUST_LOG=info,understudy=debug"])?;
+        node.kubectl(&["-n", NS, "rollout", "status", "deployment/understudy", "--timeout=120s"])?;
+        node.node_sh("proxy", &["--v=2"])?;
+    }
+    let result = rolls(args, &client, &hacs, &pods, &sts, stats, notes).await;
+    if let Some(dir) = &args.trace_dir {
+        std::fs::create_dir_all(dir)?;
+        for p in pods.list(&ListParams::default().labels("app.kubernetes.io/name=understudy")).await? {
+            let log = node.kubectl(&["-n", NS, "logs", &p.name_any()])?;
+            std::fs::write(dir.join(format!("{}.log", p.name_any())), log)?;
+        }
+        std::fs::copy(node.dir.join("logs/kube-proxy.log"), dir.join("kube-proxy.log"))?;
+        eprintln!("trace kept in {}", dir.display());
+    }
+    result
+}
+
+async fn rolls(
+    args: &Args,
+    client: &Client,
+    hacs: &Api<HaCluster>,
+    pods: &Api<Pod>,
+    sts: &Api<StatefulSet>,
+    stats: &mut Vec<Stats>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let kinds: &[(&str, &str, &str)] = if args.trace_dir.is_some() {
+        &[("instances", "u", "understudy.dev/cluster=u")]
+    } else {
+        &[("instances", "u", "understudy.dev/cluster=u"), ("statefulset", "s", "app=s")]
+    };
+    for &(kind, name, selector) in kinds {
+        settled(hacs, name).await.with_context(|| format!("{kind} bootstrap"))?;
+        let vip = cluster_ip(client, &format!("{name}-primary")).await?;
         let resolve: Resolver = {
             let vip = vip.clone();
             Arc::new(move || {
@@ -268,7 +298,7 @@ async fn on_node(
         let mut took = Stats { name: format!("{label}: roll duration"), values_ms: vec![] };
         let (mut lost, mut acked, mut most_primaries) = (0, 0, 0);
         for run in 0..args.runs {
-            let primary = settled(&hacs, name).await?;
+            let primary = settled(hacs, name).await?;
             tokio::time::sleep(QUIET).await;
             let before: Vec<String> = pods
                 .list(&ListParams::default().labels(selector))
@@ -286,13 +316,13 @@ async fn on_node(
                 if kind == "instances" {
                     let p = json!({"spec": {"instances": {"pod": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}});
                     hacs.patch(name, &PatchParams::default(), &Patch::Merge(&p)).await?;
-                    instances_rolled(&client, &hacs, &before, &mut moved).await?;
+                    instances_rolled(client, hacs, &before, &mut moved).await?;
                 } else {
                     let p = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}});
                     sts.patch(name, &PatchParams::default(), &Patch::Merge(&p)).await?;
-                    sts_rolled(&client, &hacs, &mut moved).await?;
+                    sts_rolled(client, hacs, &mut moved).await?;
                 }
-                settled(&hacs, name).await
+                settled(hacs, name).await
             };
             let new = match rolled.await {
                 Ok(new) => new,
@@ -323,6 +353,13 @@ async fn on_node(
             let primaries = sampler.finish().await;
             let at =
                 |i: Option<Instant>| i.map_or("-".to_owned(), |i| format!("+{:.1}s", (i - t0).as_secs_f64()));
+            if args.trace_dir.is_some()
+                && let Some(b) = began
+            {
+                let wall = std::time::SystemTime::now() - b.elapsed();
+                let wall: k8s_openapi::jiff::Timestamp = wall.try_into()?;
+                eprintln!("trace: run {run} pause from {wall} for {gap:.1} ms");
+            }
             eprintln!(
                 "{kind} run {run}: primary {primary} → {new} (status at {}), roll {roll_ms:.0} ms, client pause {gap:.1} ms (began at {}), {missing} of {n} acknowledged writes missing, at most {primaries} primary at once",
                 at(moved.at),

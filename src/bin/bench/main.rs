@@ -94,6 +94,10 @@ struct Args {
     /// chaos: the cluster must be Healthy again within this many seconds of the heal.
     #[arg(long, default_value_t = 60)]
     bound_secs: u64,
+    /// lifecycle: keep the operator's debug log and kube-proxy's sync log here, print each
+    /// run's pause in wall-clock time to match them against, and skip the peer.
+    #[arg(long)]
+    trace_dir: Option<std::path::PathBuf>,
     // Child processes of scale/storm (not for direct use).
     #[arg(long, hide = true, default_value_t = 0)]
     first: usize,
