@@ -408,6 +408,9 @@ pub(super) struct Declared {
     pub route: String,
     pub node: Option<String>,
     pub priority: i32,
+    /// Its pod is being deleted: still a member while it runs (a primary is moved off it,
+    /// drained), never promoted, not routed as a replica.
+    pub leaving: bool,
 }
 
 /// Reads and resourceVersion-guarded writes of one HaCluster's status, shared by its
@@ -693,7 +696,7 @@ impl Monitor {
                 .pods
                 .state()
                 .into_iter()
-                .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.namespace() == ns)
                 .filter(|p| sel.match_labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
                 .collect();
             pods.sort_by_key(|p| p.name_any());
@@ -710,6 +713,7 @@ impl Monitor {
                     route,
                     node: m.node.clone(),
                     priority: m.priority,
+                    leaving: false,
                 });
             }
         }
@@ -926,12 +930,25 @@ impl Monitor {
             .filter(|(name, _)| !declared.iter().any(|d| &d.name == *name))
             .map(|(n, m)| (n.clone(), m.endpoint.clone()))
             .collect();
-        for (name, endpoint) in removed {
-            if cluster.spec.paused {
+        if cluster.spec.paused {
+            for (name, _) in removed {
                 self.members.remove(&name);
-                continue;
             }
-            match engine.demote(&endpoint).await {
+            return;
+        }
+        // At once and bounded by a heartbeat: a removed member is usually a pod that is gone,
+        // whose address no longer answers, and waiting on it (a connect timeout each, one
+        // after the other) held up this monitor's heartbeats — measured: 20 s without probes
+        // after two replicas were removed, during which an evicted primary was not moved off.
+        let timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
+        let demoted = futures::future::join_all(removed.iter().map(|(_, endpoint)| async move {
+            tokio::time::timeout(timeout, engine.demote(endpoint))
+                .await
+                .unwrap_or_else(|_| Err(EngineError::Timeout { endpoint: endpoint.clone(), timeout }))
+        }))
+        .await;
+        for ((name, _), result) in removed.into_iter().zip(demoted) {
+            match result {
                 Ok(()) => {
                     info!(cluster = %key(cluster), member = %name, "detached a member removed from the membership");
                     self.ctx
@@ -1129,6 +1146,7 @@ impl Monitor {
                     probe: st.probe,
                     misses: st.misses,
                     unauthorized: st.unauthorized,
+                    leaving: d.leaving,
                 }
             })
             .collect();
@@ -1138,6 +1156,7 @@ impl Monitor {
         let lost = current_primary.as_ref().is_some_and(|p| {
             members.iter().find(|m| &m.name == p).is_none_or(|m| {
                 m.misses >= policy_threshold
+                    || (m.leaving && m.misses > 0)
                     || m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica)
             })
         });
@@ -1507,8 +1526,9 @@ impl Monitor {
                 last_fault: st.last_fault.clone(),
                 self_fencing: st.self_fencing,
                 declared_dead: declared_dead(d),
+                // A pod already being deleted may be deleted at once: that is what was asked.
                 killable: cluster.pod_membership().is_some()
-                    && cluster.spec.failover.fencing.delete_unreachable_pods,
+                    && (cluster.spec.failover.fencing.delete_unreachable_pods || d.leaving),
             }
         });
         let others = declared
@@ -1816,6 +1836,9 @@ impl Monitor {
             ClusterPhase::Bootstrapping
         } else if !all_primaries_ok && blocks.iter().any(|b| b.1 == Reason::NoEligibleReplica) {
             ClusterPhase::Failed
+        } else if let Some(lifecycle) = lifecycle_phase(&status) {
+            // A planned change takes members down on purpose: say which, not Degraded.
+            lifecycle
         } else if !all_primaries_ok || degraded {
             ClusterPhase::Degraded
         } else {
@@ -1846,8 +1869,8 @@ impl Monitor {
                     if cluster.standby().is_none() {
                         primaries.push(d.route.clone());
                     }
-                } else if st
-                    .is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica))
+                } else if !d.leaving
+                    && st.is_some_and(|m| m.probe.as_ref().is_some_and(|p| p.role == ObservedRole::Replica))
                 {
                     replicas.push(d.route.clone());
                 }
@@ -1991,6 +2014,7 @@ fn pod_member(pod: &Pod, sel: &crate::resources::hacluster::PodMembership) -> Op
         route,
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         priority,
+        leaving: pod.metadata.deletion_timestamp.is_some(),
     })
 }
 
@@ -2192,6 +2216,16 @@ fn offsets(s: &HaClusterStatus) -> Vec<(Option<i64>, Option<i64>)> {
 /// The parts of a status whose change is worth a write: everything except heartbeat times,
 /// offsets and lag, which move constantly (they are refreshed whenever something else changes;
 /// lag counts only when it crosses `maxLagOnFailover`).
+/// The lifecycle change under way (`spec.instances`), from the instances controller's
+/// `Progressing=True` condition.
+fn lifecycle_phase(status: &HaClusterStatus) -> Option<ClusterPhase> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Progressing.as_str() && c.status == "True")
+        .and_then(|c| ClusterPhase::of_lifecycle(&c.reason))
+}
+
 fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
     let mut s = s.clone();
     for shard in &mut s.shards {
@@ -2212,6 +2246,45 @@ fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::resources::hacluster::{FailoverRecord, MemberStatus, OperationLock};
+
+    #[test]
+    fn a_lifecycle_change_under_way_is_the_phase() {
+        let t = Time(Timestamp::UNIX_EPOCH);
+        let mut status = HaClusterStatus::default();
+        assert_eq!(lifecycle_phase(&status), None);
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Progressing,
+            true,
+            Reason::Upgrading,
+            "m",
+            None,
+            &t,
+        );
+        assert_eq!(lifecycle_phase(&status), Some(ClusterPhase::Upgrading));
+        // Stopped (a member that does not come up) or done: the monitor's own phase.
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Progressing,
+            false,
+            Reason::MemberNotReady,
+            "m",
+            None,
+            &t,
+        );
+        assert_eq!(lifecycle_phase(&status), None);
+        for r in [
+            Reason::Creating,
+            Reason::AddingReplica,
+            Reason::RemovingReplica,
+            Reason::Restarting,
+            Reason::Resizing,
+            Reason::Reconfiguring,
+        ] {
+            let phase = ClusterPhase::of_lifecycle(r.as_str()).expect("a lifecycle reason is a phase");
+            assert_eq!(serde_json::to_value(phase).unwrap(), serde_json::json!(r.as_str()));
+        }
+    }
 
     #[test]
     fn the_observed_part_carries_no_decision() {

@@ -19,10 +19,11 @@ use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::{
     api::{
         core::v1::{
-            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaim,
-            PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
-            PodAntiAffinity, PodSpec, Probe, SecretKeySelector, TCPSocketAction, Volume, VolumeMount,
-            VolumeResourceRequirements, WeightedPodAffinityTerm,
+            Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Lifecycle,
+            LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec, Probe,
+            SecretKeySelector, SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+            WeightedPodAffinityTerm,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -71,6 +72,8 @@ pub const MANAGER: &str = "understudy-instances";
 const REVISION_LABEL: &str = "understudy.dev/revision";
 /// Longest cluster name whose members' names stay valid hostnames and label values.
 const MAX_NAME: usize = 55;
+/// A member pod's grace period unless `spec.instances.pod` says otherwise.
+const DEFAULT_GRACE_SECS: i64 = 10;
 /// The engine's container in a member's pod.
 const CONTAINER: &str = "engine";
 /// Environment variable holding the password inside a member's container.
@@ -232,7 +235,9 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     let mut next = st.clone();
     let params = parameters(ctx, cluster, instances, &st, &pods).await?;
     next.parameters = Some(params.in_force.clone());
-    let mut facts = facts(cluster, instances, &params.in_force, &st, &revision, &pods, &pvcs, &requests);
+    let sizes = volume_sizes(ctx, cluster, instances, &st, &pvcs).await?;
+    let mut facts =
+        facts(cluster, instances, &params.in_force, &st, &revision, &pods, &pvcs, &requests, &sizes);
     facts.routing_quiet_secs = routed_at;
     let plan = next_step(&facts);
     debug!(cluster = %key(cluster), step = ?plan.step, reason = %plan.reason, message = %plan.message, "instances");
@@ -345,6 +350,7 @@ fn facts(
     pods: &[Pod],
     pvcs: &[PersistentVolumeClaim],
     requests: &[ShardFailover],
+    sizes: &VolumeSizes,
 ) -> Facts {
     let status = cluster.status.clone().unwrap_or_default();
     let shard = status.shards.iter().find(|s| s.name == "main");
@@ -379,6 +385,9 @@ fn facts(
                 })
             } else if let Err(why) = resize_state(p, &desired_resources).inspect(|r| resize = *r) {
                 Some(why)
+            } else if sizes.rebuild.contains(&p.name_any()) || sizes.restart.contains(&p.name_any()) {
+                // A larger volume that needs a new pod: rebuilt, or expanded offline.
+                Some(Reason::Resizing)
             } else if !pod_ready(p) && started_with(p).as_ref() != Some(in_force) {
                 // Started with parameters no longer in force (a value the engine refused, and
                 // since corrected): it does not serve, so it is replaced.
@@ -396,11 +405,11 @@ fn facts(
             }
         })
         .collect();
-    let volumes = pvcs
-        .iter()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
-        .filter_map(|c| c.name_any().strip_prefix("data-").map(str::to_owned))
-        .collect();
+    let member_of = |c: &PersistentVolumeClaim| c.name_any().strip_prefix("data-").map(str::to_owned);
+    let volumes =
+        pvcs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).filter_map(member_of).collect();
+    let deleting_volumes =
+        pvcs.iter().filter(|c| c.metadata.deletion_timestamp.is_some()).filter_map(member_of).collect();
     let ours: Vec<&ShardFailover> = requests
         .iter()
         .filter(|r| r.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision))
@@ -428,6 +437,9 @@ fn facts(
         created: st.created,
         pods,
         volumes,
+        deleting_volumes,
+        rebuild_volumes: sizes.rebuild.clone(),
+        expanding_volumes: sizes.expanding.clone(),
         storage: instances.storage.is_some(),
         delete_volume_when_scaled: instances.pvc_retention.when_scaled == Retention::Delete,
         primary,
@@ -827,6 +839,7 @@ pub fn member_pod(
                     ..Default::default()
                 }),
                 resources: instances.resources.clone(),
+                lifecycle: pre_stop(cluster, instances),
                 volume_mounts: Some(vec![VolumeMount {
                     name: "data".into(),
                     mount_path: DATA_DIR.into(),
@@ -837,7 +850,9 @@ pub fn member_pod(
             volumes: Some(vec![volume]),
             hostname: Some(member.into()),
             enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(o.termination_grace_period_seconds.unwrap_or(10)),
+            termination_grace_period_seconds: Some(
+                o.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECS),
+            ),
             node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
             tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
             affinity,
@@ -846,6 +861,89 @@ pub fn member_pod(
         }),
         status: None,
     }
+}
+
+/// Pod volumes against `spec.instances.storage.size`, by member.
+#[derive(Default)]
+struct VolumeSizes {
+    /// Being expanded in place (asked; the volume's capacity is not there yet).
+    expanding: Vec<String>,
+    /// Expanded, but the file system grows only when the volume is next mounted: the member
+    /// restarts.
+    restart: Vec<String>,
+    /// Cannot be expanded (the API refused: the StorageClass does not allow it): the member
+    /// is rebuilt onto a new volume.
+    rebuild: Vec<String>,
+}
+
+/// PVC annotation: the size an expansion was refused for.
+const EXPANSION_REFUSED_ANNOTATION: &str = "understudy.dev/expansion-refused";
+
+/// Ask a larger size of every member volume smaller than the spec's (once; refusals are
+/// recorded on the volume) and say where each stands.
+async fn volume_sizes(
+    ctx: &Context,
+    cluster: &HaCluster,
+    instances: &Instances,
+    st: &InstancesStatus,
+    pvcs: &[PersistentVolumeClaim],
+) -> Result<VolumeSizes, OpError> {
+    use crate::resources::shared::quantity_value;
+    let mut out = VolumeSizes::default();
+    let Some(storage) = &instances.storage else { return Ok(out) };
+    let Some(want) = quantity_value(&storage.size) else { return Ok(out) };
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    for c in pvcs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
+        let name = c.name_any();
+        let Some(member) = name.strip_prefix("data-").filter(|m| st.members.iter().any(|x| x == m)) else {
+            continue;
+        };
+        let size = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+            q.and_then(|q| quantity_value(&q.0)).unwrap_or(0.0)
+        };
+        let asked = size(
+            c.spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage")),
+        );
+        let status = c.status.as_ref();
+        let capacity = size(status.and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage")));
+        let condition = |t: &str| {
+            status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|x| x.type_ == t && x.status == "True"))
+        };
+        if asked < want {
+            if c.annotations().get(EXPANSION_REFUSED_ANNOTATION) == Some(&storage.size) {
+                out.rebuild.push(member.to_owned());
+                continue;
+            }
+            let body = json!({"spec": {"resources": {"requests": {"storage": storage.size}}}});
+            let pp = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+            match api.patch(&name, &pp, &Patch::Merge(&body)).await {
+                Ok(_) => {
+                    info!(cluster = %key(cluster), volume = %name, size = %storage.size, "expanding a member volume");
+                    out.expanding.push(member.to_owned());
+                }
+                Err(kube::Error::Api(e)) if matches!(e.code, 403 | 422) => {
+                    warn!(cluster = %key(cluster), volume = %name, error = %e.message, "volume expansion refused; the member is rebuilt on a new volume instead");
+                    let mark =
+                        json!({"metadata": {"annotations": {EXPANSION_REFUSED_ANNOTATION: storage.size}}});
+                    api.patch(&name, &pp, &Patch::Merge(&mark)).await?;
+                    out.rebuild.push(member.to_owned());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else if condition("FileSystemResizePending") {
+            out.restart.push(member.to_owned());
+        } else if capacity < want && status.and_then(|s| s.phase.as_deref()) == Some("Bound") {
+            out.expanding.push(member.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// Give `member`'s pod the spec's resources in place (the `resize` subresource, Kubernetes
@@ -885,6 +983,20 @@ async fn resize(
     pods_api.patch(member, &pp, &Patch::Merge(&mark)).await?;
     ctx.event(cluster, false, Reason::Resizing, EventAction::Resize, outcome).await;
     Ok(())
+}
+
+/// A pause before the engine is told to stop, so that a primary whose pod is deleted
+/// (`kubectl drain`, a user) is still running when the monitor's next heartbeat sees it
+/// leaving and moves the role off it, drained (a switchover, not a failover). Three
+/// heartbeats, at least 2 s, within the pod's grace period.
+fn pre_stop(cluster: &HaCluster, instances: &Instances) -> Option<Lifecycle> {
+    let grace = instances.pod.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECS);
+    let heartbeats = (cluster.spec.failover.heartbeat_interval.0.as_secs_f64() * 3.0).ceil() as i64;
+    let seconds = heartbeats.max(2).min(grace - 1);
+    (seconds >= 1).then(|| Lifecycle {
+        pre_stop: Some(LifecycleHandler { sleep: Some(SleepAction { seconds }), ..Default::default() }),
+        ..Default::default()
+    })
 }
 
 /// The member's volume; owned by the cluster (deleted with it) only with

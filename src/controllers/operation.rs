@@ -54,6 +54,7 @@ pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]
                 }),
                 misses: u32::from(!m.healthy),
                 unauthorized: false,
+                leaving: false,
             })
             .collect(),
         current_primary: s.current_primary.clone(),

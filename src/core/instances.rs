@@ -81,6 +81,13 @@ pub struct Facts {
     pub pods: Vec<PodView>,
     /// Members (by name) whose volume exists.
     pub volumes: Vec<String>,
+    /// Members whose volume is being deleted (a new one is created once it is gone).
+    pub deleting_volumes: Vec<String>,
+    /// Members whose volume is smaller than the spec's and cannot be expanded: rebuilt, one
+    /// member at a time like a restart, onto a new volume (a replica resyncs its data).
+    pub rebuild_volumes: Vec<String>,
+    /// Members whose volume is being expanded in place.
+    pub expanding_volumes: Vec<String>,
     /// Members have volumes (`spec.instances.storage`).
     pub storage: bool,
     /// Delete the volume of a removed member (`pvcRetention.whenScaled: Delete`).
@@ -221,8 +228,39 @@ pub fn next_step(f: &Facts) -> Plan {
     let adding = listed.len() < f.want;
     let grow_reason = if creating { Reason::Creating } else { Reason::AddingReplica };
 
+    // One member: rebuilding its volume would lose the data; nothing else may serve.
+    if listed.len() == 1
+        && let Some(name) = f.rebuild_volumes.first()
+    {
+        return plan(
+            Step::Wait,
+            false,
+            Reason::VolumeNotExpandable,
+            format!(
+                "the volume of {name} cannot be expanded in place, and rebuilding the only member would lose its data; add a member (it is then rebuilt like a replica) or use a StorageClass with allowVolumeExpansion"
+            ),
+        );
+    }
+
     // Listed members first get a volume, then a pod.
     for name in listed {
+        if f.deleting_volumes.contains(name) {
+            return plan(
+                Step::Wait,
+                true,
+                Reason::Resizing,
+                format!("waiting for the old volume of {name} to go"),
+            );
+        }
+        // A member being rebuilt onto a larger volume: its pod is gone, the old volume goes.
+        if f.pod(name).is_none() && f.rebuild_volumes.contains(name) && f.deletable(name) {
+            return plan(
+                Step::DeleteVolume(name.clone()),
+                true,
+                Reason::Resizing,
+                format!("rebuilding {name} on a larger volume"),
+            );
+        }
         if f.storage && !f.volumes.contains(name) {
             let why = if creating { Reason::Creating } else { Reason::AddingReplica };
             return plan(
@@ -327,6 +365,9 @@ pub fn next_step(f: &Facts) -> Plan {
     let Some(first) = outdated.first() else {
         if let Some(p) = next_resize(f, listed) {
             return p;
+        }
+        if let Some(name) = f.expanding_volumes.first() {
+            return plan(Step::Wait, true, Reason::Resizing, format!("expanding the volume of {name}"));
         }
         return match f.all_serving(listed) {
             Ok(()) => plan(
@@ -643,6 +684,44 @@ mod tests {
         f.pods[0].resize = Resize::Wanted;
         f.pods[2].change = Some(Reason::Upgrading);
         assert_eq!(next_step(&f).step, Step::DeletePod("c-2".into()));
+    }
+
+    #[test]
+    fn volumes_that_cannot_expand_are_rebuilt_member_by_member_never_the_primary_first() {
+        let mut f = serving();
+        f.storage = true;
+        f.volumes = f.listed.clone().unwrap();
+        f.rebuild_volumes = f.volumes.clone();
+        for p in &mut f.pods {
+            p.change = Some(Reason::Resizing);
+        }
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::DeletePod("c-2".into()), Reason::Resizing));
+        // c-2's pod is gone: its volume goes, then a new one, then the pod.
+        f.pods.retain(|p| p.name != "c-2");
+        assert_eq!(next_step(&f).step, Step::DeleteVolume("c-2".into()));
+        f.volumes.retain(|v| v != "c-2");
+        f.deleting_volumes = vec!["c-2".into()];
+        assert_eq!(next_step(&f).step, Step::Wait, "the old volume must be gone first");
+        f.deleting_volumes.clear();
+        f.rebuild_volumes.retain(|v| v != "c-2");
+        assert_eq!(next_step(&f).step, Step::CreateVolume("c-2".into()));
+        // The primary's volume is never deleted while it is primary, pod or not.
+        let mut g = serving();
+        g.storage = true;
+        g.volumes = g.listed.clone().unwrap();
+        g.rebuild_volumes = vec!["c-1".into()];
+        g.pods.retain(|p| p.name != "c-1");
+        assert!(!matches!(next_step(&g).step, Step::DeleteVolume(_)));
+        // One member: refused, nothing touched.
+        let mut one = serving();
+        one.listed = Some(vec!["c-1".into()]);
+        one.want = 1;
+        one.pods.retain(|p| p.name == "c-1");
+        one.rebuild_volumes = vec!["c-1".into()];
+        one.pods[0].change = Some(Reason::Resizing);
+        let p = next_step(&one);
+        assert_eq!((p.step, p.progressing, p.reason), (Step::Wait, false, Reason::VolumeNotExpandable));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct MemberFacts {
     pub misses: u32,
     /// The member answered but refused our credentials.
     pub unauthorized: bool,
+    /// Its pod is being deleted (a deletionTimestamp): it is never promoted, and as the
+    /// primary its role is moved off it (drained) while it still runs.
+    pub leaving: bool,
 }
 
 impl MemberFacts {
@@ -132,9 +135,10 @@ pub struct Plan {
     pub primary_lost: bool,
 }
 
-/// A member is down after `failure_threshold` consecutive missed probes.
+/// A member is down after `failure_threshold` consecutive missed probes, or after one when
+/// its pod is being deleted (it is not coming back).
 pub fn is_down(m: &MemberFacts, policy: &Policy) -> bool {
-    m.misses >= policy.failure_threshold.max(1)
+    m.misses >= policy.failure_threshold.max(1) || (m.leaving && m.misses > 0)
 }
 
 /// Healthy: answered the latest probe with our credentials.
@@ -172,6 +176,8 @@ pub fn elect_candidate<'a>(
     for m in &facts.members {
         let reason = if !is_healthy(m) {
             Some(if m.unauthorized { "refuses our credentials".to_owned() } else { "unreachable".to_owned() })
+        } else if m.leaving {
+            Some("its pod is being deleted".to_owned())
         } else if m.priority <= 0 {
             Some("priority 0 (never promoted)".to_owned())
         } else if m.node.as_ref().is_some_and(|n| facts.avoid_nodes.contains(n)) {
@@ -249,6 +255,9 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     if !lost {
         let pm = pm.expect("not lost");
         repair(facts, policy, pm, &mut plan);
+        if pm.leaving {
+            leave(facts, policy, pm, &mut plan);
+        }
         return plan;
     }
     plan.primary_lost = true;
@@ -364,6 +373,45 @@ fn bootstrap(facts: &ShardFacts, policy: &Policy) -> Plan {
     plan
 }
 
+/// The primary's pod is being deleted (`kubectl drain`, a rollout, a user) but it still
+/// serves: move the role to the best replica now, with the old primary drained, rather than
+/// fail over once it has stopped. With no replica fit to take over it keeps serving until it
+/// stops, and the shard says why.
+fn leave(facts: &ShardFacts, policy: &Policy, primary: &MemberFacts, plan: &mut Plan) {
+    let name = &primary.name;
+    if !policy.automatic {
+        plan.blocked = Some(Blocked {
+            reason: Reason::ManualFailover,
+            message: format!(
+                "the pod of primary {name} is being deleted and failover mode is manual; create a FailoverRequest"
+            ),
+        });
+        return;
+    }
+    match elect_candidate(facts, policy, Some(name)) {
+        Ok(c) => {
+            plan.promote = Some(Promotion {
+                kind: PromotionKind::Failover,
+                to: c.name.clone(),
+                from: Some(name.clone()),
+                reason: format!("the pod of primary {name} is being deleted"),
+                lost_offset: match (facts.last_primary_offset, c.offset()) {
+                    (Some(p), Some(o)) => Some((p - o).max(0)),
+                    _ => None,
+                },
+            });
+        }
+        Err(why) => {
+            plan.blocked = Some(Blocked {
+                reason: Reason::NoEligibleReplica,
+                message: format!(
+                    "the pod of primary {name} is being deleted and no replica may take over ({why}); it serves until it stops"
+                ),
+            });
+        }
+    }
+}
+
 /// Primary is fine: demote any other member acting as primary, point stray replicas at it.
 fn repair(facts: &ShardFacts, policy: &Policy, primary: &MemberFacts, plan: &mut Plan) {
     // A standby leader must follow the upstream (also if it acts as primary).
@@ -404,6 +452,35 @@ mod tests {
             misses: 0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_primary_whose_pod_is_being_deleted_is_moved_off_while_it_serves() {
+        let mut p = member("a", Some(ObservedRole::Primary), 100);
+        p.leaving = true;
+        let mut leaving_replica = member("b", Some(ObservedRole::Replica), 100);
+        leaving_replica.leaving = true;
+        let facts = ShardFacts {
+            members: vec![p, leaving_replica, member("c", Some(ObservedRole::Replica), 100)],
+            current_primary: Some("a".into()),
+            last_primary_offset: Some(100),
+            ..Default::default()
+        };
+        let plan = plan(&facts, &Policy { failover_delay: Duration::from_secs(60), ..Policy::default() });
+        let promote = plan.promote.expect("moved off at once, not after failoverDelay");
+        assert_eq!(
+            (promote.kind, promote.to.as_str(), promote.from.as_deref()),
+            (PromotionKind::Failover, "c", Some("a"))
+        );
+        assert!(promote.reason.contains("being deleted"), "{}", promote.reason);
+        // No replica fit to take over: it keeps serving, and the shard says why.
+        let mut facts = facts;
+        facts.members.truncate(2);
+        let plan = super::plan(&facts, &Policy::default());
+        assert!(plan.promote.is_none());
+        let blocked = plan.blocked.expect("blocked");
+        assert_eq!(blocked.reason, Reason::NoEligibleReplica);
+        assert!(blocked.message.contains("b: its pod is being deleted"), "{}", blocked.message);
     }
 
     fn down(mut m: MemberFacts) -> MemberFacts {
@@ -591,21 +668,25 @@ mod tests {
                 0..4u32,
                 prop::bool::weighted(0.1),
                 0..3usize,
+                prop::bool::weighted(0.15),
             )
-                .prop_map(move |(priority, probe, misses, unauthorized, node)| MemberFacts {
-                    name: format!("m{i}"),
-                    endpoint: format!("m{i}:6379"),
-                    node: Some(format!("n{node}")),
-                    priority: priority * 100,
-                    probe: probe.map(|(primary, offset)| Probe {
-                        role: if primary { Primary } else { Replica },
-                        offset: Some(offset),
-                        following: (!primary).then(|| "m0:6379".to_owned()),
-                        link_up: true,
-                        ..Default::default()
-                    }),
-                    misses,
-                    unauthorized,
+                .prop_map(move |(priority, probe, misses, unauthorized, node, leaving)| {
+                    MemberFacts {
+                        name: format!("m{i}"),
+                        endpoint: format!("m{i}:6379"),
+                        node: Some(format!("n{node}")),
+                        priority: priority * 100,
+                        probe: probe.map(|(primary, offset)| Probe {
+                            role: if primary { Primary } else { Replica },
+                            offset: Some(offset),
+                            following: (!primary).then(|| "m0:6379".to_owned()),
+                            link_up: true,
+                            ..Default::default()
+                        }),
+                        misses,
+                        unauthorized,
+                        leaving,
+                    }
                 })
         }
 
@@ -684,7 +765,12 @@ mod tests {
                 match p.kind {
                     PromotionKind::Failover => {
                         prop_assert!(policy.automatic && !policy.paused, "failover in manual or paused mode");
-                        prop_assert!(facts.primary_lost_for >= policy.failover_delay);
+                        // A primary whose pod is being deleted is moved off at once.
+                        let leaving = facts
+                            .members
+                            .iter()
+                            .any(|m| Some(&m.name) == facts.current_primary.as_ref() && m.leaving);
+                        prop_assert!(leaving || facts.primary_lost_for >= policy.failover_delay);
                     }
                     PromotionKind::Resume => prop_assert!(false, "no target was recorded"),
                     PromotionKind::Bootstrap | PromotionKind::Adopt => {
@@ -694,6 +780,7 @@ mod tests {
                 if p.kind != PromotionKind::Adopt {
                     prop_assert!(m.priority > 0, "priority 0 promoted");
                     prop_assert!(is_healthy(m), "unhealthy member promoted: {:?}", m);
+                    prop_assert!(!m.leaving, "a member whose pod is being deleted promoted: {:?}", m);
                     prop_assert!(
                         !m.node.as_ref().is_some_and(|n| facts.avoid_nodes.contains(n)),
                         "promoted on a dead node"

@@ -304,6 +304,9 @@ vocabulary! {
         SwitchoverFailed,
         /// Progressing=False: the cluster's name is too long to name its pods.
         NameTooLong,
+        /// Progressing=False: a larger volume was asked of the only member, whose volume
+        /// cannot be expanded in place; rebuilding it would lose its data.
+        VolumeNotExpandable,
         /// Progressing=False: a member refused a parameter's value; new members keep starting
         /// with the parameters in force (members that took an earlier value live keep it).
         InvalidParameter,

@@ -555,7 +555,9 @@ impl HaCluster {
     }
 }
 
-/// Coarse cluster phase.
+/// Coarse cluster phase. For members the operator runs (`spec.instances`), a lifecycle
+/// change under way shows here too (the `Progressing` condition says which member and why),
+/// unless something more urgent does: a promotion, a failure, pausing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ClusterPhase {
     Pending,
@@ -565,6 +567,33 @@ pub enum ClusterPhase {
     FailingOver,
     Paused,
     Failed,
+    /// Members are being created (seed: BUILD).
+    Creating,
+    AddingReplica,
+    RemovingReplica,
+    /// Members restart one at a time (seed: REBOOT).
+    Restarting,
+    /// Members move to a new image one at a time (seed: UPGRADING).
+    Upgrading,
+    /// Members get new resources, in place or restarted (seed: RESIZE).
+    Resizing,
+    Reconfiguring,
+}
+
+impl ClusterPhase {
+    /// The phase of a lifecycle change, from the reason of `Progressing=True`.
+    pub fn of_lifecycle(reason: &str) -> Option<Self> {
+        Some(match reason {
+            "Creating" => Self::Creating,
+            "AddingReplica" => Self::AddingReplica,
+            "RemovingReplica" => Self::RemovingReplica,
+            "Restarting" => Self::Restarting,
+            "Upgrading" => Self::Upgrading,
+            "Resizing" => Self::Resizing,
+            "Reconfiguring" => Self::Reconfiguring,
+            _ => return None,
+        })
+    }
 }
 
 impl HaClusterStatus {

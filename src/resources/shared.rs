@@ -284,6 +284,34 @@ pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
     conditions.retain(|c| c.type_ != type_.as_str());
 }
 
+/// A Kubernetes quantity (`64Mi`, `1.5Gi`, `10G`, `500m`, `1e3`) as a number, for
+/// comparing sizes; None when it is not one.
+pub fn quantity_value(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let end = q.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(end);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(number * factor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +359,17 @@ mod tests {
         assert_eq!(condition(&cs, ready).map(|c| c.reason.as_str()), Some("NoPrimary"));
         remove_condition(&mut cs, ready);
         assert!(condition(&cs, ready).is_none());
+    }
+
+    #[test]
+    fn quantities_compare_as_numbers() {
+        assert_eq!(quantity_value("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity_value("1Gi"), quantity_value("1024Mi"));
+        assert_eq!(quantity_value("1000m"), quantity_value("1"));
+        assert_eq!(quantity_value("1e3"), quantity_value("1k"));
+        assert_eq!(quantity_value("1.5G"), Some(1.5e9));
+        assert!(quantity_value("128Mi") > quantity_value("100M"));
+        assert_eq!(quantity_value("lots"), None);
+        assert_eq!(quantity_value("1Zi"), None);
     }
 }

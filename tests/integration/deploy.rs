@@ -37,7 +37,7 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("understudy.dev", &["shardfailovers"], &["create"]),
     ("", &["pods"], &["get", "list", "watch", "create", "patch", "delete"]),
     ("", &["pods/resize"], &["patch"]),
-    ("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "delete"]),
+    ("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "patch", "delete"]),
     ("policy", &["poddisruptionbudgets"], &["create"]),
     ("", &["events"], &["create", "patch"]),
     ("", &["endpoints"], &["get", "delete"]),

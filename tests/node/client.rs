@@ -71,6 +71,14 @@ impl Writer {
         times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(to - from)
     }
 
+    /// When the longest gap within [from, to] began, as an offset from `from`.
+    pub fn longest_gap_began(&self, from: Instant, to: Instant) -> Option<Duration> {
+        let acked = self.acked.lock().unwrap();
+        let times: Vec<Instant> =
+            acked.iter().map(|(_, at)| *at).filter(|at| *at >= from && *at <= to).collect();
+        times.windows(2).max_by_key(|w| w[1] - w[0]).map(|w| w[0] - from)
+    }
+
     /// The sequence number of the last acknowledged write.
     pub fn last_seq(&self) -> u64 {
         self.acked.lock().unwrap().last().map(|(n, _)| *n).unwrap_or(0)

@@ -119,7 +119,7 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     let ns = TestNs::new(node, &client, "inst").await;
     node.install_operator(&ns.name, &[]).unwrap();
     let class = format!("local-{}", ns.name);
-    node.apply(&ns.name, &volumes(node, &class, 5)).unwrap();
+    node.apply(&ns.name, &volumes(node, &class, 8)).unwrap();
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns.name);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
 
@@ -363,6 +363,40 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     let fixed = up_to_date(&client, &hacs, &ns.name, 3).await;
     assert_eq!(fixed.iter().find(|p| p.name_any() == primary_before).unwrap().uid(), primary_uid);
 
+    // Volume expansion. The test's StorageClass (static hostPath volumes) does not allow it:
+    // the API refuses a larger claim, and the members are rebuilt one at a time onto new,
+    // larger volumes (replicas resync), the primary last after a switchover.
+    let old_claims = pvcs.list(&ListParams::default().labels(SELECTOR)).await.unwrap().items;
+    let t = Instant::now();
+    let grow = json!({"spec": {"instances": {"storage": {"size": "128Mi"}}}});
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(&grow)).await.unwrap();
+    eventually(WAIT, "Progressing=True Resizing", || async {
+        let c = hacs.get("db").await.ok()?;
+        let (s, r, _) = progressing(&c)?;
+        (s == "True" && r == "Resizing").then_some(())
+    })
+    .await;
+    let grown = eventually(WAIT, "every member on a 128Mi volume", || async {
+        up_to_date(&client, &hacs, &ns.name, 3).await;
+        let c = pvcs.list(&ListParams::default().labels(SELECTOR)).await.ok()?.items;
+        let live: Vec<_> = c.into_iter().filter(|c| c.metadata.deletion_timestamp.is_none()).collect();
+        let size = |c: &PersistentVolumeClaim| {
+            c.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())
+        };
+        (live.len() == 3 && live.iter().all(|c| size(c).as_deref() == Some("128Mi"))).then_some(live)
+    })
+    .await;
+    writer.wait_more(200, WAIT).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    pauses.push(pause);
+    eprintln!(
+        "volumes 64Mi → 128Mi (expansion refused: rebuilt): {:.1}s, longest client pause {pause:?}",
+        t.elapsed().as_secs_f64()
+    );
+    for c in &old_claims {
+        assert!(!uids_of(&grown).contains(&c.uid().unwrap()), "{} was not rebuilt", c.name_any());
+    }
+
     // 5. Add a replica, then remove two: the primary is never the one removed, and a removed
     // member's volume goes with it (pvcRetention.whenScaled: Delete).
     let t = Instant::now();
@@ -403,12 +437,42 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     .await;
     writer.wait_more(200, WAIT).await;
     let pause = writer.longest_gap(t, Instant::now());
+    let began = writer.longest_gap_began(t, Instant::now());
     pauses.push(pause);
     eprintln!(
-        "evict the primary {evicted}: {successor} took over, member back in {:.1}s, longest client pause {pause:?}",
+        "evict the primary {evicted}: {successor} took over, member back in {:.1}s, longest client pause {pause:?} (began {began:?} after the delete)",
         t.elapsed().as_secs_f64()
     );
+    // Where the time went: the operator's log of the eviction.
+    let (_, logs, _) = node.run(
+        &node.kubectl,
+        &["-n", &ns.name, "logs", "-l", "app.kubernetes.io/name=understudy", "--tail=400", "--prefix"],
+    );
+    let since = k8s_openapi::jiff::Timestamp::now()
+        - std::time::Duration::from_secs_f64(t.elapsed().as_secs_f64() + 1.0);
+    for line in logs.lines() {
+        if let Some(ts) = line.split("\"timestamp\":\"").nth(1).and_then(|r| r.get(..27))
+            && ts.parse::<k8s_openapi::jiff::Timestamp>().is_ok_and(|ts| ts >= since)
+        {
+            eprintln!("  {line}");
+        }
+    }
+    eprintln!("  (delete at {since} + 1 s)");
     assert_eq!(back.len(), 2);
+    // A switchover, not a failover: the old primary was drained while its pod was stopping.
+    let record = hacs.get("db").await.unwrap().status.and_then(|s| s.last_failover).expect("lastFailover");
+    eprintln!("evict the primary: {} ({:?} ms)", record.reason, record.duration_ms);
+    assert_eq!(
+        (record.from.as_deref(), record.to.as_deref()),
+        (Some(evicted.as_str()), Some(successor.as_str()))
+    );
+    assert!(record.reason.contains("being deleted"), "{}", record.reason);
+    assert_eq!(record.lost_offset, Some(0), "drained: {:?}", record.steps);
+    assert!(
+        record.steps.iter().any(|s| s.message.as_deref().unwrap_or_default().contains("drained")),
+        "{:?}",
+        record.steps
+    );
 
     // Nothing acknowledged was lost; never two primaries.
     let acked = writer.stop().await;

@@ -94,9 +94,11 @@ What the operator reads and writes; the same rules as deploy/02-rbac.yaml. Bound
 - apiGroups: [""]
   resources: ["pods/resize"]
   verbs: ["patch"]
+# Volumes grow when spec.instances.storage.size does (patch), where the StorageClass
+# allows it; otherwise a member is rebuilt onto a new one.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create"]
