@@ -221,7 +221,11 @@ fn dead_nodes(nodes: &Store<Node>) -> Vec<String> {
 
 /// How many replicas `primary` of `shard` needs to take writes: the spec's
 /// `minReplicasToWrite`, capped at the shard's other members — with `replicasDown:
-/// KeepWriting` only those that answered the latest probe.
+/// KeepWriting` only those that answered the latest probe and, as replicas, have their
+/// replication link up. A replica still in its first sync (a new or restarted pod: Redis
+/// waits `repl-diskless-sync-delay`, 5 s, before it even starts) acknowledges nothing; counting
+/// it made a two-member cluster refuse every write until the sync was done (measured: 5 s
+/// after an evicted member's pod came back).
 fn fencing_want(
     cluster: &HaCluster,
     declared: &[Declared],
@@ -230,7 +234,11 @@ fn fencing_want(
     primary: &str,
 ) -> u32 {
     let f = &cluster.spec.failover.fencing;
-    let up = |name: &str| members.get(name).is_some_and(|m| m.misses == 0 && m.probe.is_some());
+    let up = |name: &str| {
+        members.get(name).is_some_and(|m| {
+            m.misses == 0 && m.probe.as_ref().is_some_and(|p| p.role != ObservedRole::Replica || p.link_up)
+        })
+    };
     let others = declared
         .iter()
         .filter(|d| d.shard == shard && d.name != primary)
@@ -2246,6 +2254,34 @@ fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::resources::hacluster::{FailoverRecord, MemberStatus, OperationLock};
+
+    #[test]
+    fn self_fencing_counts_replicas_whose_link_is_up() {
+        let cluster: HaCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "c"},
+            "spec": {"engine": "Redis", "selector": {"matchLabels": {"app": "c"}, "port": 6379}}
+        }))
+        .unwrap();
+        let declared: Vec<Declared> = ["a", "b"]
+            .iter()
+            .map(|n| Declared { shard: "main".into(), name: (*n).into(), ..Default::default() })
+            .collect();
+        let probe = |role, link_up| Probe { role, link_up, ..Default::default() };
+        let mut members = HashMap::from([
+            (
+                "a".to_owned(),
+                MemberState { probe: Some(probe(ObservedRole::Primary, false)), ..Default::default() },
+            ),
+            (
+                "b".to_owned(),
+                MemberState { probe: Some(probe(ObservedRole::Replica, true)), ..Default::default() },
+            ),
+        ]);
+        assert_eq!(fencing_want(&cluster, &declared, &members, "main", "a"), 1);
+        // b is back but still in its first sync: it acknowledges nothing yet.
+        members.get_mut("b").unwrap().probe = Some(probe(ObservedRole::Replica, false));
+        assert_eq!(fencing_want(&cluster, &declared, &members, "main", "a"), 0);
+    }
 
     #[test]
     fn a_lifecycle_change_under_way_is_the_phase() {

@@ -189,6 +189,10 @@ where
             Err(e) => return Err(e),
         }
     }
+    // Looked at again: the uid precondition of the cached attempt no longer applies.
+    if let Some(meta) = obj.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("uid");
+    }
     let applied = match api.get_opt(name).await? {
         Some(existing) if !existing.owner_references().iter().any(|o| o.uid == owner_uid) => {
             return Ok(Err(format!(
