@@ -593,6 +593,11 @@ async fn check(
             if m.priority <= 0 {
                 return Ok(Step::Failed(format!("candidate {c} has priority 0: never promoted")));
             }
+            if m.leaving {
+                return Ok(Step::Failed(format!(
+                    "candidate {c} is leaving (its pod is being deleted): never promoted; name another candidate or none"
+                )));
+            }
             if !shard::is_healthy(m) {
                 // It may be starting (a cluster applied together with the request): waited
                 // for until the step's deadline.

@@ -1704,6 +1704,7 @@ impl Monitor {
                         lag,
                         upstream,
                         message: st.error.clone(),
+                        leaving: d.leaving,
                     }
                 })
                 .collect();

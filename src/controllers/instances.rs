@@ -267,7 +267,9 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
             return Ok(Action::requeue(Duration::from_millis(100)));
         }
         Step::CreateVolume(member) => {
-            create_volume(ctx, cluster, instances, member).await?;
+            if let Some(why) = create_volume(ctx, cluster, instances, member).await? {
+                return name_taken(ctx, cluster, &next, &restart, why).await;
+            }
             Duration::from_millis(100)
         }
         Step::CreatePod(member) => {
@@ -277,7 +279,17 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
                 .await
             {
                 Ok(_) => info!(cluster = %key(cluster), member, %revision, "created member pod"),
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    // Ours and not yet in the cache, or someone else's pod under the name.
+                    if let Some(other) = pods_api.get_opt(member).await?
+                        && !(ours(&other.metadata) && owned_by_us(&other.metadata))
+                    {
+                        let why = format!(
+                            "pod {member} exists and is not a member of this HaCluster; it is left alone and member {member} is not created until it is deleted or renamed"
+                        );
+                        return name_taken(ctx, cluster, &next, &restart, why).await;
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
             ctx.event(cluster, false, plan.reason, EventAction::CreateMember, plan.message.clone()).await;
@@ -857,6 +869,7 @@ pub fn member_pod(
             tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
             affinity,
             priority_class_name: o.priority_class_name.clone(),
+            security_context: o.security_context.clone(),
             ..Default::default()
         }),
         status: None,
@@ -1006,8 +1019,8 @@ async fn create_volume(
     cluster: &HaCluster,
     instances: &Instances,
     member: &str,
-) -> Result<(), OpError> {
-    let Some(storage) = &instances.storage else { return Ok(()) };
+) -> Result<Option<String>, OpError> {
+    let Some(storage) = &instances.storage else { return Ok(None) };
     let api: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let owners = (instances.pvc_retention.when_deleted == Retention::Delete).then(|| vec![owner(cluster)]);
@@ -1032,11 +1045,38 @@ async fn create_volume(
     match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &pvc).await {
         Ok(_) => {
             info!(cluster = %key(cluster), member, size = %storage.size, "created member volume");
-            Ok(())
+            Ok(None)
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // A volume of this cluster's name is reused (it may have been retained); any
+            // other claim under the name is someone else's data and is never mounted.
+            let name = pvc.name_any();
+            let theirs = api
+                .get_opt(&name)
+                .await?
+                .is_some_and(|c| c.labels().get(CLUSTER_LABEL) != Some(&cluster.name_any()));
+            Ok(theirs.then(|| format!(
+                "PersistentVolumeClaim {name} exists and is not labelled {CLUSTER_LABEL}={}; it is never mounted, and member {member} is not created until it is deleted or renamed",
+                cluster.name_any()
+            )))
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A member's pod or volume name is taken by an object that is not the cluster's: say so
+/// (`Progressing=False NameConflict`, a Warning Event) and look again in a while rather than
+/// retrying the create every 100 ms.
+async fn name_taken(
+    ctx: &Context,
+    cluster: &HaCluster,
+    next: &InstancesStatus,
+    restart: &(bool, Reason, String),
+    why: String,
+) -> Result<Action, OpError> {
+    warn!(cluster = %key(cluster), "{why}");
+    write_status(ctx, cluster, next, (false, Reason::NameConflict, &why), restart).await?;
+    Ok(Action::requeue(Duration::from_secs(15)))
 }
 
 /// A PodDisruptionBudget of one: `kubectl drain` never takes two members at once.
@@ -1148,6 +1188,7 @@ async fn write_status(
                 | Reason::SwitchoverFailed
                 | Reason::NameTooLong
                 | Reason::InvalidParameter
+                | Reason::NameConflict
         );
         ctx.event(cluster, warning, reason, EventAction::Lifecycle, message.to_owned()).await;
     }

@@ -54,7 +54,7 @@ pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]
                 }),
                 misses: u32::from(!m.healthy),
                 unauthorized: false,
-                leaving: false,
+                leaving: m.leaving,
             })
             .collect(),
         current_primary: s.current_primary.clone(),
@@ -255,4 +255,51 @@ pub async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Res
     }
     // Still held: the caller retries (never reported as released).
     Err(conflict.expect("five conflicts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        core::shard::{Policy, elect_candidate},
+        resources::hacluster::{HaClusterStatus, MemberStatus, ShardStatus},
+    };
+
+    fn member(name: &str, role: Role, offset: i64, leaving: bool) -> MemberStatus {
+        MemberStatus {
+            name: name.into(),
+            role,
+            healthy: true,
+            offset: Some(offset),
+            leaving,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_operation_never_elects_a_member_whose_pod_is_being_deleted() {
+        let mut cluster: HaCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "c"},
+            "spec": {"engine": "Redis", "selector": {"matchLabels": {"app": "c"}, "port": 6379}}
+        }))
+        .expect("a valid HaCluster");
+        cluster.status = Some(HaClusterStatus {
+            shards: vec![ShardStatus {
+                name: "s0".into(),
+                current_primary: Some("a".into()),
+                members: vec![
+                    member("a", Role::Primary, 100, false),
+                    // Ahead of c and first by name: elected if its leaving were not read.
+                    member("b", Role::Replica, 100, true),
+                    member("c", Role::Replica, 90, false),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let facts = facts_from_status(&cluster, "s0", &[]);
+        assert!(facts.members.iter().find(|m| m.name == "b").is_some_and(|m| m.leaving));
+        let policy = Policy { max_lag: i64::MAX, ..Policy::default() };
+        assert_eq!(elect_candidate(&facts, &policy, Some("a")).map(|m| m.name.as_str()), Ok("c"));
+    }
 }

@@ -711,6 +711,10 @@ pub struct MemberStatus {
     /// Last probe error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The member's pod is being deleted (drained node, eviction, `kubectl delete pod`): it is
+    /// never promoted, is out of the replicas Service, and as the primary it is switched over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// A member's role.

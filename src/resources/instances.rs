@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{Affinity, ResourceRequirements, Toleration},
+    api::core::v1::{Affinity, PodSecurityContext, ResourceRequirements, Toleration},
     apimachinery::pkg::api::resource::Quantity,
 };
 use schemars::JsonSchema;
@@ -160,6 +160,11 @@ pub struct PodOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub priority_class_name: Option<String>,
+    /// The pods' security context: for example `fsGroup`, so that an engine image running as
+    /// a non-root user can write its fresh volume, or `runAsNonRoot`/`runAsUser`. Changing it
+    /// restarts the members in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
     /// Seconds a member gets to stop (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]

@@ -13,6 +13,7 @@ mod hacluster_agent;
 mod hacluster_pods;
 mod hacluster_redis;
 mod hostile;
+mod instances;
 mod lifecycle;
 mod operator;
 mod outage;
