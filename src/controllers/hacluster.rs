@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Context, SecretCache, cached_credentials, key,
-    promotion::{OpDone, ShardOp},
+    promotion::{EarlyRoute, OpDone, ShardOp},
     routing,
 };
 use crate::{
@@ -1347,7 +1347,16 @@ impl Monitor {
         let Some(start) = self.saga_start(engine.as_ref(), cluster, shard, declared, &p) else {
             return false;
         };
-        let op = ShardOp::new(self.ctx.clone(), self.status.clone(), self.pods.clone());
+        let mut op = ShardOp::new(self.ctx.clone(), self.status.clone(), self.pods.clone());
+        // The primary Service moves as soon as the new primary is promoted, where it has
+        // exactly the old one behind it (one shard, routed, not a standby).
+        let route = |name: &str| declared.iter().find(|d| d.name == name).map(|d| d.route.clone());
+        op.early_route = match (&p.from, &self.last_routes) {
+            (Some(from), Some(last)) if cluster.spec.routing.enabled && cluster.standby().is_none() => {
+                route(from).zip(route(&p.to)).map(|(from, to)| EarlyRoute { last: last.clone(), from, to })
+            }
+            _ => None,
+        };
         let span = tracing::info_span!("promotion", shard, to = %p.to);
         let run = tracing::Instrument::instrument(
             op.run(engine.clone(), cluster.clone(), shard.to_owned(), declared.to_vec(), p, start),

@@ -40,6 +40,17 @@ pub struct ShardOp {
     pub pods: Store<Pod>,
     /// The agent redirect ConfigMap's host, once written.
     redirect_host: Option<String>,
+    /// Where the primary Services move once the new primary is promoted, before the outcome
+    /// is recorded ([`routing::route_promoted_early`]); None where they wait for the record.
+    pub early_route: Option<EarlyRoute>,
+}
+
+/// The routes a promotion may move early: the ones last written, and the old and new
+/// primaries' routes (`host:port`).
+pub struct EarlyRoute {
+    pub last: routing::Routes,
+    pub from: String,
+    pub to: String,
 }
 
 /// What a finished promotion reports to its monitor.
@@ -60,6 +71,9 @@ pub struct OpDone {
     pub redirect_host: Option<String>,
 }
 
+/// How long the outcome record waits for the primary Service's early write.
+const EARLY_ROUTE_WAIT: Duration = Duration::from_secs(1);
+
 /// What a promotion's outcome record holds.
 struct Outcome<'a> {
     promotion: &'a Promotion,
@@ -74,7 +88,7 @@ struct Outcome<'a> {
 
 impl ShardOp {
     pub fn new(ctx: Context, status: StatusHandle, pods: Store<Pod>) -> Self {
-        Self { ctx, status, pods, redirect_host: None }
+        Self { ctx, status, pods, redirect_host: None, early_route: None }
     }
 
     /// Carry out promotion `p` of `shard_name` as the saga started from `start` directs.
@@ -105,6 +119,7 @@ impl ShardOp {
         let mut promoted_at_offset = None;
         let mut promoted = false;
         let mut refetch = false;
+        let mut routed_early = None;
         let mut seen = 0;
         let end = loop {
             // Steps the saga recorded since the last effect, timed as they are seen.
@@ -166,6 +181,9 @@ impl ShardOp {
                     let r = timed(step_timeout, engine.promote(&endpoint(&member))).await;
                     if r.is_ok() && member == to.name {
                         promoted = true;
+                        if let Some(early) = self.early_route.take() {
+                            routed_early = Some(self.route_early(cluster, early, started));
+                        }
                         promoted_at_offset = primary_offset(engine, &to, step_timeout).await;
                     }
                     r
@@ -182,6 +200,13 @@ impl ShardOp {
                     self.redirect(engine, cluster, declared, &members, &to).await
                 }
                 Effect::RecordOutcome => {
+                    // Clients first: the primary Service's write goes to the API server before
+                    // the outcome's, not beside it (on a busy API server each slowed the other).
+                    if let Some(mut task) = routed_early.take()
+                        && tokio::time::timeout(EARLY_ROUTE_WAIT, &mut task).await.is_err()
+                    {
+                        routed_early = Some(task);
+                    }
                     let outcome = Outcome {
                         promotion: &p,
                         to: &to.name,
@@ -215,6 +240,10 @@ impl ShardOp {
             );
             saga.observe(report);
         };
+        // Before the monitor's own routing write, which must not be overtaken by this one.
+        if let Some(task) = routed_early {
+            let _ = task.await;
+        }
         OpDone {
             shard: shard_name.to_owned(),
             promotion: p,
@@ -227,6 +256,38 @@ impl ShardOp {
             written: self.status.written.take(),
             redirect_host: self.redirect_host.take(),
         }
+    }
+
+    /// Move the primary Services to the promoted member in a task of its own, beside the rest
+    /// of the saga (redirecting the other replicas, recording the outcome). Skipped when every
+    /// routing slot is taken: the monitor routes after the record as before.
+    fn route_early(
+        &self,
+        cluster: &HaCluster,
+        early: EarlyRoute,
+        started: Instant,
+    ) -> tokio::task::JoinHandle<()> {
+        let (ctx, cluster) = (self.ctx.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let Ok(_slot) = ctx.routing_slots.clone().try_acquire_owned() else { return };
+            let t = Instant::now();
+            let r = routing::route_promoted_early(&ctx.client, &cluster, &early.last, &early.from, &early.to)
+                .await;
+            match &r {
+                Ok(true) => ctx.routed(&cluster.uid().unwrap_or_default()),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(cluster = %key(&cluster), error = %e, "could not move the primary Service early; it moves after the record")
+                }
+            }
+            debug!(
+                cluster = %key(&cluster),
+                written = ?r.as_ref().ok(),
+                took_ms = t.elapsed().as_secs_f64() * 1000.0,
+                since_start_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "primary Service moved before the record"
+            );
+        })
     }
 
     /// Record the decision before acting: epoch+1, target, lock; resourceVersion-guarded.
@@ -370,6 +431,27 @@ impl ShardOp {
     async fn record_outcome(&mut self, shard_name: &str, o: Outcome<'_>, refetch: bool) -> Report {
         let base = if refetch { self.status.fetch().await } else { self.status.latest() };
         let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
+        if refetch {
+            // Who wrote in between (managedFields keep whole seconds: the newest entries).
+            let mut writers: Vec<_> = base
+                .managed_fields()
+                .iter()
+                .map(|f| {
+                    let at = f.time.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+                    (
+                        at,
+                        format!(
+                            "{} {} {}",
+                            f.manager.as_deref().unwrap_or("?"),
+                            f.operation.as_deref().unwrap_or("?"),
+                            f.subresource.as_deref().unwrap_or("")
+                        ),
+                    )
+                })
+                .collect();
+            writers.sort();
+            debug!(cluster = %self.status.oref, newest_writers = ?writers.iter().rev().take(3).collect::<Vec<_>>(), "re-read after a conflicting write");
+        }
         let mut next = base.clone();
         let status = next.status.get_or_insert_with(Default::default);
         let s = shard_entry(status, shard_name);
