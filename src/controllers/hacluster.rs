@@ -24,7 +24,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt as _,
@@ -507,7 +507,7 @@ impl StatusHandle {
         let over = self.stored_version();
         let written = {
             let _slot = self.ctx.decision_slots.acquire().await.expect("never closed");
-            api.replace_status(&self.oref.name, &PostParams::default(), next).await?
+            api.replace_status(&self.oref.name, &super::put_params(), next).await?
         };
         // Before the watch brings our own write back: it must not wake the monitor.
         self.wrote(written, over);

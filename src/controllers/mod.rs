@@ -35,6 +35,13 @@ use crate::{
 /// Field manager for every write the operator makes.
 pub const MANAGER: &str = "understudy";
 
+/// The write options of a compare-and-set status write (a PUT with the resourceVersion
+/// read): under the operator's field manager, so that `managedFields` names it rather
+/// than "unknown".
+pub fn put_params() -> kube::api::PostParams {
+    kube::api::PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }
+}
+
 /// What every controller gets, behind an `Arc`.
 #[derive(Clone)]
 pub struct Context {
@@ -550,7 +557,7 @@ where
     }
     let mut next = obj.clone();
     *next.status_mut() = Some(status);
-    api.replace_status(&obj.name_any(), &kube::api::PostParams::default(), &next).await.map(|_| ())
+    api.replace_status(&obj.name_any(), &put_params(), &next).await.map(|_| ())
 }
 
 /// Run every controller until one fails or `leading` turns false.

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Api, ResourceExt, api::PostParams};
+use kube::{Api, ResourceExt};
 
 use crate::{
     core::{
@@ -107,7 +107,7 @@ impl Holder {
 /// The resourceVersion-guarded status write that takes locks; a conflict means another
 /// writer won and the caller retries.
 async fn write_locks(clusters: &Api<HaCluster>, next: &HaCluster) -> Result<Result<(), String>, kube::Error> {
-    match clusters.replace_status(&next.name_any(), &PostParams::default(), next).await {
+    match clusters.replace_status(&next.name_any(), &super::put_params(), next).await {
         Ok(_) => Ok(Ok(())),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err("a concurrent status write (retrying)".into())),
         Err(e) => Err(e),
@@ -247,7 +247,7 @@ pub async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Res
         if !changed {
             return Ok(());
         }
-        match clusters.replace_status(cluster, &PostParams::default(), &next).await {
+        match clusters.replace_status(cluster, &super::put_params(), &next).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => conflict = Some(kube::Error::Api(s)),
             Err(e) => return Err(e),

@@ -43,6 +43,8 @@ pub struct ShardOp {
     /// Where the primary Services move once the new primary is promoted, before the outcome
     /// is recorded ([`routing::route_promoted_early`]); None where they wait for the record.
     pub early_route: Option<EarlyRoute>,
+    /// The copy the last outcome or abandon write was based on (what a conflict changed).
+    last_base: Option<HaCluster>,
 }
 
 /// The routes a promotion may move early: the ones last written, and the old and new
@@ -88,7 +90,7 @@ struct Outcome<'a> {
 
 impl ShardOp {
     pub fn new(ctx: Context, status: StatusHandle, pods: Store<Pod>) -> Self {
-        Self { ctx, status, pods, redirect_host: None, early_route: None }
+        Self { ctx, status, pods, redirect_host: None, early_route: None, last_base: None }
     }
 
     /// Carry out promotion `p` of `shard_name` as the saga started from `start` directs.
@@ -431,27 +433,10 @@ impl ShardOp {
     async fn record_outcome(&mut self, shard_name: &str, o: Outcome<'_>, refetch: bool) -> Report {
         let base = if refetch { self.status.fetch().await } else { self.status.latest() };
         let Some(base) = base else { return Err((Fault::Silent, "the cluster could not be read".into())) };
-        if refetch {
-            // Who wrote in between (managedFields keep whole seconds: the newest entries).
-            let mut writers: Vec<_> = base
-                .managed_fields()
-                .iter()
-                .map(|f| {
-                    let at = f.time.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
-                    (
-                        at,
-                        format!(
-                            "{} {} {}",
-                            f.manager.as_deref().unwrap_or("?"),
-                            f.operation.as_deref().unwrap_or("?"),
-                            f.subresource.as_deref().unwrap_or("")
-                        ),
-                    )
-                })
-                .collect();
-            writers.sort();
-            debug!(cluster = %self.status.oref, newest_writers = ?writers.iter().rev().take(3).collect::<Vec<_>>(), "re-read after a conflicting write");
+        if refetch && let Some(before) = self.last_base.take() {
+            debug!(cluster = %self.status.oref, changed = ?status_changes(&before, &base), "re-read after a conflicting write");
         }
+        self.last_base = Some(base.clone());
         let mut next = base.clone();
         let status = next.status.get_or_insert_with(Default::default);
         let s = shard_entry(status, shard_name);
@@ -524,6 +509,28 @@ impl ShardOp {
 }
 
 /// An engine call's result in the saga's terms.
+/// What another writer changed between two copies of a cluster: the status fields, and the
+/// conditions by type (for the debug log of a conflicting write).
+fn status_changes(before: &HaCluster, after: &HaCluster) -> Vec<String> {
+    let fields = |c: &HaCluster| match serde_json::to_value(&c.status) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => Default::default(),
+    };
+    let (b, a) = (fields(before), fields(after));
+    let mut changed: Vec<String> =
+        b.keys().chain(a.keys()).filter(|k| *k != "conditions" && b.get(*k) != a.get(*k)).cloned().collect();
+    changed.dedup();
+    let conditions = |c: &HaCluster| c.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    for c in conditions(after) {
+        if !conditions(before).iter().any(|x| {
+            x.type_ == c.type_ && x.status == c.status && x.reason == c.reason && x.message == c.message
+        }) {
+            changed.push(format!("condition {} = {} {}: {}", c.type_, c.status, c.reason, c.message));
+        }
+    }
+    changed
+}
+
 fn reported(r: Result<(), EngineError>) -> Report {
     r.map_err(|e| (e.fault(), e.to_string()))
 }

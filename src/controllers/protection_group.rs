@@ -38,7 +38,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
     runtime::controller::Action,
 };
 use serde_json::json;
@@ -280,7 +280,7 @@ impl Writer {
             }
             let mut next = self.obj.clone();
             next.status = Some(status.clone());
-            match self.api.replace_status(&self.obj.name_any(), &PostParams::default(), &next).await {
+            match self.api.replace_status(&self.obj.name_any(), &super::put_params(), &next).await {
                 Ok(o) => {
                     self.obj = o;
                     return Ok(());
