@@ -177,13 +177,27 @@ async fn reconcile(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, O
 
 async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Action, OpError> {
     let Ok(cluster) = &guarded.0 else { return Ok(Action::await_change()) };
+    let ctx = &state.ctx;
+    let finalized = cluster.finalizers().iter().any(|f| f == FINALIZER);
+    if cluster.metadata.deletion_timestamp.is_some() || cluster.spec.instances.is_none() {
+        // Owner references take the pods and the budget; the volumes go or stay as
+        // whenDeleted says *now* (the finalizer holds the deletion until they do).
+        if !finalized {
+            return Ok(Action::await_change());
+        }
+        if !state.caches_ready().await {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        return release_volumes(&state, cluster).await;
+    }
     let Some(instances) = &cluster.spec.instances else { return Ok(Action::await_change()) };
-    if cluster.metadata.deletion_timestamp.is_some() {
-        // Owner references take the pods, the budget and (per whenDeleted) the volumes.
-        return Ok(Action::await_change());
+    if !finalized {
+        // Before anything is created: a volume never outlives the policy it was made under.
+        let mut finalizers = cluster.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        return set_finalizers(ctx, cluster, finalizers).await;
     }
     crate::faults::panic_point("reconcile-instances");
-    let ctx = &state.ctx;
     let name = cluster.name_any();
     let ns = cluster.namespace().unwrap_or_default();
     let st = cluster.status.clone().unwrap_or_default().instances.unwrap_or_default();
@@ -235,6 +249,7 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     let mut next = st.clone();
     let params = parameters(ctx, cluster, instances, &st, &pods).await?;
     next.parameters = Some(params.in_force.clone());
+    volume_owners(ctx, cluster, instances.pvc_retention.when_deleted, &pvcs).await?;
     let sizes = volume_sizes(ctx, cluster, instances, &st, &pvcs).await?;
     let mut facts =
         facts(cluster, instances, &params.in_force, &st, &revision, &pods, &pvcs, &requests, &sizes);
@@ -1012,6 +1027,134 @@ fn pre_stop(cluster: &HaCluster, instances: &Instances) -> Option<Lifecycle> {
     })
 }
 
+/// Held on every `spec.instances` cluster: its deletion waits until the members' volumes
+/// follow `pvcRetention.whenDeleted` as it is at that moment. Without the operator running,
+/// remove it by hand (`kubectl patch haclusters <name> --type=json -p
+/// '[{"op":"remove","path":"/metadata/finalizers"}]'`); the volumes then follow the owner
+/// references they have.
+pub const FINALIZER: &str = "understudy.dev/volumes";
+
+/// Write the cluster's finalizers, guarded by its resourceVersion (a conflict is retried at
+/// once from the newer copy the watch brings).
+async fn set_finalizers(
+    ctx: &Context,
+    cluster: &HaCluster,
+    finalizers: Vec<String>,
+) -> Result<Action, OpError> {
+    let api: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": cluster.resource_version()}});
+    match api.patch(&cluster.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(Action::requeue(Duration::from_millis(100))),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+            Ok(Action::requeue(Duration::from_millis(200)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The cluster's volumes by label (retained ones of an earlier cluster of this name too).
+fn cluster_volumes(state: &State, cluster: &HaCluster) -> Vec<PersistentVolumeClaim> {
+    let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    state
+        .caches
+        .iter()
+        .flat_map(|c| c.pvcs.state())
+        .filter(|c| {
+            c.metadata.namespace.as_deref() == Some(ns.as_str())
+                && c.labels().get(CLUSTER_LABEL) == Some(&name)
+        })
+        .map(|c| (*c).clone())
+        .collect()
+}
+
+/// Make each volume's owner reference to the cluster match `when_deleted` (owned: deleted
+/// with the cluster; not owned: kept), as StatefulSet does for its retention policy. A
+/// policy changed after the volumes were made would otherwise not apply to them: `Retain`
+/// set before deleting a cluster would still have lost its data.
+async fn volume_owners(
+    ctx: &Context,
+    cluster: &HaCluster,
+    when_deleted: Retention,
+    pvcs: &[PersistentVolumeClaim],
+) -> Result<(), OpError> {
+    let uid = cluster.uid().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    for pvc in pvcs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
+        let owned = pvc.owner_references().iter().any(|o| o.uid == uid);
+        let want = when_deleted == Retention::Delete;
+        if owned == want {
+            continue;
+        }
+        let mut owners: Vec<OwnerReference> =
+            pvc.owner_references().iter().filter(|o| o.uid != uid).cloned().collect();
+        if want {
+            owners.push(owner(cluster));
+        }
+        let patch =
+            json!({"metadata": {"ownerReferences": owners, "resourceVersion": pvc.resource_version()}});
+        match api.patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                info!(cluster = %key(cluster), volume = %pvc.name_any(), owned = want, "volume follows whenDeleted")
+            }
+            // Changed or gone meanwhile: looked at again with the next copy.
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The cluster is being deleted: apply whenDeleted to its volumes (with `Delete`, delete
+/// them; with `Retain`, drop the cluster's owner reference so nothing collects them), then
+/// let the deletion go on. A failure is `Progressing=False DeletionError` with the reason,
+/// and is retried.
+async fn release_volumes(state: &State, cluster: &HaCluster) -> Result<Action, OpError> {
+    let ctx = &state.ctx;
+    let when_deleted = match &cluster.spec.instances {
+        Some(i) if cluster.metadata.deletion_timestamp.is_some() => i.pvc_retention.when_deleted,
+        // No longer an instances cluster: its volumes are kept.
+        _ => Retention::Retain,
+    };
+    let pvcs = cluster_volumes(state, cluster);
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let mut failed = Vec::new();
+    if when_deleted == Retention::Retain {
+        if let Err(e) = volume_owners(ctx, cluster, Retention::Retain, &pvcs).await {
+            failed.push(e.to_string());
+        }
+    } else {
+        for pvc in pvcs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
+            let dp = DeleteParams {
+                preconditions: Some(kube::api::Preconditions { uid: pvc.uid(), resource_version: None }),
+                ..Default::default()
+            };
+            match api.delete(&pvc.name_any(), &dp).await {
+                Ok(_) => {
+                    info!(cluster = %key(cluster), volume = %pvc.name_any(), "deleted member volume (whenDeleted: Delete)")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => failed.push(format!("{}: {e}", pvc.name_any())),
+            }
+        }
+    }
+    if !failed.is_empty() {
+        let msg = format!(
+            "the cluster is not deleted until its volumes follow pvcRetention.whenDeleted ({when_deleted:?}); retried: {}",
+            failed.join("; ")
+        );
+        warn!(cluster = %key(cluster), "{msg}");
+        let st = cluster.status.clone().unwrap_or_default().instances.unwrap_or_default();
+        write_status(ctx, cluster, &st, (false, Reason::DeletionError, &msg), &restart_condition(&[]))
+            .await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let finalizers: Vec<String> = cluster.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    set_finalizers(ctx, cluster, finalizers).await
+}
+
 /// The member's volume; owned by the cluster (deleted with it) only with
 /// `pvcRetention.whenDeleted: Delete`.
 async fn create_volume(
@@ -1189,6 +1332,7 @@ async fn write_status(
                 | Reason::NameTooLong
                 | Reason::InvalidParameter
                 | Reason::NameConflict
+                | Reason::DeletionError
         );
         ctx.event(cluster, warning, reason, EventAction::Lifecycle, message.to_owned()).await;
     }

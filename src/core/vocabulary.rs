@@ -163,8 +163,14 @@ vocabulary! {
         /// HaCluster Routed=False: endpoints Kubernetes cannot route to (loopback,
         /// link-local) were left out of the Services.
         Unroutable,
-        /// HaCluster Routed=False: routing objects with our names belong to someone else.
+        /// HaCluster Routed=False: routing objects with our names belong to someone else;
+        /// Progressing=False: a member's pod or volume name is taken by an object that is not
+        /// the cluster's.
         NameConflict,
+        /// HaCluster Progressing=False: the cluster is being deleted and its volumes could not
+        /// be made to follow `pvcRetention.whenDeleted` (seed: DELETION-ERROR); retried, and the
+        /// deletion waits.
+        DeletionError,
         /// HaCluster Routed=False: the pod members' ACL NetworkPolicy conflicts with an
         /// existing object.
         PolicyConflict,

@@ -176,7 +176,10 @@ pub struct PodOverrides {
 #[serde(rename_all = "camelCase")]
 pub struct PvcRetention {
     /// When the HaCluster is deleted: `Retain` (the default: the data outlives the cluster)
-    /// or `Delete`.
+    /// or `Delete`. A change applies to the existing volumes too, and the value at the time
+    /// of deletion is the one that counts: the finalizer `understudy.dev/volumes` holds the
+    /// deletion until the volumes follow it (`Progressing=False DeletionError` says why they
+    /// do not). Without the operator running, remove that finalizer by hand.
     #[serde(default = "retain")]
     pub when_deleted: Retention,
     /// When a member is removed by lowering `members`: `Delete` (the default) or `Retain`.
