@@ -31,9 +31,9 @@ const SELECTOR: &str = "understudy.dev/cluster=db";
 
 /// Static hostPath volumes (the node has no provisioner), world-writable: the Redis image
 /// runs as uid 65532 and a replica's full resync writes its RDB file to /data.
-fn volumes(node: &support::Node, class: &str, n: usize) -> String {
+fn volumes(node: &support::Node, class: &str, which: std::ops::Range<usize>, capacity: &str) -> String {
     let mut out = String::new();
-    for i in 0..n {
+    for i in which {
         let dir = node.dir.join("pv").join(format!("{class}-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
@@ -44,7 +44,7 @@ apiVersion: v1
 kind: PersistentVolume
 metadata: {{name: {class}-{i}, labels: {{test: {class}}}}}
 spec:
-  capacity: {{storage: 1Gi}}
+  capacity: {{storage: {capacity}}}
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: {class}
@@ -119,7 +119,7 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     let ns = TestNs::new(node, &client, "inst").await;
     node.install_operator(&ns.name, &[]).unwrap();
     let class = format!("local-{}", ns.name);
-    node.apply(&ns.name, &volumes(node, &class, 8)).unwrap();
+    node.apply(&ns.name, &volumes(node, &class, 0..8, "1Gi")).unwrap();
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns.name);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
 
@@ -397,6 +397,62 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
         assert!(!uids_of(&grown).contains(&c.uid().unwrap()), "{} was not rebuilt", c.name_any());
     }
 
+    // In-place expansion, where the StorageClass allows it: the claims are patched, nothing is
+    // rebuilt or restarted, and the operator waits until the volumes have grown. The node has
+    // no CSI driver, so the test does the external resizer's part (an online expansion: the
+    // volume's and then the claim's capacity) once the operator has asked for the size. The
+    // static volumes hold 1Gi, so the size asked is beyond that.
+    node.apply(
+        &ns.name,
+        &format!(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {class}}}\nprovisioner: kubernetes.io/no-provisioner\nallowVolumeExpansion: true\nvolumeBindingMode: Immediate\n"
+        ),
+    )
+    .unwrap();
+    let before_pods = up_to_date(&client, &hacs, &ns.name, 3).await;
+    let t = Instant::now();
+    let grow = json!({"spec": {"instances": {"storage": {"size": "2Gi"}}}});
+    hacs.patch("db", &PatchParams::default(), &Patch::Merge(&grow)).await.unwrap();
+    let asked = eventually(WAIT, "every claim asking for 2Gi, Progressing=True Resizing", || async {
+        let c = hacs.get("db").await.ok()?;
+        let (s, r, _) = progressing(&c)?;
+        let claims = pvcs.list(&ListParams::default().labels(SELECTOR)).await.ok()?.items;
+        let request = |c: &PersistentVolumeClaim| {
+            c.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())
+        };
+        (s == "True"
+            && r == "Resizing"
+            && claims.len() == 3
+            && claims.iter().all(|c| request(c).as_deref() == Some("2Gi")))
+        .then_some(claims)
+    })
+    .await;
+    assert_eq!(uids_of(&asked), uids_of(&grown), "a claim was replaced instead of expanded");
+    // Still waiting for the volumes: nothing has changed on the members.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = hacs.get("db").await.unwrap();
+    assert_eq!(progressing(&c).map(|p| p.1).as_deref(), Some("Resizing"), "done before the volumes grew");
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
+    for claim in &asked {
+        let pv = claim.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap();
+        let cap = json!({"spec": {"capacity": {"storage": "2Gi"}}});
+        pvs.patch(&pv, &PatchParams::default(), &Patch::Merge(&cap)).await.unwrap();
+        let cap = json!({"status": {"capacity": {"storage": "2Gi"}}});
+        pvcs.patch_status(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&cap)).await.unwrap();
+    }
+    let after_pods = up_to_date(&client, &hacs, &ns.name, 3).await;
+    writer.wait_more(200, WAIT).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    eprintln!(
+        "volumes 128Mi → 2Gi (expanded in place, resizer simulated): {:.1}s, longest client pause {pause:?}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(uids(&after_pods), uids(&before_pods), "a member was restarted for an online expansion");
+    let grown = pvcs.list(&ListParams::default().labels(SELECTOR)).await.unwrap().items;
+    assert_eq!(uids_of(&grown), uids_of(&asked));
+    // Volumes large enough for the members added next.
+    node.apply(&ns.name, &volumes(node, &class, 8..10, "4Gi")).unwrap();
+
     // 5. Add a replica, then remove two: the primary is never the one removed, and a removed
     // member's volume goes with it (pvcRetention.whenScaled: Delete).
     let t = Instant::now();
@@ -501,6 +557,7 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
         "the volumes outlive the cluster (pvcRetention.whenDeleted: Retain)"
     );
     let _ = node.kubectl(&["delete", "pv", "-l", &format!("test={class}"), "--wait=false"]);
+    let _ = node.kubectl(&["delete", "storageclass", &class, "--wait=false"]);
 }
 
 /// The engine container's memory limit: as the pod asks (`running` false) or as the kubelet
