@@ -80,6 +80,11 @@ impl Writer {
     }
 
     /// The sequence number of the last acknowledged write.
+    /// The writes acknowledged at or after `t`.
+    pub fn acked_since(&self, t: Instant) -> Vec<u64> {
+        self.acked.lock().unwrap().iter().filter(|(_, at)| *at >= t).map(|(n, _)| *n).collect()
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.acked.lock().unwrap().last().map(|(n, _)| *n).unwrap_or(0)
     }

@@ -15,7 +15,7 @@ use crate::{
 };
 
 const WAIT: Duration = Duration::from_secs(90);
-const PORT: u16 = 6379;
+pub const PORT: u16 = 6379;
 
 /// A StatefulSet of three Redis pods as a user writes it: every member starts as a replica of
 /// nothing (`--replicaof 127.0.0.1 1`) and the operator elects the primary.
