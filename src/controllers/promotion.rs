@@ -75,6 +75,8 @@ pub struct OpDone {
 
 /// How long the outcome record waits for the primary Service's early write.
 const EARLY_ROUTE_WAIT: Duration = Duration::from_secs(1);
+/// How long that write may take at all (the promotion's end waits for it).
+const EARLY_ROUTE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What a promotion's outcome record holds.
 struct Outcome<'a> {
@@ -273,8 +275,14 @@ impl ShardOp {
         tokio::spawn(async move {
             let Ok(_slot) = ctx.routing_slots.clone().try_acquire_owned() else { return };
             let t = Instant::now();
-            let r = routing::route_promoted_early(&ctx.client, &cluster, &early.last, &early.from, &early.to)
-                .await;
+            // Bounded: the promotion's end waits for this task, and an API server that does
+            // not answer must not hold the outcome up (the monitor routes after it anyway).
+            let write =
+                routing::route_promoted_early(&ctx.client, &cluster, &early.last, &early.from, &early.to);
+            let r = match tokio::time::timeout(EARLY_ROUTE_DEADLINE, write).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {EARLY_ROUTE_DEADLINE:?}")),
+            };
             match &r {
                 Ok(true) => ctx.routed(&cluster.uid().unwrap_or_default()),
                 Ok(false) => {}

@@ -407,7 +407,18 @@ pub fn next_step(f: &Facts) -> Plan {
                     p.waiting.clone().unwrap_or_default()
                 ),
             ),
-            None => plan(Step::Wait, true, change, format!("waiting: {why}")),
+            // The switchover's promotion is under way: the same words as when it was asked
+            // for, so that nothing is written to status while the promotion records its
+            // outcome (a write here made that record conflict and retry).
+            None => match &f.switchover {
+                Some(SwitchoverState::InFlight(name)) => plan(
+                    Step::Wait,
+                    true,
+                    change,
+                    switchover_message(name, f.primary.as_deref().unwrap_or_default()),
+                ),
+                _ => plan(Step::Wait, true, change, format!("waiting: {why}")),
+            },
         };
     }
     let replicas: Vec<&&PodView> = outdated.iter().filter(|p| f.deletable(&p.name)).collect();
@@ -607,7 +618,11 @@ mod tests {
         let p = next_step(&f);
         assert_eq!(p.step, Step::Switchover { from: "c-1".into(), to: "c-0".into() });
         f.switchover = Some(SwitchoverState::InFlight("x".into()));
-        assert_eq!(next_step(&f).step, Step::Wait);
+        let asked = next_step(&f);
+        assert_eq!(asked.step, Step::Wait);
+        // Its promotion under way: the same condition, word for word (no status write).
+        f.promoting = true;
+        assert_eq!(next_step(&f), asked);
     }
 
     #[test]
