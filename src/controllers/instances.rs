@@ -230,14 +230,7 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
         .filter(|p| ours(&p.metadata) && owned_by_us(&p.metadata))
         .map(|p| (*p).clone())
         .collect();
-    // Volumes by label only: a retained volume outlives the cluster that made it.
-    let pvcs: Vec<PersistentVolumeClaim> = state
-        .caches
-        .iter()
-        .flat_map(|c| c.pvcs.state())
-        .filter(|c| ours(&c.metadata))
-        .map(|c| (*c).clone())
-        .collect();
+    let pvcs = cluster_volumes(&state, cluster);
     let requests: Vec<ShardFailover> = state
         .caches
         .iter()
@@ -1053,7 +1046,8 @@ async fn set_finalizers(
     }
 }
 
-/// The cluster's volumes by label (retained ones of an earlier cluster of this name too).
+/// The cluster's volumes, by label only: a retained volume outlives the cluster that made it
+/// (and is reused by a later cluster of the same name).
 fn cluster_volumes(state: &State, cluster: &HaCluster) -> Vec<PersistentVolumeClaim> {
     let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
     state
@@ -1081,9 +1075,9 @@ async fn volume_owners(
     let uid = cluster.uid().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let want = when_deleted == Retention::Delete;
     for pvc in pvcs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
         let owned = pvc.owner_references().iter().any(|o| o.uid == uid);
-        let want = when_deleted == Retention::Delete;
         if owned == want {
             continue;
         }
