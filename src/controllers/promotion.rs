@@ -171,7 +171,7 @@ impl ShardOp {
                     .map_err(|e| (Fault::Answered, e)),
                 Effect::Demote { member } => reported(engine.demote(&endpoint(&member)).await),
                 Effect::QueueDemote { member } => {
-                    reported(engine.demote_when_thawed(&endpoint(&member)).await)
+                    timed(QUEUE_WAIT, engine.demote_when_thawed(&endpoint(&member))).await
                 }
                 Effect::Kill { member } => self.kill_pod(cluster, &member).await,
                 Effect::ResumeWrites { member } => {
@@ -544,6 +544,12 @@ fn reported(r: Result<(), EngineError>) -> Report {
 }
 
 /// An engine action bounded by `timeout`.
+/// How long queueing a demotion on a silent old primary may hold up the promotion. Over a
+/// line it is a write into a socket; without one, a connection that a frozen process's kernel
+/// accepts at once. One that takes longer goes to a host that is gone or cut off, where
+/// nothing queued would arrive anyway.
+const QUEUE_WAIT: Duration = Duration::from_millis(250);
+
 async fn timed(
     timeout: Duration,
     action: impl std::future::Future<Output = Result<(), EngineError>>,

@@ -185,6 +185,9 @@ pub struct Saga {
     kill_tried: bool,
     /// Queueing a demotion on the silent old primary was tried (once).
     queue_tried: bool,
+    /// The old primary's pod was deleted: its process may still thaw and answer as a
+    /// primary until the kubelet kills it (at least 2 s later), so a demotion is queued too.
+    killed: bool,
     attempts: u32,
 }
 
@@ -197,6 +200,7 @@ impl Saga {
             drained: false,
             kill_tried: false,
             queue_tried: false,
+            killed: false,
             attempts: 0,
         };
         if saga.start.kind == PromotionKind::Resume {
@@ -366,12 +370,33 @@ impl Saga {
             }
             (Phase::Fence, Err((fault, e))) => self.fence_failed(fault, e),
 
+            // After the pod was deleted: the queued demotion is for the moments between a thaw
+            // and the kubelet's kill, and the promotion goes on either way.
+            (Phase::QueueDemote { .. }, r) if self.killed => {
+                let queued = match r {
+                    Ok(()) => {
+                        "a demotion is queued that it runs first if it runs again before the kubelet kills it"
+                            .to_owned()
+                    }
+                    Err((_, e)) => format!("no demotion could be queued ({e})"),
+                };
+                self.step(
+                    "fence",
+                    format!("{from} unreachable; its pod was deleted (grace period 0); {queued}"),
+                );
+                Phase::Promote
+            }
             (Phase::QueueDemote { why }, Ok(())) => self.fence_failed(
                 Fault::Silent,
                 format!("{why}; a demotion is queued that it runs before any later client command"),
             ),
             (Phase::QueueDemote { why }, Err((_, e))) => {
                 self.fence_failed(Fault::Silent, format!("{why}; no demotion could be queued: {e}"))
+            }
+            (Phase::Kill, Ok(())) if !self.queue_tried => {
+                self.killed = true;
+                self.queue_tried = true;
+                Phase::QueueDemote { why: String::new() }
             }
             (Phase::Kill, Ok(())) => {
                 self.step("fence", format!("{from} unreachable; its pod was deleted (grace period 0)"));
@@ -557,7 +582,18 @@ mod tests {
         let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));
         let effects = run(&mut s, |_| None);
         assert_eq!(effects[1], Effect::Kill { member: "a".into() });
+        // Its process lives on until the kubelet kills it, and may thaw before: a demotion is
+        // queued before the promotion, whether or not that works.
+        assert_eq!(effects[2], Effect::QueueDemote { member: "a".into() });
+        assert_eq!(effects[3], Effect::Promote { member: "b".into() });
         assert!(s.steps[0].message.contains("pod was deleted"));
+        assert!(s.steps[0].message.contains("a demotion is queued"), "{:?}", s.steps);
+        let mut from = old(false);
+        from.killable = true;
+        let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));
+        run(&mut s, |e| matches!(e, Effect::QueueDemote { .. }).then_some(Fault::Silent));
+        assert_eq!(s.done(), Some(&End::Promoted));
+        assert!(s.steps[0].message.contains("no demotion could be queued"), "{:?}", s.steps);
         // The pod cannot be deleted: the rules for an unreachable primary apply.
         let mut from = old(false);
         from.killable = true;

@@ -18,7 +18,7 @@ use crate::{
     support::{self, container_id, pod_ip, pods},
 };
 
-const TRIES: usize = 12;
+const TRIES: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_pod_is_killed_before_a_replica_is_promoted_and_acknowledges_nothing_after() {
