@@ -17,6 +17,8 @@ pub mod engines;
 pub mod faults;
 pub mod leader;
 #[cfg(feature = "testbed")]
+pub mod localmysql;
+#[cfg(feature = "testbed")]
 pub mod localredis;
 pub mod metrics;
 #[cfg(feature = "testbed")]

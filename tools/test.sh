@@ -12,10 +12,12 @@ cd "$root"
 log() { printf '\n[test] %s\n' "$*" >&2; }
 start=$SECONDS
 
-# Debian packages the integration tests run for real.
+# Debian packages the integration tests run for real (redis-server, MariaDB).
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
+command -v mariadbd >/dev/null || need+=(mariadb-server)
+command -v mariadb >/dev/null || need+=(mariadb-client)
 node_tier=1
 [ "${UNDERSTUDY_NODE_TIER:-}" = skip ] && node_tier=0
 if [ "$node_tier" = 1 ]; then
@@ -36,6 +38,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo_ systemctl disable --now redis-server redis-sentinel >/dev/null 2>&1 || true
   $sudo_ service redis-server stop >/dev/null 2>&1 || true
   $sudo_ service redis-sentinel stop >/dev/null 2>&1 || true
+  $sudo_ systemctl disable --now mariadb >/dev/null 2>&1 || true
+  $sudo_ service mariadb stop >/dev/null 2>&1 || true
   # Nor the packaged containerd: the node tier starts its own, with its own state.
   $sudo_ systemctl disable --now containerd >/dev/null 2>&1 || true
   $sudo_ service containerd stop >/dev/null 2>&1 || true

@@ -781,7 +781,7 @@ impl Monitor {
     async fn ensure_engine(&mut self, cluster: &HaCluster) -> bool {
         let ns = cluster.namespace().unwrap_or_default();
         let default_key = match cluster.spec.engine {
-            EngineKind::Redis => "password",
+            EngineKind::Redis | EngineKind::Mysql => "password",
             EngineKind::Agent => "token",
         };
         // Actions (promote, follow, pause) get the step timeout; probes are cut shorter in

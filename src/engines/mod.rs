@@ -2,6 +2,7 @@
 //! touches one module plus [`for_cluster`].
 
 pub mod agent;
+pub mod mysql;
 pub mod redis;
 
 use std::time::Duration;
@@ -151,6 +152,7 @@ pub fn for_cluster(kind: EngineKind, creds: Credentials, timeout: Duration) -> B
     match kind {
         EngineKind::Redis => Box::new(redis::RedisEngine::new(creds, timeout)),
         EngineKind::Agent => Box::new(agent::AgentEngine::new(creds, timeout)),
+        EngineKind::Mysql => Box::new(mysql::MysqlEngine::new(creds, timeout)),
     }
 }
 

@@ -65,12 +65,14 @@ use super::shared::{GoDuration, SecretKeyRef, cel_min_duration, conditions_schem
     }
 ]))]
 pub struct HaClusterSpec {
-    /// How the operator talks to members: `Redis` (RESP) or `Agent` (the HTTP
-    /// HA-status protocol spoken by the Understudy reference agent).
+    /// How the operator talks to members: `Redis` (RESP), `Mysql` (MariaDB and MySQL with
+    /// GTIDs) or `Agent` (the HTTP HA-status protocol spoken by the Understudy reference
+    /// agent).
     pub engine: Engine,
 
     /// Secret holding the credentials: for `Redis` the key `password` (and an
-    /// optional `username`), for `Agent` the key `token`. `key` overrides the
+    /// optional `username`), for `Mysql` `username` (default `root`; the members also
+    /// replicate with this account) and `password`, for `Agent` the key `token`. `key` overrides the
     /// password/token key name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
@@ -138,6 +140,11 @@ pub enum Engine {
     /// Nodes exposing the HTTP HA-status protocol (`/rest/ha/status`).
     #[serde(alias = "agent")]
     Agent,
+    /// MariaDB or MySQL servers with GTID replication (the dialect is read from
+    /// `@@version`): `read_only` and killed client sessions to fence, GTID positions to
+    /// compare, `CHANGE MASTER TO … MASTER_USE_GTID` / `SOURCE_AUTO_POSITION` to follow.
+    #[serde(alias = "mysql")]
+    Mysql,
 }
 
 /// One replication group: a primary (or none while failing over) and its replicas.
@@ -249,8 +256,8 @@ pub struct FailoverPolicy {
     #[serde(default = "zero")]
     pub failover_delay: GoDuration,
     /// Never promote a replica whose replication offset is further behind the
-    /// last known primary offset than this (bytes for Redis). 0: only a fully
-    /// caught-up replica may be promoted.
+    /// last known primary offset than this (bytes for Redis, transactions for
+    /// Mysql). 0: only a fully caught-up replica may be promoted.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_lag_on_failover: i64,

@@ -10,6 +10,7 @@ mod engine_redis;
 mod failover_request;
 mod fencing;
 mod hacluster_agent;
+mod hacluster_mysql;
 mod hacluster_pods;
 mod hacluster_redis;
 mod hostile;

@@ -1,0 +1,830 @@
+//! The `mysql` engine: MariaDB and MySQL over their client protocol (`mysql_async`). One
+//! engine, two dialects ([`Flavour`], told apart by `@@version` on every session).
+//!
+//! - Role: a member with a replication source configured is a replica of it; one without is a
+//!   primary while it is writable (`read_only` off) and a fenced replica of nothing otherwise
+//!   (start members with `read_only=ON`, so that a restarted one is never a second primary).
+//! - Position: the executed GTIDs, as a count: MariaDB's per-domain sequence numbers (the later
+//!   of `gtid_binlog_pos` and `gtid_slave_pos` per domain), MySQL's `gtid_executed`. Replicas
+//!   that apply one primary's stream in order compare by that count.
+//! - Demote (fence): `read_only` (MySQL: `super_read_only`), the client sessions of every other
+//!   account killed before and after, so no write lands after it; a replica also stops
+//!   replicating.
+//! - Promote: the received stream applied first (`MASTER_GTID_WAIT` /
+//!   `WAIT_FOR_EXECUTED_GTID_SET` on what the I/O thread had), then the replica reset and made
+//!   writable.
+//! - Follow: `CHANGE MASTER TO … MASTER_USE_GTID=slave_pos` (MariaDB; a former primary's own
+//!   binlog position taken as its replica position, so with `gtid_strict_mode` a member
+//!   holding transactions the new primary lacks fails to attach instead of diverging) /
+//!   `CHANGE REPLICATION SOURCE TO … SOURCE_AUTO_POSITION=1` (MySQL).
+//! - Pause (switchover): `FLUSH TABLES WITH READ LOCK` on a session held until the pause is
+//!   undone or expires, so writers wait rather than fail, and the fence runs on that session.
+//!
+//! The operator's account replicates too (the members connect to each other with it): it
+//! needs `REPLICATION SLAVE`, `REPLICATION CLIENT`/`SLAVE MONITOR`, `SUPER` or
+//! `READ_ONLY ADMIN`, `CONNECTION ADMIN` and `PROCESS`. Applications must use other accounts,
+//! without `SUPER`/`READ_ONLY ADMIN` on MariaDB (whose `read_only` does not stop them).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{FutureExt as _, future::BoxFuture};
+use mysql_async::{Conn, OptsBuilder, Row, Value, prelude::Queryable as _};
+
+use super::{Credentials, Engine, EngineError, EngineResult, ObservedRole, Probe, Setting, split_endpoint};
+
+/// Which server speaks: the statements and variables differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    MariaDb,
+    /// MySQL or Percona Server; `modern` from 8.0.22 on (`SHOW REPLICA STATUS`, `SOURCE_*`).
+    MySql {
+        modern: bool,
+    },
+}
+
+impl Flavour {
+    /// From `SELECT @@version`: "10.11.19-MariaDB-0+deb12u1-log", "8.0.36", "5.7.44-log".
+    pub fn from_version(version: &str) -> Self {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            return Self::MariaDb;
+        }
+        let mut parts = version.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+        let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        Self::MySql { modern: v >= (8, 0, 22) }
+    }
+
+    fn replica_status(self) -> &'static str {
+        match self {
+            Self::MySql { modern: true } => "SHOW REPLICA STATUS",
+            _ => "SHOW SLAVE STATUS",
+        }
+    }
+
+    fn stop_replica(self) -> &'static str {
+        match self {
+            Self::MySql { modern: true } => "STOP REPLICA",
+            _ => "STOP SLAVE",
+        }
+    }
+
+    fn stop_io_thread(self) -> &'static str {
+        match self {
+            Self::MySql { modern: true } => "STOP REPLICA IO_THREAD",
+            _ => "STOP SLAVE IO_THREAD",
+        }
+    }
+
+    fn start_replica(self) -> &'static str {
+        match self {
+            Self::MySql { modern: true } => "START REPLICA",
+            _ => "START SLAVE",
+        }
+    }
+
+    fn reset_replica(self) -> &'static str {
+        match self {
+            Self::MySql { modern: true } => "RESET REPLICA ALL",
+            _ => "RESET SLAVE ALL",
+        }
+    }
+
+    /// Refuse writes from every account but replication (MySQL: even `SUPER`).
+    fn read_only(self) -> &'static str {
+        match self {
+            Self::MariaDb => "SET GLOBAL read_only = ON",
+            Self::MySql { .. } => "SET GLOBAL super_read_only = ON",
+        }
+    }
+
+    /// Writable (on MySQL this clears `super_read_only` too).
+    fn writable(self) -> &'static str {
+        "SET GLOBAL read_only = OFF"
+    }
+
+    /// The executed GTIDs: MariaDB (binlog position, replica position), MySQL (gtid_executed, "").
+    fn positions(self) -> &'static str {
+        match self {
+            Self::MariaDb => "SELECT @@global.read_only, @@global.gtid_binlog_pos, @@global.gtid_slave_pos",
+            Self::MySql { .. } => "SELECT @@global.read_only, @@global.gtid_executed, ''",
+        }
+    }
+
+    /// Point the member at `host:port` by GTID.
+    pub fn change_source(self, host: &str, port: u16, user: &str, password: &str) -> String {
+        let (host, user, password) = (quote(host), quote(user), quote(password));
+        match self {
+            Self::MariaDb => format!(
+                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1"
+            ),
+            Self::MySql { modern: true } => format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {host}, SOURCE_PORT = {port}, SOURCE_USER = {user}, SOURCE_PASSWORD = {password}, SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1, GET_SOURCE_PUBLIC_KEY = 1"
+            ),
+            Self::MySql { modern: false } => format!(
+                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, MASTER_AUTO_POSITION = 1, MASTER_CONNECT_RETRY = 1"
+            ),
+        }
+    }
+
+    /// Wait up to `seconds` until everything in `received` (the I/O thread's GTIDs) is
+    /// applied; the query answers 0 when it is (MySQL: 0 too; -1 or 1 on timeout).
+    pub fn wait_applied(self, received: &str, seconds: u64) -> String {
+        match self {
+            Self::MariaDb => format!("SELECT MASTER_GTID_WAIT({}, {seconds})", quote(received)),
+            Self::MySql { .. } => {
+                format!("SELECT WAIT_FOR_EXECUTED_GTID_SET({}, {seconds})", quote(received))
+            }
+        }
+    }
+
+    /// A replica-status row (column name → text) as far as the operator cares; `None` when
+    /// no source is configured.
+    pub fn parse_replica_status(self, row: &HashMap<String, String>) -> Option<ReplicaStatus> {
+        let get = |mariadb: &str, modern: &str| {
+            let key = if self == (Self::MySql { modern: true }) { modern } else { mariadb };
+            row.get(key).map(|v| v.trim().to_owned()).unwrap_or_default()
+        };
+        let host = get("Master_Host", "Source_Host");
+        if host.is_empty() {
+            return None;
+        }
+        let received = match self {
+            Self::MariaDb => get("Gtid_IO_Pos", "Gtid_IO_Pos"),
+            Self::MySql { .. } => get("Retrieved_Gtid_Set", "Retrieved_Gtid_Set"),
+        };
+        Some(ReplicaStatus {
+            port: get("Master_Port", "Source_Port").parse().unwrap_or(0),
+            host,
+            io_running: get("Slave_IO_Running", "Replica_IO_Running"),
+            sql_running: get("Slave_SQL_Running", "Replica_SQL_Running"),
+            last_io_error: get("Last_IO_Error", "Last_IO_Error"),
+            last_sql_error: get("Last_SQL_Error", "Last_SQL_Error"),
+            received,
+        })
+    }
+
+    /// How many transactions a member has executed, from [`Flavour::positions`]' two texts.
+    pub fn executed(self, first: &str, second: &str) -> i64 {
+        match self {
+            Self::MariaDb => {
+                let mut per_domain: BTreeMap<u32, u64> = BTreeMap::new();
+                for (domain, _, seq) in
+                    parse_mariadb_gtids(first).into_iter().chain(parse_mariadb_gtids(second))
+                {
+                    let e = per_domain.entry(domain).or_default();
+                    *e = (*e).max(seq);
+                }
+                per_domain.values().sum::<u64>() as i64
+            }
+            Self::MySql { .. } => count_mysql_gtids(first) as i64,
+        }
+    }
+}
+
+/// The replication source of a member, as its status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub host: String,
+    pub port: u16,
+    /// "Yes", "No" or "Connecting".
+    pub io_running: String,
+    pub sql_running: String,
+    pub last_io_error: String,
+    pub last_sql_error: String,
+    /// What the I/O thread has received (MariaDB `Gtid_IO_Pos`, MySQL `Retrieved_Gtid_Set`).
+    pub received: String,
+}
+
+impl ReplicaStatus {
+    pub fn running(&self) -> bool {
+        self.io_running == "Yes" && self.sql_running == "Yes"
+    }
+}
+
+/// MariaDB GTID positions: "0-1-5,1-2-7" → (domain, server_id, seq_no) each.
+pub fn parse_mariadb_gtids(text: &str) -> Vec<(u32, u32, u64)> {
+    text.split(',')
+        .filter_map(|g| {
+            let mut it = g.trim().splitn(3, '-');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The number of transactions in a MySQL GTID set: "uuid:1-5:7,\nuuid2:1-3" → 9.
+pub fn count_mysql_gtids(text: &str) -> u64 {
+    text.split(',')
+        .flat_map(|source| source.trim().split(':').skip(1))
+        .filter_map(|interval| {
+            let interval = interval.trim();
+            // MySQL 8.3+ tagged GTIDs: "uuid:tag:1-5"; a tag is not a number.
+            let (lo, hi) = interval.split_once('-').unwrap_or((interval, interval));
+            let (lo, hi) = (lo.parse::<u64>().ok()?, hi.parse::<u64>().ok()?);
+            (hi >= lo).then(|| hi - lo + 1)
+        })
+        .sum()
+}
+
+/// A string literal (single quotes; backslashes and quotes escaped — both dialects accept it
+/// under the default `sql_mode`).
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `SET GLOBAL name = value`, or why not: names are plain identifiers; numbers go bare,
+/// anything else as a string.
+pub fn set_global(name: &str, value: &str) -> Result<String, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("{name:?} is not a server variable name"));
+    }
+    let numeric = !value.is_empty() && value.parse::<f64>().is_ok();
+    let value = if numeric { value.to_owned() } else { quote(value) };
+    Ok(format!("SET GLOBAL {name} = {value}"))
+}
+
+/// Sessions that are not clients: replication and the server's own threads.
+const NOT_CLIENTS: &str =
+    "'Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker', 'Killed'";
+
+/// The probe of a member from what it said.
+pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>) -> Probe {
+    match source {
+        Some(s) => Probe {
+            role: ObservedRole::Replica,
+            offset: Some(executed),
+            following: Some(format!("{}:{}", s.host, s.port)),
+            link_up: s.running(),
+            self_fencing: false,
+            good_replicas: None,
+        },
+        // Writable and following nobody: a primary. Read-only and following nobody: fenced.
+        None if !read_only => Probe {
+            role: ObservedRole::Primary,
+            offset: Some(executed),
+            following: None,
+            link_up: true,
+            self_fencing: false,
+            good_replicas: None,
+        },
+        None => Probe {
+            role: ObservedRole::Replica,
+            offset: Some(executed),
+            following: None,
+            link_up: false,
+            self_fencing: false,
+            good_replicas: None,
+        },
+    }
+}
+
+#[derive(Clone)]
+pub struct MysqlEngine {
+    creds: Credentials,
+    timeout: Duration,
+    /// Sessions holding `FLUSH TABLES WITH READ LOCK` for a switchover (see
+    /// [`Engine::pause_writes`]); closing one releases its lock.
+    paused: Arc<Mutex<HashMap<String, Held>>>,
+}
+
+type Held = Arc<tokio::sync::Mutex<Option<(Conn, Flavour)>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn classify(endpoint: &str, e: mysql_async::Error) -> EngineError {
+    let endpoint = endpoint.to_owned();
+    let message = e.to_string();
+    match &e {
+        // Access denied (1045, 1698 for a socket-authenticated account).
+        mysql_async::Error::Server(s) if matches!(s.code, 1045 | 1698) => {
+            EngineError::Unauthorized { endpoint, message }
+        }
+        mysql_async::Error::Server(_) => EngineError::Protocol { endpoint, message },
+        mysql_async::Error::Io(_) if super::connection_refused(&e) => {
+            EngineError::Refused { endpoint, message }
+        }
+        mysql_async::Error::Io(_) => EngineError::Unreachable { endpoint, message },
+        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => {
+            EngineError::Unreachable { endpoint, message }
+        }
+        _ => EngineError::Protocol { endpoint, message },
+    }
+}
+
+/// A column value as text (NULL: empty).
+fn text(v: &Value) -> String {
+    match v {
+        Value::NULL => String::new(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => other.as_sql(true).trim_matches('\'').to_owned(),
+    }
+}
+
+fn row_map(row: &Row) -> HashMap<String, String> {
+    row.columns_ref()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name_str().into_owned(), row.as_ref(i).map(text).unwrap_or_default()))
+        .collect()
+}
+
+/// One session: a connection and the dialect it speaks.
+struct Session<'a> {
+    conn: Conn,
+    flavour: Flavour,
+    endpoint: &'a str,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, sql: &str) -> EngineResult<()> {
+        self.conn.query_drop(sql).await.map_err(|e| classify(self.endpoint, e))
+    }
+
+    async fn rows(&mut self, sql: &str) -> EngineResult<Vec<HashMap<String, String>>> {
+        let rows: Vec<Row> = self.conn.query(sql).await.map_err(|e| classify(self.endpoint, e))?;
+        Ok(rows.iter().map(row_map).collect())
+    }
+
+    async fn source(&mut self) -> EngineResult<Option<ReplicaStatus>> {
+        let rows = self.rows(self.flavour.replica_status()).await?;
+        Ok(rows.first().and_then(|r| self.flavour.parse_replica_status(r)))
+    }
+
+    /// (read_only, executed transactions).
+    async fn position(&mut self) -> EngineResult<(bool, i64)> {
+        let row: Option<Row> =
+            self.conn.query_first(self.flavour.positions()).await.map_err(|e| classify(self.endpoint, e))?;
+        let row = row.ok_or_else(|| self.protocol("no answer to the position query"))?;
+        let get = |i: usize| row.as_ref(i).map(text).unwrap_or_default();
+        let read_only = matches!(get(0).as_str(), "1" | "ON");
+        Ok((read_only, self.flavour.executed(&get(1), &get(2))))
+    }
+
+    /// Kill the sessions of every account but ours that are clients (not replication).
+    async fn kill_clients(&mut self, ours: &str) -> EngineResult<usize> {
+        let ids = self
+            .rows(&format!(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND USER <> {} AND USER NOT IN ('system user', 'event_scheduler') AND COMMAND NOT IN ({NOT_CLIENTS})",
+                quote(ours)
+            ))
+            .await?;
+        let mut killed = 0;
+        for id in ids.iter().filter_map(|r| r.get("ID")) {
+            match self.conn.query_drop(format!("KILL CONNECTION {}", id.parse::<u64>().unwrap_or(0))).await {
+                Ok(()) => killed += 1,
+                // Gone meanwhile (1094: unknown thread id).
+                Err(mysql_async::Error::Server(s)) if s.code == 1094 => {}
+                Err(e) => return Err(classify(self.endpoint, e)),
+            }
+        }
+        Ok(killed)
+    }
+
+    /// Refuse writes: clients killed, read-only, clients killed again (any that came in
+    /// between found the server read-only or were killed), replication stopped.
+    async fn fence(&mut self, ours: &str) -> EngineResult<()> {
+        self.kill_clients(ours).await?;
+        self.run(self.flavour.read_only()).await?;
+        self.kill_clients(ours).await?;
+        if self.source().await?.is_some() {
+            self.run(self.flavour.stop_replica()).await?;
+        }
+        Ok(())
+    }
+
+    fn protocol(&self, message: &str) -> EngineError {
+        EngineError::Protocol { endpoint: self.endpoint.to_owned(), message: message.to_owned() }
+    }
+}
+
+impl MysqlEngine {
+    pub fn new(creds: Credentials, timeout: Duration) -> Self {
+        Self { creds, timeout, paused: Arc::default() }
+    }
+
+    /// The operator's account (also the one replicas connect with); `root` when the Secret
+    /// names none.
+    fn user(&self) -> &str {
+        self.creds.username.as_deref().unwrap_or("root")
+    }
+
+    async fn connect<'a>(&self, endpoint: &'a str) -> EngineResult<Session<'a>> {
+        let (host, port) = split_endpoint(endpoint).ok_or_else(|| EngineError::Protocol {
+            endpoint: endpoint.into(),
+            message: "not host:port".into(),
+        })?;
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(host)
+            .tcp_port(port)
+            .user(Some(self.user()))
+            .pass(self.creds.secret.clone())
+            .prefer_socket(false)
+            .stmt_cache_size(0)
+            .tcp_nodelay(true);
+        let mut conn = Conn::new(opts).await.map_err(|e| classify(endpoint, e))?;
+        let version: Option<String> =
+            conn.query_first("SELECT @@version").await.map_err(|e| classify(endpoint, e))?;
+        let flavour = Flavour::from_version(&version.unwrap_or_default());
+        Ok(Session { conn, flavour, endpoint })
+    }
+
+    /// `work` on a new session, the whole of it bounded by the engine's timeout.
+    async fn with_session<T>(
+        &self,
+        endpoint: &str,
+        work: impl AsyncFnOnce(&mut Session<'_>) -> EngineResult<T>,
+    ) -> EngineResult<T> {
+        let run = async {
+            let mut s = self.connect(endpoint).await?;
+            let out = work(&mut s).await;
+            let _ = s.conn.disconnect().await;
+            out
+        };
+        tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout })?
+    }
+
+    fn held(&self, endpoint: &str) -> Option<Held> {
+        lock(&self.paused).get(endpoint).cloned()
+    }
+}
+
+impl Engine for MysqlEngine {
+    fn probe<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<Probe>> {
+        async move {
+            self.with_session(endpoint, async |s| {
+                let (read_only, executed) = s.position().await?;
+                let source = s.source().await?;
+                Ok(probe_from(read_only, executed, source.as_ref()))
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn promote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        let wait = self.timeout.as_secs().max(1);
+        async move {
+            self.with_session(endpoint, async |s| {
+                {
+                    if s.source().await?.is_some() {
+                        // Apply everything received before letting go of the source: a
+                        // replica's relay log is part of what it has.
+                        s.run(s.flavour.stop_io_thread()).await?;
+                        let received = s.source().await?.map(|r| r.received).unwrap_or_default();
+                        if !received.is_empty() {
+                            let sql = s.flavour.wait_applied(&received, wait);
+                            let waited: Vec<HashMap<String, String>> = s.rows(&sql).await?;
+                            let answer = waited.first().and_then(|r| r.values().next().cloned()).unwrap_or_default();
+                            if answer != "0" {
+                                let status = s.source().await?.unwrap_or_default();
+                                return Err(s.protocol(&format!(
+                                    "the received transactions ({received}) were not applied in {wait}s (SQL thread {}: {})",
+                                    status.sql_running, status.last_sql_error
+                                )));
+                            }
+                        }
+                        s.run(s.flavour.stop_replica()).await?;
+                        s.run(s.flavour.reset_replica()).await?;
+                    }
+                    s.run(s.flavour.writable()).await
+                }
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let (host, port) = split_endpoint(primary).ok_or_else(|| EngineError::Protocol {
+                endpoint: endpoint.into(),
+                message: format!("primary {primary:?} is not host:port"),
+            })?;
+            let (user, password) = (self.user().to_owned(), self.creds.secret.clone().unwrap_or_default());
+            // Paused (a switchover's old primary): replication cannot be changed while the
+            // read lock is held, and every other session waits behind it. Read-only is made
+            // sure of on the holding session, then the pause is released: writes meet
+            // read_only from then on.
+            if let Some(held) = self.held(endpoint) {
+                let fenced = {
+                    let mut guard = held.lock().await;
+                    match guard.as_mut() {
+                        Some((conn, flavour)) => {
+                            tokio::time::timeout(self.timeout, conn.query_drop(flavour.read_only())).await
+                        }
+                        None => Ok(Ok(())),
+                    }
+                };
+                match fenced {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(classify(endpoint, e)),
+                    Err(_) => {
+                        return Err(EngineError::Timeout {
+                            endpoint: endpoint.into(),
+                            timeout: self.timeout,
+                        });
+                    }
+                }
+                let mine = {
+                    let mut map = lock(&self.paused);
+                    match map.get(endpoint) {
+                        Some(h) if Arc::ptr_eq(h, &held) => map.remove(endpoint),
+                        _ => None,
+                    }
+                };
+                if let Some(h) = mine {
+                    release(h).await;
+                }
+            }
+            self.with_session(endpoint, async |s| {
+                {
+                    let (read_only, _) = s.position().await?;
+                    let source = s.source().await?;
+                    if read_only
+                        && let Some(src) = &source
+                        && src.host == host
+                        && src.port == port
+                        && src.running()
+                    {
+                        return Ok(());
+                    }
+                    // Never writable while it changes source.
+                    s.run(s.flavour.read_only()).await?;
+                    if source.is_some() {
+                        s.run(s.flavour.stop_replica()).await?;
+                    }
+                    if s.flavour == Flavour::MariaDb {
+                        // A former primary's own transactions are in its binlog, not its
+                        // replica position: start from the binlog's.
+                        s.run("SET GLOBAL gtid_slave_pos = @@global.gtid_binlog_pos").await?;
+                    }
+                    s.run(&s.flavour.change_source(host, port, &user, &password)).await?;
+                    s.run(s.flavour.start_replica()).await
+                }
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let ours = self.user().to_owned();
+            // Paused for a switchover: fence on the session holding the lock (another session
+            // would wait behind it).
+            if let Some(held) = self.held(endpoint) {
+                let mut guard = held.lock().await;
+                if let Some((conn, flavour)) = guard.take() {
+                    let mut s = Session { conn, flavour, endpoint };
+                    let fenced = tokio::time::timeout(self.timeout, s.fence(&ours)).await;
+                    return match fenced {
+                        Ok(r) => {
+                            *guard = Some((s.conn, s.flavour));
+                            r
+                        }
+                        // Cut off mid-statement: the session is dropped (and the lock with it).
+                        Err(_) => {
+                            Err(EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout })
+                        }
+                    };
+                }
+            }
+            self.with_session(endpoint, async |s| s.fence(&ours).await).await
+        }
+        .boxed()
+    }
+
+    fn pause_writes<'a>(&'a self, endpoint: &'a str, max: Duration) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let lock_wait = max.as_secs().max(1);
+            let pause = async {
+                let mut s = self.connect(endpoint).await?;
+                // FLUSH TABLES WITH READ LOCK waits for running statements; it must not queue
+                // every client behind a long one for longer than the pause may last.
+                s.run(&format!("SET SESSION lock_wait_timeout = {lock_wait}")).await?;
+                s.run("FLUSH TABLES WITH READ LOCK").await?;
+                Ok::<_, EngineError>((s.conn, s.flavour))
+            };
+            let conn = tokio::time::timeout(self.timeout, pause)
+                .await
+                .map_err(|_| EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout })??;
+            let held: Held = Arc::new(tokio::sync::Mutex::new(Some(conn)));
+            if let Some(old) = lock(&self.paused).insert(endpoint.to_owned(), held.clone()) {
+                tokio::spawn(async move { release(old).await });
+            }
+            // The pause expires by itself, like Redis's: the lock goes with its session.
+            let paused = self.paused.clone();
+            let endpoint = endpoint.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(max).await;
+                let mine = {
+                    let mut map = lock(&paused);
+                    match map.get(&endpoint) {
+                        Some(h) if Arc::ptr_eq(h, &held) => map.remove(&endpoint),
+                        _ => None,
+                    }
+                };
+                if let Some(h) = mine {
+                    release(h).await;
+                }
+            });
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn resume_writes<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let held = lock(&self.paused).remove(endpoint);
+            if let Some(h) = held {
+                tokio::time::timeout(self.timeout, release(h))
+                    .await
+                    .map_err(|_| EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout })?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn follows_directly(&self) -> bool {
+        true
+    }
+
+    fn demote_when_thawed<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            Err(EngineError::Protocol {
+                endpoint: endpoint.into(),
+                message: "not possible with this engine: the server runs each session on its own thread, so a queued statement has no order against the clients' after a thaw".into(),
+            })
+        }
+        .boxed()
+    }
+
+    fn set_parameter<'a>(
+        &'a self,
+        endpoint: &'a str,
+        name: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, EngineResult<Setting>> {
+        async move {
+            let sql = match set_global(name, value) {
+                Ok(sql) => sql,
+                Err(why) => return Ok(Setting::Refused(why)),
+            };
+            self.with_session(endpoint, async |s| {
+                {
+                    match s.conn.query_drop(&sql).await {
+                        Ok(()) => Ok(Setting::Applied),
+                        // 1238: a variable read only at start.
+                        Err(mysql_async::Error::Server(e)) if e.code == 1238 => Ok(Setting::RestartRequired),
+                        Err(mysql_async::Error::Server(e)) => Ok(Setting::Refused(e.message)),
+                        Err(e) => Err(classify(s.endpoint, e)),
+                    }
+                }
+            })
+            .await
+        }
+        .boxed()
+    }
+}
+
+/// Undo a pause: unlock and close the session (closing alone would release the lock too).
+async fn release(held: Held) {
+    if let Some((mut conn, _)) = held.lock().await.take() {
+        let _ = conn.query_drop("UNLOCK TABLES").await;
+        let _ = conn.disconnect().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_flavour_comes_from_the_version() {
+        assert_eq!(Flavour::from_version("10.11.19-MariaDB-0+deb12u1-log"), Flavour::MariaDb);
+        assert_eq!(Flavour::from_version("5.5.5-10.6.12-MariaDB"), Flavour::MariaDb);
+        assert_eq!(Flavour::from_version("8.0.36"), Flavour::MySql { modern: true });
+        assert_eq!(Flavour::from_version("8.0.21-12"), Flavour::MySql { modern: false });
+        assert_eq!(Flavour::from_version("5.7.44-log"), Flavour::MySql { modern: false });
+        assert_eq!(Flavour::from_version("8.4.3"), Flavour::MySql { modern: true });
+    }
+
+    #[test]
+    fn each_dialect_has_its_statements() {
+        let maria = Flavour::MariaDb;
+        let mysql = Flavour::MySql { modern: true };
+        let old = Flavour::MySql { modern: false };
+        assert_eq!(maria.replica_status(), "SHOW SLAVE STATUS");
+        assert_eq!(mysql.replica_status(), "SHOW REPLICA STATUS");
+        assert_eq!(old.stop_replica(), "STOP SLAVE");
+        assert_eq!(mysql.reset_replica(), "RESET REPLICA ALL");
+        assert_eq!(maria.read_only(), "SET GLOBAL read_only = ON");
+        assert_eq!(mysql.read_only(), "SET GLOBAL super_read_only = ON");
+        let m = maria.change_source("10.0.0.5", 3306, "repl", "p'w\\d");
+        assert!(m.contains("MASTER_USE_GTID = slave_pos"), "{m}");
+        assert!(m.contains(r"MASTER_PASSWORD = 'p\'w\\d'"), "{m}");
+        assert!(m.contains("MASTER_CONNECT_RETRY = 1"), "{m}");
+        let s = mysql.change_source("db-1", 3307, "repl", "pw");
+        assert!(
+            s.starts_with("CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db-1', SOURCE_PORT = 3307"),
+            "{s}"
+        );
+        assert!(s.contains("SOURCE_AUTO_POSITION = 1"), "{s}");
+        assert!(old.change_source("h", 1, "u", "p").contains("MASTER_AUTO_POSITION = 1"));
+        assert_eq!(maria.wait_applied("0-1-5", 3), "SELECT MASTER_GTID_WAIT('0-1-5', 3)");
+        assert_eq!(mysql.wait_applied("u:1-5", 3), "SELECT WAIT_FOR_EXECUTED_GTID_SET('u:1-5', 3)");
+    }
+
+    #[test]
+    fn positions_count_executed_transactions() {
+        // MariaDB: per domain, the later of the binlog and replica positions.
+        assert_eq!(Flavour::MariaDb.executed("0-1-5,1-2-7", "0-1-9"), 9 + 7);
+        assert_eq!(Flavour::MariaDb.executed("", ""), 0);
+        assert_eq!(parse_mariadb_gtids(" 0-1-5, 2-3-4"), [(0, 1, 5), (2, 3, 4)]);
+        // MySQL: the size of gtid_executed.
+        let set = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7,\n4e11fa47-71ca-11e1-9e33-c80aa9429562:1-3";
+        assert_eq!(Flavour::MySql { modern: true }.executed(set, ""), 9);
+        assert_eq!(count_mysql_gtids("3e11fa47-71ca-11e1-9e33-c80aa9429562:tag:1-2"), 2);
+        assert_eq!(count_mysql_gtids(""), 0);
+    }
+
+    #[test]
+    fn replica_status_in_both_dialects() {
+        let maria = row(&[
+            ("Master_Host", "10.0.0.1"),
+            ("Master_Port", "3306"),
+            ("Slave_IO_Running", "Yes"),
+            ("Slave_SQL_Running", "No"),
+            ("Last_SQL_Error", "Duplicate entry"),
+            ("Gtid_IO_Pos", "0-1-12"),
+        ]);
+        let s = Flavour::MariaDb.parse_replica_status(&maria).unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.received.as_str()), ("10.0.0.1", 3306, "0-1-12"));
+        assert!(!s.running());
+        assert_eq!(s.last_sql_error, "Duplicate entry");
+        let mysql = row(&[
+            ("Source_Host", "db-0"),
+            ("Source_Port", "3306"),
+            ("Replica_IO_Running", "Yes"),
+            ("Replica_SQL_Running", "Yes"),
+            ("Retrieved_Gtid_Set", "u:1-3"),
+        ]);
+        let s = Flavour::MySql { modern: true }.parse_replica_status(&mysql).unwrap();
+        assert!(s.running());
+        assert_eq!(s.received, "u:1-3");
+        // Reset (no source): no status.
+        assert_eq!(Flavour::MariaDb.parse_replica_status(&row(&[("Master_Host", "")])), None);
+    }
+
+    #[test]
+    fn roles_follow_the_source_and_read_only() {
+        let src = ReplicaStatus {
+            host: "h".into(),
+            port: 1,
+            io_running: "Yes".into(),
+            sql_running: "Yes".into(),
+            ..Default::default()
+        };
+        let p = probe_from(true, 5, Some(&src));
+        assert_eq!((p.role, p.following.as_deref(), p.link_up), (ObservedRole::Replica, Some("h:1"), true));
+        let p = probe_from(false, 5, None);
+        assert_eq!(p.role, ObservedRole::Primary);
+        // Fenced: read-only and following nobody.
+        let p = probe_from(true, 5, None);
+        assert_eq!((p.role, p.following, p.link_up), (ObservedRole::Replica, None, false));
+    }
+
+    #[test]
+    fn values_are_quoted_and_names_checked() {
+        assert_eq!(quote("a'b\\c\n"), r"'a\'b\\c\n'");
+        assert_eq!(set_global("max_connections", "200").unwrap(), "SET GLOBAL max_connections = 200");
+        assert_eq!(set_global("sql_mode", "STRICT").unwrap(), "SET GLOBAL sql_mode = 'STRICT'");
+        assert!(set_global("x; DROP TABLE t", "1").is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! Real MariaDB servers (`mariadbd`) on loopback, started the way Understudy expects MySQL-family
+//! members to start: read-only and following nobody, so that a restarted member is never a
+//! second primary (the operator elects the primary and points the others at it). Each has its
+//! own data directory, binary log, `server_id` and GTID strict mode. Used by the integration
+//! tests and the benchmarks.
+//!
+//! Accounts: [`OPERATOR_USER`] (everything; the operator's and replication's) and [`APP_USER`]
+//! (reads and writes database `app`, nothing else — `read_only` stops it). Both are created
+//! with the binary log off, on every server, so they are not replicated.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+pub const OPERATOR_USER: &str = "understudy";
+pub const OPERATOR_PASSWORD: &str = "understudy-secret";
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app-secret";
+
+/// Options every server starts with (also the template's).
+const COMMON: &[&str] = &["--no-defaults"];
+const SERVER: &[&str] = &[
+    "--log-bin=binlog",
+    "--log-basename=member",
+    "--log-slave-updates=ON",
+    "--binlog-format=ROW",
+    "--gtid-strict-mode=ON",
+    "--read-only=ON",
+    "--skip-name-resolve",
+    "--innodb-buffer-pool-size=16M",
+    "--innodb-log-file-size=4M",
+    "--innodb-flush-log-at-trx-commit=1",
+    "--sync-binlog=1",
+    "--performance-schema=OFF",
+    "--max-connections=200",
+];
+
+/// A mariadbd child process; killed on drop.
+pub struct LocalMysql {
+    pub ip: String,
+    pub port: u16,
+    pub server_id: u32,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+/// An initialised data directory with the accounts, made once per process and copied.
+fn template() -> anyhow::Result<&'static Path> {
+    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| make_template().map_err(|e| format!("{e:#}")))
+        .as_deref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn make_template() -> anyhow::Result<PathBuf> {
+    let root = tempfile::Builder::new().prefix("understudy-mariadb-template-").tempdir()?.keep();
+    let data = root.join("data");
+    let out = Command::new("mariadb-install-db")
+        .args(COMMON)
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+        .arg("--innodb-log-file-size=4M")
+        .output()
+        .context("running mariadb-install-db (is mariadb-server installed?)")?;
+    if !out.status.success() {
+        bail!("mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Start it once, create the accounts with the binary log off, stop it.
+    let port = crate::controlplane::free_port()?;
+    let sock = root.join("setup.sock");
+    let log = root.join("setup.log");
+    let mut cmd = Command::new("mariadbd");
+    cmd.args(COMMON)
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", sock.display()))
+        .arg(format!("--pid-file={}", root.join("setup.pid").display()))
+        .args(["--user=root", "--bind-address=127.0.0.1", "--skip-networking=OFF"])
+        .arg(format!("--port={port}"))
+        .arg("--innodb-log-file-size=4M");
+    let mut child = crate::controlplane::spawn(cmd, &log)?;
+    let setup = format!(
+        "SET sql_log_bin = 0; \
+         CREATE USER '{OPERATOR_USER}'@'%' IDENTIFIED BY '{OPERATOR_PASSWORD}'; \
+         GRANT ALL PRIVILEGES ON *.* TO '{OPERATOR_USER}'@'%' WITH GRANT OPTION; \
+         CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX ON app.* TO '{APP_USER}'@'%'; \
+         FLUSH PRIVILEGES;"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-uroot"])
+            .arg(format!("--socket={}", sock.display()))
+            .args(["-e", &setup])
+            .output()?;
+        if out.status.success() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "could not set up the template server: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                crate::controlplane::tail(&log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our own child: SIGTERM for a clean shutdown.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    Ok(data)
+}
+
+impl LocalMysql {
+    /// On 127.0.0.1 and a free port; panics if it cannot start (for tests).
+    pub fn start() -> Self {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = crate::controlplane::free_port().expect("free port");
+            match Self::try_start_on("127.0.0.1", port) {
+                Ok(s) => return s,
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("{:#}", last.expect("tried"))
+    }
+
+    pub fn try_start_on(ip: &str, port: u16) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("understudy-mariadb-").tempdir()?;
+        let status = Command::new("cp").arg("-a").arg(template()?).arg(dir.path().join("data")).status()?;
+        if !status.success() {
+            bail!("copying the template data directory failed");
+        }
+        let mut s = Self { ip: ip.to_owned(), port, server_id: u32::from(port), dir, child: None };
+        s.try_spawn()?;
+        Ok(s)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("mariadbd.log")
+    }
+
+    /// Start the process again on the same data (a restart after a crash keeps its data).
+    pub fn try_spawn(&mut self) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        let mut cmd = Command::new("mariadbd");
+        cmd.args(COMMON)
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--socket={}", d.join("mariadbd.sock").display()))
+            .arg(format!("--pid-file={}", d.join("mariadbd.pid").display()))
+            .arg("--user=root")
+            .arg(format!("--bind-address={}", self.ip))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--server-id={}", self.server_id))
+            .args(SERVER);
+        let log = self.log();
+        self.child = Some(crate::controlplane::spawn(cmd, &log).context("starting mariadbd")?);
+        let pid = self.child.as_ref().map(std::process::Child::id).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!(
+                    "mariadbd on {} exited ({status}):\n{}",
+                    self.endpoint(),
+                    crate::controlplane::tail(&log)
+                );
+            }
+            // Ours answers with our server_id on our port (another test's would not).
+            if self.sql(&["SELECT @@server_id"]).ok().as_deref().map(str::trim)
+                == Some(&self.server_id.to_string())
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "mariadbd on {} (pid {pid}) did not start:\n{}",
+                    self.endpoint(),
+                    crate::controlplane::tail(&log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `<ip>:<port>`, where the operator reaches it.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// Run statements as the operator's account over TCP with the `mariadb` client; the
+    /// output in batch form (tab-separated, no headers).
+    pub fn sql(&self, statements: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "--batch", "--skip-column-names", "--connect-timeout=2"])
+            .args(["-h", &self.ip, "-P", &self.port.to_string(), "-u", OPERATOR_USER])
+            .arg(format!("-p{OPERATOR_PASSWORD}"))
+            .args(["-e", &statements.join("; ")])
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One query's rows as column → value maps (the `mariadb` client's batch output: a
+    /// header line, then tab-separated values).
+    pub fn rows(&self, query: &str) -> anyhow::Result<Vec<std::collections::HashMap<String, String>>> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "--batch", "--connect-timeout=2"])
+            .args(["-h", &self.ip, "-P", &self.port.to_string(), "-u", OPERATOR_USER])
+            .arg(format!("-p{OPERATOR_PASSWORD}"))
+            .args(["-e", query])
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().map(|h| h.split('\t').collect()).unwrap_or_default();
+        Ok(lines
+            .map(|l| header.iter().map(|h| (*h).to_owned()).zip(l.split('\t').map(str::to_owned)).collect())
+            .collect())
+    }
+
+    /// Send `signal` (e.g. `libc::SIGSTOP` to freeze, `libc::SIGCONT` to thaw).
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child process.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.try_spawn().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        crate::controlplane::tail(&self.log())
+    }
+}
+
+impl Drop for LocalMysql {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

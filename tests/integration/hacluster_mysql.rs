@@ -1,0 +1,382 @@
+//! HaCluster with real MariaDB servers (engine Mysql): bootstrap, a planned switchover under a
+//! writing client with every acknowledged row checked, the fenced old primary refusing a
+//! client still connected to it, an unplanned failover (SIGKILL) and the old primary's return
+//! as a replica, and credentials the servers refuse.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use mysql_async::prelude::Queryable as _;
+use serde_json::json;
+use understudy::{
+    localmysql::{APP_PASSWORD, APP_USER, LocalMysql, OPERATOR_PASSWORD, OPERATOR_USER},
+    resources::{
+        HaCluster, ShardFailover,
+        hacluster::{ClusterPhase, Role},
+        shard_failover::ShardFailoverPhase,
+    },
+};
+
+use crate::{
+    hacluster_redis::{get, route_ip, wait_primary},
+    support::{self, Operator, eventually},
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn cluster(name: &str, members: &[(&str, &LocalMysql)], failover: serde_json::Value) -> HaCluster {
+    let members: Vec<_> = members
+        .iter()
+        .map(|(n, s)| json!({"name": n, "endpoint": s.endpoint(), "clientAddress": route_ip(s.port)}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "metadata": {"name": name},
+        "spec": {"engine": "Mysql", "secretRef": {"name": "db-creds"},
+                 "shards": [{"name": "main", "members": members}], "failover": failover}
+    }))
+    .unwrap()
+}
+
+async fn secret(client: &Client, ns: &str, password: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db-creds"},
+        "stringData": {"username": OPERATOR_USER, "password": password}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+}
+
+async fn app_conn(server: &LocalMysql) -> mysql_async::Result<mysql_async::Conn> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(server.ip.clone())
+        .tcp_port(server.port)
+        .user(Some(APP_USER))
+        .pass(Some(APP_PASSWORD))
+        .db_name(Some("app"))
+        .prefer_socket(false);
+    mysql_async::Conn::new(opts).await
+}
+
+/// Wait until `replica` replicates from `primary` with both threads running.
+async fn wait_follows(replica: &LocalMysql, primary: &LocalMysql) {
+    eventually(WAIT, &format!("{} to replicate from {}", replica.port, primary.port), || async {
+        let rows = replica.rows("SHOW SLAVE STATUS").ok()?;
+        let st = rows.first()?;
+        let field = |k: &str| st.get(k).map(String::as_str).unwrap_or_default();
+        (field("Master_Port") == primary.port.to_string()
+            && field("Slave_IO_Running") == "Yes"
+            && field("Slave_SQL_Running") == "Yes")
+            .then_some(())
+    })
+    .await;
+}
+
+fn read_only(server: &LocalMysql) -> Option<bool> {
+    server.sql(&["SELECT @@global.read_only"]).ok().map(|o| o.trim() == "1")
+}
+
+/// The sequence numbers in `app.t` on `server`.
+fn rows(server: &LocalMysql) -> BTreeSet<u64> {
+    server.sql(&["SELECT seq FROM app.t"]).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// A client inserting one row per millisecond into `app.t` at whichever server `target`
+/// names, reconnecting when it changes or a write fails. Only a write whose INSERT returned
+/// OK counts as acknowledged.
+struct Writer {
+    acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(target: tokio::sync::watch::Receiver<(String, u16)>) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let a = acked.clone();
+        let task = tokio::spawn(async move {
+            let mut conn: Option<(mysql_async::Conn, (String, u16))> = None;
+            let mut seq = 0u64;
+            while !*stopped.borrow() {
+                let want = target.borrow().clone();
+                if conn.as_ref().is_none_or(|(_, at)| *at != want) {
+                    let opts = mysql_async::OptsBuilder::default()
+                        .ip_or_hostname(want.0.clone())
+                        .tcp_port(want.1)
+                        .user(Some(APP_USER))
+                        .pass(Some(APP_PASSWORD))
+                        .db_name(Some("app"))
+                        .prefer_socket(false);
+                    conn =
+                        match tokio::time::timeout(Duration::from_millis(500), mysql_async::Conn::new(opts))
+                            .await
+                        {
+                            Ok(Ok(c)) => Some((c, want)),
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                continue;
+                            }
+                        };
+                }
+                seq += 1;
+                let (c, _) = conn.as_mut().unwrap();
+                let r = tokio::time::timeout(
+                    Duration::from_millis(2000),
+                    c.exec_drop("INSERT INTO t (seq) VALUES (?)", (seq,)),
+                )
+                .await;
+                match r {
+                    Ok(Ok(())) => a.lock().unwrap().push((seq, Instant::now())),
+                    _ => conn = None,
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        Self { acked, stop, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_more(&self, n: usize) {
+        let start = self.count();
+        eventually(WAIT, "the writer to write", || async { (self.count() >= start + n).then_some(()) }).await;
+    }
+
+    /// The longest time between two acknowledgements within [from, to].
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let acked = self.acked.lock().unwrap();
+        let times: Vec<Instant> = acked.iter().map(|(_, t)| *t).filter(|t| *t >= from && *t <= to).collect();
+        times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+
+    async fn stop(self) -> BTreeSet<u64> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.acked.lock().unwrap().iter().map(|(s, _)| *s).collect()
+    }
+}
+
+/// Follows status: the writer's target is the member status names primary.
+fn follow_primary(
+    api: Api<HaCluster>,
+    name: &'static str,
+    endpoints: Vec<(String, (String, u16))>,
+    first: &str,
+) -> (tokio::sync::watch::Receiver<(String, u16)>, tokio::task::JoinHandle<()>) {
+    let at = |n: &str| endpoints.iter().find(|(m, _)| m == n).map(|(_, e)| e.clone()).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(at(first));
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(c) = api.get(name).await
+                && let Some(p) = c.status.and_then(|s| s.primary)
+                && let Some((_, e)) = endpoints.iter().find(|(m, _)| *m == p)
+            {
+                tx.send_if_modified(|cur| {
+                    let changed = cur != e;
+                    *cur = e.clone();
+                    changed
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (rx, task)
+}
+
+#[tokio::test]
+async fn mysql_bootstrap_switchover_failover_and_return_of_the_old_primary() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "mysql").await;
+    secret(&client, &ns, OPERATOR_PASSWORD).await;
+    let mut servers = [LocalMysql::start(), LocalMysql::start(), LocalMysql::start()];
+    let names = ["a", "b", "c"];
+    for s in &servers {
+        assert_eq!(read_only(s), Some(true), "members start read-only");
+    }
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
+    // Asynchronous replication: a failover may promote a replica a few transactions behind
+    // (the loss is recorded); a switchover waits for everything.
+    let policy = json!({"heartbeatInterval": "200ms", "failureThreshold": 3, "maxLagOnFailover": 100000});
+    api.create(&PostParams::default(), &cluster("db", &members, policy)).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+
+    // Bootstrap: one writable primary, two read-only replicas replicating from it.
+    let first = wait_primary(&api, "db", "main", None).await;
+    let pi = names.iter().position(|n| *n == first).unwrap();
+    assert_eq!(read_only(&servers[pi]), Some(false), "the primary is writable");
+    for (i, s) in servers.iter().enumerate() {
+        if i != pi {
+            wait_follows(s, &servers[pi]).await;
+            assert_eq!(read_only(s), Some(true), "a replica is read-only");
+        }
+    }
+    let st = get(&api, "db").await.status.unwrap();
+    assert_eq!(st.shards[0].epoch, 1);
+    servers[pi]
+        .sql(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
+        ])
+        .unwrap();
+    // The application's account cannot write to a replica.
+    let other = (0..3).find(|i| *i != pi).unwrap();
+    eventually(WAIT, "the table replicated", || async {
+        servers[other].sql(&["SELECT 1 FROM app.t LIMIT 1"]).ok()
+    })
+    .await;
+    let mut direct = app_conn(&servers[other]).await.unwrap();
+    let refused = direct.query_drop("INSERT INTO t (seq) VALUES (0)").await.unwrap_err();
+    assert!(refused.to_string().contains("read-only"), "{refused}");
+    drop(direct);
+
+    let endpoints: Vec<(String, (String, u16))> =
+        names.iter().zip(servers.iter()).map(|(n, s)| ((*n).to_owned(), (s.ip.clone(), s.port))).collect();
+    let (target, follower) = follow_primary(api.clone(), "db", endpoints, &first);
+    let writer = Writer::start(target);
+    writer.wait_more(300).await;
+
+    // 1. A planned switchover (ShardFailover) under the writing client: zero loss, and a
+    // session still open on the old primary cannot write after it.
+    let mut stale = app_conn(&servers[pi]).await.unwrap();
+    stale.query_drop("INSERT INTO t (seq) VALUES (1000000000)").await.unwrap();
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    let sfo: ShardFailover = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover",
+        "metadata": {"name": "planned"}, "spec": {"shardUids": [first]}
+    }))
+    .unwrap();
+    let submitted = Instant::now();
+    sfos.create(&PostParams::default(), &sfo).await.unwrap();
+    let done = eventually(WAIT, "the switchover to finish", || async {
+        let s = sfos.get("planned").await.ok()?;
+        let st = s.status?;
+        matches!(st.phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed)).then_some(st)
+    })
+    .await;
+    assert_eq!(done.phase, Some(ShardFailoverPhase::Succeeded), "{done:?}");
+    let second = wait_primary(&api, "db", "main", Some(&first)).await;
+    let switched = submitted.elapsed();
+    writer.wait_more(300).await;
+    let pause = writer.longest_gap(submitted, Instant::now());
+    let si = names.iter().position(|n| *n == second).unwrap();
+    assert_eq!(read_only(&servers[si]), Some(false));
+    assert_eq!(read_only(&servers[pi]), Some(true), "the old primary is fenced");
+    wait_follows(&servers[pi], &servers[si]).await;
+    let after = stale.query_drop("INSERT INTO t (seq) VALUES (1000000001)").await;
+    assert!(after.is_err(), "a session on the old primary wrote after the switchover");
+    let acked_by_then: BTreeSet<u64> = writer.acked.lock().unwrap().iter().map(|(s, _)| *s).collect();
+    let on_new = rows(&servers[si]);
+    let lost: Vec<_> = acked_by_then.difference(&on_new).collect();
+    assert!(lost.is_empty(), "acknowledged rows missing on the new primary after a switchover: {lost:?}");
+    assert!(on_new.contains(&1_000_000_000), "the stale session's acknowledged row is on the new primary");
+    eprintln!(
+        "mysql switchover {first} → {second}: Succeeded {:.0} ms after submission; longest write gap {:.1} ms; {} acknowledged rows, 0 lost",
+        switched.as_secs_f64() * 1000.0,
+        pause.as_secs_f64() * 1000.0,
+        acked_by_then.len()
+    );
+
+    // 2. An unplanned failover: the primary's mariadbd is SIGKILLed.
+    for (i, s) in servers.iter().enumerate() {
+        if i != si {
+            wait_follows(s, &servers[si]).await;
+        }
+    }
+    writer.wait_more(200).await;
+    let killed = Instant::now();
+    servers[si].kill();
+    let third = wait_primary(&api, "db", "main", Some(&second)).await;
+    let detected = killed.elapsed();
+    writer.wait_more(200).await;
+    let gap = writer.longest_gap(killed - Duration::from_millis(50), Instant::now());
+    let ti = names.iter().position(|n| *n == third).unwrap();
+    let lf = get(&api, "db").await.status.unwrap().last_failover.expect("lastFailover");
+    assert_eq!((lf.from.as_deref(), lf.to.as_deref()), (Some(second.as_str()), Some(third.as_str())));
+    let remaining = (0..3).find(|i| *i != si && *i != ti).unwrap();
+    wait_follows(&servers[remaining], &servers[ti]).await;
+
+    // The old primary restarts with its data, read-only, and is attached as a replica.
+    servers[si].restart();
+    assert_eq!(read_only(&servers[si]), Some(true));
+    wait_follows(&servers[si], &servers[ti]).await;
+    eventually(WAIT, "the old primary listed as a healthy replica", || async {
+        let st = api.get("db").await.ok()?.status?;
+        let m = st.shards[0].members.iter().find(|m| m.name == second)?;
+        (m.healthy && m.role == Role::Replica && st.phase == Some(ClusterPhase::Healthy)).then_some(())
+    })
+    .await;
+    let acked = writer.stop().await;
+    follower.abort();
+    let on_final = rows(&servers[ti]);
+    let lost: Vec<_> = acked.difference(&on_final).copied().collect();
+    let lf = get(&api, "db").await.status.unwrap().last_failover.expect("lastFailover");
+    eprintln!(
+        "mysql failover {second} → {third}: status {:.0} ms after SIGKILL (heartbeat 200 ms × 3), longest client gap {:.0} ms; {} acknowledged rows, {} lost ({lost:?}), lostOffset {:?}",
+        detected.as_secs_f64() * 1000.0,
+        gap.as_secs_f64() * 1000.0,
+        acked.len(),
+        lost.len(),
+        lf.lost_offset
+    );
+    // Asynchronous replication may lose the rows in flight at the kill; they are counted.
+    assert!(
+        lost.len() as i64 <= lf.lost_offset.unwrap_or(0),
+        "{} acknowledged rows lost but lostOffset says {:?}",
+        lost.len(),
+        lf.lost_offset
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn mysql_refused_credentials_are_a_condition_and_nothing_is_touched() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "mysql-401").await;
+    secret(&client, &ns, "not-the-password").await;
+    let servers = [LocalMysql::start(), LocalMysql::start()];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members = [("a", &servers[0]), ("b", &servers[1])];
+    api.create(&PostParams::default(), &cluster("db", &members, json!({"heartbeatInterval": "200ms"})))
+        .await
+        .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let msg = eventually(WAIT, "Unauthorized condition", || async {
+        let st = api.get("db").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "Unauthorized" && ready.status == "False").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(msg.contains("Access denied"), "{msg}");
+    for s in &servers {
+        assert_eq!(read_only(s), Some(true), "nothing promoted");
+        assert_eq!(s.sql(&["SHOW SLAVE STATUS"]).unwrap().trim(), "", "nothing pointed anywhere");
+    }
+    assert_eq!(get(&api, "db").await.status.unwrap().shards[0].epoch, 0);
+    // Fixed in the Secret: the cluster comes up.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .patch(
+            "db-creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": OPERATOR_PASSWORD}})),
+        )
+        .await
+        .unwrap();
+    let p = wait_primary(&api, "db", "main", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+    operator.stop().await;
+}
