@@ -31,6 +31,11 @@ const SERVER: &[&str] = &[
     "--binlog-format=ROW",
     "--gtid-strict-mode=ON",
     "--read-only=ON",
+    // A former primary restarting after a crash rolls back the commits no replica
+    // acknowledged (semi-synchronous replication) instead of keeping them as transactions the
+    // new primary never had.
+    "--rpl-semi-sync-slave-enabled=ON",
+    "--init-rpl-role=SLAVE",
     "--skip-name-resolve",
     "--innodb-buffer-pool-size=16M",
     "--innodb-log-file-size=4M",

@@ -397,6 +397,10 @@ struct MemberState {
     self_fencing: bool,
     /// The self-fencing setting last written to the member (min replicas, max lag).
     fencing_applied: Option<(u32, u32)>,
+    /// Why the latest demotion or re-pointing of this member failed (cleared when one
+    /// succeeds): in its status message, and logged as a warning once per distinct reason,
+    /// not every heartbeat.
+    action_error: Option<String>,
 }
 
 /// What an engine is built from: a change in any of it means a new engine.
@@ -1232,10 +1236,14 @@ impl Monitor {
                 };
                 match engine.follow(&d.endpoint, &target).await {
                     Ok(()) => {
+                        self.action_failed(&d.name, None);
                         info!(cluster = %key(cluster), member = %d.name, primary = %p.name, "replica now follows the primary")
                     }
                     Err(e) => {
-                        warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not point replica at the primary")
+                        let message = format!("could not be pointed at the primary {}: {e}", p.name);
+                        if self.action_failed(&d.name, Some(message)) {
+                            warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not point replica at the primary")
+                        }
                     }
                 }
             }
@@ -1257,6 +1265,7 @@ impl Monitor {
         };
         match result {
             Ok(()) => {
+                self.action_failed(&d.name, None);
                 info!(cluster = %key(cluster), member = %d.name, "demoted a member acting as primary");
                 self.ctx
                     .event(
@@ -1279,8 +1288,24 @@ impl Monitor {
                     self.account_reattached(cluster, &d.shard, &d.name, offset).await;
                 }
             }
-            Err(e) => warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not demote"),
+            Err(e) => {
+                let message = format!("acts as primary and could not be demoted: {e}");
+                if self.action_failed(&d.name, Some(message)) {
+                    warn!(cluster = %key(cluster), member = %d.name, error = %e, "could not demote")
+                } else {
+                    debug!(cluster = %key(cluster), member = %d.name, error = %e, "could not demote (again)")
+                }
+            }
         }
+    }
+
+    /// Record how the latest action on a member went (`None`: it worked); true when the
+    /// failure is new (not the one recorded last), i.e. worth a warning.
+    fn action_failed(&mut self, member: &str, error: Option<String>) -> bool {
+        let Some(st) = self.members.get_mut(member) else { return error.is_some() };
+        let new = error.is_some() && st.action_error != error;
+        st.action_error = error;
+        new
     }
 
     /// An old primary came back still acting as primary and was demoted: what it wrote beyond
@@ -1715,7 +1740,7 @@ impl Monitor {
                         offset: st.probe.as_ref().and_then(|p| p.offset),
                         lag,
                         upstream,
-                        message: st.error.clone(),
+                        message: st.error.clone().or_else(|| st.action_error.clone()),
                         leaving: d.leaving,
                     }
                 })
@@ -1743,7 +1768,7 @@ impl Monitor {
                 && good < i64::from(want)
             {
                 refusing.push(format!(
-                    "shard {}: {p} refuses writes until {want} replica(s) acknowledge it (min-replicas-to-write); {good} do",
+                    "shard {}: {p} refuses writes until {want} replica(s) acknowledge it (self-fencing); {good} do",
                     s.name
                 ));
             }

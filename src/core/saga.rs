@@ -319,7 +319,7 @@ impl Saga {
                 self.step(
                     "fence",
                     format!(
-                        "{} unreachable ({why}), not demoted: it refuses writes by itself once its replicas follow {} (min-replicas-to-write)",
+                        "{} unreachable ({why}), not demoted: it refuses writes by itself once its replicas follow {} (self-fencing)",
                         from.name, self.start.to
                     ),
                 );

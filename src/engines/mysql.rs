@@ -113,6 +113,56 @@ impl Flavour {
         }
     }
 
+    /// Semi-synchronous replication's names: (primary's switch, its timeout, its wait point,
+    /// its "wait with no replica", the replica's switch, the status counting semi-sync
+    /// replicas). MariaDB has it built in; MySQL needs its plugin loaded.
+    fn semi_sync(self) -> SemiSyncNames {
+        match self {
+            Self::MySql { modern: true } => SemiSyncNames {
+                primary: "rpl_semi_sync_source_enabled",
+                timeout: "rpl_semi_sync_source_timeout",
+                wait_point: "rpl_semi_sync_source_wait_point",
+                wait_no_replica: "rpl_semi_sync_source_wait_no_replica",
+                replica: "rpl_semi_sync_replica_enabled",
+                clients: "Rpl_semi_sync_source_clients",
+                wait_sessions: "Rpl_semi_sync_source_wait_sessions",
+                acknowledged: "Rpl_semi_sync_source_yes_tx",
+            },
+            _ => SemiSyncNames {
+                primary: "rpl_semi_sync_master_enabled",
+                timeout: "rpl_semi_sync_master_timeout",
+                wait_point: "rpl_semi_sync_master_wait_point",
+                wait_no_replica: "rpl_semi_sync_master_wait_no_slave",
+                replica: "rpl_semi_sync_slave_enabled",
+                clients: "Rpl_semi_sync_master_clients",
+                wait_sessions: "Rpl_semi_sync_master_wait_sessions",
+                acknowledged: "Rpl_semi_sync_master_yes_tx",
+            },
+        }
+    }
+
+    /// Self-fencing on (`want`) or off, for a member that is (`primary`) or is not the
+    /// writable primary: a primary waits for a replica's acknowledgement of every commit for
+    /// as long as it takes (it never falls back to asynchronous replication), a replica
+    /// acknowledges.
+    pub fn self_fencing(self, want: bool, primary: bool) -> String {
+        let n = self.semi_sync();
+        let on = |b: bool| if b { "ON" } else { "OFF" };
+        if want {
+            format!(
+                "SET GLOBAL {} = {FENCE_TIMEOUT_MS}, GLOBAL {} = 'AFTER_SYNC', GLOBAL {} = ON, GLOBAL {} = ON, GLOBAL {} = {}",
+                n.timeout,
+                n.wait_point,
+                n.wait_no_replica,
+                n.replica,
+                n.primary,
+                on(primary)
+            )
+        } else {
+            format!("SET GLOBAL {} = OFF, GLOBAL {} = {ORDINARY_TIMEOUT_MS}", n.primary, n.timeout)
+        }
+    }
+
     /// Point the member at `host:port` by GTID.
     pub fn change_source(self, host: &str, port: u16, user: &str, password: &str) -> String {
         let (host, user, password) = (quote(host), quote(user), quote(password));
@@ -180,6 +230,60 @@ impl Flavour {
                 per_domain.values().sum::<u64>() as i64
             }
             Self::MySql { .. } => count_mysql_gtids(first) as i64,
+        }
+    }
+}
+
+/// The names of semi-synchronous replication's variables in one dialect.
+#[derive(Clone, Copy, Debug)]
+struct SemiSyncNames {
+    primary: &'static str,
+    timeout: &'static str,
+    wait_point: &'static str,
+    wait_no_replica: &'static str,
+    replica: &'static str,
+    clients: &'static str,
+    /// Status: sessions waiting for an acknowledgement now.
+    wait_sessions: &'static str,
+    /// Status: commits acknowledged by a replica so far.
+    acknowledged: &'static str,
+}
+
+/// A self-fencing primary's semi-synchronous timeout: a year, i.e. never fall back to
+/// asynchronous replication (a commit no replica acknowledged is never acknowledged).
+pub const FENCE_TIMEOUT_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Any timeout from a day up is taken for self-fencing (below, a primary falls back).
+const FENCING_TIMEOUT_MIN_MS: u64 = 24 * 3600 * 1000;
+/// The servers' default, restored when self-fencing is turned off.
+const ORDINARY_TIMEOUT_MS: u64 = 10_000;
+
+/// What a member's semi-synchronous replication says about self-fencing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SemiSync {
+    /// Configured for self-fencing: a fencing timeout, waiting with no replica, and the
+    /// replica side on.
+    pub fencing: bool,
+    /// The primary side is on (commits wait for an acknowledgement).
+    pub primary_on: bool,
+    /// Semi-synchronous replicas connected to it.
+    pub clients: Option<i64>,
+}
+
+impl Flavour {
+    /// From `SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync%'` and `SHOW GLOBAL STATUS LIKE
+    /// 'Rpl_semi_sync%'` (name → value; empty when the server has no semi-sync).
+    pub fn parse_semi_sync(
+        self,
+        vars: &HashMap<String, String>,
+        status: &HashMap<String, String>,
+    ) -> SemiSync {
+        let n = self.semi_sync();
+        let on = |k: &str| vars.get(k).is_some_and(|v| v.eq_ignore_ascii_case("ON") || v == "1");
+        let timeout = vars.get(n.timeout).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        SemiSync {
+            fencing: timeout >= FENCING_TIMEOUT_MIN_MS && on(n.wait_no_replica) && on(n.replica),
+            primary_on: on(n.primary),
+            clients: status.get(n.clients).and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -258,19 +362,28 @@ pub fn set_global(name: &str, value: &str) -> Result<String, String> {
     Ok(format!("SET GLOBAL {name} = {value}"))
 }
 
+/// How long a fence watches waiting commits for an acknowledgement before it takes them for
+/// stuck.
+const STUCK_WATCH: Duration = Duration::from_millis(50);
+/// How often a fence kills client sessions while `read_only` waits.
+const KILL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Sessions that are not clients: replication and the server's own threads.
 const NOT_CLIENTS: &str =
     "'Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker', 'Killed'";
 
 /// The probe of a member from what it said.
-pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>) -> Probe {
+///
+/// Self-fencing: a replica counts as fencing when semi-sync is configured for it (it will
+/// acknowledge, and fence once promoted); a primary only when its commits do wait.
+pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>, semi: &SemiSync) -> Probe {
     match source {
         Some(s) => Probe {
             role: ObservedRole::Replica,
             offset: Some(executed),
             following: Some(format!("{}:{}", s.host, s.port)),
             link_up: s.running(),
-            self_fencing: false,
+            self_fencing: semi.fencing,
             good_replicas: None,
         },
         // Writable and following nobody: a primary. Read-only and following nobody: fenced.
@@ -279,15 +392,15 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             offset: Some(executed),
             following: None,
             link_up: true,
-            self_fencing: false,
-            good_replicas: None,
+            self_fencing: semi.fencing && semi.primary_on,
+            good_replicas: semi.clients.filter(|_| semi.fencing && semi.primary_on),
         },
         None => Probe {
             role: ObservedRole::Replica,
             offset: Some(executed),
             following: None,
             link_up: false,
-            self_fencing: false,
+            self_fencing: semi.fencing,
             good_replicas: None,
         },
     }
@@ -379,6 +492,58 @@ impl Session<'_> {
         Ok((read_only, self.flavour.executed(&get(1), &get(2))))
     }
 
+    async fn pairs(&mut self, sql: &str) -> EngineResult<HashMap<String, String>> {
+        let rows: Vec<(String, String)> =
+            self.conn.query(sql).await.map_err(|e| classify(self.endpoint, e))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Semi-synchronous replication as configured (and whether the server has it at all:
+    /// MySQL without the plugin has none of its variables).
+    async fn semi_sync(&mut self) -> EngineResult<(SemiSync, bool)> {
+        let vars = self.pairs("SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync%'").await?;
+        let status = self.pairs("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync%'").await?;
+        Ok((self.flavour.parse_semi_sync(&vars, &status), !vars.is_empty()))
+    }
+
+    /// Commits waiting for acknowledgements that do not come: some wait, and over
+    /// [`STUCK_WATCH`] no acknowledgement arrived. `None` when none wait or acknowledgements
+    /// flow (waits then end by themselves, acknowledged by a replica that has the commit).
+    async fn stuck_commits(&mut self) -> EngineResult<Option<i64>> {
+        let names = self.flavour.semi_sync();
+        let (waiting, acks) = (names.wait_sessions, names.acknowledged);
+        let sample = async |s: &mut Self| -> EngineResult<(i64, i64)> {
+            let st = s.pairs("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync%'").await?;
+            let n = |k: &str| st.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            Ok((n(waiting), n(acks)))
+        };
+        let (w0, a0) = sample(self).await?;
+        if w0 == 0 {
+            return Ok(None);
+        }
+        tokio::time::sleep(STUCK_WATCH).await;
+        let (w1, a1) = sample(self).await?;
+        Ok((w1 > 0 && a1 == a0).then_some(w1))
+    }
+
+    /// Turn the primary side of semi-sync off, after the clients that might be waiting in it
+    /// are gone: turning it off acknowledges their waiting commits, which no replica may
+    /// have. Read-only must be on already.
+    async fn stop_waiting_for_replicas(&mut self, ours: &str) -> EngineResult<()> {
+        let (semi, present) = self.semi_sync().await?;
+        if present && semi.primary_on {
+            if let Some(waiting) = self.stuck_commits().await? {
+                return Err(self.protocol(&format!(
+                    "{waiting} commit(s) wait for a replica's acknowledgement that does not come; turning semi-synchronous replication off would acknowledge them"
+                )));
+            }
+            self.kill_clients(ours).await?;
+            let sql = format!("SET GLOBAL {} = OFF", self.flavour.semi_sync().primary);
+            self.run(&sql).await?;
+        }
+        Ok(())
+    }
+
     /// Kill the sessions of every account but ours that are clients (not replication).
     async fn kill_clients(&mut self, ours: &str) -> EngineResult<usize> {
         let ids = self
@@ -397,18 +562,6 @@ impl Session<'_> {
             }
         }
         Ok(killed)
-    }
-
-    /// Refuse writes: clients killed, read-only, clients killed again (any that came in
-    /// between found the server read-only or were killed), replication stopped.
-    async fn fence(&mut self, ours: &str) -> EngineResult<()> {
-        self.kill_clients(ours).await?;
-        self.run(self.flavour.read_only()).await?;
-        self.kill_clients(ours).await?;
-        if self.source().await?.is_some() {
-            self.run(self.flavour.stop_replica()).await?;
-        }
-        Ok(())
     }
 
     fn protocol(&self, message: &str) -> EngineError {
@@ -464,6 +617,55 @@ impl MysqlEngine {
             .map_err(|_| EngineError::Timeout { endpoint: endpoint.into(), timeout: self.timeout })?
     }
 
+    /// Make the server refuse writes: client sessions killed, then `read_only` — which waits
+    /// for the commits in progress, and a self-fencing primary's commits wait for a replica's
+    /// acknowledgement for ever; killing a waiting session passes the wait to the next commit
+    /// of its group, and clients keep connecting. So a second session keeps killing client
+    /// sessions until `read_only` is in place (from the moment it is requested, new writes
+    /// queue behind it). A killed session's commit is never acknowledged to its client.
+    ///
+    /// Except when commits wait for acknowledgements that do not come (its replicas gone or
+    /// frozen): a commit whose wait is cut short — killed, or semi-sync turned off — may be
+    /// acknowledged to its client (measured: 5 of 18 killed waits answered OK), and no replica
+    /// has it. Such a member acknowledges nothing as it is; it is left alone with an error
+    /// saying so (stopping its process, SIGKILL or a pod deletion, is what clears it).
+    async fn fence_writes(&self, s: &mut Session<'_>) -> EngineResult<()> {
+        let ours = self.user();
+        if let Some(waiting) = s.stuck_commits().await? {
+            return Err(s.protocol(&format!(
+                "fences itself: {waiting} commit(s) wait for a replica's acknowledgement that does not come (semi-synchronous replication, no fallback), so it acknowledges nothing; not cut off, which could acknowledge them — stop its process (SIGKILL, or delete its pod) to bring it back as a replica"
+            )));
+        }
+        s.kill_clients(ours).await?;
+        let endpoint = s.endpoint;
+        let killer = async {
+            loop {
+                tokio::time::sleep(KILL_INTERVAL).await;
+                if let Ok(mut k) = self.connect(endpoint).await {
+                    while k.kill_clients(ours).await.is_ok() {
+                        tokio::time::sleep(KILL_INTERVAL).await;
+                    }
+                }
+            }
+        };
+        let read_only = s.flavour.read_only();
+        tokio::select! {
+            r = s.run(read_only) => r?,
+            never = killer => never,
+        }
+        s.kill_clients(ours).await?;
+        Ok(())
+    }
+
+    /// Fence (see [`Self::fence_writes`]) and stop replicating.
+    async fn fence(&self, s: &mut Session<'_>) -> EngineResult<()> {
+        self.fence_writes(s).await?;
+        if s.source().await?.is_some() {
+            s.run(s.flavour.stop_replica()).await?;
+        }
+        Ok(())
+    }
+
     fn held(&self, endpoint: &str) -> Option<Held> {
         lock(&self.paused).get(endpoint).cloned()
     }
@@ -475,7 +677,8 @@ impl Engine for MysqlEngine {
             self.with_session(endpoint, async |s| {
                 let (read_only, executed) = s.position().await?;
                 let source = s.source().await?;
-                Ok(probe_from(read_only, executed, source.as_ref()))
+                let (semi, _) = s.semi_sync().await?;
+                Ok(probe_from(read_only, executed, source.as_ref(), &semi))
             })
             .await
         }
@@ -507,6 +710,12 @@ impl Engine for MysqlEngine {
                         s.run(s.flavour.stop_replica()).await?;
                         s.run(s.flavour.reset_replica()).await?;
                     }
+                    // Self-fencing: commits wait for a replica from the first write on.
+                    let (semi, _) = s.semi_sync().await?;
+                    if semi.fencing && !semi.primary_on {
+                        let sql = format!("SET GLOBAL {} = ON", s.flavour.semi_sync().primary);
+                        s.run(&sql).await?;
+                    }
                     s.run(s.flavour.writable()).await
                 }
             })
@@ -522,6 +731,7 @@ impl Engine for MysqlEngine {
                 message: format!("primary {primary:?} is not host:port"),
             })?;
             let (user, password) = (self.user().to_owned(), self.creds.secret.clone().unwrap_or_default());
+            let ours = user.clone();
             // Paused (a switchover's old primary): replication cannot be changed while the
             // read lock is held, and every other session waits behind it. Read-only is made
             // sure of on the holding session, then the pause is released: writes meet
@@ -569,8 +779,12 @@ impl Engine for MysqlEngine {
                     {
                         return Ok(());
                     }
-                    // Never writable while it changes source.
-                    s.run(s.flavour.read_only()).await?;
+                    // Never writable while it changes source (a writable one is fenced first); a
+                    // replica does not wait for replicas of its own (its applier would stall).
+                    if !read_only {
+                        self.fence_writes(s).await?;
+                    }
+                    s.stop_waiting_for_replicas(&ours).await?;
                     if source.is_some() {
                         s.run(s.flavour.stop_replica()).await?;
                     }
@@ -590,14 +804,13 @@ impl Engine for MysqlEngine {
 
     fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         async move {
-            let ours = self.user().to_owned();
             // Paused for a switchover: fence on the session holding the lock (another session
             // would wait behind it).
             if let Some(held) = self.held(endpoint) {
                 let mut guard = held.lock().await;
                 if let Some((conn, flavour)) = guard.take() {
                     let mut s = Session { conn, flavour, endpoint };
-                    let fenced = tokio::time::timeout(self.timeout, s.fence(&ours)).await;
+                    let fenced = tokio::time::timeout(self.timeout, self.fence(&mut s)).await;
                     return match fenced {
                         Ok(r) => {
                             *guard = Some((s.conn, s.flavour));
@@ -610,7 +823,7 @@ impl Engine for MysqlEngine {
                     };
                 }
             }
-            self.with_session(endpoint, async |s| s.fence(&ours).await).await
+            self.with_session(endpoint, async |s| self.fence(s).await).await
         }
         .boxed()
     }
@@ -677,6 +890,50 @@ impl Engine for MysqlEngine {
                 endpoint: endpoint.into(),
                 message: "not possible with this engine: the server runs each session on its own thread, so a queued statement has no order against the clients' after a thaw".into(),
             })
+        }
+        .boxed()
+    }
+
+    fn self_fences(&self) -> bool {
+        true
+    }
+
+    /// Semi-synchronous replication that never falls back: the primary acknowledges a
+    /// commit only once a replica has it, so a primary cut off from its replicas (or thawed
+    /// after its replicas moved on) acknowledges nothing — and a failover loses no
+    /// acknowledged commit if it promotes the most advanced replica. `min_replicas` beyond 1
+    /// counts as 1 (an acknowledgement from any one replica), `max_lag_seconds` does not
+    /// apply (a commit waits for its own acknowledgement).
+    fn set_self_fencing<'a>(
+        &'a self,
+        endpoint: &'a str,
+        min_replicas: u32,
+        _max_lag_seconds: u32,
+    ) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            let ours = self.user().to_owned();
+            self.with_session(endpoint, async |s| {
+                let (read_only, _) = s.position().await?;
+                let source = s.source().await?;
+                let (before, present) = s.semi_sync().await?;
+                if !present {
+                    return Err(s.protocol(
+                        "no semi-synchronous replication (MySQL: load the rpl_semi_sync_source and rpl_semi_sync_replica plugins), so no self-fencing",
+                    ));
+                }
+                let primary = !read_only && source.is_none();
+                if !primary {
+                    s.stop_waiting_for_replicas(&ours).await?;
+                }
+                s.run(&s.flavour.self_fencing(min_replicas > 0, primary)).await?;
+                // A replica registers as semi-synchronous when its I/O thread starts.
+                if min_replicas > 0 && !before.fencing && source.as_ref().is_some_and(ReplicaStatus::running) {
+                    s.run(s.flavour.stop_io_thread()).await?;
+                    s.run(s.flavour.start_replica()).await?;
+                }
+                Ok(())
+            })
+            .await
         }
         .boxed()
     }
@@ -811,13 +1068,49 @@ mod tests {
             sql_running: "Yes".into(),
             ..Default::default()
         };
-        let p = probe_from(true, 5, Some(&src));
+        let p = probe_from(true, 5, Some(&src), &SemiSync::default());
         assert_eq!((p.role, p.following.as_deref(), p.link_up), (ObservedRole::Replica, Some("h:1"), true));
-        let p = probe_from(false, 5, None);
+        let p = probe_from(false, 5, None, &SemiSync::default());
         assert_eq!(p.role, ObservedRole::Primary);
         // Fenced: read-only and following nobody.
-        let p = probe_from(true, 5, None);
+        let p = probe_from(true, 5, None, &SemiSync::default());
         assert_eq!((p.role, p.following, p.link_up), (ObservedRole::Replica, None, false));
+    }
+
+    #[test]
+    fn self_fencing_is_semi_sync_that_never_falls_back() {
+        let on = Flavour::MariaDb.self_fencing(true, true);
+        assert!(on.contains(&format!("rpl_semi_sync_master_timeout = {FENCE_TIMEOUT_MS}")), "{on}");
+        assert!(on.contains("rpl_semi_sync_master_wait_point = 'AFTER_SYNC'"), "{on}");
+        assert!(on.contains("rpl_semi_sync_master_enabled = ON"), "{on}");
+        // A replica acknowledges but does not wait (its applier would stall).
+        let replica = Flavour::MariaDb.self_fencing(true, false);
+        assert!(replica.contains("rpl_semi_sync_slave_enabled = ON"), "{replica}");
+        assert!(replica.contains("rpl_semi_sync_master_enabled = OFF"), "{replica}");
+        let modern = Flavour::MySql { modern: true }.self_fencing(true, true);
+        assert!(modern.contains("rpl_semi_sync_source_wait_no_replica = ON"), "{modern}");
+        assert!(modern.contains("rpl_semi_sync_replica_enabled = ON"), "{modern}");
+        assert_eq!(
+            Flavour::MariaDb.self_fencing(false, true),
+            "SET GLOBAL rpl_semi_sync_master_enabled = OFF, GLOBAL rpl_semi_sync_master_timeout = 10000"
+        );
+        let vars = row(&[
+            ("rpl_semi_sync_master_enabled", "ON"),
+            ("rpl_semi_sync_master_timeout", &FENCE_TIMEOUT_MS.to_string()),
+            ("rpl_semi_sync_master_wait_no_slave", "ON"),
+            ("rpl_semi_sync_slave_enabled", "ON"),
+        ]);
+        let status = row(&[("Rpl_semi_sync_master_clients", "2")]);
+        let semi = Flavour::MariaDb.parse_semi_sync(&vars, &status);
+        assert_eq!(semi, SemiSync { fencing: true, primary_on: true, clients: Some(2) });
+        let p = probe_from(false, 7, None, &semi);
+        assert!(p.self_fencing);
+        assert_eq!(p.good_replicas, Some(2));
+        // A short timeout falls back to asynchronous replication: not fencing.
+        let mut short = vars.clone();
+        short.insert("rpl_semi_sync_master_timeout".into(), "10000".into());
+        assert!(!Flavour::MariaDb.parse_semi_sync(&short, &status).fencing);
+        assert!(!probe_from(false, 7, None, &Flavour::MariaDb.parse_semi_sync(&short, &status)).self_fencing);
     }
 
     #[test]

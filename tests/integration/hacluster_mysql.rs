@@ -100,13 +100,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(target: tokio::sync::watch::Receiver<(String, u16)>) -> Self {
+    /// Sequence numbers start after `base` (two writers on one table use different ranges).
+    fn start(target: tokio::sync::watch::Receiver<(String, u16)>, base: u64) -> Self {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let a = acked.clone();
         let task = tokio::spawn(async move {
             let mut conn: Option<(mysql_async::Conn, (String, u16))> = None;
-            let mut seq = 0u64;
+            let mut seq = base;
             while !*stopped.borrow() {
                 let want = target.borrow().clone();
                 if conn.as_ref().is_none_or(|(_, at)| *at != want) {
@@ -245,7 +246,7 @@ async fn mysql_bootstrap_switchover_failover_and_return_of_the_old_primary() {
     let endpoints: Vec<(String, (String, u16))> =
         names.iter().zip(servers.iter()).map(|(n, s)| ((*n).to_owned(), (s.ip.clone(), s.port))).collect();
     let (target, follower) = follow_primary(api.clone(), "db", endpoints, &first);
-    let writer = Writer::start(target);
+    let writer = Writer::start(target, 0);
     writer.wait_more(300).await;
 
     // 1. A planned switchover (ShardFailover) under the writing client: zero loss, and a
@@ -378,5 +379,113 @@ async fn mysql_refused_credentials_are_a_condition_and_nothing_is_touched() {
     let p = wait_primary(&api, "db", "main", None).await;
     let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
     wait_follows(&servers[ri], &servers[pi]).await;
+    operator.stop().await;
+}
+
+/// Self-fencing (semi-synchronous replication that never falls back, on by default): a
+/// frozen primary is failed over without being reachable, every row any client had
+/// acknowledged is on the new primary, and the thawed old primary acknowledges nothing — a
+/// client still connected to it waits, then is cut off when the operator fences it.
+#[tokio::test]
+async fn mysql_frozen_primary_is_failed_over_and_acknowledges_nothing_after_it_thaws() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "mysql-frz").await;
+    secret(&client, &ns, OPERATOR_PASSWORD).await;
+    let mut servers = [LocalMysql::start(), LocalMysql::start(), LocalMysql::start()];
+    let names = ["a", "b", "c"];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
+    let policy = json!({"heartbeatInterval": "200ms", "failureThreshold": 3});
+    api.create(&PostParams::default(), &cluster("db", &members, policy)).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let first = wait_primary(&api, "db", "main", None).await;
+    let pi = names.iter().position(|n| *n == first).unwrap();
+    for (i, s) in servers.iter().enumerate() {
+        if i != pi {
+            wait_follows(s, &servers[pi]).await;
+        }
+    }
+    // Semi-sync on the primary, acknowledging replicas connected to it.
+    eventually(WAIT, "the primary's commits to wait for a replica", || async {
+        let v = servers[pi]
+            .sql(&["SELECT @@global.rpl_semi_sync_master_enabled, @@global.rpl_semi_sync_master_timeout"])
+            .ok()?;
+        let clients = servers[pi].rows("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'").ok()?;
+        let n: i64 = clients.first()?.get("Value")?.parse().ok()?;
+        (v.split_whitespace().next() == Some("1") && n >= 1).then_some(())
+    })
+    .await;
+    servers[pi]
+        .sql(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
+        ])
+        .unwrap();
+    let endpoints: Vec<(String, (String, u16))> =
+        names.iter().zip(servers.iter()).map(|(n, s)| ((*n).to_owned(), (s.ip.clone(), s.port))).collect();
+    let (target, follower) = follow_primary(api.clone(), "db", endpoints, &first);
+    let routed = Writer::start(target, 0);
+    // A client that never follows routing: it keeps writing to the old primary.
+    let (_fixed_tx, fixed) = tokio::sync::watch::channel((servers[pi].ip.clone(), servers[pi].port));
+    let stale = Writer::start(fixed, 1_000_000_000_000);
+    routed.wait_more(200).await;
+    stale.wait_more(200).await;
+
+    let frozen = Instant::now();
+    servers[pi].signal(libc::SIGSTOP);
+    let second = wait_primary(&api, "db", "main", Some(&first)).await;
+    let promoted = frozen.elapsed();
+    servers[pi].signal(libc::SIGCONT);
+    // The thawed old primary's commits wait for an acknowledgement no replica gives (they
+    // all follow the new primary): it acknowledges nothing, and the operator does not cut
+    // them off (that could acknowledge them).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    routed.wait_more(200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stale_after_freeze =
+        stale.acked.lock().unwrap().iter().filter(|(_, t)| *t > frozen + Duration::from_millis(5)).count();
+    let acked: BTreeSet<u64> = routed.stop().await;
+    let stale_acked: BTreeSet<u64> = stale.stop().await;
+    follower.abort();
+    let si = names.iter().position(|n| *n == second).unwrap();
+    let on_new = rows(&servers[si]);
+    let lost_routed: Vec<_> = acked.difference(&on_new).collect();
+    // Semi-sync: what the old primary acknowledged before the freeze is on a replica, and the
+    // most advanced replica was promoted.
+    let lost_stale: Vec<_> = stale_acked.difference(&on_new).collect();
+    let lf = get(&api, "db").await.status.unwrap().last_failover.expect("lastFailover");
+    let fence_step =
+        lf.steps.iter().find(|s| s.name == "fence").and_then(|s| s.message.clone()).unwrap_or_default();
+    eprintln!(
+        "mysql frozen primary {first} → {second}: status after {:.0} ms; fence step: {fence_step:?}; routed client {} acknowledged, {} missing; stale client {} acknowledged, {} of them after the freeze",
+        promoted.as_secs_f64() * 1000.0,
+        acked.len(),
+        lost_routed.len(),
+        stale_acked.len(),
+        stale_after_freeze
+    );
+    assert!(fence_step.contains("refuses writes by itself"), "{fence_step}");
+    assert_eq!(stale_after_freeze, 0, "the old primary acknowledged a write after it was frozen");
+    assert!(lost_routed.is_empty(), "acknowledged rows lost: {lost_routed:?}");
+    assert!(
+        lost_stale.is_empty(),
+        "rows the old primary acknowledged are not on the new one: {lost_stale:?}"
+    );
+    // Its status says why it is not demoted.
+    let said = eventually(WAIT, "the stuck old primary's status message", || async {
+        let st = api.get("db").await.ok()?.status?;
+        let m = st.shards[0].members.iter().find(|m| m.name == first)?;
+        m.message.clone().filter(|msg| msg.contains("acknowledges nothing"))
+    })
+    .await;
+    eprintln!("status of the thawed old primary {first}: {said}");
+    // Stopped for real (as its error says) and started again: read-only, and — its
+    // unacknowledged commits rolled back at recovery (started as a semi-sync replica) — attached
+    // to the new primary as a replica.
+    servers[pi].restart();
+    assert_eq!(read_only(&servers[pi]), Some(true));
+    wait_follows(&servers[pi], &servers[si]).await;
+    let st = get(&api, "db").await.status.unwrap();
+    assert_eq!(st.primary.as_deref(), Some(second.as_str()));
     operator.stop().await;
 }

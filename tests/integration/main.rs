@@ -6,6 +6,7 @@ mod api;
 mod crash;
 mod demo;
 mod deploy;
+mod engine_mysql;
 mod engine_redis;
 mod failover_request;
 mod fencing;

@@ -72,8 +72,8 @@ fn cases() -> Vec<Case> {
         Case {
             what: "unknown engine",
             kind: "HaCluster",
-            spec: redis(json!({"engine": "mysql"})),
-            expect: &["spec.engine", "Unsupported value: \"mysql\"", "\"redis\"", "\"agent\""],
+            spec: redis(json!({"engine": "postgres"})),
+            expect: &["spec.engine", "Unsupported value: \"postgres\"", "\"redis\"", "\"agent\""],
         },
         Case {
             what: "missing engine",
