@@ -11,6 +11,7 @@
 //!   cargo run --release --bin bench -- node --runs 10          (root: a real node, see tools/node)
 //!   cargo run --release --bin bench -- lifecycle --runs 20     (root: a real node; spec.instances vs StatefulSet)
 //!   cargo run --release --bin bench -- chaos --runs 60 --max-outage-secs 15
+//!   cargo run --release --bin bench -- mysql --runs 5          (root: MHA 0.58 beside, see tools/mha)
 //!
 //! A client writes sequenced keys (one every millisecond) to whatever the system says is the
 //! primary (Understudy: the HaCluster status; Sentinel: `SENTINEL get-master-addr-by-name`),
@@ -19,6 +20,7 @@
 
 mod chaos;
 mod lifecycle;
+mod mysql;
 mod node;
 mod scale;
 mod sim;
@@ -141,6 +143,9 @@ enum Scenario {
     /// Randomized fault injection: one random fault per run, checked for split brain, lost
     /// writes, operation deadlines and recovery to Healthy.
     Chaos,
+    /// Engine Mysql beside MHA 0.58 on three local MariaDB servers: failover and switchover
+    /// (root: MHA needs its own sshd; tools/mha/mha.sh).
+    Mysql,
     /// (child process) simulated agents.
     #[value(hide = true)]
     Simulate,
@@ -365,6 +370,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Scenario::Node => node::node(&args).await?,
         Scenario::Lifecycle => lifecycle::lifecycle(&args).await?,
         Scenario::Chaos => chaos::chaos(&args).await?,
+        Scenario::Mysql => mysql::mysql(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
         Scenario::SiteFailover => site_bench(&args).await?,
         Scenario::Scale => scale::scale(&args).await?,
