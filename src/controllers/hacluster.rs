@@ -1430,6 +1430,7 @@ impl Monitor {
                     link_up: true,
                     self_fencing,
                     good_replicas: None,
+                    link_error: None,
                 });
             }
             // The new primary's own offset is the reference from now on.
@@ -1696,7 +1697,10 @@ impl Monitor {
                     // Healthy means it answered the latest probe; a member that stopped
                     // answering is unhealthy at once (it is *down* after failureThreshold
                     // misses, which is what failover waits for).
-                    let ok = st.probe.is_some() && st.misses == 0 && !st.unauthorized;
+                    // A replica whose replication stopped with an error is not healthy either.
+                    let ok = st.probe.as_ref().is_some_and(|p| p.link_error.is_none())
+                        && st.misses == 0
+                        && !st.unauthorized;
                     if ok {
                         healthy += 1;
                     }
@@ -1740,7 +1744,11 @@ impl Monitor {
                         offset: st.probe.as_ref().and_then(|p| p.offset),
                         lag,
                         upstream,
-                        message: st.error.clone().or_else(|| st.action_error.clone()),
+                        message: st
+                            .error
+                            .clone()
+                            .or_else(|| st.action_error.clone())
+                            .or_else(|| st.probe.as_ref().and_then(|p| p.link_error.clone())),
                         leaving: d.leaving,
                     }
                 })

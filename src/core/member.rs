@@ -27,6 +27,9 @@ pub struct Probe {
     /// For a self-fencing primary: how many replicas acknowledged it recently enough to count
     /// (redis `min_slaves_good_slaves`).
     pub good_replicas: Option<i64>,
+    /// For a replica: why its replication stopped, in the member's words (MySQL: the I/O or
+    /// SQL thread's last error), when it did.
+    pub link_error: Option<String>,
 }
 
 /// Why an action on a member did not happen, as far as decisions care.

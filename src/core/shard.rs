@@ -178,6 +178,10 @@ pub fn elect_candidate<'a>(
             Some(if m.unauthorized { "refuses our credentials".to_owned() } else { "unreachable".to_owned() })
         } else if m.leaving {
             Some("its pod is being deleted".to_owned())
+        } else if let Some(e) = m.probe.as_ref().and_then(|p| p.link_error.as_ref()) {
+            // Its data may differ from the primary's in ways its offset does not show
+            // (transactions the primary never had).
+            Some(format!("its replication stopped with an error ({e})"))
         } else if m.priority <= 0 {
             Some("priority 0 (never promoted)".to_owned())
         } else if m.node.as_ref().is_some_and(|n| facts.avoid_nodes.contains(n)) {
@@ -481,6 +485,26 @@ mod tests {
         let blocked = plan.blocked.expect("blocked");
         assert_eq!(blocked.reason, Reason::NoEligibleReplica);
         assert!(blocked.message.contains("b: its pod is being deleted"), "{}", blocked.message);
+    }
+
+    #[test]
+    fn a_replica_whose_replication_stopped_with_an_error_is_not_promoted() {
+        let p = down(member("a", Some(ObservedRole::Primary), 100));
+        let mut broken = member("b", Some(ObservedRole::Replica), 100);
+        if let Some(pr) = broken.probe.as_mut() {
+            pr.link_error = Some("SQL thread: out-of-order GTID".into());
+        }
+        let facts = ShardFacts {
+            current_primary: Some("a".into()),
+            members: vec![p, broken, member("c", Some(ObservedRole::Replica), 90)],
+            ..Default::default()
+        };
+        let policy = Policy { max_lag: 1000, ..Policy::default() };
+        let elected = elect_candidate(&facts, &policy, Some("a")).expect("c is eligible");
+        assert_eq!(elected.name, "c", "the broken replica is further ahead but not eligible");
+        let facts = ShardFacts { members: facts.members[..2].to_vec(), ..facts };
+        let why = elect_candidate(&facts, &policy, Some("a")).unwrap_err();
+        assert!(why.contains("replication stopped with an error"), "{why}");
     }
 
     fn down(mut m: MemberFacts) -> MemberFacts {

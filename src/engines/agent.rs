@@ -180,6 +180,7 @@ impl Engine for AgentEngine {
                 link_up: true,
                 self_fencing: false,
                 good_replicas: None,
+                link_error: None,
             })
         }
         .boxed()

@@ -163,6 +163,15 @@ impl Flavour {
         }
     }
 
+    /// Everything the member executed: MariaDB's `gtid_binlog_state` (the last GTID of each
+    /// domain and server in its binlog), MySQL's `gtid_executed`.
+    fn executed_set(self) -> &'static str {
+        match self {
+            Self::MariaDb => "SELECT @@global.gtid_binlog_state",
+            Self::MySql { .. } => "SELECT @@global.gtid_executed",
+        }
+    }
+
     /// Point the member at `host:port` by GTID.
     pub fn change_source(self, host: &str, port: u16, user: &str, password: &str) -> String {
         let (host, user, password) = (quote(host), quote(user), quote(password));
@@ -306,6 +315,34 @@ impl ReplicaStatus {
     pub fn running(&self) -> bool {
         self.io_running == "Yes" && self.sql_running == "Yes"
     }
+
+    /// Why replication stopped, if a thread stopped with an error. An I/O thread still
+    /// trying ("Connecting": its source is down) has not stopped.
+    pub fn error(&self) -> Option<String> {
+        let errors: Vec<String> = [
+            ("I/O thread", &self.last_io_error, &self.io_running),
+            ("SQL thread", &self.last_sql_error, &self.sql_running),
+        ]
+        .into_iter()
+        .filter(|(_, e, running)| !e.is_empty() && running.as_str() == "No")
+        .map(|(t, e, _)| (t, e))
+        .map(|(t, e)| format!("{t}: {e}"))
+        .collect();
+        (!errors.is_empty()).then(|| errors.join("; "))
+    }
+}
+
+/// The GTIDs a MariaDB member has that a primary never had, from their `gtid_binlog_state`s
+/// (the last GTID of each domain and server): under `gtid_strict_mode` sequence numbers rise
+/// within a domain and replication applies in order, so the primary has a member's
+/// (domain, server, seq) exactly when its own entry for (domain, server) is at seq or beyond.
+pub fn mariadb_errant(member: &str, primary: &str) -> Vec<String> {
+    let primary = parse_mariadb_gtids(primary);
+    parse_mariadb_gtids(member)
+        .into_iter()
+        .filter(|(d, srv, seq)| !primary.iter().any(|(pd, ps, pseq)| pd == d && ps == srv && pseq >= seq))
+        .map(|(d, srv, seq)| format!("{d}-{srv}-{seq}"))
+        .collect()
 }
 
 /// MariaDB GTID positions: "0-1-5,1-2-7" → (domain, server_id, seq_no) each.
@@ -385,6 +422,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             link_up: s.running(),
             self_fencing: semi.fencing,
             good_replicas: None,
+            link_error: s.error(),
         },
         // Writable and following nobody: a primary. Read-only and following nobody: fenced.
         None if !read_only => Probe {
@@ -394,6 +432,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             link_up: true,
             self_fencing: semi.fencing && semi.primary_on,
             good_replicas: semi.clients.filter(|_| semi.fencing && semi.primary_on),
+            link_error: None,
         },
         None => Probe {
             role: ObservedRole::Replica,
@@ -402,6 +441,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             link_up: false,
             self_fencing: semi.fencing,
             good_replicas: None,
+            link_error: None,
         },
     }
 }
@@ -666,6 +706,31 @@ impl MysqlEngine {
         Ok(())
     }
 
+    /// What the member of session `s` executed that `primary` never had.
+    async fn errant(&self, s: &mut Session<'_>, primary: &str) -> EngineResult<Vec<String>> {
+        let mine: Option<String> =
+            s.conn.query_first(s.flavour.executed_set()).await.map_err(|e| classify(s.endpoint, e))?;
+        let mine = mine.unwrap_or_default();
+        if mine.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = self.connect(primary).await?;
+        let out = match p.flavour {
+            Flavour::MariaDb => {
+                let theirs: Option<String> =
+                    p.conn.query_first(p.flavour.executed_set()).await.map_err(|e| classify(primary, e))?;
+                mariadb_errant(&mine, &theirs.unwrap_or_default())
+            }
+            Flavour::MySql { .. } => {
+                let sql = format!("SELECT GTID_SUBTRACT({}, @@global.gtid_executed)", quote(&mine));
+                let rest: Option<String> = p.conn.query_first(sql).await.map_err(|e| classify(primary, e))?;
+                rest.filter(|r| !r.trim().is_empty()).map(|r| r.replace('\n', "")).into_iter().collect()
+            }
+        };
+        let _ = p.conn.disconnect().await;
+        Ok(out)
+    }
+
     fn held(&self, endpoint: &str) -> Option<Held> {
         lock(&self.paused).get(endpoint).cloned()
     }
@@ -678,7 +743,23 @@ impl Engine for MysqlEngine {
                 let (read_only, executed) = s.position().await?;
                 let source = s.source().await?;
                 let (semi, _) = s.semi_sync().await?;
-                Ok(probe_from(read_only, executed, source.as_ref(), &semi))
+                let mut probe = probe_from(read_only, executed, source.as_ref(), &semi);
+                // Replication stopped with an error: say whether the member holds transactions
+                // its source never had (the usual cause under gtid_strict_mode, and one no
+                // restart of replication repairs).
+                if let Some(src) = source.as_ref().filter(|src| !src.running() && src.error().is_some()) {
+                    let upstream = format!("{}:{}", src.host, src.port);
+                    if let Ok(errant) = self.errant(s, &upstream).await
+                        && !errant.is_empty()
+                    {
+                        probe.link_error = Some(format!(
+                            "has transactions the primary {upstream} never had ({}): rebuild it from the primary; {}",
+                            errant.join(", "),
+                            probe.link_error.unwrap_or_default()
+                        ));
+                    }
+                }
+                Ok(probe)
             })
             .await
         }
@@ -785,6 +866,15 @@ impl Engine for MysqlEngine {
                         self.fence_writes(s).await?;
                     }
                     s.stop_waiting_for_replicas(&ours).await?;
+                    // Transactions the primary never had (errant): attached, they would break
+                    // replication (MariaDB's strict mode) or stay as silent divergence (MySQL).
+                    let errant = self.errant(s, primary).await?;
+                    if !errant.is_empty() {
+                        return Err(s.protocol(&format!(
+                            "has transactions the primary {primary} never had ({}), which attaching would keep or fail on; not attached, left read-only — rebuild it from the primary",
+                            errant.join(", ")
+                        )));
+                    }
                     if source.is_some() {
                         s.run(s.flavour.stop_replica()).await?;
                     }
@@ -1044,7 +1134,15 @@ mod tests {
         let s = Flavour::MariaDb.parse_replica_status(&maria).unwrap();
         assert_eq!((s.host.as_str(), s.port, s.received.as_str()), ("10.0.0.1", 3306, "0-1-12"));
         assert!(!s.running());
-        assert_eq!(s.last_sql_error, "Duplicate entry");
+        assert_eq!(s.error().as_deref(), Some("SQL thread: Duplicate entry"));
+        // Retrying a source that is down is not a stop.
+        let retrying = ReplicaStatus {
+            io_running: "Connecting".into(),
+            last_io_error: "error reconnecting to master".into(),
+            sql_running: "Yes".into(),
+            ..s.clone()
+        };
+        assert_eq!(retrying.error(), None);
         let mysql = row(&[
             ("Source_Host", "db-0"),
             ("Source_Port", "3306"),
@@ -1111,6 +1209,18 @@ mod tests {
         short.insert("rpl_semi_sync_master_timeout".into(), "10000".into());
         assert!(!Flavour::MariaDb.parse_semi_sync(&short, &status).fencing);
         assert!(!probe_from(false, 7, None, &Flavour::MariaDb.parse_semi_sync(&short, &status)).self_fencing);
+    }
+
+    #[test]
+    fn errant_transactions_are_what_the_primary_never_had() {
+        // The new primary (server 2) replicated server 1 up to 0-1-10 and wrote 0-2-11..15.
+        let primary = "0-1-10,0-2-15";
+        assert!(mariadb_errant("0-1-10", primary).is_empty(), "an old primary that had nothing more");
+        assert!(mariadb_errant("0-1-8,0-2-12", primary).is_empty(), "a replica behind");
+        assert_eq!(mariadb_errant("0-1-12", primary), ["0-1-12"], "the old primary's unreplicated tail");
+        assert_eq!(mariadb_errant("0-1-10,0-3-11", primary), ["0-3-11"], "a write on a replica");
+        assert_eq!(mariadb_errant("1-1-1", primary), ["1-1-1"], "another domain");
+        assert!(mariadb_errant("", primary).is_empty());
     }
 
     #[test]

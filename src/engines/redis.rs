@@ -264,6 +264,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
             link_up: true,
             self_fencing,
             good_replicas: int("min_slaves_good_slaves"),
+            link_error: None,
         }),
         Some("slave") => {
             let host = fields.get("master_host").copied().unwrap_or_default();
@@ -277,6 +278,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
                 link_up: fields.get("master_link_status") == Some(&"up"),
                 self_fencing,
                 good_replicas: None,
+                link_error: None,
             })
         }
         other => Err(format!("unexpected role {other:?} in INFO replication")),

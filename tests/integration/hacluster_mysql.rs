@@ -489,3 +489,66 @@ async fn mysql_frozen_primary_is_failed_over_and_acknowledges_nothing_after_it_t
     assert_eq!(st.primary.as_deref(), Some(second.as_str()));
     operator.stop().await;
 }
+
+/// A member with a transaction the primary never had (errant: written on a replica) is not
+/// attached: it stays read-only, out of replication, and its status names the transaction.
+#[tokio::test]
+async fn mysql_errant_transactions_keep_a_member_out_with_the_gtids_in_its_status() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "mysql-errant").await;
+    secret(&client, &ns, OPERATOR_PASSWORD).await;
+    let servers = [LocalMysql::start(), LocalMysql::start()];
+    let names = ["a", "b"];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
+    let policy =
+        json!({"heartbeatInterval": "200ms", "failureThreshold": 3, "fencing": {"minReplicasToWrite": 0}});
+    api.create(&PostParams::default(), &cluster("db", &members, policy)).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let first = wait_primary(&api, "db", "main", None).await;
+    let (pi, ri) = if first == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+    servers[pi]
+        .sql(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
+        ])
+        .unwrap();
+    eventually(WAIT, "the table replicated", || async {
+        servers[ri].sql(&["SELECT 1 FROM app.t LIMIT 1"]).ok()
+    })
+    .await;
+    // Someone writes on the replica behind the operator's back, then the primary writes on.
+    servers[ri]
+        .sql(&[
+            "STOP SLAVE",
+            "SET GLOBAL read_only = OFF",
+            "INSERT INTO app.t (seq) VALUES (-1)",
+            "SET GLOBAL read_only = ON",
+            "START SLAVE",
+        ])
+        .unwrap();
+    let errant = servers[ri].sql(&["SELECT @@global.gtid_binlog_pos"]).unwrap().trim().to_owned();
+    servers[pi].sql(&["INSERT INTO app.t (seq) VALUES (1)"]).unwrap();
+    let name = names[ri];
+    let said = eventually(WAIT, "the errant member's status", || async {
+        let st = api.get("db").await.ok()?.status?;
+        let m = st.shards[0].members.iter().find(|m| m.name == name)?;
+        m.message.clone().filter(|msg| msg.contains("never had") && msg.contains(&errant))
+    })
+    .await;
+    eprintln!("errant member {name}: {said}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(read_only(&servers[ri]), Some(true), "left read-only");
+    let st = servers[ri].rows("SHOW SLAVE STATUS").unwrap();
+    let running = st.first().is_some_and(|r| r.get("Slave_SQL_Running").map(String::as_str) == Some("Yes"));
+    assert!(!running, "not replicating: {st:?}");
+    let m = get(&api, "db").await.status.unwrap().shards[0]
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .cloned()
+        .unwrap();
+    assert!(!m.healthy, "{m:?}");
+    operator.stop().await;
+}
