@@ -552,3 +552,52 @@ async fn mysql_errant_transactions_keep_a_member_out_with_the_gtids_in_its_statu
     assert!(!m.healthy, "{m:?}");
     operator.stop().await;
 }
+
+/// A FailoverRequest (the seed's task DAG) switches a MariaDB cluster over: Succeeded, the
+/// roles swapped on the servers, every row on the new primary.
+#[tokio::test]
+async fn mysql_failover_request_switches_over() {
+    use understudy::resources::{FailoverRequest, failover_request::RequestPhase};
+    let client = support::client().await;
+    let ns = support::namespace(&client, "mysql-fr").await;
+    secret(&client, &ns, OPERATOR_PASSWORD).await;
+    let servers = [LocalMysql::start(), LocalMysql::start()];
+    let names = ["a", "b"];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
+    api.create(&PostParams::default(), &cluster("db", &members, json!({"heartbeatInterval": "200ms"})))
+        .await
+        .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let first = wait_primary(&api, "db", "main", None).await;
+    let (pi, ri) = if first == "a" { (0, 1) } else { (1, 0) };
+    wait_follows(&servers[ri], &servers[pi]).await;
+    servers[pi]
+        .sql(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
+            "INSERT INTO app.t (seq) VALUES (1), (2), (3)",
+        ])
+        .unwrap();
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    let fr: FailoverRequest = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": "move"},
+        "spec": {"type": "Switchover", "items": [{"cluster": "db", "expectedPrimary": first}]}
+    }))
+    .unwrap();
+    frs.create(&PostParams::default(), &fr).await.unwrap();
+    let st = eventually(WAIT, "the FailoverRequest to end", || async {
+        let st = frs.get("move").await.ok()?.status?;
+        matches!(st.phase, Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack))
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{st:?}");
+    let second = wait_primary(&api, "db", "main", Some(&first)).await;
+    assert_eq!(second, names[ri]);
+    assert_eq!(read_only(&servers[ri]), Some(false));
+    assert_eq!(read_only(&servers[pi]), Some(true));
+    wait_follows(&servers[pi], &servers[ri]).await;
+    assert_eq!(rows(&servers[ri]), BTreeSet::from([1, 2, 3]));
+    operator.stop().await;
+}

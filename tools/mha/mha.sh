@@ -90,18 +90,21 @@ cmd_install() {
   else
     log "all packages already installed"
   fi
-  # We run our own sshd; make sure the packaged one is neither running nor enabled.
-  local svcs=(ssh.service ssh.socket)
-  # (only if this run installed mariadb-server: its packaged service is not ours either)
-  [[ " ${missing[*]} " == *" mariadb-server "* ]] && svcs+=(mariadb.service)
-  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+  # We run our own sshd. Services that *this run* installed (and the package started) are
+  # stopped and disabled; a machine's own sshd or MariaDB, installed before, is never touched.
+  local fresh_ssh=0 fresh_db=0 svcs=()
+  [[ " ${missing[*]} " == *" openssh-server "* ]] && fresh_ssh=1 && svcs+=(ssh.service ssh.socket)
+  [[ " ${missing[*]} " == *" mariadb-server "* ]] && fresh_db=1 && svcs+=(mariadb.service)
+  if ((${#svcs[@]})) && [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
     systemctl disable --now "${svcs[@]}" >/dev/null 2>&1 || true
-  else
-    [[ " ${missing[*]} " == *" mariadb-server "* ]] && { service mariadb stop >/dev/null 2>&1 || true; update-rc.d mariadb disable >/dev/null 2>&1 || true; }
-    update-rc.d ssh disable >/dev/null 2>&1 || true
-    if [[ -s /run/sshd.pid ]] && [[ $(readlink -f "/proc/$(cat /run/sshd.pid)/exe" 2>/dev/null) == /usr/sbin/sshd ]]; then
-      log "stopping packaged sshd (pid $(cat /run/sshd.pid))"
-      kill "$(cat /run/sshd.pid)" || true
+  elif ((${#svcs[@]})); then
+    ((fresh_db)) && { service mariadb stop >/dev/null 2>&1 || true; update-rc.d mariadb disable >/dev/null 2>&1 || true; }
+    if ((fresh_ssh)); then
+      update-rc.d ssh disable >/dev/null 2>&1 || true
+      if [[ -s /run/sshd.pid ]] && [[ $(readlink -f "/proc/$(cat /run/sshd.pid)/exe" 2>/dev/null) == /usr/sbin/sshd ]]; then
+        log "stopping the sshd this install started (pid $(cat /run/sshd.pid))"
+        kill "$(cat /run/sshd.pid)" || true
+      fi
     fi
   fi
   mkdir -p /run/sshd   # sshd privilege-separation dir (compiled-in path)
