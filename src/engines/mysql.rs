@@ -662,9 +662,10 @@ impl MysqlEngine {
     /// acknowledgement for ever; killing a waiting session passes the wait to the next commit
     /// of its group, and clients keep connecting. So a second session keeps killing client
     /// sessions until `read_only` is in place (from the moment it is requested, new writes
-    /// queue behind it). A killed session's commit is never acknowledged to its client.
+    /// queue behind it). A session killed in the middle of its commit may still be answered
+    /// OK; that is safe only while acknowledgements flow (a replica has the commit).
     ///
-    /// Except when commits wait for acknowledgements that do not come (its replicas gone or
+    /// So not when commits wait for acknowledgements that do not come (its replicas gone or
     /// frozen): a commit whose wait is cut short — killed, or semi-sync turned off — may be
     /// acknowledged to its client (measured: 5 of 18 killed waits answered OK), and no replica
     /// has it. Such a member acknowledges nothing as it is; it is left alone with an error
