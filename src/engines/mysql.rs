@@ -838,14 +838,7 @@ impl Engine for MysqlEngine {
                         });
                     }
                 }
-                let mine = {
-                    let mut map = lock(&self.paused);
-                    match map.get(endpoint) {
-                        Some(h) if Arc::ptr_eq(h, &held) => map.remove(endpoint),
-                        _ => None,
-                    }
-                };
-                if let Some(h) = mine {
+                if let Some(h) = take_pause(&self.paused, endpoint, &held) {
                     release(h).await;
                 }
             }
@@ -942,14 +935,7 @@ impl Engine for MysqlEngine {
             let endpoint = endpoint.to_owned();
             tokio::spawn(async move {
                 tokio::time::sleep(max).await;
-                let mine = {
-                    let mut map = lock(&paused);
-                    match map.get(&endpoint) {
-                        Some(h) if Arc::ptr_eq(h, &held) => map.remove(&endpoint),
-                        _ => None,
-                    }
-                };
-                if let Some(h) = mine {
+                if let Some(h) = take_pause(&paused, &endpoint, &held) {
                     release(h).await;
                 }
             });
@@ -1054,6 +1040,15 @@ impl Engine for MysqlEngine {
             .await
         }
         .boxed()
+    }
+}
+
+/// Take `held` out of the pauses if it is still `endpoint`'s (not replaced by a later pause).
+fn take_pause(paused: &Mutex<HashMap<String, Held>>, endpoint: &str, held: &Held) -> Option<Held> {
+    let mut map = lock(paused);
+    match map.get(endpoint) {
+        Some(h) if Arc::ptr_eq(h, held) => map.remove(endpoint),
+        _ => None,
     }
 }
 

@@ -31,6 +31,7 @@ use crate::{
 };
 
 const WAIT: Duration = Duration::from_secs(60);
+const NAMES: [&str; 3] = ["a", "b", "c"];
 
 fn cluster(name: &str, members: &[(&str, &LocalMysql)], failover: serde_json::Value) -> HaCluster {
     let members: Vec<_> = members
@@ -79,6 +80,41 @@ async fn wait_follows(replica: &LocalMysql, primary: &LocalMysql) {
             .then_some(())
     })
     .await;
+}
+
+/// HaCluster `db` over `servers` (members a, b, c in order) with `failover`, and its operator.
+async fn run_cluster(
+    client: &Client,
+    ns: &str,
+    servers: &[LocalMysql],
+    failover: serde_json::Value,
+) -> (Api<HaCluster>, Operator) {
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), ns);
+    let members: Vec<(&str, &LocalMysql)> = NAMES.iter().copied().zip(servers.iter()).collect();
+    api.create(&PostParams::default(), &cluster("db", &members, failover)).await.unwrap();
+    (api, Operator::start(client.clone(), ns))
+}
+
+/// The elected primary's name and index, once every other member replicates from it.
+async fn bootstrapped(api: &Api<HaCluster>, servers: &[LocalMysql]) -> (String, usize) {
+    let first = wait_primary(api, "db", "main", None).await;
+    let pi = NAMES.iter().position(|n| *n == first).unwrap();
+    for (i, s) in servers.iter().enumerate() {
+        if i != pi {
+            wait_follows(s, &servers[pi]).await;
+        }
+    }
+    (first, pi)
+}
+
+/// Database `app` and its table `t` (`seq` unique) on `primary`.
+fn create_table(primary: &LocalMysql) {
+    primary
+        .sql(&[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
+        ])
+        .unwrap();
 }
 
 fn read_only(server: &LocalMysql) -> Option<bool> {
@@ -206,13 +242,10 @@ async fn mysql_bootstrap_switchover_failover_and_return_of_the_old_primary() {
     for s in &servers {
         assert_eq!(read_only(s), Some(true), "members start read-only");
     }
-    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
-    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
     // Asynchronous replication: a failover may promote a replica a few transactions behind
     // (the loss is recorded); a switchover waits for everything.
     let policy = json!({"heartbeatInterval": "200ms", "failureThreshold": 3, "maxLagOnFailover": 100000});
-    api.create(&PostParams::default(), &cluster("db", &members, policy)).await.unwrap();
-    let operator = Operator::start(client.clone(), &ns);
+    let (api, operator) = run_cluster(&client, &ns, &servers, policy).await;
 
     // Bootstrap: one writable primary, two read-only replicas replicating from it.
     let first = wait_primary(&api, "db", "main", None).await;
@@ -226,12 +259,7 @@ async fn mysql_bootstrap_switchover_failover_and_return_of_the_old_primary() {
     }
     let st = get(&api, "db").await.status.unwrap();
     assert_eq!(st.shards[0].epoch, 1);
-    servers[pi]
-        .sql(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
-        ])
-        .unwrap();
+    create_table(&servers[pi]);
     // The application's account cannot write to a replica.
     let other = (0..3).find(|i| *i != pi).unwrap();
     eventually(WAIT, "the table replicated", || async {
@@ -348,12 +376,7 @@ async fn mysql_refused_credentials_are_a_condition_and_nothing_is_touched() {
     let ns = support::namespace(&client, "mysql-401").await;
     secret(&client, &ns, "not-the-password").await;
     let servers = [LocalMysql::start(), LocalMysql::start()];
-    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
-    let members = [("a", &servers[0]), ("b", &servers[1])];
-    api.create(&PostParams::default(), &cluster("db", &members, json!({"heartbeatInterval": "200ms"})))
-        .await
-        .unwrap();
-    let operator = Operator::start(client.clone(), &ns);
+    let (api, operator) = run_cluster(&client, &ns, &servers, json!({"heartbeatInterval": "200ms"})).await;
     let msg = eventually(WAIT, "Unauthorized condition", || async {
         let st = api.get("db").await.ok()?.status?;
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
@@ -393,18 +416,9 @@ async fn mysql_frozen_primary_is_failed_over_and_acknowledges_nothing_after_it_t
     secret(&client, &ns, OPERATOR_PASSWORD).await;
     let mut servers = [LocalMysql::start(), LocalMysql::start(), LocalMysql::start()];
     let names = ["a", "b", "c"];
-    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
-    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
     let policy = json!({"heartbeatInterval": "200ms", "failureThreshold": 3});
-    api.create(&PostParams::default(), &cluster("db", &members, policy)).await.unwrap();
-    let operator = Operator::start(client.clone(), &ns);
-    let first = wait_primary(&api, "db", "main", None).await;
-    let pi = names.iter().position(|n| *n == first).unwrap();
-    for (i, s) in servers.iter().enumerate() {
-        if i != pi {
-            wait_follows(s, &servers[pi]).await;
-        }
-    }
+    let (api, operator) = run_cluster(&client, &ns, &servers, policy).await;
+    let (first, pi) = bootstrapped(&api, &servers).await;
     // Semi-sync on the primary, acknowledging replicas connected to it.
     eventually(WAIT, "the primary's commits to wait for a replica", || async {
         let v = servers[pi]
@@ -415,12 +429,7 @@ async fn mysql_frozen_primary_is_failed_over_and_acknowledges_nothing_after_it_t
         (v.split_whitespace().next() == Some("1") && n >= 1).then_some(())
     })
     .await;
-    servers[pi]
-        .sql(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
-        ])
-        .unwrap();
+    create_table(&servers[pi]);
     let endpoints: Vec<(String, (String, u16))> =
         names.iter().zip(servers.iter()).map(|(n, s)| ((*n).to_owned(), (s.ip.clone(), s.port))).collect();
     let (target, follower) = follow_primary(api.clone(), "db", endpoints, &first);
@@ -499,21 +508,12 @@ async fn mysql_errant_transactions_keep_a_member_out_with_the_gtids_in_its_statu
     secret(&client, &ns, OPERATOR_PASSWORD).await;
     let servers = [LocalMysql::start(), LocalMysql::start()];
     let names = ["a", "b"];
-    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
-    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
     let policy =
         json!({"heartbeatInterval": "200ms", "failureThreshold": 3, "fencing": {"minReplicasToWrite": 0}});
-    api.create(&PostParams::default(), &cluster("db", &members, policy)).await.unwrap();
-    let operator = Operator::start(client.clone(), &ns);
-    let first = wait_primary(&api, "db", "main", None).await;
-    let (pi, ri) = if first == "a" { (0, 1) } else { (1, 0) };
-    wait_follows(&servers[ri], &servers[pi]).await;
-    servers[pi]
-        .sql(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
-        ])
-        .unwrap();
+    let (api, operator) = run_cluster(&client, &ns, &servers, policy).await;
+    let (_, pi) = bootstrapped(&api, &servers).await;
+    let ri = 1 - pi;
+    create_table(&servers[pi]);
     eventually(WAIT, "the table replicated", || async {
         servers[ri].sql(&["SELECT 1 FROM app.t LIMIT 1"]).ok()
     })
@@ -563,22 +563,11 @@ async fn mysql_failover_request_switches_over() {
     secret(&client, &ns, OPERATOR_PASSWORD).await;
     let servers = [LocalMysql::start(), LocalMysql::start()];
     let names = ["a", "b"];
-    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
-    let members: Vec<(&str, &LocalMysql)> = names.iter().copied().zip(servers.iter()).collect();
-    api.create(&PostParams::default(), &cluster("db", &members, json!({"heartbeatInterval": "200ms"})))
-        .await
-        .unwrap();
-    let operator = Operator::start(client.clone(), &ns);
-    let first = wait_primary(&api, "db", "main", None).await;
-    let (pi, ri) = if first == "a" { (0, 1) } else { (1, 0) };
-    wait_follows(&servers[ri], &servers[pi]).await;
-    servers[pi]
-        .sql(&[
-            "CREATE DATABASE app",
-            "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
-            "INSERT INTO app.t (seq) VALUES (1), (2), (3)",
-        ])
-        .unwrap();
+    let (api, operator) = run_cluster(&client, &ns, &servers, json!({"heartbeatInterval": "200ms"})).await;
+    let (first, pi) = bootstrapped(&api, &servers).await;
+    let ri = 1 - pi;
+    create_table(&servers[pi]);
+    servers[pi].sql(&["INSERT INTO app.t (seq) VALUES (1), (2), (3)"]).unwrap();
     let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
     let fr: FailoverRequest = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": "move"},

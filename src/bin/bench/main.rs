@@ -411,23 +411,7 @@ async fn understudy_bench(
     }))?;
     hacs.create(&PostParams::default(), &hac).await?;
     let ports: Vec<u16> = redis.iter().map(|r| r.port).collect();
-    let resolve: Resolver = {
-        let hacs = hacs.clone();
-        let ports = ports.clone();
-        Arc::new(move || {
-            let hacs = hacs.clone();
-            let ports = ports.clone();
-            Box::pin(async move {
-                let st = hacs.get("b").await.ok()?.status?;
-                let s = st.shards.first()?;
-                if s.target_primary.is_some() {
-                    return None;
-                }
-                let i = names.iter().position(|n| Some(*n) == s.current_primary.as_deref())?;
-                Some(("127.0.0.1".to_owned(), ports[i]))
-            })
-        })
-    };
+    let resolve = status_resolver(&hacs, names, ports.clone());
 
     let mut pause = Stats { name: String::new(), values_ms: vec![] };
     let mut detect =
@@ -491,6 +475,24 @@ async fn understudy_bench(
         stats.push(promote);
     }
     Ok((title, stats, vec![format!("acknowledged writes: {acked_total}; lost: {lost_total}")]))
+}
+
+/// Where cluster `b`'s first shard's primary is, from its status (members `names` on
+/// 127.0.0.1 `ports`); None while a promotion is in flight.
+fn status_resolver(hacs: &Api<HaCluster>, names: [&'static str; 3], ports: Vec<u16>) -> Resolver {
+    let hacs = hacs.clone();
+    Arc::new(move || {
+        let (hacs, ports) = (hacs.clone(), ports.clone());
+        Box::pin(async move {
+            let st = hacs.get("b").await.ok()?.status?;
+            let s = st.shards.first()?;
+            if s.target_primary.is_some() {
+                return None;
+            }
+            let i = names.iter().position(|n| Some(*n) == s.current_primary.as_deref())?;
+            Some(("127.0.0.1".to_owned(), ports[i]))
+        })
+    })
 }
 
 /// Submit a ShardFailover `name` moving `primary` and wait until it has Succeeded.

@@ -32,10 +32,7 @@ use understudy::{
     resources::{HaCluster, ShardFailover},
 };
 
-use super::{Args, Stats, switch_over, wait_new_primary};
-
-/// Where a client finds the primary: (host, port), or None while there is none.
-type Resolve = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<(String, u16)>> + Send + Sync>;
+use super::{Args, Resolver, Stats, switch_over, wait_new_primary};
 
 /// The account and database a client writes with.
 #[derive(Clone)]
@@ -53,7 +50,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn start(app: App, resolve: Resolve, base: u64) -> Self {
+    async fn start(app: App, resolve: Resolver, base: u64) -> Self {
         let acks = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (a, s) = (acks.clone(), stop.clone());
@@ -209,22 +206,7 @@ async fn understudy(
         "CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)",
     ])?;
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
-    let resolve: Resolve = {
-        let hacs = hacs.clone();
-        let ports = ports.clone();
-        Arc::new(move || {
-            let (hacs, ports) = (hacs.clone(), ports.clone());
-            Box::pin(async move {
-                let st = hacs.get("b").await.ok()?.status?;
-                let s = st.shards.first()?;
-                if s.target_primary.is_some() {
-                    return None;
-                }
-                let i = names.iter().position(|n| Some(*n) == s.current_primary.as_deref())?;
-                Some(("127.0.0.1".to_owned(), ports[i]))
-            })
-        })
-    };
+    let resolve = super::status_resolver(&hacs, names, ports.clone());
     let app = App { user: APP_USER, password: APP_PASSWORD, db: "app" };
     let kind = if failover { "failover (SIGKILL)" } else { "switchover (ShardFailover)" };
     let mut gap = Stats {
@@ -304,7 +286,7 @@ impl Mha {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn resolve(dir: &Path) -> Resolve {
+    fn resolve(dir: &Path) -> Resolver {
         let file = dir.join("new-primary");
         Arc::new(move || {
             let file = file.clone();
