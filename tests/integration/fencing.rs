@@ -24,6 +24,7 @@ use crate::{
 struct Write {
     key: String,
     sent: SystemTime,
+    answered: SystemTime,
     acked: bool,
     error: Option<String>,
 }
@@ -38,7 +39,8 @@ fn writer(ip: String, port: u16, prefix: String, log: Arc<Mutex<Vec<Write>>>) ->
             let key = format!("{prefix}-{i}");
             let sent = SystemTime::now();
             let r: redis::RedisResult<()> = redis::cmd("SET").arg(&key).arg(i).query_async(&mut conn).await;
-            let w = Write { key, sent, acked: r.is_ok(), error: r.err().map(|e| e.to_string()) };
+            let answered = SystemTime::now();
+            let w = Write { key, sent, answered, acked: r.is_ok(), error: r.err().map(|e| e.to_string()) };
             // Refusals (the redis crate spells READONLY as "ReadOnly") are answers: keep writing.
             let broken = w.error.as_deref().is_some_and(|e| {
                 let e = e.to_ascii_uppercase();
@@ -55,8 +57,12 @@ fn writer(ip: String, port: u16, prefix: String, log: Arc<Mutex<Vec<Write>>>) ->
 
 /// 20 times: a client writes to the primary; the primary is frozen (SIGSTOP) past the failure
 /// window; another member is promoted; the old one is thawed while the client keeps writing.
-/// Every write sent after the promotion must be refused or reach the new primary; writes the
-/// old primary acknowledged that the new one never received are counted in `lostOffset`.
+/// Every write sent after the promotion must be refused or reach the new primary — except the
+/// one window Redis leaves open (README, "Fencing"): a freeze in the middle of an event-loop
+/// pass can let the client's first write after the thaw be answered before the pass that reads
+/// the queued demotion. That write, and only that one, may be acknowledged and lost, and then
+/// it must be counted in `lostOffset` like the writes the old primary acknowledged before the
+/// promotion that the new one never received.
 /// With self-fencing (the default): the thawed primary refuses writes (its queued demotion
 /// runs first; self-fencing would also refuse them once it recounts its replicas).
 #[tokio::test]
@@ -98,8 +104,8 @@ async fn thaw_tries(
     failover.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
     api.create(&PostParams::default(), &cluster("thaw", &[("s0", &members)], failover)).await.unwrap();
     let operator = Operator::start(client.clone(), &ns);
-    let (mut after_promotion, mut refused_after, mut lost_before, mut accounted) = (0, 0, 0, 0);
-    let mut noreplicas = 0;
+    let (mut after_promotion, mut refused_after, mut lost_acked, mut accounted) = (0, 0, 0, 0);
+    let (mut noreplicas, mut thaw_window) = (0, 0);
     let mut primary = wait_primary(&api, "thaw", "s0", None).await;
     for n in 0..tries {
         let pi = names.iter().position(|x| *x == primary).unwrap();
@@ -142,6 +148,7 @@ async fn thaw_tries(
             fence.as_deref().is_some_and(|m| fence_says.iter().all(|w| m.contains(w))),
             "the fence step says what happened to the frozen primary ({fence_says:?}): {fence:?}"
         );
+        let thawed = SystemTime::now();
         servers[pi].signal(libc::SIGCONT);
         tokio::time::sleep(Duration::from_millis(300)).await;
         task.abort();
@@ -149,24 +156,35 @@ async fn thaw_tries(
         wait_follows(&servers[pi], &servers[ni]).await;
         // The old primary's data is now the new primary's: check every acknowledged write.
         let writes = log.lock().unwrap().clone();
+        let first_after_thaw = writes.iter().position(|w| w.sent > thawed);
         let mut lost_here = 0;
-        for w in &writes {
+        for (i, w) in writes.iter().enumerate() {
             let present: Option<String> = servers[ni].cmd(redis::cmd("GET").arg(&w.key)).await.unwrap();
             if w.sent > promoted {
                 after_promotion += 1;
                 refused_after += usize::from(!w.acked);
                 noreplicas += usize::from(w.error.as_deref().is_some_and(|e| e.contains("NOREPLICAS")));
-                assert!(
-                    !w.acked || present.is_some(),
-                    "try {n}: write {} sent {:?} after the promotion was acknowledged by the old primary and lost",
-                    w.key,
-                    w.sent.duration_since(promoted).unwrap()
-                );
+                if w.acked && present.is_none() {
+                    // Redis's thaw window: only the client's first write after the thaw.
+                    assert!(
+                        Some(i) == first_after_thaw,
+                        "try {n}: write {} sent {:?} after the promotion (not the first after the thaw) was acknowledged by the old primary and lost",
+                        w.key,
+                        w.sent.duration_since(promoted).unwrap()
+                    );
+                    eprintln!(
+                        "try {n}: thaw window: write {} answered {:?} after the thaw, lost",
+                        w.key,
+                        w.answered.duration_since(thawed).unwrap_or_default()
+                    );
+                    thaw_window += 1;
+                    lost_here += 1;
+                }
             } else if w.acked && present.is_none() {
                 lost_here += 1;
             }
         }
-        lost_before += lost_here;
+        lost_acked += lost_here;
         if lost_here > 0 {
             // Measured when the old primary was re-attached.
             let lost = eventually(Duration::from_secs(10), "a reattach step", || async {
@@ -187,7 +205,7 @@ async fn thaw_tries(
         primary = next;
     }
     eprintln!(
-        "{tries} tries: {after_promotion} writes sent to the old primary after the promotion, {refused_after} refused ({noreplicas} by self-fencing, NOREPLICAS; the rest READONLY once demoted), 0 acknowledged-then-lost; {lost_before} writes acknowledged before the promotion were lost, recorded in lostOffset in {accounted} tries"
+        "{tries} tries: {after_promotion} writes sent to the old primary after the promotion, {refused_after} refused ({noreplicas} by self-fencing, NOREPLICAS; the rest READONLY once demoted), {thaw_window} acknowledged-then-lost in Redis's thaw window; {lost_acked} acknowledged writes lost in all, recorded in lostOffset in {accounted} tries"
     );
     assert!(after_promotion > 0, "the client never wrote after a promotion: the test proved nothing");
     operator.stop().await;
