@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::engines::mysql::MEMBER_OPTIONS;
 use anyhow::{Context as _, bail};
 
 pub const OPERATOR_USER: &str = "understudy";
@@ -24,23 +25,10 @@ pub const APP_PASSWORD: &str = "app-secret";
 
 /// Options every server starts with (also the template's).
 const COMMON: &[&str] = &["--no-defaults"];
+/// Sizes for small test servers, after [`MEMBER_OPTIONS`] (how every member starts).
 const SERVER: &[&str] = &[
-    "--log-bin=binlog",
-    "--log-basename=member",
-    "--log-slave-updates=ON",
-    "--binlog-format=ROW",
-    "--gtid-strict-mode=ON",
-    "--read-only=ON",
-    // A former primary restarting after a crash rolls back the commits no replica
-    // acknowledged (semi-synchronous replication) instead of keeping them as transactions the
-    // new primary never had.
-    "--rpl-semi-sync-slave-enabled=ON",
-    "--init-rpl-role=SLAVE",
-    "--skip-name-resolve",
     "--innodb-buffer-pool-size=16M",
     "--innodb-log-file-size=4M",
-    "--innodb-flush-log-at-trx-commit=1",
-    "--sync-binlog=1",
     "--performance-schema=OFF",
     "--max-connections=200",
 ];
@@ -164,6 +152,7 @@ impl LocalMysql {
             .arg(format!("--bind-address={}", self.ip))
             .arg(format!("--port={}", self.port))
             .arg(format!("--server-id={}", self.server_id))
+            .args(MEMBER_OPTIONS)
             .args(SERVER);
         let log = self.log();
         self.child = Some(crate::controlplane::spawn(cmd, &log).context("starting mariadbd")?);

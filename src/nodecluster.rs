@@ -25,6 +25,8 @@ pub struct NodeCluster {
     /// The operator image as the chart names it by default (repository:appVersion).
     pub operator_image: String,
     pub redis_image: String,
+    /// MariaDB members (tools/image.sh mariadb).
+    pub mariadb_image: String,
 }
 
 fn repo() -> &'static Path {
@@ -42,7 +44,7 @@ fn script_path(cmd: &mut Command) -> anyhow::Result<PathBuf> {
 }
 
 impl NodeCluster {
-    /// Build what is missing (node binaries, helm, the three images), then start the node with
+    /// Build what is missing (node binaries, helm, the four images), then start the node with
     /// the images imported. Its watchdog tears it down when this process exits.
     pub fn up() -> anyhow::Result<Self> {
         let cp = crate::controlplane::binaries()?;
@@ -55,6 +57,7 @@ impl NodeCluster {
         let image = |what: &str| script_path(Command::new(repo().join("tools/image.sh")).arg(what));
         let operator_tar = image("understudy")?;
         let redis_tar = image("redis")?;
+        let mariadb_tar = image("mariadb")?;
         let pause_tar = image("pause")?;
         let dir = std::env::temp_dir().join(format!("understudy-node-{}", std::process::id()));
         let out = Command::new(repo().join("tools/node/node.sh"))
@@ -64,7 +67,13 @@ impl NodeCluster {
             .env("BIN_DIR", &bin_dir)
             .env(
                 "NODE_IMAGES",
-                format!("{} {} {}", pause_tar.display(), redis_tar.display(), operator_tar.display()),
+                format!(
+                    "{} {} {} {}",
+                    pause_tar.display(),
+                    redis_tar.display(),
+                    mariadb_tar.display(),
+                    operator_tar.display()
+                ),
             )
             .stderr(Stdio::inherit())
             .output()
@@ -77,12 +86,15 @@ impl NodeCluster {
             .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect();
         let var = |k: &str| vars.get(k).cloned().with_context(|| format!("node.sh printed no {k}"));
-        let redis_version = redis_tar
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.strip_prefix("redis-"))
-            .context("redis-<version>.tar")?
-            .to_owned();
+        let version = |tar: &Path, name: &str| -> anyhow::Result<String> {
+            tar.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.strip_prefix(&format!("{name}-")))
+                .map(str::to_owned)
+                .with_context(|| format!("{name}-<version>.tar"))
+        };
+        let redis_version = version(&redis_tar, "redis")?;
+        let mariadb_version = version(&mariadb_tar, "mariadb")?;
         let node = Self {
             dir,
             kubeconfig: var("KUBECONFIG")?.into(),
@@ -92,6 +104,7 @@ impl NodeCluster {
             bin_dir,
             operator_image: format!("ghcr.io/understudy-dev/understudy:{}", env!("CARGO_PKG_VERSION")),
             redis_image: format!("docker.io/local/redis:{redis_version}"),
+            mariadb_image: format!("docker.io/local/mariadb:{mariadb_version}"),
         };
         // The CRDs once, before anything installs the chart (concurrent installs would race).
         node.kubectl(&["apply", "--server-side", "-f", &repo().join("crds").to_string_lossy()])?;

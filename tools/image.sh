@@ -11,6 +11,10 @@
 #                                        which is what the chart and deploy/ reference.
 #   tools/image.sh redis [OUT.tar]       Debian's redis-server and redis-cli (node tier, bench),
 #                                        named docker.io/local/redis:<version>.
+#   tools/image.sh mariadb [OUT.tar]     Debian's mariadbd with an initialised template data directory
+#                                        and tools/images/mariadb-entry.sh as entrypoint (the
+#                                        members of `engine: Mysql` clusters with spec.instances),
+#                                        named docker.io/local/mariadb:<version>.
 #   tools/image.sh pause [OUT.tar]       a static pause binary for containerd's sandbox_image,
 #                                        named registry.k8s.io/pause:3.10.
 #
@@ -21,7 +25,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${UNDERSTUDY_CACHE:-$HOME/.cache/understudy}"
-what="${1:?usage: tools/image.sh understudy|redis|pause [OUT.tar]}"
+what="${1:?usage: tools/image.sh understudy|redis|mariadb|pause [OUT.tar]}"
 log() { printf '[image] %s\n' "$*" >&2; }
 
 crate_version() { sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1; }
@@ -108,6 +112,39 @@ case "$what" in
     install -d -m 0777 "$rootfs/data"
     pack "$name" "$out" "65532:65532" "/data" "$(json_array /usr/bin/redis-server)" "[]"
     ;;
+  mariadb)
+    command -v mariadbd >/dev/null || { echo "mariadbd is not installed (apt-get install mariadb-server)" >&2; exit 1; }
+    version="$(mariadbd --version | sed -n 's/.*Ver \([0-9.]*\)-MariaDB.*/\1/p')"
+    name="${IMAGE_NAME:-docker.io/local/mariadb:$version}"
+    out="${2:-$cache/images/mariadb-$version.tar}"
+    # Rebuilt only when the entrypoint or the server changed (the template is ~100 MB).
+    stamp="$version-$(sha256sum "$root/tools/images/mariadb-entry.sh" | cut -c1-12)"
+    if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then
+      log "$name → $out (up to date)"
+      echo "$out"
+      exit 0
+    fi
+    add_binary "$(command -v mariadbd)" /usr/sbin/mariadbd
+    add_binary "$(readlink -f "$(command -v dash)")" /bin/sh
+    add_binary "$(readlink -f "$(command -v sed)")" /bin/sed
+    add_binary "$(readlink -f "$(command -v cp)")" /bin/cp
+    add_binary "$(readlink -f "$(command -v mv)")" /bin/mv
+    add_binary "$(readlink -f "$(command -v rm)")" /bin/rm
+    mkdir -p "$rootfs/usr/share/mysql"
+    cp -R /usr/share/mysql/english /usr/share/mysql/charsets "$rootfs/usr/share/mysql/"
+    # mysql.* tables and root@localhost (unix socket only); the operator's account is made
+    # by the entrypoint at every start, from the pod's environment.
+    template="$rootfs/usr/share/understudy/mariadb-template"
+    mariadb-install-db --no-defaults --datadir="$template" --user="$(id -un)" \
+      --auth-root-authentication-method=socket --skip-test-db --innodb-log-file-size=8M >"$work/install-db.log" 2>&1 \
+      || { cat "$work/install-db.log" >&2; exit 1; }
+    chmod -R a+rX "$template"
+    install -D -m 0755 "$root/tools/images/mariadb-entry.sh" "$rootfs/usr/local/bin/mariadb-entry"
+    add_users
+    install -d -m 0777 "$rootfs/data"
+    pack "$name" "$out" "65532:65532" "/data" "$(json_array /usr/local/bin/mariadb-entry)" "[]"
+    echo "$stamp" >"$out.stamp"
+    ;;
   pause)
     name="${IMAGE_NAME:-registry.k8s.io/pause:3.10}"
     out="${2:-$cache/images/pause-3.10.tar}"
@@ -116,7 +153,7 @@ case "$what" in
     pack "$name" "$out" "65535:65535" "/" "$(json_array /pause)" "[]"
     ;;
   *)
-    echo "unknown image '$what' (understudy, redis or pause)" >&2
+    echo "unknown image '$what' (understudy, redis, mariadb or pause)" >&2
     exit 2
     ;;
 esac

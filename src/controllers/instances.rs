@@ -56,7 +56,7 @@ use crate::{
     engines::Setting,
     resources::{
         HaCluster, ShardFailover,
-        hacluster::Role,
+        hacluster::{Engine, Role},
         instances::{
             CLUSTER_LABEL, DATA_DIR, Instances, InstancesStatus, ORDINAL_LABEL, REVISION_ANNOTATION,
             Retention,
@@ -78,6 +78,8 @@ const DEFAULT_GRACE_SECS: i64 = 10;
 const CONTAINER: &str = "engine";
 /// Environment variable holding the password inside a member's container.
 const PASSWORD_ENV: &str = "UNDERSTUDY_PASSWORD";
+/// Environment variable holding the Secret's `username` (Mysql members' entrypoint).
+const USER_ENV: &str = "UNDERSTUDY_USER";
 
 type Guarded = DeserializeGuard<HaCluster>;
 
@@ -635,7 +637,7 @@ async fn parameters(
             engine = Some(crate::engines::for_cluster(cluster.spec.engine, creds, Duration::from_secs(2)));
         }
         let e = engine.as_ref().expect("built");
-        let endpoint = format!("{ip}:{}", instances.port);
+        let endpoint = format!("{ip}:{}", instances.port(cluster.spec.engine));
         let (set, removed) = parameter_changes(&started, want);
         let mut restart = removed;
         let mut reached = true;
@@ -696,7 +698,7 @@ fn revision(cluster: &HaCluster, instances: &Instances) -> String {
     let shaping = json!({
         "image": instances.image,
         "pull": instances.image_pull_policy,
-        "port": instances.port,
+        "port": instances.port(cluster.spec.engine),
         "pod": instances.pod,
         "secret": cluster.spec.secret_ref,
         "storage": instances.storage.is_some(),
@@ -745,45 +747,36 @@ pub fn member_pod(
     revision: &str,
     parameters: &BTreeMap<String, String>,
 ) -> Pod {
-    let port = instances.port;
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--protected-mode",
-        "no",
-        "--replicaof",
-        "127.0.0.1",
-        "1",
-        "--dir",
-        DATA_DIR,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let port = instances.port(cluster.spec.engine);
     let mut env = Vec::new();
     if let Some(secret) = &cluster.spec.secret_ref {
-        env.push(EnvVar {
-            name: PASSWORD_ENV.into(),
+        let from_secret = |name: &str, key: String, optional: bool| EnvVar {
+            name: name.into(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
                     name: secret.name.clone(),
-                    key: secret.key.clone().unwrap_or_else(|| "password".into()),
-                    optional: Some(false),
+                    key,
+                    optional: Some(optional),
                 }),
                 ..Default::default()
             }),
             ..Default::default()
-        });
-        // Kubernetes expands $(VAR) in args from the container's environment.
-        for flag in ["--requirepass", "--masterauth"] {
-            args.push(flag.into());
-            args.push(format!("$({PASSWORD_ENV})"));
+        };
+        env.push(from_secret(PASSWORD_ENV, secret.key.clone().unwrap_or_else(|| "password".into()), false));
+        if cluster.spec.engine == Engine::Mysql {
+            // The MariaDB image's entrypoint creates the operator's account from these.
+            env.push(from_secret(USER_ENV, "username".into(), true));
         }
     }
-    for (k, v) in parameters {
-        args.push(format!("--{k}"));
-        args.push(v.clone());
-    }
+    let start = crate::engines::MemberStart {
+        port: u16::try_from(port).unwrap_or_default(),
+        server_id: crate::core::instances::ordinal(member).map_or(1, |o| o + 1),
+        data_dir: DATA_DIR,
+        password_env: cluster.spec.secret_ref.is_some().then_some(PASSWORD_ENV),
+        parameters,
+    };
+    // The API server refuses spec.instances for engines whose members something else runs.
+    let args = crate::engines::member_args(cluster.spec.engine, &start).unwrap_or_default();
     let o = &instances.pod;
     let mut pod_labels = o.labels.clone();
     pod_labels.extend(labels(cluster, Some(member)));
@@ -1414,5 +1407,55 @@ mod tests {
         assert_eq!(revision(&cluster, &i), r, "resources are resized in place, not rolled");
         i.image = "redis:8".into();
         assert_ne!(revision(&cluster, &i), r);
+    }
+
+    #[test]
+    fn member_pods_start_their_engine_as_a_replica_of_nothing() {
+        let cluster = |engine: &str| -> HaCluster {
+            serde_json::from_value(json!({
+                "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "db", "namespace": "n", "uid": "u1"},
+                "spec": {"engine": engine, "secretRef": {"name": "creds"},
+                         "instances": {"members": 3, "image": "img", "parameters": {"max-connections": "50"}}}
+            }))
+            .unwrap()
+        };
+        let container = |c: &HaCluster, member: &str| {
+            let i = c.spec.instances.clone().unwrap();
+            let pod = member_pod(c, &i, member, "r1", &i.parameters);
+            pod.spec.unwrap().containers.remove(0)
+        };
+        let env_names =
+            |c: &Container| -> Vec<String> { c.env.iter().flatten().map(|e| e.name.clone()).collect() };
+
+        let redis = container(&cluster("Redis"), "db-2");
+        let args = redis.args.clone().unwrap();
+        assert!(args.windows(3).any(|w| w == ["--replicaof", "127.0.0.1", "1"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--requirepass", "$(UNDERSTUDY_PASSWORD)"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--port", "6379"]), "{args:?}");
+        assert_eq!(env_names(&redis), [PASSWORD_ENV]);
+
+        let mysql = container(&cluster("Mysql"), "db-2");
+        let args = mysql.args.clone().unwrap();
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some("--max-connections=50"),
+            "parameters first: ours win"
+        );
+        for want in [
+            "--server-id=3",
+            "--port=3306",
+            "--read-only=ON",
+            "--gtid-strict-mode=ON",
+            "--init-rpl-role=SLAVE",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+        }
+        assert_eq!(mysql.ports.clone().unwrap()[0].container_port, 3306);
+        assert_eq!(env_names(&mysql), [PASSWORD_ENV, USER_ENV]);
+        let user = mysql.env.unwrap().into_iter().find(|e| e.name == USER_ENV).unwrap();
+        let key = user.value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!((key.key.as_str(), key.optional), ("username", Some(true)));
+        let other = container(&cluster("Mysql"), "db-0").args.unwrap();
+        assert!(other.iter().any(|a| a == "--server-id=1"), "server ids differ by ordinal: {other:?}");
     }
 }

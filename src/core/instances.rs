@@ -145,7 +145,8 @@ pub const SWITCHOVER_RETRY_SECS: f64 = 30.0;
 /// Two periods, plus one for the API's whole-second timestamps. The roll is in no hurry.
 pub const ROUTING_QUIET_SECS: f64 = 3.0;
 
-fn ordinal(name: &str) -> Option<u32> {
+/// The ordinal of member `name` (`<cluster>-<ordinal>`).
+pub fn ordinal(name: &str) -> Option<u32> {
     name.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
 }
 

@@ -156,6 +156,33 @@ pub fn for_cluster(kind: EngineKind, creds: Credentials, timeout: Duration) -> B
     }
 }
 
+/// How a member the operator runs (`spec.instances`) is started: what the engine's image gets
+/// as arguments. The image's entrypoint is the engine's server (Redis) or a wrapper that
+/// prepares the data directory and then starts it (MariaDB, tools/images/mariadb-entry.sh).
+pub struct MemberStart<'a> {
+    pub port: u16,
+    /// Unique within the cluster and stable across restarts (the member's ordinal + 1).
+    pub server_id: u32,
+    /// The data directory (the member's volume).
+    pub data_dir: &'a str,
+    /// The environment variable holding the Secret's password, when there is one.
+    pub password_env: Option<&'a str>,
+    /// `spec.instances.parameters` in force.
+    pub parameters: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// The arguments a member of `kind` starts with: a replica of nothing, read-only where the
+/// engine has it, so a member that restarts is never a second primary (the monitor elects
+/// the primary and points the others at it). `None`: the engine's members are run by
+/// something else (the API server refuses `spec.instances` for them).
+pub fn member_args(kind: EngineKind, start: &MemberStart<'_>) -> Option<Vec<String>> {
+    match kind {
+        EngineKind::Redis => Some(redis::member_args(start)),
+        EngineKind::Mysql => Some(mysql::member_args(start)),
+        EngineKind::Agent => None,
+    }
+}
+
 /// Split `host:port` (IPv6 hosts in brackets).
 pub fn split_endpoint(endpoint: &str) -> Option<(&str, u16)> {
     let (host, port) = endpoint.rsplit_once(':')?;

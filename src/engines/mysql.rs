@@ -860,6 +860,13 @@ impl Engine for MysqlEngine {
                         self.fence_writes(s).await?;
                     }
                     s.stop_waiting_for_replicas(&ours).await?;
+                    // Stopped before its position is compared: a link still running from the
+                    // old source could bring in, after the comparison, a transaction the new
+                    // primary never had (seen in the node tier: a replica one GTID ahead of
+                    // the new primary, its I/O thread then refused with error 1236).
+                    if source.is_some() {
+                        s.run(s.flavour.stop_replica()).await?;
+                    }
                     // Transactions the primary never had (errant): attached, they would break
                     // replication (MariaDB's strict mode) or stay as silent divergence (MySQL).
                     let errant = self.errant(s, primary).await?;
@@ -868,9 +875,6 @@ impl Engine for MysqlEngine {
                             "has transactions the primary {primary} never had ({}), which attaching would keep or fail on; not attached, left read-only — rebuild it from the primary",
                             errant.join(", ")
                         )));
-                    }
-                    if source.is_some() {
-                        s.run(s.flavour.stop_replica()).await?;
                     }
                     if s.flavour == Flavour::MariaDb {
                         // A former primary's own transactions are in its binlog, not its
@@ -1022,7 +1026,8 @@ impl Engine for MysqlEngine {
         value: &'a str,
     ) -> BoxFuture<'a, EngineResult<Setting>> {
         async move {
-            let sql = match set_global(name, value) {
+            // Spelled as a command-line option (`max-connections`), set as a variable.
+            let sql = match set_global(&name.replace('-', "_"), value) {
                 Ok(sql) => sql,
                 Err(why) => return Ok(Setting::Refused(why)),
             };
@@ -1058,6 +1063,39 @@ async fn release(held: Held) {
         let _ = conn.query_drop("UNLOCK TABLES").await;
         let _ = conn.disconnect().await;
     }
+}
+
+/// How every MySQL-family member starts (the operator's pods and the test harness's servers):
+/// a binary log with GTIDs in strict mode, durable commits, and read-only following nobody, so
+/// that a restarted member is never a second primary. Started as a semi-synchronous replica
+/// in the replica role, a former primary rolls back at recovery the commits no replica
+/// acknowledged instead of keeping transactions the new primary never had.
+pub const MEMBER_OPTIONS: &[&str] = &[
+    "--log-bin=binlog",
+    "--log-basename=member",
+    "--log-slave-updates=ON",
+    "--binlog-format=ROW",
+    "--gtid-strict-mode=ON",
+    "--read-only=ON",
+    "--rpl-semi-sync-slave-enabled=ON",
+    "--init-rpl-role=SLAVE",
+    "--skip-name-resolve",
+    "--innodb-flush-log-at-trx-commit=1",
+    "--sync-binlog=1",
+];
+
+/// A MariaDB member's arguments (see [`super::member_args`]): parameters as `--name=value`
+/// first, then [`MEMBER_OPTIONS`], port and `server_id` — mariadbd takes the last of an option
+/// given twice, so no parameter overrides what the operator relies on (the API server also
+/// refuses the obvious ones; the entrypoint adds its data directory, socket and account
+/// after these).
+pub fn member_args(m: &super::MemberStart<'_>) -> Vec<String> {
+    let mut args: Vec<String> = m.parameters.iter().map(|(k, v)| format!("--{k}={v}")).collect();
+    args.extend(MEMBER_OPTIONS.iter().map(|s| (*s).to_owned()));
+    args.push(format!("--port={}", m.port));
+    args.push("--bind-address=*".into());
+    args.push(format!("--server-id={}", m.server_id));
+    args
 }
 
 #[cfg(test)]

@@ -461,6 +461,28 @@ impl Engine for RedisEngine {
     }
 }
 
+/// A Redis member's arguments (see [`super::member_args`]): `--replicaof 127.0.0.1 1` keeps it a
+/// replica of nothing until the monitor points it at the primary; parameters as `--name value`.
+pub fn member_args(m: &super::MemberStart<'_>) -> Vec<String> {
+    let mut args: Vec<String> = ["--port", &m.port.to_string(), "--protected-mode", "no"]
+        .into_iter()
+        .chain(["--replicaof", "127.0.0.1", "1", "--dir", m.data_dir])
+        .map(str::to_owned)
+        .collect();
+    if let Some(env) = m.password_env {
+        // Kubernetes expands $(VAR) in args from the container's environment.
+        for flag in ["--requirepass", "--masterauth"] {
+            args.push(flag.into());
+            args.push(format!("$({env})"));
+        }
+    }
+    for (k, v) in m.parameters {
+        args.push(format!("--{k}"));
+        args.push(v.clone());
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,8 +52,16 @@ use super::shared::{GoDuration, SecretKeyRef, cel_min_duration, conditions_schem
         "message": "spec.instances cannot be added to or removed from an existing cluster (its pods would be orphaned or adopted); create a new HaCluster"
     },
     {
-        "rule": "!has(self.instances) || self.engine in ['Redis', 'redis']",
-        "message": "spec.instances runs Redis members only (engine Redis); Agent members are run by something else"
+        "rule": "!has(self.instances) || !(self.engine in ['Agent', 'agent'])",
+        "message": "spec.instances runs Redis and Mysql members; Agent members are run by something else"
+    },
+    {
+        "rule": "!has(self.instances) || !(self.engine in ['Mysql', 'mysql']) || has(self.secretRef)",
+        "message": "spec.instances with engine Mysql needs spec.secretRef: every member creates the operator's account (the Secret's username, default root, and password) when it starts"
+    },
+    {
+        "rule": "!has(self.instances) || !(self.engine in ['Mysql', 'mysql']) || !has(self.instances.parameters) || self.instances.parameters.all(k, !(k in ['datadir', 'socket', 'pid-file', 'init-file', 'server-id', 'read-only', 'super-read-only', 'log-bin', 'log-basename', 'log-slave-updates', 'binlog-format', 'gtid-strict-mode', 'gtid-domain-id', 'init-rpl-role', 'rpl-semi-sync-slave-enabled', 'rpl-semi-sync-master-enabled', 'rpl-semi-sync-master-timeout', 'sync-binlog', 'innodb-flush-log-at-trx-commit', 'bind-address', 'skip-networking', 'skip-grant-tables', 'user', 'defaults-file', 'defaults-extra-file', 'no-defaults']))",
+        "message": "spec.instances.parameters of a Mysql cluster cannot set what the operator relies on: data directory, socket, init file, server-id, read-only, the binary log and GTID mode, semi-synchronous replication, durable commits (sync-binlog, innodb-flush-log-at-trx-commit), networking, grants, defaults files"
     },
     {
         "rule": "!has(self.shards) || self.shards.map(s, s.members.map(m, m.name)).flatten().distinct().size() == self.shards.map(s, size(s.members)).sum()",
@@ -546,7 +554,7 @@ impl HaCluster {
         Some(std::borrow::Cow::Owned(PodMembership {
             match_labels: BTreeMap::from([(super::instances::CLUSTER_LABEL.to_owned(), name)]),
             shard_label: None,
-            port: instances.port,
+            port: instances.port(self.spec.engine),
             address_annotation: None,
             priority_annotation: None,
         }))

@@ -35,17 +35,19 @@ pub struct Instances {
     #[schemars(range(min = 1, max = 9))]
     pub members: i32,
     /// Container image of every member: the engine and its version (for Redis, an image whose
-    /// entrypoint runs `redis-server` with the arguments the operator passes). Changing it
+    /// entrypoint runs `redis-server` with the arguments the operator passes; for Mysql, one
+    /// whose entrypoint prepares /data/mariadb and the operator's account and then runs
+    /// `mariadbd` with them, as `tools/image.sh mariadb` builds). Changing it
     /// upgrades the members in order: replicas first, then a switchover, then the old primary.
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
     /// When the kubelet pulls the image: `Always`, `IfNotPresent` (the default) or `Never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
-    /// Port the engine listens on (default 6379).
-    #[serde(default = "default_port")]
+    /// Port the engine listens on (default: 6379 for Redis, 3306 for Mysql).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
+    pub port: Option<i32>,
     /// CPU and memory of each member (the flavor). A change is applied to the running members
     /// in place, one at a time (the pods' resize subresource, Kubernetes 1.33+); where the
     /// node cannot (a QoS class change, such as adding the first request), the members
@@ -56,9 +58,10 @@ pub struct Instances {
     /// emptyDir: a restarted member starts empty and resynchronises from the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<Storage>,
-    /// Engine parameters (for Redis, configuration directives such as `maxmemory: 256mb`),
-    /// passed to every member at start. A change is applied live on every member (Redis
-    /// `CONFIG SET`), without a restart; one the engine reads only at start sets the
+    /// Engine parameters (for Redis, configuration directives such as `maxmemory: 256mb`;
+    /// for Mysql, mariadbd options such as `max-connections: "500"`), passed to every member
+    /// at start. A change is applied live on every member (Redis `CONFIG SET`, Mysql
+    /// `SET GLOBAL`), without a restart; one the engine reads only at start sets the
     /// condition `RestartRequired=True` naming it until the members are restarted
     /// (`kubectl.kubernetes.io/restartedAt`). A value the engine refuses is reported
     /// (`Progressing=False InvalidParameter`) and new members keep the parameters in force.
@@ -80,8 +83,14 @@ pub struct Instances {
     pub pvc_retention: PvcRetention,
 }
 
-fn default_port() -> i32 {
-    6379
+impl Instances {
+    /// The port members listen on: `port`, or the engine's usual one.
+    pub fn port(&self, engine: super::hacluster::Engine) -> i32 {
+        self.port.unwrap_or(match engine {
+            super::hacluster::Engine::Mysql => 3306,
+            _ => 6379,
+        })
+    }
 }
 
 /// When the kubelet pulls an image.

@@ -123,7 +123,20 @@ fn cases() -> Vec<Case> {
             what: "instances of an agent engine",
             kind: "HaCluster",
             spec: json!({"engine": "Agent", "instances": {"members": 3, "image": "redis:7"}}),
-            expect: &["spec.instances runs Redis members only"],
+            expect: &["spec.instances runs Redis and Mysql members; Agent members are run by something else"],
+        },
+        Case {
+            what: "MariaDB instances without a Secret",
+            kind: "HaCluster",
+            spec: json!({"engine": "Mysql", "instances": {"members": 3, "image": "mariadb:10.11"}}),
+            expect: &["spec.instances with engine Mysql needs spec.secretRef"],
+        },
+        Case {
+            what: "a MariaDB parameter the operator sets",
+            kind: "HaCluster",
+            spec: json!({"engine": "Mysql", "secretRef": {"name": "s"},
+                         "instances": {"members": 3, "image": "mariadb:10.11", "parameters": {"sync-binlog": "0"}}}),
+            expect: &["spec.instances.parameters of a Mysql cluster cannot set what the operator relies on"],
         },
         Case {
             what: "storage size not a quantity",

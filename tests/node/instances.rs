@@ -31,7 +31,7 @@ const SELECTOR: &str = "understudy.dev/cluster=db";
 
 /// Static hostPath volumes (the node has no provisioner), world-writable: the Redis image
 /// runs as uid 65532 and a replica's full resync writes its RDB file to /data.
-fn volumes(node: &support::Node, class: &str, which: std::ops::Range<usize>, capacity: &str) -> String {
+pub fn volumes(node: &support::Node, class: &str, which: std::ops::Range<usize>, capacity: &str) -> String {
     let mut out = String::new();
     for i in which {
         let dir = node.dir.join("pv").join(format!("{class}-{i}"));

@@ -10,6 +10,7 @@ mod client;
 mod freeze;
 mod install;
 mod instances;
+mod mysql_pods;
 mod operator_pods;
 mod redis_pods;
 mod support;

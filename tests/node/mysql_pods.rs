@@ -1,0 +1,326 @@
+//! MariaDB members the operator runs (`spec.instances`, engine Mysql): pods from the image
+//! built here (tools/image.sh mariadb), each data directory on its own volume, the operator's
+//! account from a Secret, a client inserting rows through the primary Service's ClusterIP the
+//! whole time. A switchover, then the primary's mariadbd killed; every acknowledged row is
+//! checked on the primary afterwards, and the killed member comes back from its volume as a
+//! replica.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, PostParams},
+};
+use mysql_async::prelude::Queryable as _;
+use serde_json::json;
+use understudy::resources::{
+    HaCluster, ShardFailover, hacluster::Role, instances::REVISION_ANNOTATION,
+    shard_failover::ShardFailoverPhase,
+};
+
+use crate::{
+    instances::volumes,
+    redis_pods::{cluster_ip, wait_primary},
+    support::{self, TestNs, eventually, is_ready, pod_ip, pods},
+};
+
+const WAIT: Duration = Duration::from_secs(180);
+const PORT: u16 = 3306;
+const SELECTOR: &str = "understudy.dev/cluster=db";
+const USER: &str = "understudy";
+/// A quote and a backslash: the entrypoint escapes them into SQL.
+const PASSWORD: &str = r"pa'ss\word";
+/// The application's account: no `READ_ONLY ADMIN`, so `read_only` stops it (the operator's
+/// account has every privilege, and its sessions are not killed by a fence: README, "How
+/// MySQL-family members should start").
+const APP: (&str, &str) = ("app", "app-secret");
+
+fn manifests(image: &str, class: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: db-credentials}}
+stringData: {{username: {USER}, password: '{password}'}}
+---
+apiVersion: understudy.dev/v1alpha1
+kind: HaCluster
+metadata: {{name: db}}
+spec:
+  engine: Mysql
+  secretRef: {{name: db-credentials}}
+  instances:
+    members: 3
+    image: {image}
+    imagePullPolicy: Never
+    storage: {{size: 512Mi, storageClassName: {class}}}
+    parameters: {{innodb-buffer-pool-size: 32M, innodb-log-file-size: 8M, performance-schema: "OFF"}}
+  failover: {{heartbeatInterval: 200ms, failureThreshold: 3}}
+"#,
+        password = PASSWORD.replace('\'', "''")
+    )
+}
+
+async fn conn(host: &str, timeout: Duration) -> mysql_async::Result<mysql_async::Conn> {
+    conn_as(host, (USER, PASSWORD), timeout).await
+}
+
+async fn conn_as(
+    host: &str,
+    (user, password): (&str, &str),
+    timeout: Duration,
+) -> mysql_async::Result<mysql_async::Conn> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(PORT)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false);
+    match tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await {
+        Ok(r) => r,
+        Err(_) => Err(mysql_async::Error::Other("connect timed out".into())),
+    }
+}
+
+async fn query_one(host: &str, sql: &str) -> Option<String> {
+    let mut c = conn(host, Duration::from_secs(2)).await.ok()?;
+    let v: Option<Option<String>> = c.query_first(sql).await.ok();
+    let _ = c.disconnect().await;
+    v.flatten()
+}
+
+/// Inserts row `seq` after row `seq` into `app.t` through `host` (the primary Service) as the
+/// application's account, reconnecting on any error; a row counts as acknowledged only when
+/// its INSERT returned OK.
+struct RowWriter {
+    acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RowWriter {
+    fn start(host: &str) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s, host) = (acked.clone(), stop.clone(), host.to_owned());
+        let task = tokio::spawn(async move {
+            let mut c: Option<mysql_async::Conn> = None;
+            let mut seq = 0u64;
+            while !s.load(SeqCst) {
+                if c.is_none() {
+                    c = conn_as(&host, APP, Duration::from_millis(500)).await.ok();
+                    if c.is_none() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                }
+                seq += 1;
+                let insert = format!("INSERT INTO app.t (seq) VALUES ({seq})");
+                let conn = c.as_mut().expect("connected");
+                match tokio::time::timeout(Duration::from_secs(2), conn.query_drop(&insert)).await {
+                    Ok(Ok(())) => a.lock().unwrap().push((seq, Instant::now())),
+                    _ => c = None,
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        Self { acked, stop, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_more(&self, n: usize) {
+        let want = self.count() + n;
+        eventually(WAIT, &format!("{n} more rows acknowledged"), || async {
+            (self.count() >= want).then_some(())
+        })
+        .await;
+    }
+
+    /// The longest time without an acknowledgement within [from, to].
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let acked = self.acked.lock().unwrap();
+        let times: Vec<Instant> = acked.iter().map(|(_, t)| *t).filter(|t| *t >= from && *t <= to).collect();
+        times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(to - from)
+    }
+
+    async fn stop(self) -> BTreeSet<u64> {
+        self.stop.store(true, SeqCst);
+        let _ = self.task.await;
+        self.acked.lock().unwrap().iter().map(|(s, _)| *s).collect()
+    }
+}
+
+/// Exactly one member answers `@@read_only` with `OFF` (writable): `primary`.
+async fn only_writable(client: &kube::Client, ns: &str, primary: &str) {
+    let mut roles = Vec::new();
+    for p in pods(client, ns, SELECTOR).await {
+        let ro = match pod_ip(&p) {
+            Some(ip) => query_one(&ip, "SELECT CAST(@@global.read_only AS CHAR)").await,
+            None => None,
+        };
+        roles.push((p.name_any(), ro));
+    }
+    let writable: Vec<&str> = roles
+        .iter()
+        .filter(|(_, ro)| matches!(ro.as_deref(), Some("0" | "OFF")))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(writable, [primary], "only the primary is writable: {roles:?}");
+}
+
+/// The sequence number of GTID domain 0 in a MariaDB position (`0-3-1234`; empty: 0).
+fn seq(pos: &str) -> Option<u64> {
+    if pos.trim().is_empty() {
+        return Some(0);
+    }
+    pos.split(',').map(str::trim).find(|g| g.starts_with("0-"))?.rsplit('-').next()?.parse().ok()
+}
+
+/// Every replica's replication threads running from `primary`'s address, and its position
+/// at least the primary's as read first (rows keep being written meanwhile). Returns that
+/// position.
+async fn caught_up(client: &kube::Client, ns: &str, primary: &str) -> Option<String> {
+    let pods: Vec<Pod> = pods(client, ns, SELECTOR).await;
+    let ip = pods.iter().find(|p| p.name_any() == primary).and_then(pod_ip)?;
+    let want = query_one(&ip, "SELECT @@global.gtid_binlog_pos").await?;
+    for p in pods.iter().filter(|p| p.name_any() != primary) {
+        let mut c = conn(&pod_ip(p)?, Duration::from_secs(2)).await.ok()?;
+        let row: mysql_async::Row = c.query_first("SHOW SLAVE STATUS").await.ok()??;
+        let col = |name: &str| row.get_opt::<String, _>(name).and_then(Result::ok);
+        let pos: Option<String> = c.query_first("SELECT @@global.gtid_slave_pos").await.ok()?;
+        let _ = c.disconnect().await;
+        let ok = col("Master_Host")? == ip
+            && col("Slave_IO_Running")? == "Yes"
+            && col("Slave_SQL_Running")? == "Yes"
+            && seq(&pos?)? >= seq(&want)?;
+        if !ok {
+            return None;
+        }
+    }
+    (pods.len() == 3 && pods.iter().all(is_ready)).then_some(want)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_members_run_as_pods_and_fail_over_through_the_service_losing_no_row() {
+    let Some(node) = support::node() else { return };
+    let _shared = support::SHARED_NODE.read().await;
+    let client = node.client().await.expect("client");
+    let ns = TestNs::new(node, &client, "mariadb").await;
+    node.install_operator(&ns.name, &[]).unwrap();
+    let class = format!("local-{}", ns.name);
+    node.apply(&ns.name, &volumes(node, &class, 0..3, "1Gi")).unwrap();
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns.name);
+
+    // Create: three members from the image's template, the operator's account from the Secret.
+    let t = Instant::now();
+    node.apply(&ns.name, &manifests(&node.mariadb_image, &class)).unwrap();
+    let primary = wait_primary(&hacs, "db", None).await;
+    let gtid =
+        eventually(WAIT, "both replicas following the primary", || caught_up(&client, &ns.name, &primary))
+            .await;
+    eprintln!(
+        "create: 3 MariaDB members, {primary} primary, replicas at {gtid:?}, {:.1}s after apply",
+        t.elapsed().as_secs_f64()
+    );
+    only_writable(&client, &ns.name, &primary).await;
+
+    // The application's table, through the primary Service.
+    let vip = cluster_ip(&client, &ns.name, "db-primary").await;
+    let mut setup = eventually(WAIT, "a connection through the primary Service", || async {
+        conn(&vip, Duration::from_secs(2)).await.ok()
+    })
+    .await;
+    setup.query_drop("CREATE DATABASE app").await.unwrap();
+    setup
+        .query_drop("CREATE TABLE app.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT UNIQUE)")
+        .await
+        .unwrap();
+    setup.query_drop(format!("CREATE USER '{}'@'%' IDENTIFIED BY '{}'", APP.0, APP.1)).await.unwrap();
+    setup.query_drop(format!("GRANT SELECT, INSERT ON app.* TO '{}'@'%'", APP.0)).await.unwrap();
+    let _ = setup.disconnect().await;
+    let writer = RowWriter::start(&vip);
+    writer.wait_more(300).await;
+
+    // Switchover: an audited ShardFailover, the client through the Service.
+    let t = Instant::now();
+    let sfo: ShardFailover = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover",
+        "metadata": {"name": "move"},
+        "spec": {"shardUids": [primary]}
+    }))
+    .unwrap();
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns.name);
+    sfos.create(&PostParams::default(), &sfo).await.unwrap();
+    eventually(WAIT, "the switchover to succeed", || async {
+        let phase = sfos.get("move").await.ok()?.status?.phase?;
+        assert_ne!(phase, ShardFailoverPhase::Failed, "the switchover failed");
+        (phase == ShardFailoverPhase::Succeeded).then_some(())
+    })
+    .await;
+    let switched = wait_primary(&hacs, "db", Some(&primary)).await;
+    let done = t.elapsed();
+    writer.wait_more(300).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    eprintln!(
+        "switchover: {primary} → {switched} in {done:?}; longest client pause through the Service {pause:?}"
+    );
+
+    // Failover: the primary's mariadbd is killed (SIGKILL); the kubelet restarts it on the same
+    // volume, and it comes back as a replica.
+    eventually(WAIT, "replicas caught up before the kill", || caught_up(&client, &ns.name, &switched)).await;
+    let victim = Api::<Pod>::namespaced(client.clone(), &ns.name).get(&switched).await.unwrap();
+    let t = Instant::now();
+    node.kill_container(&support::container_id(&victim).expect("running container")).unwrap();
+    let failed_over = wait_primary(&hacs, "db", Some(&switched)).await;
+    let detected = t.elapsed();
+    writer.wait_more(300).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    let c = hacs.get("db").await.unwrap();
+    let record = c.status.as_ref().and_then(|s| s.last_failover.clone()).expect("a failover record");
+    eprintln!(
+        "failover: {switched} killed, {failed_over} primary after {detected:?}; longest client pause {pause:?}; lostOffset {:?}",
+        record.lost_offset
+    );
+    let rejoined = eventually(WAIT, "the killed member back as a replica", || async {
+        let gtid = caught_up(&client, &ns.name, &failed_over).await?;
+        let c = hacs.get("db").await.ok()?;
+        let shard = c.status?.shards.into_iter().find(|s| s.name == "main")?;
+        let m = shard.members.iter().find(|m| m.name == switched)?;
+        (m.role == Role::Replica && m.healthy).then_some(gtid)
+    })
+    .await;
+    eprintln!("failover: {switched} rejoined from its volume, all at {rejoined:?}");
+
+    // Every acknowledged row is on the primary; only the primary is writable.
+    let acked = writer.stop().await;
+    let mut check = conn(&vip, Duration::from_secs(5)).await.unwrap();
+    let present: BTreeSet<u64> =
+        check.query::<u64, _>("SELECT seq FROM app.t").await.unwrap().into_iter().collect();
+    let _ = check.disconnect().await;
+    let lost: Vec<&u64> = acked.difference(&present).collect();
+    eprintln!("rows: {} acknowledged, {} lost", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged rows missing on the primary: {:?}", &lost[..lost.len().min(20)]);
+    only_writable(&client, &ns.name, &failed_over).await;
+    // The pods are the operator's, one revision, each with its own volume.
+    let members = pods(&client, &ns.name, SELECTOR).await;
+    let revisions: BTreeSet<_> =
+        members.iter().filter_map(|p| p.annotations().get(REVISION_ANNOTATION).cloned()).collect();
+    assert_eq!((members.len(), revisions.len()), (3, 1));
+    let claims =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), &ns.name)
+            .list(&ListParams::default().labels(SELECTOR))
+            .await
+            .unwrap();
+    assert_eq!(claims.items.len(), 3, "one volume per member");
+}
