@@ -401,6 +401,9 @@ struct MemberState {
     /// succeeds): in its status message, and logged as a warning once per distinct reason,
     /// not every heartbeat.
     action_error: Option<String>,
+    /// Transactions the primary never had, from the latest attempt to attach the member
+    /// (empty once one succeeds): the Degraded condition lists them.
+    errant: Vec<String>,
 }
 
 /// What an engine is built from: a change in any of it means a new engine.
@@ -1234,7 +1237,9 @@ impl Monitor {
                     Some(up) if d.name == p.name => up.clone(),
                     _ => p.endpoint.clone(),
                 };
-                match engine.follow(&d.endpoint, &target).await {
+                let result = engine.follow(&d.endpoint, &target).await;
+                self.note_errant(&d.name, result.as_ref().err());
+                match result {
                     Ok(()) => {
                         self.action_failed(&d.name, None);
                         info!(cluster = %key(cluster), member = %d.name, primary = %p.name, "replica now follows the primary")
@@ -1263,6 +1268,7 @@ impl Monitor {
             (true, Some(p)) => engine.follow(&d.endpoint, p).await,
             _ => engine.demote(&d.endpoint).await,
         };
+        self.note_errant(&d.name, result.as_ref().err());
         match result {
             Ok(()) => {
                 self.action_failed(&d.name, None);
@@ -1296,6 +1302,17 @@ impl Monitor {
                     debug!(cluster = %key(cluster), member = %d.name, error = %e, "could not demote (again)")
                 }
             }
+        }
+    }
+
+    /// Keep what an attempt to attach the member said about errant transactions: the GTIDs
+    /// when it refused for them, nothing when it worked (another failure keeps what was known).
+    fn note_errant(&mut self, member: &str, error: Option<&EngineError>) {
+        let Some(st) = self.members.get_mut(member) else { return };
+        match error {
+            None => st.errant.clear(),
+            Some(EngineError::Errant { gtids, .. }) => st.errant = gtids.clone(),
+            Some(_) => {}
         }
     }
 
@@ -1431,6 +1448,7 @@ impl Monitor {
                     self_fencing,
                     good_replicas: None,
                     link_error: None,
+                    errant: Vec::new(),
                 });
             }
             // The new primary's own offset is the reference from now on.
@@ -1829,7 +1847,28 @@ impl Monitor {
         // The message never contradicts the status: degraded with every member healthy
         // says what blocks the shard.
         let members_msg = format!("{healthy} of {} members healthy", declared.len());
-        let (degraded_reason, degraded_msg): (Reason, String) = if healthy < declared.len() {
+        // What the latest attempt to attach it refused for, or what its replication stopped on.
+        let mut errant: Vec<String> = self
+            .members
+            .iter()
+            .filter_map(|(n, m)| {
+                let gtids = Some(&m.errant)
+                    .filter(|g| !g.is_empty())
+                    .or_else(|| m.probe.as_ref().map(|p| &p.errant).filter(|g| !g.is_empty()))?;
+                Some(format!("{n} ({})", gtids.join(", ")))
+            })
+            .collect();
+        errant.sort();
+        let degraded = degraded || !errant.is_empty();
+        let (degraded_reason, degraded_msg): (Reason, String) = if !errant.is_empty() {
+            (
+                Reason::ErrantTransactions,
+                format!(
+                    "{members_msg}; kept out, read-only and not attached, with transactions the primary never had: {} — rebuild them from the primary (the operator does not rebuild members itself)",
+                    errant.join("; ")
+                ),
+            )
+        } else if healthy < declared.len() {
             (Reason::MembersUnhealthy, members_msg)
         } else if let Some((shard, reason, msg)) = blocks.first() {
             (*reason, format!("{members_msg}, but shard {shard}: {msg}"))

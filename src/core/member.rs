@@ -30,6 +30,9 @@ pub struct Probe {
     /// For a replica: why its replication stopped, in the member's words (MySQL: the I/O or
     /// SQL thread's last error), when it did.
     pub link_error: Option<String>,
+    /// Transactions the member has that its source never had (MySQL family: errant GTIDs),
+    /// when its replication stopped on them.
+    pub errant: Vec<String>,
 }
 
 /// Why an action on a member did not happen, as far as decisions care.

@@ -114,6 +114,9 @@ vocabulary! {
         MembersUnhealthy,
         /// HaCluster Degraded=False: every declared member is healthy.
         AllMembersHealthy,
+        /// HaCluster Degraded=True: a member has transactions its primary never had (errant
+        /// GTIDs, listed); it is kept out, read-only and unattached, until it is rebuilt.
+        ErrantTransactions,
         // HaCluster Ready / Degraded: why a shard is not failed over (shard plan blocked).
         /// HaCluster Ready/Degraded: a standby cluster's upstream primary is not known.
         UpstreamUnknown,

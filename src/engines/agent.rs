@@ -181,6 +181,7 @@ impl Engine for AgentEngine {
                 self_fencing: false,
                 good_replicas: None,
                 link_error: None,
+                errant: Vec::new(),
             })
         }
         .boxed()

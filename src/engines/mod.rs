@@ -26,12 +26,19 @@ pub enum EngineError {
     Unauthorized { endpoint: String, message: String },
     #[error("{endpoint}: {message}")]
     Protocol { endpoint: String, message: String },
+    /// The member has transactions `primary` never had: attaching it would keep them or fail
+    /// on them, so it was not attached (and stays read-only).
+    #[error(
+        "{endpoint}: has transactions the primary {primary} never had ({}), which attaching would keep or fail on; not attached, left read-only — rebuild it from the primary",
+        gtids.join(", ")
+    )]
+    Errant { endpoint: String, primary: String, gtids: Vec<String> },
 }
 
 impl EngineError {
     /// Whether the member answered at all (a wrong password still proves it is alive).
     pub fn member_answered(&self) -> bool {
-        matches!(self, Self::Unauthorized { .. } | Self::Protocol { .. })
+        matches!(self, Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Errant { .. })
     }
 
     /// What the failure says about whether the member may still take writes.
@@ -39,7 +46,7 @@ impl EngineError {
         match self {
             Self::Refused { .. } => Fault::Refused,
             Self::Unreachable { .. } | Self::Timeout { .. } => Fault::Silent,
-            Self::Unauthorized { .. } | Self::Protocol { .. } => Fault::Answered,
+            Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Errant { .. } => Fault::Answered,
         }
     }
 }

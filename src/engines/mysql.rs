@@ -432,6 +432,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             self_fencing: semi.fencing,
             good_replicas: None,
             link_error: s.error(),
+            errant: Vec::new(),
         },
         // Writable and following nobody: a primary. Read-only and following nobody: fenced.
         None if !read_only => Probe {
@@ -442,6 +443,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             self_fencing: semi.fencing && semi.primary_on,
             good_replicas: semi.clients.filter(|_| semi.fencing && semi.primary_on),
             link_error: None,
+            errant: Vec::new(),
         },
         None => Probe {
             role: ObservedRole::Replica,
@@ -451,6 +453,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             self_fencing: semi.fencing,
             good_replicas: None,
             link_error: None,
+            errant: Vec::new(),
         },
     }
 }
@@ -787,6 +790,7 @@ impl Engine for MysqlEngine {
                             errant.join(", "),
                             probe.link_error.unwrap_or_default()
                         ));
+                        probe.errant = errant;
                     }
                 }
                 Ok(probe)
@@ -900,10 +904,11 @@ impl Engine for MysqlEngine {
                     // replication (MariaDB's strict mode) or stay as silent divergence (MySQL).
                     let errant = self.errant(s, primary).await?;
                     if !errant.is_empty() {
-                        return Err(s.protocol(&format!(
-                            "has transactions the primary {primary} never had ({}), which attaching would keep or fail on; not attached, left read-only — rebuild it from the primary",
-                            errant.join(", ")
-                        )));
+                        return Err(EngineError::Errant {
+                            endpoint: s.endpoint.to_owned(),
+                            primary: primary.to_owned(),
+                            gtids: errant,
+                        });
                     }
                     if s.flavour == Flavour::MariaDb {
                         // A former primary's own transactions are in its binlog, not its

@@ -265,6 +265,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
             self_fencing,
             good_replicas: int("min_slaves_good_slaves"),
             link_error: None,
+            errant: Vec::new(),
         }),
         Some("slave") => {
             let host = fields.get("master_host").copied().unwrap_or_default();
@@ -279,6 +280,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
                 self_fencing,
                 good_replicas: None,
                 link_error: None,
+                errant: Vec::new(),
             })
         }
         other => Err(format!("unexpected role {other:?} in INFO replication")),

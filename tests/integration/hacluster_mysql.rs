@@ -550,6 +550,14 @@ async fn mysql_errant_transactions_keep_a_member_out_with_the_gtids_in_its_statu
         .cloned()
         .unwrap();
     assert!(!m.healthy, "{m:?}");
+    // The cluster says so too, with the GTIDs.
+    let degraded = eventually(WAIT, "Degraded=True ErrantTransactions", || async {
+        let c = api.get("db").await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Degraded")?;
+        (c.status == "True" && c.reason == "ErrantTransactions").then_some(c.message)
+    })
+    .await;
+    eprintln!("Degraded: {degraded}");
+    assert!(degraded.contains(name) && degraded.contains(&errant), "{degraded}");
     operator.stop().await;
 }
 
