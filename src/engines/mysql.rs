@@ -598,15 +598,19 @@ impl Session<'_> {
 
     /// Kill the sessions of every account but ours that are clients (not replication).
     async fn kill_clients(&mut self, ours: &str) -> EngineResult<usize> {
-        let ids = self
-            .rows(&format!(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND USER <> {} AND USER NOT IN ('system user', 'event_scheduler') AND COMMAND NOT IN ({NOT_CLIENTS})",
-                quote(ours)
-            ))
-            .await?;
+        self.kill_listed(&format!(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND USER <> {} AND USER NOT IN ('system user', 'event_scheduler') AND COMMAND NOT IN ({NOT_CLIENTS})",
+            quote(ours)
+        ))
+        .await
+    }
+
+    /// Kill the sessions whose `ID`s `sql` lists; how many were still there to kill.
+    async fn kill_listed(&mut self, sql: &str) -> EngineResult<usize> {
+        let ids: Vec<u64> = self.rows(sql).await?.iter().filter_map(|r| r.get("ID")?.parse().ok()).collect();
         let mut killed = 0;
-        for id in ids.iter().filter_map(|r| r.get("ID")) {
-            match self.conn.query_drop(format!("KILL CONNECTION {}", id.parse::<u64>().unwrap_or(0))).await {
+        for id in ids {
+            match self.conn.query_drop(format!("KILL CONNECTION {id}")).await {
                 Ok(()) => killed += 1,
                 // Gone meanwhile (1094: unknown thread id).
                 Err(mysql_async::Error::Server(s)) if s.code == 1094 => {}
@@ -624,14 +628,7 @@ impl Session<'_> {
     /// received is in the relay log either way.
     async fn stop_link(&mut self, whole: bool) -> EngineResult<()> {
         if let Some(sql) = self.flavour.io_thread_id() {
-            for id in self.rows(sql).await?.iter().filter_map(|r| r.get("ID")?.parse::<u64>().ok()) {
-                match self.conn.query_drop(format!("KILL {id}")).await {
-                    // 1094: gone meanwhile.
-                    Ok(()) | Err(mysql_async::Error::Server(mysql_async::ServerError { code: 1094, .. })) => {
-                    }
-                    Err(e) => return Err(classify(self.endpoint, e)),
-                }
-            }
+            self.kill_listed(sql).await?;
         }
         self.run(if whole { self.flavour.stop_replica() } else { self.flavour.stop_io_thread() }).await
     }
