@@ -117,8 +117,8 @@ case "$what" in
     version="$(mariadbd --version | sed -n 's/.*Ver \([0-9.]*\)-MariaDB.*/\1/p')"
     name="${IMAGE_NAME:-docker.io/local/mariadb:$version}"
     out="${2:-$cache/images/mariadb-$version.tar}"
-    # Rebuilt only when the entrypoint or the server changed (the template is ~100 MB).
-    stamp="$version-$(sha256sum "$root/tools/images/mariadb-entry.sh" | cut -c1-12)"
+    # Rebuilt only when the entrypoint, this script or the server changed (the template is ~100 MB).
+    stamp="$version-$(cat "$root/tools/images/mariadb-entry.sh" "$root/tools/image.sh" | sha256sum | cut -c1-12)"
     if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then
       log "$name → $out (up to date)"
       echo "$out"
@@ -130,6 +130,7 @@ case "$what" in
     add_binary "$(readlink -f "$(command -v cp)")" /bin/cp
     add_binary "$(readlink -f "$(command -v mv)")" /bin/mv
     add_binary "$(readlink -f "$(command -v rm)")" /bin/rm
+    add_binary "$(readlink -f "$(command -v od)")" /bin/od
     mkdir -p "$rootfs/usr/share/mysql"
     cp -R /usr/share/mysql/english /usr/share/mysql/charsets "$rootfs/usr/share/mysql/"
     # mysql.* tables and root@localhost (unix socket only); the operator's account is made

@@ -406,6 +406,17 @@ struct MemberState {
     errant: Vec<String>,
 }
 
+impl MemberState {
+    /// Transactions the member holds that the primary never had: what the latest attempt to
+    /// attach it refused for, or what its replication stopped on.
+    fn errant(&self) -> &[String] {
+        if !self.errant.is_empty() {
+            return &self.errant;
+        }
+        self.probe.as_ref().map_or(&[], |p| p.errant.as_slice())
+    }
+}
+
 /// What an engine is built from: a change in any of it means a new engine.
 #[derive(PartialEq)]
 struct EngineInputs {
@@ -1768,6 +1779,7 @@ impl Monitor {
                             .or_else(|| st.action_error.clone())
                             .or_else(|| st.probe.as_ref().and_then(|p| p.link_error.clone())),
                         leaving: d.leaving,
+                        errant_transactions: st.errant().to_vec(),
                     }
                 })
                 .collect();
@@ -1848,24 +1860,31 @@ impl Monitor {
         // says what blocks the shard.
         let members_msg = format!("{healthy} of {} members healthy", declared.len());
         // What the latest attempt to attach it refused for, or what its replication stopped on.
-        let mut errant: Vec<String> = self
+        let mut errant: Vec<(&String, String)> = self
             .members
             .iter()
-            .filter_map(|(n, m)| {
-                let gtids = Some(&m.errant)
-                    .filter(|g| !g.is_empty())
-                    .or_else(|| m.probe.as_ref().map(|p| &p.errant).filter(|g| !g.is_empty()))?;
-                Some(format!("{n} ({})", gtids.join(", ")))
-            })
+            .map(|(n, m)| (n, m.errant().join(",")))
+            .filter(|(_, gtids)| !gtids.is_empty())
             .collect();
         errant.sort();
         let degraded = degraded || !errant.is_empty();
-        let (degraded_reason, degraded_msg): (Reason, String) = if !errant.is_empty() {
+        let (degraded_reason, degraded_msg): (Reason, String) = if let Some((first, gtids)) = errant.first() {
+            let listed: Vec<String> = errant.iter().map(|(n, g)| format!("{n} ({g})")).collect();
+            let remedy = if cluster.spec.instances.is_some() {
+                // Naming the transactions is how the loss is accepted (REBUILD_ANNOTATION).
+                format!(
+                    "to discard them, rebuild the member from the primary: annotate the HaCluster {}=<member>:<its transactions as listed>, e.g. {}={first}:{gtids}",
+                    crate::resources::instances::REBUILD_ANNOTATION,
+                    crate::resources::instances::REBUILD_ANNOTATION,
+                )
+            } else {
+                "rebuild them from the primary (for example restore a backup taken from it): a member that holds nothing the primary lacks is attached".to_owned()
+            };
             (
                 Reason::ErrantTransactions,
                 format!(
-                    "{members_msg}; kept out, read-only and not attached, with transactions the primary never had: {} — rebuild them from the primary (the operator does not rebuild members itself)",
-                    errant.join("; ")
+                    "{members_msg}; kept out, read-only and not attached, with transactions the primary never had: {} — {remedy}",
+                    listed.join("; ")
                 ),
             )
         } else if healthy < declared.len() {

@@ -50,7 +50,9 @@ use tracing::{debug, info, warn};
 use super::{Context, OpError, key};
 use crate::{
     core::{
-        instances::{Facts, MemberView, PodView, Resize, Step, SwitchoverState, next_step},
+        instances::{
+            Facts, MemberView, PodView, RebuildAsk, RebuildView, Resize, Step, SwitchoverState, next_step,
+        },
         vocabulary::{Action as EventAction, ConditionType, Reason},
     },
     engines::Setting,
@@ -58,8 +60,8 @@ use crate::{
         HaCluster, ShardFailover,
         hacluster::{Engine, Role},
         instances::{
-            CLUSTER_LABEL, DATA_DIR, Instances, InstancesStatus, ORDINAL_LABEL, REVISION_ANNOTATION,
-            Retention,
+            CLUSTER_LABEL, DATA_DIR, Instances, InstancesStatus, ORDINAL_LABEL, REBUILD_ANNOTATION,
+            REVISION_ANNOTATION, RebuildStatus, Retention,
         },
         shard_failover::{ShardFailoverPhase, ShardFailoverSpec},
         shared::set_condition,
@@ -268,6 +270,90 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     if plan.reason == Reason::UpToDate {
         next.created = true;
     }
+    if let Some(r) = next.rebuild.as_mut().filter(|r| r.completion_time.is_none())
+        && facts.rebuilt()
+    {
+        let started = r.start_time.0;
+        r.completion_time = Some(Time(Timestamp::now()));
+        let msg = format!(
+            "rebuilt {} from the primary in {:.1} s: it follows the primary and has caught up",
+            r.member,
+            Timestamp::now().duration_since(started).as_secs_f64()
+        );
+        info!(cluster = %key(cluster), member = %r.member, "{msg}");
+        ctx.event(cluster, false, Reason::Rebuilding, EventAction::Rebuild, msg).await;
+    }
+    // A rebuild asked by annotation: validated, then recorded (with what it replaces) before
+    // anything is deleted for it.
+    if let Some(value) = cluster.annotations().get(REBUILD_ANNOTATION)
+        && st.rebuild.as_ref().map(|r| &r.request) != Some(value)
+    {
+        let admitted = RebuildAsk::parse(value)
+            .map_err(|why| crate::core::instances::RebuildBlocked { waits: false, message: why })
+            .and_then(|ask| facts.admit_rebuild(&ask).map(|()| ask));
+        match admitted {
+            Ok(ask) => {
+                let (what, replaces) = if instances.storage.is_some() {
+                    let claim = volume_name(&ask.member);
+                    let uid = pvcs
+                        .iter()
+                        .find(|c| c.name_any() == claim && c.metadata.deletion_timestamp.is_none())
+                        .and_then(|c| c.uid());
+                    ("volume", uid)
+                } else {
+                    let uid = pods.iter().find(|p| p.name_any() == ask.member).and_then(|p| p.uid());
+                    ("pod", uid)
+                };
+                let Some(replaces) = replaces else {
+                    plan.message = format!("rebuild of {} waits: it has no {what} yet", ask.member);
+                    write_status(
+                        ctx,
+                        cluster,
+                        &next,
+                        (plan.progressing, plan.reason, &plan.message),
+                        &restart,
+                    )
+                    .await?;
+                    return Ok(Action::requeue(Duration::from_secs(2)));
+                };
+                let primary = facts.primary.clone().unwrap_or_default();
+                let mut msg = format!(
+                    "rebuilding {} from the primary {primary} ({REBUILD_ANNOTATION}={value}): its {what} is replaced and it resynchronises",
+                    ask.member
+                );
+                if !ask.discard.is_empty() {
+                    msg.push_str(&format!(
+                        "; discarding {}, which the primary never had (the request named them)",
+                        ask.discard.join(",")
+                    ));
+                }
+                next.rebuild = Some(RebuildStatus {
+                    request: value.clone(),
+                    member: ask.member.clone(),
+                    replaces,
+                    discarded: ask.discard.clone(),
+                    start_time: Time(Timestamp::now()),
+                    completion_time: None,
+                });
+                write_status(ctx, cluster, &next, (true, Reason::Rebuilding, &msg), &restart).await?;
+                warn!(cluster = %key(cluster), member = %ask.member, discarded = ?ask.discard, "{msg}");
+                ctx.event(cluster, !ask.discard.is_empty(), Reason::Rebuilding, EventAction::Rebuild, msg)
+                    .await;
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+            // Said unless a step of another change is under way (waiting counts as none: a
+            // member that cannot be attached keeps the cluster waiting, and the refusal is
+            // what the user needs to read then).
+            Err(blocked) if plan.step == Step::Wait => {
+                (plan.progressing, plan.reason) =
+                    if blocked.waits { (true, Reason::Rebuilding) } else { (false, Reason::RebuildRefused) };
+                plan.message = blocked.message;
+            }
+            Err(blocked) => {
+                debug!(cluster = %key(cluster), message = %blocked.message, "rebuild request not taken yet");
+            }
+        }
+    }
     let requeue = match &plan.step {
         Step::List(members) => {
             next.members = members.clone();
@@ -388,10 +474,19 @@ fn facts(
                     acts_primary: m.role == Role::Primary,
                     lag: m.lag.or_else(|| (primary.as_deref() == Some(m.name.as_str())).then_some(0)),
                     upstream: m.upstream.clone(),
+                    errant: m.errant_transactions.clone(),
                 })
                 .collect()
         })
         .unwrap_or_default();
+    // The rebuild in progress, and whether what it replaces (by uid) still exists.
+    let rebuild = st.rebuild.as_ref().filter(|r| r.completion_time.is_none()).map(|r| {
+        let uid = Some(r.replaces.as_str());
+        let pending =
+            pvcs.iter().any(|c| c.metadata.deletion_timestamp.is_none() && c.uid().as_deref() == uid)
+                || pods.iter().any(|p| p.uid().as_deref() == uid);
+        RebuildView { member: r.member.clone(), pending }
+    });
     let desired_image = &instances.image;
     let desired_resources = resources_hash(instances);
     let pods = pods
@@ -399,7 +494,9 @@ fn facts(
         .map(|p| {
             let container = p.spec.as_ref().and_then(|s| s.containers.first());
             let mut resize = Resize::Done;
-            let change = if pod_revision(p) != Some(revision) {
+            let change = if rebuild.as_ref().is_some_and(|r| r.pending && r.member == p.name_any()) {
+                Some(Reason::Rebuilding)
+            } else if pod_revision(p) != Some(revision) {
                 Some(if container.and_then(|c| c.image.as_ref()) != Some(desired_image) {
                     Reason::Upgrading
                 } else {
@@ -470,6 +567,7 @@ fn facts(
         switchover,
         max_lag: cluster.spec.failover.max_lag_on_failover,
         routing_quiet_secs: f64::MAX,
+        rebuild,
     }
 }
 
@@ -1320,6 +1418,7 @@ async fn write_status(
                 | Reason::InvalidParameter
                 | Reason::NameConflict
                 | Reason::DeletionError
+                | Reason::RebuildRefused
         );
         ctx.event(cluster, warning, reason, EventAction::Lifecycle, message.to_owned()).await;
     }

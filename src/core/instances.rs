@@ -53,6 +53,58 @@ pub struct MemberView {
     pub lag: Option<i64>,
     /// The member it replicates from, when it is a replica.
     pub upstream: Option<String>,
+    /// Transactions it holds that the primary never had (errant GTIDs).
+    pub errant: Vec<String>,
+}
+
+/// The rebuild recorded in status and not yet complete.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RebuildView {
+    pub member: String,
+    /// What it replaces (the member's volume, or its pod without volumes) still exists.
+    pub pending: bool,
+}
+
+/// Why a rebuild request is not carried out now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebuildBlocked {
+    /// It is carried out once the cluster allows (a promotion in flight, another rebuild);
+    /// otherwise the request itself must change.
+    pub waits: bool,
+    pub message: String,
+}
+
+/// A rebuild asked with the annotation `understudy.dev/rebuild`: the member, and the
+/// transactions the asker accepts to lose with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebuildAsk {
+    pub member: String,
+    pub discard: Vec<String>,
+}
+
+impl RebuildAsk {
+    /// `<member>` or `<member>:<transaction>,<transaction>…`, either optionally followed by
+    /// `@<anything>` (ignored: a new value, to ask for another rebuild of the same member).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let request = value.split_once('@').map_or(value, |(r, _)| r);
+        let (member, discard) = match request.trim().split_once(':') {
+            Some((m, gtids)) => {
+                let discard: Vec<String> =
+                    gtids.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect();
+                if discard.is_empty() {
+                    return Err(format!(
+                        "the rebuild request {value:?} has a colon but names no transaction after it"
+                    ));
+                }
+                (m.trim(), discard)
+            }
+            None => (request.trim(), Vec::new()),
+        };
+        if member.is_empty() {
+            return Err(format!("the rebuild request {value:?} names no member"));
+        }
+        Ok(Self { member: member.to_owned(), discard })
+    }
 }
 
 /// A switchover this controller requested.
@@ -103,6 +155,8 @@ pub struct Facts {
     pub max_lag: i64,
     /// Seconds since the cluster's routing (its EndpointSlices) last changed.
     pub routing_quiet_secs: f64,
+    /// A rebuild in progress (status.instances.rebuild without a completion time).
+    pub rebuild: Option<RebuildView>,
 }
 
 /// The one thing to do next.
@@ -171,6 +225,95 @@ impl Facts {
 
     fn member(&self, name: &str) -> Option<&MemberView> {
         self.members.iter().find(|m| m.name == name)
+    }
+
+    /// Whether the rebuild `ask` may start now; otherwise why not (nothing is touched, and the
+    /// request is looked at again at the next change).
+    pub fn admit_rebuild(&self, ask: &RebuildAsk) -> Result<(), RebuildBlocked> {
+        self.check_rebuild(ask).map_err(|why| RebuildBlocked {
+            waits: why.starts_with("waits"),
+            message: format!("rebuild of {} (understudy.dev/rebuild) {why}", ask.member),
+        })
+    }
+
+    fn check_rebuild(&self, ask: &RebuildAsk) -> Result<(), String> {
+        let name = &ask.member;
+        if let Some(r) = &self.rebuild {
+            return Err(format!("waits: the rebuild of {} is in progress", r.member));
+        }
+        let listed = self.listed.as_deref().unwrap_or_default();
+        if !listed.contains(name) {
+            return Err(format!("refused: {name} is not a member (members: {})", listed.join(", ")));
+        }
+        let Some(primary) = &self.primary else {
+            return Err("waits: no primary is recorded to rebuild from".into());
+        };
+        if primary == name || self.member(name).is_some_and(|m| m.acts_primary) {
+            return Err(format!(
+                "refused: {name} is the primary, which is never rebuilt; move the primary off it first (a ShardFailover)"
+            ));
+        }
+        if self.promoting {
+            return Err("waits: a promotion is in flight".into());
+        }
+        if !self.member(primary).is_some_and(|m| m.healthy) {
+            return Err(format!("waits: the primary {primary} is not healthy"));
+        }
+        let holds = self.member(name).map(|m| m.errant.clone()).unwrap_or_default();
+        let (mut named, mut held) = (ask.discard.clone(), holds.clone());
+        named.sort();
+        held.sort();
+        if named != held {
+            let holds = holds.join(",");
+            return Err(if ask.discard.is_empty() {
+                format!(
+                    "refused: {name} holds transactions the primary never had ({holds}), which a rebuild discards; to accept that loss, name them: {name}:{holds}"
+                )
+            } else if holds.is_empty() {
+                format!(
+                    "refused: the request names transactions to discard ({}), but {name} holds none the primary lacks; to rebuild it, name the member alone",
+                    ask.discard.join(",")
+                )
+            } else {
+                format!(
+                    "refused: the request names {} but {name} now holds {holds}; nothing is discarded that was not named",
+                    ask.discard.join(",")
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// The rebuild in progress is done: what it replaces is gone, and the member is back,
+    /// ready and serving as a replica.
+    pub fn rebuilt(&self) -> bool {
+        self.rebuild.as_ref().is_some_and(|r| {
+            !r.pending
+                && self.pod(&r.member).is_some_and(|p| p.ready && !p.deleting)
+                && self.serves_as_replica(&r.member)
+        })
+    }
+
+    /// The member is a replica that serves: healthy, following the primary, caught up.
+    fn serves_as_replica(&self, name: &str) -> bool {
+        self.member(name).is_some_and(|m| {
+            m.healthy
+                && !m.acts_primary
+                && m.upstream.is_some()
+                && m.upstream == self.primary
+                && m.lag.is_some_and(|l| l <= self.max_lag)
+        })
+    }
+
+    /// Why this member's volume is to be replaced, if it is: the rebuild in progress, or a
+    /// larger size its volume cannot grow to.
+    fn replaced_volume(&self, name: &str) -> Option<(Reason, String)> {
+        if self.storage && self.rebuild.as_ref().is_some_and(|r| r.pending && r.member == name) {
+            return Some((Reason::Rebuilding, format!("rebuilding {name} from the primary on a new volume")));
+        }
+        self.rebuild_volumes
+            .contains(&name.to_owned())
+            .then(|| (Reason::Resizing, format!("rebuilding {name} on a larger volume")))
     }
 
     /// May this member's pod be deleted now without taking a primary away?
@@ -244,23 +387,22 @@ pub fn next_step(f: &Facts) -> Plan {
     }
 
     // Listed members first get a volume, then a pod.
+    let rebuilding = |name: &str| f.rebuild.as_ref().is_some_and(|r| r.member == name);
     for name in listed {
         if f.deleting_volumes.contains(name) {
             return plan(
                 Step::Wait,
                 true,
-                Reason::Resizing,
+                if rebuilding(name) { Reason::Rebuilding } else { Reason::Resizing },
                 format!("waiting for the old volume of {name} to go"),
             );
         }
-        // A member being rebuilt onto a larger volume: its pod is gone, the old volume goes.
-        if f.pod(name).is_none() && f.rebuild_volumes.contains(name) && f.deletable(name) {
-            return plan(
-                Step::DeleteVolume(name.clone()),
-                true,
-                Reason::Resizing,
-                format!("rebuilding {name} on a larger volume"),
-            );
+        // A member rebuilt onto a new volume: its pod is gone, the old volume goes.
+        if f.pod(name).is_none()
+            && f.deletable(name)
+            && let Some((reason, message)) = f.replaced_volume(name)
+        {
+            return plan(Step::DeleteVolume(name.clone()), true, reason, message);
         }
         if f.storage && !f.volumes.contains(name) {
             let why = if creating { Reason::Creating } else { Reason::AddingReplica };
@@ -275,7 +417,13 @@ pub fn next_step(f: &Facts) -> Plan {
     for name in listed {
         match f.pod(name) {
             None => {
-                let why = if creating || adding { grow_reason } else { Reason::Restarting };
+                let why = if rebuilding(name) {
+                    Reason::Rebuilding
+                } else if creating || adding {
+                    grow_reason
+                } else {
+                    Reason::Restarting
+                };
                 return plan(Step::CreatePod(name.clone()), true, why, format!("creating the pod of {name}"));
             }
             Some(p) if p.deleting => {
@@ -371,6 +519,9 @@ pub fn next_step(f: &Facts) -> Plan {
             return plan(Step::Wait, true, Reason::Resizing, format!("expanding the volume of {name}"));
         }
         return match f.all_serving(listed) {
+            Err(why) if let Some(r) = &f.rebuild => {
+                plan(Step::Wait, true, Reason::Rebuilding, format!("rebuilding {}: waiting: {why}", r.member))
+            }
             Ok(()) => plan(
                 Step::Wait,
                 false,
@@ -386,13 +537,24 @@ pub fn next_step(f: &Facts) -> Plan {
         };
     };
     let change = first.change.unwrap_or(Reason::Restarting);
-    // A member that does not serve anyway is replaced at once (a bad image, corrected).
+    // A member that does not serve anyway is replaced at once (a bad image, corrected; a
+    // member rebuilt because it cannot be attached).
     if let Some(p) = outdated.iter().find(|p| !p.ready && f.deletable(&p.name)) {
         return plan(
             Step::DeletePod(p.name.clone()),
             true,
-            change,
+            p.change.unwrap_or(change),
             format!("replacing {}, which is not ready", p.name),
+        );
+    }
+    if let Some(p) = outdated.iter().find(|p| {
+        p.change == Some(Reason::Rebuilding) && f.deletable(&p.name) && !f.serves_as_replica(&p.name)
+    }) {
+        return plan(
+            Step::DeletePod(p.name.clone()),
+            true,
+            Reason::Rebuilding,
+            format!("rebuilding {} from the primary (it does not serve as a replica)", p.name),
         );
     }
     if let Err(why) = f.all_serving(listed) {
@@ -423,6 +585,14 @@ pub fn next_step(f: &Facts) -> Plan {
         };
     }
     let replicas: Vec<&&PodView> = outdated.iter().filter(|p| f.deletable(&p.name)).collect();
+    if let Some(p) = replicas.iter().find(|p| p.change == Some(Reason::Rebuilding)) {
+        return plan(
+            Step::DeletePod(p.name.clone()),
+            true,
+            Reason::Rebuilding,
+            format!("rebuilding {} from the primary", p.name),
+        );
+    }
     if let Some(p) = replicas.iter().max_by_key(|p| (ordinal(&p.name), p.name.clone())) {
         return plan(
             Step::DeletePod(p.name.clone()),
@@ -528,6 +698,7 @@ mod tests {
             acts_primary: name == primary,
             lag: (name != primary).then_some(0),
             upstream: (name != primary).then(|| primary.into()),
+            errant: Vec::new(),
         }
     }
 
@@ -751,5 +922,101 @@ mod tests {
         let p = next_step(&f);
         assert_eq!(p.step, Step::List(vec!["c-0".into(), "c-2".into(), "c-1".into(), "c-3".into()]));
         assert_eq!(p.reason, Reason::AddingReplica);
+    }
+    #[test]
+    fn rebuild_requests_name_a_member_and_what_they_discard() {
+        let ask = |v: &str| RebuildAsk::parse(v);
+        assert_eq!(ask("c-2"), Ok(RebuildAsk { member: "c-2".into(), discard: vec![] }));
+        assert_eq!(ask(" c-2@again"), Ok(RebuildAsk { member: "c-2".into(), discard: vec![] }));
+        assert_eq!(
+            ask("c-2:0-3-11, 0-4-2@2"),
+            Ok(RebuildAsk { member: "c-2".into(), discard: vec!["0-3-11".into(), "0-4-2".into()] })
+        );
+        assert!(ask("").is_err());
+        assert!(ask(":0-3-11").is_err());
+        assert!(ask("c-2:").unwrap_err().contains("names no transaction"));
+    }
+
+    #[test]
+    fn a_rebuild_never_takes_the_primary_and_discards_only_what_it_names() {
+        let mut f = serving();
+        let ask = |v: &str| RebuildAsk::parse(v).unwrap();
+        let refused = |r: Result<(), RebuildBlocked>| r.map_err(|b| (b.waits, b.message)).unwrap_err();
+        assert_eq!(f.admit_rebuild(&ask("c-2")), Ok(()));
+        let (waits, why) = refused(f.admit_rebuild(&ask("c-1")));
+        assert!(!waits && why.contains("is the primary"), "{why}");
+        let (waits, why) = refused(f.admit_rebuild(&ask("c-7")));
+        assert!(!waits && why.contains("not a member"), "{why}");
+        // Transactions the primary never had: only a request naming exactly them goes ahead.
+        f.members[2].errant = vec!["0-3-11".into(), "0-3-12".into()];
+        f.members[2].healthy = false;
+        let (waits, why) = refused(f.admit_rebuild(&ask("c-2")));
+        assert!(!waits && why.contains("name them: c-2:0-3-11,0-3-12"), "{why}");
+        let (_, why) = refused(f.admit_rebuild(&ask("c-2:0-3-11")));
+        assert!(why.contains("nothing is discarded that was not named"), "{why}");
+        assert_eq!(f.admit_rebuild(&ask("c-2:0-3-12,0-3-11")), Ok(()));
+        let (_, why) = refused(f.admit_rebuild(&ask("c-0:0-3-11")));
+        assert!(why.contains("holds none"), "{why}");
+        // Later, not never: a promotion in flight, another rebuild, an unhealthy primary.
+        f.promoting = true;
+        assert!(refused(f.admit_rebuild(&ask("c-2:0-3-11,0-3-12"))).0);
+        f.promoting = false;
+        f.members[1].healthy = false;
+        assert!(refused(f.admit_rebuild(&ask("c-2:0-3-11,0-3-12"))).0);
+        f.members[1].healthy = true;
+        f.rebuild = Some(RebuildView { member: "c-0".into(), pending: false });
+        assert!(refused(f.admit_rebuild(&ask("c-2:0-3-11,0-3-12"))).0);
+    }
+
+    #[test]
+    fn a_member_that_cannot_be_attached_is_rebuilt_at_once_onto_a_new_volume() {
+        let mut f = serving();
+        f.storage = true;
+        f.volumes = vec!["c-0".into(), "c-1".into(), "c-2".into()];
+        f.members[2].healthy = false;
+        f.members[2].upstream = None;
+        f.rebuild = Some(RebuildView { member: "c-2".into(), pending: true });
+        f.pods[2].change = Some(Reason::Rebuilding);
+        // Not serving as a replica, so not waiting for it to.
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::DeletePod("c-2".into()), Reason::Rebuilding));
+        f.pods.remove(2);
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::DeleteVolume("c-2".into()), Reason::Rebuilding));
+        f.volumes.pop();
+        f.deleting_volumes = vec!["c-2".into()];
+        assert_eq!(next_step(&f).reason, Reason::Rebuilding);
+        // The old volume is gone: a new one, then a pod, and it is not done until it serves.
+        f.deleting_volumes.clear();
+        f.rebuild = Some(RebuildView { member: "c-2".into(), pending: false });
+        assert_eq!(next_step(&f).step, Step::CreateVolume("c-2".into()));
+        f.volumes.push("c-2".into());
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::CreatePod("c-2".into()), Reason::Rebuilding));
+        f.pods.push(pod("c-2"));
+        let p = next_step(&f);
+        assert_eq!((p.step, p.progressing, p.reason), (Step::Wait, true, Reason::Rebuilding));
+        assert!(!f.rebuilt());
+        f.members[2] = member("c-2", "c-1");
+        assert!(f.rebuilt());
+        assert_eq!(next_step(&f).reason, Reason::UpToDate);
+    }
+
+    #[test]
+    fn a_serving_member_is_rebuilt_only_while_every_other_member_serves() {
+        let mut f = serving();
+        f.rebuild = Some(RebuildView { member: "c-2".into(), pending: true });
+        f.pods[2].change = Some(Reason::Rebuilding);
+        f.members[0].healthy = false;
+        assert_eq!(next_step(&f).step, Step::Wait);
+        f.members[0].healthy = true;
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::DeletePod("c-2".into()), Reason::Rebuilding));
+        // Without volumes the new pod is the rebuild; nothing else is deleted.
+        f.pods[2] = pod("c-2");
+        f.rebuild = Some(RebuildView { member: "c-2".into(), pending: false });
+        f.members[2].healthy = false;
+        let p = next_step(&f);
+        assert_eq!((p.step, p.reason), (Step::Wait, Reason::Rebuilding));
     }
 }

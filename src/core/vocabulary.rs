@@ -303,6 +303,13 @@ vocabulary! {
         Resizing,
         /// Progressing=True: members restart one at a time with new engine parameters.
         Reconfiguring,
+        /// Progressing=True: a member is rebuilt from the primary (the annotation
+        /// `understudy.dev/rebuild`): its pod and volume are replaced and it resynchronises.
+        Rebuilding,
+        /// Progressing=False: a rebuild request cannot be carried out (the primary, not a
+        /// member, or transactions it would discard that the request did not name); nothing
+        /// was touched.
+        RebuildRefused,
         /// Progressing=False: every member runs the current spec.
         UpToDate,
         /// Progressing=False: a member does not come up; the change waits (the primary is not
@@ -362,6 +369,8 @@ vocabulary! {
         Lifecycle,
         /// HaCluster (spec.instances): give a member's pod new resources in place.
         Resize,
+        /// HaCluster (spec.instances): rebuild a member from the primary.
+        Rebuild,
     }
 }
 

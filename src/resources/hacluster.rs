@@ -730,6 +730,10 @@ pub struct MemberStatus {
     /// never promoted, is out of the replicas Service, and as the primary it is switched over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// Transactions the member holds that the primary never had (MySQL family: errant
+    /// GTIDs): it is kept out, read-only and not attached, until it is rebuilt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errant_transactions: Vec<String>,
 }
 
 /// A member's role.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{Affinity, PodSecurityContext, ResourceRequirements, Toleration},
-    apimachinery::pkg::api::resource::Quantity,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time},
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,15 @@ pub const ORDINAL_LABEL: &str = "understudy.dev/ordinal";
 pub const REVISION_ANNOTATION: &str = "understudy.dev/revision";
 /// Where a member's volume is mounted (the engine's data directory).
 pub const DATA_DIR: &str = "/data";
+/// HaCluster annotation asking the operator to rebuild one member it runs from the primary:
+/// its pod and volume are replaced and it resynchronises from scratch. The value is the
+/// member's name; for a member holding transactions the primary never had (MySQL family:
+/// errant GTIDs), the name, a colon and exactly those transactions as the `Degraded`
+/// condition lists them (`db-2:0-3-11,0-3-12`): the rebuild discards them, and naming them is
+/// how a user accepts that loss. The primary is never rebuilt. A value is acted on once
+/// (`status.instances.rebuild.request`); a new value asks again (a suffix `@<anything>` is
+/// ignored, so `db-2@2` asks for another rebuild of `db-2`).
+pub const REBUILD_ANNOTATION: &str = "understudy.dev/rebuild";
 
 /// Members run by the operator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -240,4 +249,29 @@ pub struct InstancesStatus {
     /// the parameters in force once every member took them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<BTreeMap<String, String>>,
+    /// The latest rebuild asked with the annotation `understudy.dev/rebuild`: in progress
+    /// until `completionTime` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildStatus>,
+}
+
+/// A member rebuilt from the primary (the annotation `understudy.dev/rebuild`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildStatus {
+    /// The annotation's value this rebuild was accepted for.
+    pub request: String,
+    pub member: String,
+    /// The uid of what the rebuild replaces: the member's volume, or its pod when members
+    /// have no volumes. Only that object is ever deleted for this rebuild, so an operator
+    /// restarted at any point neither repeats nor skips a step.
+    pub replaces: String,
+    /// Transactions the member held that the primary never had, discarded by the rebuild
+    /// (the request named them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discarded: Vec<String>,
+    pub start_time: Time,
+    /// When the rebuilt member was back, following the primary and caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
 }

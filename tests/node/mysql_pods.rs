@@ -3,7 +3,9 @@
 //! account from a Secret, a client inserting rows through the primary Service's ClusterIP the
 //! whole time. A switchover, then the primary's mariadbd killed; every acknowledged row is
 //! checked on the primary afterwards, and the killed member comes back from its volume as a
-//! replica.
+//! replica. Then a replica written behind the operator's back (an errant transaction) is kept
+//! out until a rebuild that names the transaction replaces its pod and volume, and the members
+//! restart in order (`restartedAt`) while the client writes on.
 
 use std::{
     collections::BTreeSet,
@@ -107,13 +109,14 @@ struct RowWriter {
 }
 
 impl RowWriter {
-    fn start(host: &str) -> Self {
+    /// Rows from `first + 1` on.
+    fn start(host: &str, first: u64) -> Self {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s, host) = (acked.clone(), stop.clone(), host.to_owned());
         let task = tokio::spawn(async move {
             let mut c: Option<mysql_async::Conn> = None;
-            let mut seq = 0u64;
+            let mut seq = first;
             while !s.load(SeqCst) {
                 if c.is_none() {
                     c = conn_as(&host, APP, Duration::from_millis(500)).await.ok();
@@ -219,7 +222,8 @@ async fn mariadb_members_run_as_pods_and_fail_over_through_the_service_losing_no
     let ns = TestNs::new(node, &client, "mariadb").await;
     node.install_operator(&ns.name, &[]).unwrap();
     let class = format!("local-{}", ns.name);
-    node.apply(&ns.name, &volumes(node, &class, 0..3, "1Gi")).unwrap();
+    // A fourth volume for the member rebuilt onto a new one.
+    node.apply(&ns.name, &volumes(node, &class, 0..4, "1Gi")).unwrap();
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns.name);
 
     // Create: three members from the image's template, the operator's account from the Secret.
@@ -249,7 +253,7 @@ async fn mariadb_members_run_as_pods_and_fail_over_through_the_service_losing_no
     setup.query_drop(format!("CREATE USER '{}'@'%' IDENTIFIED BY '{}'", APP.0, APP.1)).await.unwrap();
     setup.query_drop(format!("GRANT SELECT, INSERT ON app.* TO '{}'@'%'", APP.0)).await.unwrap();
     let _ = setup.disconnect().await;
-    let writer = RowWriter::start(&vip);
+    let writer = RowWriter::start(&vip, 0);
     writer.wait_more(300).await;
 
     // Switchover: an audited ShardFailover, the client through the Service.
@@ -303,14 +307,7 @@ async fn mariadb_members_run_as_pods_and_fail_over_through_the_service_losing_no
     eprintln!("failover: {switched} rejoined from its volume, all at {rejoined:?}");
 
     // Every acknowledged row is on the primary; only the primary is writable.
-    let acked = writer.stop().await;
-    let mut check = conn(&vip, Duration::from_secs(5)).await.unwrap();
-    let present: BTreeSet<u64> =
-        check.query::<u64, _>("SELECT seq FROM app.t").await.unwrap().into_iter().collect();
-    let _ = check.disconnect().await;
-    let lost: Vec<&u64> = acked.difference(&present).collect();
-    eprintln!("rows: {} acknowledged, {} lost", acked.len(), lost.len());
-    assert!(lost.is_empty(), "acknowledged rows missing on the primary: {:?}", &lost[..lost.len().min(20)]);
+    every_acked_row_present(writer, &vip, "rows").await;
     only_writable(&client, &ns.name, &failed_over).await;
     // The pods are the operator's, one revision, each with its own volume.
     let members = pods(&client, &ns.name, SELECTOR).await;
@@ -323,4 +320,158 @@ async fn mariadb_members_run_as_pods_and_fail_over_through_the_service_losing_no
             .await
             .unwrap();
     assert_eq!(claims.items.len(), 3, "one volume per member");
+
+    // Rebuild: a replica written behind the operator's back holds a transaction the primary
+    // never had, and is kept out until a rebuild that names that transaction replaces it.
+    let writer = RowWriter::start(&vip, 1_000_000);
+    writer.wait_more(100).await;
+    let primary = failed_over;
+    let replica = members.iter().find(|p| p.name_any() != primary).unwrap().clone();
+    let r = replica.name_any();
+    let mut c = conn(&pod_ip(&replica).unwrap(), Duration::from_secs(5)).await.unwrap();
+    for q in [
+        "SET GLOBAL read_only = OFF",
+        "INSERT INTO app.t (seq) VALUES (999999999)",
+        "SET GLOBAL read_only = ON",
+    ] {
+        c.query_drop(q).await.unwrap();
+    }
+    let _ = c.disconnect().await;
+    let errant = eventually(WAIT, "the errant transaction in the member's status", || async {
+        let m = member(&hacs, &r).await?;
+        (!m.errant_transactions.is_empty()).then_some(m.errant_transactions)
+    })
+    .await;
+    eprintln!("rebuild: {r} holds {errant:?}, which {primary} never had");
+    let volume_uid = |claims: &[k8s_openapi::api::core::v1::PersistentVolumeClaim]| {
+        claims.iter().find(|c| c.name_any() == format!("data-{r}")).and_then(|c| c.uid())
+    };
+    let (pod_before, volume_before) = (replica.uid(), volume_uid(&claims.items));
+    let id_before = query_one(&pod_ip(&replica).unwrap(), "SELECT CAST(@@server_id AS CHAR)").await;
+    // The primary is never rebuilt; a request that does not name the transactions is refused.
+    rebuild(&hacs, &primary).await;
+    let why = refused(&hacs, "is the primary").await;
+    eprintln!("rebuild {primary}: {why}");
+    rebuild(&hacs, &r).await;
+    let why = refused(&hacs, "name them").await;
+    eprintln!("rebuild {r}: {why}");
+    assert!(why.contains(&errant.join(",")), "{why}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = Api::<Pod>::namespaced(client.clone(), &ns.name).get(&r).await.unwrap();
+    assert_eq!(now.uid(), pod_before, "nothing touched for a refused request");
+    // Named: the pod and the volume are replaced, and the member resynchronises.
+    rebuild(&hacs, &format!("{r}:{}", errant.join(","))).await;
+    let record = eventually(WAIT, "the rebuild to complete", || async {
+        let rb = hacs.get("db").await.ok()?.status?.instances?.rebuild?;
+        rb.completion_time.is_some().then_some(rb)
+    })
+    .await;
+    let took = record.completion_time.as_ref().unwrap().0.duration_since(record.start_time.0);
+    eprintln!("rebuild: {r} rebuilt in {:.1} s, discarding {:?}", took.as_secs_f64(), record.discarded);
+    assert_eq!(record.discarded, errant);
+    let gtid = eventually(WAIT, "every replica caught up after the rebuild", || {
+        caught_up(&client, &ns.name, &primary)
+    })
+    .await;
+    let now = Api::<Pod>::namespaced(client.clone(), &ns.name).get(&r).await.unwrap();
+    assert_ne!(now.uid(), pod_before, "a new pod");
+    let claims =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), &ns.name)
+            .list(&ListParams::default().labels(SELECTOR))
+            .await
+            .unwrap();
+    assert_ne!(volume_uid(&claims.items), volume_before, "a new volume");
+    let gone =
+        query_one(&pod_ip(&now).unwrap(), "SELECT CAST(COUNT(*) AS CHAR) FROM app.t WHERE seq = 999999999")
+            .await;
+    assert_eq!(gone.as_deref(), Some("0"), "the discarded row is gone from the rebuilt member");
+    let id_after = query_one(&pod_ip(&now).unwrap(), "SELECT CAST(@@server_id AS CHAR)").await;
+    eprintln!("rebuild: server_id {id_before:?} → {id_after:?}");
+    assert_ne!(id_after, id_before, "a new data directory, a new server_id");
+    let m = member(&hacs, &r).await.unwrap();
+    assert!(m.errant_transactions.is_empty() && m.healthy && m.role == Role::Replica, "{m:?}");
+    eprintln!("rebuild: {r} follows {primary} at {gtid}");
+
+    // A rolling restart (restartedAt): replicas, then a switchover, then the old primary,
+    // while the client writes on.
+    let old_revision = hacs.get("db").await.unwrap().status.unwrap().instances.unwrap().revision;
+    let t = Instant::now();
+    let body = json!({"spec": {"instances": {"pod": {"annotations": {"kubectl.kubernetes.io/restartedAt": "now"}}}}});
+    hacs.patch("db", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&body)).await.unwrap();
+    let revision = eventually(WAIT, "the roll to finish", || async {
+        let st = hacs.get("db").await.ok()?.status?;
+        let progressing = st.conditions.iter().find(|c| c.type_ == "Progressing")?;
+        let revision = st.instances?.revision?;
+        let pods = pods(&client, &ns.name, SELECTOR).await;
+        let rolled = pods.len() == 3
+            && pods
+                .iter()
+                .all(|p| is_ready(p) && p.annotations().get(REVISION_ANNOTATION) == Some(&revision));
+        (Some(&revision) != old_revision.as_ref() && rolled && progressing.reason == "UpToDate")
+            .then_some(revision)
+    })
+    .await;
+    let rolled = t.elapsed();
+    let after = wait_primary(&hacs, "db", Some(&primary)).await;
+    writer.wait_more(300).await;
+    let pause = writer.longest_gap(t, Instant::now());
+    eprintln!(
+        "roll: 3 members to {revision} in {rolled:?}, primary {primary} → {after}; longest client pause {pause:?}"
+    );
+    let present = every_acked_row_present(writer, &vip, "rows during the rebuild and the roll").await;
+    assert!(!present.contains(&999_999_999), "the discarded row never reached the primary");
+    only_writable(&client, &ns.name, &after).await;
+    // Every member holds as many rows as the primary (a member rebuilt under the server_id its
+    // earlier incarnation wrote with would skip those rows when it replays the primary's log).
+    let counts = eventually(WAIT, "every member with the primary's rows", || async {
+        caught_up(&client, &ns.name, &after).await?;
+        let mut counts = Vec::new();
+        for p in pods(&client, &ns.name, SELECTOR).await {
+            counts.push((
+                p.name_any(),
+                query_one(&pod_ip(&p)?, "SELECT CAST(COUNT(*) AS CHAR) FROM app.t").await?,
+            ));
+        }
+        counts.windows(2).all(|w| w[0].1 == w[1].1).then_some(counts)
+    })
+    .await;
+    eprintln!("rows on every member: {counts:?}");
+}
+
+/// Stop `writer` and check that every row it had acknowledged is on the primary (through the
+/// primary Service `vip`); the rows there.
+async fn every_acked_row_present(writer: RowWriter, vip: &str, what: &str) -> BTreeSet<u64> {
+    let acked = writer.stop().await;
+    let mut check = conn(vip, Duration::from_secs(5)).await.unwrap();
+    let present: BTreeSet<u64> =
+        check.query::<u64, _>("SELECT seq FROM app.t").await.unwrap().into_iter().collect();
+    let _ = check.disconnect().await;
+    let lost: Vec<&u64> = acked.difference(&present).collect();
+    eprintln!("{what}: {} acknowledged, {} lost", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged rows missing on the primary: {:?}", &lost[..lost.len().min(20)]);
+    present
+}
+
+/// Member `name` as the HaCluster's status lists it.
+async fn member(hacs: &Api<HaCluster>, name: &str) -> Option<understudy::resources::hacluster::MemberStatus> {
+    let st = hacs.get("db").await.ok()?.status?;
+    st.shards.into_iter().find(|s| s.name == "main")?.members.into_iter().find(|m| m.name == name)
+}
+
+/// Ask for a rebuild (the annotation `understudy.dev/rebuild`).
+async fn rebuild(hacs: &Api<HaCluster>, value: &str) {
+    let body =
+        json!({"metadata": {"annotations": {understudy::resources::instances::REBUILD_ANNOTATION: value}}});
+    hacs.patch("db", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&body)).await.unwrap();
+}
+
+/// `Progressing=False RebuildRefused` with a message containing `words`: the message.
+async fn refused(hacs: &Api<HaCluster>, words: &str) -> String {
+    eventually(WAIT, &format!("RebuildRefused ({words})"), || async {
+        let st = hacs.get("db").await.ok()?.status?;
+        let c = st.conditions.into_iter().find(|c| c.type_ == "Progressing")?;
+        (c.status == "False" && c.reason == "RebuildRefused" && c.message.contains(words))
+            .then_some(c.message)
+    })
+    .await
 }

@@ -15,8 +15,20 @@ if [ ! -d "$data/mysql" ]; then
   # Copied aside and renamed: a start interrupted half-way copies again.
   rm -rf "$data.init"
   cp -R /usr/share/understudy/mariadb-template "$data.init"
+  # A server_id of its own for every new data directory. A replica skips the events that
+  # carry its own server_id (they would be its own, in a replication loop), so a member
+  # rebuilt on a new data directory under an old id would silently skip what its previous
+  # incarnation wrote as primary when it replays the primary's binary log.
+  id="$(od -An -N4 -tu4 /dev/urandom | sed 's/[^0-9]//g')"
+  [ "${id:-0}" != 0 ] || id=1
+  printf '%s\n' "$id" >"$data.init/understudy-server-id"
   mv "$data.init" "$data"
 fi
+# The data directory's server_id replaces the operator's default (ordinal + 1), which only
+# data directories made before there was one keep.
+server_id=""
+[ -f "$data/understudy-server-id" ] && read -r server_id <"$data/understudy-server-id"
+set -- "$@" ${server_id:+"--server-id=$server_id"}
 init=/tmp/understudy-init.sql
 if [ -n "${UNDERSTUDY_PASSWORD:-}" ]; then
   # SQL string literals: backslash and quote escaped.
