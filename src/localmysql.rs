@@ -40,6 +40,31 @@ pub struct LocalMysql {
     pub server_id: u32,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// Serves TLS and refuses clients without it (see [`LocalMysql::start_tls`]).
+    tls: bool,
+}
+
+/// A certificate authority and a server certificate signed by it (PEM), for servers that
+/// serve TLS.
+pub struct TestTls {
+    pub ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TestTls {
+    pub fn generate() -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "understudy-test-mariadb-ca");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+        let key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        server.distinguished_name.push(DnType::CommonName, "mariadbd");
+        let cert = server.signed_by(&key, &ca)?;
+        Ok(Self { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
 }
 
 /// An initialised data directory with the accounts, made once per process and copied.
@@ -125,15 +150,50 @@ impl LocalMysql {
         panic!("{:#}", last.expect("tried"))
     }
 
+    /// Serving TLS with `tls`'s server certificate, and refusing every client (replicas
+    /// included) that does not use TLS (`require_secure_transport`).
+    pub fn start_tls(tls: &TestTls) -> Self {
+        let port = crate::controlplane::free_port().expect("free port");
+        Self::try_start_with("127.0.0.1", port, Some(tls)).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     pub fn try_start_on(ip: &str, port: u16) -> anyhow::Result<Self> {
+        Self::try_start_with(ip, port, None)
+    }
+
+    fn try_start_with(ip: &str, port: u16, tls: Option<&TestTls>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("understudy-mariadb-").tempdir()?;
         let status = Command::new("cp").arg("-a").arg(template()?).arg(dir.path().join("data")).status()?;
         if !status.success() {
             bail!("copying the template data directory failed");
         }
-        let mut s = Self { ip: ip.to_owned(), port, server_id: u32::from(port), dir, child: None };
+        if let Some(t) = tls {
+            for (name, pem) in
+                [("ca.pem", &t.ca_pem), ("server.pem", &t.cert_pem), ("server-key.pem", &t.key_pem)]
+            {
+                std::fs::write(dir.path().join(name), pem)?;
+            }
+        }
+        let mut s = Self {
+            ip: ip.to_owned(),
+            port,
+            server_id: u32::from(port),
+            dir,
+            child: None,
+            tls: tls.is_some(),
+        };
         s.try_spawn()?;
         Ok(s)
+    }
+
+    /// The `mariadb` client's options for this server.
+    fn client(&self) -> Command {
+        let mut cmd = Command::new("mariadb");
+        cmd.arg("--no-defaults");
+        if self.tls {
+            cmd.arg("--ssl");
+        }
+        cmd
     }
 
     fn log(&self) -> PathBuf {
@@ -154,6 +214,12 @@ impl LocalMysql {
             .arg(format!("--server-id={}", self.server_id))
             .args(MEMBER_OPTIONS)
             .args(SERVER);
+        if self.tls {
+            cmd.arg(format!("--ssl-ca={}", d.join("ca.pem").display()))
+                .arg(format!("--ssl-cert={}", d.join("server.pem").display()))
+                .arg(format!("--ssl-key={}", d.join("server-key.pem").display()))
+                .arg("--require-secure-transport=ON");
+        }
         let log = self.log();
         self.child = Some(crate::controlplane::spawn(cmd, &log).context("starting mariadbd")?);
         let pid = self.child.as_ref().map(std::process::Child::id).unwrap_or_default();
@@ -193,8 +259,9 @@ impl LocalMysql {
     /// Run statements as the operator's account over TCP with the `mariadb` client; the
     /// output in batch form (tab-separated, no headers).
     pub fn sql(&self, statements: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("mariadb")
-            .args(["--no-defaults", "--batch", "--skip-column-names", "--connect-timeout=2"])
+        let out = self
+            .client()
+            .args(["--batch", "--skip-column-names", "--connect-timeout=2"])
             .args(["-h", &self.ip, "-P", &self.port.to_string(), "-u", OPERATOR_USER])
             .arg(format!("-p{OPERATOR_PASSWORD}"))
             .args(["-e", &statements.join("; ")])
@@ -208,8 +275,9 @@ impl LocalMysql {
     /// One query's rows as column → value maps (the `mariadb` client's batch output: a
     /// header line, then tab-separated values).
     pub fn rows(&self, query: &str) -> anyhow::Result<Vec<std::collections::HashMap<String, String>>> {
-        let out = Command::new("mariadb")
-            .args(["--no-defaults", "--batch", "--connect-timeout=2"])
+        let out = self
+            .client()
+            .args(["--batch", "--connect-timeout=2"])
             .args(["-h", &self.ip, "-P", &self.port.to_string(), "-u", OPERATOR_USER])
             .arg(format!("-p{OPERATOR_PASSWORD}"))
             .args(["-e", query])

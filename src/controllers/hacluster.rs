@@ -818,13 +818,12 @@ impl Monitor {
                     ca: ca.clone(),
                 };
                 if self.engine.is_none() || self.engine_inputs.as_ref() != Some(&inputs) {
-                    self.engine = Some(Arc::from(match (cluster.spec.engine, ca) {
-                        (EngineKind::Agent, Some(ca)) => {
-                            Box::new(engines::agent::AgentEngine::with_ca(creds, Some(&ca), timeout))
-                                as Box<dyn Engine>
-                        }
-                        (kind, _) => engines::for_cluster(kind, creds, timeout),
-                    }));
+                    self.engine = Some(Arc::from(engines::for_cluster(
+                        cluster.spec.engine,
+                        creds,
+                        ca.as_deref(),
+                        timeout,
+                    )));
                     self.engine_inputs = Some(inputs);
                 }
                 self.config_error = None;

@@ -726,13 +726,19 @@ async fn parameters(
             let creds = match super::cached_credentials(ctx, &ns, secret, "password", super::SecretCache::TTL)
                 .await
             {
-                Ok((creds, _)) => creds,
+                Ok(found) => found,
                 Err(e) => {
                     refused = Some(format!("parameters not applied: {e}"));
                     break;
                 }
             };
-            engine = Some(crate::engines::for_cluster(cluster.spec.engine, creds, Duration::from_secs(2)));
+            let (creds, ca) = creds;
+            engine = Some(crate::engines::for_cluster(
+                cluster.spec.engine,
+                creds,
+                ca.as_deref(),
+                Duration::from_secs(2),
+            ));
         }
         let e = engine.as_ref().expect("built");
         let endpoint = format!("{ip}:{}", instances.port(cluster.spec.engine));

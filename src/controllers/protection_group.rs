@@ -378,10 +378,10 @@ async fn load_pairs(pg: &ProtectionGroup, sites: &[SiteHandle; 2]) -> Result<Vec
                         format!("HaCluster {}/{name}{where_} of a pair does not exist", site.namespace),
                     )
                 })?;
-            if cluster.spec.engine != EngineKind::Redis {
+            if !matches!(cluster.spec.engine, EngineKind::Redis | EngineKind::Mysql) {
                 return Err((
                     Reason::UnsupportedEngine,
-                    format!("HaCluster {name}: protection groups support redis clusters"),
+                    format!("HaCluster {name}: protection groups support Redis and Mysql clusters"),
                 ));
             }
             let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
@@ -394,19 +394,28 @@ async fn load_pairs(pg: &ProtectionGroup, sites: &[SiteHandle; 2]) -> Result<Vec
                 ));
             }
             let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(500));
-            let (creds, _) =
+            let (creds, ca) =
                 read_credentials(&site.client, &site.namespace, cluster.spec.secret_ref.as_ref(), "password")
                     .await
                     .map_err(|e| (Reason::SecretNotFound, format!("HaCluster {name}: {e}")))?;
             sides.push(Side {
                 api,
-                engine: Arc::from(engines::for_cluster(EngineKind::Redis, creds, timeout)),
+                engine: Arc::from(engines::for_cluster(cluster.spec.engine, creds, ca.as_deref(), timeout)),
                 leader: recorded_leader(&cluster),
                 cluster,
             });
         }
         let target = sides.pop().expect("two sides");
         let source = sides.pop().expect("two sides");
+        if source.cluster.spec.engine != target.cluster.spec.engine {
+            return Err((
+                Reason::UnsupportedEngine,
+                format!(
+                    "the pair {} → {} runs two engines ({:?} and {:?}); a pair replicates one engine's data",
+                    p.source, p.target, source.cluster.spec.engine, target.cluster.spec.engine
+                ),
+            ));
+        }
         out.push(Pair { source, target });
     }
     Ok(out)

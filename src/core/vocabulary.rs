@@ -263,7 +263,8 @@ vocabulary! {
         SiteUnreachable,
         /// ProtectionGroup Ready=False: a pair's HaCluster does not exist.
         ClusterNotFound,
-        /// ProtectionGroup Ready=False: a pair's HaCluster is not a redis cluster.
+        /// ProtectionGroup Ready=False: a pair's HaCluster is not a Redis or Mysql cluster, or
+        /// the two clusters of a pair run different engines.
         UnsupportedEngine,
         /// ProtectionGroup Ready=False: a pair's HaCluster is not exactly one static shard.
         UnsupportedCluster,

@@ -155,11 +155,20 @@ pub enum Setting {
 }
 
 /// Build the engine for a cluster.
-pub fn for_cluster(kind: EngineKind, creds: Credentials, timeout: Duration) -> Box<dyn Engine> {
+///
+/// `ca` is the Secret's `ca.crt` (PEM): the agent engine speaks HTTPS trusting it, the Mysql
+/// engine connects over TLS trusting only it (and has replicas replicate over TLS); the
+/// Redis engine does not use it.
+pub fn for_cluster(
+    kind: EngineKind,
+    creds: Credentials,
+    ca: Option<&[u8]>,
+    timeout: Duration,
+) -> Box<dyn Engine> {
     match kind {
         EngineKind::Redis => Box::new(redis::RedisEngine::new(creds, timeout)),
-        EngineKind::Agent => Box::new(agent::AgentEngine::new(creds, timeout)),
-        EngineKind::Mysql => Box::new(mysql::MysqlEngine::new(creds, timeout)),
+        EngineKind::Agent => Box::new(agent::AgentEngine::with_ca(creds, ca, timeout)),
+        EngineKind::Mysql => Box::new(mysql::MysqlEngine::with_ca(creds, ca, timeout)),
     }
 }
 

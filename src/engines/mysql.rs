@@ -32,7 +32,7 @@ use std::{
 };
 
 use futures::{FutureExt as _, future::BoxFuture};
-use mysql_async::{Conn, OptsBuilder, Row, Value, prelude::Queryable as _};
+use mysql_async::{Conn, OptsBuilder, Row, SslOpts, Value, prelude::Queryable as _};
 
 use super::{Credentials, Engine, EngineError, EngineResult, ObservedRole, Probe, Setting, split_endpoint};
 
@@ -181,18 +181,18 @@ impl Flavour {
         }
     }
 
-    /// Point the member at `host:port` by GTID.
-    pub fn change_source(self, host: &str, port: u16, user: &str, password: &str) -> String {
-        let (host, user, password) = (quote(host), quote(user), quote(password));
+    /// Point the member at `host:port` by GTID, over TLS when `tls`.
+    pub fn change_source(self, host: &str, port: u16, user: &str, password: &str, tls: bool) -> String {
+        let (host, user, password, tls) = (quote(host), quote(user), quote(password), u8::from(tls));
         match self {
             Self::MariaDb => format!(
-                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1"
+                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, MASTER_SSL = {tls}"
             ),
             Self::MySql { modern: true } => format!(
-                "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {host}, SOURCE_PORT = {port}, SOURCE_USER = {user}, SOURCE_PASSWORD = {password}, SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1, GET_SOURCE_PUBLIC_KEY = 1"
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {host}, SOURCE_PORT = {port}, SOURCE_USER = {user}, SOURCE_PASSWORD = {password}, SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1, GET_SOURCE_PUBLIC_KEY = 1, SOURCE_SSL = {tls}"
             ),
             Self::MySql { modern: false } => format!(
-                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, MASTER_AUTO_POSITION = 1, MASTER_CONNECT_RETRY = 1"
+                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, MASTER_PASSWORD = {password}, MASTER_AUTO_POSITION = 1, MASTER_CONNECT_RETRY = 1, MASTER_SSL = {tls}"
             ),
         }
     }
@@ -462,6 +462,8 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
 pub struct MysqlEngine {
     creds: Credentials,
     timeout: Duration,
+    /// TLS to the members, trusting only the Secret's `ca.crt` (see [`MysqlEngine::with_ca`]).
+    tls: Option<SslOpts>,
     /// Sessions holding `FLUSH TABLES WITH READ LOCK` for a switchover (see
     /// [`Engine::pause_writes`]); closing one releases its lock.
     paused: Arc<Mutex<HashMap<String, Held>>>,
@@ -477,6 +479,15 @@ fn classify(endpoint: &str, e: mysql_async::Error) -> EngineError {
     let endpoint = endpoint.to_owned();
     let message = e.to_string();
     match &e {
+        // The member answered, but not as the Secret says it must: a configuration error,
+        // not a member down (nothing is failed over for it).
+        _ if tls_failure(&e) => EngineError::Unauthorized { endpoint, message: format!("TLS: {message}") },
+        mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => {
+            EngineError::Unauthorized {
+                endpoint,
+                message: "the Secret has a ca.crt, so the operator connects over TLS, and this server does not offer TLS".into(),
+            }
+        }
         // Access denied (1045, 1698 for a socket-authenticated account).
         mysql_async::Error::Server(s) if matches!(s.code, 1045 | 1698) => {
             EngineError::Unauthorized { endpoint, message }
@@ -490,6 +501,18 @@ fn classify(endpoint: &str, e: mysql_async::Error) -> EngineError {
             EngineError::Unreachable { endpoint, message }
         }
         _ => EngineError::Protocol { endpoint, message },
+    }
+}
+
+/// The TLS handshake failed (a certificate the CA did not sign, …): the driver's own TLS
+/// error, or rustls's inside an I/O error (how the handshake reports it).
+fn tls_failure(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Io(mysql_async::IoError::Tls(_)) => true,
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
+            io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        }
+        _ => false,
     }
 }
 
@@ -640,7 +663,22 @@ impl Session<'_> {
 
 impl MysqlEngine {
     pub fn new(creds: Credentials, timeout: Duration) -> Self {
-        Self { creds, timeout, paused: Arc::default() }
+        Self::with_ca(creds, None, timeout)
+    }
+
+    /// With `ca` (PEM), every connection to a member is TLS and trusts only that CA; the
+    /// server's name is not checked against its certificate (members are reached at pod
+    /// addresses that change: MySQL's `VERIFY_CA`, not `VERIFY_IDENTITY`). Replicas are
+    /// pointed at their source with `MASTER_SSL=1` / `SOURCE_SSL=1` (encrypted; a member
+    /// verifies its source's certificate only if its own server configuration says so).
+    pub fn with_ca(creds: Credentials, ca: Option<&[u8]>, timeout: Duration) -> Self {
+        let tls = ca.map(|pem| {
+            SslOpts::default()
+                .with_root_certs(vec![pem.to_vec().into()])
+                .with_disable_built_in_roots(true)
+                .with_danger_skip_domain_validation(true)
+        });
+        Self { creds, timeout, tls, paused: Arc::default() }
     }
 
     /// The operator's account (also the one replicas connect with); `root` when the Secret
@@ -661,7 +699,8 @@ impl MysqlEngine {
             .pass(self.creds.secret.clone())
             .prefer_socket(false)
             .stmt_cache_size(0)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .ssl_opts(self.tls.clone());
         let mut conn = Conn::new(opts).await.map_err(|e| classify(endpoint, e))?;
         let version: Option<String> =
             conn.query_first("SELECT @@version").await.map_err(|e| classify(endpoint, e))?;
@@ -912,7 +951,7 @@ impl Engine for MysqlEngine {
                         // replica position: start from the binlog's.
                         s.run("SET GLOBAL gtid_slave_pos = @@global.gtid_binlog_pos").await?;
                     }
-                    s.run(&s.flavour.change_source(host, port, &user, &password)).await?;
+                    s.run(&s.flavour.change_source(host, port, &user, &password, self.tls.is_some())).await?;
                     s.run(s.flavour.start_replica()).await
                 }
             })
@@ -1160,17 +1199,18 @@ mod tests {
         assert_eq!(mysql.reset_replica(), "RESET REPLICA ALL");
         assert_eq!(maria.read_only(), "SET GLOBAL read_only = ON");
         assert_eq!(mysql.read_only(), "SET GLOBAL super_read_only = ON");
-        let m = maria.change_source("10.0.0.5", 3306, "repl", "p'w\\d");
+        let m = maria.change_source("10.0.0.5", 3306, "repl", "p'w\\d", false);
         assert!(m.contains("MASTER_USE_GTID = slave_pos"), "{m}");
         assert!(m.contains(r"MASTER_PASSWORD = 'p\'w\\d'"), "{m}");
         assert!(m.contains("MASTER_CONNECT_RETRY = 1"), "{m}");
-        let s = mysql.change_source("db-1", 3307, "repl", "pw");
+        assert!(m.ends_with("MASTER_SSL = 0"), "{m}");
+        let s = mysql.change_source("db-1", 3307, "repl", "pw", true);
         assert!(
             s.starts_with("CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db-1', SOURCE_PORT = 3307"),
             "{s}"
         );
-        assert!(s.contains("SOURCE_AUTO_POSITION = 1"), "{s}");
-        assert!(old.change_source("h", 1, "u", "p").contains("MASTER_AUTO_POSITION = 1"));
+        assert!(s.contains("SOURCE_AUTO_POSITION = 1") && s.ends_with("SOURCE_SSL = 1"), "{s}");
+        assert!(old.change_source("h", 1, "u", "p", true).contains("MASTER_AUTO_POSITION = 1"));
         assert_eq!(maria.wait_applied("0-1-5", 3), "SELECT MASTER_GTID_WAIT('0-1-5', 3)");
         assert_eq!(mysql.wait_applied("u:1-5", 3), "SELECT WAIT_FOR_EXECUTED_GTID_SET('u:1-5', 3)");
     }

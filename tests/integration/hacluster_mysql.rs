@@ -620,3 +620,206 @@ async fn mysql_failover_request_switches_over() {
     assert_eq!(rows(&servers[ri]), BTreeSet::from([1, 2, 3]));
     operator.stop().await;
 }
+
+/// A ProtectionGroup moves production between two sites of MariaDB clusters and back, under
+/// a client inserting rows at whichever site is production: every acknowledged row on the
+/// new production primary, the old production leader replicating from it, one writable
+/// server of four at every check.
+#[tokio::test]
+async fn mysql_protection_group_moves_production_and_back_losing_no_row() {
+    use understudy::resources::{ProtectionGroup, protection_group::SiteRole};
+
+    use crate::protection_group::{pg, set_priority, wait_protected};
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "mysql-pg-src").await;
+    let dr_ns = support::namespace(&client, "mysql-pg-dr").await;
+    secret(&client, &src_ns, OPERATOR_PASSWORD).await;
+    secret(&client, &dr_ns, OPERATOR_PASSWORD).await;
+    let servers = [LocalMysql::start(), LocalMysql::start(), LocalMysql::start(), LocalMysql::start()];
+    let policy = json!({"heartbeatInterval": "200ms", "failureThreshold": 3});
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    let pp = PostParams::default();
+    src.create(&pp, &cluster("db", &[("a", &servers[0]), ("b", &servers[1])], policy.clone())).await.unwrap();
+    dr.create(&pp, &cluster("db-dr", &[("c", &servers[2]), ("d", &servers[3])], policy)).await.unwrap();
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&pp, &pg("pg", &src_ns, &dr_ns, &["db"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let writable = || -> Vec<usize> { (0..4).filter(|&i| read_only(&servers[i]) == Some(false)).collect() };
+    let production = writable();
+    assert_eq!(production.len(), 1, "one writable server: {production:?}");
+    assert!(production[0] < 2, "production is the source site");
+    create_table(&servers[production[0]]);
+    // The DR site's leader replicates from the production primary, its replica from it.
+    eventually(WAIT, "the table at the DR site", || async {
+        (servers[2..].iter().all(|s| s.sql(&["SELECT 1 FROM app.t LIMIT 1"]).is_ok())).then_some(())
+    })
+    .await;
+
+    // The client writes wherever production is: the site's primary named in status.
+    let (tx, rx) =
+        tokio::sync::watch::channel((servers[production[0]].ip.clone(), servers[production[0]].port));
+    let endpoints: Vec<(String, (String, u16))> = [("a", 0), ("b", 1), ("c", 2), ("d", 3)]
+        .iter()
+        .map(|(n, i)| ((*n).to_owned(), (servers[*i].ip.clone(), servers[*i].port)))
+        .collect();
+    let follow = tokio::spawn({
+        let (src, dr) = (src.clone(), dr.clone());
+        async move {
+            loop {
+                for (api, name) in [(&src, "db"), (&dr, "db-dr")] {
+                    if let Ok(c) = api.get(name).await
+                        && c.standby().is_none()
+                        && let Some(p) = c.status.and_then(|s| s.primary)
+                        && let Some((_, e)) = endpoints.iter().find(|(m, _)| *m == p)
+                    {
+                        tx.send_if_modified(|cur| std::mem::replace(cur, e.clone()) != *e);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let writer = Writer::start(rx, 0);
+    writer.wait_more(300).await;
+
+    for (site, range) in [(SiteRole::Target, 2..4), (SiteRole::Source, 0..2)] {
+        let t = Instant::now();
+        set_priority(&pgs, "pg", if site == SiteRole::Target { "Target" } else { "Source" }).await;
+        let g = wait_protected(&pgs, "pg", site).await;
+        let moved = t.elapsed();
+        writer.wait_more(300).await;
+        let pause = writer.longest_gap(t, Instant::now());
+        let now = writable();
+        assert_eq!(now.len(), 1, "one writable server after the move: {now:?}");
+        assert!(range.contains(&now[0]), "production moved to {site:?}: {now:?}");
+        // The old production leader replicates from the new one.
+        let old: Vec<usize> = (0..4).filter(|i| !range.contains(i)).collect();
+        wait_any_follows(&servers, &old, &servers[now[0]]).await;
+        eprintln!(
+            "site move to {site:?}: protected again after {moved:?}, write pause {:?} ms (status), longest client pause {pause:?}",
+            g.status.and_then(|s| s.last_write_pause_ms)
+        );
+    }
+    let acked = writer.stop().await;
+    follow.abort();
+    let primary = &servers[writable()[0]];
+    let present = rows(primary);
+    let lost: Vec<&u64> = acked.difference(&present).collect();
+    eprintln!("rows: {} acknowledged, {} lost", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged rows missing: {:?}", &lost[..lost.len().min(20)]);
+    operator.stop().await;
+}
+
+/// Wait until one of `which` replicates from `primary` with both threads running.
+async fn wait_any_follows(servers: &[LocalMysql], which: &[usize], primary: &LocalMysql) {
+    eventually(WAIT, "the old production leader to replicate from the new one", || async {
+        which
+            .iter()
+            .any(|&i| {
+                servers[i].rows("SHOW SLAVE STATUS").ok().and_then(|r| r.first().cloned()).is_some_and(|st| {
+                    let field = |k: &str| st.get(k).cloned().unwrap_or_default();
+                    field("Master_Port") == primary.port.to_string()
+                        && field("Slave_IO_Running") == "Yes"
+                        && field("Slave_SQL_Running") == "Yes"
+                })
+            })
+            .then_some(())
+    })
+    .await
+}
+
+/// TLS: members that refuse clients without it (`require_secure_transport`, replicas
+/// included), the CA in the Secret's `ca.crt`. With a CA that did not sign the servers'
+/// certificates nothing is touched and the members' status says TLS; with the right one the
+/// operator elects, attaches the replica over TLS, and switches over.
+#[tokio::test]
+async fn mysql_over_tls_trusts_the_ca_of_the_secret() {
+    use understudy::localmysql::TestTls;
+    let client = support::client().await;
+    let ns = support::namespace(&client, "mysql-tls").await;
+    let (tls, other) = (TestTls::generate().unwrap(), TestTls::generate().unwrap());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let with_ca = |ca: &str| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {"name": "db-creds"},
+            "stringData": {"username": OPERATOR_USER, "password": OPERATOR_PASSWORD, "ca.crt": ca}
+        }))
+        .unwrap()
+    };
+    secrets.create(&PostParams::default(), &with_ca(&other.ca_pem)).await.unwrap();
+    let servers = [LocalMysql::start_tls(&tls), LocalMysql::start_tls(&tls)];
+    let (api, operator) = run_cluster(&client, &ns, &servers, json!({"heartbeatInterval": "200ms"})).await;
+    let said = eventually(WAIT, "the members' status to say TLS", || async {
+        let st = api.get("db").await.ok()?.status?;
+        let ms = &st.shards.first()?.members;
+        let all = ms.len() == 2 && ms.iter().all(|m| m.message.as_deref().is_some_and(|x| x.contains("TLS")));
+        all.then(|| ms[0].message.clone().unwrap_or_default())
+    })
+    .await;
+    eprintln!("a CA that did not sign the servers' certificates: {said}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(get(&api, "db").await.status.unwrap().primary.is_none(), "nothing elected");
+    assert_eq!((read_only(&servers[0]), read_only(&servers[1])), (Some(true), Some(true)), "nothing touched");
+
+    // The right CA: elected, the replica attached over TLS, a switchover.
+    secrets.replace("db-creds", &PostParams::default(), &with_ca(&tls.ca_pem)).await.unwrap();
+    let (first, pi) = bootstrapped(&api, &servers).await;
+    let ri = 1 - pi;
+    let link = servers[ri].rows("SHOW SLAVE STATUS").unwrap();
+    assert_eq!(link[0].get("Master_SSL_Allowed").map(String::as_str), Some("Yes"), "{link:?}");
+    create_table(&servers[pi]);
+    servers[pi].sql(&["INSERT INTO app.t (seq) VALUES (1), (2), (3)"]).unwrap();
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
+    let sfo: ShardFailover = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover",
+        "metadata": {"name": "planned"}, "spec": {"shardUids": [first]}
+    }))
+    .unwrap();
+    sfos.create(&PostParams::default(), &sfo).await.unwrap();
+    let second = wait_primary(&api, "db", "main", Some(&first)).await;
+    assert_eq!(second, NAMES[ri]);
+    wait_follows(&servers[pi], &servers[ri]).await;
+    assert_eq!(rows(&servers[ri]), BTreeSet::from([1, 2, 3]));
+    assert_eq!((read_only(&servers[ri]), read_only(&servers[pi])), (Some(false), Some(true)));
+    operator.stop().await;
+}
+
+/// A pair whose two clusters run different engines cannot replicate: the group says so and
+/// touches neither.
+#[tokio::test]
+async fn a_protection_group_refuses_a_pair_of_two_engines() {
+    use understudy::resources::ProtectionGroup;
+
+    use crate::protection_group::pg;
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "mixed-src").await;
+    let dr_ns = support::namespace(&client, "mixed-dr").await;
+    secret(&client, &src_ns, OPERATOR_PASSWORD).await;
+    let server = LocalMysql::start();
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    let pp = PostParams::default();
+    src.create(&pp, &cluster("db", &[("a", &server)], json!({"heartbeatInterval": "200ms"}))).await.unwrap();
+    let redis: HaCluster = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "metadata": {"name": "db-dr"},
+        "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": [{"name": "r", "endpoint": "127.0.0.1:1"}]}]}
+    }))
+    .unwrap();
+    dr.create(&pp, &redis).await.unwrap();
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&pp, &pg("pg", &src_ns, &dr_ns, &["db"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    let why = eventually(WAIT, "the group to refuse the pair", || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        let c = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (c.status == "False" && c.reason == "UnsupportedEngine").then_some(c.message)
+    })
+    .await;
+    eprintln!("{why}");
+    assert!(why.contains("two engines"), "{why}");
+    assert!(dr.get("db-dr").await.unwrap().standby().is_none(), "the DR cluster was not made a standby");
+    operator.stop().await;
+}

@@ -71,7 +71,13 @@ impl PairServers {
     }
 }
 
-fn pg(name: &str, src_ns: &str, dr_ns: &str, pairs: &[&str], dr_secret: Option<&str>) -> ProtectionGroup {
+pub(crate) fn pg(
+    name: &str,
+    src_ns: &str,
+    dr_ns: &str,
+    pairs: &[&str],
+    dr_secret: Option<&str>,
+) -> ProtectionGroup {
     let mut target = json!({"namespace": dr_ns});
     if let Some(s) = dr_secret {
         target["kubeconfigSecretRef"] = json!({"name": s});
@@ -90,7 +96,11 @@ fn pg(name: &str, src_ns: &str, dr_ns: &str, pairs: &[&str], dr_secret: Option<&
 }
 
 /// Wait for phase `protected` with production at `site` and every pair replicating.
-async fn wait_protected(pgs: &Api<ProtectionGroup>, name: &str, site: SiteRole) -> ProtectionGroup {
+pub(crate) async fn wait_protected(
+    pgs: &Api<ProtectionGroup>,
+    name: &str,
+    site: SiteRole,
+) -> ProtectionGroup {
     eventually(WAIT, &format!("{name} protected with production at {site:?}"), || async {
         let g = pgs.get(name).await.ok()?;
         let st = g.status.clone()?;
@@ -103,7 +113,7 @@ async fn wait_protected(pgs: &Api<ProtectionGroup>, name: &str, site: SiteRole) 
     .await
 }
 
-async fn set_priority(pgs: &Api<ProtectionGroup>, name: &str, site: &str) {
+pub(crate) async fn set_priority(pgs: &Api<ProtectionGroup>, name: &str, site: &str) {
     pgs.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"prioritySite": site}})))
         .await
         .unwrap();
