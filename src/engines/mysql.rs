@@ -26,7 +26,7 @@
 //! without `SUPER`/`READ_ONLY ADMIN` on MariaDB (whose `read_only` does not stop them).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -469,7 +469,7 @@ pub struct MysqlEngine {
     paused: Arc<Mutex<HashMap<String, Held>>>,
 }
 
-type Held = Arc<tokio::sync::Mutex<Option<(Conn, Flavour)>>>;
+type Held = Arc<tokio::sync::Mutex<Option<(Conn, Flavour, Ours)>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -540,6 +540,35 @@ struct Session<'a> {
     conn: Conn,
     flavour: Flavour,
     endpoint: &'a str,
+    ours: Ours,
+}
+
+/// This process's open sessions, by member and connection id: a fence kills every other
+/// client session, never one of these (another task's probe, the killer beside a fence, the
+/// session holding a switchover's read lock). Process-wide, since every controller builds
+/// its own engine.
+static OURS: std::sync::LazyLock<Mutex<HashSet<(String, u32)>>> = std::sync::LazyLock::new(Mutex::default);
+
+/// One session's place in [`OURS`], given up when the session goes.
+struct Ours((String, u32));
+
+impl Ours {
+    fn new(endpoint: &str, conn: &Conn) -> Self {
+        let key = (endpoint.to_owned(), conn.id());
+        lock(&OURS).insert(key.clone());
+        Self(key)
+    }
+}
+
+impl Drop for Ours {
+    fn drop(&mut self) {
+        lock(&OURS).remove(&self.0);
+    }
+}
+
+/// The connection ids of this process's sessions on `endpoint`.
+fn ours_at(endpoint: &str) -> Vec<u32> {
+    lock(&OURS).iter().filter(|(e, _)| e == endpoint).map(|(_, id)| *id).collect()
 }
 
 impl Session<'_> {
@@ -604,7 +633,7 @@ impl Session<'_> {
     /// Turn the primary side of semi-sync off, after the clients that might be waiting in it
     /// are gone: turning it off acknowledges their waiting commits, which no replica may
     /// have. Read-only must be on already.
-    async fn stop_waiting_for_replicas(&mut self, ours: &str) -> EngineResult<()> {
+    async fn stop_waiting_for_replicas(&mut self) -> EngineResult<()> {
         let (semi, present) = self.semi_sync().await?;
         if present && semi.primary_on {
             if let Some(waiting) = self.stuck_commits().await? {
@@ -612,18 +641,23 @@ impl Session<'_> {
                     "{waiting} commit(s) wait for a replica's acknowledgement that does not come; turning semi-synchronous replication off would acknowledge them"
                 )));
             }
-            self.kill_clients(ours).await?;
+            self.kill_clients().await?;
             let sql = format!("SET GLOBAL {} = OFF", self.flavour.semi_sync().primary);
             self.run(&sql).await?;
         }
         Ok(())
     }
 
-    /// Kill the sessions of every account but ours that are clients (not replication).
-    async fn kill_clients(&mut self, ours: &str) -> EngineResult<usize> {
+    /// Kill every client session (not replication, not the server's own threads) but this
+    /// process's own sessions ([`OURS`]) — the operator's account's included, which an
+    /// application must not use (`read_only` does not stop it) but which is then at least cut
+    /// off like any other.
+    async fn kill_clients(&mut self) -> EngineResult<usize> {
+        let mut ids: Vec<String> = ours_at(self.endpoint).iter().map(u32::to_string).collect();
+        ids.push("0".into());
         self.kill_listed(&format!(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND USER <> {} AND USER NOT IN ('system user', 'event_scheduler') AND COMMAND NOT IN ({NOT_CLIENTS})",
-            quote(ours)
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND ID NOT IN ({}) AND USER NOT IN ('system user', 'event_scheduler') AND COMMAND NOT IN ({NOT_CLIENTS})",
+            ids.join(", ")
         ))
         .await
     }
@@ -702,10 +736,11 @@ impl MysqlEngine {
             .tcp_nodelay(true)
             .ssl_opts(self.tls.clone());
         let mut conn = Conn::new(opts).await.map_err(|e| classify(endpoint, e))?;
+        let ours = Ours::new(endpoint, &conn);
         let version: Option<String> =
             conn.query_first("SELECT @@version").await.map_err(|e| classify(endpoint, e))?;
         let flavour = Flavour::from_version(&version.unwrap_or_default());
-        Ok(Session { conn, flavour, endpoint })
+        Ok(Session { conn, flavour, endpoint, ours })
     }
 
     /// `work` on a new session, the whole of it bounded by the engine's timeout.
@@ -739,19 +774,18 @@ impl MysqlEngine {
     /// has it. Such a member acknowledges nothing as it is; it is left alone with an error
     /// saying so (stopping its process, SIGKILL or a pod deletion, is what clears it).
     async fn fence_writes(&self, s: &mut Session<'_>) -> EngineResult<()> {
-        let ours = self.user();
         if let Some(waiting) = s.stuck_commits().await? {
             return Err(s.protocol(&format!(
                 "fences itself: {waiting} commit(s) wait for a replica's acknowledgement that does not come (semi-synchronous replication, no fallback), so it acknowledges nothing; not cut off, which could acknowledge them — stop its process (SIGKILL, or delete its pod) to bring it back as a replica"
             )));
         }
-        s.kill_clients(ours).await?;
+        s.kill_clients().await?;
         let endpoint = s.endpoint;
         let killer = async {
             loop {
                 tokio::time::sleep(KILL_INTERVAL).await;
                 if let Ok(mut k) = self.connect(endpoint).await {
-                    while k.kill_clients(ours).await.is_ok() {
+                    while k.kill_clients().await.is_ok() {
                         tokio::time::sleep(KILL_INTERVAL).await;
                     }
                 }
@@ -762,7 +796,7 @@ impl MysqlEngine {
             r = s.run(read_only) => r?,
             never = killer => never,
         }
-        s.kill_clients(ours).await?;
+        s.kill_clients().await?;
         Ok(())
     }
 
@@ -882,7 +916,6 @@ impl Engine for MysqlEngine {
                 message: format!("primary {primary:?} is not host:port"),
             })?;
             let (user, password) = (self.user().to_owned(), self.creds.secret.clone().unwrap_or_default());
-            let ours = user.clone();
             // Paused (a switchover's old primary): replication cannot be changed while the
             // read lock is held, and every other session waits behind it. Read-only is made
             // sure of on the holding session, then the pause is released: writes meet
@@ -891,7 +924,7 @@ impl Engine for MysqlEngine {
                 let fenced = {
                     let mut guard = held.lock().await;
                     match guard.as_mut() {
-                        Some((conn, flavour)) => {
+                        Some((conn, flavour, _)) => {
                             tokio::time::timeout(self.timeout, conn.query_drop(flavour.read_only())).await
                         }
                         None => Ok(Ok(())),
@@ -928,7 +961,7 @@ impl Engine for MysqlEngine {
                     if !read_only {
                         self.fence_writes(s).await?;
                     }
-                    s.stop_waiting_for_replicas(&ours).await?;
+                    s.stop_waiting_for_replicas().await?;
                     // Stopped before its position is compared: a link still running from the
                     // old source could bring in, after the comparison, a transaction the new
                     // primary never had (seen in the node tier: a replica one GTID ahead of
@@ -966,12 +999,12 @@ impl Engine for MysqlEngine {
             // would wait behind it).
             if let Some(held) = self.held(endpoint) {
                 let mut guard = held.lock().await;
-                if let Some((conn, flavour)) = guard.take() {
-                    let mut s = Session { conn, flavour, endpoint };
+                if let Some((conn, flavour, ours)) = guard.take() {
+                    let mut s = Session { conn, flavour, endpoint, ours };
                     let fenced = tokio::time::timeout(self.timeout, self.fence(&mut s)).await;
                     return match fenced {
                         Ok(r) => {
-                            *guard = Some((s.conn, s.flavour));
+                            *guard = Some((s.conn, s.flavour, s.ours));
                             r
                         }
                         // Cut off mid-statement: the session is dropped (and the lock with it).
@@ -995,7 +1028,7 @@ impl Engine for MysqlEngine {
                 // every client behind a long one for longer than the pause may last.
                 s.run(&format!("SET SESSION lock_wait_timeout = {lock_wait}")).await?;
                 s.run("FLUSH TABLES WITH READ LOCK").await?;
-                Ok::<_, EngineError>((s.conn, s.flavour))
+                Ok::<_, EngineError>((s.conn, s.flavour, s.ours))
             };
             let conn = tokio::time::timeout(self.timeout, pause)
                 .await
@@ -1062,7 +1095,6 @@ impl Engine for MysqlEngine {
         _max_lag_seconds: u32,
     ) -> BoxFuture<'a, EngineResult<()>> {
         async move {
-            let ours = self.user().to_owned();
             self.with_session(endpoint, async |s| {
                 let (read_only, _) = s.position().await?;
                 let source = s.source().await?;
@@ -1074,7 +1106,7 @@ impl Engine for MysqlEngine {
                 }
                 let primary = !read_only && source.is_none();
                 if !primary {
-                    s.stop_waiting_for_replicas(&ours).await?;
+                    s.stop_waiting_for_replicas().await?;
                 }
                 s.run(&s.flavour.self_fencing(min_replicas > 0, primary)).await?;
                 // A replica registers as semi-synchronous when its I/O thread starts.
@@ -1129,7 +1161,7 @@ fn take_pause(paused: &Mutex<HashMap<String, Held>>, endpoint: &str, held: &Held
 
 /// Undo a pause: unlock and close the session (closing alone would release the lock too).
 async fn release(held: Held) {
-    if let Some((mut conn, _)) = held.lock().await.take() {
+    if let Some((mut conn, _, _ours)) = held.lock().await.take() {
         let _ = conn.query_drop("UNLOCK TABLES").await;
         let _ = conn.disconnect().await;
     }

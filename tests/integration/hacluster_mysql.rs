@@ -57,13 +57,27 @@ async fn secret(client: &Client, ns: &str, password: &str) {
     secrets.create(&PostParams::default(), &s).await.unwrap();
 }
 
+/// A session as the application's account, in database `app`.
 async fn app_conn(server: &LocalMysql) -> mysql_async::Result<mysql_async::Conn> {
+    conn_as(server, (APP_USER, APP_PASSWORD), Some("app")).await
+}
+
+/// A session as the operator's account (as an application that wrongly uses it would open).
+async fn operator_conn(server: &LocalMysql) -> mysql_async::Result<mysql_async::Conn> {
+    conn_as(server, (OPERATOR_USER, OPERATOR_PASSWORD), None).await
+}
+
+async fn conn_as(
+    server: &LocalMysql,
+    (user, password): (&str, &str),
+    db: Option<&str>,
+) -> mysql_async::Result<mysql_async::Conn> {
     let opts = mysql_async::OptsBuilder::default()
         .ip_or_hostname(server.ip.clone())
         .tcp_port(server.port)
-        .user(Some(APP_USER))
-        .pass(Some(APP_PASSWORD))
-        .db_name(Some("app"))
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(db)
         .prefer_socket(false);
     mysql_async::Conn::new(opts).await
 }
@@ -283,6 +297,10 @@ async fn mysql_bootstrap_switchover_failover_and_return_of_the_old_primary() {
     // session still open on the old primary cannot write after it.
     let mut stale = app_conn(&servers[pi]).await.unwrap();
     stale.query_drop("INSERT INTO t (seq) VALUES (1000000000)").await.unwrap();
+    // A session of the operator's own account that is not the operator's (an application
+    // that wrongly uses it; read_only does not stop it) is cut off by the fence too.
+    let mut misused = operator_conn(&servers[pi]).await.unwrap();
+    misused.query_drop("SELECT 1").await.unwrap();
     let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
     let sfo: ShardFailover = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover",
@@ -308,6 +326,10 @@ async fn mysql_bootstrap_switchover_failover_and_return_of_the_old_primary() {
     wait_follows(&servers[pi], &servers[si]).await;
     let after = stale.query_drop("INSERT INTO t (seq) VALUES (1000000001)").await;
     assert!(after.is_err(), "a session on the old primary wrote after the switchover");
+    assert!(
+        misused.query_drop("SELECT 1").await.is_err(),
+        "the operator account's foreign session was not killed"
+    );
     let acked_by_then: BTreeSet<u64> = writer.acked.lock().unwrap().iter().map(|(s, _, _)| *s).collect();
     let on_new = rows(&servers[si]);
     let lost: Vec<_> = acked_by_then.difference(&on_new).collect();

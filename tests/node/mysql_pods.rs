@@ -41,8 +41,8 @@ const USER: &str = "understudy";
 /// A quote and a backslash: the entrypoint escapes them into SQL.
 const PASSWORD: &str = r"pa'ss\word";
 /// The application's account: no `READ_ONLY ADMIN`, so `read_only` stops it (the operator's
-/// account has every privilege, and its sessions are not killed by a fence: README, "How
-/// MySQL-family members should start").
+/// account has every privilege, which `read_only` does not stop: README, "How MySQL-family
+/// members should start").
 const APP: (&str, &str) = ("app", "app-secret");
 
 fn manifests(image: &str, class: &str) -> String {
