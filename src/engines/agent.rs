@@ -47,6 +47,9 @@ enum Clients {
     Shared { keepalive: Mutex<HashMap<String, bool>> },
     /// HTTPS trusting one CA: a client of this engine's own.
     Own(reqwest::Client),
+    /// The Secret's `ca.crt` is not a usable certificate: every request is refused with this
+    /// reason, never sent over plain HTTP instead.
+    BadCa(String),
 }
 
 pub struct AgentEngine {
@@ -61,25 +64,50 @@ impl AgentEngine {
         Self::with_ca(creds, None, timeout)
     }
 
-    /// With `ca_pem`, talk HTTPS and trust only that CA.
+    /// With `ca_pem`, talk HTTPS and trust only that CA. A `ca_pem` that is not a usable
+    /// certificate refuses every request (it never falls back to plain HTTP).
     pub fn with_ca(creds: Credentials, ca_pem: Option<&[u8]>, timeout: Duration) -> Self {
         let token = creds.secret.unwrap_or_default();
-        if let Some(cert) = ca_pem.and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(cert)
-                .build()
-                .unwrap_or_default();
-            return Self { clients: Clients::Own(http), token, scheme: "https", timeout };
-        }
-        Self { clients: Clients::Shared { keepalive: Mutex::default() }, token, scheme: "http", timeout }
+        let Some(pem) = ca_pem else {
+            return Self {
+                clients: Clients::Shared { keepalive: Mutex::default() },
+                token,
+                scheme: "http",
+                timeout,
+            };
+        };
+        // reqwest takes any bytes here and then trusts nothing; parse them first.
+        let parsed: Result<Vec<_>, _> = {
+            use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+            CertificateDer::pem_slice_iter(pem).collect()
+        };
+        let clients = match parsed {
+            Ok(certs) if !certs.is_empty() => reqwest::Certificate::from_pem(pem)
+                .and_then(|cert| {
+                    reqwest::Client::builder()
+                        .pool_max_idle_per_host(1)
+                        .tls_built_in_root_certs(false)
+                        .add_root_certificate(cert)
+                        .build()
+                })
+                .map_or_else(
+                    |e| Clients::BadCa(format!("the Secret's ca.crt is not usable ({e}); nothing is sent")),
+                    Clients::Own,
+                ),
+            Ok(_) => Clients::BadCa("the Secret's ca.crt holds no PEM certificate; nothing is sent".into()),
+            Err(e) => {
+                Clients::BadCa(format!("the Secret's ca.crt is not a PEM certificate ({e}); nothing is sent"))
+            }
+        };
+        Self { clients, token, scheme: "https", timeout }
     }
 
     /// The client for `endpoint`: kept-alive while the process-wide budget lasts.
     fn http(&self, endpoint: &str) -> &reqwest::Client {
         match &self.clients {
             Clients::Own(c) => c,
+            // Never sent: `send` refuses first.
+            Clients::BadCa(_) => &plain_clients().1,
             Clients::Shared { keepalive } => {
                 let mut map = keepalive.lock().expect("keepalive map");
                 let kept = *map.entry(endpoint.to_owned()).or_insert_with(|| {
@@ -94,6 +122,9 @@ impl AgentEngine {
     }
 
     async fn send(&self, endpoint: &str, req: reqwest::RequestBuilder) -> EngineResult<String> {
+        if let Clients::BadCa(why) = &self.clients {
+            return Err(EngineError::Unauthorized { endpoint: endpoint.into(), message: why.clone() });
+        }
         let resp = req
             .header("Authorization", format!("token {}", self.token))
             .timeout(self.timeout)
@@ -215,6 +246,18 @@ impl Engine for AgentEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_ca_that_is_not_a_certificate_refuses_rather_than_falls_back_to_http() {
+        let creds = Credentials { username: None, secret: Some("t".into()) };
+        let engine = AgentEngine::with_ca(creds, Some(b"not a certificate"), Duration::from_secs(1));
+        match engine.probe("127.0.0.1:1").await {
+            Err(EngineError::Unauthorized { message, .. }) => {
+                assert!(message.contains("ca.crt"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
 
     #[test]
     fn parses_ha_status() {
