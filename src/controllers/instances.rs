@@ -271,6 +271,16 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
         next.created = true;
     }
     if let Some(r) = next.rebuild.as_mut().filter(|r| r.completion_time.is_none())
+        && facts.rebuild_abandoned()
+    {
+        // Removed meanwhile: nothing is left to rebuild, and the record must not block the
+        // next request.
+        r.completion_time = Some(Time(Timestamp::now()));
+        let msg = format!("the rebuild of {} ended: it is no longer a member", r.member);
+        info!(cluster = %key(cluster), member = %r.member, "{msg}");
+        ctx.event(cluster, false, Reason::Rebuilding, EventAction::Rebuild, msg).await;
+    }
+    if let Some(r) = next.rebuild.as_mut().filter(|r| r.completion_time.is_none())
         && facts.rebuilt()
     {
         let started = r.start_time.0;

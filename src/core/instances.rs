@@ -294,6 +294,11 @@ impl Facts {
         })
     }
 
+    /// The rebuild in progress is moot: its member is no longer listed (removed meanwhile).
+    pub fn rebuild_abandoned(&self) -> bool {
+        self.rebuild.as_ref().is_some_and(|r| self.listed.as_ref().is_some_and(|l| !l.contains(&r.member)))
+    }
+
     /// The member is a replica that serves: healthy, following the primary, caught up.
     fn serves_as_replica(&self, name: &str) -> bool {
         self.member(name).is_some_and(|m| {
@@ -1000,6 +1005,15 @@ mod tests {
         f.members[2] = member("c-2", "c-1");
         assert!(f.rebuilt());
         assert_eq!(next_step(&f).reason, Reason::UpToDate);
+    }
+
+    #[test]
+    fn a_rebuild_whose_member_was_removed_ends() {
+        let mut f = serving();
+        f.rebuild = Some(RebuildView { member: "c-2".into(), pending: true });
+        assert!(!f.rebuild_abandoned());
+        f.listed = Some(vec!["c-0".into(), "c-1".into()]);
+        assert!(f.rebuild_abandoned());
     }
 
     #[test]
