@@ -270,28 +270,25 @@ async fn reconcile_one(guarded: Arc<Guarded>, state: Arc<State>) -> Result<Actio
     if plan.reason == Reason::UpToDate {
         next.created = true;
     }
-    if let Some(r) = next.rebuild.as_mut().filter(|r| r.completion_time.is_none())
-        && facts.rebuild_abandoned()
-    {
-        // Removed meanwhile: nothing is left to rebuild, and the record must not block the
-        // next request.
-        r.completion_time = Some(Time(Timestamp::now()));
-        let msg = format!("the rebuild of {} ended: it is no longer a member", r.member);
-        info!(cluster = %key(cluster), member = %r.member, "{msg}");
-        ctx.event(cluster, false, Reason::Rebuilding, EventAction::Rebuild, msg).await;
-    }
-    if let Some(r) = next.rebuild.as_mut().filter(|r| r.completion_time.is_none())
-        && facts.rebuilt()
-    {
-        let started = r.start_time.0;
-        r.completion_time = Some(Time(Timestamp::now()));
-        let msg = format!(
-            "rebuilt {} from the primary in {:.1} s: it follows the primary and has caught up",
-            r.member,
-            Timestamp::now().duration_since(started).as_secs_f64()
-        );
-        info!(cluster = %key(cluster), member = %r.member, "{msg}");
-        ctx.event(cluster, false, Reason::Rebuilding, EventAction::Rebuild, msg).await;
+    // The rebuild in progress ends when its member is back and serving, or is no longer a
+    // member (removed meanwhile: the record must not block the next request).
+    if let Some(r) = next.rebuild.as_mut().filter(|r| r.completion_time.is_none()) {
+        let ended = if facts.rebuild_abandoned() {
+            Some(format!("the rebuild of {} ended: it is no longer a member", r.member))
+        } else if facts.rebuilt() {
+            Some(format!(
+                "rebuilt {} from the primary in {:.1} s: it follows the primary and has caught up",
+                r.member,
+                Timestamp::now().duration_since(r.start_time.0).as_secs_f64()
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = ended {
+            r.completion_time = Some(Time(Timestamp::now()));
+            info!(cluster = %key(cluster), member = %r.member, "{msg}");
+            ctx.event(cluster, false, Reason::Rebuilding, EventAction::Rebuild, msg).await;
+        }
     }
     // A rebuild asked by annotation: validated, then recorded (with what it replaces) before
     // anything is deleted for it.
