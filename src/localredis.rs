@@ -125,6 +125,11 @@ impl LocalRedis {
         format!("{}:{}", self.ip, self.port)
     }
 
+    /// The running server's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Send `signal` (e.g. `libc::SIGSTOP` to freeze, `libc::SIGCONT` to thaw).
     pub fn signal(&self, signal: i32) {
         if let Some(c) = &self.child {

@@ -36,6 +36,9 @@
 //!   member healthy, and the servers agree (the primary has both replicas attached, each
 //!   replica's link to it is up); after an operator kill also its /readyz.
 //!
+//! The same runs on pods of a real node: `bench chaos-node` (`chaos_node.rs`, a [`Site`] of
+//! its own). `--faults a,b` draws only those kinds of fault.
+//!
 //! `CHAOS_DEBUG=1` prints what the health check sees on every poll.
 
 use std::{
@@ -143,7 +146,7 @@ impl Fault {
 
 /// Everything random about a run, drawn up front from its seed.
 #[derive(Clone, Debug)]
-struct Plan {
+pub(crate) struct Plan {
     fault: Fault,
     /// Writing time before the fault.
     delay_ms: u64,
@@ -154,9 +157,10 @@ struct Plan {
 }
 
 impl Plan {
-    fn draw(seed: u64, max_outage_ms: u64, max_hold_ms: u64) -> Self {
+    /// The plan of run `seed`, its fault drawn from `kinds` (replays need the same kinds).
+    fn draw(seed: u64, kinds: &[Fault], max_outage_ms: u64, max_hold_ms: u64) -> Self {
         let mut rng = Rng(seed);
-        let fault = Fault::ALL[rng.below(Fault::ALL.len() as u64) as usize];
+        let fault = kinds[rng.below(kinds.len() as u64) as usize];
         let delay_ms = rng.range(200, 2000);
         let short = rng.below(10) < 3;
         let hold_ms = match fault {
@@ -176,10 +180,11 @@ impl Plan {
 /// One acknowledged write.
 #[derive(Clone, Copy, Debug)]
 struct Ack {
-    /// 0: follows the status; 1: stale, always the first primary.
+    /// 0: follows the routing; 1: stale, always the first primary.
     writer: u8,
     seq: u64,
-    port: u16,
+    /// The server that acknowledged it ([`Servers`] index).
+    server: u16,
     sent: Instant,
     acked: Instant,
 }
@@ -187,6 +192,28 @@ struct Ack {
 impl Ack {
     fn key(&self, run: usize) -> String {
         format!("k{run}:{}:{}", self.writer, self.seq)
+    }
+}
+
+/// The servers that acknowledged writes in one run, by address (`host:port` as the server
+/// itself sees its end of the connection): through a Service, the address a client dialled
+/// is not the server that answered.
+#[derive(Clone, Default)]
+struct Servers(Arc<Mutex<Vec<String>>>);
+
+impl Servers {
+    fn id(&self, addr: &str) -> u16 {
+        let mut v = self.0.lock().expect("servers");
+        match v.iter().position(|a| a == addr) {
+            Some(i) => i as u16,
+            None => {
+                v.push(addr.to_owned());
+                (v.len() - 1) as u16
+            }
+        }
+    }
+    fn addr(&self, id: u16) -> String {
+        self.0.lock().expect("servers").get(id as usize).cloned().unwrap_or_default()
     }
 }
 
@@ -203,14 +230,23 @@ struct Clients {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-type Resolve = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<u16>> + Send + Sync>;
+/// Where the routed client connects: the member status names as primary (loopback), or the
+/// primary Service (node).
+pub(crate) type Resolve =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<(String, u16)>> + Send + Sync>;
+
+/// The server end of a connection (`laddr` of `CLIENT INFO`).
+async fn server_addr(c: &mut redis::aio::MultiplexedConnection) -> Option<String> {
+    let info: String = redis::cmd("CLIENT").arg("INFO").query_async(c).await.ok()?;
+    info.split_whitespace().find_map(|f| f.strip_prefix("laddr=")).map(str::to_owned)
+}
 
 impl Clients {
-    fn start(run: usize, resolve: Resolve, stale_port: u16) -> Self {
+    fn start(run: usize, resolve: Resolve, stale: (String, u16), servers: Servers) -> Self {
         let log = Arc::new(Mutex::new(ClientLog::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let routed = {
-            let (log, stop) = (log.clone(), stop.clone());
+            let (log, stop, servers) = (log.clone(), stop.clone(), servers.clone());
             tokio::spawn(async move {
                 let mut conn: Option<(redis::aio::MultiplexedConnection, u16)> = None;
                 let mut seq = 0u64;
@@ -219,15 +255,18 @@ impl Clients {
                 while !stop.load(Ordering::SeqCst) {
                     tick.tick().await;
                     if conn.is_none() {
-                        if let Some(port) = resolve().await {
-                            conn = redis_conn("127.0.0.1", port, None, 300).await.ok().map(|c| (c, port));
+                        if let Some((host, port)) = resolve().await
+                            && let Ok(mut c) = redis_conn(&host, port, None, 300).await
+                            && let Some(addr) = server_addr(&mut c).await
+                        {
+                            conn = Some((c, servers.id(&addr)));
                         }
                         if conn.is_none() {
                             continue;
                         }
                     }
-                    let (c, port) = conn.as_mut().expect("connected");
-                    let port = *port;
+                    let (c, server) = conn.as_mut().expect("connected");
+                    let server = *server;
                     let sent = Instant::now();
                     let r: redis::RedisResult<()> =
                         redis::cmd("SET").arg(format!("k{run}:0:{seq}")).arg(seq).query_async(c).await;
@@ -235,7 +274,7 @@ impl Clients {
                     let mut l = log.lock().expect("log");
                     match r {
                         Ok(()) => {
-                            l.acks.push(Ack { writer: 0, seq, port, sent, acked });
+                            l.acks.push(Ack { writer: 0, seq, server, sent, acked });
                             seq += 1;
                         }
                         Err(e) => {
@@ -248,6 +287,7 @@ impl Clients {
         };
         let stale = {
             let (log, stop) = (log.clone(), stop.clone());
+            let server = servers.id(&format!("{}:{}", stale.0, stale.1));
             tokio::spawn(async move {
                 let mut conn: Option<redis::aio::MultiplexedConnection> = None;
                 let mut seq = 0u64;
@@ -258,7 +298,7 @@ impl Clients {
                     if conn.is_none() {
                         // Connect quickly, but wait for an answer as long as a frozen server
                         // may take: a write queued during a freeze is answered after the thaw.
-                        conn = redis_conn_slow(stale_port).await.ok();
+                        conn = redis_conn_slow(&stale.0, stale.1).await.ok();
                         if conn.is_none() {
                             continue;
                         }
@@ -270,7 +310,7 @@ impl Clients {
                     let acked = Instant::now();
                     let mut l = log.lock().expect("log");
                     match r {
-                        Ok(()) => l.acks.push(Ack { writer: 1, seq, port: stale_port, sent, acked }),
+                        Ok(()) => l.acks.push(Ack { writer: 1, seq, server, sent, acked }),
                         Err(e) => {
                             let kind = error_kind(&e);
                             // Refusals keep the connection (the server is up); others drop it.
@@ -309,11 +349,11 @@ fn error_kind(e: &redis::RedisError) -> String {
     e.code().map(str::to_owned).unwrap_or_else(|| format!("{:?}", e.kind()))
 }
 
-async fn redis_conn_slow(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+async fn redis_conn_slow(host: &str, port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(300)))
         .set_response_timeout(Some(Duration::from_secs(180)));
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))?
+    redis::Client::open(format!("redis://{host}:{port}/"))?
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
 }
@@ -342,15 +382,15 @@ fn forced_switches(acks: &[Ack]) -> (usize, Vec<usize>) {
     for &w in &by_sent {
         while j < n && acks[by_ack[j]].acked < acks[w].sent {
             let u = by_ack[j];
-            let e = top.entry(acks[u].port).or_insert((best[u], u));
+            let e = top.entry(acks[u].server).or_insert((best[u], u));
             if best[u] > e.0 {
                 *e = (best[u], u);
             }
             j += 1;
         }
         let mut b = (0usize, usize::MAX);
-        for (&port, &(v, i)) in &top {
-            let v = if port == acks[w].port { v } else { v + 1 };
+        for (&server, &(v, i)) in &top {
+            let v = if server == acks[w].server { v } else { v + 1 };
             if b.1 == usize::MAX || v > b.0 {
                 b = (v, i);
             }
@@ -370,8 +410,8 @@ fn forced_switches(acks: &[Ack]) -> (usize, Vec<usize>) {
     // with the last write on the previous server, so that the witness shows each change.
     let mut witness = Vec::new();
     for (k, &i) in chain.iter().enumerate() {
-        let changes_next = chain.get(k + 1).is_some_and(|&nx| acks[nx].port != acks[i].port);
-        let changed = k == 0 || acks[chain[k - 1]].port != acks[i].port;
+        let changes_next = chain.get(k + 1).is_some_and(|&nx| acks[nx].server != acks[i].server);
+        let changed = k == 0 || acks[chain[k - 1]].server != acks[i].server;
         if changed || changes_next {
             witness.push(i);
         }
@@ -379,9 +419,9 @@ fn forced_switches(acks: &[Ack]) -> (usize, Vec<usize>) {
     (best[end], witness)
 }
 
-/// Acknowledged keys missing on the server at `port`.
-async fn missing(acks: &[Ack], run: usize, port: u16) -> anyhow::Result<Vec<usize>> {
-    let mut c = redis_conn("127.0.0.1", port, None, 5000).await?;
+/// Acknowledged keys missing on the server at `host:port`.
+async fn missing(acks: &[Ack], run: usize, (host, port): (&str, u16)) -> anyhow::Result<Vec<usize>> {
+    let mut c = redis_conn(host, port, None, 5000).await?;
     let mut out = Vec::new();
     for (k, chunk) in acks.chunks(500).enumerate() {
         let keys: Vec<String> = chunk.iter().map(|a| a.key(run)).collect();
@@ -391,35 +431,38 @@ async fn missing(acks: &[Ack], run: usize, port: u16) -> anyhow::Result<Vec<usiz
     Ok(out)
 }
 
+/// Milliseconds from `t0` (negative before it).
+fn rel_ms(t: Instant, t0: Instant) -> f64 {
+    if t >= t0 { (t - t0).as_secs_f64() * 1000.0 } else { -(t0 - t).as_secs_f64() * 1000.0 }
+}
+
 /// Which acknowledged writes are missing: per (client, member that acknowledged them), how
 /// many, their sequence numbers and when (ms from the fault) they were sent and acknowledged.
-fn describe_missing(acks: &[Ack], lost: &[usize], ports: &[u16], injected: Instant) -> String {
-    let rel = |t: Instant| {
-        if t >= injected {
-            (t - injected).as_secs_f64() * 1000.0
-        } else {
-            -(injected - t).as_secs_f64() * 1000.0
-        }
-    };
+fn describe_missing(
+    acks: &[Ack],
+    lost: &[usize],
+    label: &dyn Fn(u16) -> String,
+    injected: Instant,
+) -> String {
     let mut groups: BTreeMap<(u8, u16), Vec<&Ack>> = BTreeMap::new();
     for &i in lost {
-        groups.entry((acks[i].writer, acks[i].port)).or_default().push(&acks[i]);
+        groups.entry((acks[i].writer, acks[i].server)).or_default().push(&acks[i]);
     }
     groups
         .iter()
-        .map(|((w, port), v)| {
-            let m = ports.iter().position(|p| p == port).map_or("?", |i| NAMES[i]);
+        .map(|((w, server), v)| {
             let (first, last) = (v[0], v[v.len() - 1]);
             format!(
-                "{} {} acked by {m} (#{}..#{}, sent {:+.1}..{:+.1} ms, acked {:+.1}..{:+.1} ms)",
+                "{} {} acked by {} (#{}..#{}, sent {:+.1}..{:+.1} ms, acked {:+.1}..{:+.1} ms)",
                 v.len(),
                 if *w == 0 { "routed" } else { "stale" },
+                label(*server),
                 first.seq,
                 last.seq,
-                rel(first.sent),
-                rel(last.sent),
-                rel(first.acked),
-                rel(last.acked)
+                rel_ms(first.sent, injected),
+                rel_ms(last.sent, injected),
+                rel_ms(first.acked, injected),
+                rel_ms(last.acked, injected)
             )
         })
         .collect::<Vec<_>>()
@@ -541,8 +584,95 @@ impl Drop for Frozen {
     }
 }
 
-async fn api<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Option<T> {
+pub(crate) async fn api<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Option<T> {
     tokio::time::timeout(API_TIMEOUT, f).await.ok()?.ok()
+}
+
+/// Where one run's members, operator and API server live: local processes on loopback
+/// ([`Loopback`]), or pods of a real node (`chaos_node`).
+pub(crate) trait Site {
+    /// The HaCluster's name.
+    fn cluster(&self) -> &str;
+    /// Member names, in member order.
+    fn names(&self) -> &[String];
+    /// Each member's current address (host, port), in member order; `None` while unknown.
+    async fn addrs(&self) -> Vec<Option<(String, u16)>>;
+    /// The host pid of member `i`'s server process.
+    async fn pid(&self, i: usize) -> Option<i32>;
+    /// Whatever kills a process here also restarts it (a kubelet): a kill has no hold and
+    /// nothing to heal.
+    fn restarts_by_itself(&self) -> bool;
+    async fn kill_member(&mut self, i: usize) -> anyhow::Result<()>;
+    async fn revive_member(&mut self, i: usize) -> anyhow::Result<()>;
+    async fn kill_operator(&mut self) -> anyhow::Result<()>;
+    async fn revive_operator(&mut self) -> anyhow::Result<()>;
+    /// Every operator replica answers ready.
+    async fn operator_ready(&self) -> bool;
+    fn apiserver_pid(&self) -> Option<i32>;
+    /// Where the routed client connects.
+    fn routed(&self, hacs: &Api<HaCluster>) -> Resolve;
+}
+
+/// Three redis-server processes on loopback and `bench operator` as a child process.
+struct Loopback<'a> {
+    cp: &'a ControlPlane,
+    redis: Vec<LocalRedis>,
+    names: Vec<String>,
+    op: Operator,
+}
+
+impl Site for Loopback<'_> {
+    fn cluster(&self) -> &str {
+        CLUSTER
+    }
+    fn names(&self) -> &[String] {
+        &self.names
+    }
+    async fn addrs(&self) -> Vec<Option<(String, u16)>> {
+        self.redis.iter().map(|r| Some(("127.0.0.1".to_owned(), r.port))).collect()
+    }
+    async fn pid(&self, i: usize) -> Option<i32> {
+        self.redis[i].pid().map(|p| p as i32)
+    }
+    fn restarts_by_itself(&self) -> bool {
+        false
+    }
+    async fn kill_member(&mut self, i: usize) -> anyhow::Result<()> {
+        self.redis[i].kill();
+        Ok(())
+    }
+    async fn revive_member(&mut self, i: usize) -> anyhow::Result<()> {
+        self.redis[i].try_spawn()
+    }
+    async fn kill_operator(&mut self) -> anyhow::Result<()> {
+        self.op.kill().await;
+        Ok(())
+    }
+    async fn revive_operator(&mut self) -> anyhow::Result<()> {
+        self.op.spawn()
+    }
+    async fn operator_ready(&self) -> bool {
+        self.op.ready().await
+    }
+    fn apiserver_pid(&self) -> Option<i32> {
+        apiserver_pid(self.cp)
+    }
+    fn routed(&self, hacs: &Api<HaCluster>) -> Resolve {
+        let (hacs, ports) = (hacs.clone(), self.redis.iter().map(|r| r.port).collect::<Vec<_>>());
+        let names = self.names.clone();
+        Arc::new(move || {
+            let (hacs, ports, names) = (hacs.clone(), ports.clone(), names.clone());
+            Box::pin(async move {
+                let st = api(hacs.get(CLUSTER)).await?.status?;
+                let s = st.shards.first()?;
+                if s.target_primary.is_some() {
+                    return None;
+                }
+                let i = names.iter().position(|n| Some(n.as_str()) == s.current_primary.as_deref())?;
+                Some(("127.0.0.1".to_owned(), ports[i]))
+            })
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -554,15 +684,33 @@ struct Seen {
     epoch: i64,
 }
 
+/// `INFO replication` of the server at host:port, as a map (None if it does not answer
+/// within 300 ms: a frozen server).
+async fn replication(host: &str, port: u16) -> Option<BTreeMap<String, String>> {
+    let info: String = tokio::time::timeout(Duration::from_millis(300), async {
+        let mut c = redis_conn(host, port, None, 300).await.ok()?;
+        redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()
+    })
+    .await
+    .ok()??;
+    Some(
+        info.lines()
+            .filter_map(|l| l.trim_end_matches('\r').split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
 /// Status Healthy (one primary, all members healthy, no promotion under way) and the servers
 /// agree with it: the primary has both replicas attached, each follows it with its link up.
 /// With `settled` also: replicas caught up and the primary self-fencing with 2 good replicas.
-async fn healthy_now(hacs: &Api<HaCluster>, redis: &[LocalRedis], settled: bool) -> Option<Seen> {
-    let c = api(hacs.get(CLUSTER)).await?;
+async fn healthy_now(hacs: &Api<HaCluster>, site: &impl Site, settled: bool) -> Option<Seen> {
+    let names = site.names();
+    let c = api(hacs.get(site.cluster())).await?;
     let st = c.status?;
     let s = st.shards.first()?;
     let p = s.current_primary.as_deref()?;
-    let pi = NAMES.iter().position(|n| *n == p)?;
+    let pi = names.iter().position(|n| n == p)?;
     let ok = st.phase == Some(ClusterPhase::Healthy)
         && s.target_primary.is_none()
         && s.members.len() == 3
@@ -570,6 +718,7 @@ async fn healthy_now(hacs: &Api<HaCluster>, redis: &[LocalRedis], settled: bool)
         && s.members.iter().filter(|m| m.role == Role::Primary).count() == 1
         && s.members.iter().any(|m| m.name == p && m.role == Role::Primary)
         && (!settled || s.members.iter().all(|m| m.role != Role::Replica || m.lag.unwrap_or(1) == 0));
+    let addrs = site.addrs().await;
     if std::env::var_os("CHAOS_DEBUG").is_some() {
         let ready =
             st.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.reason.clone(), c.message.clone()));
@@ -579,15 +728,15 @@ async fn healthy_now(hacs: &Api<HaCluster>, redis: &[LocalRedis], settled: bool)
             .map(|m| format!("{}:{:?}:{}:{:?}", m.name, m.role, m.healthy, m.upstream))
             .collect();
         let mut info = Vec::new();
-        for r in redis {
-            let i = r.replication().await.unwrap_or_default();
+        for (host, port) in addrs.iter().flatten() {
+            let i = replication(host, *port).await.unwrap_or_default();
+            let get = |k: &str| i.get(k).cloned().unwrap_or_default();
             info.push(format!(
-                "{}:{}/{}/{}/{}",
-                r.port,
-                i.get("role").cloned().unwrap_or_default(),
+                "{host}:{port}:{}/{}/{}/{}",
+                get("role"),
                 i.get("master_port").or(i.get("connected_slaves")).cloned().unwrap_or_default(),
-                i.get("master_link_status").cloned().unwrap_or_default(),
-                i.get("min_slaves_good_slaves").cloned().unwrap_or_default()
+                get("master_link_status"),
+                get("min_slaves_good_slaves")
             ));
         }
         eprintln!(
@@ -599,7 +748,8 @@ async fn healthy_now(hacs: &Api<HaCluster>, redis: &[LocalRedis], settled: bool)
     if !ok {
         return None;
     }
-    let info = redis[pi].replication().await?;
+    let (phost, pport) = addrs.get(pi)?.clone()?;
+    let info = replication(&phost, pport).await?;
     let get = |k: &str| info.get(k).map(String::as_str);
     if get("role") != Some("master") || get("connected_slaves") != Some("2") {
         return None;
@@ -607,14 +757,17 @@ async fn healthy_now(hacs: &Api<HaCluster>, redis: &[LocalRedis], settled: bool)
     if settled && get("min_slaves_good_slaves") != Some("2") {
         return None;
     }
-    let port = redis[pi].port.to_string();
-    for r in (0..redis.len()).filter(|i| *i != pi).map(|i| &redis[i]) {
-        let info = r.replication().await?;
+    let primary_addr = format!("{phost}:{pport}");
+    for (i, a) in addrs.iter().enumerate().filter(|(i, _)| *i != pi) {
+        let (host, port) = a.clone()?;
+        let info = replication(&host, port).await?;
         let get = |k: &str| info.get(k).map(String::as_str);
-        if get("role") != Some("slave")
-            || get("master_port") != Some(port.as_str())
-            || get("master_link_status") != Some("up")
+        let upstream = format!("{}:{}", get("master_host")?, get("master_port")?);
+        if get("role") != Some("slave") || upstream != primary_addr || get("master_link_status") != Some("up")
         {
+            if std::env::var_os("CHAOS_DEBUG").is_some() {
+                eprintln!("  debug: member {i} follows {upstream}, primary at {primary_addr}");
+            }
             return None;
         }
     }
@@ -623,20 +776,16 @@ async fn healthy_now(hacs: &Api<HaCluster>, redis: &[LocalRedis], settled: bool)
 
 async fn wait_healthy(
     hacs: &Api<HaCluster>,
-    redis: &[LocalRedis],
+    site: &impl Site,
     settled: bool,
     until: Instant,
-    op: Option<&Operator>,
+    with_operator: bool,
 ) -> Option<(Seen, Instant)> {
     loop {
-        if let Some(seen) = healthy_now(hacs, redis, settled).await {
-            let ready = match op {
-                Some(op) => op.ready().await,
-                None => true,
-            };
-            if ready {
-                return Some((seen, Instant::now()));
-            }
+        if let Some(seen) = healthy_now(hacs, site, settled).await
+            && (!with_operator || site.operator_ready().await)
+        {
+            return Some((seen, Instant::now()));
         }
         if Instant::now() > until {
             return None;
@@ -670,7 +819,7 @@ impl Violation {
 }
 
 #[derive(Debug)]
-struct Outcome {
+pub(crate) struct Outcome {
     seed: u64,
     plan: Plan,
     violations: Vec<(Violation, String)>,
@@ -688,7 +837,7 @@ struct Outcome {
     to: String,
     epochs: (i64, i64),
     errors: BTreeMap<String, usize>,
-    logs: Vec<PathBuf>,
+    pub logs: Vec<PathBuf>,
 }
 
 struct Bench<'a> {
@@ -698,14 +847,24 @@ struct Bench<'a> {
     logs: PathBuf,
 }
 
-impl Bench<'_> {
-    async fn run(&self, run: usize, seed: u64, plan: Plan) -> anyhow::Result<Outcome> {
+impl Outcome {
+    pub(crate) fn violated(&self) -> bool {
+        !self.violations.is_empty()
+    }
+}
+
+/// Runs one seeded plan end to end on some tier.
+pub(crate) trait Runner {
+    async fn run(&mut self, run: usize, seed: u64, plan: Plan) -> anyhow::Result<Outcome>;
+}
+
+impl Runner for Bench<'_> {
+    async fn run(&mut self, run: usize, seed: u64, plan: Plan) -> anyhow::Result<Outcome> {
         let ns = format!("chaos-{run}");
         self.cp.create_namespace(&ns).await?;
-        let mut redis: Vec<LocalRedis> = (0..3)
+        let redis: Vec<LocalRedis> = (0..3)
             .map(|_| LocalRedis::try_start_on("127.0.0.1", free_port()?, None))
             .collect::<anyhow::Result<_>>()?;
-        let ports: Vec<u16> = redis.iter().map(|r| r.port).collect();
         let hacs: Api<HaCluster> = Api::namespaced(self.client.clone(), &ns);
         let members: Vec<_> =
             NAMES.iter().zip(&redis).map(|(n, r)| json!({"name": n, "endpoint": r.endpoint()})).collect();
@@ -716,290 +875,310 @@ impl Bench<'_> {
                                   "failureThreshold": 3, "maxLagOnFailover": 1_000_000_000_i64}}
         }))?;
         hacs.create(&PostParams::default(), &hac).await?;
-        let mut op = Operator::start(&self.cp.kubeconfig_path(), &ns, &self.logs)?;
-        let result = self.run_in(run, seed, plan, &ns, &mut redis, &ports, &hacs, &mut op).await;
-        op.kill().await;
+        let op = Operator::start(&self.cp.kubeconfig_path(), &ns, &self.logs)?;
+        let mut site =
+            Loopback { cp: self.cp, redis, names: NAMES.iter().map(|n| (*n).to_owned()).collect(), op };
+        let ops = Ops { client: &self.client, ns: &ns, suffix: "" };
+        let result = run_in(self.args, &ops, run, seed, plan, &hacs, &mut site).await;
+        site.op.kill().await;
         let _ = api(hacs.delete(CLUSTER, &DeleteParams::default())).await;
-        drop(redis);
+        drop(site.redis);
         let mut out = result?;
         if out.violations.is_empty() {
-            for l in op.logs() {
+            for l in site.op.logs() {
                 let _ = std::fs::remove_file(l);
             }
         } else {
-            out.logs = op.logs();
+            out.logs = site.op.logs();
         }
         Ok(out)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_in(
-        &self,
-        run: usize,
-        seed: u64,
-        plan: Plan,
-        ns: &str,
-        redis: &mut [LocalRedis],
-        ports: &[u16],
-        hacs: &Api<HaCluster>,
-        op: &mut Operator,
-    ) -> anyhow::Result<Outcome> {
-        let bound = Duration::from_secs(self.args.bound_secs);
-        let (start, _) = wait_healthy(hacs, redis, true, Instant::now() + Duration::from_secs(60), Some(op))
-            .await
-            .context("the new cluster did not settle within 60 s")?;
-        let pi = start.primary;
-        let replicas: Vec<usize> = (0..3).filter(|i| *i != pi).collect();
-        let ri = replicas[plan.replica];
-        let resolve: Resolve = {
-            let (hacs, ports) = (hacs.clone(), ports.to_vec());
-            Arc::new(move || {
-                let (hacs, ports) = (hacs.clone(), ports.clone());
-                Box::pin(async move {
-                    let st = api(hacs.get(CLUSTER)).await?.status?;
-                    let s = st.shards.first()?;
-                    if s.target_primary.is_some() {
-                        return None;
-                    }
-                    let i = NAMES.iter().position(|n| Some(*n) == s.current_primary.as_deref())?;
-                    Some(ports[i])
-                })
-            })
-        };
-        let clients = Clients::start(run, resolve, ports[pi]);
-        let t_start = Instant::now();
-        let sampler = std::env::var_os("CHAOS_SAMPLE").map(|_| {
-            let ports = ports.to_vec();
-            tokio::spawn(async move {
-                loop {
-                    let mut line = format!("{:>8.1}", t_start.elapsed().as_secs_f64() * 1000.0);
-                    for p in &ports {
-                        let info: Option<String> = async {
-                            let mut c = redis_conn("127.0.0.1", *p, None, 50).await.ok()?;
-                            redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok()
-                        }
-                        .await;
-                        let info = info.unwrap_or_default();
-                        let f: BTreeMap<&str, &str> =
-                            info.lines().filter_map(|l| l.trim_end_matches('\r').split_once(':')).collect();
-                        line += &format!(
-                            " | {p} {} off {} link {} slaves {} good {} mport {} read {} sync {} io {} s0 {}",
-                            f.get("role").unwrap_or(&"-"),
-                            f.get("master_repl_offset").unwrap_or(&"-"),
-                            f.get("master_link_status").unwrap_or(&"-"),
-                            f.get("connected_slaves").unwrap_or(&"-"),
-                            f.get("min_slaves_good_slaves").unwrap_or(&"-"),
-                            f.get("master_port").unwrap_or(&"-"),
-                            f.get("slave_read_repl_offset").unwrap_or(&"-"),
-                            f.get("master_sync_in_progress").unwrap_or(&"-"),
-                            f.get("master_last_io_seconds_ago").unwrap_or(&"-"),
-                            f.get("slave0").unwrap_or(&"-"),
-                        );
-                    }
-                    eprintln!("  sample {line}");
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-            })
-        });
-        tokio::time::sleep(Duration::from_millis(plan.delay_ms)).await;
-        let mut violations = Vec::new();
-        let mut op_phase = None;
-        let mut op_ms = None;
-        let injected = Instant::now();
-        let hold = Duration::from_millis(plan.hold_ms);
-        let healed = match plan.fault {
-            Fault::KillPrimary | Fault::KillReplica => {
-                let i = if plan.fault == Fault::KillPrimary { pi } else { ri };
-                redis[i].kill();
-                tokio::time::sleep(hold).await;
-                redis[i].try_spawn()?;
-                Instant::now()
-            }
-            Fault::StopPrimary | Fault::StopReplica => {
-                let i = if plan.fault == Fault::StopPrimary { pi } else { ri };
-                redis[i].signal(libc::SIGSTOP);
-                tokio::time::sleep(hold).await;
-                redis[i].signal(libc::SIGCONT);
-                Instant::now()
-            }
-            Fault::KillOperator => {
-                op.kill().await;
-                tokio::time::sleep(hold).await;
-                op.spawn()?;
-                Instant::now()
-            }
-            Fault::StopApiserver => {
-                let pid = apiserver_pid(self.cp).context("kube-apiserver's pid not found in /proc")?;
-                let frozen = Frozen::stop(pid);
-                tokio::time::sleep(hold).await;
-                drop(frozen);
-                Instant::now()
-            }
-            Fault::Switchover | Fault::FailoverRequest => {
-                let (phase, deadline_ok, detail) = self.operation(ns, plan.fault, NAMES[pi]).await?;
-                if !deadline_ok {
-                    violations.push((Violation::Deadline, detail.clone()));
-                }
-                op_phase = Some(phase);
-                op_ms = Some(injected.elapsed().as_secs_f64() * 1000.0);
-                // Recovery is counted from the submission.
-                injected
-            }
-        };
-        let until = healed + bound;
-        let recovered = wait_healthy(hacs, redis, false, until, Some(op)).await;
-        let recovery_ms = recovered.as_ref().map(|(_, at)| (*at - healed).as_secs_f64() * 1000.0);
-        // Let the routed client write on the (new) primary before stopping.
-        if recovered.is_some() {
-            let t = Instant::now();
-            let end = t + Duration::from_secs(3);
-            while clients.acks_after(t) < 200 && Instant::now() < end {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+/// One run on any site: wait until the cluster is settled, start the two clients, inject the
+/// plan's fault, heal it, wait for Healthy, then check.
+pub(crate) async fn run_in(
+    args: &Args,
+    ops: &Ops<'_>,
+    run: usize,
+    seed: u64,
+    plan: Plan,
+    hacs: &Api<HaCluster>,
+    site: &mut impl Site,
+) -> anyhow::Result<Outcome> {
+    let bound = Duration::from_secs(args.bound_secs);
+    let (start, _) = wait_healthy(hacs, site, true, Instant::now() + Duration::from_secs(120), true)
+        .await
+        .context("the new cluster did not settle within 120 s")?;
+    let names = site.names().to_vec();
+    let pi = start.primary;
+    let replicas: Vec<usize> = (0..3).filter(|i| *i != pi).collect();
+    let ri = replicas[plan.replica];
+    let first_addrs = site.addrs().await;
+    // Which member each address belonged to when it was seen (a recreated pod has a new one).
+    let mut known: BTreeMap<String, String> = BTreeMap::new();
+    let mut learn = |addrs: &[Option<(String, u16)>]| {
+        for (i, a) in addrs.iter().enumerate() {
+            if let Some((h, p)) = a {
+                known.insert(format!("{h}:{p}"), names[i].clone());
             }
         }
-        let log = clients.stop().await;
-        if let Some(s) = sampler {
-            s.abort();
-        }
-        let st = api(hacs.get(CLUSTER)).await.and_then(|c| c.status);
-        let end = match &recovered {
-            Some((seen, _)) => seen.clone(),
-            None => {
-                let s = st.as_ref().and_then(|s| s.shards.first());
-                let name = s.and_then(|s| s.current_primary.clone()).unwrap_or_default();
-                let epoch = s.map_or(start.epoch, |s| s.epoch);
-                let pick = NAMES.iter().position(|n| *n == name).unwrap_or(pi);
-                violations.push((
-                    Violation::NotHealthy,
-                    format!(
-                        "not Healthy {} s after the heal; phase {:?}, conditions: {}",
-                        bound.as_secs(),
-                        st.as_ref().and_then(|s| s.phase),
-                        st.as_ref()
-                            .map(|s| s
-                                .conditions
-                                .iter()
-                                .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
-                                .collect::<Vec<_>>()
-                                .join("; "))
-                            .unwrap_or_default()
-                    ),
-                ));
-                Seen { primary: pick, epoch }
-            }
-        };
-
-        // Two members taking writes at once.
-        let (switches, witness) = forced_switches(&log.acks);
-        let promotions = (end.epoch - start.epoch).max(0) as usize;
-        if switches > promotions {
-            let rel = |t: Instant| {
-                if t >= injected {
-                    format!("+{:.1}", (t - injected).as_secs_f64() * 1000.0)
-                } else {
-                    format!("-{:.1}", (injected - t).as_secs_f64() * 1000.0)
+    };
+    learn(&first_addrs);
+    let stale = first_addrs[pi].clone().context("the primary's address")?;
+    let servers = Servers::default();
+    let clients = Clients::start(run, site.routed(hacs), stale, servers.clone());
+    let t_start = Instant::now();
+    let sampler = std::env::var_os("CHAOS_SAMPLE").map(|_| {
+        let addrs: Vec<(String, u16)> = first_addrs.iter().flatten().cloned().collect();
+        tokio::spawn(async move {
+            loop {
+                let mut line = format!("{:>8.1}", t_start.elapsed().as_secs_f64() * 1000.0);
+                for (h, p) in &addrs {
+                    let f = replication(h, *p).await.unwrap_or_default();
+                    let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "-".to_owned());
+                    line += &format!(
+                        " | {h}:{p} {} off {} link {} slaves {} good {} mport {} read {} sync {} io {} s0 {}",
+                        get("role"),
+                        get("master_repl_offset"),
+                        get("master_link_status"),
+                        get("connected_slaves"),
+                        get("min_slaves_good_slaves"),
+                        get("master_port"),
+                        get("slave_read_repl_offset"),
+                        get("master_sync_in_progress"),
+                        get("master_last_io_seconds_ago"),
+                        get("slave0"),
+                    );
                 }
-            };
-            let chain: Vec<String> = witness
-                .iter()
-                .map(|&i| {
-                    let a = &log.acks[i];
-                    let m = ports.iter().position(|p| *p == a.port).map_or("?", |i| NAMES[i]);
-                    format!("{m} w{}#{} [{}, {}] ms", a.writer, a.seq, rel(a.sent), rel(a.acked))
-                })
-                .collect();
+                eprintln!("  sample {line}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(plan.delay_ms)).await;
+    let mut violations = Vec::new();
+    let mut op_phase = None;
+    let mut op_ms = None;
+    let injected = Instant::now();
+    let hold = Duration::from_millis(plan.hold_ms);
+    let healed = match plan.fault {
+        Fault::KillPrimary | Fault::KillReplica => {
+            let i = if plan.fault == Fault::KillPrimary { pi } else { ri };
+            site.kill_member(i).await?;
+            if !site.restarts_by_itself() {
+                tokio::time::sleep(hold).await;
+                site.revive_member(i).await?;
+            }
+            Instant::now()
+        }
+        Fault::StopPrimary | Fault::StopReplica => {
+            let i = if plan.fault == Fault::StopPrimary { pi } else { ri };
+            let pid = site.pid(i).await.with_context(|| format!("{}'s pid", names[i]))?;
+            let frozen = Frozen::stop(pid);
+            tokio::time::sleep(hold).await;
+            drop(frozen);
+            Instant::now()
+        }
+        Fault::KillOperator => {
+            site.kill_operator().await?;
+            if !site.restarts_by_itself() {
+                tokio::time::sleep(hold).await;
+                site.revive_operator().await?;
+            }
+            Instant::now()
+        }
+        Fault::StopApiserver => {
+            let pid = site.apiserver_pid().context("kube-apiserver's pid not found")?;
+            let frozen = Frozen::stop(pid);
+            tokio::time::sleep(hold).await;
+            drop(frozen);
+            Instant::now()
+        }
+        Fault::Switchover | Fault::FailoverRequest => {
+            let (phase, deadline_ok, detail) =
+                ops.operation(run, plan.fault, site.cluster(), &names[pi]).await?;
+            if !deadline_ok {
+                violations.push((Violation::Deadline, detail.clone()));
+            }
+            op_phase = Some(phase);
+            op_ms = Some(injected.elapsed().as_secs_f64() * 1000.0);
+            // Recovery is counted from the submission.
+            injected
+        }
+    };
+    let until = healed + bound;
+    let recovered = wait_healthy(hacs, site, false, until, true).await;
+    let recovery_ms = recovered.as_ref().map(|(_, at)| (*at - healed).as_secs_f64() * 1000.0);
+    // Let the routed client write on the (new) primary before stopping.
+    if recovered.is_some() {
+        let t = Instant::now();
+        let end = t + Duration::from_secs(3);
+        while clients.acks_after(t) < 200 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let log = clients.stop().await;
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    let end_addrs = site.addrs().await;
+    learn(&end_addrs);
+    let label = |id: u16| {
+        let addr = servers.addr(id);
+        match known.get(&addr) {
+            Some(name) if site.restarts_by_itself() => format!("{name} ({addr})"),
+            Some(name) => name.clone(),
+            None => addr,
+        }
+    };
+    let st = api(hacs.get(site.cluster())).await.and_then(|c| c.status);
+    let end = match &recovered {
+        Some((seen, _)) => seen.clone(),
+        None => {
+            let s = st.as_ref().and_then(|s| s.shards.first());
+            let name = s.and_then(|s| s.current_primary.clone()).unwrap_or_default();
+            let epoch = s.map_or(start.epoch, |s| s.epoch);
+            let pick = names.iter().position(|n| *n == name).unwrap_or(pi);
             violations.push((
-                Violation::TwoWritable,
+                Violation::NotHealthy,
                 format!(
-                    "{switches} forced changes of the writable member but {promotions} promotion(s); chain (times from the fault): {}",
-                    chain.join(" → ")
+                    "not Healthy {} s after the heal; phase {:?}, conditions: {}",
+                    bound.as_secs(),
+                    st.as_ref().and_then(|s| s.phase),
+                    st.as_ref()
+                        .map(|s| s
+                            .conditions
+                            .iter()
+                            .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
                 ),
             ));
+            Seen { primary: pick, epoch }
         }
+    };
 
-        // Lost acknowledged writes, checked on the primary at the end.
-        let lost_idx =
-            if recovered.is_some() { missing(&log.acks, run, ports[end.primary]).await? } else { vec![] };
-        let lost = lost_idx.len();
-        let lost_detail = describe_missing(&log.acks, &lost_idx, ports, injected);
-        let mut lost_offset = None;
-        if lost > 0 {
-            if plan.fault.planned() {
-                violations.push((
-                    Violation::PlannedLoss,
-                    format!(
-                        "{lost} of {} acknowledged writes missing on {}",
-                        log.acks.len(),
-                        NAMES[end.primary]
-                    ),
-                ));
-            } else if end.primary == pi {
-                violations.push((
-                    Violation::LossWithoutRoleChange,
-                    format!(
-                        "{lost} of {} acknowledged writes missing on {} (primary throughout, epoch {} → {}): {lost_detail}",
-                        log.acks.len(),
-                        NAMES[pi],
-                        start.epoch,
-                        end.epoch
-                    ),
-                ));
-            } else {
-                // Recorded when the old primary is re-attached (or at the promotion).
-                let t = Instant::now() + Duration::from_secs(10);
-                loop {
-                    let lf =
-                        api(hacs.get(CLUSTER)).await.and_then(|c| c.status).and_then(|s| s.last_failover);
-                    lost_offset = lf.as_ref().map(|l| l.lost_offset.unwrap_or(0));
-                    let reattached =
-                        lf.as_ref().is_some_and(|l| l.steps.iter().any(|s| s.name == "reattach"));
-                    if lost_offset.unwrap_or(0) > 0 && reattached || Instant::now() > t {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        Ok(Outcome {
-            seed,
-            plan,
-            violations,
-            recovery_ms,
-            acked: log.acks.len(),
-            lost,
-            lost_detail,
-            lost_offset,
-            op_phase,
-            op_ms,
-            from: NAMES[pi].to_owned(),
-            to: NAMES[end.primary].to_owned(),
-            epochs: (start.epoch, end.epoch),
-            errors: log.errors,
-            logs: vec![],
-        })
+    // Two members taking writes at once.
+    let (switches, witness) = forced_switches(&log.acks);
+    let promotions = (end.epoch - start.epoch).max(0) as usize;
+    if switches > promotions {
+        let chain: Vec<String> = witness
+            .iter()
+            .map(|&i| {
+                let a = &log.acks[i];
+                format!(
+                    "{} w{}#{} [{:+.1}, {:+.1}] ms",
+                    label(a.server),
+                    a.writer,
+                    a.seq,
+                    rel_ms(a.sent, injected),
+                    rel_ms(a.acked, injected)
+                )
+            })
+            .collect();
+        violations.push((
+            Violation::TwoWritable,
+            format!(
+                "{switches} forced changes of the writable member but {promotions} promotion(s); chain (times from the fault): {}",
+                chain.join(" → ")
+            ),
+        ));
     }
 
+    // Lost acknowledged writes, checked on the primary at the end.
+    let lost_idx = match (&recovered, end_addrs.get(end.primary).cloned().flatten()) {
+        (Some(_), Some((h, p))) => missing(&log.acks, run, (&h, p)).await?,
+        _ => vec![],
+    };
+    let lost = lost_idx.len();
+    let lost_detail = describe_missing(&log.acks, &lost_idx, &label, injected);
+    let mut lost_offset = None;
+    if lost > 0 {
+        if plan.fault.planned() {
+            violations.push((
+                Violation::PlannedLoss,
+                format!("{lost} of {} acknowledged writes missing on {}", log.acks.len(), names[end.primary]),
+            ));
+        } else if end.primary == pi {
+            violations.push((
+                Violation::LossWithoutRoleChange,
+                format!(
+                    "{lost} of {} acknowledged writes missing on {} (primary throughout, epoch {} → {}): {lost_detail}",
+                    log.acks.len(),
+                    names[pi],
+                    start.epoch,
+                    end.epoch
+                ),
+            ));
+        } else {
+            // Recorded when the old primary is re-attached (or at the promotion).
+            let t = Instant::now() + Duration::from_secs(10);
+            loop {
+                let lf =
+                    api(hacs.get(site.cluster())).await.and_then(|c| c.status).and_then(|s| s.last_failover);
+                lost_offset = lf.as_ref().map(|l| l.lost_offset.unwrap_or(0));
+                let reattached = lf.as_ref().is_some_and(|l| l.steps.iter().any(|s| s.name == "reattach"));
+                if lost_offset.unwrap_or(0) > 0 && reattached || Instant::now() > t {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(Outcome {
+        seed,
+        plan,
+        violations,
+        recovery_ms,
+        acked: log.acks.len(),
+        lost,
+        lost_detail,
+        lost_offset,
+        op_phase,
+        op_ms,
+        from: names[pi].clone(),
+        to: names[end.primary].clone(),
+        epochs: (start.epoch, end.epoch),
+        errors: log.errors,
+        logs: vec![],
+    })
+}
+
+/// Submits the planned operations of a run.
+pub(crate) struct Ops<'a> {
+    pub client: &'a Client,
+    pub ns: &'a str,
+    /// Appended to the operation's name (a namespace shared by runs needs new names).
+    pub suffix: &'a str,
+}
+
+impl Ops<'_> {
     /// Submit the operation and wait until it is terminal or past its deadline (+ slack).
     /// Returns (final phase, terminal in time, detail).
     async fn operation(
         &self,
-        ns: &str,
+        run: usize,
         fault: Fault,
+        cluster: &str,
         primary: &str,
     ) -> anyhow::Result<(String, bool, String)> {
         let submitted = Instant::now();
+        let suffix = if self.suffix.is_empty() { String::new() } else { format!("-{run}") };
         match fault {
             Fault::Switchover => {
-                let api_: Api<ShardFailover> = Api::namespaced(self.client.clone(), ns);
+                let api_: Api<ShardFailover> = Api::namespaced(self.client.clone(), self.ns);
+                let name = format!("sw{suffix}");
                 let sfo: ShardFailover = serde_json::from_value(json!({
-                    "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": "sw"},
+                    "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": name},
                     "spec": {"shardUids": [primary], "timeoutSeconds": SFO_TIMEOUT_SECS}
                 }))?;
                 api_.create(&PostParams::default(), &sfo).await?;
                 let budget = Duration::from_secs(SFO_TIMEOUT_SECS as u64);
                 let what = format!("ShardFailover (timeoutSeconds {SFO_TIMEOUT_SECS})");
                 Ok(await_terminal(submitted, budget, &what, || async {
-                    let s = api(api_.get("sw")).await.and_then(|s| s.status).unwrap_or_default();
+                    let s = api(api_.get(&name)).await.and_then(|s| s.status).unwrap_or_default();
                     let terminal =
                         matches!(s.phase, Some(ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed));
                     let message = format!("{:?} {}", s.error_code, s.message.unwrap_or_default());
@@ -1008,17 +1187,18 @@ impl Bench<'_> {
                 .await)
             }
             _ => {
-                let api_: Api<FailoverRequest> = Api::namespaced(self.client.clone(), ns);
+                let api_: Api<FailoverRequest> = Api::namespaced(self.client.clone(), self.ns);
+                let name = format!("fr{suffix}");
                 let fr: FailoverRequest = serde_json::from_value(json!({
-                    "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": "fr"},
+                    "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": name},
                     "spec": {"type": "Switchover", "timeoutSeconds": FR_TIMEOUT_SECS,
-                             "items": [{"cluster": CLUSTER, "expectedPrimary": primary}]}
+                             "items": [{"cluster": cluster, "expectedPrimary": primary}]}
                 }))?;
                 api_.create(&PostParams::default(), &fr).await?;
                 let budget = Duration::from_secs((FR_TIMEOUT_SECS * FR_SUBTASKS) as u64);
                 let what = format!("FailoverRequest (timeoutSeconds {FR_TIMEOUT_SECS} per subtask)");
                 Ok(await_terminal(submitted, budget, &what, || async {
-                    let s = api(api_.get("fr")).await.and_then(|s| s.status).unwrap_or_default();
+                    let s = api(api_.get(&name)).await.and_then(|s| s.status).unwrap_or_default();
                     let terminal = s.phase.is_some_and(RequestPhase::is_terminal);
                     (s.phase.map(|p| format!("{p:?}")), terminal, s.message.unwrap_or_default())
                 })
@@ -1061,16 +1241,28 @@ where
 // ---------------------------------------------------------------------------------------
 // The scenario
 
-pub async fn chaos(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+/// `node`: the node tier (`bench chaos-node`) instead of loopback processes.
+pub async fn chaos(args: &Args, node: bool) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let max_outage_ms = args.max_outage_secs.max(1) * 1000;
-    let max_hold_ms = args.max_hold_secs.max(1) * 1000;
     let base = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
             % 1_000_000_000
     });
+    let kinds: Vec<Fault> = if args.faults.is_empty() {
+        Fault::ALL.to_vec()
+    } else {
+        let mut k = Vec::new();
+        for name in &args.faults {
+            let f = Fault::ALL.iter().find(|f| f.name() == name.as_str()).with_context(|| {
+                let all: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                format!("--faults: no fault {name:?} (one of {})", all.join(", "))
+            })?;
+            k.push(*f);
+        }
+        k
+    };
     let logs = std::env::temp_dir().join(format!("understudy-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     eprintln!(
@@ -1078,15 +1270,41 @@ pub async fn chaos(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
         args.runs,
         logs.display()
     );
-    let cp = ControlPlane::start(Options { controller_manager: false, keep: false }).await?;
-    cp.install_generated_crds().await?;
-    let client = cp.client().await?;
-    let bench = Bench { cp: &cp, client, args, logs };
+    let (outcomes, errors) = if node {
+        let mut bench = super::chaos_node::NodeBench::up(args, logs).await?;
+        let r = all_runs(args, base, &kinds, &mut bench).await;
+        bench.down();
+        r
+    } else {
+        let cp = ControlPlane::start(Options { controller_manager: false, keep: false }).await?;
+        cp.install_generated_crds().await?;
+        let client = cp.client().await?;
+        let mut bench = Bench { cp: &cp, client, args, logs };
+        all_runs(args, base, &kinds, &mut bench).await
+    };
+    let tier = if node {
+        "node tier: 3 redis pods of a StatefulSet, operator as 2 pods (Helm), routed client through the ClusterIP"
+    } else {
+        "loopback: 3 redis-server processes, operator as a process"
+    };
+    Ok(report(args, base, tier, &outcomes, &errors))
+}
+
+type RunError = (u64, Fault, String);
+
+async fn all_runs(
+    args: &Args,
+    base: u64,
+    kinds: &[Fault],
+    bench: &mut impl Runner,
+) -> (Vec<Outcome>, Vec<RunError>) {
+    let max_outage_ms = args.max_outage_secs.max(1) * 1000;
+    let max_hold_ms = args.max_hold_secs.max(1) * 1000;
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut errors: Vec<(u64, Fault, String)> = Vec::new();
+    let mut errors: Vec<RunError> = Vec::new();
     for run in 0..args.runs {
         let seed = base.wrapping_add(run as u64);
-        let plan = Plan::draw(seed, max_outage_ms, max_hold_ms);
+        let plan = Plan::draw(seed, kinds, max_outage_ms, max_hold_ms);
         let what = describe(&plan);
         match bench.run(run, seed, plan.clone()).await {
             Ok(o) => {
@@ -1115,9 +1333,7 @@ pub async fn chaos(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Strin
             }
         }
     }
-    drop(bench);
-    drop(cp);
-    Ok(report(args, base, &outcomes, &errors))
+    (outcomes, errors)
 }
 
 fn describe(p: &Plan) -> String {
@@ -1134,11 +1350,12 @@ fn describe(p: &Plan) -> String {
 fn report(
     args: &Args,
     base: u64,
+    tier: &str,
     outcomes: &[Outcome],
-    errors: &[(u64, Fault, String)],
+    errors: &[RunError],
 ) -> (String, Vec<Stats>, Vec<String>) {
     let title = format!(
-        "Chaos: one random fault per run, 3 redis members, heartbeat {} ms × 3, Healthy bound {} s, apiserver outages ≤ {} s, other holds ≤ {} s",
+        "Chaos: one random fault per run ({tier}), heartbeat {} ms × 3, Healthy bound {} s, apiserver outages ≤ {} s, other holds ≤ {} s",
         args.heartbeat(),
         args.bound_secs,
         args.max_outage_secs,
@@ -1229,11 +1446,13 @@ fn report(
         extra.push(format!("harness error, seed {seed} ({}): {e}", f.name()));
     }
     extra.push(format!(
-        "replay one run: cargo run --release --bin bench -- chaos --runs 1 --seed <seed> --max-outage-secs {} --max-hold-secs {} --bound-secs {} --heartbeat-ms {}",
+        "replay one run: cargo run --release --bin bench -- {} --runs 1 --seed <seed> --max-outage-secs {} --max-hold-secs {} --bound-secs {} --heartbeat-ms {}{}",
+        if tier.starts_with("node") { "chaos-node" } else { "chaos" },
         args.max_outage_secs,
         args.max_hold_secs,
         args.bound_secs,
-        args.heartbeat()
+        args.heartbeat(),
+        if args.faults.is_empty() { String::new() } else { format!(" --faults {}", args.faults.join(",")) }
     ));
     if let Some(path) = &args.json {
         let runs: Vec<serde_json::Value> = outcomes
@@ -1264,11 +1483,11 @@ fn report(
 mod tests {
     use super::*;
 
-    fn ack(port: u16, sent: u64, acked: u64, t0: Instant) -> Ack {
+    fn ack(server: u16, sent: u64, acked: u64, t0: Instant) -> Ack {
         Ack {
             writer: 0,
             seq: 0,
-            port,
+            server,
             sent: t0 + Duration::from_millis(sent),
             acked: t0 + Duration::from_millis(acked),
         }
@@ -1296,14 +1515,14 @@ mod tests {
 
     #[test]
     fn plans_replay_from_their_seed() {
-        let a = Plan::draw(42, 60_000, 15_000);
-        let b = Plan::draw(42, 60_000, 15_000);
+        let a = Plan::draw(42, &Fault::ALL, 60_000, 15_000);
+        let b = Plan::draw(42, &Fault::ALL, 60_000, 15_000);
         assert_eq!((a.fault, a.delay_ms, a.hold_ms, a.replica), (b.fault, b.delay_ms, b.hold_ms, b.replica));
         let kinds: std::collections::BTreeSet<Fault> =
-            (0..200).map(|s| Plan::draw(s, 60_000, 15_000).fault).collect();
+            (0..200).map(|s| Plan::draw(s, &Fault::ALL, 60_000, 15_000).fault).collect();
         assert_eq!(kinds.len(), Fault::ALL.len());
         for s in 0..500 {
-            let p = Plan::draw(s, 60_000, 15_000);
+            let p = Plan::draw(s, &Fault::ALL, 60_000, 15_000);
             let max = if p.fault == Fault::StopApiserver { 60_000 } else { 15_000 };
             assert!(p.hold_ms <= max, "seed {s}: {:?} held {} ms", p.fault, p.hold_ms);
             if p.fault == Fault::StopApiserver {

@@ -11,6 +11,7 @@
 //!   cargo run --release --bin bench -- node --runs 10          (root: a real node, see tools/node)
 //!   cargo run --release --bin bench -- lifecycle --runs 20     (root: a real node; spec.instances vs StatefulSet)
 //!   cargo run --release --bin bench -- chaos --runs 60 --max-outage-secs 15
+//!   cargo run --release --bin bench -- chaos-node --runs 110   (root: a real node, pods)
 //!   cargo run --release --bin bench -- mysql --runs 5          (root: MHA 0.58 beside, see tools/mha)
 //!
 //! A client writes sequenced keys (one every millisecond) to whatever the system says is the
@@ -19,6 +20,7 @@
 //! around the event (write pause / end-to-end), and acknowledged writes missing afterwards.
 
 mod chaos;
+mod chaos_node;
 mod lifecycle;
 mod mysql;
 mod node;
@@ -93,6 +95,10 @@ struct Args {
     /// chaos: longest hold of a member or operator fault (frozen, or dead before restart), seconds.
     #[arg(long, default_value_t = 15)]
     max_hold_secs: u64,
+    /// chaos: draw faults only from these (comma-separated: kill-primary, kill-replica,
+    /// stop-primary, stop-replica, kill-operator, stop-apiserver, switchover, failover-request).
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
     /// chaos: the cluster must be Healthy again within this many seconds of the heal.
     #[arg(long, default_value_t = 60)]
     bound_secs: u64,
@@ -143,6 +149,9 @@ enum Scenario {
     /// Randomized fault injection: one random fault per run, checked for split brain, lost
     /// writes, operation deadlines and recovery to Healthy.
     Chaos,
+    /// The same fault loop in a real node (needs root): redis pods, the operator as pods
+    /// (Helm), the routed client through the primary Service.
+    ChaosNode,
     /// Engine Mysql beside MHA 0.58 on three local MariaDB servers: failover and switchover
     /// (root: MHA needs its own sshd; tools/mha/mha.sh).
     Mysql,
@@ -369,7 +378,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
         Scenario::Node => node::node(&args).await?,
         Scenario::Lifecycle => lifecycle::lifecycle(&args).await?,
-        Scenario::Chaos => chaos::chaos(&args).await?,
+        Scenario::Chaos => chaos::chaos(&args, false).await?,
+        Scenario::ChaosNode => chaos::chaos(&args, true).await?,
         Scenario::Mysql => mysql::mysql(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
         Scenario::SiteFailover => site_bench(&args).await?,

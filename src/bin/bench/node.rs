@@ -33,6 +33,15 @@ fn manifests(node: &NodeCluster, heartbeat_ms: u64) -> String {
 /// A Redis StatefulSet `name` of three pods, started as replicas of nothing, and an HaCluster
 /// `name` adopting them by label (`selector`): what users run without `spec.instances`.
 pub fn redis_statefulset(node: &NodeCluster, name: &str, heartbeat_ms: u64) -> String {
+    redis_statefulset_failover(
+        node,
+        name,
+        &format!("heartbeatInterval: {heartbeat_ms}ms, failureThreshold: 3"),
+    )
+}
+
+/// [`redis_statefulset`] with the HaCluster's `spec.failover` given (YAML flow mapping body).
+pub fn redis_statefulset_failover(node: &NodeCluster, name: &str, failover: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -66,7 +75,7 @@ metadata: {{name: {name}}}
 spec:
   engine: Redis
   selector: {{matchLabels: {{app: {name}}}, port: {PORT}}}
-  failover: {{heartbeatInterval: {heartbeat_ms}ms, failureThreshold: 3}}
+  failover: {{{failover}}}
 "#,
         image = node.redis_image
     )
