@@ -609,6 +609,9 @@ struct Monitor {
     unfenced: HashMap<String, String>,
     /// When this monitor last wrote the observed status.
     observed_written_at: Option<Instant>,
+    /// Old primaries a promotion passed while they did not answer, with a demotion queued on
+    /// them (shard, member, its offset when that demotion runs).
+    thaw_watches: Vec<(String, String, tokio::sync::oneshot::Receiver<i64>)>,
 }
 
 impl Monitor {
@@ -660,6 +663,7 @@ impl Monitor {
             routing_problems: BTreeMap::new(),
             unfenced: HashMap::new(),
             observed_written_at: None,
+            thaw_watches: Vec::new(),
         }
     }
 
@@ -1432,9 +1436,31 @@ impl Monitor {
     async fn collect_done(&mut self, declared: &[Declared]) {
         // A task that ended without a report (it panicked) frees its shard too.
         self.ops.retain(|_, (_, t)| !t.is_finished());
-        while let Ok(done) = self.done_rx.try_recv() {
+        while let Ok(mut done) = self.done_rx.try_recv() {
             self.ops.remove(&done.shard);
+            if let (End::Promoted, Some((member, rx))) = (&done.end, done.thawed.take()) {
+                self.thaw_watches.push((done.shard.clone(), member, rx));
+            }
             self.apply_done(done, declared).await;
+        }
+        self.account_thawed().await;
+    }
+
+    /// An old primary passed while silent ran its queued demotion: what it had beyond the
+    /// promotion point is lost, measured now — a pod deleted meanwhile is never probed again.
+    async fn account_thawed(&mut self) {
+        let mut ran = Vec::new();
+        self.thaw_watches.retain_mut(|(shard, member, rx)| match rx.try_recv() {
+            Ok(offset) => {
+                ran.push((shard.clone(), member.clone(), offset));
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+        });
+        for (shard, member, offset) in ran {
+            let Some(cluster) = self.latest() else { return };
+            self.account_reattached(&cluster, &shard, &member, offset).await;
         }
     }
 

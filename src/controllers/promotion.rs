@@ -71,6 +71,8 @@ pub struct OpDone {
     /// The newest copy of the cluster this promotion wrote.
     pub written: Option<HaCluster>,
     pub redirect_host: Option<String>,
+    /// A demotion queued on a silent old primary: its offset when that demotion runs.
+    pub thawed: Option<(String, tokio::sync::oneshot::Receiver<i64>)>,
 }
 
 /// How long the outcome record waits for the primary Service's early write.
@@ -122,6 +124,7 @@ impl ShardOp {
         let mut step_start = Time(Timestamp::now());
         let mut promoted_at_offset = None;
         let mut promoted = false;
+        let mut thawed = None;
         let mut refetch = false;
         let mut routed_early = None;
         let mut seen = 0;
@@ -171,7 +174,12 @@ impl ShardOp {
                     .map_err(|e| (Fault::Answered, e)),
                 Effect::Demote { member } => reported(engine.demote(&endpoint(&member)).await),
                 Effect::QueueDemote { member } => {
-                    timed(QUEUE_WAIT, engine.demote_when_thawed(&endpoint(&member))).await
+                    let queued = async {
+                        let watch = engine.demote_when_thawed(&endpoint(&member)).await?;
+                        thawed = watch.map(|rx| (member.clone(), rx));
+                        Ok(())
+                    };
+                    timed(QUEUE_WAIT, queued).await
                 }
                 Effect::Kill { member } => self.kill_pod(cluster, &member).await,
                 Effect::ResumeWrites { member } => {
@@ -182,13 +190,24 @@ impl ShardOp {
                     r
                 }
                 Effect::Promote { member } => {
+                    // The point it is promoted at is its offset just before: nothing more
+                    // arrives from an old primary that is drained, fenced, frozen or dead,
+                    // and after the promotion clients (routed early) add to it at once.
+                    let before = match &from {
+                        Some(_) if member == to.name => replica_offset(engine, &to, step_timeout).await,
+                        _ => None,
+                    };
                     let r = timed(step_timeout, engine.promote(&endpoint(&member))).await;
                     if r.is_ok() && member == to.name {
                         promoted = true;
                         if let Some(early) = self.early_route.take() {
                             routed_early = Some(self.route_early(cluster, early, started));
                         }
-                        promoted_at_offset = primary_offset(engine, &to, step_timeout).await;
+                        let after = primary_offset(engine, &to, step_timeout).await;
+                        promoted_at_offset = match (before, after) {
+                            (Some(b), Some(a)) => Some(b.min(a)),
+                            (b, a) => a.or(b),
+                        };
                     }
                     r
                 }
@@ -259,6 +278,7 @@ impl ShardOp {
             from,
             written: self.status.written.take(),
             redirect_host: self.redirect_host.take(),
+            thawed,
         }
     }
 
@@ -562,6 +582,15 @@ async fn timed(
 
 /// The new primary's own offset, read at once after its promotion: the point replicas are
 /// measured against from now on, and what a re-attached old primary had beyond it was lost.
+/// A replica's offset in the stream of the primary it followed (read just before it is
+/// promoted).
+async fn replica_offset(engine: &dyn Engine, to: &Declared, timeout: Duration) -> Option<i64> {
+    match tokio::time::timeout(timeout, engine.probe(&to.endpoint)).await {
+        Ok(Ok(p)) if p.role == ObservedRole::Replica => p.offset,
+        _ => None,
+    }
+}
+
 async fn primary_offset(engine: &dyn Engine, to: &Declared, timeout: Duration) -> Option<i64> {
     match tokio::time::timeout(timeout, engine.probe(&to.endpoint)).await {
         Ok(Ok(p)) if p.role == ObservedRole::Primary => p.offset,

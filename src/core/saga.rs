@@ -21,6 +21,11 @@
 
 use super::{member::Fault, shard::PromotionKind, vocabulary::Reason};
 
+/// Said of an old primary whose pod was deleted: it never comes back to be re-attached, so
+/// `lostOffset` counts what it acknowledged after its last probe only if it runs again
+/// before the kubelet stops it (its queued demotion reports the offset it stopped at).
+const UNMEASURED: &str = "writes it acknowledged after its last probe are counted if it runs its queued demotion before the kubelet stops it, otherwise they cannot be measured";
+
 /// How many times a status write of the saga is tried before it gives up.
 pub const RECORD_ATTEMPTS: u32 = 5;
 
@@ -382,7 +387,9 @@ impl Saga {
                 };
                 self.step(
                     "fence",
-                    format!("{from} unreachable; its pod was deleted (grace period 0); {queued}"),
+                    format!(
+                        "{from} unreachable; its pod was deleted (grace period 0); {queued}; {UNMEASURED}"
+                    ),
                 );
                 Phase::Promote
             }
@@ -399,7 +406,10 @@ impl Saga {
                 Phase::QueueDemote { why: String::new() }
             }
             (Phase::Kill, Ok(())) => {
-                self.step("fence", format!("{from} unreachable; its pod was deleted (grace period 0)"));
+                self.step(
+                    "fence",
+                    format!("{from} unreachable; its pod was deleted (grace period 0); {UNMEASURED}"),
+                );
                 Phase::Promote
             }
             (Phase::Kill, Err((_, e))) => {
@@ -588,6 +598,8 @@ mod tests {
         assert_eq!(effects[3], Effect::Promote { member: "b".into() });
         assert!(s.steps[0].message.contains("pod was deleted"));
         assert!(s.steps[0].message.contains("a demotion is queued"), "{:?}", s.steps);
+        // Its replacement starts empty: what it acknowledged last is never re-attached.
+        assert!(s.steps[0].message.contains("cannot be measured"), "{:?}", s.steps);
         let mut from = old(false);
         from.killable = true;
         let mut s = Saga::new(start(PromotionKind::Failover, Some(from)));

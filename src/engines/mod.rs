@@ -65,6 +65,9 @@ pub fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// See [`Engine::demote_when_thawed`].
+pub type Thawed = Option<tokio::sync::oneshot::Receiver<i64>>;
+
 pub type EngineResult<T> = Result<T, EngineError>;
 
 /// Credentials from the cluster's Secret.
@@ -114,8 +117,12 @@ pub trait Engine: Send + Sync {
     /// fence line), so that the member runs it, when it runs again, before any command a
     /// client sends after that — a thawed old primary then refuses writes at once, not when
     /// its self-fencing notices or the next heartbeat demotes it. Engines without it return Ok.
-    fn demote_when_thawed<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
-        Box::pin(async { Ok(()) })
+    ///
+    /// The [`Thawed`] receiver, when the engine gives one, yields the member's replication
+    /// offset at the moment its demotion ran: what it had acknowledged by then, measured even
+    /// if the member is gone right after (a pod deleted meanwhile is never probed again).
+    fn demote_when_thawed<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<Thawed>> {
+        Box::pin(async { Ok(None) })
     }
     /// Set an engine parameter on a running member (redis: `CONFIG SET`). A parameter the
     /// member can change only at start is [`Setting::RestartRequired`]; a value it refuses is

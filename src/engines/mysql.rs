@@ -1068,7 +1068,7 @@ impl Engine for MysqlEngine {
         true
     }
 
-    fn demote_when_thawed<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+    fn demote_when_thawed<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<super::Thawed>> {
         async move {
             Err(EngineError::Protocol {
                 endpoint: endpoint.into(),

@@ -64,6 +64,36 @@ fn line_alive(stream: &tokio::net::TcpStream) -> bool {
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
+/// The first `n` replies in `buf` (simple strings and errors as their text, bulk strings as
+/// their content), or None while incomplete.
+fn parse_replies(buf: &[u8], n: usize) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while out.len() < n {
+        let eol = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        let head = std::str::from_utf8(&buf[at..eol]).ok()?;
+        at = eol + 2;
+        match head.as_bytes().first()? {
+            b'$' => {
+                let len: usize = head[1..].parse().ok()?;
+                let body = buf.get(at..at + len)?;
+                out.push(String::from_utf8_lossy(body).into_owned());
+                at += len + 2;
+                if buf.len() < at {
+                    return None;
+                }
+            }
+            _ => out.push(head[1..].to_owned()),
+        }
+    }
+    Some(out)
+}
+
+/// One `name:value` field of an `INFO` answer.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(name)?.strip_prefix(':'))
+}
+
 /// How long a newly attached replica is watched for its link to come up.
 const LINK_WATCH: Duration = Duration::from_secs(15);
 const LINK_POLL: Duration = Duration::from_millis(20);
@@ -303,7 +333,7 @@ impl Engine for RedisEngine {
         .boxed()
     }
 
-    fn demote_when_thawed<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+    fn demote_when_thawed<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<super::Thawed>> {
         async move {
             use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
             let unreachable =
@@ -315,36 +345,53 @@ impl Engine for RedisEngine {
             let mut commands = Vec::new();
             let via = if line.is_some() { "line" } else { "new connection" };
             let (mut stream, replies) = match line {
-                Some(stream) => (stream, 1),
+                Some(stream) => (stream, 2),
                 // No line: a new connection, which the kernel accepts while the member is frozen.
                 // Its commands run when the member has accepted it — after whatever arrived
                 // before, so this is weaker than a line.
                 None => {
                     let stream = self.bounded(endpoint, async { Self::tcp(endpoint).await.map_err(unreachable) }).await?;
                     commands = self.auth();
-                    (stream, if commands.is_empty() { 1 } else { 2 })
+                    (stream, if commands.is_empty() { 2 } else { 3 })
                 }
             };
             resp(&mut commands, &["REPLICAOF", FENCE_HOST, &FENCE_PORT.to_string()]);
+            // Right behind it, in the same pass: the offset it stopped at. Demoted towards a
+            // host that does not exist, it never syncs, so that is everything it acknowledged.
+            resp(&mut commands, &["INFO", "replication"]);
             self.bounded(endpoint, async { stream.write_all(&commands).await.map_err(unreachable) }).await?;
-            // Held open until the member answers: it reads the command when it runs again.
+            // Held open until the member answers: it reads the commands when it runs again.
             let endpoint = endpoint.to_owned();
+            let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 let read = async {
-                    let mut buf = [0u8; 256];
-                    while got.iter().filter(|b| **b == b'\n').count() < replies {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        if let Some(r) = parse_replies(&got, replies) {
+                            return Some(r);
+                        }
                         match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
+                            Ok(0) | Err(_) => return None,
                             Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                     }
                 };
-                let answered = tokio::time::timeout(THAW_WATCH, read).await.is_ok();
-                let reply = String::from_utf8_lossy(&got).trim().replace("\r\n", " ");
-                tracing::info!(member = %endpoint, via, answered, %reply, "a demotion queued while the member did not answer has run");
+                let answers = tokio::time::timeout(THAW_WATCH, read).await.ok().flatten();
+                let demoted = answers.as_ref().and_then(|a| a.get(replies - 2)).cloned().unwrap_or_default();
+                let offset = answers
+                    .as_ref()
+                    .and_then(|a| a.last())
+                    .and_then(|info| info_field(info, "master_repl_offset"))
+                    .and_then(|o| o.parse::<i64>().ok());
+                tracing::info!(member = %endpoint, via, answered = answers.is_some(), reply = %demoted, ?offset, "a demotion queued while the member did not answer has run");
+                if demoted == "OK"
+                    && let Some(offset) = offset
+                {
+                    let _ = tx.send(offset);
+                }
             });
-            Ok(())
+            Ok(Some(rx))
         }
         .boxed()
     }
@@ -488,6 +535,21 @@ pub fn member_args(m: &super::MemberStart<'_>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_replies_are_read_whole_or_not_at_all() {
+        let info = "# Replication\r\nrole:slave\r\nmaster_repl_offset:4711\r\n";
+        let all = format!("+OK\r\n+OK\r\n${}\r\n{info}\r\n", info.len());
+        let replies = parse_replies(all.as_bytes(), 3).unwrap();
+        assert_eq!(replies[..2], ["OK", "OK"]);
+        assert_eq!(info_field(&replies[2], "master_repl_offset"), Some("4711"));
+        assert_eq!(info_field(&replies[2], "master_repl"), None);
+        // Every prefix is incomplete: nothing is read from half an answer.
+        for cut in 0..all.len() {
+            assert_eq!(parse_replies(&all.as_bytes()[..cut], 3), None, "cut at {cut}");
+        }
+        assert_eq!(parse_replies(b"-ERR no\r\n", 1).unwrap(), ["ERR no"]);
+    }
 
     #[test]
     fn an_immutable_parameter_needs_a_restart_and_a_bad_value_is_refused() {
