@@ -580,8 +580,6 @@ async fn timed(
     }
 }
 
-/// The new primary's own offset, read at once after its promotion: the point replicas are
-/// measured against from now on, and what a re-attached old primary had beyond it was lost.
 /// A replica's offset in the stream of the primary it followed (read just before it is
 /// promoted).
 async fn replica_offset(engine: &dyn Engine, to: &Declared, timeout: Duration) -> Option<i64> {
@@ -591,6 +589,8 @@ async fn replica_offset(engine: &dyn Engine, to: &Declared, timeout: Duration) -
     }
 }
 
+/// The new primary's own offset, read at once after its promotion: the point replicas are
+/// measured against from now on, and what a re-attached old primary had beyond it was lost.
 async fn primary_offset(engine: &dyn Engine, to: &Declared, timeout: Duration) -> Option<i64> {
     match tokio::time::timeout(timeout, engine.probe(&to.endpoint)).await {
         Ok(Ok(p)) if p.role == ObservedRole::Primary => p.offset,
