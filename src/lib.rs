@@ -26,3 +26,6 @@ pub mod nodecluster;
 pub mod operator;
 pub mod readiness;
 pub mod resources;
+pub mod sentinel;
+#[cfg(feature = "testbed")]
+pub mod testclients;

@@ -68,6 +68,22 @@ struct RunArgs {
     /// HaCluster have any workload of its namespace restarted.
     #[arg(long, env = "UNDERSTUDY_ALLOW_WORKLOAD_RESTARTS")]
     allow_workload_restarts: bool,
+    /// Serve Sentinel-compatible discovery of redis HaClusters on this address (for example
+    /// 0.0.0.0:26379). Needs --sentinel-namespaces and one of --sentinel-password-file or
+    /// --sentinel-no-auth.
+    #[arg(long, env = "UNDERSTUDY_SENTINEL_LISTEN")]
+    sentinel_listen: Option<SocketAddr>,
+    /// File holding the password discovery clients must AUTH with (mount it from a Secret).
+    #[arg(long, env = "UNDERSTUDY_SENTINEL_PASSWORD_FILE")]
+    sentinel_password_file: Option<PathBuf>,
+    /// Serve discovery without a password: whoever reaches the port learns every served
+    /// cluster's primary and replica addresses.
+    #[arg(long, env = "UNDERSTUDY_SENTINEL_NO_AUTH")]
+    sentinel_no_auth: bool,
+    /// Namespaces whose redis HaClusters discovery serves (comma-separated), or `*` for every
+    /// namespace the operator watches.
+    #[arg(long, value_delimiter = ',', env = "UNDERSTUDY_SENTINEL_NAMESPACES")]
+    sentinel_namespaces: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,19 +119,21 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("loading kubeconfig or in-cluster config")?;
-    let identity = args.identity.unwrap_or_else(|| {
+    let identity = args.identity.clone().unwrap_or_else(|| {
         let host =
             std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "understudy".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let sentinel = sentinel_config(&args, &identity)?;
     let leader_elect = args.leader_elect.then(|| {
         LeaseConfig::new(
             args.leader_election_namespace.unwrap_or_else(|| "default".into()),
             args.leader_election_name,
-            identity,
+            identity.clone(),
         )
     });
     let cfg = RunConfig {
+        sentinel,
         leader_elect,
         listen: args.listen,
         namespaces: args.namespaces,
@@ -123,6 +141,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         allow_workload_restarts: args.allow_workload_restarts,
     };
     understudy::operator::run(client, cfg, shutdown_signal()).await
+}
+
+/// The discovery endpoint's settings, refusing a half-configured one before anything runs.
+fn sentinel_config(
+    args: &RunArgs,
+    identity: &str,
+) -> anyhow::Result<Option<understudy::sentinel::SentinelConfig>> {
+    let Some(listen) = args.sentinel_listen else {
+        anyhow::ensure!(
+            args.sentinel_password_file.is_none()
+                && !args.sentinel_no_auth
+                && args.sentinel_namespaces.is_empty(),
+            "--sentinel-password-file, --sentinel-no-auth and --sentinel-namespaces need --sentinel-listen"
+        );
+        return Ok(None);
+    };
+    let password = match (&args.sentinel_password_file, args.sentinel_no_auth) {
+        (Some(_), true) => {
+            anyhow::bail!("--sentinel-password-file and --sentinel-no-auth exclude each other")
+        }
+        (None, false) => anyhow::bail!(
+            "--sentinel-listen needs --sentinel-password-file (clients AUTH with it) or, to serve anyone who can connect, --sentinel-no-auth"
+        ),
+        (None, true) => None,
+        (Some(path), false) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the discovery password from {}", path.display()))?;
+            let password = text.trim_end_matches(['\r', '\n']).to_owned();
+            anyhow::ensure!(!password.is_empty(), "the discovery password file {} is empty", path.display());
+            Some(password)
+        }
+    };
+    let namespaces = match args.sentinel_namespaces.as_slice() {
+        [] => anyhow::bail!(
+            "--sentinel-listen needs --sentinel-namespaces: the namespaces whose clusters clients may discover, or `*` for every watched one"
+        ),
+        [all] if all == "*" => args.namespaces.clone(),
+        list => {
+            if let Some(outside) =
+                list.iter().find(|n| !args.namespaces.is_empty() && !args.namespaces.contains(n))
+            {
+                anyhow::bail!(
+                    "--sentinel-namespaces names {outside}, which the operator does not watch (--namespaces)"
+                );
+            }
+            anyhow::ensure!(!list.iter().any(|n| n == "*"), "--sentinel-namespaces: `*` stands alone");
+            list.to_vec()
+        }
+    };
+    Ok(Some(understudy::sentinel::SentinelConfig {
+        listen,
+        password,
+        namespaces,
+        allow_client_address: args.allow_client_address,
+        identity: identity.to_owned(),
+        bound: None,
+    }))
 }
 
 async fn shutdown_signal() {

@@ -32,6 +32,8 @@ pub struct RunConfig {
     /// may edit an HaCluster have any Deployment, StatefulSet or DaemonSet of its namespace
     /// restarted.
     pub allow_workload_restarts: bool,
+    /// Serve Sentinel-compatible discovery (every replica, leader or standby).
+    pub sentinel: Option<crate::sentinel::SentinelConfig>,
 }
 
 #[derive(Clone)]
@@ -62,6 +64,9 @@ pub async fn run_with(
     let mut ctx = Context::new(client.clone(), metrics.clone(), cfg.namespaces.clone());
     ctx.allow_client_address = cfg.allow_client_address;
     ctx.allow_workload_restarts = cfg.allow_workload_restarts;
+    let discovery_state =
+        cfg.sentinel.as_ref().map(|s| crate::sentinel::Discovery::new(s.allow_client_address));
+    ctx.discovery = discovery_state.clone();
     let ready = ctx.readiness.clone();
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -77,50 +82,88 @@ pub async fn run_with(
     let version = client.apiserver_version().await.context("contacting the API server")?;
     info!(server = %version.git_version, "connected to the API server");
 
+    // Discovery does not wait for leadership: a standby answers clients too.
+    let discovery = cfg.sentinel.clone().zip(discovery_state).map(|(s, state)| {
+        ready.require_discovery();
+        tokio::spawn(crate::sentinel::serve(client.clone(), s, state, ready.clone()))
+    });
+    let discovery_failed = async {
+        match discovery {
+            Some(task) => {
+                let abort = task.abort_handle();
+                let _stop = scopeguard(abort);
+                match task.await {
+                    Ok(Ok(())) => anyhow::anyhow!("the discovery endpoint stopped"),
+                    Ok(Err(e)) => e.context("the discovery endpoint failed"),
+                    Err(e) => anyhow::anyhow!("the discovery endpoint panicked: {e}"),
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(discovery_failed);
+
     tokio::pin!(shutdown);
-    let result = match cfg.leader_elect {
-        None => {
-            ready.set_role(Role::Leader);
-            metrics.leader.set(1);
-            let (_tx, rx) = watch::channel(true);
-            tokio::select! {
-                r = controllers::run_all(ctx, rx) => r,
-                () = &mut shutdown => Ok(()),
+    let roles = async {
+        match cfg.leader_elect {
+            None => {
+                ready.set_role(Role::Leader);
+                metrics.leader.set(1);
+                let (_tx, rx) = watch::channel(true);
+                tokio::select! {
+                    r = controllers::run_all(ctx, rx) => r,
+                    () = &mut shutdown => Ok(()),
+                }
+            }
+            Some(lease) => {
+                let elector = Elector::start(client, lease.clone(), ready.clone());
+                info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
+                let outcome = tokio::select! {
+                    () = elector.acquired() => None,
+                    () = &mut shutdown => Some(Ok(())),
+                };
+                let outcome = match outcome {
+                    Some(done) => done,
+                    None => {
+                        metrics.leader.set(1);
+                        let mut leading = elector.subscribe();
+                        let lost = async move {
+                            let _ = leading.wait_for(|l| !*l).await;
+                        };
+                        let r = tokio::select! {
+                            r = controllers::run_all(ctx, elector.subscribe()) => r,
+                            () = lost => Err(anyhow::anyhow!("lost leadership of lease {}; exiting so a fresh process campaigns again", lease.name)),
+                            () = &mut shutdown => Ok(()),
+                        };
+                        metrics.leader.set(0);
+                        r
+                    }
+                };
+                elector.release().await;
+                outcome
             }
         }
-        Some(lease) => {
-            let elector = Elector::start(client, lease.clone(), ready.clone());
-            info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
-            let outcome = tokio::select! {
-                () = elector.acquired() => None,
-                () = &mut shutdown => Some(Ok(())),
-            };
-            let outcome = match outcome {
-                Some(done) => done,
-                None => {
-                    metrics.leader.set(1);
-                    let mut leading = elector.subscribe();
-                    let lost = async move {
-                        let _ = leading.wait_for(|l| !*l).await;
-                    };
-                    let r = tokio::select! {
-                        r = controllers::run_all(ctx, elector.subscribe()) => r,
-                        () = lost => Err(anyhow::anyhow!("lost leadership of lease {}; exiting so a fresh process campaigns again", lease.name)),
-                        () = &mut shutdown => Ok(()),
-                    };
-                    metrics.leader.set(0);
-                    r
-                }
-            };
-            elector.release().await;
-            outcome
-        }
+    };
+    let result = tokio::select! {
+        r = roles => r,
+        e = &mut discovery_failed => Err(e),
     };
     server.abort();
     if let Err(e) = &result {
         warn!(error = %e, "operator stopped");
     }
     result
+}
+
+/// Aborts the task when dropped (the discovery endpoint stops with the operator).
+fn scopeguard(abort: tokio::task::AbortHandle) -> impl Drop {
+    struct Guard(tokio::task::AbortHandle);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    Guard(abort)
 }
 
 /// Raise the soft open-files limit to the hard one (as the Go runtime does): every member
@@ -172,15 +215,50 @@ impl InProcess {
 
     /// Watching several namespaces (e.g. the two sites of a ProtectionGroup).
     pub fn start_namespaces(client: Client, namespaces: &[&str]) -> Self {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let cfg = RunConfig {
+        Self::start_config(client, Self::config(namespaces))
+    }
+
+    /// What [`InProcess::start_namespaces`] runs with.
+    pub fn config(namespaces: &[&str]) -> RunConfig {
+        RunConfig {
             leader_elect: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
             // The tests' members listen on loopback and stand for routable addresses.
             allow_client_address: true,
             allow_workload_restarts: true,
-        };
+            sentinel: None,
+        }
+    }
+
+    /// Serving the discovery endpoint on a loopback port too: returns where it listens.
+    pub async fn start_with_sentinel(
+        client: Client,
+        namespace: &str,
+        password: Option<&str>,
+    ) -> anyhow::Result<(Self, SocketAddr)> {
+        let (bound, mut rx) = tokio::sync::watch::channel(None);
+        let mut cfg = Self::config(&[namespace]);
+        cfg.sentinel = Some(crate::sentinel::SentinelConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            password: password.map(Into::into),
+            namespaces: vec![namespace.to_owned()],
+            allow_client_address: true,
+            identity: format!("in-process-{}", std::process::id()),
+            bound: Some(std::sync::Arc::new(bound)),
+        });
+        let op = Self::start_config(client, cfg);
+        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), rx.wait_for(Option::is_some))
+            .await
+            .context("the discovery endpoint did not listen within 30 s")?
+            .context("the operator stopped before its discovery endpoint listened")?
+            .expect("waited for Some");
+        Ok((op, addr))
+    }
+
+    /// Run with `cfg`.
+    pub fn start_config(client: Client, cfg: RunConfig) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = Metrics::new();
         let task = tokio::spawn(run_with(client, cfg, metrics.clone(), async move {
             let _ = rx.await;

@@ -27,6 +27,8 @@ struct Inner {
     expected: AtomicUsize,
     synced: AtomicUsize,
     started: AtomicBool,
+    /// The discovery endpoint is configured and has not listed its clusters yet.
+    discovery_pending: AtomicBool,
 }
 
 /// Shared readiness state (cheap to clone).
@@ -83,8 +85,22 @@ impl Readiness {
         });
     }
 
+    /// This replica serves the discovery endpoint: not ready until it does (every replica
+    /// serves it, leader or standby).
+    pub fn require_discovery(&self) {
+        self.0.discovery_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// The discovery endpoint listed its clusters and listens.
+    pub fn set_discovery_synced(&self) {
+        self.0.discovery_pending.store(false, Ordering::SeqCst);
+    }
+
     /// Why this replica is not ready, or `None` when it is.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.role() != Role::Undecided && self.0.discovery_pending.load(Ordering::SeqCst) {
+            return Some("discovery endpoint not serving yet");
+        }
         match self.role() {
             Role::Undecided => Some("leadership not decided yet"),
             Role::Standby => None,
@@ -117,6 +133,12 @@ mod tests {
         r.expect_caches(2);
         assert_eq!(r.not_ready_reason(), Some("caches not synced"));
         r.0.synced.fetch_add(2, Ordering::SeqCst);
+        assert_eq!(r.not_ready_reason(), None);
+        r.require_discovery();
+        assert_eq!(r.not_ready_reason(), Some("discovery endpoint not serving yet"));
+        r.set_role(Role::Standby);
+        assert_eq!(r.not_ready_reason(), Some("discovery endpoint not serving yet"));
+        r.set_discovery_synced();
         assert_eq!(r.not_ready_reason(), None);
         r.set_role(Role::Standby);
         r.set_role(Role::Leader);

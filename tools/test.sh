@@ -3,7 +3,8 @@
 # Installs or builds what is missing, then: cargo fmt --check, clippy -D warnings, cargo test.
 #   First run: apt packages (~1 min), Go build of etcd/kube-apiserver/kube-controller-manager/
 #   kubectl/kubelet/kube-scheduler/kube-proxy (~6-12 min on 2 cores) and helm (~3-4 min), cargo
-#   build (~6 min), the operator image's release build (~6 min). Later runs reuse the caches in
+#   build (~6 min), the operator image's release build (~6 min), redis-py and a go-redis writer
+#   for the discovery tests (~1 min). Later runs reuse the caches in
 #   ${UNDERSTUDY_CACHE:-~/.cache/understudy} and take a few minutes.
 #   UNDERSTUDY_NODE_TIER=skip skips the node tier (a real kubelet + containerd; needs root).
 set -euo pipefail
@@ -56,6 +57,8 @@ if [ "$node_tier" = 1 ]; then
 fi
 log "helm (built from the Go module proxy on first use)"
 tools/helm/build.sh >/dev/null
+log "client libraries the discovery tests drive: redis-py (PyPI), go-redis (Go module proxy)"
+tools/clients/setup.sh >/dev/null
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

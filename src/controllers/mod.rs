@@ -76,6 +76,8 @@ pub struct Context {
     routed: Arc<std::sync::Mutex<(std::time::Instant, HashMap<String, std::time::Instant>)>>,
     /// Warnings already published, aggregated into series.
     warnings: Arc<std::sync::Mutex<events::Series>>,
+    /// The discovery endpoint, when served: promotions announce the new primary to it.
+    pub discovery: Option<crate::sentinel::Discovery>,
 }
 
 /// Monitor status writes and Events in flight at once (see [`Context::api_slots`]).
@@ -103,6 +105,7 @@ impl Context {
             readiness: crate::readiness::Readiness::default(),
             routed: Arc::new(std::sync::Mutex::new((std::time::Instant::now(), HashMap::new()))),
             warnings: Arc::default(),
+            discovery: None,
         }
     }
 

@@ -200,6 +200,11 @@ impl ShardOp {
                     let r = timed(step_timeout, engine.promote(&endpoint(&member))).await;
                     if r.is_ok() && member == to.name {
                         promoted = true;
+                        // Sentinel clients hear of it now, not after the outcome's status
+                        // write and its watch event (bootstrap has no primary to move from).
+                        if let (Some(d), Some(_)) = (&self.ctx.discovery, &from) {
+                            d.announce(cluster, shard_name, epoch, &to.name, &to.endpoint);
+                        }
                         if let Some(early) = self.early_route.take() {
                             routed_early = Some(self.route_early(cluster, early, started));
                         }

@@ -6,6 +6,7 @@ pub mod instances;
 pub mod lock;
 pub mod member;
 pub mod saga;
+pub mod sentinel;
 pub mod shard;
 pub mod site;
 pub mod vocabulary;

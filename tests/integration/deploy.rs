@@ -786,3 +786,70 @@ fn default_image_tags_follow_the_crate_version() {
     let image_sh = std::fs::read_to_string(repo().join("tools/image.sh")).unwrap();
     assert!(image_sh.contains("ghcr.io/understudy-dev/understudy:$version"));
 }
+
+/// Discovery in the chart: off by default; on, it needs its namespaces and an explicit choice
+/// about authentication, mounts the password from the user's Secret (never a value in the
+/// chart) and puts a Service in front of every replica.
+#[test]
+fn chart_serves_discovery_only_when_configured_completely() {
+    let plain = docs(&render("r", "ops", &[]));
+    assert!(find(&plain, "Service", "r-understudy-sentinel").is_none());
+    let args = get(&plain, "Deployment", "r-understudy")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .clone();
+    assert!(!format!("{args:?}").contains("sentinel"), "{args:?}");
+
+    let chart = chart();
+    for (extra, says) in [
+        (&["--set", "sentinel.enabled=true", "--set", "sentinel.auth.none=true"][..], "sentinel.namespaces"),
+        (
+            &["--set", "sentinel.enabled=true", "--set-json", "sentinel.namespaces=[\"*\"]"][..],
+            "exactly one of",
+        ),
+        (
+            &[
+                "--set",
+                "sentinel.enabled=true",
+                "--set-json",
+                "sentinel.namespaces=[\"*\"]",
+                "--set",
+                "sentinel.auth.none=true",
+                "--set",
+                "sentinel.auth.existingSecret=s",
+            ][..],
+            "exactly one of",
+        ),
+    ] {
+        let mut args = vec!["template", "r", chart.to_str().unwrap(), "--namespace", "ops"];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = helm_result(&args);
+        assert!(!ok && err.contains(says), "{extra:?}: {err}");
+    }
+
+    let on = docs(&render(
+        "r",
+        "ops",
+        &[
+            "--set",
+            "sentinel.enabled=true",
+            "--set-json",
+            "sentinel.namespaces=[\"apps\",\"cache\"]",
+            "--set",
+            "sentinel.auth.existingSecret=discovery",
+        ],
+    ));
+    let pod = &get(&on, "Deployment", "r-understudy")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    for want in [
+        "--sentinel-listen=0.0.0.0:26379",
+        "--sentinel-namespaces=apps,cache",
+        "--sentinel-password-file=/etc/understudy/sentinel/password",
+    ] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
+    }
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "discovery");
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/understudy/sentinel");
+    let svc = get(&on, "Service", "r-understudy-sentinel");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 26379);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "sentinel");
+}

@@ -20,6 +20,7 @@ mod lifecycle;
 mod operator;
 mod outage;
 mod protection_group;
+mod sentinel;
 mod shard_failover;
 mod standby;
 mod supervision;

@@ -7,6 +7,7 @@
 //! doing anything, and tools/test.sh says so in its summary).
 
 mod client;
+mod discovery;
 mod freeze;
 mod install;
 mod instances;

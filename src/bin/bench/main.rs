@@ -21,6 +21,7 @@
 
 mod chaos;
 mod chaos_node;
+mod discovery;
 mod lifecycle;
 mod mysql;
 mod node;
@@ -40,7 +41,7 @@ use kube::{
 };
 use serde_json::json;
 use understudy::{
-    controlplane::{ControlPlane, Options, free_port, spawn},
+    controlplane::{ControlPlane, Options, free_port},
     localredis::LocalRedis,
     operator::InProcess,
     resources::{
@@ -143,6 +144,10 @@ enum Scenario {
     /// Failover and switchover through a Service ClusterIP with the operator as pods in a real
     /// node (tools/node/node.sh; needs root), beside the loopback figures.
     Node,
+    /// What one client sees of failover and switchover in a real node (needs root): a
+    /// ClusterIP client with default and tuned kube-proxy, a Sentinel client against
+    /// Understudy's discovery endpoint and against real Redis Sentinel on the same pods.
+    Discovery,
     /// An ordered restart of three members through the primary Service in a real node:
     /// spec.instances beside a StatefulSet rollout restart (needs root).
     Lifecycle,
@@ -377,6 +382,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             understudy_bench(&args, matches!(args.scenario, Scenario::Switchover)).await?
         }
         Scenario::Node => node::node(&args).await?,
+        Scenario::Discovery => discovery::discovery(&args).await?,
         Scenario::Lifecycle => lifecycle::lifecycle(&args).await?,
         Scenario::Chaos => chaos::chaos(&args, false).await?,
         Scenario::ChaosNode => chaos::chaos(&args, true).await?,
@@ -571,27 +577,8 @@ async fn sentinel_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<
         let _: () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(redis[0].port).query_async(&mut c).await?;
     }
     let down_after = args.heartbeat() * 3;
-    let dir = tempfile::tempdir()?;
-    let mut sentinels = Vec::new();
-    let mut sentinel_ports = Vec::new();
-    for i in 0..3 {
-        let port = free_port()?;
-        let conf = dir.path().join(format!("sentinel-{i}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 2\nsentinel down-after-milliseconds m {down_after}\nsentinel failover-timeout m 10000\nsentinel parallel-syncs m 1\n",
-                redis[0].port
-            ),
-        )?;
-        let mut cmd = std::process::Command::new("redis-sentinel");
-        cmd.arg(&conf);
-        sentinels.push(
-            spawn(cmd, &dir.path().join(format!("sentinel-{i}.log")))
-                .context("redis-sentinel (apt-get install redis-sentinel)")?,
-        );
-        sentinel_ports.push(port);
-    }
+    let sentinels = discovery::Sentinels::start("127.0.0.1", "127.0.0.1", redis[0].port, down_after)?;
+    let sentinel_ports = sentinels.ports.clone();
     let sp = sentinel_ports.clone();
     let resolve: Resolver = Arc::new(move || {
         let sp = sp.clone();

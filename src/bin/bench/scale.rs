@@ -551,6 +551,7 @@ pub async fn operator_child(args: &Args) -> anyhow::Result<()> {
         namespaces: vec![args.namespace.clone()],
         allow_client_address: true,
         allow_workload_restarts: true,
+        sentinel: None,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     understudy::operator::run(client, cfg, async move {
