@@ -456,46 +456,107 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Redis glob matching (`*`, `?`, `[...]` with ranges and `^`, `\` escapes), as PSUBSCRIBE uses.
-pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
-        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
-        Some((b'[', rest)) => {
-            let Some((&c, tail)) = text.split_first() else { return false };
-            let (negate, mut p) = match rest.split_first() {
-                Some((b'^', r)) => (true, r),
-                _ => (false, rest),
-            };
-            let mut hit = false;
-            loop {
-                match p {
-                    [] => return false,
-                    [b']', r @ ..] => {
-                        p = r;
-                        break;
-                    }
-                    [b'\\', x, r @ ..] => {
-                        hit |= *x == c;
-                        p = r;
-                    }
-                    [lo, b'-', hi, r @ ..] if *hi != b']' => {
-                        let (lo, hi) = if lo <= hi { (*lo, *hi) } else { (*hi, *lo) };
-                        hit |= (lo..=hi).contains(&c);
-                        p = r;
-                    }
-                    [x, r @ ..] => {
-                        hit |= *x == c;
-                        p = r;
+/// One element of a PSUBSCRIBE pattern.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Star,
+    Any,
+    Byte(u8),
+    /// `[...]`: byte ranges (inclusive), negated with `^`.
+    Class(Vec<(u8, u8)>, bool),
+}
+
+fn pieces(pattern: &[u8]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut p = pattern;
+    while let Some((&c, rest)) = p.split_first() {
+        p = rest;
+        match c {
+            // Consecutive stars match what one does.
+            b'*' if out.last() == Some(&Piece::Star) => {}
+            b'*' => out.push(Piece::Star),
+            b'?' => out.push(Piece::Any),
+            b'\\' => match p.split_first() {
+                Some((&x, r)) => {
+                    out.push(Piece::Byte(x));
+                    p = r;
+                }
+                None => out.push(Piece::Byte(b'\\')),
+            },
+            b'[' => {
+                let negate = p.first() == Some(&b'^');
+                if negate {
+                    p = &p[1..];
+                }
+                let mut ranges = Vec::new();
+                loop {
+                    match p {
+                        // An unclosed class ends the pattern (as in Redis).
+                        [] => break,
+                        [b']', r @ ..] => {
+                            p = r;
+                            break;
+                        }
+                        [b'\\', x, r @ ..] => {
+                            ranges.push((*x, *x));
+                            p = r;
+                        }
+                        [lo, b'-', hi, r @ ..] if *hi != b']' => {
+                            ranges.push(((*lo).min(*hi), (*lo).max(*hi)));
+                            p = r;
+                        }
+                        [x, r @ ..] => {
+                            ranges.push((*x, *x));
+                            p = r;
+                        }
                     }
                 }
+                out.push(Piece::Class(ranges, negate));
             }
-            hit != negate && glob(p, tail)
+            x => out.push(Piece::Byte(x)),
         }
-        Some((b'\\', [x, rest @ ..])) => text.first() == Some(x) && glob(rest, &text[1..]),
-        Some((x, rest)) => text.first() == Some(x) && glob(rest, &text[1..]),
     }
+    out
+}
+
+/// Redis glob matching (`*`, `?`, `[...]` with ranges and `^`, `\` escapes), as PSUBSCRIBE
+/// uses. Dynamic programming over pattern × text: a hostile pattern (`*a*a*a…`) costs
+/// O(pattern × channel), never exponential time.
+pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let ps = pieces(pattern);
+    // row[j]: the pieces so far match text[..j].
+    let mut row = vec![false; text.len() + 1];
+    row[0] = true;
+    for piece in &ps {
+        let mut next = vec![false; text.len() + 1];
+        match piece {
+            Piece::Star => {
+                let mut any = false;
+                for j in 0..=text.len() {
+                    any |= row[j];
+                    next[j] = any;
+                }
+            }
+            _ => {
+                for j in 0..text.len() {
+                    if !row[j] {
+                        continue;
+                    }
+                    let c = text[j];
+                    next[j + 1] = match piece {
+                        Piece::Any => true,
+                        Piece::Byte(b) => *b == c,
+                        Piece::Class(ranges, negate) => {
+                            ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negate
+                        }
+                        Piece::Star => unreachable!(),
+                    };
+                }
+            }
+        }
+        row = next;
+    }
+    row[text.len()]
 }
 
 /// One client connection: authentication and subscriptions.
@@ -519,6 +580,11 @@ fn text(arg: &[u8]) -> String {
 fn wrong_args(cmd: &str) -> Reply {
     Reply::err(format!("ERR wrong number of arguments for '{}' command", cmd.to_ascii_lowercase()))
 }
+
+/// Subscriptions one connection may hold, and the longest channel or pattern: every
+/// published message is matched against each.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+pub const MAX_CHANNEL: usize = 256;
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
@@ -629,6 +695,13 @@ impl Session {
             "SUBSCRIBE" | "PSUBSCRIBE" if rest.is_empty() => vec![wrong_args(&cmd)],
             "SUBSCRIBE" | "PSUBSCRIBE" => {
                 let pattern = cmd == "PSUBSCRIBE";
+                if self.channels.len() + self.patterns.len() + rest.len() > MAX_SUBSCRIPTIONS
+                    || rest.iter().any(|c| c.len() > MAX_CHANNEL)
+                {
+                    return vec![Reply::err(format!(
+                        "ERR at most {MAX_SUBSCRIPTIONS} subscriptions of at most {MAX_CHANNEL} bytes each per connection"
+                    ))];
+                }
                 rest.iter()
                     .map(|c| {
                         let c = text(c);
@@ -1151,6 +1224,14 @@ mod tests {
         let r = s.handle(&st, &d, &cmd("PUNSUBSCRIBE"));
         assert_eq!(encoded(&r), "*3\r\n$12\r\npunsubscribe\r\n$1\r\n*\r\n:0\r\n");
         assert!(!s.subscribed());
+        // Bounded: every message is matched against every subscription.
+        let many: Vec<Vec<u8>> = std::iter::once(b"PSUBSCRIBE".to_vec())
+            .chain((0..=MAX_SUBSCRIPTIONS).map(|i| format!("p{i}*").into_bytes()))
+            .collect();
+        assert!(matches!(&s.handle(&st, &d, &many)[0], Reply::Error(_)));
+        assert!(!s.subscribed());
+        let long = cmd(&format!("PSUBSCRIBE {}", "*".repeat(MAX_CHANNEL + 1)));
+        assert!(matches!(&s.handle(&st, &d, &long)[0], Reply::Error(_)));
     }
 
     #[test]
@@ -1226,6 +1307,13 @@ mod tests {
         assert!(glob(b"[a-c]x", b"bx"));
         assert!(glob(b"\\*", b"*"));
         assert!(!glob(b"\\*", b"a"));
+        assert!(glob(b"a**b", b"ab"));
+        assert!(glob(b"[abc", b"a"));
+        // A pattern built to backtrack: answered at once, not in exponential time.
+        let hostile = "*a".repeat(5000) + "b";
+        let t = std::time::Instant::now();
+        assert!(!glob(hostile.as_bytes(), "a".repeat(200).as_bytes()));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
     #[test]

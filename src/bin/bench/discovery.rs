@@ -11,9 +11,11 @@
 //!
 //! Equal detection: the HaCluster probes every `--heartbeat-ms` (200) × 3 and Sentinel's
 //! `down-after-milliseconds` is that window. A failover is a SIGKILL of the primary's
-//! container through containerd (then the killed pod is replaced by a fresh one, so the
-//! kubelet's restart back-off does not grow); a switchover is a ShardFailover for (a)–(c)
-//! and `SENTINEL FAILOVER` for (d), each after 3 s of quiet.
+//! container through containerd: for (a)–(c) the kubelet restarts it in place (afterwards
+//! the pod is replaced by a fresh one, so the restart back-off does not grow); for (c') and
+//! (d) the pod is force-deleted right after the kill, as when its node is lost. A
+//! switchover is a ShardFailover for (a)–(c') and `SENTINEL FAILOVER` for (d), each after
+//! 3 s of quiet.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,22 @@ pub async fn discovery(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
     let _ = understudy::testclients::clients();
     let node = NodeCluster::up()?;
     let result = on_node(args, &node).await;
+    if result.is_err() {
+        // What the failure left, before the node goes.
+        for a in [
+            &["get", "hac,sfo,pods,endpointslices", "-o", "wide"][..],
+            &["get", "hac", "-o", "yaml"][..],
+            &["logs", "-l", "app.kubernetes.io/name=understudy", "--tail=60", "--prefix"][..],
+        ] {
+            let mut full = vec!["-n", NS];
+            full.extend_from_slice(a);
+            eprintln!(
+                "$ kubectl {}\n{}",
+                full.join(" "),
+                node.kubectl(&full).unwrap_or_else(|e| e.to_string())
+            );
+        }
+    }
     node.down();
     let (stats, notes) = result?;
     let title = format!(
@@ -100,6 +118,24 @@ async fn writes_at(ip: &str, key: &str, more: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wait until the primary at `ip` has two replicas online (a replica still in its first full
+/// sync may not be promoted with maxLagOnFailover 0, and the operator rightly refuses to).
+async fn replicas_online(ip: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(mut c) = redis_conn(ip, PORT, None, 500).await
+            && let Ok(info) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut c).await
+            && info.matches("state=online").count() == 2
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the replicas of {ip} did not come online");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The longest pause that ended after `t0_ms` (the fault), and acknowledged writes missing on
 /// the member at `ip`.
 async fn measure(writer: Writer, t0_ms: f64, ip: &str) -> anyhow::Result<(f64, usize, usize)> {
@@ -121,9 +157,19 @@ async fn container_of(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
         .context("container id")
 }
 
+async fn force_delete(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
+    pods.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    Ok(())
+}
+
 /// A fresh pod instead of a restarted container; waits until the StatefulSet recreated it.
 async fn replace_pod(pods: &Api<Pod>, name: &str, old_ip: &str) -> anyhow::Result<String> {
-    pods.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    force_delete(pods, name).await?;
+    recreated(pods, name, old_ip).await
+}
+
+/// Wait until the StatefulSet's new pod `name` (not at `old_ip`) answers.
+async fn recreated(pods: &Api<Pod>, name: &str, old_ip: &str) -> anyhow::Result<String> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some(p) = pods.get_opt(name).await?
@@ -209,18 +255,29 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
     let master = format!("{NS}/b");
     let (mut stats, mut notes) = (Vec::new(), Vec::new());
 
-    let modes: [(&str, Option<&str>); 3] = [
-        ("(a) ClusterIP, kube-proxy default", None),
-        ("(c) Sentinel client → Understudy", None),
-        ("(b) ClusterIP, kube-proxy min-sync 0s", Some("--iptables-min-sync-period=0s")),
+    // (c') is (c) with (d)'s failover: the pod force-deleted right after the kill. A container
+    // restarted in place (the kubelet does that within a second) comes back as a replica of
+    // nothing, which Sentinel takes ~20 s to act on (a master that reports itself a replica
+    // is down only after down-after + 2 INFO periods), so (d) cannot be measured with it.
+    let modes: [(&str, Option<&str>, bool); 4] = [
+        ("(a) ClusterIP, kube-proxy default", None, false),
+        ("(c) Sentinel client → Understudy", None, false),
+        ("(c') Sentinel client → Understudy, pod deleted", None, true),
+        ("(b) ClusterIP, kube-proxy min-sync 0s", Some("--iptables-min-sync-period=0s"), false),
     ];
-    for (i, (name, proxy)) in modes.into_iter().enumerate() {
+    let wanted = |name: &str| {
+        args.faults.is_empty() || args.faults.iter().any(|f| name.starts_with(&format!("({f})")))
+    };
+    for (i, (name, proxy, delete)) in modes.into_iter().enumerate() {
+        if !wanted(name) {
+            continue;
+        }
         if let Some(flag) = proxy {
             node.node_sh("proxy", &[flag])?;
             tokio::time::sleep(QUIET).await;
         }
         let addrs = [sentinel_vip.as_str()];
-        let target = if name.starts_with("(c)") {
+        let target = if name.starts_with("(c") {
             Target::Sentinel { addrs: &addrs, master: &master, password: None }
         } else {
             Target::Plain(&vip)
@@ -230,6 +287,7 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
             for planned in [false, true] {
                 let primary = wait_settled(&hacs).await?;
                 let ip = pod_ip(&pods, &primary).await?;
+                replicas_online(&ip).await?;
                 if planned {
                     tokio::time::sleep(QUIET).await;
                 }
@@ -241,6 +299,9 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
                     switch_over(&sfos, &format!("sw-{i}-{run}"), &primary).await?;
                 } else {
                     node.kill_container(&container_of(&pods, &primary).await?)?;
+                    if delete {
+                        force_delete(&pods, &primary).await?;
+                    }
                 }
                 let new = wait_new_primary(&hacs, &primary).await?;
                 let named_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -248,7 +309,9 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
                 writes_at(&new_ip, &key, 100).await?;
                 let (gap, lost, acked) = measure(writer, t0_ms, &new_ip).await?;
                 m.record(planned, gap, named_ms, lost, acked);
-                if !planned {
+                if !planned && delete {
+                    recreated(&pods, &primary, &ip).await?;
+                } else if !planned {
                     replace_pod(&pods, &primary, &ip).await?;
                 }
                 eprintln!(
@@ -261,6 +324,9 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
         stats.extend(m.stats);
     }
 
+    if !wanted("(d)") {
+        return Ok((stats, notes));
+    }
     // (d) Real Redis Sentinel on the same pods: the HaCluster goes, the roles stay.
     let primary = wait_settled(&hacs).await?;
     hacs.delete("b", &Default::default()).await?;
@@ -365,12 +431,8 @@ impl Sentinels {
                     && counts("flags").as_deref() == Some("master");
                 agreed = m;
             }
-            if ok
-                && let Some(ip) = &agreed
-                && let Ok(mut c) = redis_conn(ip, PORT, None, 500).await
-                && let Ok(info) = redis::cmd("INFO").arg("replication").query_async::<String>(&mut c).await
-                && info.contains("connected_slaves:2")
-            {
+            if ok && let Some(ip) = &agreed {
+                replicas_online(ip).await?;
                 return Ok(ip.clone());
             }
             if Instant::now() > deadline {
@@ -419,6 +481,7 @@ async fn sentinel_mode(
                 sentinels.ask(0, &["SENTINEL", "FAILOVER", "m"]).await?;
             } else {
                 node.kill_container(&container_of(pods, &primary).await?)?;
+                force_delete(pods, &primary).await?;
             }
             let deadline = Instant::now() + WAIT;
             let new_ip = loop {
@@ -439,7 +502,7 @@ async fn sentinel_mode(
             if !planned {
                 // A fresh pod, attached by hand (it starts as a replica of nothing, which
                 // Sentinel never learns of), then the sentinels forget the old address.
-                let fresh = replace_pod(pods, &primary, &ip).await?;
+                let fresh = recreated(pods, &primary, &ip).await?;
                 let mut c = redis_conn(&fresh, PORT, None, 1000).await?;
                 let _: () = redis::cmd("REPLICAOF").arg(&new_ip).arg(PORT).query_async(&mut c).await?;
                 for i in 0..3 {
