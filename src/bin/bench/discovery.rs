@@ -350,6 +350,17 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
     Ok((stats, notes))
 }
 
+/// A field of a Sentinel reply (a flat field/value array; the value follows its name).
+fn field(v: &redis::Value, k: &str) -> Option<String> {
+    let redis::Value::Array(v) = v else { return None };
+    v.chunks(2).find_map(|w| match w {
+        [redis::Value::BulkString(a), redis::Value::BulkString(b)] if a == k.as_bytes() => {
+            Some(String::from_utf8_lossy(b).into_owned())
+        }
+        _ => None,
+    })
+}
+
 /// Three redis-sentinel processes on this host (quorum 2), stopped on drop.
 pub struct Sentinels {
     pub ports: Vec<u16>,
@@ -409,21 +420,7 @@ impl Sentinels {
             for i in 0..3 {
                 let m = self.master(i).await;
                 let fields = self.ask(i, &["SENTINEL", "master", "m"]).await.ok();
-                let counts = |k: &str| {
-                    // A flat field/value array; the value follows its name.
-                    if let Some(redis::Value::Array(v)) = &fields {
-                        v.windows(2).find_map(|w| match (&w[0], &w[1]) {
-                            (redis::Value::BulkString(a), redis::Value::BulkString(b))
-                                if a == k.as_bytes() =>
-                            {
-                                Some(String::from_utf8_lossy(b).into_owned())
-                            }
-                            _ => None,
-                        })
-                    } else {
-                        None
-                    }
-                };
+                let counts = |k: &str| fields.as_ref().and_then(|f| field(f, k));
                 ok &= m.is_some()
                     && (agreed.is_none() || agreed == m)
                     && counts("num-other-sentinels").as_deref() == Some("2")
@@ -436,7 +433,18 @@ impl Sentinels {
                 return Ok(ip.clone());
             }
             if Instant::now() > deadline {
-                bail!("the sentinels did not settle");
+                let mut why = String::new();
+                for i in 0..3 {
+                    let fields = self.ask(i, &["SENTINEL", "master", "m"]).await;
+                    let log = std::fs::read_to_string(self._dir.path().join(format!("sentinel-{i}.log")))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                    why.push_str(&format!(
+                        "\nsentinel {i}: {fields:?}\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ));
+                }
+                bail!("the sentinels did not settle:{why}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -505,6 +513,23 @@ async fn sentinel_mode(
                 let fresh = recreated(pods, &primary, &ip).await?;
                 let mut c = redis_conn(&fresh, PORT, None, 1000).await?;
                 let _: () = redis::cmd("REPLICAOF").arg(&new_ip).arg(PORT).query_async(&mut c).await?;
+                // Not before every sentinel has finished the failover: a RESET of the leader
+                // while it still reconfigures the replicas sends it back to the dead master.
+                let deadline = Instant::now() + WAIT;
+                for i in 0..3 {
+                    // The failover's leader names the promoted replica while it still
+                    // reconfigures the others: wait for its flags to say it has finished.
+                    while {
+                        let f = sentinels.ask(i, &["SENTINEL", "master", "m"]).await.ok();
+                        let f = |k| f.as_ref().and_then(|f| field(f, k));
+                        f("ip").as_deref() != Some(new_ip.as_str()) || f("flags").as_deref() != Some("master")
+                    } {
+                        if Instant::now() > deadline {
+                            bail!("sentinel {i} did not finish the failover");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 for i in 0..3 {
                     sentinels.ask(i, &["SENTINEL", "RESET", "m"]).await?;
                 }
