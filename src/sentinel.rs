@@ -269,6 +269,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// An object's `namespace/name` and its masters; None when it could not be read.
+type Served = (String, Option<Vec<Master>>);
+
 /// Keep the directory current from HaCluster watch events; publish what changed.
 async fn watch_clusters(
     client: Client,
@@ -290,12 +293,12 @@ async fn watch_clusters(
     });
     let mut all = stream::select_all(streams);
     // A re-list in progress, per scope: what it has seen so far.
-    let mut relisting: BTreeMap<Option<String>, Vec<(String, Vec<Master>)>> = BTreeMap::new();
+    let mut relisting: BTreeMap<Option<String>, Vec<Served>> = BTreeMap::new();
     let mut listed: std::collections::BTreeSet<Option<String>> = std::collections::BTreeSet::new();
     let allow = cfg.allow_client_address;
     // An object as served: None when it is not served (or could not be read: then what was
     // served for it stays until it can be).
-    let convert = |o: &DeserializeGuard<HaCluster>| -> (String, Option<Vec<Master>>) {
+    let convert = |o: &DeserializeGuard<HaCluster>| -> Served {
         let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
         let served = o.0.as_ref().ok().map(|c| view(c, allow).map(|v| masters(&v)).unwrap_or_default());
         (key, served)
@@ -313,8 +316,8 @@ async fn watch_clusters(
                 relisting.insert(scope.clone(), Vec::new());
             }
             watcher::Event::InitApply(o) => {
-                if let ((key, Some(ms)), Some(list)) = (convert(&o), relisting.get_mut(&scope)) {
-                    list.push((key, ms));
+                if let Some(list) = relisting.get_mut(&scope) {
+                    list.push(convert(&o));
                 }
             }
             watcher::Event::InitDone => {
@@ -327,8 +330,11 @@ async fn watch_clusters(
                     for key in stale.collect::<Vec<_>>() {
                         published.extend(dir.replace(&key, Vec::new()));
                     }
+                    // An object listed but unreadable keeps what was served for it.
                     for (key, ms) in list {
-                        published.extend(dir.replace(&key, ms));
+                        if let Some(ms) = ms {
+                            published.extend(dir.replace(&key, ms));
+                        }
                     }
                     published
                 });
