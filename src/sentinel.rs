@@ -68,10 +68,16 @@ const BACKLOG: usize = 1024;
 /// is someone else's); clients reconnect when they next ask.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Whether discovery serves a cluster at all: redis, and not a standby (its primary follows
+/// another site and takes no writes).
+fn served(c: &HaCluster) -> bool {
+    c.spec.engine == Engine::Redis && c.standby().is_none()
+}
+
 /// Convert one HaCluster into what the endpoint serves, or None when it is not served: not
 /// redis, a standby (its primary follows another site and takes no writes), or unreadable.
 pub fn view(c: &HaCluster, allow_client_address: bool) -> Option<ClusterView> {
-    if c.spec.engine != Engine::Redis || c.standby().is_some() {
+    if !served(c) {
         return None;
     }
     let status = c.status.as_ref()?;
@@ -174,7 +180,7 @@ impl Discovery {
     /// before the outcome's status write and its watch event reach this and the other
     /// replicas.
     pub fn announce(&self, cluster: &HaCluster, shard: &str, epoch: i64, member: &str, endpoint: &str) {
-        if view(cluster, false).is_none() {
+        if !served(cluster) {
             return;
         }
         let Some(addr) = client_address(cluster, member, endpoint, self.inner.allow_client_address) else {

@@ -20,9 +20,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, ListParams},
 };
 use understudy::{
@@ -70,20 +70,6 @@ pub async fn discovery(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
         args.heartbeat()
     );
     Ok((title, stats, notes))
-}
-
-async fn cluster_ip(client: &Client, ns: &str, svc: &str) -> anyhow::Result<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = Api::<Service>::namespaced(client.clone(), ns).get_opt(svc).await?;
-        if let Some(ip) = s.and_then(|s| s.spec).and_then(|s| s.cluster_ip).filter(|ip| ip != "None") {
-            return Ok(ip);
-        }
-        if Instant::now() > deadline {
-            bail!("no ClusterIP for {svc}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The pod IP of `name` once it has one.
@@ -250,8 +236,9 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
     wait_settled(&hacs).await?;
-    let vip = format!("{}:{PORT}", cluster_ip(&client, NS, "b-primary").await?);
-    let sentinel_vip = format!("{}:26379", cluster_ip(&client, NS, "understudy-sentinel").await?);
+    let vip = format!("{}:{PORT}", super::lifecycle::cluster_ip(&client, "b-primary").await?);
+    let sentinel_vip =
+        format!("{}:26379", super::lifecycle::cluster_ip(&client, "understudy-sentinel").await?);
     let master = format!("{NS}/b");
     let (mut stats, mut notes) = (Vec::new(), Vec::new());
 
