@@ -5,7 +5,11 @@
 //! so clock skew between operator replicas cannot produce two leaders. Writes are guarded by
 //! resourceVersion, so two candidates racing for an expired lease cannot both win.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -20,6 +24,20 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::readiness::{Readiness, Role};
+
+/// The Lease annotation where the leader says where its discovery endpoint listens: the other
+/// replicas' endpoints follow the leader's announcements from there.
+pub const DISCOVERY_ANNOTATION: &str = "understudy.io/discovery-endpoint";
+
+/// What the Lease carries for the discovery endpoints.
+#[derive(Clone, Debug)]
+pub struct Advertise {
+    /// Where this replica's endpoint listens, once it does (written while leading).
+    pub ours: watch::Receiver<Option<SocketAddr>>,
+    /// Told where the leader's endpoint listens: None while this replica leads, or while no
+    /// live leader says.
+    pub leaders: Arc<watch::Sender<Option<SocketAddr>>>,
+}
 
 /// Timing of the election, like client-go's LeaderElectionConfig.
 #[derive(Clone, Debug)]
@@ -54,6 +72,8 @@ struct Observed {
     renew_time: Option<MicroTime>,
     duration: Duration,
     seen_at: Instant,
+    /// The holder's discovery endpoint, as its Lease says.
+    discovery: Option<SocketAddr>,
 }
 
 /// A running election. `is_leader()` flips to true once acquired and back to false if the
@@ -68,9 +88,20 @@ pub struct Elector {
 impl Elector {
     /// Campaign for the lease; `readiness` learns this replica's role after every round.
     pub fn start(client: Client, config: LeaseConfig, readiness: Readiness) -> Self {
+        Self::start_advertising(client, config, readiness, None)
+    }
+
+    /// [`Elector::start`], also exchanging the discovery endpoints' addresses through the
+    /// Lease.
+    pub fn start_advertising(
+        client: Client,
+        config: LeaseConfig,
+        readiness: Readiness,
+        advertise: Option<Advertise>,
+    ) -> Self {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(run(api.clone(), config.clone(), tx, readiness));
+        let task = tokio::spawn(run(api.clone(), config.clone(), tx, readiness, advertise));
         Self { rx, task, api, config }
     }
 
@@ -114,12 +145,33 @@ impl Drop for Elector {
     }
 }
 
-async fn run(api: Api<Lease>, cfg: LeaseConfig, tx: watch::Sender<bool>, readiness: Readiness) {
+async fn run(
+    api: Api<Lease>,
+    cfg: LeaseConfig,
+    tx: watch::Sender<bool>,
+    readiness: Readiness,
+    advertise: Option<Advertise>,
+) {
     let mut observed: Option<Observed> = None;
     let mut last_renew = Instant::now();
     loop {
         let leading = *tx.borrow();
-        match try_acquire_or_renew(&api, &cfg, &mut observed).await {
+        let ours = advertise.as_ref().and_then(|a| *a.ours.borrow());
+        let round = try_acquire_or_renew(&api, &cfg, &mut observed, ours).await;
+        if let Some(a) = &advertise {
+            // Follow a live leader other than this replica; nobody while unsure.
+            let leader = match (&round, &observed) {
+                (Ok(false), Some(o))
+                    if o.holder.as_deref().is_some_and(|h| !h.is_empty())
+                        && o.seen_at.elapsed() <= o.duration =>
+                {
+                    o.discovery
+                }
+                _ => None,
+            };
+            a.leaders.send_if_modified(|l| std::mem::replace(l, leader) != leader);
+        }
+        match round {
             Ok(true) => {
                 readiness.set_role(Role::Leader);
                 last_renew = Instant::now();
@@ -153,11 +205,16 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     cfg: &LeaseConfig,
     observed: &mut Option<Observed>,
+    discovery: Option<SocketAddr>,
 ) -> Result<bool, kube::Error> {
     let now = MicroTime(Timestamp::now());
     let Some(mut lease) = api.get_opt(&cfg.name).await? else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(cfg.name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(cfg.name.clone()),
+                annotations: discovery.map(|d| [(DISCOVERY_ANNOTATION.to_owned(), d.to_string())].into()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(cfg.identity.clone()),
                 lease_duration_seconds: Some(cfg.lease_duration.as_secs() as i32),
@@ -174,6 +231,8 @@ async fn try_acquire_or_renew(
         };
     };
     let spec = lease.spec.clone().unwrap_or_default();
+    let advertised =
+        |l: &Lease| l.metadata.annotations.as_ref()?.get(DISCOVERY_ANNOTATION)?.parse::<SocketAddr>().ok();
     let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
     let changed = observed.as_ref().is_none_or(|o| {
         o.holder != spec.holder_identity || o.renew_time != spec.renew_time || o.duration != duration
@@ -184,6 +243,7 @@ async fn try_acquire_or_renew(
             renew_time: spec.renew_time.clone(),
             duration,
             seen_at: Instant::now(),
+            discovery: advertised(&lease),
         });
     }
     let obs = observed.as_ref().expect("set above");
@@ -201,15 +261,22 @@ async fn try_acquire_or_renew(
     new_spec.holder_identity = Some(cfg.identity.clone());
     new_spec.lease_duration_seconds = Some(cfg.lease_duration.as_secs() as i32);
     new_spec.renew_time = Some(now);
+    let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+    match discovery {
+        Some(d) => annotations.insert(DISCOVERY_ANNOTATION.to_owned(), d.to_string()),
+        None => annotations.remove(DISCOVERY_ANNOTATION),
+    };
     // `replace` carries the resourceVersion we read: a concurrent writer makes this a 409.
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
         Ok(written) => {
+            let discovery = advertised(&written);
             let s = written.spec.unwrap_or_default();
             *observed = Some(Observed {
                 holder: s.holder_identity,
                 renew_time: s.renew_time,
                 duration: cfg.lease_duration,
                 seen_at: Instant::now(),
+                discovery,
             });
             Ok(true)
         }

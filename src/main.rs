@@ -84,6 +84,12 @@ struct RunArgs {
     /// namespace the operator watches.
     #[arg(long, value_delimiter = ',', env = "UNDERSTUDY_SENTINEL_NAMESPACES")]
     sentinel_namespaces: Vec<String>,
+    /// The IP the other operator replicas reach this replica's discovery endpoint on
+    /// (default: $POD_IP, set from the downward API). While this replica leads it is written
+    /// to the Lease, and the others relay its promotions to their clients at once instead of
+    /// after the status write.
+    #[arg(long, env = "POD_IP")]
+    sentinel_advertise_ip: Option<std::net::IpAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -196,6 +202,7 @@ fn sentinel_config(
         namespaces,
         allow_client_address: args.allow_client_address,
         identity: identity.to_owned(),
+        advertise_ip: args.sentinel_advertise_ip,
         bound: None,
     }))
 }

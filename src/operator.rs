@@ -116,7 +116,8 @@ pub async fn run_with(
                 }
             }
             Some(lease) => {
-                let elector = Elector::start(client, lease.clone(), ready.clone());
+                let advertise = ctx.discovery.as_ref().map(crate::sentinel::Discovery::advertise);
+                let elector = Elector::start_advertising(client, lease.clone(), ready.clone(), advertise);
                 info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
                 let outcome = tokio::select! {
                     () = elector.acquired() => None,
@@ -245,6 +246,7 @@ impl InProcess {
             namespaces: vec![namespace.to_owned()],
             allow_client_address: true,
             identity: format!("in-process-{}", std::process::id()),
+            advertise_ip: None,
             bound: Some(std::sync::Arc::new(bound)),
         });
         let op = Self::start_config(client, cfg);

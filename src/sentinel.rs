@@ -7,11 +7,12 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -31,10 +32,11 @@ use tracing::{debug, info, warn};
 use crate::{
     controllers::routing,
     core::sentinel::{
-        ClusterView, Directory, Event, Master, MemberView, ProtocolError, Session, Settings, ShardView,
-        master_name, masters, parse_request,
+        ClusterView, Directory, Event, Master, MemberView, PROMOTED, ProtocolError, Reply, Session, Settings,
+        ShardView, master_name, masters, parse_reply, parse_request,
     },
     engines::split_endpoint,
+    leader::Advertise,
     readiness::Readiness,
     resources::{
         HaCluster,
@@ -54,6 +56,10 @@ pub struct SentinelConfig {
     pub allow_client_address: bool,
     /// This replica's identity (`SENTINEL myid` is derived from it).
     pub identity: String,
+    /// The address the other operator replicas reach this endpoint on (with the port bound),
+    /// written to the Lease while this replica leads so that they follow its announcements.
+    /// None: the listen address when it names one; else the others answer from status alone.
+    pub advertise_ip: Option<IpAddr>,
     /// Told the address actually bound (tests listen on port 0).
     pub bound: Option<Arc<watch::Sender<Option<SocketAddr>>>>,
 }
@@ -66,7 +72,13 @@ const MAX_CONNECTIONS: usize = 4096;
 const BACKLOG: usize = 1024;
 /// A connection that neither subscribed nor sent anything for this long is closed (its slot
 /// is someone else's); clients reconnect when they next ask.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+const IDLE: Duration = Duration::from_secs(300);
+/// A replica following the leader's announcements waits this long for its endpoint to
+/// answer a connection, and at most this long between attempts.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(2);
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(30);
+/// It pings the leader's endpoint this often, and gives up on a connection silent for three.
+const FOLLOW_PING: Duration = Duration::from_secs(5);
 
 /// Whether discovery serves a cluster at all: redis, and not a standby (its primary follows
 /// another site and takes no writes).
@@ -146,6 +158,10 @@ struct DiscoveryInner {
     directory: watch::Sender<Arc<Directory>>,
     events: broadcast::Sender<Event>,
     allow_client_address: bool,
+    /// Where this replica's endpoint listens, for the Lease.
+    ours: watch::Sender<Option<SocketAddr>>,
+    /// Where the leader's endpoint listens (None while this replica leads).
+    leader: Arc<watch::Sender<Option<SocketAddr>>>,
 }
 
 impl Discovery {
@@ -158,8 +174,15 @@ impl Discovery {
                 directory,
                 events,
                 allow_client_address,
+                ours: watch::channel(None).0,
+                leader: Arc::new(watch::channel(None).0),
             }),
         }
+    }
+
+    /// What the leader election exchanges for this endpoint through the Lease.
+    pub fn advertise(&self) -> Advertise {
+        Advertise { ours: self.inner.ours.subscribe(), leaders: self.inner.leader.clone() }
     }
 
     /// Change the directory; publish the changes once the new directory is visible (a client
@@ -189,7 +212,18 @@ impl Discovery {
         let Some((host, port)) = split_endpoint(&addr) else { return };
         let shards = cluster.status.as_ref().map_or(1, |s| s.shards.len());
         let name = master_name(&cluster.namespace().unwrap_or_default(), &cluster.name_any(), shard, shards);
-        self.update(|d| d.announce(&name, epoch, host, port));
+        self.update(|d| {
+            // The other replicas' endpoints hear it first, and tell their clients too.
+            let mut events = vec![Event::promoted(&name, epoch, host, port)];
+            events.extend(d.announce(&name, epoch, host, port));
+            events
+        });
+    }
+
+    /// The leader's endpoint announced a promotion (a replica following it heard it).
+    fn relay(&self, name: &str, epoch: i64, host: &str, port: u16) {
+        info!(master = %name, epoch, primary = %format!("{host}:{port}"), "discovery endpoint: relaying the leader's announcement");
+        self.update(|d| d.announce(name, epoch, host, port));
     }
 }
 
@@ -230,7 +264,7 @@ pub async fn serve(
         next_id: AtomicI64::new(1),
     });
     let (synced_tx, mut synced_rx) = watch::channel(false);
-    let watching = tokio::spawn(watch_clusters(client, cfg.clone(), discovery, synced_tx));
+    let watching = tokio::spawn(watch_clusters(client, cfg.clone(), discovery.clone(), synced_tx));
     let _stop_watch = AbortOnDrop(watching);
     // Clients are told nothing until every served namespace has been listed once: an
     // endpoint that answered "no such master" while starting would send them away.
@@ -240,6 +274,21 @@ pub async fn serve(
     if let Some(bound) = &cfg.bound {
         bound.send_replace(Some(local));
     }
+    let advertised = match cfg.advertise_ip {
+        Some(ip) => Some(SocketAddr::new(ip, local.port())),
+        None => Some(local).filter(|l| !l.ip().is_unspecified()),
+    };
+    match advertised {
+        Some(a) => {
+            info!(advertised = %a, "other operator replicas follow this endpoint's announcements while it leads")
+        }
+        None => warn!(
+            "no --sentinel-advertise-ip: while this replica leads, the others answer from status alone (tens of ms later)"
+        ),
+    }
+    discovery.inner.ours.send_replace(advertised);
+    let following = tokio::spawn(follow_leader(discovery.clone(), cfg.password.clone()));
+    let _stop_following = AbortOnDrop(following);
     ready.set_discovery_synced();
     info!(%local, masters = shared.directory.borrow().len(), auth = cfg.password.is_some(), "serving Sentinel-compatible discovery");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -272,6 +321,110 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// While another replica leads, follow its endpoint's announcements: a promotion reaches
+/// this endpoint's clients as soon as the leader's, not after the status write and its
+/// watch event. Status stays the truth; an announcement only runs ahead of it.
+async fn follow_leader(discovery: Discovery, password: Option<String>) {
+    let mut leader = discovery.inner.leader.subscribe();
+    let mut retry = Duration::from_millis(250);
+    loop {
+        let Some(addr) = *leader.borrow_and_update() else {
+            if leader.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let mut followed = false;
+        tokio::select! {
+            r = relay(addr, password.as_deref(), &discovery, &mut followed) => {
+                if followed {
+                    retry = Duration::from_millis(250);
+                }
+                match r {
+                    Err(e) if followed => info!(leader = %addr, error = %e, "stopped following the leader's discovery endpoint; reconnecting"),
+                    Err(e) => debug!(leader = %addr, error = %e, retry_ms = retry.as_millis() as u64, "cannot follow the leader's discovery endpoint yet"),
+                    Ok(()) => {}
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    r = leader.changed() => if r.is_err() { return },
+                }
+                retry = (retry * 2).min(FOLLOW_RETRY_MAX);
+            }
+            r = leader.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Subscribe to the leader's announcements at `addr` and relay them until the connection
+/// ends; `followed` is set once the subscription is confirmed.
+async fn relay(
+    addr: SocketAddr,
+    password: Option<&str>,
+    discovery: &Discovery,
+    followed: &mut bool,
+) -> anyhow::Result<()> {
+    let mut sock = tokio::time::timeout(FOLLOW_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .context("connecting timed out")??;
+    sock.set_nodelay(true)?;
+    let command = |args: &[&[u8]], out: &mut Vec<u8>| {
+        Reply::Array(args.iter().map(|a| Reply::Bulk(a.to_vec())).collect()).encode(out);
+    };
+    let mut out = Vec::new();
+    if let Some(p) = password {
+        command(&[b"AUTH", p.as_bytes()], &mut out);
+    }
+    command(&[b"SUBSCRIBE", PROMOTED.as_bytes()], &mut out);
+    sock.write_all(&out).await?;
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+    let mut ping = tokio::time::interval(FOLLOW_PING);
+    let mut heard = Instant::now();
+    loop {
+        while let Some((reply, used)) = parse_reply(&buf).map_err(|e| anyhow::anyhow!(e.0))? {
+            buf.drain(..used);
+            let Reply::Array(items) = reply else {
+                match reply {
+                    Reply::Error(e) => {
+                        warn!(leader = %addr, error = %e, "the leader's discovery endpoint refused this replica (do the replicas share one password?)");
+                        anyhow::bail!("the leader's endpoint refused: {e}")
+                    }
+                    _ => continue, // AUTH's OK
+                }
+            };
+            let word = |i: usize| match items.get(i) {
+                Some(Reply::Bulk(b)) => std::str::from_utf8(b).ok(),
+                _ => None,
+            };
+            match (word(0), word(1), word(2)) {
+                (Some("subscribe"), Some(PROMOTED), _) if !*followed => {
+                    *followed = true;
+                    info!(leader = %addr, "following the leader's discovery announcements");
+                }
+                (Some("message"), Some(PROMOTED), Some(payload)) => match Event::parse_promoted(payload) {
+                    Some((name, epoch, host, port)) => discovery.relay(name, epoch, host, port),
+                    None => warn!(leader = %addr, %payload, "ignoring an announcement that does not parse"),
+                },
+                _ => {} // pong
+            }
+        }
+        tokio::select! {
+            n = sock.read(&mut chunk) => {
+                let n = n?;
+                anyhow::ensure!(n > 0, "the leader's endpoint closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+                heard = Instant::now();
+            }
+            _ = ping.tick() => {
+                anyhow::ensure!(heard.elapsed() < FOLLOW_PING * 3, "the leader's endpoint went silent");
+                out.clear();
+                command(&[b"PING"], &mut out);
+                sock.write_all(&out).await?;
+            }
+        }
     }
 }
 

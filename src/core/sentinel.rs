@@ -148,6 +148,28 @@ impl Event {
     }
 }
 
+/// Where the leader publishes its announcements for the other operator replicas, which
+/// follow it (`<name> <epoch> <host> <port>`). Heard by exact subscribers only: a client's
+/// `PSUBSCRIBE *` (Sentinel's channels) does not get it.
+pub const PROMOTED: &str = "__understudy__:promoted";
+
+impl Event {
+    /// The leader's announcement, for the other replicas' endpoints.
+    pub fn promoted(name: &str, epoch: i64, host: &str, port: u16) -> Self {
+        Self::new(PROMOTED, format!("{name} {epoch} {host} {port}"))
+    }
+
+    /// Read a [`PROMOTED`] payload: (name, epoch, host, port).
+    pub fn parse_promoted(payload: &str) -> Option<(&str, i64, &str, u16)> {
+        let mut words = payload.split(' ');
+        let name = words.next().filter(|n| !n.is_empty())?;
+        let epoch = words.next()?.parse().ok()?;
+        let host = words.next().filter(|h| !h.is_empty())?;
+        let port = words.next()?.parse().ok()?;
+        words.next().is_none().then_some((name, epoch, host, port))
+    }
+}
+
 /// A promotion the leader saw succeed before its outcome reached status: clients are sent
 /// to the new primary at once instead of after the status write and its watch event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -423,18 +445,77 @@ fn parse_one(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
         if !(0..=MAX_ARG as i64).contains(&len) {
             return Err(ProtocolError("invalid bulk length"));
         }
-        let len = len as usize;
-        let data = &rest[used..];
-        if data.len() < len + 2 {
-            return Ok(None);
-        }
-        if &data[len..len + 2] != b"\r\n" {
-            return Err(ProtocolError("bulk string not terminated by CRLF"));
-        }
-        args.push(data[..len].to_vec());
-        at += used + len + 2;
+        let Some(data) = bulk_body(&rest[used..], len as usize)? else { return Ok(None) };
+        at += used + data.len() + 2;
+        args.push(data);
     }
     Ok(Some((args, at)))
+}
+
+/// A bulk string's `len` bytes and their CRLF at the front of `data`; None when more bytes
+/// are needed.
+fn bulk_body(data: &[u8], len: usize) -> Result<Option<Vec<u8>>, ProtocolError> {
+    if data.len() < len + 2 {
+        return Ok(None);
+    }
+    if &data[len..len + 2] != b"\r\n" {
+        return Err(ProtocolError("bulk string not terminated by CRLF"));
+    }
+    Ok(Some(data[..len].to_vec()))
+}
+
+/// Parse one reply from the front of `buf` (what a peer's endpoint sends this one when it
+/// follows the leader's announcements): the reply and how many bytes it used, or `None`
+/// when more bytes are needed. Nesting deeper than 4, an element count above [`MAX_ARGS`]
+/// or a string above [`MAX_ARG`] is a protocol error, as a peer never sends one.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    match reply_at(buf, 0)? {
+        None if buf.len() > MAX_REQUEST => Err(ProtocolError("reply too large")),
+        r => Ok(r),
+    }
+}
+
+fn reply_at(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    if depth > 4 {
+        return Err(ProtocolError("reply nested too deeply"));
+    }
+    let Some((head, used)) = line(buf) else {
+        return if buf.len() > MAX_ARG { Err(ProtocolError("reply line too long")) } else { Ok(None) };
+    };
+    let Some((&kind, rest)) = head.split_first() else {
+        return Err(ProtocolError("empty reply line"));
+    };
+    let text = || String::from_utf8_lossy(rest).into_owned();
+    let count = || number(rest).ok_or(ProtocolError("invalid length"));
+    Ok(Some(match kind {
+        b'+' => (Reply::Status(text()), used),
+        b'-' => (Reply::Error(text()), used),
+        b':' => (Reply::Int(count()?), used),
+        b'$' => match count()? {
+            -1 => (Reply::Nil, used),
+            len if (0..=MAX_ARG as i64).contains(&len) => {
+                let Some(data) = bulk_body(&buf[used..], len as usize)? else { return Ok(None) };
+                let took = used + data.len() + 2;
+                (Reply::Bulk(data), took)
+            }
+            _ => return Err(ProtocolError("invalid bulk length")),
+        },
+        b'*' => match count()? {
+            -1 => (Reply::NilArray, used),
+            n if (0..=MAX_ARGS as i64).contains(&n) => {
+                let mut at = used;
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let Some((item, took)) = reply_at(&buf[at..], depth + 1)? else { return Ok(None) };
+                    items.push(item);
+                    at += took;
+                }
+                (Reply::Array(items), at)
+            }
+            _ => return Err(ProtocolError("invalid multibulk length")),
+        },
+        _ => return Err(ProtocolError("unknown reply type")),
+    }))
 }
 
 /// How the endpoint is set up.
@@ -619,6 +700,9 @@ impl Session {
                 Reply::bulk(&event.channel),
                 Reply::bulk(&event.payload),
             ]));
+        }
+        if event.channel == PROMOTED {
+            return out;
         }
         for p in &self.patterns {
             if glob(p.as_bytes(), event.channel.as_bytes()) {
@@ -1232,6 +1316,61 @@ mod tests {
         assert!(!s.subscribed());
         let long = cmd(&format!("PSUBSCRIBE {}", "*".repeat(MAX_CHANNEL + 1)));
         assert!(matches!(&s.handle(&st, &d, &long)[0], Reply::Error(_)));
+    }
+
+    #[test]
+    fn the_leaders_announcements_reach_exact_subscribers_only() {
+        let (st, d) = (settings(None), Directory::default());
+        let ev = Event::promoted("ns/c", 7, "10.0.0.5", 6379);
+        assert_eq!(Event::parse_promoted(&ev.payload), Some(("ns/c", 7, "10.0.0.5", 6379)));
+        let mut fan = Session::new(1);
+        fan.handle(&st, &d, &cmd("PSUBSCRIBE *"));
+        assert!(
+            fan.deliver(&ev).is_empty(),
+            "a client's PSUBSCRIBE * is not told the operator's own channel"
+        );
+        let mut peer = Session::new(2);
+        peer.handle(&st, &d, &cmd(&format!("SUBSCRIBE {PROMOTED}")));
+        assert_eq!(peer.deliver(&ev).len(), 1);
+        for bad in ["", "ns/c", "ns/c 7 h", "ns/c x h 1", "ns/c 7 h 99999", "ns/c 7 h 1 extra", " 7 h 1"] {
+            assert_eq!(Event::parse_promoted(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replies_parse_back_from_their_encoding() {
+        let replies = [
+            Reply::Status("OK".into()),
+            Reply::err("WRONGPASS no"),
+            Reply::Int(-3),
+            Reply::Bulk(b"a\r\nb".to_vec()),
+            Reply::Nil,
+            Reply::NilArray,
+            Reply::Array(vec![Reply::bulk("message"), Reply::Array(vec![Reply::Int(1)]), Reply::bulk("")]),
+        ];
+        let mut all = Vec::new();
+        for r in &replies {
+            r.encode(&mut all);
+        }
+        let mut at = 0;
+        for r in &replies {
+            let (got, used) = parse_reply(&all[at..]).expect("valid").expect("complete");
+            assert_eq!(&got, r);
+            at += used;
+        }
+        assert_eq!(at, all.len());
+        // Every strict prefix needs more bytes, never errors.
+        let mut one = Vec::new();
+        replies[6].encode(&mut one);
+        for cut in 0..one.len() {
+            assert_eq!(parse_reply(&one[..cut]), Ok(None), "prefix of {cut} bytes");
+        }
+        for bad in [&b"?x\r\n"[..], b"$5\r\nabcdefg", b"*-2\r\n", b"$-2\r\n", b":x\r\n", b"\r\n"] {
+            assert!(parse_reply(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let deep = "*1\r\n".repeat(6) + ":1\r\n";
+        assert!(parse_reply(deep.as_bytes()).is_err());
+        assert!(parse_reply(format!("${}\r\n", MAX_ARG + 1).as_bytes()).is_err());
     }
 
     #[test]

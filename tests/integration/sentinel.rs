@@ -239,7 +239,7 @@ async fn discovery_addr(p: &Process) -> SocketAddr {
 }
 
 #[tokio::test]
-async fn a_standby_replica_serves_discovery_from_status() {
+async fn a_standby_replica_serves_discovery_and_relays_the_leaders_announcements() {
     // A half-configured endpoint is refused before anything runs.
     for (args, says) in [
         (&["run", "--sentinel-listen", "127.0.0.1:0", "--sentinel-no-auth"][..], "--sentinel-namespaces"),
@@ -309,13 +309,25 @@ async fn a_standby_replica_serves_discovery_from_status() {
         assert!(r.contains("sentinel"), "{r}");
     }
     let sub = Subscriber::start(sa, "").await;
+    // The leader says in its Lease where its endpoint listens; the standby follows it.
+    eventually(WAIT, "the standby to follow the leader's announcements", || async {
+        standby
+            .log()
+            .contains(&format!("following the leader's discovery announcements leader={la}"))
+            .then_some(())
+    })
+    .await;
 
-    // The leader switches over; the standby publishes and answers what it wrote.
+    // The leader switches over; the standby relays the leader's announcement to its
+    // subscribers (before the status write reaches it), then serves what status says.
     switchover(&client, &ns, "move", &p0).await;
     let p1 = wait_primary(&api, "cache", "main", Some(&p0)).await;
-    sub.wait_for(&format!("{master} 127.0.0.1 {} 127.0.0.1 {}", port_of(&p0), port_of(&p1))).await;
+    let switch = format!("{master} 127.0.0.1 {} 127.0.0.1 {}", port_of(&p0), port_of(&p1));
+    sub.wait_for(&switch).await;
     let r = ask(sa, &format!("SENTINEL get-master-addr-by-name {master}\r\n")).await;
     assert!(r.contains(&format!("\r\n{}\r\n", port_of(&p1))), "{r}");
+    let relayed = format!("relaying the leader's announcement master={master}");
+    assert!(standby.log().contains(&relayed), "{}", standby.log());
 
     // A spec change the endpoint does not serve: the cluster made a standby of another site
     // is no master (its primary takes no writes).
@@ -326,7 +338,10 @@ async fn a_standby_replica_serves_discovery_from_status() {
     )
     .await
     .unwrap();
-    sub.wait_for("-monitor").await;
+    let seen = sub.wait_for("-monitor").await;
+    // Status confirming the announcement (watched in order, before this) published nothing
+    // again.
+    assert_eq!(seen.matches("+switch-master").count(), 1, "{seen}");
     let r = ask(sa, &format!("SENTINEL get-master-addr-by-name {master}\r\n")).await;
     assert_eq!(r, "*-1\r\n");
     drop(leader);
