@@ -159,10 +159,12 @@ async fn run(
         let ours = advertise.as_ref().and_then(|a| *a.ours.borrow());
         let round = try_acquire_or_renew(&api, &cfg, &mut observed, ours).await;
         if let Some(a) = &advertise {
-            // Follow a live leader other than this replica; nobody while unsure.
+            // Follow a live leader other than this replica (through a failed round too, while
+            // its lease as last seen is valid); nobody while leading or unsure.
             let leader = match (&round, &observed) {
-                (Ok(false), Some(o))
-                    if o.holder.as_deref().is_some_and(|h| !h.is_empty())
+                (Ok(true), _) => None,
+                (_, Some(o))
+                    if o.holder.as_deref().is_some_and(|h| !h.is_empty() && h != cfg.identity)
                         && o.seen_at.elapsed() <= o.duration =>
                 {
                     o.discovery
