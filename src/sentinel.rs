@@ -126,6 +126,7 @@ pub fn view(c: &HaCluster, allow_client_address: bool) -> Option<ClusterView> {
     Some(ClusterView {
         namespace: c.namespace().unwrap_or_default(),
         name: c.name_any(),
+        master_name: c.spec.routing.master_name.clone(),
         down_after_ms: ms(f.heartbeat_interval.0).saturating_mul(f.failure_threshold.max(1) as u64),
         failover_timeout_ms: ms(f.step_timeout.0),
         shards,
@@ -211,13 +212,21 @@ impl Discovery {
         };
         let Some((host, port)) = split_endpoint(&addr) else { return };
         let shards = cluster.status.as_ref().map_or(1, |s| s.shards.len());
-        let name = master_name(&cluster.namespace().unwrap_or_default(), &cluster.name_any(), shard, shards);
+        let custom = cluster.spec.routing.master_name.as_deref();
+        let name =
+            master_name(&cluster.namespace().unwrap_or_default(), &cluster.name_any(), custom, shard, shards);
         self.update(|d| {
             // The other replicas' endpoints hear it first, and tell their clients too.
             let mut events = vec![Event::promoted(&name, epoch, host, port)];
             events.extend(d.announce(&name, epoch, host, port));
             events
         });
+    }
+
+    /// The master names the cluster `namespace/name` claims that another served cluster
+    /// claims too (served for neither), each with the others that claim it.
+    pub fn conflicts(&self, cluster: &str) -> Vec<(String, Vec<String>)> {
+        self.inner.directory.borrow().conflicts(cluster)
     }
 
     /// The leader's endpoint announced a promotion (a replica following it heard it).
@@ -484,9 +493,15 @@ async fn watch_clusters(
                 // Clusters gone while the watch was down are dropped; the rest replaced.
                 let seen: std::collections::BTreeSet<String> = list.iter().map(|(k, _)| k.clone()).collect();
                 discovery.update(|dir| {
-                    let stale = dir_keys(dir, scope.as_deref()).into_iter().filter(|k| !seen.contains(k));
+                    let in_scope = |k: &&String| {
+                        scope
+                            .as_deref()
+                            .is_none_or(|ns| k.strip_prefix(ns).is_some_and(|r| r.starts_with('/')))
+                    };
+                    let stale: Vec<String> =
+                        dir.clusters().filter(in_scope).filter(|k| !seen.contains(*k)).cloned().collect();
                     let mut published: Vec<Event> = Vec::new();
-                    for key in stale.collect::<Vec<_>>() {
+                    for key in stale {
                         published.extend(dir.replace(&key, Vec::new()));
                     }
                     // An object listed but unreadable keeps what was served for it.
@@ -515,20 +530,6 @@ async fn watch_clusters(
             synced.send_replace(true);
         }
     }
-}
-
-/// The `namespace/cluster` keys served under `scope` (every one when None).
-fn dir_keys(dir: &Directory, scope: Option<&str>) -> Vec<String> {
-    let mut keys: Vec<String> = dir
-        .names()
-        .filter_map(|n| {
-            let mut parts = n.splitn(3, '/');
-            let (ns, cluster) = (parts.next()?, parts.next()?);
-            scope.is_none_or(|s| s == ns).then(|| format!("{ns}/{cluster}"))
-        })
-        .collect();
-    keys.dedup();
-    keys
 }
 
 /// Serve one client until it quits, breaks the protocol or goes away.

@@ -2033,6 +2033,22 @@ impl Monitor {
                 ),
             );
         }
+        let contested = self.ctx.discovery.as_ref().map(|d| d.conflicts(&key(cluster))).unwrap_or_default();
+        if contested.is_empty() {
+            self.routing_problems.remove(&Reason::MasterNameConflict);
+        } else {
+            let said: Vec<String> = contested
+                .iter()
+                .map(|(name, others)| format!("{name:?} (also {})", others.join(", ")))
+                .collect();
+            self.routing_problems.insert(
+                Reason::MasterNameConflict,
+                format!(
+                    "the discovery endpoint serves master name {} for no cluster: another cluster claims it too; give one of them another spec.routing.masterName",
+                    said.join(", ")
+                ),
+            );
+        }
         let routes = routing::desired_routes(cluster, &primaries, &replicas);
         if self.last_routes.as_ref() != Some(&routes) {
             self.apply_routes(cluster, routes).await;

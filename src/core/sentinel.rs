@@ -5,7 +5,8 @@
 //! asking `SENTINEL get-master-addr-by-name` or `SENTINEL masters`, and reconnect when they
 //! hear `+switch-master`. Understudy answers those from status: one "master" per shard of
 //! every served redis HaCluster, named `namespace/cluster` (one shard) or
-//! `namespace/cluster/shard`. Nothing here reads a socket or a clock; the server
+//! `namespace/cluster/shard`, or after the cluster's `spec.routing.masterName`. A name two
+//! clusters claim is served for neither. Nothing here reads a socket or a clock; the server
 //! (`crate::sentinel`) feeds requests in and writes the replies out.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,8 @@ pub struct ShardView {
 pub struct ClusterView {
     pub namespace: String,
     pub name: String,
+    /// `spec.routing.masterName`.
+    pub master_name: Option<String>,
     /// heartbeatInterval × failureThreshold: Sentinel's `down-after-milliseconds`.
     pub down_after_ms: u64,
     /// The failover deadline: Sentinel's `failover-timeout`.
@@ -49,7 +52,7 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// The prefix every master name of this cluster starts with.
+    /// The cluster's `namespace/name`: who claims its master names.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
@@ -89,9 +92,21 @@ pub struct Master {
 }
 
 /// The master name of `shard`: `namespace/cluster` for a cluster of one shard,
-/// `namespace/cluster/shard` otherwise.
-pub fn master_name(namespace: &str, cluster: &str, shard: &str, shards: usize) -> String {
-    if shards == 1 { format!("{namespace}/{cluster}") } else { format!("{namespace}/{cluster}/{shard}") }
+/// `namespace/cluster/shard` otherwise; with `spec.routing.masterName` (which has no `/`, so
+/// it never takes a default name) that name, or `masterName-shard`.
+pub fn master_name(
+    namespace: &str,
+    cluster: &str,
+    custom: Option<&str>,
+    shard: &str,
+    shards: usize,
+) -> String {
+    match (custom, shards) {
+        (Some(name), 1) => name.to_owned(),
+        (Some(name), _) => format!("{name}-{shard}"),
+        (None, 1) => format!("{namespace}/{cluster}"),
+        (None, _) => format!("{namespace}/{cluster}/{shard}"),
+    }
 }
 
 /// The masters of one cluster. A shard without a recorded primary (bootstrapping), or whose
@@ -123,7 +138,7 @@ pub fn masters(c: &ClusterView) -> Vec<Master> {
             .collect();
         replicas.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
         out.push(Master {
-            name: master_name(&c.namespace, &c.name, &s.name, c.shards.len()),
+            name: master_name(&c.namespace, &c.name, c.master_name.as_deref(), &s.name, c.shards.len()),
             primary: as_instance(primary, true),
             replicas,
             epoch: s.epoch,
@@ -182,6 +197,9 @@ struct Announced {
 /// Every master served, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Directory {
+    /// What each cluster (`namespace/cluster`) claims, from its status: its masters by name.
+    claims: BTreeMap<String, BTreeMap<String, Master>>,
+    /// What is served: the names exactly one cluster claims, announcements applied.
     masters: BTreeMap<String, Master>,
     announced: BTreeMap<String, Announced>,
 }
@@ -191,7 +209,7 @@ impl Directory {
         self.masters.get(name)
     }
 
-    /// Every master name, in order.
+    /// Every master name served, in order.
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.masters.keys()
     }
@@ -204,37 +222,71 @@ impl Directory {
         self.masters.is_empty()
     }
 
-    /// Replace the masters of every name under `prefix` (`namespace/cluster`, or
-    /// `namespace` for a whole namespace) with `new`; returns what subscribers hear.
-    pub fn replace(&mut self, prefix: &str, new: Vec<Master>) -> Vec<Event> {
-        let under =
-            |name: &str| name == prefix || name.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'));
-        let old: Vec<String> = self.masters.keys().filter(|n| under(n)).cloned().collect();
-        let mut new: BTreeMap<String, Master> = new.into_iter().map(|m| (m.name.clone(), m)).collect();
-        self.announced.retain(|name, _| !under(name) || new.contains_key(name));
-        for (name, m) in new.iter_mut() {
-            let Some(a) = self.announced.get(name) else { continue };
-            let confirmed = (&m.primary.host, m.primary.port) == (&a.host, a.port);
-            // Status catches up with the promotion (or moved past it): status is the truth
-            // again. An older status (the watch lags the leader) keeps the announcement.
-            if confirmed || m.epoch > a.epoch || (m.epoch == a.epoch && !m.failing_over) {
+    /// Every cluster (`namespace/cluster`) that claims a name.
+    pub fn clusters(&self) -> impl Iterator<Item = &String> {
+        self.claims.keys()
+    }
+
+    /// The names `cluster` claims that another cluster claims too (served for neither), each
+    /// with the others that claim it.
+    pub fn conflicts(&self, cluster: &str) -> Vec<(String, Vec<String>)> {
+        let Some(mine) = self.claims.get(cluster) else { return Vec::new() };
+        mine.keys()
+            .filter_map(|name| {
+                let others: Vec<String> = self
+                    .claims
+                    .iter()
+                    .filter(|(k, c)| k.as_str() != cluster && c.contains_key(name))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                (!others.is_empty()).then(|| (name.clone(), others))
+            })
+            .collect()
+    }
+
+    /// Replace what `cluster` (`namespace/cluster`) claims with `new` (nothing: it is gone or
+    /// not served); returns what subscribers hear.
+    pub fn replace(&mut self, cluster: &str, new: Vec<Master>) -> Vec<Event> {
+        let new: BTreeMap<String, Master> = new.into_iter().map(|m| (m.name.clone(), m)).collect();
+        let mut affected: BTreeSet<String> = new.keys().cloned().collect();
+        let old = if new.is_empty() {
+            self.claims.remove(cluster)
+        } else {
+            self.claims.insert(cluster.to_owned(), new)
+        };
+        affected.extend(old.into_iter().flat_map(BTreeMap::into_keys));
+        affected.into_iter().flat_map(|name| self.refresh(&name)).collect()
+    }
+
+    /// Serve `name` as its claims and announcement say; returns what subscribers hear.
+    fn refresh(&mut self, name: &str) -> Vec<Event> {
+        let mut claimants = self.claims.values().filter_map(|c| c.get(name));
+        let served = match (claimants.next(), claimants.next()) {
+            (Some(one), None) => {
+                let mut m = one.clone();
+                if let Some(a) = self.announced.get(name) {
+                    let confirmed = (&m.primary.host, m.primary.port) == (&a.host, a.port);
+                    // Status catches up with the promotion (or moved past it): status is the
+                    // truth again. An older status (the watch lags the leader) keeps the
+                    // announcement.
+                    if confirmed || m.epoch > a.epoch || (m.epoch == a.epoch && !m.failing_over) {
+                        self.announced.remove(name);
+                    } else {
+                        promote_in(&mut m, a);
+                    }
+                }
+                Some(m)
+            }
+            // Unclaimed, or claimed twice: served for neither cluster.
+            _ => {
                 self.announced.remove(name);
-            } else {
-                promote_in(m, a);
+                None
             }
-        }
-        let mut events = Vec::new();
-        for name in old {
-            let before = self.masters.remove(&name);
-            let after = new.remove(&name);
-            events.extend(changes(before.as_ref(), after.as_ref()));
-            if let Some(m) = after {
-                self.masters.insert(name, m);
-            }
-        }
-        for (name, m) in new {
-            events.extend(changes(None, Some(&m)));
-            self.masters.insert(name, m);
+        };
+        let before = self.masters.remove(name);
+        let events = changes(before.as_ref(), served.as_ref());
+        if let Some(m) = served {
+            self.masters.insert(name.to_owned(), m);
         }
         events
     }
@@ -1093,6 +1145,7 @@ mod tests {
         ClusterView {
             namespace: "ns".into(),
             name: "cache".into(),
+            master_name: None,
             down_after_ms: 600,
             failover_timeout_ms: 30_000,
             shards: vec![ShardView {
@@ -1141,6 +1194,46 @@ mod tests {
         c.shards.push(second);
         let names: Vec<String> = masters(&c).into_iter().map(|m| m.name).collect();
         assert_eq!(names, ["ns/cache/s0", "ns/cache/s1"]);
+        c.master_name = Some("mymaster".into());
+        let names: Vec<String> = masters(&c).into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["mymaster-s0", "mymaster-s1"]);
+        c.shards.pop();
+        assert_eq!(masters(&c)[0].name, "mymaster");
+    }
+
+    #[test]
+    fn a_name_two_clusters_claim_is_served_for_neither() {
+        let mut a = cluster("a");
+        a.master_name = Some("mymaster".into());
+        let mut d = dir(&a);
+        assert_eq!(d.get("mymaster").map(|m| m.primary.port), Some(6379));
+        // Another namespace claims it too: clients are told there is no such master rather
+        // than sent to either primary, and each cluster learns who else claims it.
+        let mut b = cluster("b");
+        b.namespace = "other".into();
+        b.master_name = Some("mymaster".into());
+        let events = d.replace(&b.key(), masters(&b));
+        assert_eq!(events.iter().map(|e| e.channel.as_str()).collect::<Vec<_>>(), ["-monitor"]);
+        assert!(d.get("mymaster").is_none());
+        assert_eq!(d.conflicts("ns/cache"), [("mymaster".to_owned(), vec!["other/cache".to_owned()])]);
+        assert_eq!(d.conflicts("other/cache"), [("mymaster".to_owned(), vec!["ns/cache".to_owned()])]);
+        // An announcement for a contested name changes nothing.
+        assert!(d.announce("mymaster", 9, "10.0.0.9", 6379).is_empty());
+        assert!(d.get("mymaster").is_none());
+        // The other renames: the first is served again, announced to subscribers.
+        b.master_name = Some("theirs".into());
+        let events = d.replace(&b.key(), masters(&b));
+        assert_eq!(events.iter().filter(|e| e.channel == "+monitor").count(), 2);
+        assert_eq!(d.get("mymaster").map(|m| m.primary.port), Some(6379));
+        assert_eq!(d.get("theirs").map(|m| m.primary.port), Some(6380));
+        assert!(d.conflicts("ns/cache").is_empty());
+        // Renaming moves the master: the old name goes, the new one comes.
+        a.master_name = None;
+        let events = d.replace(&a.key(), masters(&a));
+        let channels: BTreeSet<&str> = events.iter().map(|e| e.channel.as_str()).collect();
+        assert_eq!(channels, BTreeSet::from(["-monitor", "+monitor"]));
+        assert!(d.get("mymaster").is_none() && d.get("ns/cache").is_some());
+        assert_eq!(d.clusters().cloned().collect::<Vec<_>>(), ["ns/cache", "other/cache"]);
     }
 
     #[test]
@@ -1284,8 +1377,7 @@ mod tests {
         d.replace(&other.key(), masters(&other));
         d.replace("ns/cache", Vec::new());
         assert!(d.get("ns/cache-2").is_some());
-        // A whole namespace at once (a re-list).
-        d.replace("ns", Vec::new());
+        d.replace("ns/cache-2", Vec::new());
         assert!(d.is_empty());
     }
 

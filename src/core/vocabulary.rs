@@ -163,6 +163,9 @@ vocabulary! {
         WorkloadRestartsNotAllowed,
         /// HaCluster Routed=False: the agent redirect ConfigMap could not be written.
         RedirectFailed,
+        /// HaCluster Routed=False: another served cluster claims the same discovery master
+        /// name (`spec.routing.masterName`); the discovery endpoint serves it for neither.
+        MasterNameConflict,
         /// HaCluster Routed=False: endpoints Kubernetes cannot route to (loopback,
         /// link-local) were left out of the Services.
         Unroutable,

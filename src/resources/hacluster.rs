@@ -416,11 +416,20 @@ pub struct Routing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub replicas_service: Option<String>,
+    /// The master name Sentinel-aware clients ask the operator's discovery endpoint for
+    /// (`understudy run --sentinel-listen`), e.g. the `mymaster` an application is already
+    /// configured with. Default `<namespace>/<cluster>`; a cluster of several shards serves
+    /// one master per shard, `<masterName>-<shard>` (default `<namespace>/<cluster>/<shard>`).
+    /// A name claimed by two served clusters is served for neither (their Routed condition
+    /// says so): a client is never sent to another cluster's primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?$"))]
+    pub master_name: Option<String>,
 }
 
 impl Default for Routing {
     fn default() -> Self {
-        Self { enabled: true, primary_service: None, replicas_service: None }
+        Self { enabled: true, primary_service: None, replicas_service: None, master_name: None }
     }
 }
 

@@ -347,3 +347,73 @@ async fn a_standby_replica_serves_discovery_and_relays_the_leaders_announcements
     drop(leader);
     standby.terminate();
 }
+
+/// The Routed condition of `name` once its reason is `reason`: its message.
+async fn routed(api: &Api<HaCluster>, name: &str, reason: &str) -> String {
+    eventually(WAIT, &format!("{name}: Routed {reason}"), || async {
+        let st = api.get(name).await.ok()?.status?;
+        let c = st.conditions.iter().find(|c| c.type_ == "Routed")?;
+        (c.reason == reason).then(|| c.message.clone())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_master_name_is_served_for_one_cluster_and_a_contested_one_for_none() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sentinel-names").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let named = |name: &str, member: (&str, &RedisServer), master: &str| {
+        let mut c = cluster(name, &[member]);
+        c.spec.routing.master_name = Some(master.to_owned());
+        c
+    };
+    // The API server refuses a name clients cannot ask for, or one shaped like the default
+    // names of other namespaces (`namespace/cluster`).
+    for bad in ["my master", "other/cache", "-x", "", &"m".repeat(201)] {
+        let e = api.create(&PostParams::default(), &named("bad", ("a", &servers[0]), bad)).await.unwrap_err();
+        assert!(matches!(&e, kube::Error::Api(s) if s.code == 422), "{bad:?}: {e}");
+    }
+    api.create(&PostParams::default(), &named("one", ("a", &servers[0]), "mymaster")).await.unwrap();
+    let (op, addr) = Operator::start_with_sentinel(client.clone(), &ns, None).await.unwrap();
+    wait_primary(&api, "one", "main", None).await;
+    let addr_of =
+        |s: &RedisServer| format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{}\r\n", s.port.to_string().len(), s.port);
+    let asks = |name: &str| format!("SENTINEL get-master-addr-by-name {name}\r\n");
+    eventually(WAIT, "mymaster to be served", || async {
+        (ask(addr, &asks("mymaster")).await == addr_of(&servers[0])).then_some(())
+    })
+    .await;
+    assert_eq!(ask(addr, &asks(&format!("{ns}/one"))).await, "*-1\r\n", "the default name gives way");
+    routed(&api, "one", "RoutingDisabled").await;
+
+    // A second cluster claims the same name: served for neither, and both say why.
+    api.create(&PostParams::default(), &named("two", ("b", &servers[1]), "mymaster")).await.unwrap();
+    wait_primary(&api, "two", "main", None).await;
+    eventually(WAIT, "a contested name to be served for neither", || async {
+        (ask(addr, &asks("mymaster")).await == "*-1\r\n").then_some(())
+    })
+    .await;
+    let msg = routed(&api, "one", "MasterNameConflict").await;
+    assert!(msg.contains("\"mymaster\"") && msg.contains(&format!("{ns}/two")), "{msg}");
+    let msg = routed(&api, "two", "MasterNameConflict").await;
+    assert!(msg.contains(&format!("{ns}/one")), "{msg}");
+
+    // One renames: each is served under its own name again.
+    api.patch(
+        "two",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"routing": {"masterName": "theirs"}}})),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "both names to be served", || async {
+        let (a, b) = (ask(addr, &asks("mymaster")).await, ask(addr, &asks("theirs")).await);
+        (a == addr_of(&servers[0]) && b == addr_of(&servers[1])).then_some(())
+    })
+    .await;
+    routed(&api, "one", "RoutingDisabled").await;
+    routed(&api, "two", "RoutingDisabled").await;
+    op.stop().await;
+}
