@@ -28,6 +28,8 @@ if [ "$node_tier" = 1 ]; then
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
   command -v iptables >/dev/null || need+=(iptables)
   command -v conntrack >/dev/null || need+=(conntrack)
+  # kube-proxy's nftables mode, which `bench discovery` measures beside iptables mode.
+  command -v nft >/dev/null || need+=(nftables)
   command -v openssl >/dev/null || need+=(openssl)
 fi
 if [ ${#need[@]} -gt 0 ]; then

@@ -15,7 +15,8 @@
 #   tools/node/node.sh import DATADIR TAR...   import docker-archive images into containerd.
 #   tools/node/node.sh kubelet DATADIR stop|start
 #                                              stop or restart the kubelet (node NotReady tests).
-#   tools/node/node.sh proxy DATADIR [ARGS...] restart kube-proxy with extra flags (benchmarks).
+#   tools/node/node.sh proxy DATADIR [ARGS...] restart kube-proxy with extra flags (benchmarks;
+#                                              e.g. --proxy-mode=nftables, which needs `nft`).
 #   tools/node/node.sh leftovers               list what a node left on the machine; exit 1 if any.
 #
 # Needs root, the control-plane binaries (tools/controlplane/build.sh all + node) in BIN_DIR,
@@ -463,6 +464,9 @@ case "$cmd" in
     ;;
   proxy)
     stop_pid kube-proxy TERM 2
+    # The previous mode's rules go first: switching between iptables and nftables mode leaves
+    # them behind otherwise, and both would rewrite Service traffic.
+    in_ns "$BIN/kube-proxy" --cleanup >"$D/logs/kube-proxy-cleanup.log" 2>&1 || die "kube-proxy --cleanup failed (see $D/logs/kube-proxy-cleanup.log)"
     proxy_start "$@"
     ;;
   *) die "unknown command $cmd" ;;

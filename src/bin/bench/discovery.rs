@@ -4,6 +4,7 @@
 //!
 //! - (a) go-redis' plain client on the primary Service's ClusterIP, kube-proxy defaults;
 //! - (b) the same with kube-proxy's `--iptables-min-sync-period=0s`;
+//! - (e) the same with kube-proxy in nftables mode (its defaults; needs `nft`);
 //! - (c) go-redis' failover client asking Understudy's Sentinel-compatible endpoint (the
 //!   chart's `understudy-sentinel` Service, two operator pods);
 //! - (d) the same client against real Redis Sentinel (Debian's redis-sentinel, three on the
@@ -70,6 +71,11 @@ pub async fn discovery(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
         args.heartbeat()
     );
     Ok((title, stats, notes))
+}
+
+/// `cmd`'s path when it is on PATH.
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(cmd)).find(|p| p.is_file())
 }
 
 /// The pod IP of `name` once it has one.
@@ -246,11 +252,12 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
     // restarted in place (the kubelet does that within a second) comes back as a replica of
     // nothing, which Sentinel takes ~20 s to act on (a master that reports itself a replica
     // is down only after down-after + 2 INFO periods), so (d) cannot be measured with it.
-    let modes: [(&str, Option<&str>, bool); 4] = [
+    let modes: [(&str, Option<&str>, bool); 5] = [
         ("(a) ClusterIP, kube-proxy default", None, false),
         ("(c) Sentinel client → Understudy", None, false),
         ("(c') Sentinel client → Understudy, pod deleted", None, true),
         ("(b) ClusterIP, kube-proxy min-sync 0s", Some("--iptables-min-sync-period=0s"), false),
+        ("(e) ClusterIP, kube-proxy nftables mode", Some("--proxy-mode=nftables"), false),
     ];
     let wanted = |name: &str| {
         args.faults.is_empty() || args.faults.iter().any(|f| name.starts_with(&format!("({f})")))
@@ -260,6 +267,11 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
             continue;
         }
         if let Some(flag) = proxy {
+            if flag.contains("nftables") && which("nft").is_none() {
+                bail!("{name} needs the nft binary on the host: apt-get install nftables");
+            }
+            // Each restart starts from kube-proxy's defaults plus this one flag; the previous
+            // mode's rules are cleaned up first (node.sh).
             node.node_sh("proxy", &[flag])?;
             tokio::time::sleep(QUIET).await;
         }
