@@ -16,7 +16,9 @@
 #   tools/node/node.sh kubelet DATADIR stop|start
 #                                              stop or restart the kubelet (node NotReady tests).
 #   tools/node/node.sh proxy DATADIR [ARGS...] restart kube-proxy with extra flags (benchmarks;
-#                                              e.g. --proxy-mode=nftables, which needs `nft`).
+#                                              e.g. --proxy-mode=nftables, which needs `nft`;
+#                                              --nftables-min-sync-period=D alone: nftables
+#                                              mode through a config file, which that needs).
 #   tools/node/node.sh leftovers               list what a node left on the machine; exit 1 if any.
 #
 # Needs root, the control-plane binaries (tools/controlplane/build.sh all + node) in BIN_DIR,
@@ -297,6 +299,29 @@ proxy_start() {
     --metrics-bind-address=127.0.0.1:10249 "$@"
 }
 
+# kube-proxy in nftables mode with a chosen minSyncPeriod, which has no flag: a
+# KubeProxyConfiguration carrying proxy_start's flags (with --config, flags are ignored).
+proxy_start_nftables() { # min-sync-period
+  cat >"$D/kube-proxy.yaml" <<CONFIG
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $D/admin.kubeconfig
+hostnameOverride: $NODE_NAME
+mode: nftables
+clusterCIDR: $POD_CIDR
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nftables:
+  minSyncPeriod: $1
+CONFIG
+  daemon kube-proxy "$BIN/kube-proxy" --config "$D/kube-proxy.yaml"
+}
+
 wait_node_ready() {
   local i
   for i in $(seq 600); do
@@ -467,7 +492,10 @@ case "$cmd" in
     # The previous mode's rules go first: switching between iptables and nftables mode leaves
     # them behind otherwise, and both would rewrite Service traffic.
     in_ns "$BIN/kube-proxy" --cleanup >"$D/logs/kube-proxy-cleanup.log" 2>&1 || die "kube-proxy --cleanup failed (see $D/logs/kube-proxy-cleanup.log)"
-    proxy_start "$@"
+    case "${1:-}" in
+      --nftables-min-sync-period=*) proxy_start_nftables "${1#*=}" ;;
+      *) proxy_start "$@" ;;
+    esac
     ;;
   *) die "unknown command $cmd" ;;
 esac

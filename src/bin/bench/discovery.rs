@@ -5,6 +5,7 @@
 //! - (a) go-redis' plain client on the primary Service's ClusterIP, kube-proxy defaults;
 //! - (b) the same with kube-proxy's `--iptables-min-sync-period=0s`;
 //! - (e) the same with kube-proxy in nftables mode (its defaults; needs `nft`);
+//! - (f) nftables mode with `nftables.minSyncPeriod: 1ms` (a config file: it has no flag);
 //! - (c) go-redis' failover client asking Understudy's Sentinel-compatible endpoint (the
 //!   chart's `understudy-sentinel` Service, two operator pods);
 //! - (d) the same client against real Redis Sentinel (Debian's redis-sentinel, three on the
@@ -252,12 +253,14 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
     // restarted in place (the kubelet does that within a second) comes back as a replica of
     // nothing, which Sentinel takes ~20 s to act on (a master that reports itself a replica
     // is down only after down-after + 2 INFO periods), so (d) cannot be measured with it.
-    let modes: [(&str, Option<&str>, bool); 5] = [
+    let modes: [(&str, Option<&str>, bool); 6] = [
         ("(a) ClusterIP, kube-proxy default", None, false),
         ("(c) Sentinel client → Understudy", None, false),
         ("(c') Sentinel client → Understudy, pod deleted", None, true),
         ("(b) ClusterIP, kube-proxy min-sync 0s", Some("--iptables-min-sync-period=0s"), false),
         ("(e) ClusterIP, kube-proxy nftables mode", Some("--proxy-mode=nftables"), false),
+        // 1ms, not 0s: in a config file a zero minSyncPeriod reads as unset (the 1 s default).
+        ("(f) ClusterIP, kube-proxy nftables min-sync 1ms", Some("--nftables-min-sync-period=1ms"), false),
     ];
     let wanted = |name: &str| {
         args.faults.is_empty() || args.faults.iter().any(|f| name.starts_with(&format!("({f})")))

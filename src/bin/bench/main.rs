@@ -98,7 +98,7 @@ struct Args {
     max_hold_secs: u64,
     /// chaos: draw faults only from these (comma-separated: kill-primary, kill-replica,
     /// stop-primary, stop-replica, kill-operator, stop-apiserver, switchover, failover-request).
-    /// discovery: run only these ways (a, b, c, c', d, e).
+    /// discovery: run only these ways (a, b, c, c', d, e, f).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// chaos: the cluster must be Healthy again within this many seconds of the heal.
