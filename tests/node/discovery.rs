@@ -77,6 +77,35 @@ async fn switchover(client: &kube::Client, ns: &str, name: &str, primary: &str) 
 
 /// Stop the writers; every acknowledged write must be on `ip` (planned moves), and each
 /// client's last writes went to `ip`.
+/// The operator pods' discovery endpoints are linked: the leader says in its Lease where its
+/// endpoint listens (the chart gives each pod its IP to advertise), and the other pod follows
+/// it. Returns the standby pod's name.
+async fn standby_follows(node: &support::Node, client: &kube::Client, ns: &str) -> String {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), ns);
+    let (leader, standby, at) =
+        eventually(WAIT, "the leader to advertise its discovery endpoint", || async {
+            let lease = leases.get("understudy-leader").await.ok()?;
+            let leader = lease.spec?.holder_identity?;
+            let at = lease.metadata.annotations?.get("understudy.io/discovery-endpoint")?.clone();
+            let operators = pods(client, ns, "app.kubernetes.io/name=understudy").await;
+            let ip =
+                operators.iter().find(|p| p.metadata.name.as_deref() == Some(&leader)).and_then(pod_ip)?;
+            (at == format!("{ip}:26379")).then_some(())?;
+            let standby = operators.into_iter().filter_map(|p| p.metadata.name).find(|p| *p != leader)?;
+            Some((leader, standby, at))
+        })
+        .await;
+    eventually(WAIT, "the standby operator pod to follow the leader's announcements", || async {
+        let log = node.kubectl(&["-n", ns, "logs", &standby]).ok()?;
+        log.lines()
+            .any(|l| l.contains("following the leader's discovery announcements") && l.contains(&at))
+            .then_some(())
+    })
+    .await;
+    eprintln!("{standby} follows the discovery announcements of {leader}");
+    standby
+}
+
 async fn finish(what: &str, writers: Vec<Writer>, ip: &str, since_ms: f64, must_keep: bool) {
     for w in writers {
         let (lib, key) = (w.lib, w.key.clone());
@@ -149,7 +178,9 @@ async fn sentinel_clients_follow_the_primary_through_the_operators_service() {
     finish("container kill", ws.into(), &ip, since, false).await;
     wait_replicas_follow(&client, n, "cache", &second).await;
 
-    // 2. A switchover: nothing acknowledged is lost.
+    // 2. A switchover: nothing acknowledged is lost; the standby operator pod relays the
+    // leader's announcement to its own clients.
+    let standby = standby_follows(node, &client, n).await;
     let ws = start("switchover");
     wait_writes_at(&ip, &[&ws[0], &ws[1]], 200).await;
     let since = now_ms();
@@ -159,6 +190,8 @@ async fn sentinel_clients_follow_the_primary_through_the_operators_service() {
     let ip = ip_of(&client, n, &third).await;
     wait_writes_at(&ip, &[&ws[0], &ws[1]], 200).await;
     finish("switchover", ws.into(), &ip, since, true).await;
+    let log = node.kubectl(&["-n", n, "logs", &standby]).unwrap();
+    assert!(log.contains("relaying the leader's announcement"), "{standby} did not relay:\n{log}");
     wait_replicas_follow(&client, n, "cache", &third).await;
 
     // 3. The leading operator pod is killed, then a switchover: the other replica leads and
@@ -176,4 +209,8 @@ async fn sentinel_clients_follow_the_primary_through_the_operators_service() {
     let ip = ip_of(&client, n, &fourth).await;
     wait_writes_at(&ip, &[&ws[0], &ws[1]], 200).await;
     finish("switchover after a leader kill", ws.into(), &ip, since, true).await;
+    // Whoever leads now (the other pod, or the killed one restarted in place: same pod name,
+    // so same identity, which takes its unexpired lease back) advertises itself, and the other
+    // pod follows it.
+    standby_follows(node, &client, n).await;
 }
