@@ -851,6 +851,11 @@ impl Outcome {
     pub(crate) fn violated(&self) -> bool {
         !self.violations.is_empty()
     }
+
+    /// Acknowledged writes were lost and `lastFailover.lostOffset` does not say so.
+    pub(crate) fn unrecorded_loss(&self) -> bool {
+        self.lost > 0 && self.lost_offset.unwrap_or(0) == 0
+    }
 }
 
 /// Runs one seeded plan end to end on some tier.

@@ -118,7 +118,8 @@ impl Runner for NodeBench<'_> {
                 return Err(e.context(format!("operator logs: {logs:?}")));
             }
         };
-        if out.violated() {
+        // Also a loss the operator did not record: what it did is the only way to learn why.
+        if out.violated() || out.unrecorded_loss() {
             out.logs = self.save_operator_logs(run, began.elapsed());
         }
         site.remove().await;
