@@ -1350,13 +1350,17 @@ impl Monitor {
             let Some(base) = base else { return };
             let Some(record) = base.status.as_ref().and_then(|s| s.last_failover.as_ref()) else { return };
             let Some(promoted_at) = record.promoted_at_offset else { return };
-            if record.shard != shard
-                || record.from.as_deref() != Some(member)
-                || record.steps.iter().any(|s| s.name == "reattach")
-            {
+            if record.shard != shard || record.from.as_deref() != Some(member) {
                 return;
             }
             let lost = (offset - promoted_at).max(0);
+            // Two reports can come (the heartbeat's probe of the returned member, and its
+            // queued demotion's answer), in either order: a later one that shows more lost
+            // raises the figure; one that adds nothing is not recorded twice.
+            let reattached = record.steps.iter().any(|s| s.name == "reattach");
+            if reattached && lost <= record.lost_offset.unwrap_or(0) {
+                return;
+            }
             let mut next = base.clone();
             let Some(r) = next.status.as_mut().and_then(|s| s.last_failover.as_mut()) else { return };
             r.lost_offset = Some(r.lost_offset.unwrap_or(0).max(lost));
