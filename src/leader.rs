@@ -87,13 +87,8 @@ pub struct Elector {
 
 impl Elector {
     /// Campaign for the lease; `readiness` learns this replica's role after every round.
-    pub fn start(client: Client, config: LeaseConfig, readiness: Readiness) -> Self {
-        Self::start_advertising(client, config, readiness, None)
-    }
-
-    /// [`Elector::start`], also exchanging the discovery endpoints' addresses through the
-    /// Lease.
-    pub fn start_advertising(
+    /// With `advertise`, the discovery endpoints' addresses are exchanged through the Lease.
+    pub fn start(
         client: Client,
         config: LeaseConfig,
         readiness: Readiness,

@@ -117,7 +117,7 @@ pub async fn run_with(
             }
             Some(lease) => {
                 let advertise = ctx.discovery.as_ref().map(crate::sentinel::Discovery::advertise);
-                let elector = Elector::start_advertising(client, lease.clone(), ready.clone(), advertise);
+                let elector = Elector::start(client, lease.clone(), ready.clone(), advertise);
                 info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
                 let outcome = tokio::select! {
                     () = elector.acquired() => None,
