@@ -5,6 +5,7 @@
 //! - [`core`]: pure decisions — no client, no clock, no I/O.
 //! - [`engines`]: how the operator talks to members.
 //! - [`controllers`]: gather facts, ask the core, apply what it returns.
+//! - [`plugin`]: `kubectl understudy`, the command line for people operating clusters.
 
 pub mod agent;
 pub mod controllers;
@@ -24,6 +25,7 @@ pub mod metrics;
 #[cfg(feature = "testbed")]
 pub mod nodecluster;
 pub mod operator;
+pub mod plugin;
 pub mod readiness;
 pub mod resources;
 pub mod sentinel;
