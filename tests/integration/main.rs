@@ -19,6 +19,7 @@ mod instances;
 mod lifecycle;
 mod operator;
 mod outage;
+mod plugin;
 mod protection_group;
 mod sentinel;
 mod shard_failover;
