@@ -1,6 +1,8 @@
 //! `understudy demo`: a failover you can watch, on a local control plane with three real
 //! redis-server members. Bootstrap → kill the primary → automatic failover → the old primary
 //! returns as a replica → a graceful switchover (ShardFailover) → a summary of measured times.
+//! The live view is what `kubectl understudy status` prints, and the switchover is the object
+//! `kubectl understudy switchover` creates (both from [`crate::plugin`]).
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -13,7 +15,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use kube::{Api, api::PostParams};
+use k8s_openapi::{api::events::v1::Event, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt as _,
+    api::{ListParams, PostParams},
+};
 use serde_json::json;
 
 use crate::{
@@ -21,6 +27,11 @@ use crate::{
     core::vocabulary::ConditionType,
     localredis::LocalRedis,
     operator::InProcess,
+    plugin::{
+        connect::Requester,
+        operations::{Operation, plan_switchover},
+        render::{cluster_text, cluster_view, history, history_text},
+    },
     resources::{
         HaCluster, ShardFailover,
         hacluster::{HaClusterStatus, Role},
@@ -70,27 +81,42 @@ fn which(bin: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
-/// The live view: a table redrawn in place on a terminal, printed once per change otherwise.
+/// The live view: `kubectl understudy status demo`, redrawn in place on a terminal, printed
+/// once per change otherwise.
 struct View {
     tty: bool,
+    /// What the last view showed, heartbeat times left out (they change on every poll).
     last: String,
     lines: usize,
 }
 
 impl View {
-    fn show(&mut self, status: &HaClusterStatus, ports: &[u16]) {
-        let table = render(status, ports);
-        if table == self.last {
+    fn show(&mut self, cluster: &HaCluster, sfos: &[ShardFailover]) {
+        let mut view = cluster_view(cluster, sfos, &[]);
+        let text = cluster_text(&view, Timestamp::now());
+        for m in view.shards.iter_mut().flat_map(|s| &mut s.members) {
+            m.last_heartbeat = None;
+        }
+        let key = serde_json::to_string(&view).unwrap_or_default();
+        if key == self.last {
             return;
+        }
+        let mut block = format!("  $ kubectl understudy status demo -n {NS}\n");
+        for line in text.lines() {
+            if !line.is_empty() {
+                block.push_str("  ");
+            }
+            block.push_str(line);
+            block.push('\n');
         }
         let mut out = std::io::stdout().lock();
         if self.tty && self.lines > 0 {
             let _ = write!(out, "\x1b[{}A\x1b[J", self.lines);
         }
-        let _ = write!(out, "{table}");
+        let _ = write!(out, "{block}");
         let _ = out.flush();
-        self.lines = table.lines().count();
-        self.last = table;
+        self.lines = block.lines().count();
+        self.last = key;
     }
 
     fn say(&mut self, msg: &str) {
@@ -98,33 +124,6 @@ impl View {
         self.lines = 0;
         self.last.clear();
     }
-}
-
-fn render(status: &HaClusterStatus, ports: &[u16]) -> String {
-    let shard = status.shards.first();
-    let mut s = format!(
-        "  phase {:<12} primary {:<8} epoch {}\n  {:<8} {:<16} {:<8} {:<8} {:>8}\n",
-        status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
-        status.primary.clone().unwrap_or_else(|| "-".into()),
-        shard.map_or(0, |s| s.epoch),
-        "MEMBER",
-        "ENDPOINT",
-        "ROLE",
-        "HEALTHY",
-        "LAG",
-    );
-    for (i, name) in NAMES.iter().enumerate() {
-        let m = shard.and_then(|s| s.members.iter().find(|m| m.name == *name));
-        s.push_str(&format!(
-            "  {:<8} {:<16} {:<8} {:<8} {:>8}\n",
-            name,
-            format!("127.0.0.1:{}", ports[i]),
-            m.map_or("-".into(), |m| format!("{:?}", m.role).to_lowercase()),
-            m.map_or("-", |m| if m.healthy { "yes" } else { "NO" }),
-            m.and_then(|m| m.lag).map_or("-".into(), |l| l.to_string()),
-        ));
-    }
-    s
 }
 
 /// Run the demo. Ctrl-C at any point cleans up every process it started.
@@ -186,7 +185,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     view.say("creating HaCluster `demo`: the operator elects a primary and points the replicas at it");
     let t = Instant::now();
     hacs.create(&PostParams::default(), &hac).await?;
-    let first = watch_until(&hacs, &mut view, &ports, |st| healthy_primary(st, None)).await?;
+    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
+    let first = watch_until(&hacs, &sfos, &mut view, |st| healthy_primary(st, None)).await?;
     let bootstrap = t.elapsed();
     let fi = index(&first)?;
 
@@ -199,7 +199,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     wait_replicas_have(&redis, fi, 1000).await;
     let t = Instant::now();
     redis[fi].kill();
-    let second = watch_until(&hacs, &mut view, &ports, |st| healthy_primary(st, Some(&first))).await?;
+    let second = watch_until(&hacs, &sfos, &mut view, |st| healthy_primary(st, Some(&first))).await?;
     let failover = t.elapsed();
     let si = index(&second)?;
     let st = hacs.get("demo").await?.status.unwrap_or_default();
@@ -212,14 +212,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "restarting {first}: it comes back as a replica of {second}, never as a second primary"
     ));
     redis[fi].try_spawn()?;
-    watch_until(&hacs, &mut view, &ports, |st| {
+    watch_until(&hacs, &sfos, &mut view, |st| {
         let m = st.shards.first()?.members.iter().find(|m| m.name == first)?;
         (m.healthy && m.role == Role::Replica).then_some(())
     })
     .await?;
 
     // 4. Graceful switchover while a client writes.
-    view.say(&format!("switchover: a ShardFailover moves the primary off {second} while a client writes"));
+    view.say(&format!(
+        "`kubectl understudy switchover demo`: a ShardFailover moves the primary off {second} while a client writes"
+    ));
     let acked = Arc::new(AtomicI64::new(0));
     let max_gap = Arc::new(AtomicI64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -244,20 +246,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), NS);
-    let sfo: ShardFailover = serde_json::from_value(json!({
-        "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover", "metadata": {"name": "switchover"},
-        "spec": {"shardUids": [second]}
-    }))?;
+    // The object the plugin creates: named, labelled, the requester recorded.
+    let who = Requester {
+        user: "understudy-demo".into(),
+        reason: Some("the demo's switchover".into()),
+        at: Timestamp::now(),
+    };
+    let Operation::Shard(sfo) = plan_switchover(&hacs.get("demo").await?, None, None, false, &who)
+        .map_err(|r| anyhow::anyhow!("switchover refused: {r:?}"))?
+    else {
+        bail!("a switchover without --to is a ShardFailover");
+    };
     let t = Instant::now();
-    sfos.create(&PostParams::default(), &sfo).await?;
-    let third = watch_until(&hacs, &mut view, &ports, |st| healthy_primary(st, Some(&second))).await?;
+    let sfo_name = sfos.create(&PostParams::default(), &sfo).await?.name_any();
+    let third = watch_until(&hacs, &sfos, &mut view, |st| healthy_primary(st, Some(&second))).await?;
     let switchover = t.elapsed();
-    let phase = wait_sfo(&sfos).await?;
-    watch_until(&hacs, &mut view, &ports, |st| {
+    let phase = wait_sfo(&sfos, &sfo_name).await?;
+    watch_until(&hacs, &sfos, &mut view, |st| {
         let s = st.shards.first()?;
         let primaries = s.members.iter().filter(|m| m.role == Role::Primary).count();
-        (primaries == 1 && s.members.iter().all(|m| m.healthy)).then_some(())
+        // The lock released too, so the last view is the settled cluster.
+        (primaries == 1 && s.operation.is_none() && s.members.iter().all(|m| m.healthy)).then_some(())
     })
     .await?;
     stop.store(true, Ordering::SeqCst);
@@ -267,6 +276,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let sw_keys: Vec<String> = redis::cmd("KEYS").arg("sw:*").query_async(&mut c3).await?;
     let acked = acked.load(Ordering::SeqCst);
     let lost = acked - sw_keys.len() as i64;
+
+    view.say("what happened, as `kubectl understudy history demo` tells it");
+    let events = Api::<Event>::namespaced(client.clone(), NS).list(&ListParams::default()).await?.items;
+    let operations = sfos.list(&ListParams::default()).await?.items;
+    let told = history(&hacs.get("demo").await?, &operations, &[], None, &events);
+    for line in history_text(&told, Timestamp::now()).lines() {
+        println!("  {line}");
+    }
 
     println!("\n=== SUMMARY ===");
     println!("bootstrap                : {first} elected primary in {:.2}s", bootstrap.as_secs_f64());
@@ -293,6 +310,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("  export KUBECONFIG={}", cp.kubeconfig_path().display());
         let k = cp.kubectl();
         println!("  {} get hac,sfo -n {NS} -o wide", k.display());
+        println!(
+            "  kubectl understudy status demo -n {NS}      # the plugin: cargo install --path . --bin kubectl-understudy --no-default-features"
+        );
+        println!("  kubectl understudy history demo -n {NS}");
         println!("  {} get hacluster demo -n {NS} -o yaml", k.display());
         println!("  {} get events -n {NS}", k.display());
         println!("  redis-cli -p {} info replication", ports[ti]);
@@ -321,16 +342,16 @@ fn healthy_primary(st: &HaClusterStatus, not: Option<&str>) -> Option<String> {
 
 async fn watch_until<T>(
     api: &Api<HaCluster>,
+    sfos: &Api<ShardFailover>,
     view: &mut View,
-    ports: &[u16],
     done: impl Fn(&HaClusterStatus) -> Option<T>,
 ) -> anyhow::Result<T> {
     let deadline = Instant::now() + STEP;
     loop {
         if let Ok(c) = api.get("demo").await {
-            let st = c.status.unwrap_or_default();
-            view.show(&st, ports);
-            if let Some(v) = done(&st) {
+            let operations = sfos.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+            view.show(&c, &operations);
+            if let Some(v) = done(&c.status.unwrap_or_default()) {
                 return Ok(v);
             }
         }
@@ -358,10 +379,10 @@ async fn wait_replicas_have(redis: &[LocalRedis], primary: usize, keys: i64) {
     }
 }
 
-async fn wait_sfo(api: &Api<ShardFailover>) -> anyhow::Result<ShardFailoverPhase> {
+async fn wait_sfo(api: &Api<ShardFailover>, name: &str) -> anyhow::Result<ShardFailoverPhase> {
     let deadline = Instant::now() + STEP;
     loop {
-        if let Some(p) = api.get("switchover").await?.status.and_then(|s| s.phase)
+        if let Some(p) = api.get(name).await?.status.and_then(|s| s.phase)
             && matches!(p, ShardFailoverPhase::Succeeded | ShardFailoverPhase::Failed)
         {
             return Ok(p);
