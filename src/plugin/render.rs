@@ -790,13 +790,11 @@ pub fn shard_failover_outcome(sfo: &ShardFailover) -> Option<Outcome> {
 /// What a FailoverRequest shows as it runs: its phase and each subtask that started.
 pub fn request_progress(fr: &FailoverRequest) -> Vec<(String, String)> {
     let st = fr.status.clone().unwrap_or_default();
-    let mut phase = match st.phase {
+    // The phase alone: each step that starts or ends has a line of its own.
+    let phase = match st.phase {
         None => "accepted; waiting for the operator to pick it up".to_owned(),
         Some(p) => word(&p),
     };
-    if let Some(p) = &st.progress {
-        phase = format!("{phase} ({p} steps)");
-    }
     let mut entries = vec![("phase".to_owned(), phase)];
     for t in st.task.iter().flat_map(|t| &t.subtasks) {
         if matches!(t.status, TaskStatus::Ready | TaskStatus::Pending) {
@@ -818,9 +816,8 @@ pub fn request_outcome(fr: &FailoverRequest) -> Option<Outcome> {
     let message = one_line(st.message.as_deref().unwrap_or_default());
     match st.phase? {
         RequestPhase::Succeeded => Some(Outcome::Succeeded(message)),
-        p @ (RequestPhase::Failed | RequestPhase::RolledBack) => {
-            Some(Outcome::Failed(format!("{}: {message}", word(&p))))
-        }
+        RequestPhase::Failed => Some(Outcome::Failed(message)),
+        RequestPhase::RolledBack => Some(Outcome::Failed(format!("rolled back: {message}"))),
         RequestPhase::Pending | RequestPhase::Running => None,
     }
 }
@@ -1429,13 +1426,13 @@ Conditions not OK:
         assert_eq!(
             request_progress(&r).into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
             vec![
-                "Failed (0/7 steps)".to_owned(),
+                "Failed".to_owned(),
                 "orders check: FAILED (candidate c has priority 0: never promoted)".to_owned()
             ]
         );
         assert_eq!(
             request_outcome(&r),
-            Some(Outcome::Failed("Failed: orders check: candidate c has priority 0: never promoted".into()))
+            Some(Outcome::Failed("orders check: candidate c has priority 0: never promoted".into()))
         );
     }
 
