@@ -345,6 +345,38 @@ mod tests {
         assert!(parse(&["failover", "orders", "--timeout", "soon"]).is_err());
     }
 
+    /// deploy/krew/understudy.yaml: a krew Plugin whose version follows the crate, whose
+    /// archives are this version's and hold this binary, and whose checksums are the
+    /// release's placeholder or a real SHA-256 — never something made up in between.
+    #[test]
+    fn the_krew_manifest_follows_the_crate_version() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/krew/understudy.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let m: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(m["apiVersion"].as_str(), Some("krew.googlecontainertools.github.com/v1alpha2"));
+        assert_eq!(
+            (m["kind"].as_str(), m["metadata"]["name"].as_str()),
+            (Some("Plugin"), Some("understudy"))
+        );
+        let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            m["spec"]["version"].as_str(),
+            Some(version.as_str()),
+            "update deploy/krew/understudy.yaml"
+        );
+        let platforms = m["spec"]["platforms"].as_sequence().unwrap();
+        assert!(!platforms.is_empty());
+        for p in platforms {
+            let uri = p["uri"].as_str().unwrap();
+            assert!(uri.contains(&format!("/{version}/kubectl-understudy-{version}-")), "{uri}");
+            assert_eq!(p["bin"].as_str(), Some("kubectl-understudy"));
+            let sha = p["sha256"].as_str().unwrap();
+            let real =
+                sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+            assert!(sha == "RELEASE_SHA256" || real, "sha256 {sha:?}: the placeholder or a real checksum");
+        }
+    }
+
     #[test]
     fn exit_codes_say_what_happened() {
         assert_eq!(PluginError::Usage("x".into()).exit_code(), 2);
