@@ -77,6 +77,18 @@ where
                 return Err(PluginError::Refused(format!("{} was deleted while it was followed", f.what)));
             }
             Some(Ok(Event::Init | Event::InitDone)) => {}
+            // Not allowed to watch: retrying will not help.
+            Some(Err(
+                watcher::Error::InitialListFailed(kube::Error::Api(s))
+                | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
+            )) if s.code == 401 || s.code == 403 => {
+                return Err(PluginError::Client(format!(
+                    "cannot follow {}: {}; it goes on in the cluster (`{}` with credentials that may watch it)",
+                    f.what,
+                    render::one_line(&s.message),
+                    f.how
+                )));
+            }
             // The watch is retried with backoff; say once that it is struggling.
             Some(Err(e)) => {
                 if !warned {
