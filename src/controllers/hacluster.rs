@@ -1349,16 +1349,21 @@ impl Monitor {
             let base = if attempt == 0 { self.latest() } else { self.fetch().await };
             let Some(base) = base else { return };
             let Some(record) = base.status.as_ref().and_then(|s| s.last_failover.as_ref()) else { return };
-            let Some(promoted_at) = record.promoted_at_offset else { return };
             if record.shard != shard || record.from.as_deref() != Some(member) {
+                info!(cluster = %key(cluster), %member, offset, "not recorded: the last failover is another member's");
                 return;
             }
+            let Some(promoted_at) = record.promoted_at_offset else {
+                info!(cluster = %key(cluster), %member, offset, "not recorded: the last failover has no promotion point");
+                return;
+            };
             let lost = (offset - promoted_at).max(0);
             // Two reports can come (the heartbeat's probe of the returned member, and its
             // queued demotion's answer), in either order: a later one that shows more lost
             // raises the figure; one that adds nothing is not recorded twice.
             let reattached = record.steps.iter().any(|s| s.name == "reattach");
             if reattached && lost <= record.lost_offset.unwrap_or(0) {
+                debug!(cluster = %key(cluster), %member, offset, promoted_at, "re-attached old primary already recorded");
                 return;
             }
             let mut next = base.clone();
@@ -2138,7 +2143,8 @@ pub(super) async fn drain(
         } else if Instant::now() >= deadline {
             return Err(format!("no replication offsets within {timeout:?}"));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Writes are paused meanwhile: each millisecond here is one clients wait.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -172,7 +172,10 @@ impl ShardOp {
                 Effect::Drain { from, to } => drain(engine, &endpoint(&from), &endpoint(&to), step_timeout)
                     .await
                     .map_err(|e| (Fault::Answered, e)),
-                Effect::Demote { member } => reported(engine.demote(&endpoint(&member)).await),
+                Effect::Demote { member, to: None } => reported(engine.demote(&endpoint(&member)).await),
+                Effect::Demote { member, to: Some(to) } => {
+                    reported(engine.demote_drained(&endpoint(&member), &endpoint(&to)).await)
+                }
                 Effect::QueueDemote { member } => {
                     let queued = async {
                         let watch = engine.demote_when_thawed(&endpoint(&member)).await?;

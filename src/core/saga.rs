@@ -89,8 +89,11 @@ pub enum Effect {
     Record,
     /// Pause writes on `from` and wait until `to` has applied everything `from` wrote.
     Drain { from: String, to: String },
-    /// Stop the member from taking writes.
-    Demote { member: String },
+    /// Stop the member from taking writes. With `to`: the member was drained and `to` holds
+    /// everything it wrote, so it is demoted by becoming `to`'s replica — re-attached the
+    /// moment `to` is promoted rather than after the redirect, so the new primary's
+    /// self-fencing counts a replica at once.
+    Demote { member: String, to: Option<String> },
     /// Delete the member's pod with no grace period.
     Kill { member: String },
     /// The member does not answer: queue a demotion that it runs, if it runs again, before
@@ -225,7 +228,8 @@ impl Saga {
         match &self.phase {
             Phase::Record => Effect::Record,
             Phase::Drain => Effect::Drain { from: from(), to: self.start.to.clone() },
-            Phase::DemoteDrained | Phase::Fence => Effect::Demote { member: from() },
+            Phase::DemoteDrained => Effect::Demote { member: from(), to: Some(self.start.to.clone()) },
+            Phase::Fence => Effect::Demote { member: from(), to: None },
             Phase::Kill => Effect::Kill { member: from() },
             Phase::QueueDemote { .. } => Effect::QueueDemote { member: from() },
             Phase::Promote => match &self.start.become_ {
@@ -360,7 +364,7 @@ impl Saga {
                 self.drained = true;
                 self.step(
                     "fence",
-                    format!("{from} drained (writes paused until {to} had everything) and demoted"),
+                    format!("{from} drained (writes paused until {to} had everything) and demoted to a replica of {to}"),
                 );
                 Phase::Promote
             }
@@ -529,7 +533,7 @@ mod tests {
             effects,
             [
                 Effect::Drain { from: "a".into(), to: "b".into() },
-                Effect::Demote { member: "a".into() },
+                Effect::Demote { member: "a".into(), to: Some("b".into()) },
                 Effect::Promote { member: "b".into() },
                 Effect::Redirect { members: vec!["c".into()], to: "b".into() },
                 Effect::ResumeWrites { member: "a".into() },

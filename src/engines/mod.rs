@@ -99,6 +99,15 @@ pub trait Engine: Send + Sync {
     fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>>;
     /// Stop the member from accepting writes (demote / fence). Idempotent.
     fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>>;
+    /// Demote a drained old primary: `to`, the candidate about to be promoted, holds
+    /// everything it wrote. Redis makes it `to`'s replica, so that it re-attaches the moment
+    /// `to` is promoted (a replica reconnects at once when its primary's replication ID
+    /// changes) and the new primary's `min-replicas-to-write` counts a replica within
+    /// milliseconds, not after the redirect that follows the promotion. Other engines demote
+    /// as [`Engine::demote`] does.
+    fn demote_drained<'a>(&'a self, endpoint: &'a str, _to: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        self.demote(endpoint)
+    }
     /// Block writes for at most `max` (graceful switchover). Engines without it return Ok.
     fn pause_writes<'a>(&'a self, endpoint: &'a str, max: Duration) -> BoxFuture<'a, EngineResult<()>>;
     /// Undo [`Engine::pause_writes`].

@@ -253,6 +253,15 @@ impl RedisEngine {
         cmd.arg(host).arg(port);
         self.call::<()>(endpoint, cmd).await
     }
+
+    /// Make the member at `endpoint` a replica of the member at `primary` (`host:port`).
+    async fn replicaof_member(&self, endpoint: &str, primary: &str) -> EngineResult<()> {
+        let (host, port) = split_endpoint(primary).ok_or_else(|| EngineError::Protocol {
+            endpoint: primary.into(),
+            message: "not host:port".into(),
+        })?;
+        self.replicaof(endpoint, host, port).await
+    }
 }
 
 fn classify(endpoint: &str, e: RedisError) -> EngineError {
@@ -407,11 +416,7 @@ impl Engine for RedisEngine {
 
     fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         async move {
-            let (host, port) = split_endpoint(primary).ok_or_else(|| EngineError::Protocol {
-                endpoint: primary.into(),
-                message: "not host:port".into(),
-            })?;
-            self.replicaof(endpoint, host, port).await?;
+            self.replicaof_member(endpoint, primary).await?;
             self.start_stream(endpoint);
             Ok(())
         }
@@ -446,6 +451,12 @@ impl Engine for RedisEngine {
 
     fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         async move { self.replicaof(endpoint, FENCE_HOST, FENCE_PORT).await }.boxed()
+    }
+
+    fn demote_drained<'a>(&'a self, endpoint: &'a str, to: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        // Until `to` is promoted the two replicate from each other; neither takes writes
+        // (this one is paused, `to` is a replica) and both hold the same offset.
+        async move { self.replicaof_member(endpoint, to).await }.boxed()
     }
 
     fn pause_writes<'a>(&'a self, endpoint: &'a str, max: Duration) -> BoxFuture<'a, EngineResult<()>> {

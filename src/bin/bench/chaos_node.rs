@@ -82,6 +82,13 @@ impl<'a> NodeBench<'a> {
                 }
             }
         }
+        // What status recorded (lastFailover's steps say which reports arrived).
+        if let Ok(yaml) = self.node.kubectl(&["-n", NS, "get", "haclusters", "-o", "yaml"]) {
+            let path = self.logs.join(format!("chaos-node-{run}-haclusters.yaml"));
+            if std::fs::write(&path, yaml).is_ok() {
+                out.push(path);
+            }
+        }
         out
     }
 }

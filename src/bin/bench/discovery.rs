@@ -131,13 +131,21 @@ async fn replicas_online(ip: &str) -> anyhow::Result<()> {
 
 /// The longest pause that ended after `t0_ms` (the fault), and acknowledged writes missing on
 /// the member at `ip`.
-async fn measure(writer: Writer, t0_ms: f64, ip: &str) -> anyhow::Result<(f64, usize, usize)> {
+/// Also says how the writes failed meanwhile (error kind × count), so that a long pause can be
+/// told from a client waiting (no errors) or a primary refusing (`NOREPLICAS`, `READONLY`).
+async fn measure(writer: Writer, t0_ms: f64, ip: &str) -> anyhow::Result<(f64, usize, usize, String)> {
     let key = writer.key.clone();
     let report = writer.finish();
     let gap = report.gaps.iter().filter(|g| g.to_ms >= t0_ms).map(|g| g.ms).fold(GAP_MS, f64::max);
     let mut c = redis_conn(ip, PORT, None, 2000).await?;
     let held: Vec<i64> = redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut c).await?;
-    Ok((gap, report.missing(&held).len(), report.acked.len()))
+    let errors = if report.errors.is_empty() {
+        "no failed writes".to_owned()
+    } else {
+        let kinds: Vec<String> = report.errors.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        format!("failed writes: {}", kinds.join(", "))
+    };
+    Ok((gap, report.missing(&held).len(), report.acked.len(), errors))
 }
 
 async fn container_of(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
@@ -309,7 +317,7 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
                 let named_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 let new_ip = pod_ip(&pods, &new).await?;
                 writes_at(&new_ip, &key, 100).await?;
-                let (gap, lost, acked) = measure(writer, t0_ms, &new_ip).await?;
+                let (gap, lost, acked, errors) = measure(writer, t0_ms, &new_ip).await?;
                 m.record(planned, gap, named_ms, lost, acked);
                 if !planned && delete {
                     recreated(&pods, &primary, &ip).await?;
@@ -317,7 +325,7 @@ async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>,
                     replace_pod(&pods, &primary, &ip).await?;
                 }
                 eprintln!(
-                    "{name} run {run} {}: {primary} → {new}, client gap {gap:.1} ms (named after {named_ms:.0} ms), lost {lost}",
+                    "{name} run {run} {}: {primary} → {new}, client gap {gap:.1} ms (named after {named_ms:.0} ms), lost {lost}; {errors}",
                     if planned { "switchover" } else { "failover" }
                 );
             }
@@ -508,7 +516,7 @@ async fn sentinel_mode(
             };
             let named_ms = t0.elapsed().as_secs_f64() * 1000.0;
             writes_at(&new_ip, &key, 100).await?;
-            let (gap, lost, acked) = measure(writer, t0_ms, &new_ip).await?;
+            let (gap, lost, acked, errors) = measure(writer, t0_ms, &new_ip).await?;
             m.record(planned, gap, named_ms, lost, acked);
             if !planned {
                 // Not before every sentinel has finished the failover (the failover's leader
@@ -542,7 +550,7 @@ async fn sentinel_mode(
             }
             let new = by_ip(new_ip.clone()).await.unwrap_or(new_ip);
             eprintln!(
-                "{name} run {run} {}: {primary} → {new}, client gap {gap:.1} ms (named after {named_ms:.0} ms), lost {lost}",
+                "{name} run {run} {}: {primary} → {new}, client gap {gap:.1} ms (named after {named_ms:.0} ms), lost {lost}; {errors}",
                 if planned { "switchover" } else { "failover" }
             );
         }
