@@ -176,8 +176,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .collect();
     let hac: HaCluster = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "demo"},
+        // Loopback members cannot be behind a Service: routing off, rather than a
+        // `Routed=False Unroutable` condition greeting the newcomer.
         "spec": {"engine": "Redis", "shards": [{"name": "main", "members": members}],
-                 "failover": {"heartbeatInterval": args.heartbeat, "failureThreshold": 3}}
+                 "failover": {"heartbeatInterval": args.heartbeat, "failureThreshold": 3},
+                 "routing": {"enabled": false}}
     }))?;
     let mut view = View { tty: std::io::stdout().is_terminal(), last: String::new(), lines: 0 };
 
