@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Api, ResourceExt,
+    Api,
     api::{Patch, PatchParams},
 };
 use serde_json::json;
@@ -32,7 +32,7 @@ use super::{
     render::{self, Outcome},
 };
 use crate::{
-    core::vocabulary::ConditionType,
+    core::vocabulary::{ConditionType, Reason},
     resources::{HaCluster, shared::condition},
 };
 
@@ -42,6 +42,9 @@ pub const PAUSED_BY: &str = "understudy.dev/paused-by";
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// How long the operator gets to report a spec change it took up, unless `--timeout`.
 const ACKNOWLEDGE: Duration = Duration::from_secs(30);
+/// How long a restart is followed, unless `--timeout`: members restart one at a time, each
+/// waiting for its pod to be ready and caught up.
+const ROLL: Duration = Duration::from_secs(15 * 60);
 
 /// The merge patch that pauses or resumes a cluster.
 pub fn pause_patch(paused: bool, who: &Requester) -> serde_json::Value {
@@ -140,6 +143,35 @@ pub fn restart_patch(who: &Requester) -> serde_json::Value {
     })
 }
 
+/// Where a restart asked when the members ran revision `before` stands: not taken up yet
+/// (the revision did not change), rolling, done (every member ready at the new revision and
+/// `Progressing=False UpToDate`), or stopped (`Progressing=False` with another reason, such
+/// as an image that does not start).
+pub fn restart_outcome(cluster: &HaCluster, before: Option<&str>) -> Option<Outcome> {
+    let now = revision(cluster)?;
+    if Some(now.as_str()) == before {
+        return None;
+    }
+    let st = cluster.status.as_ref()?;
+    let p = condition(&st.conditions, ConditionType::Progressing)?;
+    if p.status != "False" {
+        return None;
+    }
+    let members = cluster.spec.instances.as_ref().map_or(0, |i| i.members);
+    let ready = st.instances.as_ref().map_or(0, |i| i.updated_ready);
+    if p.reason == Reason::UpToDate.as_str() {
+        (ready >= members).then(|| {
+            Outcome::Succeeded(format!("restarted: {ready} of {members} members ready at revision {now}"))
+        })
+    } else {
+        Some(Outcome::Failed(format!(
+            "the restart stopped at {ready} of {members} members: {}: {}",
+            p.reason,
+            render::one_line(&p.message)
+        )))
+    }
+}
+
 /// The revision of the members the operator records (status.instances.revision).
 fn revision(cluster: &HaCluster) -> Option<String> {
     cluster.status.as_ref()?.instances.as_ref()?.revision.clone()
@@ -173,16 +205,7 @@ pub async fn restart(target: &Target, args: ClusterChange) -> Result<(), PluginE
         return Ok(());
     }
     let before = revision(&cluster);
-    let outcome = |c: &HaCluster| {
-        let now = revision(c)?;
-        (Some(&now) != before.as_ref()).then(|| {
-            Outcome::Succeeded(format!(
-                "the operator took the restart up (revision {} → {now}); follow the roll with `kubectl understudy status {}` (condition Progressing)",
-                before.as_deref().unwrap_or("none"),
-                c.name_any()
-            ))
-        })
-    };
+    let outcome = |c: &HaCluster| restart_outcome(c, before.as_deref());
     let progress = |c: &HaCluster| {
         let st = c.status.clone().unwrap_or_default();
         condition(&st.conditions, ConditionType::Progressing)
@@ -199,7 +222,7 @@ pub async fn restart(target: &Target, args: ClusterChange) -> Result<(), PluginE
         name: &name,
         what: format!("the restart of HaCluster {name}"),
         how: format!("kubectl understudy status {name} -n {}", target.namespace),
-        timeout: args.follow.timeout.map_or(ACKNOWLEDGE, Duration::from),
+        timeout: args.follow.timeout.map_or(ROLL, Duration::from),
         progress: &progress,
         outcome: &outcome,
     }
@@ -240,6 +263,41 @@ mod tests {
     fn a_restart_sets_the_documented_pod_annotation() {
         let p = restart_patch(&who());
         assert_eq!(p["spec"]["instances"]["pod"]["annotations"][RESTARTED_AT], "2026-12-05T03:15:02Z");
+    }
+
+    #[test]
+    fn a_restart_is_followed_to_the_end_of_the_roll() {
+        let c = |revision: &str, ready: i32, progressing: Option<(&str, &str)>| -> HaCluster {
+            let conditions: Vec<_> = progressing
+                .map(|(status, reason)| {
+                    json!({"type": "Progressing", "status": status, "reason": reason, "message": "m",
+                        "lastTransitionTime": "2026-12-05T03:15:02Z"})
+                })
+                .into_iter()
+                .collect();
+            serde_json::from_value(json!({
+                "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+                "metadata": {"name": "orders"},
+                "spec": {"engine": "Redis", "instances": {"members": 3, "image": "redis:7"}},
+                "status": {"instances": {"revision": revision, "updatedReady": ready}, "conditions": conditions}
+            }))
+            .unwrap()
+        };
+        let before = Some("r1");
+        // Not taken up yet: the old revision's UpToDate says nothing about this restart.
+        assert_eq!(restart_outcome(&c("r1", 3, Some(("False", "UpToDate"))), before), None);
+        assert_eq!(restart_outcome(&c("r2", 1, Some(("True", "Restarting"))), before), None);
+        // The new revision recorded before any member runs it: not done although UpToDate.
+        assert_eq!(restart_outcome(&c("r2", 2, Some(("False", "UpToDate"))), before), None);
+        assert_eq!(restart_outcome(&c("r2", 2, None), before), None);
+        assert_eq!(
+            restart_outcome(&c("r2", 3, Some(("False", "UpToDate"))), before),
+            Some(Outcome::Succeeded("restarted: 3 of 3 members ready at revision r2".into()))
+        );
+        assert_eq!(
+            restart_outcome(&c("r2", 1, Some(("False", "ImageNotStarting"))), before),
+            Some(Outcome::Failed("the restart stopped at 1 of 3 members: ImageNotStarting: m".into()))
+        );
     }
 
     #[test]

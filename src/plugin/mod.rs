@@ -121,7 +121,8 @@ pub struct FollowArgs {
     #[arg(long)]
     pub no_wait: bool,
     /// How long to follow (e.g. 90s, 10m). Default: the operation's own deadline plus 30s;
-    /// for pause, resume and restart, 30s for the operator to report the change. When it
+    /// for pause and resume, 30s for the operator to report the change; for restart, 15m for
+    /// the roll to end. When it
     /// passes the plugin exits 3; the operation goes on in the cluster.
     #[arg(long)]
     pub timeout: Option<GoDuration>,

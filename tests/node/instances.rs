@@ -152,18 +152,22 @@ async fn instances_are_created_restarted_upgraded_scaled_and_deleted_under_a_wri
     let from_seq = writer.last_seq() + 1;
     let mut pauses = Vec::new();
 
-    // 2. Restart, as `kubectl rollout restart` asks: replicas first, a switchover, the old
-    // primary last; every pod is new, the primary moved once.
+    // 2. Restart with `kubectl understudy restart`, followed to the end of the roll: replicas
+    // first, a switchover, the old primary last; every pod is new, the primary moved once.
     let before = uids(&created);
     let t = Instant::now();
-    let restart =
-        json!({"spec": {"instances": {"pod": {"annotations": {"kubectl.kubernetes.io/restartedAt": "1"}}}}});
-    hacs.patch("db", &PatchParams::default(), &Patch::Merge(&restart)).await.unwrap();
-    eventually(WAIT, "the restart to start", || async {
-        let c = hacs.get("db").await.ok()?;
-        (progressing(&c)?.0 == "True").then_some(())
-    })
-    .await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-understudy"))
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args(["-n", &ns.name, "restart", "db", "--timeout", "120s"])
+        .output()
+        .await
+        .expect("run kubectl-understudy");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("$ kubectl understudy restart db\n{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(0), "kubectl understudy restart: {stdout}{stderr}");
+    assert!(stdout.contains("restarted: 3 of 3 members ready at revision"), "{stdout}");
+    assert!(stdout.contains("Progressing=True"), "the roll's progress was shown: {stdout}");
     let restarted = up_to_date(&client, &hacs, &ns.name, 3).await;
     let after_restart = wait_primary(&hacs, "db", None).await;
     writer.wait_more(200, WAIT).await;
