@@ -589,7 +589,8 @@ struct Monitor {
     done_tx: tokio::sync::mpsc::UnboundedSender<OpDone>,
     done_rx: tokio::sync::mpsc::UnboundedReceiver<OpDone>,
     last_routes: Option<routing::Routes>,
-    last_redirect: Option<String>,
+    /// What the agent redirect ConfigMap was last written (or found) to say.
+    last_redirect: Option<Vec<(String, String)>>,
     config_error: Option<(Reason, String)>,
     pod_services_generation: Option<i64>,
     /// Standby clusters: the upstream primary this heartbeat resolved.
@@ -1476,8 +1477,8 @@ impl Monitor {
     /// One finished promotion: member state, metrics, routing, then the Event.
     async fn apply_done(&mut self, done: OpDone, declared: &[Declared]) {
         self.status.adopt(done.written.clone());
-        if let Some(host) = done.redirect_host.clone() {
-            self.last_redirect = Some(host);
+        if let Some(mains) = done.redirect_mains.clone() {
+            self.last_redirect = Some(mains);
         }
         let shard_name = done.shard.as_str();
         let p = &done.promotion;
@@ -2062,55 +2063,59 @@ impl Monitor {
         if self.last_routes.as_ref() != Some(&routes) {
             self.apply_routes(cluster, routes).await;
         }
+        // Agent engines, pod members too: make sure the redirect ConfigMap names every
+        // shard's current main.
+        self.reassert_redirect(cluster, declared, &status).await;
         // Clients first: the role labels are for the users' own selectors and kubectl, and
         // each is a pod write (measured: 40–75 ms for a switchover's two).
         if let Some(sel) = cluster.pod_membership().as_deref() {
             self.update_pod_labels_and_policy(cluster, sel, declared, &status).await;
+        }
+    }
+
+    /// Agent engines: write the redirect ConfigMap when a shard's main differs from what it
+    /// was last written to say (and at the first heartbeat, which reads it).
+    async fn reassert_redirect(
+        &mut self,
+        cluster: &HaCluster,
+        declared: &[Declared],
+        status: &HaClusterStatus,
+    ) {
+        let Some(redirect) = &cluster.spec.redirect else { return };
+        let mains = routing::redirect_mains(&status.shards, declared, None);
+        if mains.is_empty() || self.last_redirect.as_ref() == Some(&mains) {
             return;
         }
-        // Agent engines: make sure the redirect ConfigMap names the current main.
-        if let (Some(redirect), Some(primary)) =
-            (&cluster.spec.redirect, status.shards.first().and_then(|s| s.current_primary.clone()))
-        {
-            let host = declared
-                .iter()
-                .find(|d| d.name == primary)
-                .and_then(|d| engines::split_endpoint(&d.route).map(|(h, _)| h.to_owned()));
-            if let Some(host) = host
-                && self.last_redirect.as_deref() != Some(&host)
-            {
-                let restarts = self.ctx.allow_workload_restarts;
-                if redirect.restart.is_empty() || restarts {
-                    self.routing_problems.remove(&Reason::WorkloadRestartsNotAllowed);
+        let restarts = self.ctx.allow_workload_restarts;
+        if redirect.restart.is_empty() || restarts {
+            self.routing_problems.remove(&Reason::WorkloadRestartsNotAllowed);
+        } else {
+            self.routing_problems.insert(
+                Reason::WorkloadRestartsNotAllowed,
+                "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts)".into(),
+            );
+        }
+        match routing::apply_redirect(&self.ctx.client, cluster, redirect, &mains, restarts).await {
+            Ok(_) => {
+                self.last_redirect = Some(mains);
+                self.routing_problems.remove(&Reason::RedirectFailed);
+            }
+            Err(e) => {
+                let cm = &redirect.config_map;
+                let why = match &e {
+                    kube::Error::Api(s) if s.code == 403 => format!(
+                        "the redirect ConfigMap {cm} cannot be written: the operator may not write ConfigMaps in this namespace (chart: redirectNamespaces); replicas are not told the new primary"
+                    ),
+                    e => format!(
+                        "the redirect ConfigMap {cm} could not be written ({e}); retried each heartbeat"
+                    ),
+                };
+                // Said once (a condition, a warning); repeated each heartbeat only at debug.
+                if self.routing_problems.get(&Reason::RedirectFailed) != Some(&why) {
+                    warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
+                    self.routing_problems.insert(Reason::RedirectFailed, why);
                 } else {
-                    self.routing_problems.insert(
-                        Reason::WorkloadRestartsNotAllowed,
-                        "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts)".into(),
-                    );
-                }
-                match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host, restarts).await {
-                    Ok(_) => {
-                        self.last_redirect = Some(host);
-                        self.routing_problems.remove(&Reason::RedirectFailed);
-                    }
-                    Err(e) => {
-                        let cm = &redirect.config_map;
-                        let why = match &e {
-                            kube::Error::Api(s) if s.code == 403 => format!(
-                                "the redirect ConfigMap {cm} cannot be written: the operator may not write ConfigMaps in this namespace (chart: redirectNamespaces); replicas are not told the new primary"
-                            ),
-                            e => format!(
-                                "the redirect ConfigMap {cm} could not be written ({e}); retried each heartbeat"
-                            ),
-                        };
-                        // Said once (a condition, a warning); repeated each heartbeat only at debug.
-                        if self.routing_problems.get(&Reason::RedirectFailed) != Some(&why) {
-                            warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
-                            self.routing_problems.insert(Reason::RedirectFailed, why);
-                        } else {
-                            debug!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
-                        }
-                    }
+                    debug!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
                 }
             }
         }

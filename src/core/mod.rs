@@ -5,6 +5,7 @@ pub mod dag;
 pub mod instances;
 pub mod lock;
 pub mod member;
+pub mod redirect;
 pub mod saga;
 pub mod sentinel;
 pub mod shard;

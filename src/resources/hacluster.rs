@@ -437,18 +437,21 @@ fn yes() -> bool {
     true
 }
 
-/// Agent engines: how replicas learn the new main.
+/// Agent engines: how replicas learn the new main. The ConfigMap holds `<key>.<shard>` = the
+/// main host of each shard, and `<key>` = the first shard's main host (for a single-shard
+/// cluster: its main). It is re-asserted every heartbeat.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Redirect {
     /// ConfigMap (same namespace) the operator writes the new main's host into.
     #[schemars(length(min = 1, max = 253))]
     pub config_map: String,
-    /// Key in the ConfigMap.
+    /// Key in the ConfigMap: `<key>` names the first shard's main, `<key>.<shard>` each
+    /// shard's.
     #[serde(default = "default_redirect_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
-    /// Workloads restarted (rollout annotation) after the main changes.
+    /// Workloads restarted (rollout annotation) after the main of their shard changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub restart: Vec<WorkloadRef>,
@@ -465,6 +468,11 @@ pub struct WorkloadRef {
     pub kind: WorkloadKind,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// The shard whose main this workload consumes: it restarts only when that shard's main
+    /// changes. Unset: when any shard's main changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub shard: Option<String>,
 }
 
 /// Kinds of workload that can be restarted.

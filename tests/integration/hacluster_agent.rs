@@ -81,14 +81,7 @@ async fn agents_start_backup_one_becomes_main_and_a_dead_main_is_replaced() {
     let ns = support::namespace(&client, "agents").await;
     secret(&client, &ns, TOKEN).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let consumer: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "consumer"},
-        "spec": {"selector": {"matchLabels": {"app": "consumer"}}, "template": {
-            "metadata": {"labels": {"app": "consumer"}},
-            "spec": {"containers": [{"name": "c", "image": "example.invalid/consumer:1"}]}}}
-    }))
-    .unwrap();
-    deployments.create(&PostParams::default(), &consumer).await.unwrap();
+    deployments.create(&PostParams::default(), &consumer("consumer")).await.unwrap();
 
     let agents = [
         SupervisedAgent::start("127.0.0.11", TOKEN),
@@ -196,5 +189,117 @@ async fn wrong_token_is_refused_and_reported_without_changing_roles() {
         "the fixed token took {:?} to be used (the Secret cache keeps a good Secret 30 s)",
         fixed.elapsed()
     );
+    operator.stop().await;
+}
+
+/// The `kubectl.kubernetes.io/restartedAt` stamp of Deployment `name`, if it was restarted.
+async fn restarted_at(deployments: &Api<Deployment>, name: &str) -> Option<String> {
+    let d = deployments.get(name).await.ok()?;
+    d.spec?.template.metadata?.annotations?.get("kubectl.kubernetes.io/restartedAt").cloned()
+}
+
+/// A Deployment that only exists to be restarted (its image is never pulled here).
+fn consumer(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "c", "image": "example.invalid/consumer:1"}]}}}
+    }))
+    .unwrap()
+}
+
+/// Two shards of agents: the redirect ConfigMap carries each shard's main under
+/// `<key>.<shard>` (and the first shard's under the bare key); when shard b's main dies, only
+/// b's key moves and only the consumers of b (and the one of every shard) are restarted.
+#[tokio::test]
+async fn every_shard_is_redirected_and_only_its_consumers_restart() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "agents-shards").await;
+    secret(&client, &ns, TOKEN).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    for name in ["consumer-a", "consumer-b", "consumer-all"] {
+        deployments.create(&PostParams::default(), &consumer(name)).await.unwrap();
+    }
+    let agents = [
+        SupervisedAgent::start("127.0.0.31", TOKEN),
+        SupervisedAgent::start("127.0.0.32", TOKEN),
+        SupervisedAgent::start("127.0.0.33", TOKEN),
+        SupervisedAgent::start("127.0.0.34", TOKEN),
+    ];
+    for a in &agents {
+        eventually(WAIT, "agent up", || a.status(TOKEN)).await;
+    }
+    let names = ["a1", "a2", "b1", "b2"];
+    let member = |i: usize| json!({"name": names[i], "endpoint": agents[i].addr.to_string()});
+    let cluster: HaCluster = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "metadata": {"name": "sharded"},
+        "spec": {
+            "engine": "Agent",
+            "secretRef": {"name": "agent-token"},
+            "shards": [
+                {"name": "a", "members": [member(0), member(1)]},
+                {"name": "b", "members": [member(2), member(3)]},
+            ],
+            "failover": {"heartbeatInterval": "200ms", "failureThreshold": 3},
+            "redirect": {"configMap": "app-config", "restart": [
+                {"kind": "Deployment", "name": "consumer-a", "shard": "a"},
+                {"kind": "Deployment", "name": "consumer-b", "shard": "b"},
+                {"kind": "Deployment", "name": "consumer-all"},
+            ]},
+        }
+    }))
+    .unwrap();
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &cluster).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+
+    let a_main = wait_primary(&api, "sharded", "a", None).await;
+    let b_main = wait_primary(&api, "sharded", "b", None).await;
+    let host = |name: &str| agents[names.iter().position(|n| *n == name).unwrap()].addr.ip().to_string();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let (key_a, key_b) = (format!("{KEY}.a"), format!("{KEY}.b"));
+    let (want_a, want_b) = (host(&a_main), host(&b_main));
+    eventually(WAIT, "the redirect ConfigMap names both shards' mains", || async {
+        let data = cms.get_opt("app-config").await.ok()??.data?;
+        (data.get(&key_a) == Some(&want_a)
+            && data.get(&key_b) == Some(&want_b)
+            && data.get(KEY) == Some(&want_a))
+        .then_some(())
+    })
+    .await;
+    let before_a =
+        eventually(WAIT, "consumer-a restarted once", || restarted_at(&deployments, "consumer-a")).await;
+    let before_b =
+        eventually(WAIT, "consumer-b restarted once", || restarted_at(&deployments, "consumer-b")).await;
+    let before_all =
+        eventually(WAIT, "consumer-all restarted once", || restarted_at(&deployments, "consumer-all")).await;
+
+    // Shard b's main dies: only b moves.
+    agents[names.iter().position(|n| *n == b_main).unwrap()].kill_and_hold();
+    let b_new = wait_primary(&api, "sharded", "b", Some(&b_main)).await;
+    let want_b = host(&b_new);
+    let data = eventually(WAIT, "the redirect ConfigMap names shard b's new main", || async {
+        let data = cms.get_opt("app-config").await.ok()??.data?;
+        (data.get(&key_b) == Some(&want_b)).then_some(data)
+    })
+    .await;
+    assert_eq!(data.get(&key_a), Some(&want_a), "shard a's key is unchanged: {data:?}");
+    assert_eq!(data.get(KEY), Some(&want_a), "the bare key still names the first shard's main: {data:?}");
+    eventually(WAIT, "consumer-b restarted again", || async {
+        restarted_at(&deployments, "consumer-b").await.filter(|s| *s != before_b)
+    })
+    .await;
+    eventually(WAIT, "consumer-all restarted again", || async {
+        restarted_at(&deployments, "consumer-all").await.filter(|s| *s != before_all)
+    })
+    .await;
+    assert_eq!(
+        restarted_at(&deployments, "consumer-a").await,
+        Some(before_a),
+        "shard a's main did not change: its consumer is not restarted"
+    );
+    assert_eq!(wait_primary(&api, "sharded", "a", None).await, a_main, "shard a untouched");
     operator.stop().await;
 }
