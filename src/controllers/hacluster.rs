@@ -389,6 +389,8 @@ struct MemberState {
     /// The offset of the successful probe before `probe`.
     offset_before: Option<i64>,
     unauthorized: bool,
+    /// What an ambiguous answer to the latest probe said ([`EngineError::Ambiguous`]).
+    ambiguous: Option<String>,
     last_ok: Option<Timestamp>,
     error: Option<String>,
     /// How the latest failed probe failed.
@@ -1027,6 +1029,7 @@ impl Monitor {
                     st.misses = 0;
                     st.last_miss = None;
                     st.unauthorized = false;
+                    st.ambiguous = None;
                     st.error = None;
                     st.last_ok = Some(Timestamp::now());
                     st.last_fault = None;
@@ -1043,6 +1046,10 @@ impl Monitor {
                 }
                 Err(e) => {
                     st.unauthorized = matches!(e, EngineError::Unauthorized { .. });
+                    st.ambiguous = match &e {
+                        EngineError::Ambiguous { message, .. } => Some(message.clone()),
+                        _ => None,
+                    };
                     st.last_fault = Some(e.fault());
                     if !e.member_answered() {
                         if st.last_miss.is_none_or(|t| t.elapsed() >= miss_spacing) {
@@ -1056,7 +1063,9 @@ impl Monitor {
                     // One slow answer is not a failure: the last answer stands until the
                     // member is down (failureThreshold misses), so status and routing do not
                     // flap under load. Promotion still requires a fresh answer (misses == 0).
-                    if st.unauthorized || st.misses >= threshold {
+                    // An ambiguous answer withdraws the last known role at once: nothing is
+                    // decided on a role the member no longer states.
+                    if st.unauthorized || st.ambiguous.is_some() || st.misses >= threshold {
                         st.probe = None;
                     }
                     st.error = Some(e.to_string());
@@ -1179,6 +1188,7 @@ impl Monitor {
                     probe: st.probe,
                     misses: st.misses,
                     unauthorized: st.unauthorized,
+                    ambiguous: st.ambiguous.clone(),
                     leaving: d.leaving,
                 }
             })
@@ -1861,6 +1871,12 @@ impl Monitor {
             .map(|(n, m)| format!("{n}: {}", m.error.clone().unwrap_or_default()))
             .collect();
         unauthorized.sort();
+        let mut ambiguous: Vec<String> = self
+            .members
+            .iter()
+            .filter_map(|(n, m)| m.ambiguous.as_ref().map(|said| format!("{n}: {said}")))
+            .collect();
+        ambiguous.sort();
         let (ready_reason, ready_msg): (Reason, String) = if let Some((reason, msg)) = &self.config_error {
             (*reason, msg.clone())
         } else if !unauthorized.is_empty() {
@@ -1869,6 +1885,14 @@ impl Monitor {
                 format!(
                     "members refuse the credentials in the cluster's Secret; roles are left unchanged: {}",
                     unauthorized.join("; ")
+                ),
+            )
+        } else if !ambiguous.is_empty() {
+            (
+                Reason::AmbiguousAnswer,
+                format!(
+                    "members answer without a role (neither MAIN nor BACKUP); they are not trusted in their last role, not promoted and not failed over from until they answer plainly: {}",
+                    ambiguous.join("; ")
                 ),
             )
         } else if let Some((shard, reason, msg)) = blocks.first() {

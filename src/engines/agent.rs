@@ -150,6 +150,12 @@ impl AgentEngine {
                 endpoint: endpoint.into(),
                 message: format!("HTTP {status}: {}", body.trim()),
             }),
+            // A server error says nothing of the role the node is in now (a hook failed or
+            // is still running, the node is restarting).
+            500..=599 => Err(EngineError::Ambiguous {
+                endpoint: endpoint.into(),
+                message: format!("HTTP {status}: {}", body.trim()),
+            }),
             _ => Err(EngineError::Protocol {
                 endpoint: endpoint.into(),
                 message: format!("HTTP {status}: {}", body.trim()),
@@ -200,9 +206,9 @@ impl Engine for AgentEngine {
     fn probe<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<Probe>> {
         async move {
             let body = self.send(endpoint, self.http(endpoint).get(self.url(endpoint))).await?;
-            let role = parse_status(&body).ok_or_else(|| EngineError::Protocol {
+            let role = parse_status(&body).ok_or_else(|| EngineError::Ambiguous {
                 endpoint: endpoint.into(),
-                message: format!("unexpected HA status {body:?}"),
+                message: format!("HA status {body:?} is neither MAIN nor BACKUP"),
             })?;
             Ok(Probe {
                 role,

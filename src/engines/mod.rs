@@ -26,6 +26,11 @@ pub enum EngineError {
     Unauthorized { endpoint: String, message: String },
     #[error("{endpoint}: {message}")]
     Protocol { endpoint: String, message: String },
+    /// The member answered, but what it said does not tell its role (an HA agent answering
+    /// something other than MAIN or BACKUP, or a server error): it is neither trusted in its
+    /// last known role nor promoted until it answers plainly again.
+    #[error("{endpoint} answered ambiguously: {message}")]
+    Ambiguous { endpoint: String, message: String },
     /// The member has transactions `primary` never had: attaching it would keep them or fail
     /// on them, so it was not attached (and stays read-only).
     #[error(
@@ -38,7 +43,10 @@ pub enum EngineError {
 impl EngineError {
     /// Whether the member answered at all (a wrong password still proves it is alive).
     pub fn member_answered(&self) -> bool {
-        matches!(self, Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Errant { .. })
+        matches!(
+            self,
+            Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Ambiguous { .. } | Self::Errant { .. }
+        )
     }
 
     /// What the failure says about whether the member may still take writes.
@@ -46,7 +54,10 @@ impl EngineError {
         match self {
             Self::Refused { .. } => Fault::Refused,
             Self::Unreachable { .. } | Self::Timeout { .. } => Fault::Silent,
-            Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Errant { .. } => Fault::Answered,
+            Self::Unauthorized { .. }
+            | Self::Protocol { .. }
+            | Self::Ambiguous { .. }
+            | Self::Errant { .. } => Fault::Answered,
         }
     }
 }

@@ -303,3 +303,151 @@ async fn every_shard_is_redirected_and_only_its_consumers_restart() {
     assert_eq!(wait_primary(&api, "sharded", "a", None).await, a_main, "shard a untouched");
     operator.stop().await;
 }
+
+/// A third-party HA agent (a real process, python's http.server) whose answer the test sets
+/// through a file holding `<HTTP code> <body>`; `POST ?change=X` sets it to `200 X`.
+struct ScriptedAgent {
+    addr: std::net::SocketAddr,
+    answer: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+const SCRIPTED_AGENT: &str = r#"
+import http.server, sys, urllib.parse
+answer_file, token = sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, code, body):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def authorized(self):
+        if self.headers.get("Authorization") == "token " + token:
+            return True
+        self.reply(401, "invalid or missing token")
+        return False
+    def do_GET(self):
+        if self.authorized():
+            code, body = open(answer_file).read().split(" ", 1)
+            self.reply(int(code), body)
+    def do_POST(self):
+        if self.authorized():
+            change = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("change", [""])[0]
+            open(answer_file, "w").write("200 " + change)
+            self.reply(200, change)
+    def log_message(self, *args):
+        pass
+host, port = sys.argv[1].rsplit(":", 1)
+http.server.ThreadingHTTPServer((host, int(port)), H).serve_forever()
+"#;
+
+impl ScriptedAgent {
+    fn start(ip: &str, token: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: std::net::SocketAddr =
+            format!("{ip}:{}", understudy::controlplane::free_port().unwrap()).parse().unwrap();
+        let answer = dir.path().join("answer");
+        std::fs::write(&answer, "200 BACKUP").unwrap();
+        let child = std::process::Command::new("python3")
+            .args(["-c", SCRIPTED_AGENT, &addr.to_string(), answer.to_str().unwrap(), token])
+            .spawn()
+            .expect("python3");
+        Self { addr, answer, child, _dir: dir }
+    }
+
+    fn answer(&self, code: u16, body: &str) {
+        std::fs::write(&self.answer, format!("{code} {body}")).unwrap();
+    }
+}
+
+impl Drop for ScriptedAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent cluster "app" of two members, the first with the higher priority (so it is
+/// elected first), with the given failover settings.
+fn preferred_first(
+    first: (&str, std::net::SocketAddr),
+    second: (&str, std::net::SocketAddr),
+    failover: serde_json::Value,
+) -> HaCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "metadata": {"name": "app"},
+        "spec": {
+            "engine": "Agent",
+            "secretRef": {"name": "agent-token"},
+            "shards": [{"name": "main", "members": [
+                {"name": first.0, "endpoint": first.1.to_string(), "priority": 200},
+                {"name": second.0, "endpoint": second.1.to_string(), "priority": 100},
+            ]}],
+            "failover": failover,
+        }
+    }))
+    .unwrap()
+}
+
+/// A main whose agent answers something other than MAIN/BACKUP, or a 5xx, is not trusted
+/// in its last role and not failed over from on a guess: Ready=False AmbiguousAnswer says
+/// who said what, and the other member stays BACKUP.
+#[tokio::test]
+async fn an_ambiguous_answer_is_reported_and_nothing_is_promoted_on_it() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "agents-ambiguous").await;
+    secret(&client, &ns, TOKEN).await;
+    let scripted = ScriptedAgent::start("127.0.0.41", TOKEN);
+    let reference = SupervisedAgent::start("127.0.0.42", TOKEN);
+    eventually(WAIT, "reference agent up", || reference.status(TOKEN)).await;
+    eventually(WAIT, "scripted agent up", || async {
+        reqwest::Client::new().get(format!("http://{}/rest/ha/status", scripted.addr)).send().await.ok()
+    })
+    .await;
+    let cluster = preferred_first(
+        ("scripted", scripted.addr),
+        ("reference", reference.addr),
+        json!({"heartbeatInterval": "200ms", "failureThreshold": 3}),
+    );
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &cluster).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    assert_eq!(wait_primary(&api, "app", "main", None).await, "scripted", "the higher priority wins");
+    let epoch = api.get("app").await.unwrap().status.unwrap().shards[0].epoch;
+
+    for (code, body, shows) in [(200, "PRIMARY", "\"PRIMARY\""), (503, "hook still running", "503")] {
+        scripted.answer(code, body);
+        let msg = eventually(WAIT, "Ready=False AmbiguousAnswer naming what it said", || async {
+            let st = api.get("app").await.ok()?.status?;
+            let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.reason == "AmbiguousAnswer" && ready.status == "False" && ready.message.contains(shows))
+                .then(|| ready.message.clone())
+        })
+        .await;
+        assert!(msg.contains("scripted:"), "{msg}");
+        // Longer than failureThreshold heartbeats: an ambiguous main is not a dead one.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(reference.status(TOKEN).await.map(|s| s.1).as_deref(), Some("BACKUP"), "nothing promoted");
+        let st = api.get("app").await.unwrap().status.unwrap();
+        assert_eq!(st.shards[0].epoch, epoch, "no promotion was recorded");
+        let m = st.shards[0].members.iter().find(|m| m.name == "scripted").unwrap();
+        assert!(!m.healthy, "an ambiguous member is not healthy");
+    }
+
+    // It answers plainly again: Ready again, with the same main.
+    scripted.answer(200, "MAIN");
+    eventually(WAIT, "Ready=True again", || async {
+        let st = api.get("app").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "True").then_some(())
+    })
+    .await;
+    let st = api.get("app").await.unwrap().status.unwrap();
+    assert_eq!(st.shards[0].current_primary.as_deref(), Some("scripted"));
+    assert_eq!(st.shards[0].epoch, epoch);
+    operator.stop().await;
+}
