@@ -1496,6 +1496,7 @@ impl Monitor {
             if let Some(st) = self.members.get_mut(&p.to) {
                 let offset = st.probe.as_ref().and_then(|p| p.offset);
                 let self_fencing = st.self_fencing;
+                let drains = st.probe.as_ref().is_some_and(|p| p.drains);
                 st.probe = Some(Probe {
                     role: ObservedRole::Primary,
                     offset,
@@ -1505,6 +1506,7 @@ impl Monitor {
                     good_replicas: None,
                     link_error: None,
                     errant: Vec::new(),
+                    drains,
                 });
             }
             // The new primary's own offset is the reference from now on.
@@ -1663,11 +1665,24 @@ impl Monitor {
             } else {
                 saga::OnTimeout::Abort
             };
+        // Engines without a built-in pause (agent) drain only when both members taking part
+        // (the old primary and the candidate) advertise the optional step; otherwise the
+        // record says which one did not.
+        let cannot_drain: Vec<&str> = declared
+            .iter()
+            .filter(|d| d.shard == shard_name && (d.name == p.to || p.from.as_ref() == Some(&d.name)))
+            .filter(|d| !self.members.get(&d.name).and_then(|m| m.probe.as_ref()).is_some_and(|p| p.drains))
+            .map(|d| d.name.as_str())
+            .collect();
+        let drains = engine.follows_directly() || cannot_drain.is_empty();
+        let not_drained = (!forced && !drains)
+            .then(|| format!("{} do(es) not advertise the agent's drain step", cannot_drain.join(", ")));
         Some(Start {
             kind: p.kind,
             to: p.to.clone(),
             from,
-            graceful: engine.follows_directly() && !forced,
+            graceful: drains && !forced,
+            not_drained,
             become_,
             others,
             on_timeout,
