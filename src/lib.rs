@@ -7,6 +7,7 @@
 //! - [`controllers`]: gather facts, ask the core, apply what it returns.
 
 pub mod agent;
+pub mod agent_conformance;
 pub mod controllers;
 #[cfg(feature = "testbed")]
 pub mod controlplane;
