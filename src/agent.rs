@@ -55,6 +55,13 @@ pub const CAPABILITIES_HEADER: &str = "x-ha-capabilities";
 pub const POSITION_HEADER: &str = "x-ha-position";
 /// The capability of `POST ?change=DRAIN` / `?change=RESUME` (with positions).
 pub const DRAIN_CAPABILITY: &str = "drain";
+/// Header of every operator request granting the self-fencing lease, in milliseconds.
+pub const LEASE_HEADER: &str = "x-ha-lease";
+/// The capability of honouring [`LEASE_HEADER`]: a MAIN that receives no request carrying
+/// it for longer than the lease demotes itself.
+pub const LEASE_CAPABILITY: &str = "lease";
+/// How often the agent checks its lease.
+const LEASE_CHECK: Duration = Duration::from_millis(20);
 
 /// How long in-flight responses may take to finish once the agent stops serving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -432,6 +439,8 @@ pub async fn serve(
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     info!(agent = %config.name, %addr, tls = tls.is_some(), exit_on_demote = config.exit_on_demote, role = %Role::Backup, "HA agent serving");
     let agent = Arc::new(Agent::new(config));
+    let watchdog = tokio::spawn(keep_lease(agent.clone()));
+    let _stop_watchdog = AbortOnDrop(watchdog);
     let app = router(agent.clone()).into_make_service();
     let handle = axum_server::Handle::<SocketAddr>::new();
     let server = axum_server::Server::from_listener(listener).handle(handle.clone());
@@ -449,6 +458,32 @@ pub async fn serve(
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     server.await.map_err(serve_error)?;
     Ok(stopped)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The self-fencing watchdog: a MAIN whose lease (renewed by each operator request carrying
+/// [`LEASE_HEADER`]) ran out demotes itself as `change=BACKUP` would (on-demote hook, exit).
+/// An agent that was never sent a lease never demotes itself.
+async fn keep_lease(agent: Arc<Agent>) {
+    loop {
+        tokio::time::sleep(LEASE_CHECK).await;
+        let expired = agent.lease_deadline().is_some_and(|d| tokio::time::Instant::now() > d);
+        if expired && agent.role() == Role::Main {
+            warn!(agent = %agent.name, "no request from the operator within the lease: demoting itself");
+            agent.set_lease_deadline(None);
+            if let Err(e) = change_role(agent.clone(), Role::Backup).await {
+                error!(agent = %agent.name, error = %e, "self-demotion failed");
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -505,6 +540,8 @@ struct Agent {
     transitions: Arc<Mutex<Lifecycle>>,
     /// Signalled once the demotion is complete and the agent should stop serving.
     exit: Notify,
+    /// When the operator's lease runs out (None: never granted).
+    lease: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -525,6 +562,17 @@ impl Agent {
             role: watch::Sender::new(Role::Backup),
             transitions: Arc::new(Mutex::new(Lifecycle::default())),
             exit: Notify::new(),
+            lease: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn lease_deadline(&self) -> Option<tokio::time::Instant> {
+        self.lease.lock().map(|l| *l).unwrap_or(None)
+    }
+
+    fn set_lease_deadline(&self, deadline: Option<tokio::time::Instant>) {
+        if let Ok(mut l) = self.lease.lock() {
+            *l = deadline;
         }
     }
 
@@ -549,6 +597,12 @@ fn router(agent: Arc<Agent>) -> Router {
 
 async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
     if agent.authorized(req.headers().get(header::AUTHORIZATION)) {
+        // Renewed before the request runs: a promotion carries its own lease.
+        if let Some(ms) =
+            req.headers().get(LEASE_HEADER).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        {
+            agent.set_lease_deadline(Some(tokio::time::Instant::now() + Duration::from_millis(ms)));
+        }
         return next.run(req).await;
     }
     warn!(agent = %agent.name, method = %req.method(), path = %req.uri().path(), "rejected: invalid or missing token");
@@ -561,9 +615,8 @@ async fn get_status(State(agent): State<Arc<Agent>>) -> Response {
     let role = agent.role();
     let mut resp = role.as_str().into_response();
     let headers = resp.headers_mut();
-    if agent.hooks.drains() {
-        headers.insert(CAPABILITIES_HEADER, HeaderValue::from_static(DRAIN_CAPABILITY));
-    }
+    let capabilities = if agent.hooks.drains() { "drain, lease" } else { LEASE_CAPABILITY };
+    headers.insert(CAPABILITIES_HEADER, HeaderValue::from_static(capabilities));
     if let Some(command) = &agent.hooks.position {
         match agent.hooks.run(command, role, &agent.name).await {
             Ok(out) => match out.lines().last().map(str::trim).and_then(|p| p.parse::<u64>().ok()) {
@@ -914,7 +967,7 @@ mod tests {
         let hooks_ran = || std::fs::read_to_string(&log).unwrap_or_default();
 
         let resp = get(&url).await.unwrap();
-        assert_eq!(resp.headers()[CAPABILITIES_HEADER], DRAIN_CAPABILITY);
+        assert_eq!(resp.headers()[CAPABILITIES_HEADER], "drain, lease");
         assert_eq!(resp.headers()[POSITION_HEADER], "42", "the last line printed");
         assert_eq!(post(&url, "DRAIN").await.unwrap().status(), 409, "a BACKUP does not drain");
         assert_eq!(post(&url, "MAIN").await.unwrap().status(), 200);
@@ -929,10 +982,8 @@ mod tests {
         assert_eq!(hooks_ran(), "drain\nresume\n");
 
         let resp = get(&plain).await.unwrap();
-        assert!(
-            resp.headers().get(CAPABILITIES_HEADER).is_none()
-                && resp.headers().get(POSITION_HEADER).is_none()
-        );
+        assert_eq!(resp.headers()[CAPABILITIES_HEADER], LEASE_CAPABILITY, "no drain without its hooks");
+        assert!(resp.headers().get(POSITION_HEADER).is_none());
         assert_eq!(post(&plain, "MAIN").await.unwrap().status(), 200);
         assert_eq!(post(&plain, "DRAIN").await.unwrap().status(), 404);
         assert_eq!(post(&plain, "RESUME").await.unwrap().status(), 404);

@@ -424,6 +424,7 @@ impl MemberState {
 struct EngineInputs {
     kind: EngineKind,
     timeout: Duration,
+    agent_lease: Option<Duration>,
     username: Option<String>,
     secret: Option<String>,
     ca: Option<Vec<u8>>,
@@ -814,12 +815,31 @@ impl Monitor {
         let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(200));
         let refused = self.members.values().any(|m| m.unauthorized);
         let max_age = if refused { SecretCache::REFUSED_TTL } else { SecretCache::TTL };
+        let policy = &cluster.spec.failover;
+        let agent_lease =
+            policy.agent_lease.as_ref().map(|l| l.0).filter(|_| cluster.spec.engine == EngineKind::Agent);
+        if let Some(lease) = agent_lease
+            && let Err(why) = crate::core::lease::check(
+                lease,
+                policy.heartbeat_interval.0,
+                policy.failure_threshold.max(1) as u32,
+                policy.failover_delay.0,
+            )
+        {
+            self.config_error = Some((
+                Reason::InvalidAgentLease,
+                format!("{why}; the operator does not touch the members until it is fixed"),
+            ));
+            self.engine = None;
+            return false;
+        }
         match cached_credentials(&self.ctx, &ns, cluster.spec.secret_ref.as_ref(), default_key, max_age).await
         {
             Ok((creds, ca)) => {
                 let inputs = EngineInputs {
                     kind: cluster.spec.engine,
                     timeout,
+                    agent_lease,
                     username: creds.username.clone(),
                     secret: creds.secret.clone(),
                     ca: ca.clone(),
@@ -830,6 +850,7 @@ impl Monitor {
                         creds,
                         ca.as_deref(),
                         timeout,
+                        agent_lease,
                     )));
                     self.engine_inputs = Some(inputs);
                 }
@@ -1011,7 +1032,8 @@ impl Monitor {
         // operation's lock). Those probes may clear misses but count at most one miss per
         // heartbeat interval: `failureThreshold` misses always span the window the spec
         // promises (threshold − 1 intervals after the first miss), however often it is woken.
-        let miss_spacing = cluster.spec.failover.heartbeat_interval.0.mul_f64(0.9);
+        let miss_spacing =
+            cluster.spec.failover.heartbeat_interval.0.mul_f64(crate::core::lease::MISS_SPACING);
         let probes = futures::future::join_all(declared.iter().map(|d| async {
             tokio::time::timeout(probe_timeout, engine.probe(&d.endpoint)).await.unwrap_or_else(|_| {
                 Err(EngineError::Timeout { endpoint: d.endpoint.clone(), timeout: probe_timeout })

@@ -3,6 +3,7 @@
 
 pub mod dag;
 pub mod instances;
+pub mod lease;
 pub mod lock;
 pub mod member;
 pub mod redirect;

@@ -58,6 +58,8 @@ pub struct AgentEngine {
     token: String,
     scheme: &'static str,
     timeout: Duration,
+    /// The self-fencing lease sent with every request ([`agent::LEASE_HEADER`]).
+    lease: Option<Duration>,
 }
 
 impl AgentEngine {
@@ -75,6 +77,7 @@ impl AgentEngine {
                 token,
                 scheme: "http",
                 timeout,
+                lease: None,
             };
         };
         // reqwest takes any bytes here and then trusts nothing; parse them first.
@@ -100,7 +103,14 @@ impl AgentEngine {
                 Clients::BadCa(format!("the Secret's ca.crt is not a PEM certificate ({e}); nothing is sent"))
             }
         };
-        Self { clients, token, scheme: "https", timeout }
+        Self { clients, token, scheme: "https", timeout, lease: None }
+    }
+
+    /// Grant every agent `lease` with each request: an agent MAIN that hears nothing for
+    /// longer demotes itself (see [`crate::core::lease`] for the timing rule).
+    pub fn with_lease(mut self, lease: Option<Duration>) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// The client for `endpoint`: kept-alive while the process-wide budget lasts.
@@ -136,6 +146,10 @@ impl AgentEngine {
         if let Clients::BadCa(why) = &self.clients {
             return Err(EngineError::Unauthorized { endpoint: endpoint.into(), message: why.clone() });
         }
+        let req = match self.lease {
+            Some(lease) => req.header(agent::LEASE_HEADER, lease.as_millis().to_string()),
+            None => req,
+        };
         let resp = req
             .header("Authorization", format!("token {}", self.token))
             .timeout(self.timeout)
@@ -247,6 +261,9 @@ impl Engine for AgentEngine {
             let req = self.http(endpoint).get(self.url(endpoint));
             let (headers, body) = self.send_with_headers(endpoint, req).await?;
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let capable = |what: &str| {
+                header(agent::CAPABILITIES_HEADER).is_some_and(|c| capabilities(&c).any(|c| c == what))
+            };
             let role = parse_status(&body).ok_or_else(|| EngineError::Ambiguous {
                 endpoint: endpoint.into(),
                 message: format!("HA status {body:?} is neither MAIN nor BACKUP"),
@@ -256,12 +273,12 @@ impl Engine for AgentEngine {
                 offset: header(agent::POSITION_HEADER).as_deref().and_then(parse_position),
                 following: None,
                 link_up: true,
-                self_fencing: false,
+                // Granted a lease it honours: cut off from the operator, it demotes itself.
+                self_fencing: self.lease.is_some() && capable(agent::LEASE_CAPABILITY),
                 good_replicas: None,
                 link_error: None,
                 errant: Vec::new(),
-                drains: header(agent::CAPABILITIES_HEADER)
-                    .is_some_and(|c| capabilities(&c).any(|c| c == agent::DRAIN_CAPABILITY)),
+                drains: capable(agent::DRAIN_CAPABILITY),
             })
         }
         .boxed()

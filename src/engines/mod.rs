@@ -186,15 +186,20 @@ pub enum Setting {
 /// `ca` is the Secret's `ca.crt` (PEM): the agent engine speaks HTTPS trusting it, the Mysql
 /// engine connects over TLS trusting only it (and has replicas replicate over TLS); the
 /// Redis engine does not use it.
+///
+/// `agent_lease` is the agent engine's self-fencing lease (other engines ignore it).
 pub fn for_cluster(
     kind: EngineKind,
     creds: Credentials,
     ca: Option<&[u8]>,
     timeout: Duration,
+    agent_lease: Option<Duration>,
 ) -> Box<dyn Engine> {
     match kind {
         EngineKind::Redis => Box::new(redis::RedisEngine::new(creds, timeout)),
-        EngineKind::Agent => Box::new(agent::AgentEngine::with_ca(creds, ca, timeout)),
+        EngineKind::Agent => {
+            Box::new(agent::AgentEngine::with_ca(creds, ca, timeout).with_lease(agent_lease))
+        }
         EngineKind::Mysql => Box::new(mysql::MysqlEngine::with_ca(creds, ca, timeout)),
     }
 }

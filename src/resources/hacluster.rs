@@ -263,6 +263,14 @@ pub struct FailoverPolicy {
     /// Extra time to wait after the primary is declared down before failing over.
     #[serde(default = "zero")]
     pub failover_delay: GoDuration,
+    /// Agent engine: the self-fencing lease sent to every agent with each request. An agent
+    /// MAIN that hears nothing for longer demotes itself, so an unreachable main has stopped
+    /// before another is promoted. Must be at most 0.9 × heartbeatInterval × (failureThreshold
+    /// − 1) plus failoverDelay less one heartbeatInterval, and at least 2 × heartbeatInterval (otherwise `Ready=False
+    /// InvalidAgentLease` and nothing is touched). Unset: no lease. An operator outage
+    /// longer than the lease demotes every agent main.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_lease: Option<GoDuration>,
     /// Never promote a replica whose replication offset is further behind the
     /// last known primary offset than this (bytes for Redis, transactions for
     /// Mysql). 0: only a fully caught-up replica may be promoted.
@@ -355,6 +363,7 @@ impl Default for FailoverPolicy {
             heartbeat_interval: default_heartbeat(),
             failure_threshold: default_failure_threshold(),
             failover_delay: zero(),
+            agent_lease: None,
             max_lag_on_failover: 0,
             step_timeout: default_step_timeout(),
             on_timeout: OnTimeout::default(),

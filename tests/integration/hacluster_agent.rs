@@ -673,3 +673,144 @@ async fn a_switchover_without_drain_falls_back_and_says_so() {
     assert!(r.fence.contains("without a drain") && r.fence.contains("drain step"), "{}", r.fence);
     println!("without drain: {} of {} acknowledged writes lost", r.lost.len(), r.acked);
 }
+
+/// A TCP proxy to `target` that can be cut: from then on it passes nothing on, either way,
+/// and holds every connection open unanswered (a path that went dark, not one refused).
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttableProxy {
+    async fn start(ip: &str, target: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let cut = c.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (from_client, to_client) = client.into_split();
+                    let (from_up, to_up) = upstream.into_split();
+                    let pass = |mut rx: tokio::net::tcp::OwnedReadHalf,
+                                mut tx: tokio::net::tcp::OwnedWriteHalf,
+                                cut: Arc<std::sync::atomic::AtomicBool>| async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = rx.read(&mut buf).await {
+                            if cut.load(Ordering::SeqCst) {
+                                // Dark: keep both ends open, pass nothing on.
+                                std::future::pending::<()>().await;
+                            }
+                            if tx.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(pass(from_client, to_up, cut.clone()), pass(from_up, to_client, cut));
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The last `date +%s%N` a hook appended to `file`, in nanoseconds.
+fn last_stamp(file: &std::path::Path) -> Option<u128> {
+    std::fs::read_to_string(file).ok()?.lines().last()?.trim().parse().ok()
+}
+
+/// The self-fencing lease: a lease that breaks the timing rule is refused (Ready=False
+/// InvalidAgentLease, nothing touched); with a valid one a healthy main keeps its role, and a
+/// main whose path to the operator goes dark demotes itself (its on-demote hook runs) before
+/// the other agent's on-promote hook runs; never two MAINs.
+#[tokio::test]
+async fn an_agent_main_cut_off_from_the_operator_demotes_itself_before_another_is_promoted() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "agents-lease").await;
+    secret(&client, &ns, TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = |what: &str, who: &str| dir.path().join(format!("{what}-{who}"));
+    let hooks = |who: &str| {
+        vec![
+            "--on-promote".to_owned(),
+            format!("date +%s%N >> '{}'", stamp("promoted", who).display()),
+            "--on-demote".to_owned(),
+            format!("date +%s%N >> '{}'", stamp("demoted", who).display()),
+        ]
+    };
+    let agents = [
+        SupervisedAgent::start_with("127.0.0.61", TOKEN, hooks("a")),
+        SupervisedAgent::start_with("127.0.0.62", TOKEN, hooks("b")),
+    ];
+    for a in &agents {
+        eventually(WAIT, "agent up", || a.status(TOKEN)).await;
+    }
+    // The operator reaches each agent only through a path the test can cut.
+    let paths = [
+        CuttableProxy::start("127.0.0.61", agents[0].addr).await,
+        CuttableProxy::start("127.0.0.62", agents[1].addr).await,
+    ];
+    // 0.9 × 300 ms × (8 − 1) = 1.89 s before another may be promoted: the lease may be 1.59 s.
+    let failover =
+        |lease: &str| json!({"heartbeatInterval": "300ms", "failureThreshold": 8, "agentLease": lease});
+    let api: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &preferred_first(("a", paths[0].addr), ("b", paths[1].addr), failover("1600ms")),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let msg = eventually(WAIT, "Ready=False InvalidAgentLease", || async {
+        let st = api.get("app").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "InvalidAgentLease").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(msg.contains("too long") && msg.contains("1.59s"), "{msg}");
+    for a in &agents {
+        assert_eq!(a.status(TOKEN).await.map(|s| s.1).as_deref(), Some("BACKUP"), "nothing touched");
+    }
+
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"failover": failover("1200ms")}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_primary(&api, "app", "main", None).await, "a");
+    let (max_mains, sampler) = main_sampler(agents.iter().map(|a| a.addr).collect());
+    // Renewed by every heartbeat, the lease keeps a healthy main MAIN (3 s = 2.5 leases).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(agents[0].status(TOKEN).await.map(|s| s.1).as_deref(), Some("MAIN"));
+    assert!(last_stamp(&stamp("demoted", "a")).is_none(), "a healthy main did not demote itself");
+
+    paths[0].cut();
+    assert_eq!(wait_primary(&api, "app", "main", Some("a")).await, "b");
+    let demoted = last_stamp(&stamp("demoted", "a")).expect("the cut-off main demoted itself");
+    let promoted = last_stamp(&stamp("promoted", "b")).expect("b was promoted");
+    assert!(
+        demoted < promoted,
+        "a demoted itself {} ms after b's promotion began",
+        (demoted as i128 - promoted as i128) / 1_000_000
+    );
+    println!("a demoted itself {} ms before b's on-promote hook ran", (promoted - demoted) / 1_000_000);
+    eventually(WAIT, "a answers BACKUP (restarted by its supervisor)", || async {
+        (agents[0].status(TOKEN).await?.1 == "BACKUP").then_some(())
+    })
+    .await;
+    sampler.abort();
+    assert_eq!(max_mains.load(Ordering::SeqCst), 1, "never two MAINs at any sampled instant");
+    let st = api.get("app").await.unwrap().status.unwrap();
+    let fence = st.last_failover.iter().flat_map(|f| f.steps.iter()).find(|s| s.name == "fence");
+    println!("fence step: {:?}", fence.and_then(|s| s.message.clone()));
+    operator.stop().await;
+}
