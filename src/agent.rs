@@ -9,6 +9,10 @@
 //! `BACKUP`, runs the `--on-demote` hook, then (by default) stops serving so that [`run`] exits
 //! with code 0 and the node's supervisor restarts it, as the seed describes.
 //!
+//! Optional steps (docs/agent-protocol.md), with `--on-drain` and `--position`: the status
+//! answer carries `X-HA-Capabilities: drain` and `X-HA-Position: <n>`; `change=DRAIN` runs the
+//! drain hook on a MAIN (which stays MAIN, taking no writes) and `change=RESUME` undoes it.
+//!
 //! Everything lives in a per-agent value: [`serve`] can run many agents in one process (the
 //! demo, benchmarks); only [`run`] touches the process (signals, exit code).
 
@@ -43,6 +47,21 @@ pub const TOKEN_ENV: &str = "UNDERSTUDY_AGENT_TOKEN";
 pub const ROLE_ENV: &str = "UNDERSTUDY_ROLE";
 /// Environment variable telling a hook the agent's `--name` (when given).
 pub const NAME_ENV: &str = "UNDERSTUDY_AGENT_NAME";
+/// Header of the status answer listing the optional steps the agent implements
+/// (comma-separated; absent = none).
+pub const CAPABILITIES_HEADER: &str = "x-ha-capabilities";
+/// Header of the status answer carrying the node's replication position (a non-negative
+/// integer: for a MAIN how much it has written, for a BACKUP how much it has applied).
+pub const POSITION_HEADER: &str = "x-ha-position";
+/// The capability of `POST ?change=DRAIN` / `?change=RESUME` (with positions).
+pub const DRAIN_CAPABILITY: &str = "drain";
+/// Header of every operator request granting the self-fencing lease, in milliseconds.
+pub const LEASE_HEADER: &str = "x-ha-lease";
+/// The capability of honouring [`LEASE_HEADER`]: a MAIN that receives no request carrying
+/// it for longer than the lease demotes itself.
+pub const LEASE_CAPABILITY: &str = "lease";
+/// How often the agent checks its lease.
+const LEASE_CHECK: Duration = Duration::from_millis(20);
 
 /// How long in-flight responses may take to finish once the agent stops serving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -81,6 +100,18 @@ pub struct AgentArgs {
     /// group is killed when it is exceeded.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub hook_timeout: Duration,
+    /// Shell command run on `POST ?change=DRAIN` (a MAIN only): it must stop the node taking
+    /// writes and return once no write is in flight. With --position, the agent advertises
+    /// the `drain` capability and the operator drains it before a switchover.
+    #[arg(long, requires = "position")]
+    pub on_drain: Option<String>,
+    /// Shell command run on `POST ?change=RESUME` after a drain: the node takes writes again.
+    #[arg(long, requires = "on_drain")]
+    pub on_resume: Option<String>,
+    /// Shell command printing the node's replication position (a non-negative integer), run
+    /// for each status request and sent in the `X-HA-Position` header.
+    #[arg(long)]
+    pub position: Option<String>,
     /// Exit with code 0 after being switched from MAIN to BACKUP, for the supervisor to restart
     /// the node (the protocol's behaviour). `--exit-on-demote=false` keeps serving as BACKUP.
     #[arg(
@@ -238,7 +269,17 @@ impl fmt::Debug for Token {
 pub struct Hooks {
     pub on_promote: Option<String>,
     pub on_demote: Option<String>,
+    pub on_drain: Option<String>,
+    pub on_resume: Option<String>,
+    pub position: Option<String>,
     pub timeout: Duration,
+}
+
+impl Hooks {
+    /// Whether the agent can be drained: a drain hook and a position to compare.
+    pub fn drains(&self) -> bool {
+        self.on_drain.is_some() && self.position.is_some()
+    }
 }
 
 /// Why a hook failed.
@@ -347,6 +388,9 @@ impl AgentConfig {
             hooks: Hooks {
                 on_promote: args.on_promote.clone(),
                 on_demote: args.on_demote.clone(),
+                on_drain: args.on_drain.clone(),
+                on_resume: args.on_resume.clone(),
+                position: args.position.clone(),
                 timeout: args.hook_timeout,
             },
             exit_on_demote: args.exit_on_demote,
@@ -395,6 +439,8 @@ pub async fn serve(
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     info!(agent = %config.name, %addr, tls = tls.is_some(), exit_on_demote = config.exit_on_demote, role = %Role::Backup, "HA agent serving");
     let agent = Arc::new(Agent::new(config));
+    let watchdog = tokio::spawn(keep_lease(agent.clone()));
+    let _stop_watchdog = AbortOnDrop(watchdog);
     let app = router(agent.clone()).into_make_service();
     let handle = axum_server::Handle::<SocketAddr>::new();
     let server = axum_server::Server::from_listener(listener).handle(handle.clone());
@@ -412,6 +458,32 @@ pub async fn serve(
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     server.await.map_err(serve_error)?;
     Ok(stopped)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The self-fencing watchdog: a MAIN whose lease (renewed by each operator request carrying
+/// [`LEASE_HEADER`]) ran out demotes itself as `change=BACKUP` would (on-demote hook, exit).
+/// An agent that was never sent a lease never demotes itself.
+async fn keep_lease(agent: Arc<Agent>) {
+    loop {
+        tokio::time::sleep(LEASE_CHECK).await;
+        let expired = agent.lease_deadline().is_some_and(|d| tokio::time::Instant::now() > d);
+        if expired && agent.role() == Role::Main {
+            warn!(agent = %agent.name, "no request from the operator within the lease: demoting itself");
+            agent.set_lease_deadline(None);
+            if let Err(e) = change_role(agent.clone(), Role::Backup).await {
+                error!(agent = %agent.name, error = %e, "self-demotion failed");
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -468,12 +540,16 @@ struct Agent {
     transitions: Arc<Mutex<Lifecycle>>,
     /// Signalled once the demotion is complete and the agent should stop serving.
     exit: Notify,
+    /// When the operator's lease runs out (None: never granted).
+    lease: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Default)]
 struct Lifecycle {
     /// Demoted with `exit_on_demote`: refuse further changes until the restart.
     exiting: bool,
+    /// A MAIN whose drain hook ran (and no resume since): it takes no writes.
+    drained: bool,
 }
 
 impl Agent {
@@ -486,6 +562,17 @@ impl Agent {
             role: watch::Sender::new(Role::Backup),
             transitions: Arc::new(Mutex::new(Lifecycle::default())),
             exit: Notify::new(),
+            lease: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn lease_deadline(&self) -> Option<tokio::time::Instant> {
+        self.lease.lock().map(|l| *l).unwrap_or(None)
+    }
+
+    fn set_lease_deadline(&self, deadline: Option<tokio::time::Instant>) {
+        if let Ok(mut l) = self.lease.lock() {
+            *l = deadline;
         }
     }
 
@@ -510,6 +597,12 @@ fn router(agent: Arc<Agent>) -> Router {
 
 async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
     if agent.authorized(req.headers().get(header::AUTHORIZATION)) {
+        // Renewed before the request runs: a promotion carries its own lease.
+        if let Some(ms) =
+            req.headers().get(LEASE_HEADER).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        {
+            agent.set_lease_deadline(Some(tokio::time::Instant::now() + Duration::from_millis(ms)));
+        }
         return next.run(req).await;
     }
     warn!(agent = %agent.name, method = %req.method(), path = %req.uri().path(), "rejected: invalid or missing token");
@@ -517,8 +610,25 @@ async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next
         .into_response()
 }
 
-async fn get_status(State(agent): State<Arc<Agent>>) -> &'static str {
-    agent.role().as_str()
+/// The bare role (seed 004), with the optional steps advertised and the position in headers.
+async fn get_status(State(agent): State<Arc<Agent>>) -> Response {
+    let role = agent.role();
+    let mut resp = role.as_str().into_response();
+    let headers = resp.headers_mut();
+    let capabilities = if agent.hooks.drains() { "drain, lease" } else { LEASE_CAPABILITY };
+    headers.insert(CAPABILITIES_HEADER, HeaderValue::from_static(capabilities));
+    if let Some(command) = &agent.hooks.position {
+        match agent.hooks.run(command, role, &agent.name).await {
+            Ok(out) => match out.lines().last().map(str::trim).and_then(|p| p.parse::<u64>().ok()) {
+                Some(p) => {
+                    headers.insert(POSITION_HEADER, HeaderValue::from(p));
+                }
+                None => warn!(agent = %agent.name, output = %out, "the position command printed no integer"),
+            },
+            Err(e) => warn!(agent = %agent.name, error = %e, "the position command failed"),
+        }
+    }
+    resp
 }
 
 #[derive(serde::Deserialize)]
@@ -530,6 +640,11 @@ async fn post_status(
     State(agent): State<Arc<Agent>>,
     query: Result<Query<ChangeQuery>, QueryRejection>,
 ) -> Response {
+    match query.as_ref().ok().and_then(|Query(q)| q.change.as_deref()) {
+        Some("DRAIN") => return run_in_task(drain(agent)).await,
+        Some("RESUME") => return run_in_task(resume(agent)).await,
+        _ => {}
+    }
     let requested = match query {
         Ok(Query(q)) => parse_change(q.change.as_deref()),
         Err(e) => Err(format!("{}: expected change=MAIN or change=BACKUP", e.body_text())),
@@ -538,12 +653,62 @@ async fn post_status(
         Ok(role) => role,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    // In its own task: a client hanging up must not cancel a transition half-way through a hook.
-    match tokio::spawn(change_role(agent, requested)).await {
+    run_in_task(change_role(agent, requested)).await
+}
+
+/// In its own task: a client hanging up must not cancel a transition half-way through a hook.
+async fn run_in_task(
+    transition: impl Future<Output = Result<Role, ChangeError>> + Send + 'static,
+) -> Response {
+    match tokio::spawn(transition).await {
         Ok(Ok(role)) => role.as_str().into_response(),
         Ok(Err(e)) => e.into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("transition task failed: {e}")).into_response(),
     }
+}
+
+/// `change=DRAIN`: a MAIN runs its drain hook and stays MAIN, taking no writes. Answers MAIN.
+async fn drain(agent: Arc<Agent>) -> Result<Role, ChangeError> {
+    let mut lifecycle = agent.transitions.clone().lock_owned().await;
+    if lifecycle.exiting {
+        return Err(ChangeError::Exiting);
+    }
+    let Some(command) = agent.hooks.on_drain.as_ref().filter(|_| agent.hooks.drains()) else {
+        return Err(ChangeError::Unsupported("DRAIN"));
+    };
+    if agent.role() != Role::Main {
+        return Err(ChangeError::NotMain);
+    }
+    if !lifecycle.drained {
+        info!(agent = %agent.name, "draining: running the on-drain hook");
+        let output =
+            agent.hooks.run(command, Role::Main, &agent.name).await.map_err(ChangeError::DrainHook)?;
+        lifecycle.drained = true;
+        info!(agent = %agent.name, %output, "drained: writes stopped");
+    }
+    Ok(Role::Main)
+}
+
+/// `change=RESUME`: undo a drain (run the resume hook). Answers the role; nothing to do when
+/// not drained.
+async fn resume(agent: Arc<Agent>) -> Result<Role, ChangeError> {
+    let mut lifecycle = agent.transitions.clone().lock_owned().await;
+    if lifecycle.exiting {
+        return Err(ChangeError::Exiting);
+    }
+    if !agent.hooks.drains() {
+        return Err(ChangeError::Unsupported("RESUME"));
+    }
+    if lifecycle.drained {
+        if let Some(command) = &agent.hooks.on_resume {
+            let output =
+                agent.hooks.run(command, agent.role(), &agent.name).await.map_err(ChangeError::ResumeHook)?;
+            info!(agent = %agent.name, %output, "on-resume hook succeeded");
+        }
+        lifecycle.drained = false;
+        info!(agent = %agent.name, "resumed: takes writes again");
+    }
+    Ok(agent.role())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -552,13 +717,25 @@ enum ChangeError {
     PromoteHook(HookError),
     #[error("demoted to BACKUP and exiting; retry once the node has restarted")]
     Exiting,
+    #[error("change={0} is not supported by this agent (it needs --on-drain and --position)")]
+    Unsupported(&'static str),
+    #[error("only a MAIN drains")]
+    NotMain,
+    #[error("on-drain hook failed, writes may not be stopped: {0}")]
+    DrainHook(HookError),
+    #[error("on-resume hook failed, the node stays drained: {0}")]
+    ResumeHook(HookError),
 }
 
 impl IntoResponse for ChangeError {
     fn into_response(self) -> Response {
         let code = match self {
-            ChangeError::PromoteHook(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ChangeError::PromoteHook(_) | ChangeError::DrainHook(_) | ChangeError::ResumeHook(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ChangeError::Exiting => StatusCode::SERVICE_UNAVAILABLE,
+            ChangeError::Unsupported(_) => StatusCode::NOT_FOUND,
+            ChangeError::NotMain => StatusCode::CONFLICT,
         };
         (code, self.to_string()).into_response()
     }
@@ -591,6 +768,7 @@ async fn change_role(agent: Arc<Agent>, requested: Role) -> Result<Role, ChangeE
         }
         Transition::Demote => {
             agent.role.send_replace(Role::Backup);
+            lifecycle.drained = false;
             lifecycle.exiting = agent.exit_on_demote;
             info!(agent = %agent.name, from = %Role::Main, to = %Role::Backup, exit = agent.exit_on_demote, "demoted");
             // The answer goes out now; the hook and the exit follow, still holding the lock.
@@ -732,6 +910,9 @@ mod tests {
             hooks: Hooks {
                 on_promote: on_promote.map(Into::into),
                 on_demote: None,
+                on_drain: None,
+                on_resume: None,
+                position: None,
                 timeout: Duration::from_secs(5),
             },
             exit_on_demote,
@@ -741,7 +922,14 @@ mod tests {
 
     #[tokio::test]
     async fn hooks_report_status_output_and_timeouts() {
-        let hooks = Hooks { on_promote: None, on_demote: None, timeout: Duration::from_millis(300) };
+        let hooks = Hooks {
+            on_promote: None,
+            on_demote: None,
+            on_drain: None,
+            on_resume: None,
+            position: None,
+            timeout: Duration::from_millis(300),
+        };
         let out = hooks.run("printf %s \"$UNDERSTUDY_ROLE\"", Role::Main, "n").await.unwrap();
         assert_eq!(out, "MAIN");
         let err = hooks.run("echo boom >&2; exit 3", Role::Main, "n").await.unwrap_err();
@@ -751,6 +939,54 @@ mod tests {
         let err = hooks.run("sleep 30", Role::Main, "n").await.unwrap_err();
         assert!(matches!(err, HookError::TimedOut { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// The optional drain step: advertised (with the position) only with both hooks; DRAIN on
+    /// a BACKUP is a 409, on a MAIN runs the hook once and stays MAIN; RESUME undoes it;
+    /// an agent without the hooks answers 404 and advertises nothing.
+    #[tokio::test]
+    async fn drain_is_advertised_runs_once_on_a_main_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("hooks");
+        let mut with = config(false, None);
+        with.hooks.on_drain = Some(format!("echo drain >> '{}'", log.display()));
+        with.hooks.on_resume = Some(format!("echo resume >> '{}'", log.display()));
+        with.hooks.position = Some("echo 41; echo 42".into());
+        let client = reqwest::Client::new();
+        let start = |cfg: AgentConfig| async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/rest/ha/status", listener.local_addr().unwrap());
+            tokio::spawn(serve(cfg, listener, std::future::pending()));
+            url
+        };
+        let (url, plain) = (start(with).await, start(config(false, None)).await);
+        let get = |url: &str| client.get(url).header("Authorization", "token tok").send();
+        let post = |url: &str, change: &str| {
+            client.post(url).query(&[("change", change)]).header("Authorization", "token tok").send()
+        };
+        let hooks_ran = || std::fs::read_to_string(&log).unwrap_or_default();
+
+        let resp = get(&url).await.unwrap();
+        assert_eq!(resp.headers()[CAPABILITIES_HEADER], "drain, lease");
+        assert_eq!(resp.headers()[POSITION_HEADER], "42", "the last line printed");
+        assert_eq!(post(&url, "DRAIN").await.unwrap().status(), 409, "a BACKUP does not drain");
+        assert_eq!(post(&url, "MAIN").await.unwrap().status(), 200);
+        for _ in 0..2 {
+            let resp = post(&url, "DRAIN").await.unwrap();
+            assert_eq!((resp.status().as_u16(), resp.text().await.unwrap()), (200, "MAIN".to_owned()));
+        }
+        assert_eq!(hooks_ran(), "drain\n", "drained once");
+        assert_eq!(get(&url).await.unwrap().text().await.unwrap(), "MAIN", "a drained node stays MAIN");
+        assert_eq!(post(&url, "RESUME").await.unwrap().status(), 200);
+        assert_eq!(post(&url, "RESUME").await.unwrap().status(), 200, "nothing to resume: still 200");
+        assert_eq!(hooks_ran(), "drain\nresume\n");
+
+        let resp = get(&plain).await.unwrap();
+        assert_eq!(resp.headers()[CAPABILITIES_HEADER], LEASE_CAPABILITY, "no drain without its hooks");
+        assert!(resp.headers().get(POSITION_HEADER).is_none());
+        assert_eq!(post(&plain, "MAIN").await.unwrap().status(), 200);
+        assert_eq!(post(&plain, "DRAIN").await.unwrap().status(), 404);
+        assert_eq!(post(&plain, "RESUME").await.unwrap().status(), 404);
     }
 
     /// Two agents in one process, each with its own state; demotion ends only its own `serve`.

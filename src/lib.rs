@@ -8,6 +8,7 @@
 //! - [`plugin`]: `kubectl understudy`, the command line for people operating clusters.
 
 pub mod agent;
+pub mod agent_conformance;
 pub mod controllers;
 #[cfg(feature = "testbed")]
 pub mod controlplane;

@@ -36,6 +36,9 @@ enum Command {
     Demo(understudy::demo::DemoArgs),
     /// Serve the HA-status API (GET/POST /rest/ha/status) for a node with no HA API of its own.
     Agent(understudy::agent::AgentArgs),
+    /// Check a freshly started HA agent against the protocol the Agent engine relies on
+    /// (docs/agent-protocol.md); exits non-zero if a rule fails.
+    AgentConformance(understudy::agent_conformance::ConformanceArgs),
 }
 
 #[derive(clap::Args)]
@@ -105,6 +108,9 @@ fn main() -> anyhow::Result<()> {
         Command::Crds { dir } => print_crds(dir),
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
         Command::Agent(args) => tokio::runtime::Runtime::new()?.block_on(understudy::agent::run(args)),
+        Command::AgentConformance(args) => {
+            tokio::runtime::Runtime::new()?.block_on(understudy::agent_conformance::run(args))
+        }
         #[cfg(feature = "testbed")]
         Command::Demo(args) => tokio::runtime::Runtime::new()?.block_on(understudy::demo::run(args)),
     }

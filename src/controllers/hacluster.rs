@@ -389,6 +389,8 @@ struct MemberState {
     /// The offset of the successful probe before `probe`.
     offset_before: Option<i64>,
     unauthorized: bool,
+    /// What an ambiguous answer to the latest probe said ([`EngineError::Ambiguous`]).
+    ambiguous: Option<String>,
     last_ok: Option<Timestamp>,
     error: Option<String>,
     /// How the latest failed probe failed.
@@ -422,6 +424,7 @@ impl MemberState {
 struct EngineInputs {
     kind: EngineKind,
     timeout: Duration,
+    agent_lease: Option<Duration>,
     username: Option<String>,
     secret: Option<String>,
     ca: Option<Vec<u8>>,
@@ -589,7 +592,8 @@ struct Monitor {
     done_tx: tokio::sync::mpsc::UnboundedSender<OpDone>,
     done_rx: tokio::sync::mpsc::UnboundedReceiver<OpDone>,
     last_routes: Option<routing::Routes>,
-    last_redirect: Option<String>,
+    /// What the agent redirect ConfigMap was last written (or found) to say.
+    last_redirect: Option<Vec<(String, String)>>,
     config_error: Option<(Reason, String)>,
     pod_services_generation: Option<i64>,
     /// Standby clusters: the upstream primary this heartbeat resolved.
@@ -811,12 +815,31 @@ impl Monitor {
         let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(200));
         let refused = self.members.values().any(|m| m.unauthorized);
         let max_age = if refused { SecretCache::REFUSED_TTL } else { SecretCache::TTL };
+        let policy = &cluster.spec.failover;
+        let agent_lease =
+            policy.agent_lease.as_ref().map(|l| l.0).filter(|_| cluster.spec.engine == EngineKind::Agent);
+        if let Some(lease) = agent_lease
+            && let Err(why) = crate::core::lease::check(
+                lease,
+                policy.heartbeat_interval.0,
+                policy.failure_threshold.max(1) as u32,
+                policy.failover_delay.0,
+            )
+        {
+            self.config_error = Some((
+                Reason::InvalidAgentLease,
+                format!("{why}; the operator does not touch the members until it is fixed"),
+            ));
+            self.engine = None;
+            return false;
+        }
         match cached_credentials(&self.ctx, &ns, cluster.spec.secret_ref.as_ref(), default_key, max_age).await
         {
             Ok((creds, ca)) => {
                 let inputs = EngineInputs {
                     kind: cluster.spec.engine,
                     timeout,
+                    agent_lease,
                     username: creds.username.clone(),
                     secret: creds.secret.clone(),
                     ca: ca.clone(),
@@ -827,6 +850,7 @@ impl Monitor {
                         creds,
                         ca.as_deref(),
                         timeout,
+                        agent_lease,
                     )));
                     self.engine_inputs = Some(inputs);
                 }
@@ -1008,7 +1032,8 @@ impl Monitor {
         // operation's lock). Those probes may clear misses but count at most one miss per
         // heartbeat interval: `failureThreshold` misses always span the window the spec
         // promises (threshold − 1 intervals after the first miss), however often it is woken.
-        let miss_spacing = cluster.spec.failover.heartbeat_interval.0.mul_f64(0.9);
+        let miss_spacing =
+            cluster.spec.failover.heartbeat_interval.0.mul_f64(crate::core::lease::MISS_SPACING);
         let probes = futures::future::join_all(declared.iter().map(|d| async {
             tokio::time::timeout(probe_timeout, engine.probe(&d.endpoint)).await.unwrap_or_else(|_| {
                 Err(EngineError::Timeout { endpoint: d.endpoint.clone(), timeout: probe_timeout })
@@ -1026,6 +1051,7 @@ impl Monitor {
                     st.misses = 0;
                     st.last_miss = None;
                     st.unauthorized = false;
+                    st.ambiguous = None;
                     st.error = None;
                     st.last_ok = Some(Timestamp::now());
                     st.last_fault = None;
@@ -1042,6 +1068,10 @@ impl Monitor {
                 }
                 Err(e) => {
                     st.unauthorized = matches!(e, EngineError::Unauthorized { .. });
+                    st.ambiguous = match &e {
+                        EngineError::Ambiguous { message, .. } => Some(message.clone()),
+                        _ => None,
+                    };
                     st.last_fault = Some(e.fault());
                     if !e.member_answered() {
                         if st.last_miss.is_none_or(|t| t.elapsed() >= miss_spacing) {
@@ -1055,7 +1085,9 @@ impl Monitor {
                     // One slow answer is not a failure: the last answer stands until the
                     // member is down (failureThreshold misses), so status and routing do not
                     // flap under load. Promotion still requires a fresh answer (misses == 0).
-                    if st.unauthorized || st.misses >= threshold {
+                    // An ambiguous answer withdraws the last known role at once: nothing is
+                    // decided on a role the member no longer states.
+                    if st.unauthorized || st.ambiguous.is_some() || st.misses >= threshold {
                         st.probe = None;
                     }
                     st.error = Some(e.to_string());
@@ -1178,6 +1210,7 @@ impl Monitor {
                     probe: st.probe,
                     misses: st.misses,
                     unauthorized: st.unauthorized,
+                    ambiguous: st.ambiguous.clone(),
                     leaving: d.leaving,
                 }
             })
@@ -1476,8 +1509,8 @@ impl Monitor {
     /// One finished promotion: member state, metrics, routing, then the Event.
     async fn apply_done(&mut self, done: OpDone, declared: &[Declared]) {
         self.status.adopt(done.written.clone());
-        if let Some(host) = done.redirect_host.clone() {
-            self.last_redirect = Some(host);
+        if let Some(mains) = done.redirect_mains.clone() {
+            self.last_redirect = Some(mains);
         }
         let shard_name = done.shard.as_str();
         let p = &done.promotion;
@@ -1485,6 +1518,7 @@ impl Monitor {
             if let Some(st) = self.members.get_mut(&p.to) {
                 let offset = st.probe.as_ref().and_then(|p| p.offset);
                 let self_fencing = st.self_fencing;
+                let drains = st.probe.as_ref().is_some_and(|p| p.drains);
                 st.probe = Some(Probe {
                     role: ObservedRole::Primary,
                     offset,
@@ -1494,6 +1528,7 @@ impl Monitor {
                     good_replicas: None,
                     link_error: None,
                     errant: Vec::new(),
+                    drains,
                 });
             }
             // The new primary's own offset is the reference from now on.
@@ -1652,11 +1687,24 @@ impl Monitor {
             } else {
                 saga::OnTimeout::Abort
             };
+        // Engines without a built-in pause (agent) drain only when both members taking part
+        // (the old primary and the candidate) advertise the optional step; otherwise the
+        // record says which one did not.
+        let cannot_drain: Vec<&str> = declared
+            .iter()
+            .filter(|d| d.shard == shard_name && (d.name == p.to || p.from.as_ref() == Some(&d.name)))
+            .filter(|d| !self.members.get(&d.name).and_then(|m| m.probe.as_ref()).is_some_and(|p| p.drains))
+            .map(|d| d.name.as_str())
+            .collect();
+        let drains = engine.follows_directly() || cannot_drain.is_empty();
+        let not_drained = (!forced && !drains)
+            .then(|| format!("{} do(es) not advertise the agent's drain step", cannot_drain.join(", ")));
         Some(Start {
             kind: p.kind,
             to: p.to.clone(),
             from,
-            graceful: engine.follows_directly() && !forced,
+            graceful: drains && !forced,
+            not_drained,
             become_,
             others,
             on_timeout,
@@ -1860,6 +1908,12 @@ impl Monitor {
             .map(|(n, m)| format!("{n}: {}", m.error.clone().unwrap_or_default()))
             .collect();
         unauthorized.sort();
+        let mut ambiguous: Vec<String> = self
+            .members
+            .iter()
+            .filter_map(|(n, m)| m.ambiguous.as_ref().map(|said| format!("{n}: {said}")))
+            .collect();
+        ambiguous.sort();
         let (ready_reason, ready_msg): (Reason, String) = if let Some((reason, msg)) = &self.config_error {
             (*reason, msg.clone())
         } else if !unauthorized.is_empty() {
@@ -1868,6 +1922,14 @@ impl Monitor {
                 format!(
                     "members refuse the credentials in the cluster's Secret; roles are left unchanged: {}",
                     unauthorized.join("; ")
+                ),
+            )
+        } else if !ambiguous.is_empty() {
+            (
+                Reason::AmbiguousAnswer,
+                format!(
+                    "members answer without a role (neither MAIN nor BACKUP); they are not trusted in their last role, not promoted and not failed over from until they answer plainly: {}",
+                    ambiguous.join("; ")
                 ),
             )
         } else if let Some((shard, reason, msg)) = blocks.first() {
@@ -2062,55 +2124,59 @@ impl Monitor {
         if self.last_routes.as_ref() != Some(&routes) {
             self.apply_routes(cluster, routes).await;
         }
+        // Agent engines, pod members too: make sure the redirect ConfigMap names every
+        // shard's current main.
+        self.reassert_redirect(cluster, declared, &status).await;
         // Clients first: the role labels are for the users' own selectors and kubectl, and
         // each is a pod write (measured: 40–75 ms for a switchover's two).
         if let Some(sel) = cluster.pod_membership().as_deref() {
             self.update_pod_labels_and_policy(cluster, sel, declared, &status).await;
+        }
+    }
+
+    /// Agent engines: write the redirect ConfigMap when a shard's main differs from what it
+    /// was last written to say (and at the first heartbeat, which reads it).
+    async fn reassert_redirect(
+        &mut self,
+        cluster: &HaCluster,
+        declared: &[Declared],
+        status: &HaClusterStatus,
+    ) {
+        let Some(redirect) = &cluster.spec.redirect else { return };
+        let mains = routing::redirect_mains(&status.shards, declared, None);
+        if mains.is_empty() || self.last_redirect.as_ref() == Some(&mains) {
             return;
         }
-        // Agent engines: make sure the redirect ConfigMap names the current main.
-        if let (Some(redirect), Some(primary)) =
-            (&cluster.spec.redirect, status.shards.first().and_then(|s| s.current_primary.clone()))
-        {
-            let host = declared
-                .iter()
-                .find(|d| d.name == primary)
-                .and_then(|d| engines::split_endpoint(&d.route).map(|(h, _)| h.to_owned()));
-            if let Some(host) = host
-                && self.last_redirect.as_deref() != Some(&host)
-            {
-                let restarts = self.ctx.allow_workload_restarts;
-                if redirect.restart.is_empty() || restarts {
-                    self.routing_problems.remove(&Reason::WorkloadRestartsNotAllowed);
+        let restarts = self.ctx.allow_workload_restarts;
+        if redirect.restart.is_empty() || restarts {
+            self.routing_problems.remove(&Reason::WorkloadRestartsNotAllowed);
+        } else {
+            self.routing_problems.insert(
+                Reason::WorkloadRestartsNotAllowed,
+                "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts)".into(),
+            );
+        }
+        match routing::apply_redirect(&self.ctx.client, cluster, redirect, &mains, restarts).await {
+            Ok(_) => {
+                self.last_redirect = Some(mains);
+                self.routing_problems.remove(&Reason::RedirectFailed);
+            }
+            Err(e) => {
+                let cm = &redirect.config_map;
+                let why = match &e {
+                    kube::Error::Api(s) if s.code == 403 => format!(
+                        "the redirect ConfigMap {cm} cannot be written: the operator may not write ConfigMaps in this namespace (chart: redirectNamespaces); replicas are not told the new primary"
+                    ),
+                    e => format!(
+                        "the redirect ConfigMap {cm} could not be written ({e}); retried each heartbeat"
+                    ),
+                };
+                // Said once (a condition, a warning); repeated each heartbeat only at debug.
+                if self.routing_problems.get(&Reason::RedirectFailed) != Some(&why) {
+                    warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
+                    self.routing_problems.insert(Reason::RedirectFailed, why);
                 } else {
-                    self.routing_problems.insert(
-                        Reason::WorkloadRestartsNotAllowed,
-                        "spec.redirect.restart ignored: the operator restarts workloads only when it runs with --allow-workload-restarts (chart: allowWorkloadRestarts)".into(),
-                    );
-                }
-                match routing::apply_redirect(&self.ctx.client, cluster, redirect, &host, restarts).await {
-                    Ok(_) => {
-                        self.last_redirect = Some(host);
-                        self.routing_problems.remove(&Reason::RedirectFailed);
-                    }
-                    Err(e) => {
-                        let cm = &redirect.config_map;
-                        let why = match &e {
-                            kube::Error::Api(s) if s.code == 403 => format!(
-                                "the redirect ConfigMap {cm} cannot be written: the operator may not write ConfigMaps in this namespace (chart: redirectNamespaces); replicas are not told the new primary"
-                            ),
-                            e => format!(
-                                "the redirect ConfigMap {cm} could not be written ({e}); retried each heartbeat"
-                            ),
-                        };
-                        // Said once (a condition, a warning); repeated each heartbeat only at debug.
-                        if self.routing_problems.get(&Reason::RedirectFailed) != Some(&why) {
-                            warn!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
-                            self.routing_problems.insert(Reason::RedirectFailed, why);
-                        } else {
-                            debug!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
-                        }
-                    }
+                    debug!(cluster = %key(cluster), error = %e, "could not write the redirect ConfigMap");
                 }
             }
         }

@@ -745,6 +745,7 @@ async fn parameters(
                 creds,
                 ca.as_deref(),
                 Duration::from_secs(2),
+                None,
             ));
         }
         let e = engine.as_ref().expect("built");

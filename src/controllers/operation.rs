@@ -54,6 +54,7 @@ pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]
                 }),
                 misses: u32::from(!m.healthy),
                 unauthorized: false,
+                ambiguous: None,
                 leaving: m.leaving,
             })
             .collect(),

@@ -25,7 +25,7 @@ use crate::{
         shard::{Promotion, PromotionKind},
         vocabulary::{Action, ConditionType, Reason},
     },
-    engines::{self, Engine, EngineError, Fault, ObservedRole},
+    engines::{Engine, EngineError, Fault, ObservedRole},
     resources::{
         HaCluster,
         hacluster::{FailoverRecord, OperationLock, Role, StepRecord},
@@ -38,8 +38,8 @@ pub struct ShardOp {
     pub ctx: Context,
     pub status: StatusHandle,
     pub pods: Store<Pod>,
-    /// The agent redirect ConfigMap's host, once written.
-    redirect_host: Option<String>,
+    /// What the agent redirect ConfigMap says (shard → main host), once written.
+    redirect_mains: Option<Vec<(String, String)>>,
     /// Where the primary Services move once the new primary is promoted, before the outcome
     /// is recorded ([`routing::route_promoted_early`]); None where they wait for the record.
     pub early_route: Option<EarlyRoute>,
@@ -70,7 +70,8 @@ pub struct OpDone {
     pub from: Option<String>,
     /// The newest copy of the cluster this promotion wrote.
     pub written: Option<HaCluster>,
-    pub redirect_host: Option<String>,
+    /// What the agent redirect ConfigMap says now, when this promotion wrote it.
+    pub redirect_mains: Option<Vec<(String, String)>>,
     /// A demotion queued on a silent old primary: its offset when that demotion runs.
     pub thawed: Option<(String, tokio::sync::oneshot::Receiver<i64>)>,
 }
@@ -94,7 +95,7 @@ struct Outcome<'a> {
 
 impl ShardOp {
     pub fn new(ctx: Context, status: StatusHandle, pods: Store<Pod>) -> Self {
-        Self { ctx, status, pods, redirect_host: None, early_route: None, last_base: None }
+        Self { ctx, status, pods, redirect_mains: None, early_route: None, last_base: None }
     }
 
     /// Carry out promotion `p` of `shard_name` as the saga started from `start` directs.
@@ -285,7 +286,7 @@ impl ShardOp {
             promoted_at_offset,
             from,
             written: self.status.written.take(),
-            redirect_host: self.redirect_host.take(),
+            redirect_mains: self.redirect_mains.take(),
             thawed,
         }
     }
@@ -415,18 +416,23 @@ impl ShardOp {
                 Err((Fault::Silent, failed.join("; ")))
             }
         } else if let Some(redirect) = &cluster.spec.redirect {
-            let host = engines::split_endpoint(&to.route).map(|(h, _)| h.to_owned()).unwrap_or_default();
+            // Every shard's key, this one's naming the member just promoted: the ConfigMap is
+            // applied whole.
+            let shard =
+                declared.iter().find(|d| d.name == to.name).map(|d| d.shard.as_str()).unwrap_or_default();
+            let shards = cluster.status.as_ref().map(|s| s.shards.as_slice()).unwrap_or_default();
+            let mains = routing::redirect_mains(shards, declared, Some((shard, &to.name)));
             match routing::apply_redirect(
                 &self.ctx.client,
                 cluster,
                 redirect,
-                &host,
+                &mains,
                 self.ctx.allow_workload_restarts,
             )
             .await
             {
                 Ok(_) => {
-                    self.redirect_host = Some(host);
+                    self.redirect_mains = Some(mains);
                     Ok(())
                 }
                 Err(e) => Err((Fault::Silent, format!("the redirect ConfigMap was not written: {e}"))),

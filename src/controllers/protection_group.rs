@@ -400,7 +400,14 @@ async fn load_pairs(pg: &ProtectionGroup, sites: &[SiteHandle; 2]) -> Result<Vec
                     .map_err(|e| (Reason::SecretNotFound, format!("HaCluster {name}: {e}")))?;
             sides.push(Side {
                 api,
-                engine: Arc::from(engines::for_cluster(cluster.spec.engine, creds, ca.as_deref(), timeout)),
+                // No lease: the cluster's monitor renews it with every heartbeat.
+                engine: Arc::from(engines::for_cluster(
+                    cluster.spec.engine,
+                    creds,
+                    ca.as_deref(),
+                    timeout,
+                    None,
+                )),
                 leader: recorded_leader(&cluster),
                 cluster,
             });

@@ -24,6 +24,7 @@ use serde_json::json;
 
 use super::MANAGER;
 use crate::{
+    core::redirect,
     engines::split_endpoint,
     resources::{
         HaCluster,
@@ -550,33 +551,64 @@ fn with_type<K: Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> serde
     v
 }
 
-/// Agent engines: write the new main's host into the redirect ConfigMap, then restart the
-/// consumer workloads (the same annotation `kubectl rollout restart` sets) where
-/// `restarts` allows it.
+/// Every shard's main host, in status order, for the redirect ConfigMap: each shard's current
+/// primary, except `promoted` (shard, member) which names the member just promoted. Shards
+/// without a primary (or whose primary has no address) are left out.
+pub(super) fn redirect_mains(
+    shards: &[crate::resources::hacluster::ShardStatus],
+    declared: &[super::hacluster::Declared],
+    promoted: Option<(&str, &str)>,
+) -> Vec<(String, String)> {
+    let mut primaries: Vec<(String, Option<String>)> =
+        shards.iter().map(|s| (s.name.clone(), s.current_primary.clone())).collect();
+    if let Some((shard, member)) = promoted {
+        match primaries.iter_mut().find(|(s, _)| s == shard) {
+            Some(entry) => entry.1 = Some(member.to_owned()),
+            None => primaries.push((shard.to_owned(), Some(member.to_owned()))),
+        }
+    }
+    primaries
+        .into_iter()
+        .filter_map(|(shard, primary)| {
+            let d = declared.iter().find(|d| Some(&d.name) == primary.as_ref())?;
+            let (host, _) = split_endpoint(&d.route)?;
+            Some((shard, host.to_owned()))
+        })
+        .collect()
+}
+
+/// Agent engines: write each shard's main host into the redirect ConfigMap
+/// ([`crate::core::redirect`] says the keys), then restart the consumer workloads of the
+/// shards whose main changed (the same annotation `kubectl rollout restart` sets) where
+/// `restarts` allows it. `mains` is every shard's main, in the cluster's shard order: the
+/// ConfigMap is applied whole, so a key left out would be removed. Returns the shards whose
+/// main changed (nothing is written when none did).
 pub async fn apply_redirect(
     client: &Client,
     cluster: &HaCluster,
     redirect: &Redirect,
-    host: &str,
+    mains: &[(String, String)],
     restarts: bool,
-) -> Result<bool, kube::Error> {
+) -> Result<Vec<String>, kube::Error> {
     let ns = cluster.namespace().unwrap_or_default();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let current = cms.get_opt(&redirect.config_map).await?;
-    if current.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get(&redirect.key)).map(String::as_str)
-        == Some(host)
-    {
-        return Ok(false);
+    let current = current.and_then(|c| c.data).unwrap_or_default();
+    let changed = redirect::changed_shards(&current, &redirect.key, mains);
+    let data = redirect::redirect_data(&redirect.key, mains);
+    if changed.is_empty() && data.iter().all(|(k, v)| current.get(k) == Some(v)) {
+        return Ok(changed);
     }
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": redirect.config_map},
-        "data": {redirect.key.clone(): host},
+        "data": data,
     });
     cms.patch(&redirect.config_map, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&cm)).await?;
     let stamp = Timestamp::now().to_string();
     let restart = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}});
-    for w in redirect.restart.iter().filter(|_| restarts) {
+    let consumers = redirect.restart.iter().filter(|w| redirect::restarts(w.shard.as_deref(), &changed));
+    for w in consumers.filter(|_| restarts) {
         let pp = PatchParams::default();
         let res = match w.kind {
             WorkloadKind::Deployment => {
@@ -606,7 +638,7 @@ pub async fn apply_redirect(
             Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    Ok(changed)
 }
 
 /// Pod members: set (or clear) `understudy.dev/role` on each pod whose label is not what it

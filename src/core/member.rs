@@ -33,6 +33,10 @@ pub struct Probe {
     /// Transactions the member has that its source never had (MySQL family: errant GTIDs),
     /// when its replication stopped on them.
     pub errant: Vec<String>,
+    /// The member can be drained for a switchover through its engine's optional step (an HA
+    /// agent advertising `drain`); engines whose pause is built in (redis) say false here
+    /// and [`Engine::follows_directly`](crate::engines::Engine::follows_directly) instead.
+    pub drains: bool,
 }
 
 /// Why an action on a member did not happen, as far as decisions care.

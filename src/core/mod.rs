@@ -3,8 +3,10 @@
 
 pub mod dag;
 pub mod instances;
+pub mod lease;
 pub mod lock;
 pub mod member;
+pub mod redirect;
 pub mod saga;
 pub mod sentinel;
 pub mod shard;

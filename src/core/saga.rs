@@ -76,6 +76,10 @@ pub struct Start {
     /// The engine can drain (pause writes and compare offsets) and the promotion was not
     /// forced: a healthy old primary is drained rather than cut off.
     pub graceful: bool,
+    /// Why a promotion that was not forced is not graceful (an HA agent that does not
+    /// advertise the optional drain step): said in the fence step, so the operation's record
+    /// shows that writes in flight were not waited for.
+    pub not_drained: Option<String>,
     pub become_: Become,
     /// Members to point at the new primary afterwards.
     pub others: Vec<String>,
@@ -374,7 +378,11 @@ impl Saga {
             },
 
             (Phase::Fence, Ok(())) => {
-                self.step("fence", format!("{from} demoted"));
+                let msg = match &self.start.not_drained {
+                    Some(why) => format!("{from} demoted without a drain ({why})"),
+                    None => format!("{from} demoted"),
+                };
+                self.step("fence", msg);
                 Phase::Promote
             }
             (Phase::Fence, Err((fault, e))) => self.fence_failed(fault, e),
@@ -500,6 +508,7 @@ mod tests {
             to: "b".into(),
             from,
             graceful: true,
+            not_drained: None,
             become_: Become::Writable,
             others: vec!["c".into()],
             on_timeout: OnTimeout::Abort,
@@ -699,11 +708,34 @@ mod tests {
                         killable: kill,
                     }),
                     graceful,
+                    not_drained: (!graceful).then(|| "a does not advertise drain".into()),
                     become_: Become::Writable,
                     others: vec!["c".into()],
                     on_timeout: if force { OnTimeout::Force } else { OnTimeout::Abort },
                 },
             )
+    }
+
+    /// An HA agent that does not advertise drain is demoted then the candidate promoted, and
+    /// the fence step says that no drain was done and why; one that does is drained first.
+    #[test]
+    fn a_member_that_cannot_drain_is_demoted_and_the_record_says_so() {
+        let mut s = start(PromotionKind::Failover, Some(old(true)));
+        s.graceful = false;
+        s.not_drained = Some("a does not advertise the drain step".into());
+        let mut saga = Saga::new(s.clone());
+        let effects = run(&mut saga, |_| None);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Drain { .. })), "{effects:?}");
+        assert!(effects.contains(&Effect::Demote { member: "a".into(), to: None }), "{effects:?}");
+        let fence = saga.steps.iter().find(|st| st.name == "fence").unwrap();
+        assert_eq!(fence.message, "a demoted without a drain (a does not advertise the drain step)");
+
+        s.graceful = true;
+        s.not_drained = None;
+        let mut saga = Saga::new(s);
+        let effects = run(&mut saga, |_| None);
+        assert_eq!(effects[1], Effect::Drain { from: "a".into(), to: "b".into() }, "{effects:?}");
+        assert!(saga.steps.iter().any(|st| st.message.contains("drained")), "{:?}", saga.steps);
     }
 
     proptest! {

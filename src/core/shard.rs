@@ -20,6 +20,10 @@ pub struct MemberFacts {
     pub misses: u32,
     /// The member answered but refused our credentials.
     pub unauthorized: bool,
+    /// The member answered, but not with a role (an HA agent's server error or an answer
+    /// other than MAIN/BACKUP): what it said. It is neither healthy nor a candidate, and as
+    /// the primary it is not failed over from on a guess (it is not down either).
+    pub ambiguous: Option<String>,
     /// Its pod is being deleted (a deletionTimestamp): it is never promoted, and as the
     /// primary its role is moved off it (drained) while it still runs.
     pub leaving: bool,
@@ -143,7 +147,7 @@ pub fn is_down(m: &MemberFacts, policy: &Policy) -> bool {
 
 /// Healthy: answered the latest probe with our credentials.
 pub fn is_healthy(m: &MemberFacts) -> bool {
-    m.answered() && m.misses == 0 && !m.unauthorized
+    m.answered() && m.misses == 0 && !m.unauthorized && m.ambiguous.is_none()
 }
 
 /// How far `m` is behind `primary_offset`; 0 for engines without offsets.
@@ -174,7 +178,9 @@ pub fn elect_candidate<'a>(
     let mut eligible: Vec<&MemberFacts> = Vec::new();
     let mut fallback: Vec<&MemberFacts> = Vec::new();
     for m in &facts.members {
-        let reason = if !is_healthy(m) {
+        let reason = if let Some(said) = &m.ambiguous {
+            Some(format!("answers ambiguously ({said})"))
+        } else if !is_healthy(m) {
             Some(if m.unauthorized { "refuses our credentials".to_owned() } else { "unreachable".to_owned() })
         } else if m.leaving {
             Some("its pod is being deleted".to_owned())
@@ -693,9 +699,10 @@ mod tests {
                 prop::bool::weighted(0.1),
                 0..3usize,
                 prop::bool::weighted(0.15),
+                prop::option::weighted(0.1, Just("HTTP 500".to_owned())),
             )
-                .prop_map(move |(priority, probe, misses, unauthorized, node, leaving)| {
-                    MemberFacts {
+                .prop_map(
+                    move |(priority, probe, misses, unauthorized, node, leaving, ambiguous)| MemberFacts {
                         name: format!("m{i}"),
                         endpoint: format!("m{i}:6379"),
                         node: Some(format!("n{node}")),
@@ -709,9 +716,10 @@ mod tests {
                         }),
                         misses,
                         unauthorized,
+                        ambiguous,
                         leaving,
-                    }
-                })
+                    },
+                )
         }
 
         fn arb_case() -> impl Strategy<Value = (ShardFacts, Policy, usize)> {

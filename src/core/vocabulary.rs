@@ -103,6 +103,14 @@ vocabulary! {
         SecretNotFound,
         /// HaCluster Ready=False: members refuse the credentials in the cluster's Secret.
         Unauthorized,
+        /// HaCluster Ready=False: members answer without stating a role (an HA agent's
+        /// server error, or a status other than MAIN/BACKUP); they are neither trusted in
+        /// their last role nor promoted, and a primary answering so is not failed over from.
+        AmbiguousAnswer,
+        /// HaCluster Ready=False: `failover.agentLease` breaks the timing rule of
+        /// [`crate::core::lease`] (too long to end before another member may be promoted, or
+        /// too short to outlast two heartbeats); members are not touched.
+        InvalidAgentLease,
         /// HaCluster Ready=False: a self-fencing primary has too few replicas
         /// (min-replicas-to-write) and refuses writes.
         PrimaryRefusesWrites,

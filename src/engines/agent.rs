@@ -18,6 +18,7 @@ use std::{
 use futures::{FutureExt as _, future::BoxFuture};
 
 use super::{Credentials, Engine, EngineError, EngineResult, ObservedRole, Probe};
+use crate::agent;
 
 /// How many members, across the whole process, may keep an idle connection open between
 /// heartbeats. Each costs a file descriptor; the members past the budget connect per probe
@@ -57,6 +58,8 @@ pub struct AgentEngine {
     token: String,
     scheme: &'static str,
     timeout: Duration,
+    /// The self-fencing lease sent with every request ([`agent::LEASE_HEADER`]).
+    lease: Option<Duration>,
 }
 
 impl AgentEngine {
@@ -74,6 +77,7 @@ impl AgentEngine {
                 token,
                 scheme: "http",
                 timeout,
+                lease: None,
             };
         };
         // reqwest takes any bytes here and then trusts nothing; parse them first.
@@ -99,7 +103,14 @@ impl AgentEngine {
                 Clients::BadCa(format!("the Secret's ca.crt is not a PEM certificate ({e}); nothing is sent"))
             }
         };
-        Self { clients, token, scheme: "https", timeout }
+        Self { clients, token, scheme: "https", timeout, lease: None }
+    }
+
+    /// Grant every agent `lease` with each request: an agent MAIN that hears nothing for
+    /// longer demotes itself (see [`crate::core::lease`] for the timing rule).
+    pub fn with_lease(mut self, lease: Option<Duration>) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// The client for `endpoint`: kept-alive while the process-wide budget lasts.
@@ -122,9 +133,23 @@ impl AgentEngine {
     }
 
     async fn send(&self, endpoint: &str, req: reqwest::RequestBuilder) -> EngineResult<String> {
+        self.send_with_headers(endpoint, req).await.map(|(_, body)| body)
+    }
+
+    /// [`AgentEngine::send`], with the answer's headers (where the optional protocol steps are
+    /// advertised).
+    async fn send_with_headers(
+        &self,
+        endpoint: &str,
+        req: reqwest::RequestBuilder,
+    ) -> EngineResult<(reqwest::header::HeaderMap, String)> {
         if let Clients::BadCa(why) = &self.clients {
             return Err(EngineError::Unauthorized { endpoint: endpoint.into(), message: why.clone() });
         }
+        let req = match self.lease {
+            Some(lease) => req.header(agent::LEASE_HEADER, lease.as_millis().to_string()),
+            None => req,
+        };
         let resp = req
             .header("Authorization", format!("token {}", self.token))
             .timeout(self.timeout)
@@ -140,13 +165,20 @@ impl AgentEngine {
                 }
             })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp
             .text()
             .await
             .map_err(|e| EngineError::Unreachable { endpoint: endpoint.into(), message: without_url(&e) })?;
         match status.as_u16() {
-            200..=299 => Ok(body.trim().to_owned()),
+            200..=299 => Ok((headers, body.trim().to_owned())),
             401 | 403 => Err(EngineError::Unauthorized {
+                endpoint: endpoint.into(),
+                message: format!("HTTP {status}: {}", body.trim()),
+            }),
+            // A server error says nothing of the role the node is in now (a hook failed or
+            // is still running, the node is restarting).
+            500..=599 => Err(EngineError::Ambiguous {
                 endpoint: endpoint.into(),
                 message: format!("HTTP {status}: {}", body.trim()),
             }),
@@ -165,6 +197,23 @@ impl AgentEngine {
         let req = self.http(endpoint).post(self.url(endpoint)).query(&[("change", to)]);
         self.send(endpoint, req).await.map(|_| ())
     }
+
+    /// An optional step (`DRAIN`, `RESUME`): an agent that does not implement it answers a
+    /// 4xx, which is [`Optional::Unsupported`], not an error.
+    async fn optional_change(&self, endpoint: &str, to: &str) -> EngineResult<Optional> {
+        match self.change(endpoint, to).await {
+            Ok(()) => Ok(Optional::Done),
+            Err(EngineError::Protocol { message, .. }) => Ok(Optional::Unsupported(message)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How an agent took an optional step.
+enum Optional {
+    Done,
+    /// It answered a 4xx (other than 401/403): it does not implement the step.
+    Unsupported(String),
 }
 
 impl Drop for AgentEngine {
@@ -187,6 +236,16 @@ fn without_url(e: &reqwest::Error) -> String {
     msg
 }
 
+/// The capabilities an agent lists in its status answer's header (comma-separated).
+pub fn capabilities(header: &str) -> impl Iterator<Item = &str> {
+    header.split(',').map(str::trim).filter(|c| !c.is_empty())
+}
+
+/// The position header's value: a non-negative integer, or nothing usable.
+pub fn parse_position(value: &str) -> Option<i64> {
+    value.trim().parse::<i64>().ok().filter(|p| *p >= 0)
+}
+
 /// Parse the body of `GET /rest/ha/status`.
 pub fn parse_status(body: &str) -> Option<ObservedRole> {
     match body.trim() {
@@ -199,20 +258,27 @@ pub fn parse_status(body: &str) -> Option<ObservedRole> {
 impl Engine for AgentEngine {
     fn probe<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<Probe>> {
         async move {
-            let body = self.send(endpoint, self.http(endpoint).get(self.url(endpoint))).await?;
-            let role = parse_status(&body).ok_or_else(|| EngineError::Protocol {
+            let req = self.http(endpoint).get(self.url(endpoint));
+            let (headers, body) = self.send_with_headers(endpoint, req).await?;
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let capable = |what: &str| {
+                header(agent::CAPABILITIES_HEADER).is_some_and(|c| capabilities(&c).any(|c| c == what))
+            };
+            let role = parse_status(&body).ok_or_else(|| EngineError::Ambiguous {
                 endpoint: endpoint.into(),
-                message: format!("unexpected HA status {body:?}"),
+                message: format!("HA status {body:?} is neither MAIN nor BACKUP"),
             })?;
             Ok(Probe {
                 role,
-                offset: None,
+                offset: header(agent::POSITION_HEADER).as_deref().and_then(parse_position),
                 following: None,
                 link_up: true,
-                self_fencing: false,
+                // Granted a lease it honours: cut off from the operator, it demotes itself.
+                self_fencing: self.lease.is_some() && capable(agent::LEASE_CAPABILITY),
                 good_replicas: None,
                 link_error: None,
                 errant: Vec::new(),
+                drains: capable(agent::DRAIN_CAPABILITY),
             })
         }
         .boxed()
@@ -230,12 +296,33 @@ impl Engine for AgentEngine {
         self.change(endpoint, "BACKUP").boxed()
     }
 
-    fn pause_writes<'a>(&'a self, _endpoint: &'a str, _max: Duration) -> BoxFuture<'a, EngineResult<()>> {
-        async { Ok(()) }.boxed()
+    /// `POST ?change=DRAIN`: the agent's drain hook stops the node taking writes and returns
+    /// once none is in flight; its position (probe offset) is then final. An agent without
+    /// the step does nothing, as before it existed (switchovers only drain agents that
+    /// advertise it; see [`Probe::drains`]).
+    fn pause_writes<'a>(&'a self, endpoint: &'a str, _max: Duration) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            match self.optional_change(endpoint, "DRAIN").await? {
+                Optional::Done => Ok(()),
+                Optional::Unsupported(why) => {
+                    tracing::debug!(endpoint, %why, "the agent does not drain; writes are not paused");
+                    Ok(())
+                }
+            }
+        }
+        .boxed()
     }
 
-    fn resume_writes<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
-        async { Ok(()) }.boxed()
+    /// `POST ?change=RESUME`: undo a drain. A node that exits after its demotion answers 503,
+    /// and one without the step a 4xx: there is nothing to resume on either.
+    fn resume_writes<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move {
+            match self.optional_change(endpoint, "RESUME").await {
+                Ok(_) | Err(EngineError::Ambiguous { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        .boxed()
     }
 
     fn follows_directly(&self) -> bool {
@@ -256,6 +343,16 @@ mod tests {
                 assert!(message.contains("ca.crt"), "{message}")
             }
             other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_capabilities_and_positions() {
+        assert_eq!(capabilities(" drain, lease ,,").collect::<Vec<_>>(), vec!["drain", "lease"]);
+        assert_eq!(capabilities("").count(), 0);
+        assert_eq!(parse_position(" 42\n"), Some(42));
+        for bad in ["-1", "x", "", "1.5"] {
+            assert_eq!(parse_position(bad), None, "{bad:?}");
         }
     }
 

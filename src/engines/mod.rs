@@ -26,6 +26,11 @@ pub enum EngineError {
     Unauthorized { endpoint: String, message: String },
     #[error("{endpoint}: {message}")]
     Protocol { endpoint: String, message: String },
+    /// The member answered, but what it said does not tell its role (an HA agent answering
+    /// something other than MAIN or BACKUP, or a server error): it is neither trusted in its
+    /// last known role nor promoted until it answers plainly again.
+    #[error("{endpoint} answered ambiguously: {message}")]
+    Ambiguous { endpoint: String, message: String },
     /// The member has transactions `primary` never had: attaching it would keep them or fail
     /// on them, so it was not attached (and stays read-only).
     #[error(
@@ -38,7 +43,10 @@ pub enum EngineError {
 impl EngineError {
     /// Whether the member answered at all (a wrong password still proves it is alive).
     pub fn member_answered(&self) -> bool {
-        matches!(self, Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Errant { .. })
+        matches!(
+            self,
+            Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Ambiguous { .. } | Self::Errant { .. }
+        )
     }
 
     /// What the failure says about whether the member may still take writes.
@@ -46,7 +54,10 @@ impl EngineError {
         match self {
             Self::Refused { .. } => Fault::Refused,
             Self::Unreachable { .. } | Self::Timeout { .. } => Fault::Silent,
-            Self::Unauthorized { .. } | Self::Protocol { .. } | Self::Errant { .. } => Fault::Answered,
+            Self::Unauthorized { .. }
+            | Self::Protocol { .. }
+            | Self::Ambiguous { .. }
+            | Self::Errant { .. } => Fault::Answered,
         }
     }
 }
@@ -175,15 +186,20 @@ pub enum Setting {
 /// `ca` is the Secret's `ca.crt` (PEM): the agent engine speaks HTTPS trusting it, the Mysql
 /// engine connects over TLS trusting only it (and has replicas replicate over TLS); the
 /// Redis engine does not use it.
+///
+/// `agent_lease` is the agent engine's self-fencing lease (other engines ignore it).
 pub fn for_cluster(
     kind: EngineKind,
     creds: Credentials,
     ca: Option<&[u8]>,
     timeout: Duration,
+    agent_lease: Option<Duration>,
 ) -> Box<dyn Engine> {
     match kind {
         EngineKind::Redis => Box::new(redis::RedisEngine::new(creds, timeout)),
-        EngineKind::Agent => Box::new(agent::AgentEngine::with_ca(creds, ca, timeout)),
+        EngineKind::Agent => {
+            Box::new(agent::AgentEngine::with_ca(creds, ca, timeout).with_lease(agent_lease))
+        }
         EngineKind::Mysql => Box::new(mysql::MysqlEngine::with_ca(creds, ca, timeout)),
     }
 }

@@ -433,6 +433,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             good_replicas: None,
             link_error: s.error(),
             errant: Vec::new(),
+            drains: false,
         },
         // Writable and following nobody: a primary. Read-only and following nobody: fenced.
         None if !read_only => Probe {
@@ -444,6 +445,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             good_replicas: semi.clients.filter(|_| semi.fencing && semi.primary_on),
             link_error: None,
             errant: Vec::new(),
+            drains: false,
         },
         None => Probe {
             role: ObservedRole::Replica,
@@ -454,6 +456,7 @@ pub fn probe_from(read_only: bool, executed: i64, source: Option<&ReplicaStatus>
             good_replicas: None,
             link_error: None,
             errant: Vec::new(),
+            drains: false,
         },
     }
 }

@@ -305,6 +305,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
             good_replicas: int("min_slaves_good_slaves"),
             link_error: None,
             errant: Vec::new(),
+            drains: false,
         }),
         Some("slave") => {
             let host = fields.get("master_host").copied().unwrap_or_default();
@@ -320,6 +321,7 @@ pub fn parse_replication_info(info: &str) -> Result<Probe, String> {
                 good_replicas: None,
                 link_error: None,
                 errant: Vec::new(),
+                drains: false,
             })
         }
         other => Err(format!("unexpected role {other:?} in INFO replication")),

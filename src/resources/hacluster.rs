@@ -263,6 +263,14 @@ pub struct FailoverPolicy {
     /// Extra time to wait after the primary is declared down before failing over.
     #[serde(default = "zero")]
     pub failover_delay: GoDuration,
+    /// Agent engine: the self-fencing lease sent to every agent with each request. An agent
+    /// MAIN that hears nothing for longer demotes itself, so an unreachable main has stopped
+    /// before another is promoted. Must be at most 0.9 × heartbeatInterval × (failureThreshold
+    /// − 1) plus failoverDelay less one heartbeatInterval, and at least 2 × heartbeatInterval (otherwise `Ready=False
+    /// InvalidAgentLease` and nothing is touched). Unset: no lease. An operator outage
+    /// longer than the lease demotes every agent main.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_lease: Option<GoDuration>,
     /// Never promote a replica whose replication offset is further behind the
     /// last known primary offset than this (bytes for Redis, transactions for
     /// Mysql). 0: only a fully caught-up replica may be promoted.
@@ -355,6 +363,7 @@ impl Default for FailoverPolicy {
             heartbeat_interval: default_heartbeat(),
             failure_threshold: default_failure_threshold(),
             failover_delay: zero(),
+            agent_lease: None,
             max_lag_on_failover: 0,
             step_timeout: default_step_timeout(),
             on_timeout: OnTimeout::default(),
@@ -437,18 +446,21 @@ fn yes() -> bool {
     true
 }
 
-/// Agent engines: how replicas learn the new main.
+/// Agent engines: how replicas learn the new main. The ConfigMap holds `<key>.<shard>` = the
+/// main host of each shard, and `<key>` = the first shard's main host (for a single-shard
+/// cluster: its main). It is re-asserted every heartbeat.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Redirect {
     /// ConfigMap (same namespace) the operator writes the new main's host into.
     #[schemars(length(min = 1, max = 253))]
     pub config_map: String,
-    /// Key in the ConfigMap.
+    /// Key in the ConfigMap: `<key>` names the first shard's main, `<key>.<shard>` each
+    /// shard's.
     #[serde(default = "default_redirect_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
-    /// Workloads restarted (rollout annotation) after the main changes.
+    /// Workloads restarted (rollout annotation) after the main of their shard changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub restart: Vec<WorkloadRef>,
@@ -465,6 +477,11 @@ pub struct WorkloadRef {
     pub kind: WorkloadKind,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// The shard whose main this workload consumes: it restarts only when that shard's main
+    /// changes. Unset: when any shard's main changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub shard: Option<String>,
 }
 
 /// Kinds of workload that can be restarted.

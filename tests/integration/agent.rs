@@ -336,3 +336,40 @@ async fn agent_serves_https_with_the_given_certificate() {
     assert!(untrusting.get(agent.url("/healthz")).send().await.is_err());
     assert!(agent.running());
 }
+
+/// The conformance checks a third-party agent can run (`understudy agent-conformance`), run
+/// against the reference agent: every rule passes, and the binary says so.
+#[tokio::test]
+async fn the_reference_agent_passes_the_conformance_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = http();
+    let mut agent = AgentProcess::start(dir.path(), "conformance", &[]);
+    agent.ready(&http).await;
+    let checks = understudy::agent_conformance::check(&agent.url(""), TOKEN, Duration::from_secs(5)).await;
+    let failed: Vec<_> = checks.iter().filter(|c| c.outcome.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", agent.log());
+    assert_eq!(checks.len(), understudy::agent_conformance::RULES.len());
+    // The demotion made it exit with code 0, as the protocol says.
+    assert!(agent.exited(Duration::from_secs(10)).await.success());
+
+    // The same through the command line, against a fresh node; and an address where nothing
+    // listens fails.
+    let mut fresh = AgentProcess::start(dir.path(), "conformance-cli", &[]);
+    fresh.ready(&http).await;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let cli = |url: String| {
+        Command::new(env!("CARGO_BIN_EXE_understudy"))
+            .args(["agent-conformance", "--url", &url, "--token-file", token_file.to_str().unwrap()])
+            .args(["--timeout", "3s"])
+            .output()
+            .unwrap()
+    };
+    let out = cli(fresh.url(""));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("9 of 9 rules passed"), "{stdout}");
+    let not_an_agent = cli(format!("http://127.0.0.1:{}", free_port().unwrap()));
+    let stdout = String::from_utf8_lossy(&not_an_agent.stdout);
+    assert!(!not_an_agent.status.success() && stdout.contains("FAIL"), "{stdout}");
+}

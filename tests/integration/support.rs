@@ -325,6 +325,11 @@ pub struct SupervisedAgent {
 impl SupervisedAgent {
     /// Start on `ip` (any 127.x.y.z) with `token`.
     pub fn start(ip: &str, token: &str) -> Self {
+        Self::start_with(ip, token, Vec::new())
+    }
+
+    /// Start on `ip` with `token` and further `understudy agent` arguments (hooks).
+    pub fn start_with(ip: &str, token: &str, args: Vec<String>) -> Self {
         use std::sync::{Arc, Mutex, atomic::*};
         let addr: std::net::SocketAddr =
             format!("{ip}:{}", understudy::controlplane::free_port().unwrap()).parse().unwrap();
@@ -333,7 +338,9 @@ impl SupervisedAgent {
         let token = token.to_owned();
         let spawn = move || {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
-            cmd.args(["agent", "--listen", &addr.to_string()]).env("UNDERSTUDY_AGENT_TOKEN", &token);
+            cmd.args(["agent", "--listen", &addr.to_string()])
+                .args(&args)
+                .env("UNDERSTUDY_AGENT_TOKEN", &token);
             understudy::controlplane::spawn(cmd, &log).expect("start agent")
         };
         let child = Arc::new(Mutex::new(Some(spawn())));
