@@ -9,7 +9,7 @@
 //! `BACKUP`, runs the `--on-demote` hook, then (by default) stops serving so that [`run`] exits
 //! with code 0 and the node's supervisor restarts it, as the seed describes.
 //!
-//! Optional steps (docs/agent-protocol.md), with `--on-drain` and `--position`: the status
+//! Optional steps (README, "The HA agent protocol"), with `--on-drain` and `--position`: the status
 //! answer carries `X-HA-Capabilities: drain` and `X-HA-Position: <n>`; `change=DRAIN` runs the
 //! drain hook on a MAIN (which stays MAIN, taking no writes) and `change=RESUME` undoes it.
 //!

@@ -1,5 +1,5 @@
 //! `understudy agent-conformance`: check that an HA agent speaks the protocol the `Agent`
-//! engine relies on (docs/agent-protocol.md), against a live agent.
+//! engine relies on (README, "The HA agent protocol"), against a live agent.
 //!
 //! The run changes the node's role (BACKUP → MAIN → BACKUP), so point it at a freshly started
 //! node that nothing else drives. Each check is named after the rule it tests; the first

@@ -37,7 +37,7 @@ enum Command {
     /// Serve the HA-status API (GET/POST /rest/ha/status) for a node with no HA API of its own.
     Agent(understudy::agent::AgentArgs),
     /// Check a freshly started HA agent against the protocol the Agent engine relies on
-    /// (docs/agent-protocol.md); exits non-zero if a rule fails.
+    /// (README, "The HA agent protocol"); exits non-zero if a rule fails.
     AgentConformance(understudy::agent_conformance::ConformanceArgs),
 }
 
