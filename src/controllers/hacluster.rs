@@ -1669,6 +1669,7 @@ impl Monitor {
                 reachable: st.probe.is_some(),
                 last_fault: st.last_fault.clone(),
                 self_fencing: st.self_fencing,
+                self_fencing_how: engine.self_fencing_how().to_owned(),
                 declared_dead: declared_dead(d),
                 // A pod already being deleted may be deleted at once: that is what was asked.
                 killable: cluster.pod_membership().is_some()

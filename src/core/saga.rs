@@ -51,6 +51,9 @@ pub struct OldPrimary {
     pub last_fault: Option<Fault>,
     /// It refuses writes by itself once its replicas leave (redis `min-replicas-to-write`).
     pub self_fencing: bool,
+    /// How it does, in the engine's words (for the fence step), e.g. "once its replicas
+    /// follow the new primary".
+    pub self_fencing_how: String,
     /// The operation declared it dead (ShardFailover `deadUids`) or its node dead: it is
     /// neither drained nor demoted nor killed.
     pub declared_dead: bool,
@@ -332,8 +335,8 @@ impl Saga {
                 self.step(
                     "fence",
                     format!(
-                        "{} unreachable ({why}), not demoted: it refuses writes by itself once its replicas follow {} (self-fencing)",
-                        from.name, self.start.to
+                        "{} unreachable ({why}), not demoted: it refuses writes by itself {} (self-fencing)",
+                        from.name, from.self_fencing_how
                     ),
                 );
                 Phase::Promote
@@ -704,6 +707,7 @@ mod tests {
                         reachable,
                         last_fault: if reachable { None } else { fault },
                         self_fencing: selff,
+                        self_fencing_how: "once its replicas follow the new primary".into(),
                         declared_dead: dead,
                         killable: kill,
                     }),

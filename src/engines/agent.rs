@@ -284,6 +284,10 @@ impl Engine for AgentEngine {
         .boxed()
     }
 
+    fn self_fencing_how(&self) -> &'static str {
+        "when its lease from the operator runs out (failover.agentLease)"
+    }
+
     fn promote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         self.change(endpoint, "MAIN").boxed()
     }

@@ -136,13 +136,26 @@ pub trait Engine: Send + Sync {
     /// too slow): it is written on a connection kept open to the primary for this (redis: a
     /// fence line), so that the member runs it, when it runs again, before any command a
     /// client sends after that — a thawed old primary then refuses writes at once, not when
-    /// its self-fencing notices or the next heartbeat demotes it. Engines without it return Ok.
+    /// its self-fencing notices or the next heartbeat demotes it. Engines without it say so
+    /// (an error), so that the promotion's steps never claim a demotion was queued.
     ///
     /// The [`Thawed`] receiver, when the engine gives one, yields the member's replication
     /// offset at the moment its demotion ran: what it had acknowledged by then, measured even
     /// if the member is gone right after (a pod deleted meanwhile is never probed again).
-    fn demote_when_thawed<'a>(&'a self, _endpoint: &'a str) -> BoxFuture<'a, EngineResult<Thawed>> {
-        Box::pin(async { Ok(None) })
+    fn demote_when_thawed<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<Thawed>> {
+        Box::pin(async move {
+            Err(EngineError::Protocol {
+                endpoint: endpoint.into(),
+                message:
+                    "not possible with this engine: nothing can be sent to a member that does not answer"
+                        .into(),
+            })
+        })
+    }
+    /// How a member that [`Engine::self_fences`] stops taking writes by itself once cut off,
+    /// in words for the promotion's steps.
+    fn self_fencing_how(&self) -> &'static str {
+        "once its replicas follow the new primary"
     }
     /// Set an engine parameter on a running member (redis: `CONFIG SET`). A parameter the
     /// member can change only at start is [`Setting::RestartRequired`]; a value it refuses is

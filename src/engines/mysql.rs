@@ -1085,6 +1085,10 @@ impl Engine for MysqlEngine {
         true
     }
 
+    fn self_fencing_how(&self) -> &'static str {
+        "once no replica acknowledges its commits (semi-synchronous replication that never falls back)"
+    }
+
     /// Semi-synchronous replication that never falls back: the primary acknowledges a
     /// commit only once a replica has it, so a primary cut off from its replicas (or thawed
     /// after its replicas moved on) acknowledges nothing — and a failover loses no
