@@ -19,6 +19,9 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
 command -v mariadbd >/dev/null || need+=(mariadb-server)
 command -v mariadb >/dev/null || need+=(mariadb-client)
+# redis-py's virtualenv (tools/clients/setup.sh) and the third-party agent the agent tests run.
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 node_tier=1
 [ "${UNDERSTUDY_NODE_TIER:-}" = skip ] && node_tier=0
 if [ "$node_tier" = 1 ]; then
