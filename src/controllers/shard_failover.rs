@@ -79,8 +79,12 @@ pub async fn reconcile(sfo: Arc<ShardFailover>, ctx: Arc<Context>) -> Result<Act
         match validate_and_plan(&sfo, &all) {
             // Created before its cluster exists or has a primary (GitOps applies everything
             // at once): wait, as for a busy lock, until the deadline.
-            Err(r) if r.may_pass && now < deadline => {
-                let msg = format!("waiting until {}: {}", Time(deadline).0, r.message);
+            Err(r)
+                if let Some(until) =
+                    r.may_pass.map(|p| created.checked_add(p).map_or(deadline, |t| t.min(deadline)))
+                    && now < until =>
+            {
+                let msg = format!("waiting until {}: {}", Time(until).0, r.message);
                 if status.message.as_deref() != Some(msg.as_str()) {
                     status.message = Some(msg);
                     write_status(&api, &sfo, status).await?;
@@ -392,10 +396,16 @@ fn validate_and_plan(
                 let why = shard::elect_candidate(&facts, &policy, Some(uid))
                     .err()
                     .unwrap_or_else(|| "no other member qualifies".into());
+                // Status may not show yet what the monitor sees: its observed write follows a
+                // promotion (a bootstrap too) by up to a couple of seconds, so a request made
+                // right after one reads members as they were before. A member shown
+                // unreachable may answer in a moment: waited for briefly, not until the deadline.
+                let unreachable = facts.members.iter().any(|m| m.name != *uid && !shard::is_healthy(m));
                 return Err(Refusal::new(
                     Code::NoEligibleReplica,
                     format!("no_eligible_replica: shard {}: {why}", loc.shard),
-                ));
+                )
+                .may_pass_for(unreachable.then_some(UNREACHABLE_PATIENCE)));
             }
         }
     }
@@ -407,15 +417,23 @@ struct Refusal {
     code: Code,
     message: String,
     /// It may pass by itself (a uid not yet a member of a bootstrapped cluster, a shard with no
-    /// primary yet): waited for until the deadline.
-    may_pass: bool,
+    /// primary yet): waited for this long after the request's creation, or until its deadline
+    /// if that comes first.
+    may_pass: Option<Duration>,
 }
+
+/// How long a planned failover waits for a member shown unreachable before it is refused.
+const UNREACHABLE_PATIENCE: Duration = Duration::from_secs(15);
 
 impl Refusal {
     fn new(code: Code, message: String) -> Self {
-        Self { code, message, may_pass: false }
+        Self { code, message, may_pass: None }
     }
+    /// Waited for until the deadline.
     fn may_pass(self, may_pass: bool) -> Self {
+        self.may_pass_for(may_pass.then_some(Duration::MAX))
+    }
+    fn may_pass_for(self, may_pass: Option<Duration>) -> Self {
         Self { may_pass, ..self }
     }
 }
@@ -517,5 +535,48 @@ mod tests {
             assert_eq!(reason_of(code).as_str(), camel, "{snake}");
         }
         assert_eq!(reason_of(Code::ShardIsSlave).as_str(), "ShardIsSlave");
+    }
+
+    fn cluster(members: serde_json::Value) -> HaCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"engine": "Redis", "shards": [{"name": "main", "members": [
+                {"name": "a", "endpoint": "127.0.0.1:1"},
+                {"name": "b", "endpoint": "127.0.0.1:2", "priority": members["bPriority"].as_i64().unwrap_or(100)}
+            ]}]},
+            "status": {"shards": [{"name": "main", "currentPrimary": "a", "epoch": 1, "members": members["status"]}]}
+        }))
+        .unwrap()
+    }
+
+    /// Right after a bootstrap status may still show members as they were before it: a
+    /// switchover made then waits a moment for a member shown unreachable, and only for that.
+    #[test]
+    fn a_switchover_waits_briefly_for_a_member_shown_unreachable_and_not_for_priority_zero() {
+        let sfo: ShardFailover = serde_json::from_value(serde_json::json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "ShardFailover",
+            "metadata": {"name": "planned", "namespace": "ns"}, "spec": {"shardUids": ["a"]}
+        }))
+        .unwrap();
+        let stale = cluster(serde_json::json!({"status": [
+            {"name": "a", "role": "Unknown", "healthy": false},
+            {"name": "b", "role": "Unknown", "healthy": false}
+        ]}));
+        let r = validate_and_plan(&sfo, &[stale]).expect_err("refused for now");
+        assert_eq!(r.code, Code::NoEligibleReplica);
+        assert_eq!(r.may_pass, Some(UNREACHABLE_PATIENCE), "{}", r.message);
+        let never = cluster(serde_json::json!({"bPriority": 0, "status": [
+            {"name": "a", "role": "Primary", "healthy": true, "offset": 10},
+            {"name": "b", "role": "Replica", "healthy": true, "offset": 10}
+        ]}));
+        let r = validate_and_plan(&sfo, &[never]).expect_err("refused");
+        assert_eq!((r.code, r.may_pass), (Code::NoEligibleReplica, None), "{}", r.message);
+        let fine = cluster(serde_json::json!({"status": [
+            {"name": "a", "role": "Primary", "healthy": true, "offset": 10},
+            {"name": "b", "role": "Replica", "healthy": true, "offset": 10}
+        ]}));
+        let (name, plan) = validate_and_plan(&sfo, &[fine]).ok().expect("planned");
+        assert_eq!((name.as_str(), plan[0].to.as_deref()), ("db", Some("b")));
     }
 }

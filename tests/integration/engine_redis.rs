@@ -124,7 +124,12 @@ async fn a_drained_old_primary_follows_the_new_one_from_its_promotion() {
     for server in [&old, &new] {
         engine.set_self_fencing(&server.endpoint(), 1, 10).await.expect("self-fencing");
     }
-    let () = old.cmd(redis::cmd("SET").arg("k").arg("before")).await.expect("write");
+    // The primary counts its replica as good from the replica's first acknowledgement, which
+    // may come a moment after the link is up (replicas acknowledge once a second).
+    eventually(Duration::from_secs(5), "the self-fencing primary takes a write", || async {
+        old.cmd::<()>(redis::cmd("SET").arg("k").arg("before")).await.ok()
+    })
+    .await;
     // The switchover's own order: pause, drain (the candidate has everything), demote, promote.
     engine.pause_writes(&old.endpoint(), Duration::from_secs(5)).await.expect("pause");
     eventually(Duration::from_secs(5), "the candidate has everything", || async {
