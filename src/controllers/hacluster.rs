@@ -598,6 +598,10 @@ struct Monitor {
     pod_services_generation: Option<i64>,
     /// Standby clusters: the upstream primary this heartbeat resolved.
     upstream_seen: Option<String>,
+    /// A production cluster of a ProtectionGroup whose other site acts as a primary (a
+    /// forced failover made it production while this site was cut off): that primary's
+    /// endpoint. The cluster then behaves as a standby of it.
+    superseded_by: Option<String>,
     wake: Arc<Wake>,
     /// Metric series this monitor created, removed when their member or the cluster goes.
     exported_members: HashSet<MemberLabels>,
@@ -660,6 +664,7 @@ impl Monitor {
             config_error: None,
             pod_services_generation: None,
             upstream_seen: None,
+            superseded_by: None,
             wake,
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
@@ -767,7 +772,57 @@ impl Monitor {
         cluster.spec.shards.iter().flatten().map(|s| s.name.clone()).collect()
     }
 
-    fn policy(cluster: &HaCluster, engine: &dyn Engine, upstream: Option<String>) -> Policy {
+    /// A standby: of its upstream, or of the other site's primary once superseded.
+    fn is_standby(&self, cluster: &HaCluster) -> bool {
+        cluster.standby().is_some() || self.superseded_by.is_some()
+    }
+
+    /// Whether a member of the other site of this production cluster's ProtectionGroup acts
+    /// as a primary: checked every heartbeat (so before any promotion here), against every
+    /// endpoint the group listed, each bounded by the heartbeat interval. Once superseded the
+    /// cluster follows that primary until the group publishes the relation.
+    async fn superseded(&mut self, engine: &dyn Engine, cluster: &HaCluster) -> Option<String> {
+        let protection = cluster.status.as_ref().and_then(|s| s.protection.as_ref());
+        let others = match protection {
+            Some(p) if p.standby.is_none() && !p.yield_to.is_empty() => p.yield_to.clone(),
+            _ => {
+                self.superseded_by = None;
+                return None;
+            }
+        };
+        let timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
+        let probes = futures::future::join_all(others.iter().map(|endpoint| async move {
+            let p = tokio::time::timeout(timeout, engine.probe(endpoint)).await.ok()?.ok()?;
+            (p.role == ObservedRole::Primary).then(|| endpoint.clone())
+        }))
+        .await;
+        let found = probes.into_iter().flatten().next();
+        if found.is_some() && found != self.superseded_by {
+            let by = found.clone().unwrap_or_default();
+            warn!(cluster = %key(cluster), primary = %by, "the other site of the protection group acts as a primary: following it, nothing here is writable");
+            self.ctx
+                .event(
+                    cluster,
+                    true,
+                    Reason::SiteSuperseded,
+                    EventAction::Fence,
+                    format!(
+                        "{by}, of the other site of ProtectionGroup {}, acts as a primary (a forced failover made it production while this site was cut off): this cluster follows it and nothing here is made writable",
+                        protection.map(|p| p.group.as_str()).unwrap_or_default()
+                    ),
+                )
+                .await;
+        }
+        // Once superseded it stays so while the other primary answers as one; if it stops
+        // answering the cluster stays a standby of it (never writable on a guess) until
+        // the group publishes the relation.
+        if found.is_some() {
+            self.superseded_by = found;
+        }
+        self.superseded_by.clone()
+    }
+
+    fn policy(cluster: &HaCluster, engine: &dyn Engine, upstream: Option<String>, standby: bool) -> Policy {
         let f = &cluster.spec.failover;
         Policy {
             automatic: f.mode == FailoverMode::Automatic,
@@ -776,7 +831,7 @@ impl Monitor {
             failover_delay: f.failover_delay.0,
             max_lag: f.max_lag_on_failover,
             follows_directly: engine.follows_directly(),
-            standby: cluster.standby().is_some(),
+            standby,
             upstream,
         }
     }
@@ -887,9 +942,12 @@ impl Monitor {
         self.probe_all(engine.as_ref(), &declared, &cluster).await;
         self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
         self.start_stalled_streams(engine.as_ref(), &declared, &cluster).await;
-        let upstream = self.upstream(&cluster).await;
+        let upstream = match self.superseded(engine.as_ref(), &cluster).await {
+            Some(primary) => Some(primary),
+            None => self.upstream(&cluster).await,
+        };
         self.upstream_seen = upstream.clone();
-        let policy = Self::policy(&cluster, engine.as_ref(), upstream);
+        let policy = Self::policy(&cluster, engine.as_ref(), upstream, self.is_standby(&cluster));
 
         let mut plans = HashMap::new();
         let mut spawned = false;
@@ -1453,7 +1511,7 @@ impl Monitor {
         // exactly the old one behind it (one shard, routed, not a standby).
         let route = |name: &str| declared.iter().find(|d| d.name == name).map(|d| d.route.clone());
         op.early_route = match (&p.from, &self.last_routes) {
-            (Some(from), Some(last)) if cluster.spec.routing.enabled && cluster.standby().is_none() => {
+            (Some(from), Some(last)) if cluster.spec.routing.enabled && !self.is_standby(cluster) => {
                 route(from).zip(route(&p.to)).map(|(from, to)| EarlyRoute { last: last.clone(), from, to })
             }
             _ => None,
@@ -1655,7 +1713,7 @@ impl Monitor {
         let declared_dead = |d: &Declared| {
             dead_members.contains(&d.name) || d.node.as_ref().is_some_and(|n| dead_nodes.contains(n))
         };
-        let become_ = match (cluster.standby().is_some(), &self.upstream_seen) {
+        let become_ = match (self.is_standby(cluster), &self.upstream_seen) {
             (false, _) => Become::Writable,
             (true, Some(up)) => Become::Follower(up.clone()),
             (true, None) => return None,
@@ -1874,14 +1932,15 @@ impl Monitor {
 
         let any_lock = status.shards.iter().any(|s| s.target_primary.is_some());
         // A standby cluster's leader is a healthy replica of the upstream.
-        let leader_role = if cluster.standby().is_some() { Role::Replica } else { Role::Primary };
+        let standby = self.is_standby(cluster);
+        let leader_role = if standby { Role::Replica } else { Role::Primary };
         for s in &mut status.shards {
-            s.upstream = self.upstream_seen.clone().filter(|_| cluster.standby().is_some());
+            s.upstream = self.upstream_seen.clone().filter(|_| standby);
         }
         // A self-fencing primary with too few replicas refuses writes: it is not healthy for
         // clients (until the replicas are attached, after a bootstrap or a failover).
         let mut refusing = Vec::new();
-        for s in status.shards.iter().filter(|_| cluster.standby().is_none()) {
+        for s in status.shards.iter().filter(|_| !standby) {
             let Some(p) = &s.current_primary else { continue };
             let want = fencing_want(cluster, &declared, &self.members, &s.name, p);
             let probe = self.members.get(p).and_then(|m| m.probe.as_ref()).filter(|p| p.self_fencing);
@@ -1933,6 +1992,13 @@ impl Monitor {
                     ambiguous.join("; ")
                 ),
             )
+        } else if let Some(by) = &self.superseded_by {
+            (
+                Reason::SiteSuperseded,
+                format!(
+                    "{by}, of the other site of the protection group, acts as a primary: this cluster follows it and nothing here is writable until the group re-protects it"
+                ),
+            )
         } else if let Some((shard, reason, msg)) = blocks.first() {
             (*reason, format!("shard {shard}: {msg}"))
         } else if !refusing.is_empty() {
@@ -1946,7 +2012,7 @@ impl Monitor {
         set_condition(
             &mut conditions,
             ConditionType::Ready,
-            all_primaries_ok && self.config_error.is_none(),
+            all_primaries_ok && self.config_error.is_none() && self.superseded_by.is_none(),
             ready_reason,
             ready_msg,
             generation,
@@ -2075,7 +2141,7 @@ impl Monitor {
                     // The recorded primary stays routed until another one is recorded, even
                     // while it does not answer: the switch is then a single write. A standby
                     // cluster's leader is read-only and is not routed as a primary.
-                    if cluster.standby().is_none() {
+                    if !self.is_standby(cluster) {
                         primaries.push(d.route.clone());
                     }
                 } else if !d.leaving

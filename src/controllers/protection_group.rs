@@ -54,7 +54,10 @@ use crate::{
     resources::{
         HaCluster, ProtectionGroup,
         hacluster::{Engine as EngineKind, Protection, Role, Standby},
-        protection_group::{PairStatus, ProtectionGroupStatus, ProtectionPhase as Phase, Site, SiteRole},
+        protection_group::{
+            DryRunReport, ForcedFailoverRecord, ForcedPair, PairStatus, ProtectionGroupStatus,
+            ProtectionPhase as Phase, Site, SiteRole,
+        },
         shared::{remove_condition, set_condition},
     },
 };
@@ -86,6 +89,23 @@ struct Side {
     api: Api<HaCluster>,
     engine: Arc<dyn Engine>,
     leader: Option<Leader>,
+    /// Why this side's cluster could not be read (its site's API server is unreachable, or
+    /// its Secret): only while a forced failover is authorised or a lost site is awaited.
+    /// `cluster` is then a stand-in with the pair's name and the other side's spec.
+    lost: Option<String>,
+}
+
+impl Side {
+    /// Endpoints of every member the spec lists (protection groups take static shards).
+    fn endpoints(&self) -> Vec<String> {
+        self.cluster
+            .spec
+            .shards
+            .iter()
+            .flatten()
+            .flat_map(|s| s.members.iter().map(|m| m.endpoint.clone()))
+            .collect()
+    }
 }
 
 /// Production leaders whose writes a move paused. However the move ends — also when its
@@ -143,11 +163,9 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     let sites = match connect(&ctx, &pg).await {
         Ok(s) => s,
         Err(msg) => {
-            status.phase = Some(if status.phase == Some(Phase::FailingOver) {
-                Phase::FailingOver
-            } else {
-                Phase::Error
-            });
+            if !matches!(status.phase, Some(Phase::FailingOver | Phase::FailedOver)) {
+                status.phase = Some(Phase::Error);
+            }
             set_condition(
                 &mut status.conditions,
                 ConditionType::Ready,
@@ -161,10 +179,17 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
     };
-    let mut pairs = match load_pairs(&pg, &sites).await {
+    // A forced failover authorised for the wanted site, a lost site awaited after one, or a
+    // forced dry run: a site that cannot be reached does not stop the group.
+    let want = pg.spec.priority_site;
+    let forced = pg.spec.forced_failover.as_ref().filter(|f| f.to == want).map(|f| f.reason.clone());
+    let dry = dry_run_request(&pg).filter(|d| status.dry_run.as_ref().is_none_or(|r| r.request != d.request));
+    let lenient =
+        forced.is_some() || status.phase == Some(Phase::FailedOver) || dry.as_ref().is_some_and(|d| d.forced);
+    let mut pairs = match load_pairs(&pg, &sites, lenient).await {
         Ok(p) => p,
         Err((reason, msg)) => {
-            if status.phase != Some(Phase::FailingOver) {
+            if !matches!(status.phase, Some(Phase::FailingOver | Phase::FailedOver)) {
                 status.phase = Some(Phase::Error);
             }
             set_condition(
@@ -181,6 +206,23 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
         }
     };
     probe_leaders(&mut pairs).await;
+    if let Some(d) = dry {
+        let report = dry_run(&pairs, &status, d, forced.is_some());
+        info!(group = %key(&*pg), request = %report.request, possible = report.possible, "dry run answered");
+        ctx.event(
+            &*pg,
+            false,
+            Reason::DryRunAnswered,
+            EventAction::DryRun,
+            format!(
+                "dry run {}: {}",
+                report.request,
+                if report.possible { report.steps.join(" → ") } else { report.blockers.join("; ") }
+            ),
+        )
+        .await;
+        status.dry_run = Some(report);
+    }
 
     // Status is input like any other (anyone granted `*/status` can write it): in a steady
     // state, where each pair replicates from (the cluster that is not a standby) wins over
@@ -196,7 +238,6 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     let production = *status.production_site.get_or_insert_with(|| adopt(&pg, &pairs));
     status.replication_direction.get_or_insert_with(|| production.direction().into());
 
-    let want = pg.spec.priority_site;
     let retry = pg.annotations().get(RETRY_ANNOTATION).cloned();
     let reasserted = status.phase == Some(Phase::ErrorReversing)
         && (pg.metadata.generation != status.observed_generation || retry != status.observed_retry);
@@ -213,7 +254,9 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     };
 
     if move_wanted && status.phase != Some(Phase::FailingOver) {
-        let allowed = matches!(status.phase, Some(Phase::Protected | Phase::ErrorReversing));
+        // A forced failover is for when things are broken: any phase but a move under way.
+        let allowed =
+            forced.is_some() || matches!(status.phase, Some(Phase::Protected | Phase::ErrorReversing));
         if pairs.is_empty() || !allowed {
             let (reason, msg) = if pairs.is_empty() {
                 (
@@ -245,9 +288,12 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
         }
     }
     if move_wanted {
-        return run_move(&ctx, &mut w, &sites, pairs, status, want, retry).await;
+        return run_move(&ctx, &mut w, &sites, pairs, status, want, retry, forced).await;
     }
     remove_condition(&mut status.conditions, ConditionType::FailoverAllowed);
+    if status.phase == Some(Phase::FailedOver) {
+        fence_returned(&ctx, &pg, &sites, &mut pairs, &mut status).await;
+    }
     steady(&ctx, &pg, &sites, &pairs, &mut status).await;
     w.save(&status).await?;
     // Probing is cheap but not free: a protected group is looked at every 5 s (HaCluster
@@ -355,65 +401,37 @@ async fn remote_client(local: &Client, ns: &str, name: &str, key: &str) -> Resul
     Ok(client)
 }
 
-/// Read both clusters of every pair and build their engines.
-async fn load_pairs(pg: &ProtectionGroup, sites: &[SiteHandle; 2]) -> Result<Vec<Pair>, (Reason, String)> {
+/// Read both clusters of every pair and build their engines. `lenient`: a side whose site
+/// cannot be reached (a forced failover is authorised, or a lost site is awaited) becomes a
+/// stand-in marked `lost` instead of failing the whole group; one side of each pair must
+/// be readable.
+async fn load_pairs(
+    pg: &ProtectionGroup,
+    sites: &[SiteHandle; 2],
+    lenient: bool,
+) -> Result<Vec<Pair>, (Reason, String)> {
     let mut out = Vec::new();
     for p in &pg.spec.pairs {
-        let mut sides = Vec::new();
+        let mut sides: Vec<Result<Side, (Reason, String)>> = Vec::new();
         for (site, name) in [(&sites[0], &p.source), (&sites[1], &p.target)] {
-            let api: Api<HaCluster> = Api::namespaced(site.client.clone(), &site.namespace);
-            let where_ = if site.remote { " (remote site)" } else { "" };
-            let cluster = api
-                .get_opt(name)
-                .await
-                .map_err(|e| {
-                    (
-                        Reason::SiteUnreachable,
-                        format!("reading HaCluster {}/{name}{where_}: {e}", site.namespace),
-                    )
-                })?
-                .ok_or_else(|| {
-                    (
-                        Reason::ClusterNotFound,
-                        format!("HaCluster {}/{name}{where_} of a pair does not exist", site.namespace),
-                    )
-                })?;
-            if !matches!(cluster.spec.engine, EngineKind::Redis | EngineKind::Mysql) {
-                return Err((
-                    Reason::UnsupportedEngine,
-                    format!("HaCluster {name}: protection groups support Redis and Mysql clusters"),
-                ));
-            }
-            let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
-            if cluster.pod_membership().is_some() || shards != 1 {
-                return Err((
-                    Reason::UnsupportedCluster,
-                    format!(
-                        "HaCluster {name}: protection groups support clusters with exactly one static shard"
-                    ),
-                ));
-            }
-            let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(500));
-            let (creds, ca) =
-                read_credentials(&site.client, &site.namespace, cluster.spec.secret_ref.as_ref(), "password")
-                    .await
-                    .map_err(|e| (Reason::SecretNotFound, format!("HaCluster {name}: {e}")))?;
-            sides.push(Side {
-                api,
-                // No lease: the cluster's monitor renews it with every heartbeat.
-                engine: Arc::from(engines::for_cluster(
-                    cluster.spec.engine,
-                    creds,
-                    ca.as_deref(),
-                    timeout,
-                    None,
-                )),
-                leader: recorded_leader(&cluster),
-                cluster,
-            });
+            sides.push(load_side(site, name).await);
         }
         let target = sides.pop().expect("two sides");
         let source = sides.pop().expect("two sides");
+        let unreachable = |r: &Result<Side, (Reason, String)>| {
+            matches!(r, Err((Reason::SiteUnreachable | Reason::SecretNotFound, _)))
+        };
+        let (source, target) = match (source, target) {
+            (Ok(s), Ok(t)) => (s, t),
+            (Err(e), Ok(t)) if lenient && unreachable(&Err(e.clone())) => {
+                (stand_in(&p.source, &sites[0], &t, e.1), t)
+            }
+            (Ok(s), Err(e)) if lenient && unreachable(&Err(e.clone())) => {
+                let t = stand_in(&p.target, &sites[1], &s, e.1);
+                (s, t)
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         if source.cluster.spec.engine != target.cluster.spec.engine {
             return Err((
                 Reason::UnsupportedEngine,
@@ -426,6 +444,65 @@ async fn load_pairs(pg: &ProtectionGroup, sites: &[SiteHandle; 2]) -> Result<Vec
         out.push(Pair { source, target });
     }
     Ok(out)
+}
+
+/// A side whose cluster cannot be read: its name, the other side's spec (so its engine and
+/// members' shape are known), no leader.
+fn stand_in(name: &str, site: &SiteHandle, other: &Side, why: String) -> Side {
+    let mut cluster = HaCluster::new(name, other.cluster.spec.clone());
+    cluster.metadata.namespace = Some(site.namespace.clone());
+    cluster.spec.shards = None;
+    Side {
+        api: Api::namespaced(site.client.clone(), &site.namespace),
+        engine: other.engine.clone(),
+        leader: None,
+        lost: Some(why),
+        cluster,
+    }
+}
+
+/// Read one cluster of a pair and build its engine.
+async fn load_side(site: &SiteHandle, name: &str) -> Result<Side, (Reason, String)> {
+    let api: Api<HaCluster> = Api::namespaced(site.client.clone(), &site.namespace);
+    let where_ = if site.remote { " (remote site)" } else { "" };
+    let cluster = api
+        .get_opt(name)
+        .await
+        .map_err(|e| {
+            (Reason::SiteUnreachable, format!("reading HaCluster {}/{name}{where_}: {e}", site.namespace))
+        })?
+        .ok_or_else(|| {
+            (
+                Reason::ClusterNotFound,
+                format!("HaCluster {}/{name}{where_} of a pair does not exist", site.namespace),
+            )
+        })?;
+    if !matches!(cluster.spec.engine, EngineKind::Redis | EngineKind::Mysql) {
+        return Err((
+            Reason::UnsupportedEngine,
+            format!("HaCluster {name}: protection groups support Redis and Mysql clusters"),
+        ));
+    }
+    let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
+    if cluster.pod_membership().is_some() || shards != 1 {
+        return Err((
+            Reason::UnsupportedCluster,
+            format!("HaCluster {name}: protection groups support clusters with exactly one static shard"),
+        ));
+    }
+    let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(500));
+    let (creds, ca) =
+        read_credentials(&site.client, &site.namespace, cluster.spec.secret_ref.as_ref(), "password")
+            .await
+            .map_err(|e| (Reason::SecretNotFound, format!("HaCluster {name}: {e}")))?;
+    Ok(Side {
+        api,
+        // No lease: the cluster's monitor renews it with every heartbeat.
+        engine: Arc::from(engines::for_cluster(cluster.spec.engine, creds, ca.as_deref(), timeout, None)),
+        leader: recorded_leader(&cluster),
+        lost: None,
+        cluster,
+    })
 }
 
 /// The cluster's recorded primary (a standby cluster's leader) and its endpoint.
@@ -515,9 +592,14 @@ fn standby_for(production: &HaCluster, leader: Option<&Leader>, sites: &[SiteHan
 /// controller's field manager. Never in the spec, which belongs to the user and to the tool
 /// that applies the user's manifests. A `spec.standby` that an earlier version of this
 /// controller wrote is removed once the status carries the relation.
-async fn set_standby(side: &Side, group: &str, standby: Option<Standby>) -> Result<(), kube::Error> {
+async fn set_standby(
+    side: &Side,
+    group: &str,
+    standby: Option<Standby>,
+    yield_to: Vec<String>,
+) -> Result<(), kube::Error> {
     let name = side.cluster.name_any();
-    let want = Protection { group: group.to_owned(), standby };
+    let want = Protection { group: group.to_owned(), standby, yield_to };
     let have = side.cluster.status.as_ref().and_then(|s| s.protection.as_ref());
     if have != Some(&want) {
         let body = json!({
@@ -561,15 +643,52 @@ async fn steady(
         let prod = status.pairs.get(i).and_then(|s| s.production).unwrap_or(production);
         let (ps, ds) = (p.side(prod), p.side(prod.other()));
         let group = key(pg);
-        if let Err(e) = set_standby(ps, &group, None).await {
+        let awaiting_fence = awaits_fence(status, p);
+        let mut st = match (&ps.lost, &ds.lost) {
+            (_, Some(why)) if awaiting_fence => site::PairState {
+                state: "SiteLost",
+                lag: None,
+                message: Some(format!(
+                    "{} does not answer ({why}); fenced when it returns",
+                    ds.cluster.name_any()
+                )),
+            },
+            (Some(why), _) | (_, Some(why)) => site::PairState {
+                state: "Broken",
+                lag: None,
+                message: Some(format!("cannot be read: {why}")),
+            },
+            _ => site::pair_state(ps.leader.as_ref(), ds.leader.as_ref()),
+        };
+        remember_contact(&group, p, prod);
+        // The production side yields to the other site's members once they are known to
+        // replicate from it (so never to a site a forced failover left behind, until it is
+        // fenced); otherwise what it was told stands.
+        let yield_to = if st.state == "Replicating" {
+            ds.endpoints()
+        } else {
+            ps.cluster
+                .status
+                .as_ref()
+                .and_then(|s| s.protection.as_ref())
+                .map(|p| p.yield_to.clone())
+                .unwrap_or_default()
+        };
+        if ps.lost.is_none()
+            && let Err(e) = set_standby(ps, &group, None, yield_to).await
+        {
             warn!(%group, cluster = %ps.cluster.name_any(), error = %e, "could not publish the production side");
         }
-        if let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
-            && let Err(e) = set_standby(ds, &group, Some(v)).await
+        if ds.lost.is_none()
+            && !awaiting_fence
+            && let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
+            && let Err(e) = set_standby(ds, &group, Some(v), Vec::new()).await
         {
             warn!(group = %key(pg), cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
         }
-        let mut st = site::pair_state(ps.leader.as_ref(), ds.leader.as_ref());
+        if awaiting_fence && ds.lost.is_none() && st.state == "Replicating" {
+            st.state = "Syncing";
+        }
         // Lag is written when it moves by LAG_NOISE bytes or comes back to zero, so a busy
         // but healthy pair does not cost a status write every reconcile.
         if let Some(prev) = status.pairs.get(i).filter(|p| p.state == st.state)
@@ -594,18 +713,21 @@ async fn steady(
     status.phase = Some(match prev {
         // Sticky until a planned failover (re-asserted) completes.
         Some(Phase::ErrorReversing) => Phase::ErrorReversing,
+        // Sticky until the lost site is back, fenced, and replicates again.
+        Some(Phase::FailedOver) if !all => Phase::FailedOver,
         _ if all => Phase::Protected,
         _ => Phase::Pending,
     });
     if prev != status.phase {
         status.last_transition_time = Some(now.clone());
         if status.phase == Some(Phase::Protected) {
+            let again = if prev == Some(Phase::FailedOver) { "re-protected: " } else { "" };
             ctx.event(
                 pg,
                 false,
                 Reason::Protected,
                 EventAction::Replicate,
-                format!("{} pairs replicate {}", out.len(), production.direction()),
+                format!("{again}{} pairs replicate {}", out.len(), production.direction()),
             )
             .await;
         }
@@ -619,6 +741,24 @@ async fn steady(
             status.pairs = out;
             return;
         }
+        Some(Phase::FailedOver) => (
+            false,
+            Reason::ForcedFailover,
+            format!(
+                "production was moved to the {} site by a forced failover; not protected until the {} site returns and is fenced: {}",
+                production.as_str(),
+                production.other().as_str(),
+                out.iter()
+                    .map(|p| format!(
+                        "{}/{}: {}",
+                        p.source,
+                        p.target,
+                        p.message.clone().unwrap_or_else(|| p.state.clone())
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
         _ if out.is_empty() => {
             (false, Reason::NoReplicationPairs, "the group has no replication pairs".into())
         }
@@ -692,6 +832,7 @@ enum Next {
 }
 
 /// Carry out (or resume) the planned failover to `want`, one step per reconcile.
+#[allow(clippy::too_many_arguments)]
 async fn run_move(
     ctx: &Context,
     w: &mut Writer,
@@ -700,6 +841,7 @@ async fn run_move(
     mut status: ProtectionGroupStatus,
     want: SiteRole,
     retry: Option<String>,
+    forced: Option<String>,
 ) -> Result<Action, Error> {
     let pg = w.obj.clone();
     let now = Timestamp::now();
@@ -724,7 +866,13 @@ async fn run_move(
             ConditionType::Ready,
             false,
             Reason::FailingOver,
-            format!("planned failover to {} in progress", want.as_str()),
+            match &forced {
+                None => format!("planned failover to {} in progress", want.as_str()),
+                Some(why) => format!(
+                    "failover to {} in progress, forced where the other site does not answer ({why})",
+                    want.as_str()
+                ),
+            },
             pg.metadata.generation,
             &Time(now),
         );
@@ -746,7 +894,7 @@ async fn run_move(
     let next = match status.step.as_deref() {
         Some(STEP_REROUTE) => reroute(w, &pairs, &mut status, want, deadline).await,
         Some(s) if SWITCH_STEPS.contains(&s) => {
-            switch(w, sites, &mut pairs, &mut status, want, deadline).await
+            switch(w, sites, &mut pairs, &mut status, want, deadline, forced.as_deref()).await
         }
         _ => lock(w, sites, &pairs, &mut status, deadline).await,
     };
@@ -762,7 +910,37 @@ async fn run_move(
     // Whatever happened: the locks go, so the monitors take over again.
     release_all(&pg, &pairs).await;
     let now = Time(Timestamp::now());
+    let was_forced = status.last_forced_failover.as_ref().is_some_and(|f| f.job_id == job);
     let (ok, reason, msg) = match result {
+        Ok(_) if was_forced => {
+            status.production_site = Some(want);
+            status.replication_direction = Some(want.direction().into());
+            status.phase = Some(Phase::FailedOver);
+            status.step = Some("done".into());
+            let lost: Vec<String> = status
+                .last_forced_failover
+                .iter()
+                .flat_map(|f| &f.pairs)
+                .map(|p| {
+                    format!(
+                        "{}/{}: {}",
+                        p.source,
+                        p.target,
+                        p.possible_loss
+                            .map_or("loss unknown".into(), |b| format!("at least {b} bytes may be lost"))
+                    )
+                })
+                .collect();
+            let msg = format!(
+                "job {job}: the {} site is production, forced while the {} site did not answer ({} ms; {}); the {} site is fenced and re-protected when it returns",
+                want.as_str(),
+                want.other().as_str(),
+                took.as_millis(),
+                lost.join("; "),
+                want.other().as_str(),
+            );
+            (false, Reason::ForcedFailover, msg)
+        }
         Ok(pause) => {
             status.production_site = Some(want);
             status.replication_direction = Some(want.direction().into());
@@ -800,11 +978,18 @@ async fn run_move(
     } else {
         warn!(group = %key(&pg), %reason, "{msg}");
     }
-    ctx.event(&pg, !ok, reason, EventAction::PlannedFailover, msg).await;
+    let action = if was_forced { EventAction::ForcedFailover } else { EventAction::PlannedFailover };
+    ctx.event(&pg, !ok, reason, action, msg).await;
     w.save(&status).await?;
     ctx.metrics.operation_finished(
         "ProtectionGroup",
-        if ok { "Succeeded" } else { "ErrorReversing" },
+        if was_forced {
+            "FailedOver"
+        } else if ok {
+            "Succeeded"
+        } else {
+            "ErrorReversing"
+        },
         Some(took.as_secs_f64()),
     );
     Ok(Action::requeue(Duration::from_millis(500)))
@@ -852,6 +1037,11 @@ async fn lock_once(
 ) -> Result<(), LockBlock> {
     for p in pairs {
         for (side, remote) in [(&p.source, sites[0].remote), (&p.target, sites[1].remote)] {
+            // A lost site's clusters cannot be locked (nor changed): a forced failover goes on
+            // without them, and they are fenced when they return.
+            if side.lost.is_some() {
+                continue;
+            }
             let cluster = side.cluster.name_any();
             let locked = match side.api.get(&cluster).await {
                 Ok(c) => operation::lock_all(&side.api, &c, &holder(pg, remote), deadline).await,
@@ -942,6 +1132,7 @@ async fn switch(
     status: &mut ProtectionGroupStatus,
     want: SiteRole,
     deadline: Timestamp,
+    forced: Option<&str>,
 ) -> Next {
     // Resumed after the deadline (the operator was down): settle what is half-done under a
     // short fresh lock — promote where no leader is writable and no write is lost — and stop.
@@ -965,7 +1156,7 @@ async fn switch(
                 }
             }
         }
-        switch_pairs(w, sites, pairs, status, want, deadline, expired).await
+        switch_pairs(w, sites, pairs, status, want, deadline, expired, forced).await
     };
     match tokio::time::timeout(bound, run).await {
         Ok(Ok(pause)) => {
@@ -1044,12 +1235,16 @@ async fn switch_pairs(
     want: SiteRole,
     deadline: Timestamp,
     expired: bool,
+    forced: Option<&str>,
 ) -> Result<Option<Duration>, Failure> {
     let save_err =
         |e: kube::Error| fail(Reason::StatusWriteFailed, format!("could not record progress: {e}"));
     // 2. Decide per pair from what the leaders say now (re-read: the locks are ours now).
     for p in pairs.iter_mut() {
         for side in [&mut p.source, &mut p.target] {
+            if side.lost.is_some() {
+                continue;
+            }
             if let Ok(c) = side.api.get(&side.cluster.name_any()).await {
                 side.leader = recorded_leader(&c);
                 side.cluster = c;
@@ -1059,7 +1254,10 @@ async fn switch_pairs(
     probe_leaders(pairs).await;
     let moves: Vec<PairMove> = pairs
         .iter()
-        .map(|p| site::pair_move(p.side(want).leader.as_ref(), p.side(want.other()).leader.as_ref()))
+        .map(|p| {
+            let (w, o) = (p.side(want).leader.as_ref(), p.side(want.other()).leader.as_ref());
+            if forced.is_some() { site::forced_pair_move(w, o) } else { site::pair_move(w, o) }
+        })
         .collect();
     let blocked: Vec<String> = pairs
         .iter()
@@ -1073,8 +1271,17 @@ async fn switch_pairs(
         return Err(fail(Reason::PairNotReady, format!("{}; nothing was changed", blocked.join("; "))));
     }
     let moving: Vec<usize> = (0..pairs.len()).filter(|&i| moves[i] == PairMove::Move && !expired).collect();
-    let promoting: Vec<usize> =
-        (0..pairs.len()).filter(|&i| moves[i] == PairMove::PromoteOnly || moving.contains(&i)).collect();
+    let forcing: Vec<usize> = (0..pairs.len()).filter(|&i| moves[i] == PairMove::Force && !expired).collect();
+    let promoting: Vec<usize> = (0..pairs.len())
+        .filter(|&i| moves[i] == PairMove::PromoteOnly || moving.contains(&i) || forcing.contains(&i))
+        .collect();
+    if !forcing.is_empty() {
+        // Recorded before anything is promoted: what each forced pair may lose, from the
+        // last time both of its leaders answered, and the offset it is promoted at.
+        record_forced(w, pairs, status, want, &forcing, forced.unwrap_or_default())
+            .await
+            .map_err(save_err)?;
+    }
     if expired {
         // Pairs that cannot be decided keep (or get back) their old production leader.
         let undecided: Vec<usize> =
@@ -1258,11 +1465,13 @@ async fn record_pairs(
         // The new production cluster first (its leader is the upstream the other follows).
         // The new production cluster first (its leader is the upstream the other follows).
         // Member roles are the monitors' to write: the published relation wakes them.
-        if let Err(e) = set_standby(ws, &group, None).await {
+        // It yields to no one until the other side is seen replicating from it (steady state).
+        if let Err(e) = set_standby(ws, &group, None, Vec::new()).await {
             warn!(cluster = %ws.cluster.name_any(), error = %e, "could not publish the production side; retried in steady state");
         }
-        if let Some(v) = standby_for(&ws.cluster, ws.leader.as_ref(), sites)
-            && let Err(e) = set_standby(os, &group, Some(v)).await
+        if os.lost.is_none()
+            && let Some(v) = standby_for(&ws.cluster, ws.leader.as_ref(), sites)
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new()).await
         {
             warn!(cluster = %os.cluster.name_any(), error = %e, "could not publish the standby side; retried in steady state");
         }
@@ -1312,5 +1521,344 @@ async fn release_all(pg: &ProtectionGroup, pairs: &[Pair]) {
                 warn!(cluster = %s.cluster.name_any(), error = %e, "could not release the lock (it expires at the deadline)");
             }
         }
+    }
+}
+
+/// The last time both leaders of a pair answered, and their offsets then: what a forced
+/// failover reports it may lose. Kept in memory (a fresh operator process falls back on the
+/// lag last written to status).
+#[derive(Clone, Copy)]
+struct Contact {
+    at: Timestamp,
+    production_offset: Option<i64>,
+    dr_offset: Option<i64>,
+}
+
+/// Group key, source cluster, target cluster.
+type ContactKey = (String, String, String);
+
+fn contacts() -> &'static Mutex<HashMap<ContactKey, Contact>> {
+    static CONTACTS: OnceLock<Mutex<HashMap<ContactKey, Contact>>> = OnceLock::new();
+    CONTACTS.get_or_init(Default::default)
+}
+
+fn contact_key(group: &str, p: &Pair) -> ContactKey {
+    (group.to_owned(), p.source.cluster.name_any(), p.target.cluster.name_any())
+}
+
+/// Note a contact when both leaders answered this reconcile (production first).
+fn remember_contact(group: &str, p: &Pair, production: SiteRole) {
+    let (ps, ds) = (p.side(production), p.side(production.other()));
+    let offset = |s: &Side| s.leader.as_ref().and_then(|l| l.probe.as_ref()).map(|p| p.offset);
+    if let (Some(po), Some(d)) = (offset(ps), offset(ds)) {
+        let c = Contact { at: Timestamp::now(), production_offset: po, dr_offset: d };
+        contacts().lock().expect("contacts").insert(contact_key(group, p), c);
+    }
+}
+
+/// A pair that a forced failover left behind and that is not fenced yet.
+fn awaits_fence(status: &ProtectionGroupStatus, p: &Pair) -> bool {
+    status.phase == Some(Phase::FailedOver)
+        && status.last_forced_failover.as_ref().is_some_and(|f| {
+            f.pairs.iter().any(|fp| {
+                fp.source == p.source.cluster.name_any()
+                    && fp.target == p.target.cluster.name_any()
+                    && fp.fenced_at.is_none()
+            })
+        })
+}
+
+/// Record, before anything is promoted, which pairs a failover forces and what each may lose.
+async fn record_forced(
+    w: &mut Writer,
+    pairs: &[Pair],
+    status: &mut ProtectionGroupStatus,
+    want: SiteRole,
+    forcing: &[usize],
+    reason: &str,
+) -> Result<(), kube::Error> {
+    let group = key(&w.obj);
+    let job = status.job_id.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for &i in forcing {
+        let p = &pairs[i];
+        let dr = p.side(want);
+        let dr_offset = dr.leader.as_ref().and_then(|l| l.probe.as_ref()).and_then(|p| p.offset);
+        let contact = contacts().lock().expect("contacts").get(&contact_key(&group, p)).copied();
+        let lost = p.side(want.other()).lost.clone();
+        let silent = lost.unwrap_or_else(|| "its leader does not answer".into());
+        let (last_contact, possible_loss, message) = match contact {
+            Some(c) => (
+                Some(Time(c.at)),
+                site::possible_loss(c.production_offset, dr_offset),
+                format!(
+                    "{} forced: {silent}; at the last contact ({}) it lagged {}; writes after that are not known until the lost side returns",
+                    dr.cluster.name_any(),
+                    Time(c.at).0,
+                    site::possible_loss(c.production_offset, c.dr_offset)
+                        .map_or("by an unknown amount".into(), |b| format!("{b} bytes"))
+                ),
+            ),
+            None => (
+                None,
+                status.pairs.get(i).and_then(|s| s.lag),
+                format!(
+                    "{} forced: {silent}; this operator process never saw both leaders answer, so the loss is the lag last written to status, and writes after it are not known",
+                    dr.cluster.name_any()
+                ),
+            ),
+        };
+        out.push(ForcedPair {
+            source: p.source.cluster.name_any(),
+            target: p.target.cluster.name_any(),
+            last_contact,
+            possible_loss,
+            promoted_at_offset: dr_offset,
+            lost_offset: None,
+            fenced_at: None,
+            message: Some(message),
+        });
+    }
+    status.last_forced_failover = Some(ForcedFailoverRecord {
+        job_id: job,
+        at: Time(Timestamp::now()),
+        from: want.other(),
+        to: want,
+        reason: reason.to_owned(),
+        pairs: out,
+    });
+    step(
+        w,
+        status,
+        "force",
+        format!("forcing {} pairs whose {} side does not answer", forcing.len(), want.other().as_str()),
+    )
+    .await
+}
+
+/// After a forced failover: a lost site's cluster that can be read again is fenced — every
+/// member of it acting as a primary is made to follow the new production leader (what it
+/// took after the promotion is measured where it can be, then discarded) — and then
+/// published as a standby, from which steady state re-protects it.
+async fn fence_returned(
+    ctx: &Context,
+    pg: &ProtectionGroup,
+    sites: &[SiteHandle; 2],
+    pairs: &mut [Pair],
+    status: &mut ProtectionGroupStatus,
+) {
+    let production = status.production_site.unwrap_or_default();
+    let group = key(pg);
+    for p in pairs.iter() {
+        if !awaits_fence(status, p) {
+            continue;
+        }
+        let (ps, os) = (p.side(production), p.side(production.other()));
+        if os.lost.is_some() {
+            continue;
+        }
+        let Some(pl) = ps
+            .leader
+            .as_ref()
+            .filter(|l| l.probe.as_ref().is_some_and(|p| p.role == engines::ObservedRole::Primary))
+        else {
+            continue;
+        };
+        let promoted_at = status
+            .last_forced_failover
+            .as_ref()
+            .and_then(|f| f.pairs.iter().find(|fp| fp.source == p.source.cluster.name_any()))
+            .and_then(|fp| fp.promoted_at_offset);
+        let mut measured: Option<i64> = None;
+        let mut acting = Vec::new();
+        let mut failed = Vec::new();
+        for ep in os.endpoints() {
+            let Some(pr) = probe(os.engine.as_ref(), &ep).await else { continue };
+            if pr.role != engines::ObservedRole::Primary {
+                continue;
+            }
+            if let Some(l) = site::lost_on_return(pr.offset, promoted_at) {
+                measured = Some(measured.unwrap_or(0).max(l));
+            }
+            acting.push(ep.clone());
+            if let Err(e) = os.engine.follow(&ep, &pl.endpoint).await {
+                failed.push(format!("{ep}: {e}"));
+            }
+        }
+        if !failed.is_empty() {
+            warn!(%group, cluster = %os.cluster.name_any(), errors = ?failed, "could not fence the returned site yet; retried");
+            continue;
+        }
+        if let Some(v) = standby_for(&ps.cluster, Some(pl), sites)
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new()).await
+        {
+            warn!(%group, cluster = %os.cluster.name_any(), error = %e, "could not publish the returned site as a standby; retried");
+            continue;
+        }
+        let what = if acting.is_empty() {
+            "none of its members acted as a primary (it had fenced itself, or restarted as replicas)"
+                .to_owned()
+        } else {
+            format!(
+                "{} followed {} ({})",
+                acting.join(", "),
+                pl.name,
+                measured.map_or("what it held beyond the promotion could not be measured".into(), |b| {
+                    format!("{b} bytes beyond the promotion discarded")
+                })
+            )
+        };
+        let msg = format!("{} returned and was fenced: {what}; re-protecting it", os.cluster.name_any());
+        info!(%group, "{msg}");
+        if let Some(fp) = status
+            .last_forced_failover
+            .as_mut()
+            .and_then(|f| f.pairs.iter_mut().find(|fp| fp.source == p.source.cluster.name_any()))
+        {
+            fp.fenced_at = Some(Time(Timestamp::now()));
+            fp.lost_offset = measured;
+            fp.message = Some(msg.clone());
+        }
+        ctx.event(pg, false, Reason::SiteFenced, EventAction::Fence, msg).await;
+    }
+}
+
+/// Annotation asking for a dry run: `<Site>` (planned) or `<Site>/Forced`, optionally
+/// followed by `@<anything>` so the same question can be asked again.
+pub const DRY_RUN_ANNOTATION: &str = "understudy.dev/dry-run";
+
+struct DryRunAsk {
+    request: String,
+    to: SiteRole,
+    forced: bool,
+}
+
+fn dry_run_request(pg: &ProtectionGroup) -> Option<DryRunAsk> {
+    let v = pg.annotations().get(DRY_RUN_ANNOTATION)?;
+    let ask = v.split('@').next().unwrap_or_default();
+    let (site, forced) = match ask.split_once('/') {
+        Some((s, m)) => (s, m.eq_ignore_ascii_case("forced")),
+        None => (ask, false),
+    };
+    let to = match site.to_ascii_lowercase().as_str() {
+        "source" => SiteRole::Source,
+        "target" => SiteRole::Target,
+        _ => SiteRole::Source,
+    };
+    let valid = matches!(site.to_ascii_lowercase().as_str(), "source" | "target");
+    Some(DryRunAsk { request: v.clone(), to, forced: forced && valid }).filter(|_| valid)
+}
+
+/// What a failover to `ask.to` would do now, from what the leaders just said; touches
+/// nothing.
+fn dry_run(
+    pairs: &[Pair],
+    status: &ProtectionGroupStatus,
+    ask: DryRunAsk,
+    forced_authorised: bool,
+) -> DryRunReport {
+    let production = status.production_site.unwrap_or_default();
+    let mut blockers = Vec::new();
+    let mut steps = Vec::new();
+    let mut out = Vec::new();
+    if ask.to == production && status.phase != Some(Phase::ErrorReversing) {
+        blockers.push(format!("the {} site is production already", ask.to.as_str()));
+    }
+    if pairs.is_empty() {
+        blockers.push("the group has no replication pairs".into());
+    }
+    if !ask.forced && !matches!(status.phase, Some(Phase::Protected | Phase::ErrorReversing)) {
+        blockers.push(format!(
+            "a planned failover is allowed only in phase Protected or ErrorReversing (phase is {})",
+            phase_name(status.phase)
+        ));
+    }
+    let (mut moving, mut forcing, mut promoting) = (0, 0, 0);
+    for (i, p) in pairs.iter().enumerate() {
+        let (w, o) = (p.side(ask.to).leader.as_ref(), p.side(ask.to.other()).leader.as_ref());
+        let m = if ask.forced { site::forced_pair_move(w, o) } else { site::pair_move(w, o) };
+        let lag = status.pairs.get(i).and_then(|s| s.lag);
+        let (state, message) = match &m {
+            PairMove::InPlace => {
+                ("InPlace", format!("{} is writable already", p.side(ask.to).cluster.name_any()))
+            }
+            PairMove::Move => {
+                moving += 1;
+                (
+                    "Move",
+                    format!(
+                        "pause writes, wait until {} has everything, demote, promote",
+                        p.side(ask.to).cluster.name_any()
+                    ),
+                )
+            }
+            PairMove::PromoteOnly => {
+                promoting += 1;
+                (
+                    "PromoteOnly",
+                    format!("promote {} (neither side is writable)", p.side(ask.to).cluster.name_any()),
+                )
+            }
+            PairMove::Force => {
+                forcing += 1;
+                (
+                    "Force",
+                    format!(
+                        "promote {} without waiting for {}, which does not answer ({}); writes it did not receive are lost{}",
+                        p.side(ask.to).cluster.name_any(),
+                        p.side(ask.to.other()).cluster.name_any(),
+                        p.side(ask.to.other()).lost.clone().unwrap_or_else(|| "its leader is silent".into()),
+                        lag.map(|l| format!(" (lag last recorded: {l} bytes)")).unwrap_or_default()
+                    ),
+                )
+            }
+            PairMove::Blocked(why) => {
+                blockers.push(format!("{}: {why}", p.name()));
+                ("Blocked", why.clone())
+            }
+        };
+        out.push(PairStatus {
+            source: p.source.cluster.name_any(),
+            target: p.target.cluster.name_any(),
+            production: status.pairs.get(i).and_then(|s| s.production),
+            state: state.into(),
+            lag,
+            message: Some(message),
+        });
+    }
+    if ask.forced && forcing > 0 && !forced_authorised {
+        steps.push(format!(
+            "(needs spec.forcedFailover {{to: {}, reason: …}} to be carried out)",
+            ask.to.as_str()
+        ));
+    }
+    steps.push(format!("lock the clusters of both sites that answer ({} pairs)", pairs.len()));
+    if moving > 0 {
+        steps.push(format!("pause writes on {moving} production primaries"));
+        steps.push("wait until the DR primaries have every write".into());
+        steps.push(format!("demote {moving} production primaries (they follow the DR primaries)"));
+    }
+    if forcing > 0 {
+        steps.push(format!("record what {forcing} forced pairs may lose"));
+    }
+    if moving + forcing + promoting > 0 {
+        steps.push(format!("promote {} DR primaries", moving + forcing + promoting));
+    }
+    steps.push("reverse replication and release the locks".into());
+    if forcing > 0 {
+        steps.push(format!(
+            "when the {} site returns: fence it (its primaries follow the new production site), then re-protect it",
+            ask.to.other().as_str()
+        ));
+    }
+    DryRunReport {
+        request: ask.request,
+        at: Time(Timestamp::now()),
+        to: ask.to,
+        forced: ask.forced,
+        possible: blockers.is_empty(),
+        steps,
+        blockers,
+        pairs: out,
     }
 }

@@ -36,8 +36,52 @@ pub enum PairMove {
     /// Neither side is writable (a move stopped half-way) and the wanted side has at least
     /// everything the other side has: promote it.
     PromoteOnly,
+    /// Forced failover: the other side does not answer; promote the wanted side without
+    /// waiting for it (what it did not receive is lost).
+    Force,
     /// Not safe to move; nothing is touched. The message says why.
     Blocked(String),
+}
+
+/// Decide one pair of a forced failover. A pair whose other side answers moves as in a
+/// planned failover (nothing needs forcing there, and nothing is lost); one whose other
+/// side does not answer (or whose cluster cannot even be read: `other` None) is forced,
+/// provided the wanted side's leader answers.
+pub fn forced_pair_move(want: Option<&Leader>, other: Option<&Leader>) -> PairMove {
+    if other.is_some_and(|o| o.probe.is_some()) {
+        return pair_move(want, other);
+    }
+    let Some(want) = want else {
+        return PairMove::Blocked("the cluster to promote has no recorded primary".into());
+    };
+    match want.role() {
+        None => PairMove::Blocked(format!(
+            "{} ({}) does not answer either: nothing can be promoted",
+            want.name, want.endpoint
+        )),
+        Some(ObservedRole::Primary) => PairMove::InPlace,
+        Some(ObservedRole::Replica) => PairMove::Force,
+    }
+}
+
+/// What a forced promotion of `dr` may lose, from the last time both leaders answered:
+/// the bytes the DR leader lacked then (writes after that are unknown until the lost side
+/// returns).
+pub fn possible_loss(production_offset: Option<i64>, dr_offset: Option<i64>) -> Option<i64> {
+    match (production_offset, dr_offset) {
+        (Some(p), Some(d)) => Some((p - d).max(0)),
+        _ => None,
+    }
+}
+
+/// Bytes a returned old leader holds beyond the point where the DR leader was promoted:
+/// discarded when it is fenced. Only meaningful while it still acts as a primary with an
+/// offset in the same stream (it was not restarted empty).
+pub fn lost_on_return(old_leader_offset: Option<i64>, promoted_at: Option<i64>) -> Option<i64> {
+    match (old_leader_offset, promoted_at) {
+        (Some(o), Some(p)) if o > 0 => Some((o - p).max(0)),
+        _ => None,
+    }
 }
 
 /// Decide one pair. `want` is the leader of the side that should be production.
@@ -190,6 +234,33 @@ mod tests {
             Some(&leader("p", Some(Primary), 100, None)),
         );
         assert!(matches!(elsewhere, PairMove::Blocked(m) if m.contains("does not replicate")));
+    }
+
+    #[test]
+    fn forced_moves_only_pairs_whose_other_side_is_silent() {
+        let dr = leader("d", Some(Replica), 90, Some("p"));
+        let silent = leader("p", None, 0, None);
+        assert_eq!(forced_pair_move(Some(&dr), Some(&silent)), PairMove::Force);
+        assert_eq!(forced_pair_move(Some(&dr), None), PairMove::Force, "the lost site cannot even be read");
+        // The other side answers: a planned move, with its safety (the same as pair_move).
+        let alive = leader("p", Some(Primary), 100, None);
+        assert_eq!(forced_pair_move(Some(&dr), Some(&alive)), PairMove::Move);
+        let both = forced_pair_move(Some(&leader("d", Some(Primary), 1, None)), Some(&alive));
+        assert!(matches!(both, PairMove::Blocked(m) if m.contains("both")));
+        // Already writable, or nothing to promote.
+        assert_eq!(forced_pair_move(Some(&leader("d", Some(Primary), 1, None)), None), PairMove::InPlace);
+        assert!(matches!(forced_pair_move(Some(&leader("d", None, 0, None)), None), PairMove::Blocked(_)));
+        assert!(matches!(forced_pair_move(None, None), PairMove::Blocked(_)));
+    }
+
+    #[test]
+    fn losses_are_what_the_dr_side_lacked() {
+        assert_eq!(possible_loss(Some(100), Some(60)), Some(40));
+        assert_eq!(possible_loss(Some(100), Some(160)), Some(0));
+        assert_eq!(possible_loss(None, Some(1)), None);
+        assert_eq!(lost_on_return(Some(150), Some(100)), Some(50));
+        assert_eq!(lost_on_return(Some(0), Some(100)), None, "restarted empty: unknown");
+        assert_eq!(lost_on_return(Some(90), Some(100)), Some(0));
     }
 
     #[test]

@@ -299,6 +299,19 @@ vocabulary! {
         /// ProtectionGroup Ready=False (Warning, action PlannedFailover): writes could not be
         /// paused at the production site; nothing was changed.
         StopWritesFailed,
+        /// ProtectionGroup Ready=False (Warning Event, action ForcedFailover): production was
+        /// moved by force; the lost site is not protected until it returns and is fenced.
+        ForcedFailover,
+        /// ProtectionGroup (Normal Event, action Fence): a site lost in a forced failover
+        /// returned and its cluster was made to follow the new production site.
+        SiteFenced,
+        /// ProtectionGroup (Normal Event, action DryRun): a dry run was answered in
+        /// `status.dryRun`. ShardFailover/FailoverRequest Complete=True: a dry run.
+        DryRunAnswered,
+        /// HaCluster Ready=False (Warning Event, action Fence): a member of the other site of
+        /// its ProtectionGroup acts as a primary (a forced failover made it production while
+        /// this site was cut off): this cluster follows it and nothing here is writable.
+        SiteSuperseded,
         // HaCluster Progressing (spec.instances), and the lifecycle's Events.
         /// Progressing=True: the members of a new cluster are being created (seed: BUILD).
         Creating,
@@ -371,6 +384,13 @@ vocabulary! {
         PlannedFailover,
         /// ProtectionGroup: replicate from the production site to the DR site.
         Replicate,
+        /// ProtectionGroup: a forced failover (production site lost).
+        ForcedFailover,
+        /// ProtectionGroup, HaCluster: make a lost site's cluster follow the new production
+        /// site when it returns.
+        Fence,
+        /// ProtectionGroup: answer a dry run.
+        DryRun,
         /// HaCluster (spec.instances): create a member's pod or volume.
         CreateMember,
         /// HaCluster (spec.instances): delete a member's pod (to restart or remove it).

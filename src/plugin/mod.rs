@@ -207,11 +207,12 @@ pub struct SiteFailoverArgs {
     /// The site to make production.
     #[arg(long, value_enum)]
     pub to: Site,
-    /// A forced failover to an unreachable production site's DR side (not supported by the
-    /// operator yet: refused).
+    /// A forced failover: where the production site does not answer, its DR side is
+    /// promoted without waiting for it (sets spec.forcedFailover; needs --reason).
     #[arg(long)]
     pub force: bool,
-    /// Validate the change with the API server (server-side dry run); change nothing.
+    /// Ask the operator what the failover would do now (steps, blockers, lag per pair);
+    /// change nothing.
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]

@@ -39,6 +39,7 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kubectl-u
 pub const LAST_REQUEST: &str = "understudy.dev/last-request";
 /// The annotation that re-asserts a ProtectionGroup's spec after `ErrorReversing`.
 const RETRY_ANNOTATION: &str = crate::controllers::protection_group::RETRY_ANNOTATION;
+const DRY_RUN_ANNOTATION: &str = crate::controllers::protection_group::DRY_RUN_ANNOTATION;
 /// A ShardFailover's default `timeoutSeconds` (the resource's own default).
 const SHARD_FAILOVER_TIMEOUT: i64 = 300;
 /// A FailoverRequest's default `timeoutSeconds` per step (the resource's own default).
@@ -381,17 +382,24 @@ pub enum SiteMove {
 
 pub fn plan_site_failover(pg: &ProtectionGroup, to: SiteRole, force: bool) -> Result<SiteMove, Refusal> {
     let name = pg.name_any();
-    if force {
-        return Err(Refusal::State(
-            "a forced site failover (promoting the DR site while production is unreachable) is not something the operator does yet: a ProtectionGroup moves production only in a planned failover, which needs both sites to answer; nothing was changed".into(),
-        ));
-    }
     if pg.spec.pairs.is_empty() {
         return Err(Refusal::State(format!(
             "ProtectionGroup {name} has no replication pairs: nothing to move"
         )));
     }
     let st = pg.status.clone().unwrap_or_default();
+    let authorised = pg.spec.forced_failover.as_ref().is_some_and(|f| f.to == to);
+    if force {
+        return Ok(match st.phase {
+            Some(ProtectionPhase::Protected | ProtectionPhase::FailedOver)
+                if st.production_site == Some(to) =>
+            {
+                SiteMove::AlreadyThere
+            }
+            _ if pg.spec.priority_site == to && authorised => SiteMove::UnderWay,
+            _ => SiteMove::Request,
+        });
+    }
     if pg.spec.priority_site != to {
         return Ok(SiteMove::Request);
     }
@@ -412,6 +420,18 @@ pub async fn site_failover(target: &Target, args: SiteFailoverArgs) -> Result<()
         Site::Source => SiteRole::Source,
         Site::Target => SiteRole::Target,
     };
+    if args.dry_run {
+        return site_failover_dry_run(&api, &name, to, args.force).await;
+    }
+    let reason = match (&args.request.reason, args.force) {
+        (Some(r), true) if !r.trim().is_empty() => Some(r.clone()),
+        (_, true) => {
+            return Err(PluginError::Usage(
+                "a forced site failover needs --reason: it is recorded in the group's spec.forcedFailover and status".into(),
+            ));
+        }
+        _ => None,
+    };
     let plan = plan_site_failover(&pg, to, args.force)?;
     let who = Requester::identify(&target.client, &args.request).await;
     let before = pg.status.as_ref().and_then(|s| s.job_id.clone());
@@ -422,29 +442,33 @@ pub async fn site_failover(target: &Target, args: SiteFailoverArgs) -> Result<()
             return Ok(());
         }
         SiteMove::UnderWay => None,
-        SiteMove::Request => Some(json!({
-            "metadata": {"annotations": {LAST_REQUEST: note}},
-            "spec": {"prioritySite": to.as_str()}
-        })),
+        SiteMove::Request => Some(match &reason {
+            None => json!({
+                "metadata": {"annotations": {LAST_REQUEST: note}},
+                "spec": {"prioritySite": to.as_str()}
+            }),
+            Some(why) => json!({
+                "metadata": {"annotations": {LAST_REQUEST: note}},
+                "spec": {"prioritySite": to.as_str(), "forcedFailover": {"to": to.as_str(), "reason": why}}
+            }),
+        }),
         SiteMove::Retry => Some(json!({
             "metadata": {"annotations": {LAST_REQUEST: note, RETRY_ANNOTATION: render::rfc3339(&Time(who.at))}}
         })),
     };
     if let Some(patch) = patch {
-        let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            dry_run: args.dry_run,
-            ..Default::default()
-        };
+        let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         api.patch(&name, &pp, &Patch::Merge(&patch)).await?;
-        if args.dry_run {
-            println!(
-                "dry run: the API server accepts moving production of ProtectionGroup {name} to the {} site; nothing was changed",
-                to.as_str()
-            );
-            return Ok(());
-        }
         match plan {
+            _ if reason.is_some() => {
+                println!(
+                    "ProtectionGroup {name}: spec.prioritySite set to {} with spec.forcedFailover (a forced failover where the other site does not answer)",
+                    to.as_str()
+                );
+                eprintln!(
+                    "warning: spec.prioritySite and spec.forcedFailover are part of the ProtectionGroup's manifest: change the manifest too, or a GitOps tool applying it sets them back"
+                );
+            }
             SiteMove::Retry => println!(
                 "ProtectionGroup {name}: re-asserting the move to the {} site (annotation {RETRY_ANNOTATION})",
                 to.as_str()
@@ -473,7 +497,10 @@ pub async fn site_failover(target: &Target, args: SiteFailoverArgs) -> Result<()
     let message = Followed {
         api: &api,
         name: &name,
-        what: format!("the planned failover of ProtectionGroup {name}"),
+        what: format!(
+            "the {} failover of ProtectionGroup {name}",
+            if args.force { "forced" } else { "planned" }
+        ),
         how: format!("kubectl get protectiongroup {name} -n {} -w", target.namespace),
         timeout: args.follow.deadline(own),
         progress: &render::site_failover_progress,
@@ -483,6 +510,65 @@ pub async fn site_failover(target: &Target, args: SiteFailoverArgs) -> Result<()
     .await?;
     println!("succeeded: {message}");
     Ok(())
+}
+
+/// Ask the operator for a dry run (annotation [`DRY_RUN_ANNOTATION`]) and print its answer.
+async fn site_failover_dry_run(
+    api: &Api<ProtectionGroup>,
+    name: &str,
+    to: SiteRole,
+    force: bool,
+) -> Result<(), PluginError> {
+    let ask = format!(
+        "{}{}@{}",
+        to.as_str(),
+        if force { "/Forced" } else { "" },
+        Timestamp::now().as_millisecond()
+    );
+    let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    api.patch(name, &pp, &Patch::Merge(json!({"metadata": {"annotations": {DRY_RUN_ANNOTATION: ask}}})))
+        .await?;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let g = api.get(name).await?;
+        if let Some(r) = g.status.and_then(|s| s.dry_run).filter(|r| r.request == ask) {
+            println!(
+                "dry run of a {} failover of ProtectionGroup {name} to the {} site: {}; nothing was changed",
+                if r.forced { "forced" } else { "planned" },
+                r.to.as_str(),
+                if r.possible { "possible now" } else { "not possible now" }
+            );
+            for b in &r.blockers {
+                println!("  blocked: {b}");
+            }
+            for (i, s) in r.steps.iter().enumerate() {
+                println!("  {}. {s}", i + 1);
+            }
+            for p in &r.pairs {
+                println!(
+                    "  pair {}/{}: {}{}{}",
+                    p.source,
+                    p.target,
+                    p.state,
+                    p.lag.map(|l| format!(", lag {l} bytes")).unwrap_or_default(),
+                    p.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default()
+                );
+            }
+            return if r.possible {
+                Ok(())
+            } else {
+                Err(PluginError::Refused(format!("not possible now: {}", r.blockers.join("; "))))
+            };
+        }
+        if std::time::Instant::now() > until {
+            return Err(PluginError::TimedOut {
+                what: format!("the dry run of ProtectionGroup {name}"),
+                waited: "30s".into(),
+                how: format!("kubectl get protectiongroup {name} -o jsonpath='{{.status.dryRun}}'"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]
@@ -645,9 +731,7 @@ mod tests {
         assert_eq!(plan_site_failover(&failed, SiteRole::Target, false), Ok(SiteMove::Retry));
         let moving = group("Target", json!({"phase": "FailingOver", "productionSite": "Source"}), true);
         assert_eq!(plan_site_failover(&moving, SiteRole::Target, false), Ok(SiteMove::UnderWay));
-        assert!(
-            matches!(plan_site_failover(&g, SiteRole::Target, true), Err(Refusal::State(m)) if m.contains("not something the operator does yet"))
-        );
+        assert!(matches!(plan_site_failover(&g, SiteRole::Target, true), Ok(SiteMove::Request)));
         let empty = group("Source", protected, false);
         assert!(
             matches!(plan_site_failover(&empty, SiteRole::Target, false), Err(Refusal::State(m)) if m.contains("no replication pairs"))

@@ -851,7 +851,9 @@ pub fn site_failover_outcome(pg: &ProtectionGroup, want: SiteRole, before: Optio
     }
     let message = one_line(st.message.as_deref().unwrap_or_default());
     match st.phase? {
-        ProtectionPhase::Protected if st.production_site == Some(want) => Some(Outcome::Succeeded(message)),
+        ProtectionPhase::Protected | ProtectionPhase::FailedOver if st.production_site == Some(want) => {
+            Some(Outcome::Succeeded(message))
+        }
         ProtectionPhase::ErrorReversing | ProtectionPhase::Error => {
             let ready = st.conditions.iter().find(|c| c.type_ == ConditionType::Ready.as_str());
             Some(Outcome::Failed(if message.is_empty() {

@@ -566,6 +566,13 @@ pub struct Protection {
     /// What the cluster follows while it is the DR side; absent on the production side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<Standby>,
+    /// On the production side: the endpoints of the other site's members. Should one of them
+    /// ever act as a primary, the other site was made production by a forced failover while
+    /// this one was cut off: this cluster then follows it and nothing here is made writable
+    /// (the monitor checks before every promotion and on every heartbeat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub yield_to: Vec<String>,
 }
 
 impl HaCluster {

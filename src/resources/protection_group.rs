@@ -48,6 +48,10 @@ use super::shared::{SecretKeyRef, conditions_schema};
     {
         "rule": "!has(oldSelf.prioritySite) || !has(self.prioritySite) || self.prioritySite == oldSelf.prioritySite || (has(self.pairs) && size(self.pairs) > 0)",
         "message": "a planned failover (changing prioritySite) needs replication pairs"
+    },
+    {
+        "rule": "!has(self.forcedFailover) || self.forcedFailover.to == self.prioritySite",
+        "message": "forcedFailover.to must be the prioritySite: a forced failover moves production to the priority site (remove forcedFailover to move back by a planned failover)"
     }
 ]))]
 pub struct ProtectionGroupSpec {
@@ -65,6 +69,27 @@ pub struct ProtectionGroupSpec {
     #[serde(default = "default_timeout")]
     #[schemars(range(min = 5, max = 86400))]
     pub timeout_seconds: i64,
+    /// Authorises a forced failover to `to` (which must be `prioritySite`): production moves
+    /// there even when the current production site does not answer, without waiting for it.
+    /// Writes the lost site took after the DR side last received them are lost; status records
+    /// how much it knows (`status.lastForcedFailover`). The lost site is fenced when it
+    /// returns (its clusters follow the new production site, never a second one) and
+    /// protection is re-established in the reverse direction. Without this block nothing is
+    /// promoted while the production site does not answer. It only ever acts on a move to
+    /// `to`: leave it in place afterwards, or remove it; moving back is a planned failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_failover: Option<ForcedFailover>,
+}
+
+/// The explicit intent of a forced failover.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedFailover {
+    /// The site to make production.
+    pub to: SiteRole,
+    /// Why production is moved by force (recorded in status and Events).
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
 }
 
 fn default_timeout() -> i64 {
@@ -143,7 +168,8 @@ impl SiteRole {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProtectionGroupStatus {
-    /// Pending, Protected, FailingOver, ErrorReversing, Error.
+    /// Pending, Protected, FailingOver, ErrorReversing, Error, FailedOver (production moved
+    /// by a forced failover; the lost site is fenced and re-protected when it returns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ProtectionPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,6 +208,76 @@ pub struct ProtectionGroupStatus {
     /// changing the annotation re-asserts the spec after `ErrorReversing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_retry: Option<String>,
+    /// The last forced failover: when, why, and per pair what it may have lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_forced_failover: Option<ForcedFailoverRecord>,
+    /// The answer to the last dry run (the `understudy.dev/dry-run` annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunReport>,
+}
+
+/// What a forced failover did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedFailoverRecord {
+    pub job_id: String,
+    /// When the DR side was promoted.
+    pub at: Time,
+    pub from: SiteRole,
+    pub to: SiteRole,
+    /// `spec.forcedFailover.reason`.
+    pub reason: String,
+    pub pairs: Vec<ForcedPair>,
+}
+
+/// One pair of a forced failover.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedPair {
+    pub source: String,
+    pub target: String,
+    /// When the operator last saw both leaders of the pair answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<Time>,
+    /// Bytes the new production leader lacked, at the last contact, of what the lost leader
+    /// had (its replication lag then): the least that may be lost. Writes after
+    /// `lastContact` are not known until the lost site returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub possible_loss: Option<i64>,
+    /// The new production leader's replication offset when it was promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at_offset: Option<i64>,
+    /// Measured when the lost site returned: bytes its leader held beyond
+    /// `promotedAtOffset` (discarded when it was fenced). Absent while unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_offset: Option<i64>,
+    /// When the lost site's cluster was fenced (made to follow the new production site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A dry run of a planned or forced failover: what it would do now, and what stops it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunReport {
+    /// The annotation value answered (`Target`, `Source`, `Target/Forced`, …).
+    pub request: String,
+    pub at: Time,
+    pub to: SiteRole,
+    pub forced: bool,
+    /// True when nothing stops the failover now.
+    pub possible: bool,
+    /// The steps it would take, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
+    /// What stops it (empty when possible).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blockers: Vec<String>,
+    /// Per pair: what would happen and the current lag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairStatus>,
 }
 
 /// Phases, in the seed's vocabulary.
@@ -198,6 +294,11 @@ pub enum ProtectionPhase {
     ErrorReversing,
     #[serde(alias = "error")]
     Error,
+    // Production was moved by a forced failover and the lost site has not been re-protected
+    // yet (it is fenced when it returns, then replication is reversed). Undocumented here so
+    // the schema stays one `enum` (see `also_earlier_spelling`).
+    #[serde(alias = "failed-over")]
+    FailedOver,
 }
 
 /// Replication state of one pair.
@@ -209,7 +310,8 @@ pub struct PairStatus {
     /// The site whose cluster is writable for this pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production: Option<SiteRole>,
-    /// Replicating, Syncing, Broken.
+    /// Replicating, Syncing, Broken; after a forced failover SiteLost (the old side does not
+    /// answer) until it is fenced.
     pub state: String,
     /// Offset difference between the production primary and the DR primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]

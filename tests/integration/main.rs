@@ -23,6 +23,7 @@ mod plugin;
 mod protection_group;
 mod sentinel;
 mod shard_failover;
+mod site_loss;
 mod standby;
 mod supervision;
 mod support;

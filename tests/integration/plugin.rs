@@ -406,10 +406,23 @@ async fn site_failover_moves_production_and_says_when_there_is_nothing_to_do() {
     wait_protected(&pgs, "dr", SiteRole::Source).await;
 
     let r = plugin(&src_ns, &["site-failover", "dr", "--to", "target", "--force"]).await;
-    assert_eq!(r.code, 1, "{r}");
-    assert!(r.errors()[0].contains("forced site failover"), "{r}");
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.errors()[0].contains("needs --reason"), "{r}");
+    // The operator's dry run: the steps it would take now, and the lag.
     let r = plugin(&src_ns, &["site-failover", "dr", "--to", "target", "--dry-run"]).await;
     assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains("possible now") && r.stdout.contains("pause writes on 1 production primaries"),
+        "{r}"
+    );
+    assert!(r.stdout.contains("pair a/a-dr: Move"), "{r}");
+    // A forced dry run while both sites answer: nothing needs forcing, the pair moves as planned.
+    let r = plugin(&src_ns, &["site-failover", "dr", "--to", "target", "--dry-run", "--force"]).await;
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("forced failover") && r.stdout.contains("pair a/a-dr: Move"), "{r}");
+    let r = plugin(&src_ns, &["site-failover", "dr", "--to", "source", "--dry-run"]).await;
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("blocked: the Source site is production already"), "{r}");
     assert_eq!(pgs.get("dr").await.unwrap().spec.priority_site, SiteRole::Source, "dry run");
     let r = plugin(&src_ns, &["site-failover", "dr", "--to", "target"]).await;
     assert_eq!(r.code, 0, "{r}");

@@ -31,24 +31,24 @@ use crate::{
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Two members per site for one pair: (source servers, target servers).
-struct PairServers {
+pub(crate) struct PairServers {
     name: String,
-    src: [RedisServer; 2],
-    dr: [RedisServer; 2],
+    pub(crate) src: [RedisServer; 2],
+    pub(crate) dr: [RedisServer; 2],
 }
 
 impl PairServers {
-    fn start(name: &str) -> Self {
+    pub(crate) fn start(name: &str) -> Self {
         Self {
             name: name.into(),
             src: [RedisServer::start(None), RedisServer::start(None)],
             dr: [RedisServer::start(None), RedisServer::start(None)],
         }
     }
-    fn all(&self) -> Vec<&RedisServer> {
+    pub(crate) fn all(&self) -> Vec<&RedisServer> {
         self.src.iter().chain(self.dr.iter()).collect()
     }
-    fn sampler(&self) -> RoleSampler {
+    pub(crate) fn sampler(&self) -> RoleSampler {
         RoleSampler::start(self.all().iter().map(|s| s.sample_target()).collect())
     }
     fn source_cluster(&self) -> HaCluster {
@@ -60,7 +60,7 @@ impl PairServers {
         cluster(&format!("{}-dr", self.name), &[("s0", &m)], json!({"heartbeatInterval": "200ms"}))
     }
     /// The server acting as master, if exactly one does.
-    async fn master(&self) -> Option<&RedisServer> {
+    pub(crate) async fn master(&self) -> Option<&RedisServer> {
         let mut found = Vec::new();
         for s in self.all() {
             if s.role().await.as_deref() == Some("master") {
@@ -121,14 +121,14 @@ pub(crate) async fn set_priority(pgs: &Api<ProtectionGroup>, name: &str, site: &
 
 /// Writes `prefix:<seq>` every 2 ms to whichever server of the pair is master; remembers
 /// every acknowledged sequence number.
-struct SiteWriter {
+pub(crate) struct SiteWriter {
     acked: Arc<Mutex<Vec<u64>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SiteWriter {
-    fn start(prefix: &str, servers: Vec<(String, u16)>) -> Self {
+    pub(crate) fn start(prefix: &str, servers: Vec<(String, u16)>) -> Self {
         let (acked, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
         let (a, s, prefix) = (acked.clone(), stop.clone(), prefix.to_owned());
         let task = tokio::spawn(async move {
@@ -166,7 +166,7 @@ impl SiteWriter {
         Self { acked, stop, task }
     }
 
-    async fn stop(self) -> Vec<u64> {
+    pub(crate) async fn stop(self) -> Vec<u64> {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
         std::mem::take(&mut *self.acked.lock().unwrap())
@@ -174,7 +174,7 @@ impl SiteWriter {
 }
 
 /// How many of the acknowledged keys are missing on `server`.
-async fn missing(server: &RedisServer, prefix: &str, acked: &[u64]) -> usize {
+pub(crate) async fn missing(server: &RedisServer, prefix: &str, acked: &[u64]) -> usize {
     let mut c = server.connect().await.unwrap();
     let mut n = 0;
     for chunk in acked.chunks(500) {
@@ -186,7 +186,7 @@ async fn missing(server: &RedisServer, prefix: &str, acked: &[u64]) -> usize {
 }
 
 /// The recorded leader of a (possibly standby) cluster once it is healthy.
-async fn leader(api: &Api<HaCluster>, name: &str) -> String {
+pub(crate) async fn leader(api: &Api<HaCluster>, name: &str) -> String {
     eventually(WAIT, &format!("a healthy leader of {name}"), || async {
         let st = api.get(name).await.ok()?.status?;
         let s = st.shards.first()?;
@@ -197,7 +197,7 @@ async fn leader(api: &Api<HaCluster>, name: &str) -> String {
 }
 
 /// Create both clusters of each pair (the PG then makes the DR side standby).
-async fn create_pairs(src: &Api<HaCluster>, dr: &Api<HaCluster>, pairs: &[&PairServers]) {
+pub(crate) async fn create_pairs(src: &Api<HaCluster>, dr: &Api<HaCluster>, pairs: &[&PairServers]) {
     for p in pairs {
         src.create(&PostParams::default(), &p.source_cluster()).await.unwrap();
         dr.create(&PostParams::default(), &p.target_cluster()).await.unwrap();

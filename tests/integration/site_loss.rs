@@ -1,0 +1,256 @@
+//! ProtectionGroup when the production site is lost (issue 18): nothing is promoted without
+//! explicit intent; a forced failover promotes the DR side while the production site's
+//! control plane and members are gone, and records what it may lose; the lost site, when it
+//! returns, is fenced (its writable primary made to follow the new production site, what it
+//! held beyond the promotion measured) and re-protected. A production cluster also fences
+//! itself when it sees the other site acting as a primary.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use understudy::{
+    controlplane::{ControlPlane, Options},
+    resources::{
+        HaCluster, ProtectionGroup,
+        protection_group::{ProtectionGroupStatus, ProtectionPhase, SiteRole},
+    },
+};
+
+use crate::{
+    hacluster_redis::{cluster, observe_heartbeats, wait_primary},
+    protection_group::{
+        PairServers, SiteWriter, create_pairs, leader, missing, pg, set_priority, wait_protected,
+    },
+    support::{self, Operator, RedisServer, RoleSampler, eventually},
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn status(pgs: &Api<ProtectionGroup>) -> ProtectionGroupStatus {
+    pgs.get("pg").await.unwrap().status.unwrap_or_default()
+}
+
+fn ready(st: &ProtectionGroupStatus) -> Option<(String, String, String)> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn a_lost_production_site_is_failed_over_by_force_then_fenced_and_reprotected_when_it_returns() {
+    let client = support::client().await;
+    let dr_ns = support::namespace(&client, "pg-lost-dr").await;
+    // The production site: its own kube-apiserver + etcd and its own operator, lost below.
+    let mut prod = ControlPlane::start(Options::default()).await.expect("production control plane");
+    prod.install_crds(&support::crds_dir()).await.unwrap();
+    let pclient = prod.client().await.unwrap();
+    let src_ns = "prod-site";
+    prod.create_namespace(src_ns).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), &dr_ns)
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta { name: Some("prod-site".into()), ..Default::default() },
+                data: Some(
+                    [("kubeconfig".to_owned(), ByteString(prod.kubeconfig_inline().unwrap().into_bytes()))]
+                        .into(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let x = PairServers::start("x");
+    let src: Api<HaCluster> = Api::namespaced(pclient.clone(), src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&x]).await;
+    // The group lives at the DR site: that is what survives the loss of production.
+    let mut group = pg("pg", src_ns, &dr_ns, &["x"], None);
+    group.spec.sites.source.kubeconfig_secret_ref =
+        Some(serde_json::from_value(json!({"name": "prod-site"})).unwrap());
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &dr_ns);
+    pgs.create(&PostParams::default(), &group).await.unwrap();
+    let dr_op = Operator::start(client.clone(), &dr_ns);
+    let prod_op = Operator::start(pclient.clone(), src_ns);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let dl_name = leader(&dr, "x-dr").await;
+    let dl = if dl_name == "t-0" { &x.dr[0] } else { &x.dr[1] };
+    let old = x.master().await.expect("one master").port;
+    let oi = x.src.iter().position(|s| s.port == old).expect("the master is a source member");
+
+    let sampler = x.sampler();
+    let writer = SiteWriter::start("f", x.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes the DR site never receives (on purpose): its leader is frozen while production
+    // takes them, then the production site is lost — members frozen (they come back as they
+    // were: the old primary still writable), operator and control plane stopped.
+    // (Its link is cut by the primary too: bytes already on their way would otherwise
+    // reach it when it thaws.)
+    dl.signal(libc::SIGSTOP);
+    let _: redis::Value =
+        x.src[oi].cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for s in &x.src {
+        s.signal(libc::SIGSTOP);
+    }
+    prod_op.stop().await;
+    prod.stop_apiserver();
+    dl.signal(libc::SIGCONT);
+
+    // Without explicit intent nothing is promoted: moving the priority is not enough.
+    set_priority(&pgs, "pg", "Target").await;
+    let (_, reason, why) =
+        eventually(WAIT, "the group to say the production site cannot be reached", || async {
+            ready(&status(&pgs).await).filter(|(s, r, _)| s == "False" && r == "SiteUnreachable")
+        })
+        .await;
+    eprintln!("without intent: {reason}: {why}");
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        assert_eq!(dl.role().await.as_deref(), Some("slave"), "nothing is promoted on a guess");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The forced failover, with its reason.
+    let asked = Instant::now();
+    pgs.patch(
+        "pg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"forcedFailover": {"to": "Target", "reason": "site A lost power"}}})),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "the DR leader to take writes", || async {
+        dl.cmd::<()>(redis::cmd("SET").arg("forced-probe").arg(1)).await.ok()
+    })
+    .await;
+    let took = asked.elapsed();
+    let st = eventually(WAIT, "phase FailedOver with production at the DR site", || async {
+        let st = status(&pgs).await;
+        (st.phase == Some(ProtectionPhase::FailedOver)
+            && st.production_site == Some(SiteRole::Target)
+            && st.pairs.first().is_some_and(|p| p.state == "SiteLost"))
+        .then_some(st)
+    })
+    .await;
+    eprintln!(
+        "forced failover: DR leader writable {} ms after the request; {:?}",
+        took.as_millis(),
+        st.message
+    );
+    let rec = st.last_forced_failover.clone().expect("the forced failover is recorded");
+    assert_eq!(
+        (rec.from, rec.to, rec.reason.as_str()),
+        (SiteRole::Source, SiteRole::Target, "site A lost power")
+    );
+    assert_eq!(rec.pairs.len(), 1);
+    assert!(rec.pairs[0].promoted_at_offset.is_some_and(|o| o > 0), "{rec:?}");
+    assert!(rec.pairs[0].last_contact.is_some(), "this process saw both leaders: {rec:?}");
+    assert!(rec.pairs[0].fenced_at.is_none());
+    assert_eq!(ready(&st).map(|r| r.1), Some("ForcedFailover".to_owned()));
+    assert_eq!(sampler.max(), 1, "one writable member while the production site was gone");
+
+    // The production site returns: its members thaw (the old primary still acts as one,
+    // with writes the DR site never got), then its control plane.
+    for s in &x.src {
+        s.signal(libc::SIGCONT);
+    }
+    prod.restart_apiserver().await.unwrap();
+    let fenced = eventually(WAIT, "the returned site to be fenced", || async {
+        let st = status(&pgs).await;
+        st.last_forced_failover.and_then(|f| f.pairs.into_iter().next()).filter(|p| p.fenced_at.is_some())
+    })
+    .await;
+    eprintln!("fenced: {:?}", fenced.message);
+    assert_eq!(x.src[oi].role().await.as_deref(), Some("slave"), "the old primary follows the new one");
+    // Its own operator comes back too; the group re-protects the site in the other direction.
+    let pclient = prod.client().await.unwrap();
+    let prod_op = Operator::start(pclient.clone(), src_ns);
+    let g = wait_protected(&pgs, "pg", SiteRole::Target).await;
+    let acked = writer.stop().await;
+    let m = x.master().await.expect("one master");
+    assert_eq!(m.port, dl.port, "the DR leader is production");
+    let lost = missing(m, "f", &acked).await;
+    let lost_offset = fenced.lost_offset;
+    eprintln!("acknowledged {}, lost {lost} (on purpose); recorded lostOffset {lost_offset:?}", acked.len());
+    assert!(lost > 0, "the writes the frozen DR leader never received are lost");
+    assert!(lost_offset.is_some_and(|b| b > 0), "what was lost is recorded: {fenced:?}");
+    let back = src.get("x").await.unwrap();
+    assert!(
+        back.standby().and_then(|s| s.primary_endpoint.clone()) == Some(m.endpoint()),
+        "the old site follows"
+    );
+    assert_eq!(g.status.unwrap().phase, Some(ProtectionPhase::Protected));
+    let events = support::kubectl(&["get", "events.events.k8s.io", "-n", &dr_ns, "-o", "json"]);
+    assert!(events.contains("ForcedFailover") && events.contains("SiteFenced"), "audited in Events");
+    dr_op.stop().await;
+    prod_op.stop().await;
+}
+
+/// The fence on the lost site's own side: a production cluster of a group whose other site
+/// starts acting as a primary (a forced failover there) follows it at once, promotes nothing
+/// of its own even when its primary dies, and says why.
+#[tokio::test]
+async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_says_so() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "superseded").await;
+    let mut servers = [RedisServer::start(None), RedisServer::start(None)];
+    // The other site's member, a replica of this cluster's primary (as a DR leader is).
+    let other = RedisServer::start(None);
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members = vec![("a", &servers[0]), ("b", &servers[1])];
+    hacs.create(
+        &PostParams::default(),
+        &cluster("x", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&hacs, "x", "s0", None).await;
+    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    let () = other.cmd(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(servers[pi].port)).await.unwrap();
+    // What a ProtectionGroup publishes on its production side once the other replicates.
+    let body = json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "status": {"protection": {"group": format!("{ns}/pg"), "yieldTo": [other.endpoint()]}}
+    });
+    hacs.patch_status("x", &PatchParams::apply("test-group").force(), &Patch::Apply(&body)).await.unwrap();
+    // Many heartbeats later nothing changed: a replica on the other side is no reason.
+    observe_heartbeats(&servers[pi], 10).await;
+    assert_eq!(servers[pi].role().await.as_deref(), Some("master"));
+
+    // The other site is made production by force.
+    let () = other.cmd(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await.unwrap();
+    let since = Instant::now();
+    // Its leader follows the other site's primary, its replica the leader (as in a standby).
+    eventually(Duration::from_secs(10), "this cluster to follow the other site's primary", || async {
+        let (l, r) = (servers[pi].replication().await?, servers[ri].replication().await?);
+        let port =
+            |i: &std::collections::HashMap<String, String>| i.get("master_port").and_then(|p| p.parse().ok());
+        (port(&l) == Some(other.port) && r.get("role").map(String::as_str) == Some("slave")).then_some(())
+    })
+    .await;
+    eprintln!("fenced itself {} ms after the other site's promotion", since.elapsed().as_millis());
+    let sampler = RoleSampler::start(vec![servers[0].sample_target(), servers[1].sample_target()]);
+    let why = eventually(WAIT, "Ready=False SiteSuperseded", || async {
+        let c = hacs.get("x").await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (c.status == "False" && c.reason == "SiteSuperseded").then_some(c.message)
+    })
+    .await;
+    assert!(why.contains(&other.endpoint()), "{why}");
+    // Its primary dies: nothing of its own is promoted, the other member keeps following.
+    servers[pi].kill();
+    observe_heartbeats(&servers[ri], 10).await;
+    assert_eq!(servers[ri].role().await.as_deref(), Some("slave"), "nothing here is made writable");
+    assert_eq!(sampler.max(), 0, "no member of this cluster was writable once it followed the other site");
+    let x = hacs.get("x").await.unwrap();
+    assert_eq!(x.status.unwrap().shards[0].upstream.as_deref(), Some(other.endpoint().as_str()));
+    servers[pi].restart();
+    operator.stop().await;
+}
