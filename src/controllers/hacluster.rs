@@ -777,28 +777,35 @@ impl Monitor {
         cluster.standby().is_some() || self.superseded_by.is_some()
     }
 
-    /// Whether a member of the other site of this production cluster's ProtectionGroup acts
-    /// as a primary: checked every heartbeat (so before any promotion here), against every
-    /// endpoint the group listed, each bounded by the heartbeat interval. Once superseded the
-    /// cluster follows that primary until the group publishes the relation.
-    async fn superseded(&mut self, engine: &dyn Engine, cluster: &HaCluster) -> Option<String> {
+    /// The other site's members to watch, for a production cluster of a ProtectionGroup
+    /// (`status.protection.yieldTo`); None otherwise (and the cluster is not superseded), or
+    /// while the group itself holds the lock — a planned move makes the other site primary
+    /// on purpose and publishes the relation before it lets go.
+    fn yield_targets(&mut self, cluster: &HaCluster) -> Option<Vec<String>> {
         let protection = cluster.status.as_ref().and_then(|s| s.protection.as_ref());
-        let others = match protection {
-            Some(p) if p.standby.is_none() && !p.yield_to.is_empty() => p.yield_to.clone(),
-            _ => {
-                self.superseded_by = None;
-                return None;
-            }
+        let Some(p) = protection.filter(|p| p.standby.is_none() && !p.yield_to.is_empty()) else {
+            self.superseded_by = None;
+            return None;
         };
-        let timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
-        let probes = futures::future::join_all(others.iter().map(|endpoint| async move {
-            let p = tokio::time::timeout(timeout, engine.probe(endpoint)).await.ok()?.ok()?;
-            (p.role == ObservedRole::Primary).then(|| endpoint.clone())
-        }))
-        .await;
-        let found = probes.into_iter().flatten().next();
+        let group_moving = cluster.status.iter().flat_map(|s| &s.shards).any(|s| {
+            s.operation.as_ref().is_some_and(|l| {
+                matches!(
+                    l.kind.as_str(),
+                    super::protection_group::LOCK_KIND | super::protection_group::REMOTE_LOCK_KIND
+                ) && l.expires_at.0 > Timestamp::now()
+            })
+        });
+        (!group_moving).then(|| p.yield_to.clone())
+    }
+
+    /// Whether a member of the other site of this production cluster's ProtectionGroup acts
+    /// as a primary (`found`, probed beside the members every heartbeat, so before any
+    /// promotion here). Once superseded the cluster follows that primary until the group
+    /// publishes the relation.
+    async fn superseded(&mut self, cluster: &HaCluster, found: Option<String>) -> Option<String> {
         if found.is_some() && found != self.superseded_by {
             let by = found.clone().unwrap_or_default();
+            let group = cluster.status.as_ref().and_then(|s| s.protection.as_ref()).map(|p| p.group.clone());
             warn!(cluster = %key(cluster), primary = %by, "the other site of the protection group acts as a primary: following it, nothing here is writable");
             self.ctx
                 .event(
@@ -808,7 +815,7 @@ impl Monitor {
                     EventAction::Fence,
                     format!(
                         "{by}, of the other site of ProtectionGroup {}, acts as a primary (a forced failover made it production while this site was cut off): this cluster follows it and nothing here is made writable",
-                        protection.map(|p| p.group.as_str()).unwrap_or_default()
+                        group.unwrap_or_default()
                     ),
                 )
                 .await;
@@ -939,10 +946,17 @@ impl Monitor {
         }
         let engine = self.engine.clone().expect("ensured");
         self.detach_removed(engine.as_ref(), &cluster, &declared).await;
-        self.probe_all(engine.as_ref(), &declared, &cluster).await;
+        // The other site of a ProtectionGroup is probed beside the members, so an unreachable
+        // site does not lengthen the heartbeat.
+        let others = self.yield_targets(&cluster);
+        let timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
+        let (_, acting) = futures::join!(
+            self.probe_all(engine.as_ref(), &declared, &cluster),
+            acting_primary(engine.as_ref(), others.as_deref().unwrap_or_default(), timeout)
+        );
         self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
         self.start_stalled_streams(engine.as_ref(), &declared, &cluster).await;
-        let upstream = match self.superseded(engine.as_ref(), &cluster).await {
+        let upstream = match self.superseded(&cluster, acting).await {
             Some(primary) => Some(primary),
             None => self.upstream(&cluster).await,
         };
@@ -2536,6 +2550,16 @@ fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
         c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
     }
     serde_json::to_value(s).unwrap_or_default()
+}
+
+/// The first of `endpoints` that answers as a primary within `timeout`.
+async fn acting_primary(engine: &dyn Engine, endpoints: &[String], timeout: Duration) -> Option<String> {
+    let probes = futures::future::join_all(endpoints.iter().map(|endpoint| async move {
+        let p = tokio::time::timeout(timeout, engine.probe(endpoint)).await.ok()?.ok()?;
+        (p.role == ObservedRole::Primary).then(|| endpoint.clone())
+    }))
+    .await;
+    probes.into_iter().flatten().next()
 }
 
 #[cfg(test)]

@@ -1672,8 +1672,10 @@ async fn fence_returned(
         let mut measured: Option<i64> = None;
         let mut acting = Vec::new();
         let mut failed = Vec::new();
+        let mut answered = 0;
         for ep in os.endpoints() {
             let Some(pr) = probe(os.engine.as_ref(), &ep).await else { continue };
+            answered += 1;
             if pr.role != engines::ObservedRole::Primary {
                 continue;
             }
@@ -1687,6 +1689,11 @@ async fn fence_returned(
         }
         if !failed.is_empty() {
             warn!(%group, cluster = %os.cluster.name_any(), errors = ?failed, "could not fence the returned site yet; retried");
+            continue;
+        }
+        // Its API server answers but none of its members does: not back yet (a member that
+        // returns as a primary is measured and fenced then).
+        if answered == 0 {
             continue;
         }
         if let Some(v) = standby_for(&ps.cluster, Some(pl), sites)

@@ -310,6 +310,18 @@ async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
     assert_eq!(v.as_deref(), Some("1"), "writes made at the DR site came back");
     assert_eq!(missing(m, "w", &acked).await, 0);
     assert_eq!((sa.max(), sb.max()), (1, 1));
+    // A planned move makes the other site primary on purpose: no cluster took it for a
+    // forced failover it had to fence itself from.
+    for ns in [&src_ns, &dr_ns] {
+        let events = support::kubectl(&["get", "events.events.k8s.io", "-n", ns, "-o", "json"]);
+        assert!(!events.contains("SiteSuperseded"), "{ns}: a planned move was taken for a forced one");
+    }
+    let yields = src.get("a").await.unwrap().status.and_then(|s| s.protection).map(|p| p.yield_to);
+    assert_eq!(
+        yields.map(|y| y.len()),
+        Some(2),
+        "the production side lists the DR members once they replicate"
+    );
     operator.stop().await;
 }
 
