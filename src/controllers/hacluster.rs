@@ -774,7 +774,7 @@ impl Monitor {
 
     /// A standby: of its upstream, or of the other site's primary once superseded.
     fn is_standby(&self, cluster: &HaCluster) -> bool {
-        cluster.standby().is_some() || self.superseded_by.is_some()
+        cluster.standby().is_some() || self.superseded_by.is_some() || cluster.detached()
     }
 
     /// The other site's members to watch, for a production cluster of a ProtectionGroup
@@ -840,6 +840,7 @@ impl Monitor {
             follows_directly: engine.follows_directly(),
             standby,
             upstream,
+            detached: cluster.detached(),
         }
     }
 
@@ -2026,7 +2027,10 @@ impl Monitor {
         set_condition(
             &mut conditions,
             ConditionType::Ready,
-            all_primaries_ok && self.config_error.is_none() && self.superseded_by.is_none(),
+            all_primaries_ok
+                && self.config_error.is_none()
+                && self.superseded_by.is_none()
+                && !cluster.detached(),
             ready_reason,
             ready_msg,
             generation,

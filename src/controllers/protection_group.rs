@@ -55,8 +55,8 @@ use crate::{
         HaCluster, ProtectionGroup,
         hacluster::{Engine as EngineKind, Protection, Role, Standby},
         protection_group::{
-            DryRunReport, ForcedFailoverRecord, ForcedPair, PairStatus, ProtectionGroupStatus,
-            ProtectionPhase as Phase, Site, SiteRole,
+            DetachPolicy, DryRunReport, ForcedFailoverRecord, ForcedPair, PairStatus, ProtectionGroupStatus,
+            ProtectionPhase as Phase, ProtectionState, Site, SiteRole,
         },
         shared::{remove_condition, set_condition},
     },
@@ -65,6 +65,8 @@ use crate::{
 pub const LOCK_KIND: &str = "ProtectionGroup";
 /// Lock kind on clusters in another control plane (the holder cannot be looked up there).
 pub const REMOTE_LOCK_KIND: &str = "RemoteProtectionGroup";
+/// Held by every group until its pairs are detached by its policy.
+pub const FINALIZER: &str = "understudy.dev/protection-group";
 /// Changing this annotation re-asserts the spec after `error-reversing`.
 pub const RETRY_ANNOTATION: &str = "understudy.dev/retry";
 /// Field manager of the `status.protection` field of HaClusters, which this controller owns
@@ -160,6 +162,15 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     let mut status = pg.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
 
+    let deleting = pg.metadata.deletion_timestamp.is_some();
+    if !deleting && !pg.finalizers().iter().any(|f| f == FINALIZER) {
+        // Deleting a group detaches its pairs by its policy first: nothing half-configured.
+        let mut finalizers = pg.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": pg.resource_version()}});
+        w.api.patch(&pg.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
     let sites = match connect(&ctx, &pg).await {
         Ok(s) => s,
         Err(msg) => {
@@ -179,6 +190,10 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
     };
+    let stopping = deleting || pg.spec.protection == ProtectionState::Stopped;
+    if stopping && status.phase != Some(Phase::FailingOver) {
+        return stop_protection(&ctx, &mut w, &sites, status, deleting).await;
+    }
     // A forced failover authorised for the wanted site, a lost site awaited after one, or a
     // forced dry run: a site that cannot be reached does not stop the group.
     let want = pg.spec.priority_site;
@@ -599,23 +614,36 @@ async fn set_standby(
     yield_to: Vec<String>,
 ) -> Result<(), kube::Error> {
     let name = side.cluster.name_any();
-    let want = Protection { group: group.to_owned(), standby, yield_to };
-    let have = side.cluster.status.as_ref().and_then(|s| s.protection.as_ref());
-    if have != Some(&want) {
-        let body = json!({
-            "apiVersion": HaCluster::api_version(&()),
-            "kind": HaCluster::kind(&()),
-            "status": {"protection": want},
-        });
-        side.api
-            .patch_status(&name, &PatchParams::apply(STANDBY_MANAGER).force(), &Patch::Apply(&body))
-            .await?;
-    }
+    let want = Protection { group: group.to_owned(), standby, yield_to, detached: false };
+    publish(side, Some(want)).await?;
     if side.cluster.spec.standby.is_some() && spec_standby_is_ours(&side.cluster) {
         let pp = PatchParams { field_manager: Some(STANDBY_MANAGER.into()), ..Default::default() };
         side.api.patch(&name, &pp, &Patch::Merge(json!({"spec": {"standby": null}}))).await?;
     }
     Ok(())
+}
+
+/// Server-side apply of exactly `status.protection` under this controller's field manager:
+/// `None` removes it (the cluster is an ordinary one again). Skipped when it already says so.
+async fn publish(side: &Side, want: Option<Protection>) -> Result<(), kube::Error> {
+    let have = side.cluster.status.as_ref().and_then(|s| s.protection.as_ref());
+    if have == want.as_ref() {
+        return Ok(());
+    }
+    let status = match &want {
+        Some(p) => json!({"protection": p}),
+        None => json!({}),
+    };
+    let body =
+        json!({"apiVersion": HaCluster::api_version(&()), "kind": HaCluster::kind(&()), "status": status});
+    side.api
+        .patch_status(
+            &side.cluster.name_any(),
+            &PatchParams::apply(STANDBY_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Whether `spec.standby` was written by this controller (before it published the relation
@@ -1868,4 +1896,147 @@ fn dry_run(
         blockers,
         pairs: out,
     }
+}
+
+/// Stop protection (spec.protection Stopped, or the group is being deleted): every pair is
+/// detached by `detachPolicy` — the production cluster becomes an ordinary cluster (it no
+/// longer yields to the other site), the DR cluster keeps its data read-only, replicating
+/// from nothing (`ReadOnly`), or has its leader promoted and becomes an ordinary cluster
+/// (`Writable`). A side that cannot be read is left as it was and said so. Then the
+/// finalizer of a group being deleted is removed.
+async fn stop_protection(
+    ctx: &Context,
+    w: &mut Writer,
+    sites: &[SiteHandle; 2],
+    mut status: ProtectionGroupStatus,
+    deleting: bool,
+) -> Result<Action, Error> {
+    let pg = w.obj.clone();
+    let now = Time(Timestamp::now());
+    let policy = pg.spec.detach_policy;
+    let done = status.phase == Some(Phase::Stopped) && status.observed_generation == pg.metadata.generation;
+    if !done {
+        let mut pairs = match load_pairs(&pg, sites, true).await {
+            Ok(p) => p,
+            Err((reason, msg)) => {
+                set_condition(
+                    &mut status.conditions,
+                    ConditionType::Ready,
+                    false,
+                    reason,
+                    msg,
+                    pg.metadata.generation,
+                    &now,
+                );
+                w.save(&status).await?;
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+        };
+        probe_leaders(&mut pairs).await;
+        let production = status.production_site.unwrap_or(pg.spec.priority_site);
+        let group = key(&pg);
+        let mut failed = Vec::new();
+        let mut out = Vec::new();
+        for (i, p) in pairs.iter().enumerate() {
+            let prod = status.pairs.get(i).and_then(|s| s.production).unwrap_or(production);
+            let (ps, ds) = (p.side(prod), p.side(prod.other()));
+            let mut said = Vec::new();
+            // The production cluster first: it must no longer yield to a DR side that may be
+            // made writable next.
+            match &ps.lost {
+                Some(why) => said.push(format!("{} left as it was ({why})", ps.cluster.name_any())),
+                None => match publish(ps, None).await {
+                    Ok(()) => said.push(format!("{} is an ordinary cluster", ps.cluster.name_any())),
+                    Err(e) => failed.push(format!("{}: {e}", ps.cluster.name_any())),
+                },
+            }
+            if let Some(why) = &ds.lost {
+                said.push(format!("{} left as it was ({why})", ds.cluster.name_any()));
+            } else {
+                // Detached first, so its monitor stops pointing its leader at the upstream.
+                let detached =
+                    Protection { group: group.clone(), standby: None, yield_to: Vec::new(), detached: true };
+                let leader = ds.leader.as_ref();
+                let r = async {
+                    publish(ds, Some(detached)).await.map_err(|e| e.to_string())?;
+                    let Some(l) = leader else { return Err("it has no recorded leader".to_owned()) };
+                    match policy {
+                        DetachPolicy::ReadOnly => {
+                            ds.engine.demote(&l.endpoint).await.map_err(|e| e.to_string())
+                        }
+                        DetachPolicy::Writable => {
+                            ds.engine.promote(&l.endpoint).await.map_err(|e| e.to_string())?;
+                            publish(ds, None).await.map_err(|e| e.to_string())
+                        }
+                    }
+                }
+                .await;
+                match r {
+                    Ok(()) => said.push(match policy {
+                        DetachPolicy::ReadOnly => {
+                            format!("{} kept read-only, replicating from nothing", ds.cluster.name_any())
+                        }
+                        DetachPolicy::Writable => format!(
+                            "{} is writable, independent of the production site",
+                            ds.cluster.name_any()
+                        ),
+                    }),
+                    Err(e) => failed.push(format!("{}: {e}", ds.cluster.name_any())),
+                }
+            }
+            out.push(PairStatus {
+                source: p.source.cluster.name_any(),
+                target: p.target.cluster.name_any(),
+                production: Some(prod),
+                state: "Detached".into(),
+                lag: None,
+                message: Some(said.join("; ")),
+            });
+        }
+        if !failed.is_empty() {
+            let msg = format!("stopping protection: {}; retried", failed.join("; "));
+            warn!(group = %key(&pg), "{msg}");
+            set_condition(
+                &mut status.conditions,
+                ConditionType::Ready,
+                false,
+                Reason::ProtectionStopped,
+                msg,
+                pg.metadata.generation,
+                &now,
+            );
+            w.save(&status).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        let msg = format!(
+            "protection stopped{}: {}",
+            if deleting { " (the group is being deleted)" } else { "" },
+            out.iter().filter_map(|p| p.message.clone()).collect::<Vec<_>>().join("; ")
+        );
+        info!(group = %key(&pg), "{msg}");
+        ctx.event(&pg, false, Reason::ProtectionStopped, EventAction::Detach, msg.clone()).await;
+        status.pairs = out;
+        status.phase = Some(Phase::Stopped);
+        status.observed_generation = pg.metadata.generation;
+        status.last_transition_time = Some(now.clone());
+        status.message = Some(msg.clone());
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Ready,
+            false,
+            Reason::ProtectionStopped,
+            msg,
+            pg.metadata.generation,
+            &now,
+        );
+        w.save(&status).await?;
+    }
+    if deleting {
+        let finalizers: Vec<String> = pg.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+        let patch =
+            json!({"metadata": {"finalizers": finalizers, "resourceVersion": w.obj.resource_version()}});
+        w.api.patch(&pg.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        return Ok(Action::await_change());
+    }
+    Ok(Action::requeue(Duration::from_secs(30)))
 }

@@ -78,6 +78,9 @@ pub struct Policy {
     /// For a standby cluster, the `host:port` its leader must follow (None: not known now —
     /// then nothing is changed).
     pub upstream: Option<String>,
+    /// Detached from its ProtectionGroup with policy ReadOnly: nothing is changed and
+    /// nothing is made writable.
+    pub detached: bool,
 }
 
 impl Default for Policy {
@@ -91,6 +94,7 @@ impl Default for Policy {
             follows_directly: true,
             standby: false,
             upstream: None,
+            detached: false,
         }
     }
 }
@@ -223,6 +227,13 @@ pub fn elect_candidate<'a>(
 pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     let mut plan = Plan::default();
     if policy.paused {
+        return plan;
+    }
+    if policy.detached {
+        plan.blocked = Some(Blocked {
+            reason: Reason::DetachedReadOnly,
+            message: "detached from its protection group (policy ReadOnly): read-only, replicating from nothing; remove status.protection to make it an ordinary cluster".into(),
+        });
         return plan;
     }
     if policy.standby && policy.upstream.is_none() {

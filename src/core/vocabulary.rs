@@ -308,6 +308,12 @@ vocabulary! {
         /// ProtectionGroup (Normal Event, action DryRun): a dry run was answered in
         /// `status.dryRun`. ShardFailover/FailoverRequest Complete=True: a dry run.
         DryRunAnswered,
+        /// ProtectionGroup Ready=False (Normal Event, action Detach): protection is stopped
+        /// (spec.protection Stopped, or the group is being deleted) and the pairs are detached.
+        ProtectionStopped,
+        /// HaCluster Ready=False: detached from its ProtectionGroup with policy ReadOnly; it
+        /// replicates from nothing and nothing in it is made writable.
+        DetachedReadOnly,
         /// HaCluster Ready=False (Warning Event, action Fence): a member of the other site of
         /// its ProtectionGroup acts as a primary (a forced failover made it production while
         /// this site was cut off): this cluster follows it and nothing here is writable.
@@ -372,7 +378,8 @@ vocabulary! {
         Failover,
         /// HaCluster: re-attach a returned old primary as a replica.
         Reattach,
-        /// HaCluster: detach a member removed from the membership.
+        /// HaCluster: detach a member removed from the membership. ProtectionGroup: detach
+        /// the pairs (protection stopped or the group deleted).
         Detach,
         /// Any resource: read (validate) the object.
         Validate,

@@ -573,6 +573,11 @@ pub struct Protection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub yield_to: Vec<String>,
+    /// The group stopped protecting this DR cluster (policy `ReadOnly`): it replicates from
+    /// nothing and nothing in it is made writable. Remove `status.protection` to make it an
+    /// ordinary cluster.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
 }
 
 impl HaCluster {
@@ -595,6 +600,11 @@ impl HaCluster {
 
     /// The standby relation in force: the protecting group's (status.protection) when a
     /// group protects the cluster, otherwise spec.standby.
+    /// Detached from its ProtectionGroup with policy `ReadOnly`: a standby of nothing.
+    pub fn detached(&self) -> bool {
+        self.status.as_ref().and_then(|s| s.protection.as_ref()).is_some_and(|p| p.detached)
+    }
+
     pub fn standby(&self) -> Option<&Standby> {
         match self.status.as_ref().and_then(|s| s.protection.as_ref()) {
             Some(p) => p.standby.as_ref(),

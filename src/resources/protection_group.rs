@@ -79,6 +79,34 @@ pub struct ProtectionGroupSpec {
     /// `to`: leave it in place afterwards, or remove it; moving back is a planned failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_failover: Option<ForcedFailover>,
+    /// `Started` (default): the pairs replicate from the production site. `Stopped`:
+    /// replication is detached and each DR cluster is left as `detachPolicy` says; the
+    /// production clusters are ordinary clusters again. Setting `Started` again re-protects:
+    /// the DR side's data is replaced by the production side's.
+    #[serde(default)]
+    pub protection: ProtectionState,
+    /// What each DR cluster becomes when protection stops or the group is deleted:
+    /// `ReadOnly` (default) keeps its data, replicates from nothing and is never made
+    /// writable until its `status.protection` is removed; `Writable` promotes its leader: an
+    /// ordinary cluster, independent of the production site.
+    #[serde(default)]
+    pub detach_policy: DetachPolicy,
+}
+
+/// Whether the group protects its pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ProtectionState {
+    #[default]
+    Started,
+    Stopped,
+}
+
+/// What a DR cluster becomes when protection stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DetachPolicy {
+    #[default]
+    ReadOnly,
+    Writable,
 }
 
 /// The explicit intent of a forced failover.
@@ -169,7 +197,8 @@ impl SiteRole {
 #[serde(rename_all = "camelCase")]
 pub struct ProtectionGroupStatus {
     /// Pending, Protected, FailingOver, ErrorReversing, Error, FailedOver (production moved
-    /// by a forced failover; the lost site is fenced and re-protected when it returns).
+    /// by a forced failover; the lost site is fenced and re-protected when it returns),
+    /// Stopped (protection stopped, the pairs detached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ProtectionPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,6 +328,9 @@ pub enum ProtectionPhase {
     // the schema stays one `enum` (see `also_earlier_spelling`).
     #[serde(alias = "failed-over")]
     FailedOver,
+    // spec.protection is Stopped (or the group is being deleted) and the pairs are detached.
+    #[serde(alias = "stopped")]
+    Stopped,
 }
 
 /// Replication state of one pair.

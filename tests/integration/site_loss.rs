@@ -3,7 +3,8 @@
 //! control plane and members are gone, and records what it may lose; the lost site, when it
 //! returns, is fenced (its writable primary made to follow the new production site, what it
 //! held beyond the promotion measured) and re-protected. A production cluster also fences
-//! itself when it sees the other site acting as a primary.
+//! itself when it sees the other site acting as a primary. Stopping protection or deleting
+//! the group detaches the pairs by the group's policy.
 
 use std::time::{Duration, Instant};
 
@@ -253,4 +254,113 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
     assert_eq!(x.status.unwrap().shards[0].upstream.as_deref(), Some(other.endpoint().as_str()));
     servers[pi].restart();
     operator.stop().await;
+}
+
+/// Stopping protection detaches every pair by the group's policy (ReadOnly by default: the
+/// DR cluster keeps its data, replicates from nothing and is never made writable), starting
+/// it again re-protects, and deleting the group detaches too (here Writable: the DR cluster
+/// becomes an ordinary cluster) before its finalizer lets it go.
+#[tokio::test]
+async fn stopping_protection_detaches_by_policy_and_deleting_the_group_does_too() {
+    use understudy::resources::protection_group::ProtectionPhase;
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-stop").await;
+    let dr_ns = support::namespace(&client, "pg-stop-dr").await;
+    let x = PairServers::start("x");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&x]).await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["x"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    assert!(
+        pgs.get("pg")
+            .await
+            .unwrap()
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"understudy.dev/protection-group".to_owned())
+    );
+    let dl_name = leader(&dr, "x-dr").await;
+    let dl = if dl_name == "t-0" { &x.dr[0] } else { &x.dr[1] };
+    let m = x.master().await.expect("one master");
+    let () = m.cmd(redis::cmd("SET").arg("before-stop").arg(1)).await.unwrap();
+    eventually(WAIT, "the DR leader to have the write", || async {
+        has(dl, "before-stop").await.then_some(())
+    })
+    .await;
+
+    // Stop (ReadOnly, the default).
+    pgs.patch("pg", &PatchParams::default(), &Patch::Merge(json!({"spec": {"protection": "Stopped"}})))
+        .await
+        .unwrap();
+    let st = eventually(WAIT, "phase Stopped", || async {
+        let st = status(&pgs).await;
+        (st.phase == Some(ProtectionPhase::Stopped)).then_some(st)
+    })
+    .await;
+    eprintln!("stopped: {:?}", st.message);
+    assert_eq!(ready(&st).map(|r| r.1), Some("ProtectionStopped".to_owned()));
+    assert!(
+        src.get("x").await.unwrap().status.unwrap().protection.is_none(),
+        "the production side is ordinary"
+    );
+    assert!(dr.get("x-dr").await.unwrap().detached(), "the DR side is detached");
+    let why = eventually(WAIT, "the DR cluster to say it is detached", || async {
+        let c = dr.get("x-dr").await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (c.status == "False" && c.reason == "DetachedReadOnly").then_some(c.message)
+    })
+    .await;
+    eprintln!("{why}");
+    let () = m.cmd(redis::cmd("SET").arg("after-stop").arg(1)).await.unwrap();
+    observe_heartbeats(dl, 10).await;
+    for s in &x.dr {
+        let i = s.replication().await.unwrap();
+        assert_eq!(i.get("role").map(String::as_str), Some("slave"), "nothing at the DR site is writable");
+        assert_ne!(
+            i.get("master_port").and_then(|p| p.parse().ok()),
+            Some(m.port),
+            "detached from production"
+        );
+    }
+    assert!(
+        has(dl, "before-stop").await && !has(dl, "after-stop").await,
+        "it kept its data and took no more"
+    );
+
+    // Started again: re-protected, the DR side catches up.
+    pgs.patch("pg", &PatchParams::default(), &Patch::Merge(json!({"spec": {"protection": "Started"}})))
+        .await
+        .unwrap();
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    eventually(WAIT, "the DR leader to catch up", || async { has(dl, "after-stop").await.then_some(()) })
+        .await;
+    assert!(!dr.get("x-dr").await.unwrap().detached());
+
+    // Deleted with policy Writable: the DR cluster is an ordinary, writable cluster after it.
+    pgs.patch("pg", &PatchParams::default(), &Patch::Merge(json!({"spec": {"detachPolicy": "Writable"}})))
+        .await
+        .unwrap();
+    pgs.delete("pg", &Default::default()).await.unwrap();
+    eventually(WAIT, "the group to be gone", || async {
+        pgs.get_opt("pg").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let d = dr.get("x-dr").await.unwrap();
+    assert!(d.status.as_ref().unwrap().protection.is_none(), "the DR side is ordinary");
+    eventually(WAIT, "the DR leader to take writes", || async {
+        dl.cmd::<()>(redis::cmd("SET").arg("independent").arg(1)).await.ok()
+    })
+    .await;
+    wait_primary(&dr, "x-dr", "s0", None).await;
+    assert_eq!(m.role().await.as_deref(), Some("master"), "the production site is untouched");
+    let events = support::kubectl(&["get", "events.events.k8s.io", "-n", &src_ns, "-o", "json"]);
+    assert!(events.contains("ProtectionStopped"), "audited");
+    operator.stop().await;
+}
+
+async fn has(s: &RedisServer, k: &str) -> bool {
+    s.cmd::<Option<String>>(redis::cmd("GET").arg(k)).await.ok().flatten().is_some()
 }
