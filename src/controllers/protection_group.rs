@@ -177,17 +177,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             if !matches!(status.phase, Some(Phase::FailingOver | Phase::FailedOver)) {
                 status.phase = Some(Phase::Error);
             }
-            set_condition(
-                &mut status.conditions,
-                ConditionType::Ready,
-                false,
-                Reason::SiteUnreachable,
-                msg,
-                pg.metadata.generation,
-                &now,
-            );
-            w.save(&status).await?;
-            return Ok(Action::requeue(Duration::from_secs(5)));
+            return not_ready(&mut w, status, Reason::SiteUnreachable, msg).await;
         }
     };
     let stopping = deleting || pg.spec.protection == ProtectionState::Stopped;
@@ -207,17 +197,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             if !matches!(status.phase, Some(Phase::FailingOver | Phase::FailedOver)) {
                 status.phase = Some(Phase::Error);
             }
-            set_condition(
-                &mut status.conditions,
-                ConditionType::Ready,
-                false,
-                reason,
-                msg,
-                pg.metadata.generation,
-                &now,
-            );
-            w.save(&status).await?;
-            return Ok(Action::requeue(Duration::from_secs(5)));
+            return not_ready(&mut w, status, reason, msg).await;
         }
     };
     probe_leaders(&mut pairs).await;
@@ -1898,6 +1878,27 @@ fn dry_run(
     }
 }
 
+/// Ready=False with `reason`, written; looked at again in 5 s.
+async fn not_ready(
+    w: &mut Writer,
+    mut status: ProtectionGroupStatus,
+    reason: Reason,
+    msg: String,
+) -> Result<Action, Error> {
+    let generation = w.obj.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Ready,
+        false,
+        reason,
+        msg,
+        generation,
+        &Time(Timestamp::now()),
+    );
+    w.save(&status).await?;
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
 /// Stop protection (spec.protection Stopped, or the group is being deleted): every pair is
 /// detached by `detachPolicy` — the production cluster becomes an ordinary cluster (it no
 /// longer yields to the other site), the DR cluster keeps its data read-only, replicating
@@ -1918,19 +1919,7 @@ async fn stop_protection(
     if !done {
         let mut pairs = match load_pairs(&pg, sites, true).await {
             Ok(p) => p,
-            Err((reason, msg)) => {
-                set_condition(
-                    &mut status.conditions,
-                    ConditionType::Ready,
-                    false,
-                    reason,
-                    msg,
-                    pg.metadata.generation,
-                    &now,
-                );
-                w.save(&status).await?;
-                return Ok(Action::requeue(Duration::from_secs(5)));
-            }
+            Err((reason, msg)) => return not_ready(w, status, reason, msg).await,
         };
         probe_leaders(&mut pairs).await;
         let production = status.production_site.unwrap_or(pg.spec.priority_site);
