@@ -829,7 +829,7 @@ const STEP_DECIDE: &str = "decide";
 const STEP_REROUTE: &str = "reroute";
 /// The steps inside the switch: a move resumed at any of them runs the switch again, decided
 /// from what the leaders say.
-const SWITCH_STEPS: [&str; 6] = [STEP_DECIDE, "stop-writes", "sync", "demote", "promote", "reverse"];
+const SWITCH_STEPS: [&str; 7] = [STEP_DECIDE, "stop-writes", "sync", "demote", "force", "promote", "reverse"];
 
 /// What one reconcile of a move did.
 enum Next {

@@ -364,3 +364,78 @@ async fn stopping_protection_detaches_by_policy_and_deleting_the_group_does_too(
 async fn has(s: &RedisServer, k: &str) -> bool {
     s.cmd::<Option<String>>(redis::cmd("GET").arg(k)).await.ok().flatten().is_some()
 }
+
+/// The operator is killed right after it promoted the DR leader in a forced failover (before
+/// recording the end of the move): a fresh process finishes the same job from status — the
+/// record of what the forced pair may lose is the one written before the promotion.
+#[tokio::test]
+async fn killed_after_forcing_the_dr_site_a_fresh_operator_finishes_the_same_job() {
+    use crate::support::Process;
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-forced-crash").await;
+    let dr_ns = support::namespace(&client, "pg-forced-crash-dr").await;
+    let k = PairServers::start("k");
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&k]).await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["k"], None)).await.unwrap();
+    let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+    let namespaces = format!("{src_ns},{dr_ns}");
+    let args = ["run", "--namespaces", &namespaces, "--listen", &listen];
+    let mut doomed = Process::understudy_with_env(
+        &args,
+        "pg-forced-crash",
+        &[("UNDERSTUDY_CRASH_AT", "site-after-promote")],
+    );
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    // The production site's members are lost; the forced failover is asked for.
+    for s in &k.src {
+        s.signal(libc::SIGSTOP);
+    }
+    pgs.patch(
+        "pg",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"prioritySite": "Target", "forcedFailover": {"to": "Target", "reason": "test"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(s) = doomed.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the operator never reached site-after-promote: {}", doomed.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(137), "{}", doomed.log());
+    let before = status(&pgs).await;
+    assert_eq!(before.phase, Some(ProtectionPhase::FailingOver));
+    let rec = before.last_forced_failover.clone().expect("recorded before the promotion");
+    assert_eq!(Some(&rec.job_id), before.job_id.as_ref());
+
+    let _fresh = Process::understudy(&args, "pg-forced-resume");
+    let after = eventually(WAIT, "FailedOver at the DR site", || async {
+        let st = status(&pgs).await;
+        (st.phase == Some(ProtectionPhase::FailedOver) && st.production_site == Some(SiteRole::Target))
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(after.job_id, before.job_id, "the same job was finished, not a new one");
+    assert_eq!(after.last_forced_failover.as_ref().map(|r| &r.pairs), Some(&rec.pairs), "the record stands");
+    let m = k.master().await.expect("one master while the production site is frozen");
+    assert!(k.dr.iter().any(|s| s.port == m.port));
+    // The production site returns and is fenced, then re-protected.
+    for s in &k.src {
+        s.signal(libc::SIGCONT);
+    }
+    wait_protected(&pgs, "pg", SiteRole::Target).await;
+    let m = k.master().await.expect("one master");
+    assert!(k.dr.iter().any(|s| s.port == m.port), "the returned site follows the DR site");
+    for (api, name) in [(&src, "k"), (&dr, "k-dr")] {
+        let st = api.get(name).await.unwrap().status.unwrap();
+        assert!(st.shards[0].operation.is_none(), "{name}: the lock was released");
+    }
+}

@@ -65,6 +65,13 @@ pub async fn discovery(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
             );
         }
     }
+    if let Some(path) = &args.operator_logs {
+        let logs = node
+            .kubectl(&["-n", NS, "logs", "-l", "app.kubernetes.io/name=understudy", "--tail=-1", "--prefix"])
+            .unwrap_or_else(|e| e.to_string());
+        std::fs::write(path, logs)?;
+        eprintln!("operator logs saved to {}", path.display());
+    }
     node.down();
     let (stats, notes) = result?;
     let title = format!(
@@ -235,17 +242,18 @@ impl Mode {
 async fn on_node(args: &Args, node: &NodeCluster) -> anyhow::Result<(Vec<Stats>, Vec<String>)> {
     let client = node.client().await?;
     node.kubectl(&["create", "namespace", NS])?;
-    node.install_operator(
-        NS,
-        &[
-            "--set",
-            "sentinel.enabled=true",
-            "--set-json",
-            "sentinel.namespaces=[\"*\"]",
-            "--set",
-            "sentinel.auth.none=true",
-        ],
-    )?;
+    let mut values = vec![
+        "--set",
+        "sentinel.enabled=true",
+        "--set-json",
+        "sentinel.namespaces=[\"*\"]",
+        "--set",
+        "sentinel.auth.none=true",
+    ];
+    if args.operator_logs.is_some() {
+        values.extend(["--set", "logLevel=info\\,understudy::controllers::promotion=debug"]);
+    }
+    node.install_operator(NS, &values)?;
     node.apply(NS, &super::node::redis_statefulset(node, "b", args.heartbeat()))?;
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);

@@ -27,6 +27,7 @@ mod mysql;
 mod node;
 mod scale;
 mod sim;
+mod site_loss;
 
 use std::{
     sync::{Arc, Mutex},
@@ -47,7 +48,7 @@ use understudy::{
     resources::{
         HaCluster, ProtectionGroup, ShardFailover,
         hacluster::Role,
-        protection_group::{ProtectionPhase, SiteRole},
+        protection_group::{ProtectionGroupStatus, ProtectionPhase, SiteRole},
         shard_failover::ShardFailoverPhase,
     },
 };
@@ -65,6 +66,14 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// discovery: run the operator pods with promotions logged effect by effect
+    /// (`understudy::controllers::promotion=debug`) and save their logs here at the end.
+    #[arg(long)]
+    operator_logs: Option<std::path::PathBuf>,
+    /// site-failover: the production site's members are lost (frozen) and a forced failover
+    /// is requested at once; they return after it and are fenced and re-protected.
+    #[arg(long)]
+    forced: bool,
     /// scale/storm: how many HaClusters.
     #[arg(long, default_value_t = 1000)]
     clusters: usize,
@@ -389,6 +398,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Scenario::ChaosNode => chaos::chaos(&args, true).await?,
         Scenario::Mysql => mysql::mysql(&args).await?,
         Scenario::SentinelFailover | Scenario::SentinelSwitchover => sentinel_bench(&args).await?,
+        Scenario::SiteFailover if args.forced => site_loss::site_loss(&args).await?,
         Scenario::SiteFailover => site_bench(&args).await?,
         Scenario::Scale => scale::scale(&args).await?,
         Scenario::Storm => scale::storm(&args).await?,
@@ -676,14 +686,26 @@ async fn settle_sentinel(resolve: &Resolver, redis: &[LocalRedis]) -> anyhow::Re
     }
 }
 
-/// Planned site failovers of a ProtectionGroup with one pair (2 Redis members per site),
-/// alternating target → source → target. The writer follows the group's status: the
-/// production cluster's recorded primary.
-async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+/// Two sites (namespaces of one control plane), one pair of 2-member Redis clusters, the
+/// group at `Source` and the operator in this process; `resolve` finds the production
+/// cluster's recorded primary.
+struct TwoSites {
+    _cp: ControlPlane,
+    client: kube::Client,
+    pgs: Api<ProtectionGroup>,
+    /// Source members first, then the DR site's.
+    redis: Vec<LocalRedis>,
+    resolve: Resolver,
+    op: InProcess,
+}
+
+const SITE_NAMESPACES: (&str, &str) = ("site-a", "site-b");
+
+async fn two_sites(args: &Args) -> anyhow::Result<TwoSites> {
     let cp = ControlPlane::start(Options { controller_manager: false, keep: false }).await?;
     cp.install_generated_crds().await?;
     let client = cp.client().await?;
-    let (src_ns, dr_ns) = ("site-a", "site-b");
+    let (src_ns, dr_ns) = SITE_NAMESPACES;
     cp.create_namespace(src_ns).await?;
     cp.create_namespace(dr_ns).await?;
     let redis: Vec<LocalRedis> = (0..4)
@@ -712,7 +734,6 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
     }))?;
     pgs.create(&PostParams::default(), &pg).await?;
     let op = InProcess::start_namespaces(client.clone(), &[src_ns, dr_ns]);
-
     let resolve: Resolver = {
         let (client, pgs, ports) = (client.clone(), pgs.clone(), ports.clone());
         Arc::new(move || {
@@ -732,27 +753,39 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
             })
         })
     };
-    let wait_site = |site: SiteRole| {
-        let pgs = pgs.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                if let Ok(g) = pgs.get("pg").await
-                    && let Some(st) = g.status
-                    && st.phase == Some(ProtectionPhase::Protected)
-                    && st.production_site == Some(site)
-                    && st.pairs.iter().all(|p| p.state == "Replicating")
-                {
-                    return Ok(st);
-                }
-                if Instant::now() > deadline {
-                    bail!("the group did not become protected at {site:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+    let sites = TwoSites { _cp: cp, client, pgs, redis, resolve, op };
+    sites.wait_protected(SiteRole::Source).await?;
+    Ok(sites)
+}
+
+impl TwoSites {
+    /// Until the group is protected with production at `site` and every pair replicating.
+    async fn wait_protected(&self, site: SiteRole) -> anyhow::Result<ProtectionGroupStatus> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(g) = self.pgs.get("pg").await
+                && let Some(st) = g.status
+                && st.phase == Some(ProtectionPhase::Protected)
+                && st.production_site == Some(site)
+                && st.pairs.iter().all(|p| p.state == "Replicating")
+            {
+                return Ok(st);
             }
+            if Instant::now() > deadline {
+                bail!("the group did not become protected at {site:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    };
-    wait_site(SiteRole::Source).await?;
+    }
+}
+
+/// Planned site failovers of a ProtectionGroup with one pair (2 Redis members per site),
+/// alternating target → source → target. The writer follows the group's status: the
+/// production cluster's recorded primary.
+async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
+    let sites = two_sites(args).await?;
+    let (pgs, resolve) = (sites.pgs.clone(), sites.resolve.clone());
+    let wait_site = |site: SiteRole| sites.wait_protected(site);
 
     let mut gap =
         Stats { name: "client write gap (last ack before → first ack after)".into(), values_ms: vec![] };
@@ -785,7 +818,7 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
         );
         site = to;
     }
-    op.stop().await;
+    sites.op.stop().await;
     let title = format!(
         "Understudy planned site failover (ProtectionGroup, 1 pair, 2 members per site), heartbeat {} ms",
         args.heartbeat()
