@@ -70,15 +70,7 @@ async fn crash_during_switchover(point: &str) {
 
     let sfos: Api<ShardFailover> = Api::namespaced(client.clone(), &ns);
     sfos.create(&PostParams::default(), &shard_failover("move", json!({"shardUids": [p]}))).await.unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = doomed.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the operator never reached {point}: {}", doomed.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(137), "crashed at {point}: {}", doomed.log());
+    doomed.crashed_at(point, WAIT).await;
     assert!(doomed.log().contains(&format!("UNDERSTUDY_CRASH_AT={point}")));
 
     // A fresh operator resumes from status and finishes.
@@ -149,19 +141,7 @@ async fn a_failover_request_resumes_after_a_kill_at_every_step() {
         let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
         let spec = json!({"type": "Switchover", "items": [{"cluster": "k"}], "serviceName": "k-writes"});
         frs.create(&PostParams::default(), &crate::failover_request::request("move", spec)).await.unwrap();
-        let deadline = std::time::Instant::now() + WAIT;
-        let status = loop {
-            if let Some(s) = doomed.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the operator never reached {point}: {}",
-                doomed.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(status.code(), Some(137), "crashed at {point}: {}", doomed.log());
+        doomed.crashed_at(&point, WAIT).await;
         let _fresh = Process::understudy(&args, &format!("fr-resume-{step}"));
         let done = eventually(WAIT, &format!("the request to finish after a kill at {step}"), || async {
             let r = frs.get("move").await.ok()?;

@@ -513,15 +513,7 @@ async fn crash_during_site_failover(point: &str) {
     let writer = SiteWriter::start("c", k.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
     tokio::time::sleep(Duration::from_millis(300)).await;
     set_priority(&pgs, "pg", "Target").await;
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = doomed.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the operator never reached {point}: {}", doomed.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(137), "crashed at {point}: {}", doomed.log());
+    doomed.crashed_at(point, WAIT).await;
     let st = pgs.get("pg").await.unwrap().status.unwrap();
     assert_eq!(st.phase, Some(ProtectionPhase::FailingOver), "the move was recorded before it started");
 

@@ -402,15 +402,7 @@ async fn killed_after_forcing_the_dr_site_a_fresh_operator_finishes_the_same_job
     )
     .await
     .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(s) = doomed.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the operator never reached site-after-promote: {}", doomed.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(exit.code(), Some(137), "{}", doomed.log());
+    doomed.crashed_at("site-after-promote", WAIT).await;
     let before = status(&pgs).await;
     assert_eq!(before.phase, Some(ProtectionPhase::FailingOver));
     let rec = before.last_forced_failover.clone().expect("recorded before the promotion");

@@ -205,6 +205,24 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait (at most `within`) until the process crashed at the fault point `point` (exit 137,
+    /// `UNDERSTUDY_CRASH_AT`).
+    pub async fn crashed_at(&mut self, point: &str, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator never reached {point}: {}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.code(), Some(137), "crashed at {point}: {}", self.log());
+    }
+
     /// SIGTERM and wait.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: plain kill(2) on our own child.
