@@ -76,6 +76,11 @@ const STANDBY_MANAGER: &str = "understudy-protectiongroup";
 const LAG_NOISE: i64 = 1 << 20;
 /// How long a probe of a leader may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a forced failover waits for a leader of the site declared lost before it takes
+/// it for silent: the site was declared lost, and every second here is a second without a
+/// writable site. One that answers later is still fenced (its clusters yield to the new
+/// production site on their next heartbeat).
+const FORCED_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One side of the group: where its clusters live.
 #[derive(Clone)]
@@ -200,8 +205,12 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
             return not_ready(&mut w, status, reason, msg).await;
         }
     };
-    probe_leaders(&mut pairs).await;
+    // Leaders are probed where what they say is used (a dry run, steady state): a move probes
+    // them itself when it decides, and a silent leader costs a probe timeout each time.
+    let mut probed = false;
     if let Some(d) = dry {
+        probe_leaders(&mut pairs, PROBE_TIMEOUT).await;
+        probed = true;
         let report = dry_run(&pairs, &status, d, forced.is_some());
         info!(group = %key(&*pg), request = %report.request, possible = report.possible, "dry run answered");
         ctx.event(
@@ -277,6 +286,9 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
                 pg.metadata.generation,
                 &now,
             );
+            if !probed {
+                probe_leaders(&mut pairs, PROBE_TIMEOUT).await;
+            }
             steady(&ctx, &pg, &sites, &pairs, &mut status).await;
             w.save(&status).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
@@ -286,6 +298,9 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
         return run_move(&ctx, &mut w, &sites, pairs, status, want, retry, forced).await;
     }
     remove_condition(&mut status.conditions, ConditionType::FailoverAllowed);
+    if !probed {
+        probe_leaders(&mut pairs, PROBE_TIMEOUT).await;
+    }
     if status.phase == Some(Phase::FailedOver) {
         fence_returned(&ctx, &pg, &sites, &mut pairs, &mut status).await;
     }
@@ -509,17 +524,23 @@ fn recorded_leader(c: &HaCluster) -> Option<Leader> {
 }
 
 async fn probe(engine: &dyn Engine, endpoint: &str) -> Option<Probe> {
-    tokio::time::timeout(PROBE_TIMEOUT, engine.probe(endpoint)).await.ok()?.ok()
+    probe_within(engine, endpoint, PROBE_TIMEOUT).await
 }
 
-async fn probe_leaders(pairs: &mut [Pair]) {
-    for p in pairs.iter_mut() {
-        for side in [&mut p.source, &mut p.target] {
-            if let Some(l) = side.leader.as_mut() {
-                l.probe = probe(side.engine.as_ref(), &l.endpoint).await;
-            }
-        }
-    }
+async fn probe_within(engine: &dyn Engine, endpoint: &str, timeout: Duration) -> Option<Probe> {
+    tokio::time::timeout(timeout, engine.probe(endpoint)).await.ok()?.ok()
+}
+
+/// Every leader at once, each within `timeout`.
+async fn probe_leaders(pairs: &mut [Pair], timeout: Duration) {
+    let sides = pairs.iter_mut().flat_map(|p| [&mut p.source, &mut p.target]);
+    futures::future::join_all(sides.filter_map(|side| {
+        let engine = side.engine.clone();
+        side.leader.as_mut().map(|l| async move {
+            l.probe = probe_within(engine.as_ref(), &l.endpoint, timeout).await;
+        })
+    }))
+    .await;
 }
 
 /// The production side a pair shows: the one of its clusters that is not a standby.
@@ -1259,7 +1280,7 @@ async fn switch_pairs(
             }
         }
     }
-    probe_leaders(pairs).await;
+    probe_leaders(pairs, if forced.is_some() { FORCED_PROBE_TIMEOUT } else { PROBE_TIMEOUT }).await;
     let moves: Vec<PairMove> = pairs
         .iter()
         .map(|p| {
@@ -1921,7 +1942,7 @@ async fn stop_protection(
             Ok(p) => p,
             Err((reason, msg)) => return not_ready(w, status, reason, msg).await,
         };
-        probe_leaders(&mut pairs).await;
+        probe_leaders(&mut pairs, PROBE_TIMEOUT).await;
         let production = status.production_site.unwrap_or(pg.spec.priority_site);
         let group = key(&pg);
         let mut failed = Vec::new();
