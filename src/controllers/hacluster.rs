@@ -802,7 +802,16 @@ impl Monitor {
     /// as a primary (`found`, probed beside the members every heartbeat, so before any
     /// promotion here). Once superseded the cluster follows that primary until the group
     /// publishes the relation.
-    async fn superseded(&mut self, cluster: &HaCluster, found: Option<String>) -> Option<String> {
+    async fn superseded(&mut self, cluster: &HaCluster, other: OtherSite) -> Option<String> {
+        let found = other.primary;
+        // The member it followed answers, and not as a primary: the other site stepped down
+        // (moved back, or its relation was restored); this cluster decides for itself again.
+        if found.is_none()
+            && let Some(by) = self.superseded_by.as_ref().filter(|by| other.not_primary.contains(by))
+        {
+            info!(cluster = %key(cluster), member = %by, "the other site's member no longer acts as a primary; no longer following it");
+            self.superseded_by = None;
+        }
         if found.is_some() && found != self.superseded_by {
             let by = found.clone().unwrap_or_default();
             let group = cluster.status.as_ref().and_then(|s| s.protection.as_ref()).map(|p| p.group.clone());
@@ -821,8 +830,8 @@ impl Monitor {
                 .await;
         }
         // Once superseded it stays so while the other primary answers as one; if it stops
-        // answering the cluster stays a standby of it (never writable on a guess) until
-        // the group publishes the relation.
+        // answering the cluster stays a standby of it (never writable on a guess) until it
+        // answers as something else or the group publishes the relation.
         if found.is_some() {
             self.superseded_by = found;
         }
@@ -2556,14 +2565,29 @@ fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
     serde_json::to_value(s).unwrap_or_default()
 }
 
-/// The first of `endpoints` that answers as a primary within `timeout`.
-async fn acting_primary(engine: &dyn Engine, endpoints: &[String], timeout: Duration) -> Option<String> {
+/// What the other site's members said: the first that acts as a primary, and those that
+/// answered as something else (each within `timeout`; silent ones are in neither).
+#[derive(Default)]
+struct OtherSite {
+    primary: Option<String>,
+    not_primary: Vec<String>,
+}
+
+async fn acting_primary(engine: &dyn Engine, endpoints: &[String], timeout: Duration) -> OtherSite {
     let probes = futures::future::join_all(endpoints.iter().map(|endpoint| async move {
         let p = tokio::time::timeout(timeout, engine.probe(endpoint)).await.ok()?.ok()?;
-        (p.role == ObservedRole::Primary).then(|| endpoint.clone())
+        Some((endpoint.clone(), p.role == ObservedRole::Primary))
     }))
     .await;
-    probes.into_iter().flatten().next()
+    let mut out = OtherSite::default();
+    for (endpoint, primary) in probes.into_iter().flatten() {
+        if primary && out.primary.is_none() {
+            out.primary = Some(endpoint);
+        } else if !primary {
+            out.not_primary.push(endpoint);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -252,6 +252,13 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
     assert_eq!(sampler.max(), 0, "no member of this cluster was writable once it followed the other site");
     let x = hacs.get("x").await.unwrap();
     assert_eq!(x.status.unwrap().shards[0].upstream.as_deref(), Some(other.endpoint().as_str()));
+    // The other site steps down (it replicates from nothing now): this cluster decides for
+    // itself again, and fails over from its dead primary.
+    let () = other.cmd(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1)).await.unwrap();
+    eventually(WAIT, "this cluster to promote a member of its own", || async {
+        (servers[ri].role().await.as_deref() == Some("master")).then_some(())
+    })
+    .await;
     servers[pi].restart();
     operator.stop().await;
 }
