@@ -620,6 +620,9 @@ struct Monitor {
     /// Old primaries a promotion passed while they did not answer, with a demotion queued on
     /// them (shard, member, its offset when that demotion runs).
     thaw_watches: Vec<(String, String, tokio::sync::oneshot::Receiver<i64>)>,
+    /// Shards whose promotion failed and stays recorded: retried no sooner than this (by the
+    /// next heartbeat), not at once each time the failed attempt wakes the monitor.
+    retry_at: HashMap<String, Instant>,
 }
 
 impl Monitor {
@@ -673,6 +676,7 @@ impl Monitor {
             unfenced: HashMap::new(),
             observed_written_at: None,
             thaw_watches: Vec::new(),
+            retry_at: HashMap::new(),
         }
     }
 
@@ -1524,7 +1528,9 @@ impl Monitor {
         declared: &[Declared],
         p: Promotion,
     ) -> bool {
-        if !declared.iter().any(|d| d.name == p.to) {
+        if !declared.iter().any(|d| d.name == p.to)
+            || self.retry_at.get(shard).is_some_and(|at| Instant::now() < *at)
+        {
             return false;
         }
         let Some(start) = self.saga_start(engine.as_ref(), cluster, shard, declared, &p) else {
@@ -1702,6 +1708,9 @@ impl Monitor {
             }
             End::Retry(e) => {
                 warn!(cluster = %ckey, shard = shard_name, "{e}; the target stays recorded and is retried");
+                // Half a heartbeat: the next heartbeat retries it, a wake-up in between does not.
+                let next = Instant::now() + cluster.spec.failover.heartbeat_interval.0 / 2;
+                self.retry_at.insert(shard_name.to_owned(), next);
                 self.ctx
                     .event(
                         &cluster,
