@@ -954,6 +954,8 @@ impl Monitor {
         self.collect_done(&declared).await;
         // Finished promotions may have written status: go on from the newest copy.
         let cluster = self.latest().unwrap_or(cluster);
+        self.forget_stale_release(&cluster).await;
+        let cluster = self.latest().unwrap_or(cluster);
         if !self.ensure_engine(&cluster).await {
             self.write_status(&cluster, &[]).await;
             return;
@@ -1059,6 +1061,33 @@ impl Monitor {
         self.write_status(&cluster, &blocks).await;
         if let Some(cluster) = self.latest() {
             self.update_routing(&cluster, &declared).await;
+        }
+    }
+
+    /// A failover to primary ended spec.standby's relation (status.standbyReleased); once the
+    /// spec no longer names that relation (removed, or another upstream), the record says
+    /// nothing and goes, so that naming the same upstream again later makes the cluster a
+    /// standby again. Only while no operation holds a lock (a FailoverRequest rolling back
+    /// removes its own record); resourceVersion-guarded, retried next heartbeat on a conflict.
+    async fn forget_stale_release(&mut self, cluster: &HaCluster) {
+        let Some(st) = cluster.status.as_ref() else { return };
+        let Some(record) = &st.standby_released else { return };
+        if cluster.spec.standby.as_ref() == Some(&record.standby)
+            || st.shards.iter().any(|s| s.operation.is_some() || s.target_primary.is_some())
+        {
+            return;
+        }
+        let mut next = cluster.clone();
+        if let Some(s) = next.status.as_mut() {
+            s.standby_released = None;
+        }
+        match self.replace_status(&next).await {
+            Ok(()) => {
+                info!(cluster = %key(cluster), by = %record.by, "spec.standby no longer names the relation a failover ended; its record is cleared")
+            }
+            Err(e) => {
+                debug!(cluster = %key(cluster), error = %e, "could not clear the standby release record; retried next heartbeat")
+            }
         }
     }
 
@@ -2744,6 +2773,7 @@ mod tests {
             "lastFailover",
             "LastPromotion",
             "protection",
+            "standbyReleased",
         ] {
             assert!(!text.contains(decision), "{decision} in {text}");
         }

@@ -133,7 +133,9 @@ pub struct HaClusterSpec {
 
     /// Replicate the whole cluster from another cluster's primary (disaster
     /// recovery), set by hand. A ProtectionGroup does not use this field: it publishes
-    /// the relation in status.protection, which takes precedence.
+    /// the relation in status.protection, which takes precedence. A FailoverRequest that
+    /// fails this cluster over to primary ends the relation without editing it: it records
+    /// the release in status.standbyReleased, which holds while this field is unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<Standby>,
 }
@@ -550,6 +552,12 @@ pub struct HaClusterStatus {
     /// while it is its pair's DR side. Takes precedence over spec.standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<Protection>,
+    /// Set by the FailoverRequest that failed this standby cluster over to primary: the
+    /// spec.standby it ended. While spec.standby is unchanged the cluster is not a standby
+    /// (re-applying the same manifest does not undo the failover); a different spec.standby
+    /// makes it a standby again. Written through the resourceVersion-guarded path only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_released: Option<StandbyRelease>,
     /// Members the operator runs (spec.instances): which pods are members, and how far a
     /// change has rolled. Written by the instances controller only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -580,6 +588,24 @@ pub struct Protection {
     pub detached: bool,
 }
 
+/// The end of a standby relation, made by a failover to primary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StandbyRelease {
+    /// The operation that ended it: `FailoverRequest <namespace>/<name>`.
+    #[schemars(length(min = 1, max = 400))]
+    pub by: String,
+    /// UID of that operation (its own record is the only one it rolls back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub uid: Option<String>,
+    /// When it was ended.
+    pub at: Time,
+    /// The spec.standby that was ended: the old upstream, to be fenced when it returns.
+    #[schemars(schema_with = "super::shared::observed_schema::<Standby>")]
+    pub standby: Standby,
+}
+
 impl HaCluster {
     /// How pod members are found: `spec.selector`, or for `spec.instances` the label the
     /// operator puts on the pods it runs. None for static members.
@@ -598,17 +624,22 @@ impl HaCluster {
         }))
     }
 
-    /// The standby relation in force: the protecting group's (status.protection) when a
-    /// group protects the cluster, otherwise spec.standby.
     /// Detached from its ProtectionGroup with policy `ReadOnly`: a standby of nothing.
     pub fn detached(&self) -> bool {
         self.status.as_ref().and_then(|s| s.protection.as_ref()).is_some_and(|p| p.detached)
     }
 
+    /// The standby relation in force: the protecting group's (status.protection) when a
+    /// group protects the cluster, otherwise spec.standby unless a failover to primary
+    /// released exactly that relation (status.standbyReleased).
     pub fn standby(&self) -> Option<&Standby> {
-        match self.status.as_ref().and_then(|s| s.protection.as_ref()) {
+        let status = self.status.as_ref();
+        match status.and_then(|s| s.protection.as_ref()) {
             Some(p) => p.standby.as_ref(),
-            None => self.spec.standby.as_ref(),
+            None => {
+                let released = status.and_then(|s| s.standby_released.as_ref()).map(|r| &r.standby);
+                self.spec.standby.as_ref().filter(|s| released != Some(*s))
+            }
         }
     }
 }
@@ -837,4 +868,62 @@ pub struct StepRecord {
     pub finished_at: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standby_of(cluster: &str) -> Standby {
+        Standby { cluster: Some(cluster.into()), namespace: None, primary_endpoint: None }
+    }
+
+    fn with(spec: Option<Standby>, released: Option<Standby>, protection: Option<Protection>) -> HaCluster {
+        let mut c: HaCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "dr"},
+            "spec": {"engine": "Redis", "shards": [{"name": "s0", "members": [{"name": "a", "endpoint": "a:6379"}]}]}
+        }))
+        .expect("a valid HaCluster");
+        c.spec.standby = spec;
+        c.status = Some(HaClusterStatus {
+            standby_released: released.map(|standby| StandbyRelease {
+                by: "FailoverRequest ns/fr".into(),
+                uid: Some("u".into()),
+                at: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                standby,
+            }),
+            protection,
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn a_released_standby_stays_released_until_its_spec_says_something_else() {
+        let src = standby_of("src");
+        assert_eq!(with(Some(src.clone()), None, None).standby(), Some(&src), "a standby");
+        // Failed over to primary: the unchanged manifest (re-applied) does not undo it.
+        assert_eq!(with(Some(src.clone()), Some(src.clone()), None).standby(), None);
+        // Another upstream in the spec: a standby again.
+        let other = standby_of("elsewhere");
+        assert_eq!(with(Some(other.clone()), Some(src.clone()), None).standby(), Some(&other));
+        let ep = Standby { cluster: None, namespace: None, primary_endpoint: Some("10.0.0.7:6379".into()) };
+        assert_eq!(with(Some(ep.clone()), Some(src.clone()), None).standby(), Some(&ep));
+        // The same cluster named in another namespace is another relation.
+        let ns = Standby { namespace: Some("other".into()), ..src.clone() };
+        assert_eq!(with(Some(ns.clone()), Some(src.clone()), None).standby(), Some(&ns));
+        // No spec.standby: production, whatever the record says.
+        assert_eq!(with(None, Some(src.clone()), None).standby(), None);
+    }
+
+    #[test]
+    fn a_protecting_group_decides_whatever_was_released() {
+        let src = standby_of("src");
+        let group = |standby: Option<Standby>| {
+            Some(Protection { group: "ns/pg".into(), standby, yield_to: Vec::new(), detached: false })
+        };
+        let dr = standby_of("prod");
+        assert_eq!(with(Some(src.clone()), Some(src.clone()), group(Some(dr.clone()))).standby(), Some(&dr));
+        assert_eq!(with(Some(src.clone()), None, group(None)).standby(), None);
+    }
 }

@@ -235,6 +235,25 @@ pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
+/// Schema of `T` where the operator keeps a copy of it in a status (observed data, never
+/// written by a user): `T`'s shape without its CEL rules, which would only spend the API
+/// server's validation budget (inside a list, more than it allows).
+pub fn observed_schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("x-kubernetes-validations");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = T::json_schema(generator).into();
+    strip(&mut v);
+    Schema::try_from(v).expect("a schema without some keys is still a schema")
+}
+
 /// Condition statuses.
 pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";
