@@ -4,33 +4,45 @@
 //! Per item: check → lock (epoch + target recorded) → fence → promote → redirect (carried out
 //! by the cluster's monitor in one go, which records when each of its steps ran; the subtasks
 //! carry those times) → route (the request's Service) → record. Items run in parallel.
+//! An item naming a standby cluster runs seed 000's standby chain instead: check → lock →
+//! reset-restore-source (the relation's end recorded in `status.standbyReleased`) →
+//! failover-to-primary (epoch + target recorded, the leader made writable by the monitor) →
+//! create-service-name → update-primary-info.
 //! [`crate::core::dag`] decides what may run, what to roll back and when the whole is
 //! terminal; every step is idempotent and its status is written before the next starts, so a
-//! restarted operator resumes from status.
+//! restarted operator resumes from status. Every log line of a request carries its
+//! `status.traceId`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 use super::{
-    Context,
-    operation::{Holder, acquire, facts_from_status, release},
+    Context, SecretCache,
+    operation::{
+        Holder, acquire, facts_from_status, lock_all, record_target, release, release_standby,
+        restore_standby,
+    },
     routing, write_status,
 };
 use crate::{
     core::{
-        dag::{self, ItemOutcome},
+        dag::{self, Chain, ItemOutcome},
+        member::ObservedRole,
         shard::{self, Policy},
+        standby,
         vocabulary::{Action as EventAction, ConditionType, Reason},
     },
+    engines,
     resources::{
-        FailoverRequest, HaCluster,
+        FailoverRequest, HaCluster, ProtectionGroup,
         failover_request::{
-            FailoverItem, ItemResult, RequestPhase, RequestType, Subtask, TaskInstance, TaskStatus,
+            FailoverItem, FailoverRequestStatus, ItemResult, RequestPhase, RequestType, Subtask,
+            TaskInstance, TaskStatus,
         },
-        hacluster::OnTimeout,
+        hacluster::{Engine, OnTimeout, Standby},
         shared::{condition, set_condition},
     },
 };
@@ -45,6 +57,9 @@ enum Step {
     /// Done by the cluster's monitor, which recorded when (its promotion record).
     DoneAt(String, Time, Time),
     Waiting(String),
+    /// Waiting, having recorded something elsewhere that resuming the step needs (kept in
+    /// the subtask's context), e.g. the epoch of a promotion it recorded.
+    Recorded(String, BTreeMap<String, String>),
     Failed(String),
 }
 
@@ -62,13 +77,40 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     {
         return Ok(Action::await_change());
     }
+    // Chosen once and kept in status: every log line about the request carries it.
+    let trace_id = status
+        .trace_id
+        .get_or_insert_with(|| new_trace_id(&fr.uid().unwrap_or_default(), Timestamp::now()))
+        .clone();
+    status.executor = Some(ctx.executor.clone());
+    let span =
+        info_span!("failover_request", request = %fr.name_any(), namespace = %ns, trace_id = %trace_id);
+    drive(&ctx, api, fr, status).instrument(span).await
+}
+
+/// The reconcile of a request that is not terminal, inside its span.
+async fn drive(
+    ctx: &Context,
+    api: Api<FailoverRequest>,
+    fr: Arc<FailoverRequest>,
+    mut status: FailoverRequestStatus,
+) -> Result<Action, Error> {
+    let ns = fr.namespace().unwrap_or_default();
     let now = Time(Timestamp::now());
     let Some(mut task) = status.task.clone() else {
-        let subtasks = dag::build(fr.spec.items.len())
+        // An item naming a standby cluster runs the standby chain; a cluster not there yet is
+        // taken for one with a primary (its check says so if it turns out a standby).
+        let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut chains = Vec::new();
+        for item in &fr.spec.items {
+            let standby = clusters.get_opt(&item.cluster).await?.is_some_and(|c| c.standby().is_some());
+            chains.push(if standby { Chain::Standby } else { Chain::Primary });
+        }
+        let subtasks = dag::build(&chains)
             .into_iter()
             .filter_map(|p| {
                 let item = fr.spec.items.get(p.item as usize)?;
-                let what = dag::STEPS.iter().find(|(n, ..)| *n == p.name).map_or("", |s| s.1);
+                let what = chains.get(p.item as usize)?.describe(p.name);
                 Some(Subtask {
                     id: p.id,
                     name: p.name.to_owned(),
@@ -110,7 +152,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     // a task this operator did not build, or a request past its deadline, ends Failed.
     if let Err(why) = dag::validate(&task.subtasks, fr.spec.items.len()) {
         let why = format!("status.task is not one this operator wrote ({why}); abandoned, locks released");
-        return abandon(&ctx, &api, &fr, status, task, Reason::InvalidStatus, why).await;
+        return abandon(ctx, &api, &fr, status, task, Reason::InvalidStatus, why).await;
     }
     if let Some(created) = fr.metadata.creation_timestamp.as_ref() {
         let whole = request_deadline(fr.spec.timeout_seconds);
@@ -121,7 +163,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
                 fr.spec.timeout_seconds,
                 dag::STEPS.len()
             );
-            return abandon(&ctx, &api, &fr, status, task, Reason::DeadlineExceeded, why).await;
+            return abandon(ctx, &api, &fr, status, task, Reason::DeadlineExceeded, why).await;
         }
     }
 
@@ -130,7 +172,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
     for item in &items {
         for id in dag::to_roll_back(&task.subtasks, *item) {
             let sub = task.subtasks.iter().find(|t| t.id == id).cloned().expect("id from the dag");
-            let msg = roll_back(&ctx, &fr, &sub).await?;
+            let msg = roll_back(ctx, &fr, &sub).await?;
             let t = task.subtasks.iter_mut().find(|t| t.id == id).expect("id from the dag");
             t.status = TaskStatus::RolledBack;
             t.message = Some(msg);
@@ -154,7 +196,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         let outcome = if fr.spec.dry_run && sub.name != "check" {
             Step::Done("dry run: skipped".into())
         } else {
-            run_step(&ctx, &fr, &sub, &context).await?
+            run_step(ctx, &fr, &sub, &context, dag::chain(&task.subtasks, sub.item)).await?
         };
         let t = task.subtasks.iter_mut().find(|t| t.id == id).expect("id from the dag");
         let outcome = match outcome {
@@ -163,13 +205,19 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
                 t.end_time = Some(to);
                 Step::Done(msg)
             }
+            Step::Recorded(msg, facts) => {
+                // What the step recorded elsewhere, kept for resuming it.
+                t.start_time = Some(started);
+                t.context.extend(facts);
+                Step::Waiting(msg)
+            }
             other => {
                 t.start_time = Some(started);
                 other
             }
         };
         match outcome {
-            Step::DoneAt(..) => unreachable!("converted above"),
+            Step::DoneAt(..) | Step::Recorded(..) => unreachable!("converted above"),
             Step::Done(msg) => {
                 t.status = if fr.spec.dry_run && t.name != "check" {
                     TaskStatus::Skipped
@@ -209,6 +257,10 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         .iter()
         .filter_map(|i| {
             let c = item_context(&task.subtasks, *i);
+            // The relation counts as ended once its reset is done (and not rolled back).
+            let released = task.subtasks.iter().any(|t| {
+                t.item == *i && t.name == "reset-restore-source" && t.status == TaskStatus::Successful
+            });
             Some(ItemResult {
                 cluster: c.get("cluster")?.clone(),
                 shard: c.get("shard")?.clone(),
@@ -216,6 +268,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
                 to: (dag::item_outcome(&task.subtasks, *i) == Some(ItemOutcome::Succeeded))
                     .then(|| c.get("to").cloned())
                     .flatten(),
+                released_from: released.then(|| standby_from_context(&c)).flatten(),
             })
         })
         .collect();
@@ -250,14 +303,21 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
             ItemOutcome::Succeeded => status
                 .items
                 .iter()
-                .map(|r| {
-                    format!(
+                .map(|r| match &r.released_from {
+                    Some(up) => format!(
+                        "{}/{}: {} is primary, no longer a standby of {}",
+                        r.cluster,
+                        r.shard,
+                        r.to.clone().unwrap_or_default(),
+                        describe_upstream(up)
+                    ),
+                    None => format!(
                         "{}/{}: {} → {}",
                         r.cluster,
                         r.shard,
                         r.from.clone().unwrap_or_default(),
                         r.to.clone().unwrap_or_default()
-                    )
+                    ),
                 })
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -265,6 +325,7 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
         };
         task.status = tstatus;
         task.end_time = Some(Time(Timestamp::now()));
+        status.duration_ms = duration_ms(&task);
         status.phase = Some(phase);
         status.message = Some(message.clone());
         set_condition(
@@ -308,12 +369,17 @@ pub async fn reconcile(fr: Arc<FailoverRequest>, ctx: Arc<Context>) -> Result<Ac
 
 fn plan_line(tasks: &[Subtask]) -> impl Fn(&ItemResult) -> String + '_ {
     move |r| {
-        let to = tasks
-            .iter()
-            .find(|t| t.name == "check" && t.context.get("cluster") == Some(&r.cluster))
-            .and_then(|t| t.context.get("to").cloned())
-            .unwrap_or_default();
-        format!("{}/{}: would promote {to} (now {})", r.cluster, r.shard, r.from.clone().unwrap_or_default())
+        let check = tasks.iter().find(|t| t.name == "check" && t.context.get("cluster") == Some(&r.cluster));
+        let to = check.and_then(|t| t.context.get("to").cloned()).unwrap_or_default();
+        let from = r.from.clone().unwrap_or_default();
+        // A standby's check said what it will do and which case it was: "will make …; …".
+        let standby_plan = check
+            .filter(|t| dag::chain(tasks, t.item) == Chain::Standby)
+            .and_then(|t| t.message.as_deref()?.split_once("; will ").map(|(_, plan)| plan));
+        match standby_plan {
+            Some(plan) => format!("{}/{}: would {plan}", r.cluster, r.shard),
+            None => format!("{}/{}: would promote {to} (now {from})", r.cluster, r.shard),
+        }
     }
 }
 
@@ -338,6 +404,7 @@ async fn run_step(
     fr: &FailoverRequest,
     sub: &Subtask,
     c: &BTreeMap<String, String>,
+    chain: Chain,
 ) -> Result<Step, kube::Error> {
     let ns = fr.namespace().unwrap_or_default();
     let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
@@ -347,12 +414,17 @@ async fn run_step(
     let uid = fr.uid().unwrap_or_default();
     let get = |k: &str| c.get(k).cloned().unwrap_or_default();
     if sub.name != "check"
-        && let Err(why) = plan_fits(item, c)
+        && let Err(why) = plan_fits(item, c, chain)
     {
         return Ok(Step::Failed(format!("the plan recorded by check does not match spec.items: {why}")));
     }
     Ok(match sub.name.as_str() {
-        "check" => check(&clusters, item, fr.spec.type_).await?,
+        "check" => match chain {
+            Chain::Primary => check(&clusters, item, fr.spec.type_).await?,
+            Chain::Standby => check_standby(ctx, &clusters, item, fr.spec.type_).await?,
+        },
+        "reset-restore-source" => reset_restore_source(ctx, &clusters, fr, c).await?,
+        "failover-to-primary" => failover_to_primary(ctx, &clusters, fr, sub, c).await?,
         "lock" => {
             let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
                 return Ok(Step::Failed(format!("HaCluster {} was deleted", get("cluster"))));
@@ -388,14 +460,25 @@ async fn run_step(
                 dead_nodes: Vec::new(),
             };
             let deadline = Timestamp::now() + Duration::from_secs(fr.spec.timeout_seconds.max(1) as u64 * 2);
-            match acquire(&clusters, &cluster, &holder, &[(get("shard"), get("to"))], deadline).await? {
-                Ok(()) => Step::Done(format!(
+            // A standby's lock records no promotion yet: the relation ends first.
+            let taken = match chain {
+                Chain::Primary => {
+                    acquire(&clusters, &cluster, &holder, &[(get("shard"), get("to"))], deadline).await?
+                }
+                Chain::Standby => lock_all(&clusters, &cluster, &holder, deadline).await?,
+            };
+            match (taken, chain) {
+                (Ok(()), Chain::Primary) => Step::Done(format!(
                     "locked {}/{}; epoch bumped, target {}",
                     get("cluster"),
                     get("shard"),
                     get("to")
                 )),
-                Err(h) => Step::Waiting(format!("db_busy: {h} holds the operation lock")),
+                (Ok(()), Chain::Standby) => Step::Done(format!(
+                    "locked {}; its monitor changes no role until the request releases it",
+                    get("cluster")
+                )),
+                (Err(h), _) => Step::Waiting(format!("db_busy: {h} holds the operation lock")),
             }
         }
         // The monitor carries fence → promote → redirect out in one go once the target is
@@ -442,7 +525,7 @@ async fn run_step(
                 Step::Waiting(format!("waiting for {}'s monitor to promote {}", get("cluster"), get("to")))
             }
         }
-        "route" => match &item.service_name {
+        "route" | "create-service-name" => match &item.service_name {
             None => Step::Done("no serviceName: nothing to route".into()),
             Some(svc) => {
                 let Some(cluster) = clusters.get_opt(&get("cluster")).await? else {
@@ -473,14 +556,17 @@ async fn run_step(
                 }
             }
         },
-        "record" => {
+        "record" | "update-primary-info" => {
             release(&clusters, &get("cluster"), &uid).await?;
+            let was = match standby_from_context(c).filter(|_| chain == Chain::Standby) {
+                Some(up) => format!("a standby of {} until now", describe_upstream(&up)),
+                None => format!("was {}", get("from")),
+            };
             Step::Done(format!(
-                "{}/{}: primary {} (was {}); lock released",
+                "{}/{}: primary {} ({was}); lock released",
                 get("cluster"),
                 get("shard"),
-                get("to"),
-                get("from")
+                get("to")
             ))
         }
         other => Step::Failed(format!("unknown step {other}")),
@@ -541,6 +627,18 @@ async fn check(
     let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
         return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
     };
+    // Planned before the cluster existed, or before it became a standby: its leader must be
+    // failed over to primary, which this item's steps do not do.
+    if cluster.standby().is_some() {
+        let client = clusters.clone().into_client();
+        return Ok(Step::Failed(match protected_refusal(&client, &cluster).await {
+            Some(why) => why,
+            None => format!(
+                "HaCluster {} is a standby cluster, which it was not when this request was planned; nothing touched: create the request again to fail it over to primary",
+                item.cluster
+            ),
+        }));
+    }
     let st = cluster.status.clone().unwrap_or_default();
     let shard = match &item.shard {
         Some(s) => s.clone(),
@@ -560,13 +658,8 @@ async fn check(
     let Some(current) = s.current_primary.clone() else {
         return Ok(Step::Waiting(format!("{}/{shard} has no primary yet", item.cluster)));
     };
-    if let Some(expected) = &item.expected_primary
-        && expected != &current
-    {
-        return Ok(Step::Failed(format!(
-            "expectedPrimary is {expected} but the primary of {}/{shard} is {current}; refusing, nothing touched",
-            item.cluster
-        )));
+    if let Some(refused) = expected_primary_refusal(item, &shard, &current, "the primary") {
+        return Ok(refused);
     }
     let facts = facts_from_status(&cluster, &shard, &[]);
     if facts.members.is_empty() {
@@ -590,18 +683,8 @@ async fn check(
             if c == &current {
                 return Ok(Step::Failed(format!("candidate {c} is already the primary")));
             }
-            if m.priority <= 0 {
-                return Ok(Step::Failed(format!("candidate {c} has priority 0: never promoted")));
-            }
-            if m.leaving {
-                return Ok(Step::Failed(format!(
-                    "candidate {c} is leaving (its pod is being deleted): never promoted; name another candidate or none"
-                )));
-            }
-            if !shard::is_healthy(m) {
-                // It may be starting (a cluster applied together with the request): waited
-                // for until the step's deadline.
-                return Ok(Step::Waiting(format!("candidate {c} is not healthy (yet)")));
+            if let Some(refused) = candidate_refusal(m) {
+                return Ok(refused);
             }
             c.clone()
         }
@@ -617,17 +700,349 @@ async fn check(
     )))
 }
 
+/// Validate an item naming a standby cluster and choose the member to make primary: its
+/// leader (the member its monitor keeps following the upstream), or the item's healthy
+/// candidate. Refused, with nothing touched, when a ProtectionGroup owns the relation and —
+/// unless the request is forced — while the upstream still takes writes.
+async fn check_standby(
+    ctx: &Context,
+    clusters: &Api<HaCluster>,
+    item: &FailoverItem,
+    type_: RequestType,
+) -> Result<Step, kube::Error> {
+    let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
+        return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
+    };
+    if let Some(why) = protected_refusal(&ctx.client, &cluster).await {
+        return Ok(Step::Failed(why));
+    }
+    let Some(standby) = cluster.standby().cloned() else {
+        return Ok(Step::Failed(format!(
+            "HaCluster {} is no longer a standby cluster; nothing touched: create the request again to move its primary",
+            item.cluster
+        )));
+    };
+    let st = cluster.status.clone().unwrap_or_default();
+    if st.shards.len() > 1 || cluster.spec.shards.as_ref().is_some_and(|s| s.len() > 1) {
+        return Ok(Step::Failed(format!(
+            "HaCluster {} is a standby with more than one shard: failing over to primary is supported for one-shard standbys; nothing touched",
+            item.cluster
+        )));
+    }
+    let Some(s) = st.shards.first() else {
+        return Ok(Step::Waiting(format!("HaCluster {} has no shards yet", item.cluster)));
+    };
+    let shard = s.name.clone();
+    if item.shard.as_ref().is_some_and(|x| x != &shard) {
+        return Ok(Step::Failed(format!(
+            "HaCluster {} has no shard {}",
+            item.cluster,
+            item.shard.as_deref().unwrap_or_default()
+        )));
+    }
+    let Some(leader) = s.current_primary.clone() else {
+        return Ok(Step::Waiting(format!("{}/{shard} has no leader yet", item.cluster)));
+    };
+    if let Some(refused) = expected_primary_refusal(item, &shard, &leader, "the standby's leader") {
+        return Ok(refused);
+    }
+    let facts = facts_from_status(&cluster, &shard, &[]);
+    let to = item.candidate.clone().unwrap_or_else(|| leader.clone());
+    let Some(m) = facts.members.iter().find(|m| m.name == to) else {
+        return Ok(Step::Failed(format!("candidate {to} is not a member of {}/{shard}", item.cluster)));
+    };
+    if let Some(refused) = candidate_refusal(m) {
+        return Ok(refused);
+    }
+    let upstream = upstream_state(ctx, &cluster, &standby).await;
+    let note = match standby::gate(type_ == RequestType::Failover, &upstream) {
+        standby::Gate::Go(note) => note,
+        standby::Gate::Refused(why) => return Ok(Step::Failed(why)),
+    };
+    // `k=v` words (see parse_context): the relation's fields that are set.
+    let relation: String = [
+        ("upstreamCluster", &standby.cluster),
+        ("upstreamNamespace", &standby.namespace),
+        ("upstreamEndpoint", &standby.primary_endpoint),
+    ]
+    .iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| format!(" {k}={v}")))
+    .collect();
+    Ok(Step::Done(format!(
+        "cluster={} shard={shard} from={leader} to={to}{relation}; will make {to} (the standby's leader is {leader}) the writable primary, ending replication from {}; {note}",
+        item.cluster,
+        describe_upstream(&standby)
+    )))
+}
+
+/// The expectedPrimary guard: refused, nothing touched, when the item expects another
+/// member than `current` (`what` it is) of `shard`.
+fn expected_primary_refusal(item: &FailoverItem, shard: &str, current: &str, what: &str) -> Option<Step> {
+    let expected = item.expected_primary.as_ref().filter(|e| *e != current)?;
+    Some(Step::Failed(format!(
+        "expectedPrimary is {expected} but {what} of {}/{shard} is {current}; refusing, nothing touched",
+        item.cluster
+    )))
+}
+
+/// Why member `m` may not be made primary now, if it may not: priority 0 and a pod being
+/// deleted are refused; one not healthy may be starting (a cluster applied together with the
+/// request) and is waited for until the step's deadline.
+fn candidate_refusal(m: &shard::MemberFacts) -> Option<Step> {
+    let c = &m.name;
+    if m.priority <= 0 {
+        return Some(Step::Failed(format!("candidate {c} has priority 0: never promoted")));
+    }
+    if m.leaving {
+        return Some(Step::Failed(format!(
+            "candidate {c} is leaving (its pod is being deleted): never promoted; name another candidate or none"
+        )));
+    }
+    (!shard::is_healthy(m)).then(|| Step::Waiting(format!("candidate {c} is not healthy (yet)")))
+}
+
+/// The standby relation `check_standby` recorded.
+fn standby_from_context(c: &BTreeMap<String, String>) -> Option<Standby> {
+    let s = Standby {
+        cluster: c.get("upstreamCluster").cloned(),
+        namespace: c.get("upstreamNamespace").cloned(),
+        primary_endpoint: c.get("upstreamEndpoint").cloned(),
+    };
+    (s.cluster.is_some() || s.primary_endpoint.is_some()).then_some(s)
+}
+
+/// `HaCluster <ns>/<name>` or `<host:port>`, for messages.
+fn describe_upstream(s: &Standby) -> String {
+    match (&s.cluster, &s.primary_endpoint) {
+        (Some(c), _) => match &s.namespace {
+            Some(ns) => format!("HaCluster {ns}/{c}"),
+            None => format!("HaCluster {c}"),
+        },
+        (None, Some(ep)) => ep.clone(),
+        (None, None) => "(no upstream)".into(),
+    }
+}
+
+/// The refusal for a cluster whose standby relation a ProtectionGroup owns, if it is one.
+async fn protected_refusal(client: &kube::Client, cluster: &HaCluster) -> Option<String> {
+    let group = cluster.status.as_ref()?.protection.as_ref().filter(|p| p.standby.is_some())?.group.clone();
+    let (ns, name) = group.split_once('/').unwrap_or(("", group.as_str()));
+    let me = cluster.name_any();
+    // Which site this cluster is at, when the group is in this control plane.
+    let site = match Api::<ProtectionGroup>::namespaced(client.clone(), ns).get_opt(name).await {
+        Ok(Some(pg)) if pg.spec.pairs.iter().any(|p| p.target == me) => "target",
+        Ok(Some(pg)) if pg.spec.pairs.iter().any(|p| p.source == me) => "source",
+        _ => "<this cluster's site>",
+    };
+    Some(format!(
+        "HaCluster {me} is the DR side of ProtectionGroup {group}, which owns its standby relation; fail over the group instead: kubectl understudy site-failover {name} --to {site} -n {ns} (add --force --reason … when the production site is lost); nothing touched"
+    ))
+}
+
+/// Whether the standby's upstream still takes writes: every member of the upstream HaCluster
+/// (with its own engine and credentials) and the address the standby last followed, probed
+/// now. A member that answers but whose role cannot be read counts as writable (nothing is
+/// promoted on a guess).
+async fn upstream_state(ctx: &Context, cluster: &HaCluster, standby: &Standby) -> standby::Upstream {
+    let mut targets: Vec<(String, String)> = Vec::new();
+    if let Some(ep) = &standby.primary_endpoint {
+        targets.push(("primaryEndpoint".into(), ep.clone()));
+    }
+    let mut source = cluster.clone();
+    if let Some(name) = &standby.cluster {
+        let ns = standby.namespace.clone().or_else(|| cluster.namespace()).unwrap_or_default();
+        if let Ok(Some(up)) = Api::<HaCluster>::namespaced(ctx.client.clone(), &ns).get_opt(name).await {
+            for s in up.status.iter().flat_map(|s| &s.shards) {
+                for m in &s.members {
+                    if let Some(ep) = &m.endpoint {
+                        targets.push((format!("{name}/{}", m.name), ep.clone()));
+                    }
+                }
+            }
+            source = up;
+        }
+    }
+    let followed = cluster.status.as_ref().and_then(|s| s.shards.first()).and_then(|s| s.upstream.clone());
+    if let Some(ep) = followed
+        && !targets.iter().any(|(_, e)| e == &ep)
+    {
+        targets.push(("the address it last followed".into(), ep));
+    }
+    if targets.is_empty() {
+        return standby::Upstream::NotWritable("no address of the upstream is known".into());
+    }
+    let ns = source.namespace().unwrap_or_default();
+    let key = if source.spec.engine == Engine::Agent { "token" } else { "password" };
+    let (creds, ca) =
+        match super::cached_credentials(ctx, &ns, source.spec.secret_ref.as_ref(), key, SecretCache::TTL)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return standby::Upstream::Writable(format!(
+                    "{} (its credentials cannot be read to check it: {e})",
+                    describe_upstream(standby)
+                ));
+            }
+        };
+    let engine = engines::for_cluster(source.spec.engine, creds, ca.as_deref(), UPSTREAM_PROBE, None);
+    let probes = futures::future::join_all(
+        targets.iter().map(|(_, ep)| async { tokio::time::timeout(UPSTREAM_PROBE, engine.probe(ep)).await }),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for ((who, ep), probe) in targets.iter().zip(probes) {
+        match probe {
+            Ok(Ok(p)) if p.role == ObservedRole::Primary => {
+                return standby::Upstream::Writable(format!("{who} ({ep})"));
+            }
+            Ok(Ok(_)) => seen.push(format!("{who} ({ep}) is a replica")),
+            Ok(Err(e)) if e.member_answered() => {
+                return standby::Upstream::Writable(format!(
+                    "{who} ({ep}), which answers but not with its role ({e})"
+                ));
+            }
+            Ok(Err(e)) => seen.push(format!("{who} ({ep}): {e}")),
+            Err(_) => seen.push(format!("{who} ({ep}): no answer within {UPSTREAM_PROBE:?}")),
+        }
+    }
+    standby::Upstream::NotWritable(seen.join("; "))
+}
+
+/// How long a probe of a standby's upstream may take.
+const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
+
+/// reset-restore-source: end the standby relation in the cluster's status (one
+/// resourceVersion-guarded write, under the request's lock); from then on its monitor no
+/// longer re-attaches the leader to the old upstream, which the item's result names.
+async fn reset_restore_source(
+    ctx: &Context,
+    clusters: &Api<HaCluster>,
+    fr: &FailoverRequest,
+    c: &BTreeMap<String, String>,
+) -> Result<Step, kube::Error> {
+    let name = c.get("cluster").cloned().unwrap_or_default();
+    let Some(standby) = standby_from_context(c) else {
+        return Ok(Step::Failed("check recorded no upstream".into()));
+    };
+    let by = format!("{LOCK_KIND} {}/{}", fr.namespace().unwrap_or_default(), fr.name_any());
+    let uid = fr.uid().unwrap_or_default();
+    Ok(match release_standby(clusters, &name, &uid, &by, &standby).await? {
+        Ok(written) => {
+            let msg = format!(
+                "{name} no longer replicates from {} (status.standbyReleased; spec.standby is left as it is); that upstream must be fenced when it returns",
+                describe_upstream(&standby)
+            );
+            // Announced once, after the write.
+            if written && let Some(cluster) = clusters.get_opt(&name).await? {
+                let note = format!("{msg}; by {by}");
+                ctx.event(&cluster, false, Reason::StandbyReleased, EventAction::FailoverRequest, note).await;
+            }
+            Step::Done(msg)
+        }
+        Err(why) => Step::Failed(format!("{why}; nothing touched")),
+    })
+}
+
+/// failover-to-primary: record the promotion of the chosen member (epoch + 1, target) under
+/// the request's lock, once — the gate is asked again just before, so an upstream that came
+/// back since the check is not joined by a second writable cluster — then wait for the
+/// cluster's monitor to carry it out (the relation is released: it makes the member
+/// writable, not a follower of the upstream).
+async fn failover_to_primary(
+    ctx: &Context,
+    clusters: &Api<HaCluster>,
+    fr: &FailoverRequest,
+    sub: &Subtask,
+    c: &BTreeMap<String, String>,
+) -> Result<Step, kube::Error> {
+    let get = |k: &str| c.get(k).cloned().unwrap_or_default();
+    let (name, shard_name, to) = (get("cluster"), get("shard"), get("to"));
+    let Some(cluster) = clusters.get_opt(&name).await? else {
+        return Ok(Step::Failed(format!("HaCluster {name} was deleted")));
+    };
+    let uid = fr.uid().unwrap_or_default();
+    let s = shard_of(&cluster, &shard_name).cloned().unwrap_or_default();
+    let lock = s.operation.as_ref().filter(|l| l.uid.as_deref() == Some(uid.as_str()));
+    let since = |t: &Time| lock.is_some_and(|l| t.0 >= l.acquired_at.0);
+    let st = cluster.status.clone().unwrap_or_default();
+    let record = st.last_failover.as_ref().filter(|r| r.shard == shard_name && since(&r.started_at));
+    let facts = standby::PromotionFacts {
+        to: to.clone(),
+        recorded_epoch: sub.context.get("epoch").and_then(|e| e.parse().ok()),
+        lock_ours: lock.is_some(),
+        current_primary: s.current_primary.clone(),
+        target_primary: s.target_primary.clone(),
+        epoch: s.epoch,
+        promoted_since_lock: record.and_then(|r| Some((r.to.clone()?, r.epoch))),
+        abandoned: condition(&st.conditions, ConditionType::LastPromotion)
+            .filter(|c| c.status == "False" && since(&c.last_transition_time))
+            .map(|c| c.message.clone()),
+    };
+    let epoch_fact = |e: i64| BTreeMap::from([("epoch".to_owned(), e.to_string())]);
+    Ok(match standby::promotion_next(&facts) {
+        standby::PromotionNext::Record => {
+            let Some(standby) = standby_from_context(c) else {
+                return Ok(Step::Failed("check recorded no upstream".into()));
+            };
+            let upstream = upstream_state(ctx, &cluster, &standby).await;
+            let note = match standby::gate(fr.spec.type_ == RequestType::Failover, &upstream) {
+                standby::Gate::Go(note) => note,
+                standby::Gate::Refused(why) => return Ok(Step::Failed(why)),
+            };
+            match record_target(clusters, &name, &uid, &shard_name, &to).await? {
+                Ok(epoch) => Step::Recorded(
+                    format!(
+                        "epoch {epoch} recorded; waiting for {name}'s monitor to make {to} writable ({note})"
+                    ),
+                    epoch_fact(epoch),
+                ),
+                Err(why) => Step::Failed(format!("{why}; not promoting")),
+            }
+        }
+        standby::PromotionNext::Wait(epoch) => Step::Recorded(
+            format!("epoch {epoch} recorded; waiting for {name}'s monitor to make {to} writable"),
+            epoch_fact(epoch),
+        ),
+        standby::PromotionNext::Done(epoch) => {
+            let msg = format!("{to} is the writable primary of {name}/{shard_name} (epoch {epoch})");
+            match record.and_then(|r| r.steps.iter().find(|st| st.name == "promote")) {
+                Some(r) => Step::DoneAt(
+                    format!("{msg}: {}", r.message.clone().unwrap_or_default()),
+                    r.started_at.clone(),
+                    r.finished_at.clone(),
+                ),
+                None => Step::Done(msg),
+            }
+        }
+        standby::PromotionNext::Failed(why) => Step::Failed(why),
+    })
+}
+
 async fn roll_back(ctx: &Context, fr: &FailoverRequest, sub: &Subtask) -> Result<String, kube::Error> {
     let ns = fr.namespace().unwrap_or_default();
     let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let tasks =
         fr.status.as_ref().and_then(|s| s.task.as_ref()).map(|t| t.subtasks.clone()).unwrap_or_default();
     let c = item_context(&tasks, sub.item);
+    let cluster = c.get("cluster").cloned().unwrap_or_default();
     Ok(match sub.name.as_str() {
         "lock" => {
-            let cluster = c.get("cluster").cloned().unwrap_or_default();
             release(&clusters, &cluster, &fr.uid().unwrap_or_default()).await?;
             format!("released the lock on {cluster}; the old primary keeps its role and routing")
+        }
+        "reset-restore-source" => {
+            restore_standby(&clusters, &cluster, &fr.uid().unwrap_or_default()).await?;
+            let up =
+                standby_from_context(&c).map_or_else(|| "its upstream".into(), |s| describe_upstream(&s));
+            let msg = format!(
+                "{cluster} is a standby of {up} again: its leader follows it once the lock is released"
+            );
+            if let Some(hac) = clusters.get_opt(&cluster).await? {
+                ctx.event(&hac, false, Reason::StandbyRestored, EventAction::FailoverRequest, msg.clone())
+                    .await;
+            }
+            msg
         }
         _ => "nothing to undo".into(),
     })
@@ -636,7 +1051,7 @@ async fn roll_back(ctx: &Context, fr: &FailoverRequest, sub: &Subtask) -> Result
 /// Whether the plan `check` recorded for an item (read back from status) is one `check`
 /// could have made for it: same cluster, the shard, candidate and expected primary the item
 /// names, and a candidate that is not the primary.
-fn plan_fits(item: &FailoverItem, c: &BTreeMap<String, String>) -> Result<(), String> {
+fn plan_fits(item: &FailoverItem, c: &BTreeMap<String, String>, chain: Chain) -> Result<(), String> {
     let get = |k: &str| c.get(k).map(String::as_str).unwrap_or_default();
     if get("cluster") != item.cluster {
         return Err(format!("cluster '{}', the item names '{}'", get("cluster"), item.cluster));
@@ -648,8 +1063,9 @@ fn plan_fits(item: &FailoverItem, c: &BTreeMap<String, String>) -> Result<(), St
             item.shard.as_deref().unwrap_or("(first)")
         ));
     }
+    // A standby's leader is its recorded primary and, by default, the member made writable.
     if get("to").is_empty()
-        || get("to") == get("from")
+        || (get("to") == get("from") && chain == Chain::Primary)
         || item.candidate.as_deref().is_some_and(|x| x != get("to"))
     {
         return Err(format!("candidate '{}' (primary '{}')", get("to"), get("from")));
@@ -671,13 +1087,14 @@ fn request_deadline(timeout_seconds: i64) -> Duration {
 }
 
 /// End the request Failed without driving it further: every unfinished subtask fails with
-/// `why`, every lock the request holds on its items' clusters is released (a recorded
-/// promotion not yet carried out is abandoned with it).
+/// `why`, a standby relation it ended is restored where its item may still roll back, and
+/// every lock the request holds on its items' clusters is released (a recorded promotion not
+/// yet carried out is abandoned with it).
 async fn abandon(
     ctx: &Context,
     api: &Api<FailoverRequest>,
     fr: &Arc<FailoverRequest>,
-    mut status: crate::resources::failover_request::FailoverRequestStatus,
+    mut status: FailoverRequestStatus,
     mut task: TaskInstance,
     reason: Reason,
     why: String,
@@ -685,6 +1102,12 @@ async fn abandon(
     let ns = fr.namespace().unwrap_or_default();
     let clusters: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = fr.uid().unwrap_or_default();
+    for (i, item) in fr.spec.items.iter().enumerate() {
+        let i = i as i32;
+        if dag::chain(&task.subtasks, i) == Chain::Standby && dag::may_roll_back(&task.subtasks, i) {
+            restore_standby(&clusters, &item.cluster, &uid).await?;
+        }
+    }
     let names: std::collections::BTreeSet<&str> = fr.spec.items.iter().map(|i| i.cluster.as_str()).collect();
     for cluster in names {
         release(&clusters, cluster, &uid).await?;
@@ -701,6 +1124,7 @@ async fn abandon(
     }
     task.status = TaskStatus::Failed;
     task.end_time = Some(now.clone());
+    status.duration_ms = duration_ms(&task);
     let seconds = task.start_time.as_ref().map(super::seconds_since);
     status.progress = Some(dag::progress(&task.subtasks));
     status.task = Some(task);
@@ -724,4 +1148,66 @@ async fn abandon(
 
 fn shard_of<'a>(c: &'a HaCluster, shard: &str) -> Option<&'a crate::resources::hacluster::ShardStatus> {
     c.status.as_ref()?.shards.iter().find(|s| s.name == shard)
+}
+
+/// Milliseconds from the task's start to its end, once it has both.
+fn duration_ms(task: &TaskInstance) -> Option<i64> {
+    let (start, end) = (task.start_time.as_ref()?, task.end_time.as_ref()?);
+    Some(end.0.duration_since(start.0).as_millis().max(0) as i64)
+}
+
+/// A request's trace id: 16 hex digits of an FNV-1a hash of its uid and the instant it was
+/// first reconciled.
+fn new_trace_id(uid: &str, now: Timestamp) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in uid.bytes().chain(now.as_nanosecond().to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_id_is_sixteen_hex_digits_and_differs_per_request_and_instant() {
+        let t = Timestamp::from_second(1_800_000_000).unwrap();
+        let id = new_trace_id("5b1d0c1e-uid", t);
+        assert_eq!(id.len(), 16);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert_eq!(id, new_trace_id("5b1d0c1e-uid", t), "a function of its inputs");
+        assert_ne!(id, new_trace_id("another-uid", t));
+        assert_ne!(id, new_trace_id("5b1d0c1e-uid", t + Duration::from_nanos(1)));
+    }
+
+    fn context(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn a_standby_items_plan_may_keep_its_leader_and_the_relation_is_read_back_whole() {
+        let item: FailoverItem = serde_json::from_value(serde_json::json!({"cluster": "dr"})).unwrap();
+        let c = context(&[
+            ("cluster", "dr"),
+            ("shard", "s0"),
+            ("from", "d-a"),
+            ("to", "d-a"),
+            ("upstreamCluster", "src"),
+            ("upstreamNamespace", "prod"),
+        ]);
+        assert_eq!(plan_fits(&item, &c, Chain::Standby), Ok(()));
+        assert!(plan_fits(&item, &c, Chain::Primary).is_err(), "a primary cannot replace itself");
+        let up = standby_from_context(&c).unwrap();
+        assert_eq!((up.cluster.as_deref(), up.namespace.as_deref()), (Some("src"), Some("prod")));
+        assert_eq!(up.primary_endpoint, None);
+        assert_eq!(describe_upstream(&up), "HaCluster prod/src");
+        assert_eq!(standby_from_context(&context(&[("cluster", "dr")])), None);
+        // check's message is read back into the context word by word.
+        let msg = "cluster=dr shard=s0 from=d-a to=d-a upstreamEndpoint=10.0.0.7:6379; will make d-a the writable primary; upstream is not taking writes (x=y)";
+        let parsed = parse_context(msg);
+        assert_eq!(parsed.get("upstreamEndpoint").map(String::as_str), Some("10.0.0.7:6379"));
+        assert!(!parsed.contains_key("x"), "only the words before the first ';'");
+    }
 }

@@ -51,6 +51,9 @@ pub struct Context {
     pub namespaces: Vec<String>,
     /// This replica's name in Events.
     pub instance: String,
+    /// The operator pod that runs operations (`POD_NAME`, else the host name): recorded in
+    /// a FailoverRequest's status as its executor.
+    pub executor: String,
     /// Engine credentials, shared by every monitor that names the same Secret.
     pub secrets: SecretCache,
     /// Bounds how many monitor status writes and Events are in flight at once. The client
@@ -80,6 +83,24 @@ pub struct Context {
     pub discovery: Option<crate::sentinel::Discovery>,
 }
 
+/// Who runs operations: the `POD_NAME` environment variable (the Downward API in the chart),
+/// else the host name (a pod's host name is its name too).
+fn executor_name() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME")
+        && !pod.is_empty()
+    {
+        return pod;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most `len` bytes into the buffer we own.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(host) if ok && !host.is_empty() => host.to_owned(),
+        _ => "unknown".into(),
+    }
+}
+
 /// Monitor status writes and Events in flight at once (see [`Context::api_slots`]).
 pub const API_CONCURRENCY: usize = 64;
 /// Decisions in flight at once (see [`Context::decision_slots`]).
@@ -96,6 +117,7 @@ impl Context {
             metrics,
             namespaces,
             instance,
+            executor: executor_name(),
             secrets: SecretCache::default(),
             api_slots: Arc::new(tokio::sync::Semaphore::new(API_CONCURRENCY)),
             decision_slots: Arc::new(tokio::sync::Semaphore::new(DECISION_CONCURRENCY)),

@@ -16,7 +16,7 @@ use crate::{
     engines::{ObservedRole, Probe},
     resources::{
         HaCluster, ShardFailover,
-        hacluster::{OperationLock, Role},
+        hacluster::{OperationLock, Role, Standby, StandbyRelease},
     },
 };
 
@@ -230,12 +230,11 @@ pub async fn holder_exists(client: &kube::Client, lock: Option<&OperationLock>) 
 /// Release every lock `uid` holds on `cluster`, abandoning targets it recorded that were
 /// not reached.
 pub async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Result<(), kube::Error> {
-    let mut conflict = None;
-    for _ in 0..5 {
-        let Some(c) = clusters.get_opt(cluster).await? else { return Ok(()) };
-        let mut next = c.clone();
+    // Still held after the retries: an error, and the caller retries (never reported as
+    // released).
+    update_status(clusters, cluster, |c| {
         let mut changed = false;
-        for s in next.status.iter_mut().flat_map(|s| s.shards.iter_mut()) {
+        for s in c.status.iter_mut().flat_map(|s| s.shards.iter_mut()) {
             if s.operation.as_ref().is_some_and(|l| l.uid.as_deref() == Some(uid)) {
                 s.operation = None;
                 // A promotion we recorded but that did not happen is abandoned with the lock.
@@ -245,17 +244,156 @@ pub async fn release(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Res
                 changed = true;
             }
         }
-        if !changed {
-            return Ok(());
-        }
-        match clusters.replace_status(cluster, &super::put_params(), &next).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => conflict = Some(kube::Error::Api(s)),
-            Err(e) => return Err(e),
+        if changed { Edit::Write(()) } else { Edit::Keep(()) }
+    })
+    .await?;
+    Ok(())
+}
+
+/// What a change of [`update_status`] came to.
+enum Edit<T> {
+    /// Write the changed copy, then report `T`.
+    Write(T),
+    /// Nothing to write: report `T`.
+    Keep(T),
+}
+
+/// Change `cluster`'s status on a fresh copy and write it with the resourceVersion read; on a
+/// conflict (another writer won) read it again and redo the change, up to five times, then
+/// the conflict is the error (the change is never reported as made). None: the cluster is
+/// gone.
+async fn update_status<T>(
+    clusters: &Api<HaCluster>,
+    cluster: &str,
+    mut change: impl FnMut(&mut HaCluster) -> Edit<T>,
+) -> Result<Option<T>, kube::Error> {
+    let mut conflict = None;
+    for _ in 0..5 {
+        let Some(mut c) = clusters.get_opt(cluster).await? else { return Ok(None) };
+        match change(&mut c) {
+            Edit::Keep(out) => return Ok(Some(out)),
+            Edit::Write(out) => match clusters.replace_status(cluster, &super::put_params(), &c).await {
+                Ok(_) => return Ok(Some(out)),
+                Err(kube::Error::Api(s)) if s.code == 409 => conflict = Some(kube::Error::Api(s)),
+                Err(e) => return Err(e),
+            },
         }
     }
-    // Still held: the caller retries (never reported as released).
     Err(conflict.expect("five conflicts"))
+}
+
+/// Whether `uid` holds the lock of every shard of `cluster` (and it has shards).
+fn holds_every_lock(cluster: &HaCluster, uid: &str) -> bool {
+    let shards = cluster.status.as_ref().map(|s| s.shards.as_slice()).unwrap_or_default();
+    !shards.is_empty()
+        && shards.iter().all(|s| s.operation.as_ref().is_some_and(|l| l.uid.as_deref() == Some(uid)))
+}
+
+/// End `cluster`'s standby relation `standby` (what its spec.standby says) in status, under
+/// the locks `uid` took with [`lock_all`]: one resourceVersion-guarded write of
+/// `status.standbyReleased` (see [`update_status`]). From then on its monitor no longer
+/// re-attaches its leader to the upstream. `Ok(Ok(true))` when written now, `Ok(Ok(false))`
+/// when `uid` had written it already; `Ok(Err(why))` when it may not (the locks are not all
+/// ours, the spec or a ProtectionGroup says something else now).
+pub async fn release_standby(
+    clusters: &Api<HaCluster>,
+    cluster: &str,
+    uid: &str,
+    by: &str,
+    standby: &Standby,
+) -> Result<Result<bool, String>, kube::Error> {
+    let released = update_status(clusters, cluster, |c| {
+        let refuse = |why: String| Edit::Keep(Err(why));
+        let locked = holds_every_lock(c, uid);
+        let spec_standby = c.spec.standby.clone();
+        let status = c.status.get_or_insert_with(Default::default);
+        if let Some(p) = &status.protection {
+            return refuse(format!("{cluster} is now protected by ProtectionGroup {}", p.group));
+        }
+        if spec_standby.as_ref() != Some(standby) {
+            return refuse(format!(
+                "{cluster}'s spec.standby changed since the check; not ending the relation"
+            ));
+        }
+        if !locked {
+            return refuse(format!("the request does not hold {cluster}'s operation lock"));
+        }
+        match &status.standby_released {
+            Some(r) if r.uid.as_deref() == Some(uid) && &r.standby == standby => {
+                return Edit::Keep(Ok(false));
+            }
+            Some(r) if &r.standby == standby => {
+                return refuse(format!("the relation was already ended by {}", r.by));
+            }
+            _ => {}
+        }
+        status.standby_released = Some(StandbyRelease {
+            by: by.to_owned(),
+            uid: Some(uid.to_owned()),
+            at: Time(Timestamp::now()),
+            standby: standby.clone(),
+        });
+        Edit::Write(Ok(true))
+    })
+    .await?;
+    Ok(released.unwrap_or_else(|| Err(format!("HaCluster {cluster} was deleted"))))
+}
+
+/// Undo [`release_standby`] of `uid` (the record goes, the cluster is a standby again) and
+/// clear a target `uid` recorded with [`record_target`] that was not carried out, so that
+/// its monitor re-attaches the leader to the upstream once the lock is released. An error if
+/// conflicts persist (never reported as undone).
+pub async fn restore_standby(clusters: &Api<HaCluster>, cluster: &str, uid: &str) -> Result<(), kube::Error> {
+    update_status(clusters, cluster, |c| {
+        let Some(status) = c.status.as_mut() else { return Edit::Keep(()) };
+        let mut changed = false;
+        if status.standby_released.as_ref().is_some_and(|r| r.uid.as_deref() == Some(uid)) {
+            status.standby_released = None;
+            changed = true;
+        }
+        for s in &mut status.shards {
+            if s.operation.as_ref().is_some_and(|l| l.uid.as_deref() == Some(uid))
+                && s.target_primary.is_some()
+            {
+                s.target_primary = None;
+                changed = true;
+            }
+        }
+        if changed { Edit::Write(()) } else { Edit::Keep(()) }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Record a promotion of `to` under a lock `uid` already holds (taken with [`lock_all`]):
+/// epoch + 1 and the target, one resourceVersion-guarded write (see [`update_status`]),
+/// whoever the current primary is — a standby's leader is its recorded primary before it is
+/// made writable. Returns the new epoch; `Ok(Err(why))` if the lock is not ours or another
+/// target is recorded.
+pub async fn record_target(
+    clusters: &Api<HaCluster>,
+    cluster: &str,
+    uid: &str,
+    shard: &str,
+    to: &str,
+) -> Result<Result<i64, String>, kube::Error> {
+    let recorded = update_status(clusters, cluster, |c| {
+        let status = c.status.get_or_insert_with(Default::default);
+        let Some(s) = status.shards.iter_mut().find(|s| s.name == shard) else {
+            return Edit::Keep(Err(format!("{cluster} has no shard {shard} in status")));
+        };
+        if s.operation.as_ref().is_none_or(|l| l.uid.as_deref() != Some(uid)) {
+            return Edit::Keep(Err(format!("the request does not hold the lock of {cluster}/{shard}")));
+        }
+        if let Some(other) = &s.target_primary {
+            return Edit::Keep(Err(format!("a promotion of {other} is recorded already")));
+        }
+        s.epoch += 1;
+        s.target_primary = Some(to.to_owned());
+        Edit::Write(Ok(s.epoch))
+    })
+    .await?;
+    Ok(recorded.unwrap_or_else(|| Err(format!("HaCluster {cluster} was deleted"))))
 }
 
 #[cfg(test)]

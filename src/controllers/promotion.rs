@@ -482,6 +482,9 @@ impl ShardOp {
         let mut next = base.clone();
         let status = next.status.get_or_insert_with(Default::default);
         let s = shard_entry(status, shard_name);
+        // An operation asked for it (a FailoverRequest making a standby's leader the primary
+        // records it even though the leader was already the recorded primary).
+        let requested = s.operation.as_ref().is_some_and(|l| l.kind != LOCK_KIND);
         s.current_primary = Some(o.to.to_owned());
         s.target_primary = None;
         // Record the roles as they now are, so status never shows two primaries.
@@ -499,7 +502,9 @@ impl ShardOp {
         // The summary column follows in the same write (the first shard's primary).
         status.primary = status.shards.first().and_then(|s| s.current_primary.clone());
         let p = o.promotion;
-        if p.kind == PromotionKind::Failover || (p.kind == PromotionKind::Resume && p.from.is_some()) {
+        if p.kind == PromotionKind::Failover
+            || (p.kind == PromotionKind::Resume && (p.from.is_some() || requested))
+        {
             status.last_failover = Some(FailoverRecord {
                 shard: shard_name.to_owned(),
                 from: p.from.clone(),

@@ -2,9 +2,13 @@
 //! what to roll back, and when the whole is terminal. Pure: the controller executes steps and
 //! records their status; these functions decide. They work on any [`Node`] (the CRD's
 //! subtask implements it), so the core knows nothing of the API types.
+//!
+//! An item runs one of two chains: [`STEPS`] for a cluster with a primary, [`STANDBY_STEPS`]
+//! for a standby cluster (seed 000's standby tenant), whose leader is made the primary.
 
-/// The steps of one item, in order. `prohibit_rollback` marks the point of no return: once the
-/// new primary took over, the old one is not restored.
+/// The steps of one item of a cluster with a primary, in order (the longest chain: a
+/// request's deadline counts these). `prohibit_rollback` marks the point of no return: once
+/// the new primary took over, the old one is not restored.
 pub const STEPS: [(&str, &str, bool); 7] = [
     ("check", "validate the cluster, the expected primary and the candidate", false),
     ("lock", "take the shard's operation lock and record the new epoch and target", false),
@@ -14,6 +18,68 @@ pub const STEPS: [(&str, &str, bool); 7] = [
     ("route", "point the request's Service at the new primary", false),
     ("record", "record the new primary and release the lock", false),
 ];
+
+/// The steps of one item naming a standby cluster, in the order of seed 000's DAG: the log
+/// restore source is reset (the end of the standby relation recorded) before the leader is
+/// failed over to primary, so the cluster's monitor never re-attaches a writable leader to
+/// the old upstream. Failover to primary and update primary info are the points of no
+/// return, as in the seed.
+pub const STANDBY_STEPS: [(&str, &str, bool); 6] = [
+    (
+        "check",
+        "validate the standby cluster and the member to promote; refuse while its upstream still takes writes, unless forced",
+        false,
+    ),
+    ("lock", "take the cluster's operation lock", false),
+    (
+        "reset-restore-source",
+        "end the standby relation in status (the leader stops following the upstream); record the old upstream",
+        false,
+    ),
+    ("failover-to-primary", "record the new epoch and make the standby's leader the writable primary", true),
+    ("create-service-name", "point the request's Service at the new primary", false),
+    ("update-primary-info", "record the new primary and release the lock", true),
+];
+
+/// Which chain of steps an item runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// A cluster with a primary: [`STEPS`].
+    Primary,
+    /// A standby cluster, made a primary cluster: [`STANDBY_STEPS`].
+    Standby,
+}
+
+impl Chain {
+    pub fn steps(self) -> &'static [(&'static str, &'static str, bool)] {
+        match self {
+            Self::Primary => &STEPS,
+            Self::Standby => &STANDBY_STEPS,
+        }
+    }
+
+    /// What step `name` does, for a subtask's description.
+    pub fn describe(self, name: &str) -> &'static str {
+        self.steps().iter().find(|(n, ..)| *n == name).map_or("", |s| s.1)
+    }
+
+    /// The chain a step name belongs to, if only one ("check", "lock" are in both).
+    fn of_step(name: &str) -> Option<Self> {
+        let primary = name == "switch" || STEPS.iter().any(|(n, ..)| *n == name);
+        let standby = STANDBY_STEPS.iter().any(|(n, ..)| *n == name);
+        match (primary, standby) {
+            (true, false) => Some(Self::Primary),
+            (false, true) => Some(Self::Standby),
+            _ => None,
+        }
+    }
+}
+
+/// The chain item `item` runs, read from its subtasks' names (a chain with only the steps
+/// both share is a primary chain).
+pub fn chain<N: Node>(tasks: &[N], item: i32) -> Chain {
+    tasks.iter().filter(|t| t.item() == item).find_map(|t| Chain::of_step(t.name())).unwrap_or(Chain::Primary)
+}
 
 /// A subtask's state (seed 000's task states).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +96,7 @@ pub enum State {
 /// A subtask as the decisions need it.
 pub trait Node {
     fn id(&self) -> i64;
-    /// One of [`STEPS`] (or `switch`, the single step of older requests).
+    /// One of [`STEPS`] or [`STANDBY_STEPS`] (or `switch`, the single step of older requests).
     fn name(&self) -> &str;
     fn item(&self) -> i32;
     fn state(&self) -> State;
@@ -42,7 +108,7 @@ pub trait Node {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
     pub id: i64,
-    /// One of [`STEPS`].
+    /// One of the item's chain's steps.
     pub name: &'static str,
     pub item: i32,
     pub state: State,
@@ -72,12 +138,14 @@ impl Node for Planned {
     }
 }
 
-/// Build the DAG: one chain of [`STEPS`] per item; items are independent (run in parallel).
-pub fn build(items: usize) -> Vec<Planned> {
+/// Build the DAG: one chain per item (`chains[i]` for item `i`); items are independent (run
+/// in parallel). Item `i`'s ids start at `i × STEPS.len() + 1` whatever its chain.
+pub fn build(chains: &[Chain]) -> Vec<Planned> {
     let mut out = Vec::new();
-    for item in 0..items {
+    for (item, chain) in chains.iter().enumerate() {
         let base = (item * STEPS.len()) as i64;
-        for (i, (name, _, prohibit)) in STEPS.iter().enumerate() {
+        let steps = chain.steps();
+        for (i, (name, _, prohibit)) in steps.iter().enumerate() {
             let id = base + i as i64 + 1;
             out.push(Planned {
                 id,
@@ -85,7 +153,7 @@ pub fn build(items: usize) -> Vec<Planned> {
                 item: item as i32,
                 state: if i == 0 { State::Ready } else { State::Pending },
                 upstreams: if i == 0 { vec![] } else { vec![id - 1] },
-                downstreams: if i + 1 == STEPS.len() { vec![] } else { vec![id + 1] },
+                downstreams: if i + 1 == steps.len() { vec![] } else { vec![id + 1] },
                 prohibit_rollback: *prohibit,
             });
         }
@@ -96,8 +164,9 @@ pub fn build(items: usize) -> Vec<Planned> {
 /// Why subtasks read back from status cannot be driven, if they cannot: the status
 /// subresource is writable by anyone granted `*/status`, so what comes back is input like any
 /// other. Accepted: unique ids, every item of `0..items` present and no other, known step
-/// names with one `check` per item and no upstream of its own, upstreams that exist within
-/// the same item, no cycle. Anything this module's [`build`] made passes.
+/// names of one chain per item with one `check` per item and no upstream of its own,
+/// upstreams that exist within the same item, no cycle. Anything this module's [`build`]
+/// made passes.
 pub fn validate<N: Node>(tasks: &[N], items: usize) -> Result<(), String> {
     use std::collections::{BTreeMap, BTreeSet};
     if tasks.is_empty() {
@@ -115,8 +184,18 @@ pub fn validate<N: Node>(tasks: &[N], items: usize) -> Result<(), String> {
                 t.item()
             ));
         }
-        if t.name() != "switch" && !STEPS.iter().any(|(n, ..)| *n == t.name()) {
+        let known = |n: &str| n == "switch" || STEPS.iter().chain(&STANDBY_STEPS).any(|(s, ..)| *s == n);
+        if !known(t.name()) {
             return Err(format!("subtask {} has an unknown step name {:?}", t.id(), t.name()));
+        }
+        if let Some(other) = Chain::of_step(t.name())
+            && other != chain(tasks, t.item())
+        {
+            return Err(format!(
+                "subtask {} ({}) mixes the steps of a standby item with those of a primary item",
+                t.id(),
+                t.name()
+            ));
         }
         for u in t.upstreams() {
             match tasks.iter().find(|x| x.id() == *u) {
@@ -251,13 +330,17 @@ mod tests {
 
     use super::*;
 
+    fn primary(items: usize) -> Vec<Planned> {
+        build(&vec![Chain::Primary; items])
+    }
+
     fn set(tasks: &mut [Planned], id: i64, s: State) {
         tasks.iter_mut().find(|t| t.id == id).unwrap().state = s;
     }
 
     #[test]
     fn chains_run_in_order_and_items_in_parallel() {
-        let mut t = build(2);
+        let mut t = primary(2);
         assert_eq!(runnable(&t), [1, 8], "the first step of each item");
         set(&mut t, 1, State::Successful);
         assert_eq!(runnable(&t), [2, 8]);
@@ -266,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_failure_before_the_point_of_no_return_rolls_back_newest_first() {
-        let mut t = build(1);
+        let mut t = primary(1);
         set(&mut t, 1, State::Successful);
         set(&mut t, 2, State::Successful);
         set(&mut t, 3, State::Failed);
@@ -279,7 +362,7 @@ mod tests {
 
     #[test]
     fn after_the_promotion_nothing_is_rolled_back() {
-        let mut t = build(1);
+        let mut t = primary(1);
         // check, lock, fence, promote succeeded; redirect failed.
         for id in 1..=4 {
             set(&mut t, id, State::Successful);
@@ -287,6 +370,60 @@ mod tests {
         set(&mut t, 5, State::Failed);
         assert!(to_roll_back(&t, 0).is_empty());
         assert_eq!(outcome(&t), Some(ItemOutcome::Failed));
+    }
+
+    #[test]
+    fn a_standby_item_runs_the_seeds_chain_beside_a_primary_item() {
+        let mut t = build(&[Chain::Standby, Chain::Primary]);
+        assert_eq!(validate(&t, 2), Ok(()));
+        assert_eq!((chain(&t, 0), chain(&t, 1)), (Chain::Standby, Chain::Primary));
+        let names: Vec<&str> = t.iter().filter(|x| x.item == 0).map(|x| x.name).collect();
+        assert_eq!(
+            names,
+            [
+                "check",
+                "lock",
+                "reset-restore-source",
+                "failover-to-primary",
+                "create-service-name",
+                "update-primary-info"
+            ]
+        );
+        // As in the seed: the source is reset before the failover, which waits for it.
+        let reset = t.iter().find(|x| x.name == "reset-restore-source").unwrap().id;
+        let failover = t.iter().find(|x| x.name == "failover-to-primary").unwrap();
+        assert_eq!(failover.upstreams, [reset]);
+        let prohibit: Vec<&str> =
+            t.iter().filter(|x| x.item == 0 && x.prohibit_rollback).map(|x| x.name).collect();
+        assert_eq!(prohibit, ["failover-to-primary", "update-primary-info"]);
+        // Ids of the second item do not depend on the first item's chain.
+        assert_eq!(runnable(&t), [1, 8]);
+        assert_eq!(progress(&t), "0/13");
+        // A failure of the failover rolls back the reset, then the lock, newest first.
+        for id in 1..=3 {
+            set(&mut t, id, State::Successful);
+        }
+        set(&mut t, 4, State::Failed);
+        assert_eq!(to_roll_back(&t, 0), [3, 2, 1]);
+        assert!(to_roll_back(&t, 1).is_empty(), "the other item is not touched");
+        // Once the leader is primary, a failed service name rolls nothing back.
+        let mut t = build(&[Chain::Standby]);
+        for id in 1..=4 {
+            set(&mut t, id, State::Successful);
+        }
+        set(&mut t, 5, State::Failed);
+        assert!(to_roll_back(&t, 0).is_empty());
+        assert_eq!(outcome(&t), Some(ItemOutcome::Failed));
+    }
+
+    #[test]
+    fn an_item_mixing_both_chains_is_not_one_this_module_built() {
+        let mut t = build(&[Chain::Standby]);
+        t[4].name = "route";
+        assert!(validate(&t, 1).unwrap_err().contains("mixes"), "{:?}", validate(&t, 1));
+        let mut t = primary(1);
+        t[3].name = "failover-to-primary";
+        assert!(validate(&t, 1).is_err());
     }
 
     fn status() -> impl Strategy<Value = State> {
@@ -303,29 +440,29 @@ mod tests {
 
     #[test]
     fn what_the_builder_makes_is_valid_and_tampering_is_not() {
-        assert_eq!(validate(&build(3), 3), Ok(()));
-        assert!(validate(&build(3), 2).unwrap_err().contains("item 2"), "an item beyond spec.items");
-        assert!(validate(&build(2), 3).is_err(), "an item without subtasks");
-        let mut t = build(1);
+        assert_eq!(validate(&primary(3), 3), Ok(()));
+        assert!(validate(&primary(3), 2).unwrap_err().contains("item 2"), "an item beyond spec.items");
+        assert!(validate(&primary(2), 3).is_err(), "an item without subtasks");
+        let mut t = primary(1);
         t[1].upstreams = vec![3];
         t[2].upstreams = vec![2];
         assert!(validate(&t, 1).unwrap_err().contains("cycle"));
-        let mut t = build(1);
+        let mut t = primary(1);
         t[3].upstreams = vec![99];
         assert!(validate(&t, 1).unwrap_err().contains("does not exist"));
-        let mut t = build(2);
+        let mut t = primary(2);
         t[8].upstreams = vec![3];
         assert!(validate(&t, 2).unwrap_err().contains("another item"));
-        let mut t = build(1);
+        let mut t = primary(1);
         t[4].id = 1;
         assert!(validate(&t, 1).unwrap_err().contains("twice"));
-        let mut t = build(1);
+        let mut t = primary(1);
         t[4].name = "drop-tables";
         assert!(validate(&t, 1).unwrap_err().contains("unknown step"));
-        let mut t = build(1);
+        let mut t = primary(1);
         t[0].upstreams = vec![7];
         assert!(validate(&t, 1).is_err(), "a check with an upstream");
-        let mut t = build(1);
+        let mut t = primary(1);
         t[0].item = -1;
         assert!(validate(&t, 1).is_err());
         assert!(validate::<Planned>(&[], 1).is_err());
@@ -336,7 +473,7 @@ mod tests {
         /// crosses the point of no return, and a terminal outcome means nothing is runnable.
         #[test]
         fn dag_invariants(items in 1usize..4, statuses in proptest::collection::vec(status(), 20)) {
-            let mut t = build(items);
+            let mut t = primary(items);
             for (task, s) in t.iter_mut().zip(statuses) {
                 task.state = s;
             }
@@ -362,8 +499,11 @@ mod tests {
         /// Driving the DAG to completion step by step always terminates in Succeeded when
         /// every step succeeds, after exactly one pass per subtask.
         #[test]
-        fn all_success_terminates(items in 1usize..5) {
-            let mut t = build(items);
+        fn all_success_terminates(standby in proptest::collection::vec(any::<bool>(), 1..5)) {
+            let chains: Vec<Chain> =
+                standby.iter().map(|s| if *s { Chain::Standby } else { Chain::Primary }).collect();
+            let mut t = build(&chains);
+            prop_assert_eq!(validate(&t, chains.len()), Ok(()));
             let mut steps = 0;
             while outcome(&t).is_none() {
                 let r = runnable(&t);
@@ -374,7 +514,7 @@ mod tests {
                 }
             }
             prop_assert_eq!(outcome(&t), Some(ItemOutcome::Succeeded));
-            prop_assert_eq!(steps, items * STEPS.len());
+            prop_assert_eq!(steps, chains.iter().map(|c| c.steps().len()).sum::<usize>());
         }
     }
 }

@@ -11,4 +11,5 @@ pub mod saga;
 pub mod sentinel;
 pub mod shard;
 pub mod site;
+pub mod standby;
 pub mod vocabulary;

@@ -248,6 +248,12 @@ vocabulary! {
         DeadlineExceeded,
         /// ShardFailover Complete=True: a dry run; nothing was changed.
         DryRun,
+        /// HaCluster Event (Normal, action FailoverRequest): a FailoverRequest ended the
+        /// cluster's standby relation (status.standbyReleased) to fail it over to primary.
+        StandbyReleased,
+        /// HaCluster Event (Normal, action FailoverRequest): a FailoverRequest rolled its
+        /// failover to primary back; the cluster follows its upstream again.
+        StandbyRestored,
         // ShardFailover Complete=False (Warning, action ShardFailover): the error code
         // (`status.errorCode`, snake_case) in UpperCamelCase.
         /// ShardFailover Complete=False: error code `shard_uids_required` (no uid given).

@@ -8,7 +8,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{hacluster::OnTimeout, shared::conditions_schema};
+use super::{
+    hacluster::OnTimeout,
+    shared::{conditions_schema, observed_schema},
+};
 
 /// A batch failover or switchover. Immutable once created: to change it,
 /// delete it and create a new one.
@@ -92,19 +95,23 @@ pub enum RequestType {
     "message": "candidate must be another member than expectedPrimary (the primary cannot replace itself)"
 }]))]
 pub struct FailoverItem {
-    /// HaCluster in the request's namespace.
+    /// HaCluster in the request's namespace. A standby cluster (spec.standby) is failed over
+    /// to primary: its leader is made writable and the standby relation ends (recorded in
+    /// the cluster's status.standbyReleased). A standby that a ProtectionGroup protects is
+    /// refused: fail over the group instead.
     #[schemars(length(min = 1, max = 253))]
     pub cluster: String,
     /// Shard to move; required for clusters with more than one shard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub shard: Option<String>,
-    /// Member to promote; by default the best eligible replica.
+    /// Member to promote; by default the best eligible replica (of a standby cluster: its
+    /// leader).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub candidate: Option<String>,
-    /// Refuse unless this member is the current primary (guards against acting
-    /// on a stale view).
+    /// Refuse unless this member is the current primary (of a standby cluster: its leader)
+    /// — guards against acting on a stale view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub expected_primary: Option<String>,
@@ -138,6 +145,17 @@ pub struct FailoverRequestStatus {
     /// Per item: old and new primary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<ItemResult>,
+    /// The operator pod that ran the request's latest step (`POD_NAME`, else the host name),
+    /// like the seed's `server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+    /// Set once the request is terminal: milliseconds from its start to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// 16 hex digits chosen when the request is first reconciled; every log line about the
+    /// request carries it (`trace_id`), for troubleshooting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Terminal and non-terminal phases of a request.
@@ -166,6 +184,11 @@ pub struct ItemResult {
     pub from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// For a standby cluster failed over to primary: the standby relation the request ended
+    /// (the old upstream cluster or endpoint), which must be fenced when it returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "observed_schema::<Option<super::hacluster::Standby>>")]
+    pub released_from: Option<super::hacluster::Standby>,
 }
 
 /// The task DAG of a request, shaped like the seed's task instance.
@@ -190,7 +213,9 @@ pub struct TaskInstance {
 #[serde(rename_all = "camelCase")]
 pub struct Subtask {
     pub id: i64,
-    /// Step kind: check, fence, promote, redirect, route, record.
+    /// Step kind: check, lock, fence, promote, redirect, route, record; for a standby
+    /// cluster check, lock, reset-restore-source, failover-to-primary, create-service-name,
+    /// update-primary-info.
     pub name: String,
     pub description: String,
     pub status: TaskStatus,

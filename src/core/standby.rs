@@ -1,0 +1,184 @@
+//! Decisions of a standby cluster's failover to primary (a FailoverRequest item naming a
+//! standby cluster, seed 000's standby tenant): whether it may start while its upstream
+//! still answers, and where its `failover-to-primary` step stands. Pure: the controller
+//! probes the upstream and reads the cluster's status, then does what these say.
+
+/// What a probe of the upstream's members found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// A member of the upstream answers as a writable primary: `who` (name and address).
+    Writable(String),
+    /// No member of the upstream answers as a writable primary: what was found instead.
+    NotWritable(String),
+}
+
+/// Whether a standby may be failed over to primary now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Go on; the words say which case it was, for the item's message.
+    Go(String),
+    /// Refused, nothing touched; the words say why and what to do instead.
+    Refused(String),
+}
+
+/// A planned failover (a Switchover request) never makes a standby writable while its
+/// upstream still is: that would leave two writable clusters taking different writes. A
+/// forced one (a Failover request) goes on, and says so.
+pub fn gate(forced: bool, upstream: &Upstream) -> Gate {
+    match (upstream, forced) {
+        (Upstream::NotWritable(seen), _) => {
+            Gate::Go(format!("upstream is not taking writes ({seen}): failing over"))
+        }
+        (Upstream::Writable(who), true) => Gate::Go(format!(
+            "forced (type Failover): upstream {who} still answers as a writable primary; both clusters take writes until it is fenced"
+        )),
+        (Upstream::Writable(who), false) => Gate::Refused(format!(
+            "upstream {who} still answers as a writable primary: a planned (Switchover) failover of its standby would leave two writable clusters; refused, nothing touched. Stop the upstream's writes first, move the site with a ProtectionGroup, or request type Failover to force it"
+        )),
+    }
+}
+
+/// What the cluster's status says about the `failover-to-primary` step of one item.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PromotionFacts {
+    /// The member to make primary.
+    pub to: String,
+    /// The epoch this step recorded, if it recorded one (kept in the subtask's context).
+    pub recorded_epoch: Option<i64>,
+    /// The request holds the shard's operation lock.
+    pub lock_ours: bool,
+    pub current_primary: Option<String>,
+    pub target_primary: Option<String>,
+    pub epoch: i64,
+    /// The last promotion the monitor recorded, if it started after the request took the
+    /// lock: (new primary, epoch).
+    pub promoted_since_lock: Option<(String, i64)>,
+    /// Why the monitor abandoned the last promotion, if it did (LastPromotion=False).
+    pub abandoned: Option<String>,
+}
+
+/// Where the step stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromotionNext {
+    /// Record epoch + 1 and the target (nothing recorded yet).
+    Record,
+    /// Recorded at this epoch (maybe by a process that died before saying so): wait for the
+    /// cluster's monitor.
+    Wait(i64),
+    /// The monitor promoted it at this epoch.
+    Done(i64),
+    Failed(String),
+}
+
+/// The `failover-to-primary` step, resumed from whatever was recorded: a target is written
+/// once, and a promotion the monitor finished is recognised by its record, never by the
+/// primary's name alone (the leader was the recorded primary before it was promoted).
+pub fn promotion_next(f: &PromotionFacts) -> PromotionNext {
+    let to = Some(f.to.as_str());
+    let promoted_at = |e: i64| f.promoted_since_lock.as_ref().is_some_and(|(m, at)| m == &f.to && *at == e);
+    if !f.lock_ours {
+        return PromotionNext::Failed(
+            "the request no longer holds the cluster's operation lock (it expired or was broken); not promoting"
+                .into(),
+        );
+    }
+    if f.target_primary.as_deref() == to {
+        return PromotionNext::Wait(f.recorded_epoch.unwrap_or(f.epoch));
+    }
+    match f.recorded_epoch {
+        // Nothing recorded as far as the request knows: finished already if the monitor
+        // recorded a promotion of `to` since the lock was taken (a process died in between).
+        None if f.target_primary.is_none() && f.current_primary.as_deref() == to && promoted_at(f.epoch) => {
+            PromotionNext::Done(f.epoch)
+        }
+        None if f.target_primary.is_none() => PromotionNext::Record,
+        Some(e) if f.target_primary.is_none() && f.current_primary.as_deref() == to && promoted_at(e) => {
+            PromotionNext::Done(e)
+        }
+        _ => PromotionNext::Failed(match (&f.target_primary, &f.abandoned) {
+            (Some(other), _) => format!("another promotion (of {other}) is recorded; not promoting {}", f.to),
+            (None, Some(why)) => why.clone(),
+            (None, None) => format!("the promotion of {} was given up by the cluster's monitor", f.to),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_planned_failover_never_makes_a_second_writable_cluster() {
+        let alive = Upstream::Writable("s-a (127.0.0.1:7000)".into());
+        let Gate::Refused(why) = gate(false, &alive) else { panic!("a planned failover went on") };
+        assert!(why.contains("two writable clusters") && why.contains("s-a"), "{why}");
+        let Gate::Go(note) = gate(true, &alive) else { panic!("a forced failover was refused") };
+        assert!(note.contains("forced"), "{note}");
+        let dead = Upstream::NotWritable("s-a: connection refused".into());
+        for forced in [false, true] {
+            let Gate::Go(note) = gate(forced, &dead) else { panic!("refused with the upstream down") };
+            assert!(note.contains("not taking writes") && note.contains("connection refused"), "{note}");
+        }
+    }
+
+    fn facts() -> PromotionFacts {
+        PromotionFacts {
+            to: "d-a".into(),
+            lock_ours: true,
+            current_primary: Some("d-a".into()),
+            epoch: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_leader_already_named_primary_is_not_taken_for_promoted() {
+        // Before anything is recorded the leader is currentPrimary with no target: record.
+        assert_eq!(promotion_next(&facts()), PromotionNext::Record);
+        // A promotion of the leader recorded before the lock (its own election) is not ours.
+        let f = PromotionFacts { promoted_since_lock: None, ..facts() };
+        assert_eq!(promotion_next(&f), PromotionNext::Record);
+    }
+
+    #[test]
+    fn a_recorded_target_is_waited_for_and_adopted_after_a_crash() {
+        let recorded = PromotionFacts { target_primary: Some("d-a".into()), epoch: 4, ..facts() };
+        assert_eq!(promotion_next(&recorded), PromotionNext::Wait(4), "a process died after recording");
+        let known = PromotionFacts { recorded_epoch: Some(4), ..recorded };
+        assert_eq!(promotion_next(&known), PromotionNext::Wait(4));
+    }
+
+    #[test]
+    fn the_monitors_record_at_the_recorded_epoch_is_done() {
+        let done = PromotionFacts {
+            recorded_epoch: Some(4),
+            epoch: 4,
+            promoted_since_lock: Some(("d-a".into(), 4)),
+            ..facts()
+        };
+        assert_eq!(promotion_next(&done), PromotionNext::Done(4));
+        // Done before the request knew its epoch (it died after recording).
+        assert_eq!(
+            promotion_next(&PromotionFacts { recorded_epoch: None, ..done.clone() }),
+            PromotionNext::Done(4)
+        );
+        // A record of another epoch is not this one.
+        let other = PromotionFacts { promoted_since_lock: Some(("d-a".into(), 3)), ..done };
+        assert!(matches!(promotion_next(&other), PromotionNext::Failed(_)));
+    }
+
+    #[test]
+    fn an_abandoned_or_foreign_promotion_fails_the_step() {
+        let abandoned = PromotionFacts {
+            recorded_epoch: Some(4),
+            epoch: 4,
+            abandoned: Some("d-a refused".into()),
+            ..facts()
+        };
+        assert_eq!(promotion_next(&abandoned), PromotionNext::Failed("d-a refused".into()));
+        let foreign = PromotionFacts { target_primary: Some("d-b".into()), ..facts() };
+        assert!(matches!(promotion_next(&foreign), PromotionNext::Failed(m) if m.contains("d-b")));
+        let lost = PromotionFacts { lock_ours: false, target_primary: Some("d-a".into()), ..facts() };
+        assert!(matches!(promotion_next(&lost), PromotionNext::Failed(m) if m.contains("lock")));
+    }
+}
