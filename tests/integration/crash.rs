@@ -141,17 +141,7 @@ async fn a_failover_request_resumes_after_a_kill_at_every_step() {
         let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
         let spec = json!({"type": "Switchover", "items": [{"cluster": "k"}], "serviceName": "k-writes"});
         frs.create(&PostParams::default(), &crate::failover_request::request("move", spec)).await.unwrap();
-        doomed.crashed_at(&point, WAIT).await;
-        let _fresh = Process::understudy(&args, &format!("fr-resume-{step}"));
-        let done = eventually(WAIT, &format!("the request to finish after a kill at {step}"), || async {
-            let r = frs.get("move").await.ok()?;
-            matches!(
-                r.status.as_ref()?.phase,
-                Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack)
-            )
-            .then_some(r)
-        })
-        .await;
+        let (_fresh, done) = resume_after_crash(&mut doomed, &args, &frs, "move", step).await;
         let st = done.status.unwrap();
         assert_eq!(st.phase, Some(RequestPhase::Succeeded), "killed after {step}: {:?}", st.message);
         let q = wait_primary(&hacs, "k", "s0", Some(&p)).await;
@@ -162,5 +152,96 @@ async fn a_failover_request_resumes_after_a_kill_at_every_step() {
         assert_eq!(c.shards[0].epoch, 2, "killed after {step}: exactly one promotion after the bootstrap");
         assert_eq!(sampler.max(), 1, "killed after {step}: never two primaries");
         eprintln!("killed after {step}: resumed and finished ({} → {q})", p);
+    }
+}
+
+/// Wait for `doomed` to crash at `fr-after-<step>`, start a fresh operator with `args` (kept
+/// running while the returned process lives) and wait for request `name` to be terminal.
+async fn resume_after_crash(
+    doomed: &mut Process,
+    args: &[&str],
+    frs: &Api<understudy::resources::FailoverRequest>,
+    name: &str,
+    step: &str,
+) -> (Process, understudy::resources::FailoverRequest) {
+    use understudy::resources::failover_request::RequestPhase;
+    doomed.crashed_at(&format!("fr-after-{step}"), WAIT).await;
+    let fresh = Process::understudy(args, &format!("{name}-resume-{step}"));
+    let done = eventually(WAIT, &format!("{name} to finish after a kill at {step}"), || async {
+        let r = frs.get(name).await.ok()?;
+        matches!(
+            r.status.as_ref()?.phase,
+            Some(RequestPhase::Succeeded | RequestPhase::Failed | RequestPhase::RolledBack)
+        )
+        .then_some(r)
+    })
+    .await;
+    (fresh, done)
+}
+
+/// The same for a FailoverRequest naming a standby cluster whose upstream is gone: killed
+/// right after each step of the standby chain is recorded, a fresh process finishes it — the
+/// leader is the writable primary once (one epoch), the relation ended, the lock released,
+/// never two writable servers.
+#[tokio::test]
+async fn a_standby_failover_resumes_after_a_kill_at_every_step() {
+    use understudy::resources::{FailoverRequest, failover_request::RequestPhase};
+    let client = support::client().await;
+    for step in [
+        "check",
+        "lock",
+        "reset-restore-source",
+        "failover-to-primary",
+        "create-service-name",
+        "update-primary-info",
+    ] {
+        let ns = support::namespace(&client, &format!("sb-crash-{step}")).await;
+        let mut src = [RedisServer::start(None), RedisServer::start(None)];
+        let dr = [RedisServer::start(None), RedisServer::start(None)];
+        let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+        let hb = json!({"heartbeatInterval": "200ms"});
+        let sm = [("s-a", &src[0]), ("s-b", &src[1])];
+        hacs.create(&PostParams::default(), &cluster("src", &[("s0", &sm)], hb.clone())).await.unwrap();
+        let dm = [("d-a", &dr[0]), ("d-b", &dr[1])];
+        let mut standby = cluster("dr", &[("s0", &dm)], hb);
+        standby.spec.standby = Some(serde_json::from_value(json!({"cluster": "src"})).unwrap());
+        hacs.create(&PostParams::default(), &standby).await.unwrap();
+        let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+        let args = ["run", "--namespaces", &ns, "--listen", &listen];
+        let point = format!("fr-after-{step}");
+        let mut doomed = Process::understudy_with_env(
+            &args,
+            &format!("sb-crash-{step}"),
+            &[("UNDERSTUDY_CRASH_AT", &point)],
+        );
+        let sp = wait_primary(&hacs, "src", "s0", None).await;
+        let spi = if sp == "s-a" { 0 } else { 1 };
+        let leader = crate::standby::wait_leader(&hacs, "dr", &src[spi]).await;
+        let li = if leader == "d-a" { 0 } else { 1 };
+        wait_follows(&dr[li], &src[spi]).await;
+        let epoch = hacs.get("dr").await.unwrap().status.unwrap().shards[0].epoch;
+        src[0].kill();
+        src[1].kill();
+        let sampler = RoleSampler::start(dr.iter().map(RedisServer::sample_target).collect());
+        let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+        let spec = json!({"type": "Failover", "items": [{"cluster": "dr", "serviceName": "dr-writes"}]});
+        frs.create(&PostParams::default(), &crate::failover_request::request("up", spec)).await.unwrap();
+        let (_fresh, done) = resume_after_crash(&mut doomed, &args, &frs, "up", step).await;
+        let st = done.status.unwrap();
+        assert_eq!(st.phase, Some(RequestPhase::Succeeded), "killed after {step}: {:?}", st.message);
+        assert_eq!(
+            dr[li].role().await.as_deref(),
+            Some("master"),
+            "killed after {step}: the leader is writable"
+        );
+        wait_follows(&dr[1 - li], &dr[li]).await;
+        let c = hacs.get("dr").await.unwrap();
+        assert!(c.standby().is_none(), "killed after {step}: the relation ended");
+        let s = &c.status.unwrap().shards[0];
+        assert!(s.operation.is_none() && s.target_primary.is_none(), "killed after {step}: {s:?}");
+        assert_eq!(s.current_primary.as_deref(), Some(leader.as_str()));
+        assert_eq!(s.epoch, epoch + 1, "killed after {step}: exactly one promotion");
+        assert_eq!(sampler.max(), 1, "killed after {step}: never two writable servers");
+        eprintln!("killed after {step}: resumed and finished ({leader} is primary, epoch {})", s.epoch);
     }
 }

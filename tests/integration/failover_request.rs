@@ -33,7 +33,7 @@ pub fn request(name: &str, spec: serde_json::Value) -> FailoverRequest {
 /// Wait for a terminal phase, collecting every (step, status) the DAG showed on the way.
 /// Poll a request until it is terminal; returns it, every (subtask, status) seen, and whether
 /// a snapshot before the end showed the DAG part-way (some subtasks done, others not).
-async fn finish(
+pub(crate) async fn finish(
     api: &Api<FailoverRequest>,
     name: &str,
 ) -> (FailoverRequest, HashSet<(String, TaskStatus)>, bool) {

@@ -80,18 +80,32 @@ pub async fn wait_follows(replica: &RedisServer, primary: &RedisServer) {
 /// connection (`total_connections_received`; this function's own reads are subtracted). So
 /// "nothing happened" is asserted after heartbeats that were seen to happen, not after a sleep.
 pub async fn observe_heartbeats(server: &RedisServer, n: u64) {
+    count_heartbeats(server, n, None).await;
+}
+
+/// [`observe_heartbeats`] on a server that a [`RoleSampler`] polls too: the sampler's
+/// connections (one per server and sample) are subtracted as well (a sample in flight may be
+/// counted as a heartbeat, so at least `n - 1` were seen).
+pub async fn observe_heartbeats_sampled(server: &RedisServer, n: u64, sampler: &RoleSampler) {
+    count_heartbeats(server, n, Some(sampler)).await;
+}
+
+async fn count_heartbeats(server: &RedisServer, n: u64, sampler: Option<&RoleSampler>) {
+    let samples = || sampler.map_or(0, |s| s.count() as u64);
     let connections = || async {
         let info: String = server.cmd(redis::cmd("INFO").arg("stats")).await.ok()?;
         info.lines()
             .find_map(|l| l.trim_end_matches('\r').strip_prefix("total_connections_received:"))
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let start = connections().await.expect("INFO stats");
+    let (start, sampled) = (connections().await.expect("INFO stats"), samples());
     let deadline = std::time::Instant::now() + WAIT;
     for ours in 1u64.. {
         let now = connections().await.expect("INFO stats");
-        // Connections since `start`, less this loop's own (one per read after the first).
-        if now.saturating_sub(start).saturating_sub(ours) >= n {
+        // Connections since `start`, less this loop's own (one per read after the first) and
+        // the sampler's.
+        let others = ours + samples().saturating_sub(sampled);
+        if now.saturating_sub(start).saturating_sub(others) >= n {
             return;
         }
         assert!(std::time::Instant::now() < deadline, "the operator did not probe {} {n} times", server.port);

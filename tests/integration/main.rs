@@ -25,6 +25,7 @@ mod sentinel;
 mod shard_failover;
 mod site_loss;
 mod standby;
+mod standby_failover;
 mod supervision;
 mod support;
 mod unreadable;

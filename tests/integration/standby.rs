@@ -18,6 +18,21 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Wait until standby cluster `name` is healthy with a leader (its recorded primary) that is
+/// a healthy replica following `upstream` in status; returns the leader's name.
+pub async fn wait_leader(hacs: &Api<HaCluster>, name: &str, upstream: &RedisServer) -> String {
+    eventually(WAIT, &format!("{name}'s leader healthy and following {}", upstream.port), || async {
+        let st = hacs.get(name).await.ok()?.status?;
+        let s = st.shards.first()?;
+        let l = s.current_primary.clone()?;
+        let ok = s.members.iter().any(|m| m.name == l && m.healthy && m.role == Role::Replica)
+            && s.upstream.as_deref() == Some(upstream.endpoint().as_str())
+            && st.phase == Some(ClusterPhase::Healthy);
+        ok.then_some(l)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_standby_cluster_replicates_from_the_upstream_primary_and_follows_its_failover() {
     let client = support::client().await;
@@ -42,16 +57,7 @@ async fn a_standby_cluster_replicates_from_the_upstream_primary_and_follows_its_
 
     let sp = wait_primary(&hacs, "src", "s0", None).await;
     let spi = if sp == "s-a" { 0 } else { 1 };
-    let leader = eventually(WAIT, "standby leader healthy and following the upstream", || async {
-        let st = hacs.get("dr").await.ok()?.status?;
-        let s = st.shards.first()?;
-        let l = s.current_primary.clone()?;
-        let ok = s.members.iter().any(|m| m.name == l && m.healthy && m.role == Role::Replica)
-            && s.upstream.as_deref() == Some(src[spi].endpoint().as_str())
-            && st.phase == Some(ClusterPhase::Healthy);
-        ok.then_some(l)
-    })
-    .await;
+    let leader = wait_leader(&hacs, "dr", &src[spi]).await;
     let li = if leader == "d-a" { 0 } else { 1 };
     wait_follows(&dr[li], &src[spi]).await;
     wait_follows(&dr[1 - li], &dr[li]).await;
