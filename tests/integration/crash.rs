@@ -187,14 +187,7 @@ async fn resume_after_crash(
 async fn a_standby_failover_resumes_after_a_kill_at_every_step() {
     use understudy::resources::{FailoverRequest, failover_request::RequestPhase};
     let client = support::client().await;
-    for step in [
-        "check",
-        "lock",
-        "reset-restore-source",
-        "failover-to-primary",
-        "create-service-name",
-        "update-primary-info",
-    ] {
+    for step in crate::standby_failover::STANDBY_CHAIN {
         let ns = support::namespace(&client, &format!("sb-crash-{step}")).await;
         let mut src = [RedisServer::start(None), RedisServer::start(None)];
         let dr = [RedisServer::start(None), RedisServer::start(None)];

@@ -30,7 +30,8 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-const STANDBY_CHAIN: [&str; 6] = [
+/// The subtasks of a standby item, in order (seed 000's chain).
+pub(crate) const STANDBY_CHAIN: [&str; 6] = [
     "check",
     "lock",
     "reset-restore-source",
