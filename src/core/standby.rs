@@ -21,19 +21,20 @@ pub enum Gate {
     Refused(String),
 }
 
-/// A planned failover (a Switchover request) never makes a standby writable while its
-/// upstream still is: that would leave two writable clusters taking different writes. A
-/// forced one (a Failover request) goes on, and says so.
+/// A standby is never made writable while its upstream still is: that would leave two
+/// writable clusters taking different writes. Not even when forced (a Failover request): a
+/// forced failover is for an upstream that is lost, and one that answers as a primary is
+/// not (a ProtectionGroup's forced failover likewise forces only pairs whose other side is
+/// silent).
 pub fn gate(forced: bool, upstream: &Upstream) -> Gate {
-    match (upstream, forced) {
-        (Upstream::NotWritable(seen), _) => {
-            Gate::Go(format!("upstream is not taking writes ({seen}): failing over"))
-        }
-        (Upstream::Writable(who), true) => Gate::Go(format!(
-            "forced (type Failover): upstream {who} still answers as a writable primary; both clusters take writes until it is fenced"
+    match upstream {
+        Upstream::NotWritable(seen) => Gate::Go(format!(
+            "upstream is not taking writes ({seen}): failing over{}",
+            if forced { " (type Failover)" } else { "" }
         )),
-        (Upstream::Writable(who), false) => Gate::Refused(format!(
-            "upstream {who} still answers as a writable primary: a planned (Switchover) failover of its standby would leave two writable clusters; refused, nothing touched. Stop the upstream's writes first, move the site with a ProtectionGroup, or request type Failover to force it"
+        Upstream::Writable(who) => Gate::Refused(format!(
+            "upstream {who} still answers as a writable primary: failing its standby over{} would leave two writable clusters; refused, nothing touched. Stop the upstream's writes first (or wait until it is lost), or move the site with a ProtectionGroup",
+            if forced { ", even forced (type Failover)," } else { " (type Switchover)" }
         )),
     }
 }
@@ -112,8 +113,10 @@ mod tests {
         let alive = Upstream::Writable("s-a (127.0.0.1:7000)".into());
         let Gate::Refused(why) = gate(false, &alive) else { panic!("a planned failover went on") };
         assert!(why.contains("two writable clusters") && why.contains("s-a"), "{why}");
-        let Gate::Go(note) = gate(true, &alive) else { panic!("a forced failover was refused") };
-        assert!(note.contains("forced"), "{note}");
+        let Gate::Refused(why) = gate(true, &alive) else {
+            panic!("a forced failover made two writable clusters")
+        };
+        assert!(why.contains("even forced") && why.contains("two writable clusters"), "{why}");
         let dead = Upstream::NotWritable("s-a: connection refused".into());
         for forced in [false, true] {
             let Gate::Go(note) = gate(forced, &dead) else { panic!("refused with the upstream down") };

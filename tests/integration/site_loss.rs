@@ -23,7 +23,7 @@ use understudy::{
 };
 
 use crate::{
-    hacluster_redis::{cluster, observe_heartbeats, wait_primary},
+    hacluster_redis::{cluster, observe_heartbeats, observe_heartbeats_sampled, wait_primary},
     protection_group::{
         PairServers, SiteWriter, create_pairs, leader, missing, pg, set_priority, wait_protected,
     },
@@ -247,7 +247,7 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
     assert!(why.contains(&other.endpoint()), "{why}");
     // Its primary dies: nothing of its own is promoted, the other member keeps following.
     servers[pi].kill();
-    observe_heartbeats(&servers[ri], 10).await;
+    observe_heartbeats_sampled(&servers[ri], 10, &sampler).await;
     assert_eq!(servers[ri].role().await.as_deref(), Some("slave"), "nothing here is made writable");
     assert_eq!(sampler.max(), 0, "no member of this cluster was writable once it followed the other site");
     let x = hacs.get("x").await.unwrap();

@@ -95,34 +95,24 @@ async fn a_standby_with_a_live_upstream_is_only_planned_or_refused_never_made_wr
     let sampler = RoleSampler::start(src.iter().chain(dr.iter()).map(RedisServer::sample_target).collect());
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
     let operator = Operator::start(client.clone(), &ns);
-    let (spi, li, leader) = upstream_and_standby(&hacs, &src, &dr).await;
+    let (spi, li, _) = upstream_and_standby(&hacs, &src, &dr).await;
     let epoch = hacs.get("dr").await.unwrap().status.unwrap().shards[0].epoch;
     let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
 
-    // Dry run (forced, so the live upstream does not refuse it): the plan, nothing else.
+    // Not even a forced request (type Failover) fails a standby over while its upstream
+    // takes writes: refused at check, nothing touched.
     frs.create(
         &PostParams::default(),
-        &request("dry", json!({"type": "Failover", "dryRun": true, "items": [{"cluster": "dr"}]})),
+        &request("forced", json!({"type": "Failover", "items": [{"cluster": "dr"}]})),
     )
     .await
     .unwrap();
-    let (fr, _, _) = finish(&frs, "dry").await;
+    let (fr, _, _) = finish(&frs, "forced").await;
     let st = fr.status.unwrap();
-    assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st.message);
+    assert_eq!(st.phase, Some(RequestPhase::Failed), "{:?}", st.message);
     let msg = st.message.clone().unwrap_or_default();
-    assert!(
-        msg.contains(&format!("would make {leader}"))
-            && msg.contains("ending replication from HaCluster src"),
-        "{msg}"
-    );
-    assert!(msg.contains("forced") && msg.contains("still answers as a writable primary"), "{msg}");
-    let task = st.task.unwrap();
-    assert_eq!(task.subtasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), STANDBY_CHAIN);
-    for t in task.subtasks.iter().filter(|t| t.name != "check") {
-        assert_eq!(t.status, TaskStatus::Skipped, "{t:?}");
-    }
-    assert!(st.items[0].released_from.is_none(), "a dry run ends no relation");
-    untouched(&hacs, epoch, "dry run").await;
+    assert!(msg.contains("even forced") && msg.contains("still answers as a writable primary"), "{msg}");
+    untouched(&hacs, epoch, "forced while the upstream is alive").await;
 
     // A planned failover (Switchover) while the upstream takes writes: refused at check.
     frs.create(
@@ -175,6 +165,30 @@ async fn a_standby_whose_upstream_is_gone_is_failed_over_to_primary_and_stays_pr
     src[0].kill();
     src[1].kill();
     let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+
+    // Dry run: the plan, nothing else.
+    frs.create(
+        &PostParams::default(),
+        &request("dry", json!({"type": "Failover", "dryRun": true, "items": [{"cluster": "dr"}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, _, _) = finish(&frs, "dry").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st.message);
+    let msg = st.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("would make {leader}"))
+            && msg.contains("ending replication from HaCluster src"),
+        "{msg}"
+    );
+    let task = st.task.unwrap();
+    assert_eq!(task.subtasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), STANDBY_CHAIN);
+    for t in task.subtasks.iter().filter(|t| t.name != "check") {
+        assert_eq!(t.status, TaskStatus::Skipped, "{t:?}");
+    }
+    assert!(st.items[0].released_from.is_none(), "a dry run ends no relation");
+    untouched(&hacs, epoch, "dry run").await;
 
     // The leader refuses to be promoted (REPLICAOF revoked): the failover to primary times
     // out and is rolled back — the relation restored, the leader a follower of the upstream.
