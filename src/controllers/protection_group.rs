@@ -1767,22 +1767,27 @@ struct DryRunAsk {
     request: String,
     to: SiteRole,
     forced: bool,
+    /// The value could not be read: said in the answer, nothing else is done.
+    unreadable: Option<String>,
 }
 
 fn dry_run_request(pg: &ProtectionGroup) -> Option<DryRunAsk> {
     let v = pg.annotations().get(DRY_RUN_ANNOTATION)?;
     let ask = v.split('@').next().unwrap_or_default();
-    let (site, forced) = match ask.split_once('/') {
-        Some((s, m)) => (s, m.eq_ignore_ascii_case("forced")),
-        None => (ask, false),
+    let (site, mode) = match ask.split_once('/') {
+        Some((s, m)) => (s, Some(m)),
+        None => (ask, None),
     };
     let to = match site.to_ascii_lowercase().as_str() {
-        "source" => SiteRole::Source,
-        "target" => SiteRole::Target,
-        _ => SiteRole::Source,
+        "source" => Some(SiteRole::Source),
+        "target" => Some(SiteRole::Target),
+        _ => None,
     };
-    let valid = matches!(site.to_ascii_lowercase().as_str(), "source" | "target");
-    Some(DryRunAsk { request: v.clone(), to, forced: forced && valid }).filter(|_| valid)
+    let forced = mode.is_some_and(|m| m.eq_ignore_ascii_case("forced"));
+    let unreadable = (to.is_none() || (mode.is_some() && !forced)).then(|| {
+        format!("{DRY_RUN_ANNOTATION}={v:?} cannot be read: expected Source or Target, optionally followed by /Forced and by @<anything>")
+    });
+    Some(DryRunAsk { request: v.clone(), to: to.unwrap_or(pg.spec.priority_site), forced, unreadable })
 }
 
 /// What a failover to `ask.to` would do now, from what the leaders just said; touches
@@ -1793,6 +1798,18 @@ fn dry_run(
     ask: DryRunAsk,
     forced_authorised: bool,
 ) -> DryRunReport {
+    if let Some(why) = ask.unreadable {
+        return DryRunReport {
+            request: ask.request,
+            at: Time(Timestamp::now()),
+            to: ask.to,
+            forced: ask.forced,
+            possible: false,
+            steps: Vec::new(),
+            blockers: vec![why],
+            pairs: Vec::new(),
+        };
+    }
     let production = status.production_site.unwrap_or_default();
     let mut blockers = Vec::new();
     let mut steps = Vec::new();
@@ -2049,4 +2066,40 @@ async fn stop_protection(
         return Ok(Action::await_change());
     }
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(annotation: Option<&str>) -> ProtectionGroup {
+        let mut g: ProtectionGroup = serde_json::from_value(json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "ProtectionGroup",
+            "metadata": {"name": "pg", "namespace": "a"},
+            "spec": {"sites": {"source": {"namespace": "a"}, "target": {"namespace": "b"}}, "pairs": []}
+        }))
+        .unwrap();
+        if let Some(v) = annotation {
+            g.metadata.annotations = Some([(DRY_RUN_ANNOTATION.to_owned(), v.to_owned())].into());
+        }
+        g
+    }
+
+    #[test]
+    fn a_dry_run_is_asked_by_site_with_an_optional_force_and_nonce() {
+        assert!(dry_run_request(&group(None)).is_none());
+        let ask = dry_run_request(&group(Some("Target"))).unwrap();
+        assert_eq!((ask.to, ask.forced, ask.request.as_str()), (SiteRole::Target, false, "Target"));
+        let ask = dry_run_request(&group(Some("source/Forced@1733300000"))).unwrap();
+        assert_eq!((ask.to, ask.forced), (SiteRole::Source, true));
+        assert_eq!(ask.request, "source/Forced@1733300000", "the whole value is what is answered");
+        // Anything else is answered as unreadable (and nothing is done on it).
+        for bad in ["", "Elsewhere", "Targets/Forced", "Target/Planned", "@1"] {
+            let ask = dry_run_request(&group(Some(bad))).unwrap();
+            let why = ask.unreadable.clone().expect(bad);
+            assert!(why.contains("expected Source or Target"), "{why}");
+            let report = dry_run(&[], &ProtectionGroupStatus::default(), ask, false);
+            assert!(!report.possible && report.steps.is_empty() && report.blockers == vec![why]);
+        }
+    }
 }
