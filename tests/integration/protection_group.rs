@@ -270,12 +270,19 @@ async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
     // manifests back, which say nothing about standby: nothing moves, nothing fights.
     for _ in 0..3 {
         for (api, name) in [(&src, "a"), (&dr, "a-dr"), (&src, "b"), (&dr, "b-dr")] {
-            let mut c = api.get(name).await.unwrap();
-            c.spec.standby = None;
-            c.metadata.managed_fields = None;
-            api.replace(name, &PostParams { field_manager: Some("gitops".into()), ..Default::default() }, &c)
-                .await
-                .unwrap();
+            // A status write between the read and the replace is a conflict, as for any
+            // client that replaces: read again and replace again.
+            for attempt in 1.. {
+                let mut c = api.get(name).await.unwrap();
+                c.spec.standby = None;
+                c.metadata.managed_fields = None;
+                let pp = PostParams { field_manager: Some("gitops".into()), ..Default::default() };
+                match api.replace(name, &pp, &c).await {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(e)) if e.code == 409 && attempt < 10 => continue,
+                    Err(e) => panic!("replacing {name}: {e}"),
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
