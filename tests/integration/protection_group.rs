@@ -204,6 +204,29 @@ pub(crate) async fn create_pairs(src: &Api<HaCluster>, dr: &Api<HaCluster>, pair
     }
 }
 
+/// One pair `name` (source) / `name-dr` (target) in two fresh namespaces and the group `pg`
+/// protecting it, production at the source; no operator yet.
+pub(crate) struct OnePair {
+    pub(crate) src_ns: String,
+    pub(crate) dr_ns: String,
+    pub(crate) servers: PairServers,
+    pub(crate) src: Api<HaCluster>,
+    pub(crate) dr: Api<HaCluster>,
+    pub(crate) pgs: Api<ProtectionGroup>,
+}
+
+pub(crate) async fn one_pair(client: &Client, prefix: &str, name: &str) -> OnePair {
+    let src_ns = support::namespace(client, prefix).await;
+    let dr_ns = support::namespace(client, &format!("{prefix}-dr")).await;
+    let servers = PairServers::start(name);
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    create_pairs(&src, &dr, &[&servers]).await;
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &[name], None)).await.unwrap();
+    OnePair { src_ns, dr_ns, servers, src, dr, pgs }
+}
+
 #[tokio::test]
 async fn planned_site_failover_and_failback_with_two_pairs_loses_nothing() {
     let client = support::client().await;
@@ -556,14 +579,7 @@ async fn killed_after_promoting_the_dr_site_a_fresh_operator_finishes_the_move()
 #[tokio::test]
 async fn a_move_dropped_while_writes_are_paused_gives_them_back_at_once() {
     let client = support::client().await;
-    let src_ns = support::namespace(&client, "pg-drop").await;
-    let dr_ns = support::namespace(&client, "pg-drop-dr").await;
-    let k = PairServers::start("k");
-    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
-    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
-    create_pairs(&src, &dr, &[&k]).await;
-    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
-    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["k"], None)).await.unwrap();
+    let OnePair { src_ns, dr_ns, servers: k, src, dr: _, pgs } = one_pair(&client, "pg-drop", "k").await;
     let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
     wait_protected(&pgs, "pg", SiteRole::Source).await;
     let production = k.master().await.expect("one master");

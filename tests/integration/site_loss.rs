@@ -25,7 +25,8 @@ use understudy::{
 use crate::{
     hacluster_redis::{cluster, observe_heartbeats, observe_heartbeats_sampled, wait_primary},
     protection_group::{
-        PairServers, SiteWriter, create_pairs, leader, missing, pg, set_priority, wait_protected,
+        OnePair, PairServers, SiteWriter, create_pairs, leader, missing, one_pair, pg, set_priority,
+        wait_protected,
     },
     support::{self, Operator, RedisServer, RoleSampler, eventually},
 };
@@ -271,14 +272,7 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
 async fn stopping_protection_detaches_by_policy_and_deleting_the_group_does_too() {
     use understudy::resources::protection_group::ProtectionPhase;
     let client = support::client().await;
-    let src_ns = support::namespace(&client, "pg-stop").await;
-    let dr_ns = support::namespace(&client, "pg-stop-dr").await;
-    let x = PairServers::start("x");
-    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
-    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
-    create_pairs(&src, &dr, &[&x]).await;
-    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
-    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["x"], None)).await.unwrap();
+    let OnePair { src_ns, dr_ns, servers: x, src, dr, pgs } = one_pair(&client, "pg-stop", "x").await;
     let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
     wait_protected(&pgs, "pg", SiteRole::Source).await;
     assert!(
@@ -379,14 +373,7 @@ async fn has(s: &RedisServer, k: &str) -> bool {
 async fn killed_after_forcing_the_dr_site_a_fresh_operator_finishes_the_same_job() {
     use crate::support::Process;
     let client = support::client().await;
-    let src_ns = support::namespace(&client, "pg-forced-crash").await;
-    let dr_ns = support::namespace(&client, "pg-forced-crash-dr").await;
-    let k = PairServers::start("k");
-    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
-    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
-    create_pairs(&src, &dr, &[&k]).await;
-    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
-    pgs.create(&PostParams::default(), &pg("pg", &src_ns, &dr_ns, &["k"], None)).await.unwrap();
+    let OnePair { src_ns, dr_ns, servers: k, src, dr, pgs } = one_pair(&client, "pg-forced-crash", "k").await;
     let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
     let namespaces = format!("{src_ns},{dr_ns}");
     let args = ["run", "--namespaces", &namespaces, "--listen", &listen];
