@@ -929,8 +929,10 @@ async fn reset_restore_source(
     let uid = fr.uid().unwrap_or_default();
     Ok(match release_standby(clusters, &name, &uid, &by, &standby).await? {
         Ok(written) => {
+            let ns = fr.namespace().unwrap_or_default();
+            let fence = fence_upstream(ctx, clusters, &ns, &name, &uid, &by, &standby).await?;
             let msg = format!(
-                "{name} no longer replicates from {} (status.standbyReleased; spec.standby is left as it is); that upstream must be fenced when it returns",
+                "{name} no longer replicates from {} (status.standbyReleased; spec.standby is left as it is); {fence}",
                 describe_upstream(&standby)
             );
             // Announced once, after the write.
@@ -942,6 +944,66 @@ async fn reset_restore_source(
         }
         Err(why) => Step::Failed(format!("{why}; nothing touched")),
     })
+}
+
+/// Make sure the old upstream is fenced when it returns: for an upstream HaCluster here, its
+/// `status.supersededBy` names the standby and its members (written before the standby is
+/// made writable, so no instant exists where the upstream could return unfenced). What was
+/// done, for the step's message.
+async fn fence_upstream(
+    ctx: &Context,
+    clusters: &Api<HaCluster>,
+    here: &str,
+    name: &str,
+    uid: &str,
+    by: &str,
+    standby: &Standby,
+) -> Result<String, kube::Error> {
+    let Some(upstream) = &standby.cluster else {
+        return Ok(format!(
+            "its upstream {} is an address, not an HaCluster the operator manages: nothing here can fence it when it returns — make sure it comes back as a replica or not at all",
+            describe_upstream(standby)
+        ));
+    };
+    let ns = standby.namespace.clone().unwrap_or_else(|| here.to_owned());
+    let made = format!("{here}/{name}");
+    let members: Vec<String> = match clusters.get_opt(name).await? {
+        Some(c) => c
+            .status
+            .iter()
+            .flat_map(|s| &s.shards)
+            .flat_map(|s| &s.members)
+            .filter_map(|m| m.endpoint.clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    let upstreams: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(match super::operation::supersede(&upstreams, upstream, uid, by, &made, members).await? {
+        Some(_) => format!(
+            "HaCluster {ns}/{upstream} is told (status.supersededBy) to follow {made} should its members return as primaries: it is fenced, never a second writable cluster"
+        ),
+        None => format!("HaCluster {ns}/{upstream} no longer exists: nothing to fence"),
+    })
+}
+
+/// Undo what reset-restore-source of `uid` did for `cluster`: the upstream no longer told to
+/// follow it, the standby relation restored.
+async fn restore_relation(
+    ctx: &Context,
+    clusters: &Api<HaCluster>,
+    here: &str,
+    cluster: &str,
+    uid: &str,
+    standby: Option<&Standby>,
+) -> Result<(), kube::Error> {
+    if let Some(s) = standby
+        && let Some(upstream) = &s.cluster
+    {
+        let ns = s.namespace.as_deref().unwrap_or(here);
+        let upstreams: Api<HaCluster> = Api::namespaced(ctx.client.clone(), ns);
+        super::operation::unsupersede(&upstreams, upstream, uid).await?;
+    }
+    restore_standby(clusters, cluster, uid).await
 }
 
 /// failover-to-primary: record the promotion of the chosen member (epoch + 1, target) under
@@ -1032,7 +1094,8 @@ async fn roll_back(ctx: &Context, fr: &FailoverRequest, sub: &Subtask) -> Result
             format!("released the lock on {cluster}; the old primary keeps its role and routing")
         }
         "reset-restore-source" => {
-            restore_standby(&clusters, &cluster, &fr.uid().unwrap_or_default()).await?;
+            let uid = fr.uid().unwrap_or_default();
+            restore_relation(ctx, &clusters, &ns, &cluster, &uid, standby_from_context(&c).as_ref()).await?;
             let up =
                 standby_from_context(&c).map_or_else(|| "its upstream".into(), |s| describe_upstream(&s));
             let msg = format!(
@@ -1105,7 +1168,8 @@ async fn abandon(
     for (i, item) in fr.spec.items.iter().enumerate() {
         let i = i as i32;
         if dag::chain(&task.subtasks, i) == Chain::Standby && dag::may_roll_back(&task.subtasks, i) {
-            restore_standby(&clusters, &item.cluster, &uid).await?;
+            let standby = standby_from_context(&item_context(&task.subtasks, i));
+            restore_relation(ctx, &clusters, &ns, &item.cluster, &uid, standby.as_ref()).await?;
         }
     }
     let names: std::collections::BTreeSet<&str> = fr.spec.items.iter().map(|i| i.cluster.as_str()).collect();

@@ -602,6 +602,12 @@ struct Monitor {
     /// forced failover made it production while this site was cut off): that primary's
     /// endpoint. The cluster then behaves as a standby of it.
     superseded_by: Option<String>,
+    /// Whom this cluster yields to, for messages: the other site of its ProtectionGroup, or
+    /// the cluster a failover to primary made production in its place.
+    yield_source: String,
+    /// The current members of the cluster named by status.supersededBy, read at most every
+    /// [`SUPERSEDER_REFRESH`]: (cluster, read at, endpoints).
+    superseder_members: Option<(String, Instant, Vec<String>)>,
     wake: Arc<Wake>,
     /// Metric series this monitor created, removed when their member or the cluster goes.
     exported_members: HashSet<MemberLabels>,
@@ -668,6 +674,8 @@ impl Monitor {
             pod_services_generation: None,
             upstream_seen: None,
             superseded_by: None,
+            yield_source: String::new(),
+            superseder_members: None,
             wake,
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
@@ -781,25 +789,61 @@ impl Monitor {
         cluster.standby().is_some() || self.superseded_by.is_some() || cluster.detached()
     }
 
-    /// The other site's members to watch, for a production cluster of a ProtectionGroup
-    /// (`status.protection.yieldTo`); None otherwise (and the cluster is not superseded), or
-    /// while the group itself holds the lock — a planned move makes the other site primary
-    /// on purpose and publishes the relation before it lets go.
-    fn yield_targets(&mut self, cluster: &HaCluster) -> Option<Vec<String>> {
-        let protection = cluster.status.as_ref().and_then(|s| s.protection.as_ref());
-        let Some(p) = protection.filter(|p| p.standby.is_none() && !p.yield_to.is_empty()) else {
+    /// The members to watch, should one act as a primary: for a production cluster of a
+    /// ProtectionGroup the other site's (`status.protection.yieldTo`) — except while the group
+    /// itself holds the lock, as a planned move makes the other site primary on purpose and
+    /// publishes the relation before it lets go; for the old upstream of a standby a
+    /// FailoverRequest made production, that cluster's (`status.supersededBy`: the recorded
+    /// endpoints and its current ones). None otherwise (and the cluster is not superseded).
+    async fn yield_targets(&mut self, cluster: &HaCluster) -> Option<Vec<String>> {
+        let status = cluster.status.as_ref();
+        let protection = status.and_then(|s| s.protection.as_ref());
+        if let Some(p) = protection.filter(|p| p.standby.is_none() && !p.yield_to.is_empty()) {
+            let group_moving = status.iter().flat_map(|s| &s.shards).any(|s| {
+                s.operation.as_ref().is_some_and(|l| {
+                    matches!(
+                        l.kind.as_str(),
+                        super::protection_group::LOCK_KIND | super::protection_group::REMOTE_LOCK_KIND
+                    ) && l.expires_at.0 > Timestamp::now()
+                })
+            });
+            self.yield_source = format!("the other site of ProtectionGroup {}", p.group);
+            return (!group_moving).then(|| p.yield_to.clone());
+        }
+        let record = status.and_then(|s| s.superseded_by.as_ref());
+        let Some(r) = record.filter(|_| protection.is_none() && cluster.standby().is_none()) else {
             self.superseded_by = None;
+            self.superseder_members = None;
             return None;
         };
-        let group_moving = cluster.status.iter().flat_map(|s| &s.shards).any(|s| {
-            s.operation.as_ref().is_some_and(|l| {
-                matches!(
-                    l.kind.as_str(),
-                    super::protection_group::LOCK_KIND | super::protection_group::REMOTE_LOCK_KIND
-                ) && l.expires_at.0 > Timestamp::now()
-            })
-        });
-        (!group_moving).then(|| p.yield_to.clone())
+        self.yield_source =
+            format!("HaCluster {}, made production in this cluster's place by {}", r.cluster, r.by);
+        let fresh = self
+            .superseder_members
+            .as_ref()
+            .is_some_and(|(c, at, _)| c == &r.cluster && at.elapsed() < SUPERSEDER_REFRESH);
+        if !fresh {
+            let (ns, name) = r.cluster.split_once('/').unwrap_or_default();
+            // Unreadable now: the recorded endpoints and those read before still count.
+            if let Ok(found) = Api::<HaCluster>::namespaced(self.ctx.client.clone(), ns).get_opt(name).await {
+                let endpoints = found
+                    .and_then(|c| c.status)
+                    .map(|st| {
+                        st.shards.iter().flat_map(|s| &s.members).filter_map(|m| m.endpoint.clone()).collect()
+                    })
+                    .unwrap_or_default();
+                self.superseder_members = Some((r.cluster.clone(), Instant::now(), endpoints));
+            }
+        }
+        let mut targets = r.members.clone();
+        if let Some((c, _, current)) = &self.superseder_members
+            && c == &r.cluster
+        {
+            targets.extend(current.iter().cloned());
+        }
+        targets.sort();
+        targets.dedup();
+        Some(targets)
     }
 
     /// Whether a member of the other site of this production cluster's ProtectionGroup acts
@@ -818,8 +862,8 @@ impl Monitor {
         }
         if found.is_some() && found != self.superseded_by {
             let by = found.clone().unwrap_or_default();
-            let group = cluster.status.as_ref().and_then(|s| s.protection.as_ref()).map(|p| p.group.clone());
-            warn!(cluster = %key(cluster), primary = %by, "the other site of the protection group acts as a primary: following it, nothing here is writable");
+            let source = &self.yield_source;
+            warn!(cluster = %key(cluster), primary = %by, %source, "a member of the cluster made production in this one's place acts as a primary: following it, nothing here is writable");
             self.ctx
                 .event(
                     cluster,
@@ -827,8 +871,7 @@ impl Monitor {
                     Reason::SiteSuperseded,
                     EventAction::Fence,
                     format!(
-                        "{by}, of the other site of ProtectionGroup {}, acts as a primary (a forced failover made it production while this site was cut off): this cluster follows it and nothing here is made writable",
-                        group.unwrap_or_default()
+                        "{by}, of {source}, acts as a primary (it was made production while this cluster was cut off or lost): this cluster follows it and nothing here is made writable"
                     ),
                 )
                 .await;
@@ -964,7 +1007,7 @@ impl Monitor {
         self.detach_removed(engine.as_ref(), &cluster, &declared).await;
         // The other site of a ProtectionGroup is probed beside the members, so an unreachable
         // site does not lengthen the heartbeat.
-        let others = self.yield_targets(&cluster);
+        let others = self.yield_targets(&cluster).await;
         let timeout = cluster.spec.failover.heartbeat_interval.0.max(Duration::from_millis(200));
         let (_, acting) = futures::join!(
             self.probe_all(engine.as_ref(), &declared, &cluster),
@@ -1064,29 +1107,45 @@ impl Monitor {
         }
     }
 
-    /// A failover to primary ended spec.standby's relation (status.standbyReleased); once the
-    /// spec no longer names that relation (removed, or another upstream), the record says
-    /// nothing and goes, so that naming the same upstream again later makes the cluster a
-    /// standby again. Only while no operation holds a lock (a FailoverRequest rolling back
-    /// removes its own record); resourceVersion-guarded, retried next heartbeat on a conflict.
+    /// Records of other operations that say nothing any more, removed (one
+    /// resourceVersion-guarded write, retried next heartbeat on a conflict):
+    /// - status.standbyReleased, once spec.standby no longer names the relation a failover to
+    ///   primary ended (removed, or another upstream), so that naming the same upstream again
+    ///   later makes the cluster a standby again — only while no operation holds a lock (a
+    ///   FailoverRequest rolling back removes its own record);
+    /// - status.supersededBy, once the cluster has a standby relation again (spec.standby or
+    ///   a ProtectionGroup): it follows what that says, not the cluster that superseded it.
     async fn forget_stale_release(&mut self, cluster: &HaCluster) {
         let Some(st) = cluster.status.as_ref() else { return };
-        let Some(record) = &st.standby_released else { return };
-        if cluster.spec.standby.as_ref() == Some(&record.standby)
-            || st.shards.iter().any(|s| s.operation.is_some() || s.target_primary.is_some())
-        {
+        let stale_release = st.standby_released.as_ref().filter(|r| {
+            cluster.spec.standby.as_ref() != Some(&r.standby)
+                && !st.shards.iter().any(|s| s.operation.is_some() || s.target_primary.is_some())
+        });
+        let stale_supersession =
+            st.superseded_by.as_ref().filter(|_| st.protection.is_some() || cluster.standby().is_some());
+        if stale_release.is_none() && stale_supersession.is_none() {
             return;
         }
         let mut next = cluster.clone();
         if let Some(s) = next.status.as_mut() {
-            s.standby_released = None;
+            if stale_release.is_some() {
+                s.standby_released = None;
+            }
+            if stale_supersession.is_some() {
+                s.superseded_by = None;
+            }
         }
         match self.replace_status(&next).await {
             Ok(()) => {
-                info!(cluster = %key(cluster), by = %record.by, "spec.standby no longer names the relation a failover ended; its record is cleared")
+                if let Some(r) = stale_release {
+                    info!(cluster = %key(cluster), by = %r.by, "spec.standby no longer names the relation a failover ended; its record is cleared");
+                }
+                if let Some(r) = stale_supersession {
+                    info!(cluster = %key(cluster), by = %r.by, superseded_by = %r.cluster, "the cluster has a standby relation again; the record of its supersession is cleared");
+                }
             }
             Err(e) => {
-                debug!(cluster = %key(cluster), error = %e, "could not clear the standby release record; retried next heartbeat")
+                debug!(cluster = %key(cluster), error = %e, "could not clear a stale record; retried next heartbeat")
             }
         }
     }
@@ -2058,7 +2117,13 @@ impl Monitor {
             (
                 Reason::SiteSuperseded,
                 format!(
-                    "{by}, of the other site of the protection group, acts as a primary: this cluster follows it and nothing here is writable until the group re-protects it"
+                    "{by}, of {}, acts as a primary: this cluster follows it and nothing here is writable{}",
+                    self.yield_source,
+                    if cluster.status.as_ref().is_some_and(|s| s.protection.is_some()) {
+                        " until the group re-protects it"
+                    } else {
+                        " (make it a standby with spec.standby, or delete it)"
+                    }
                 ),
             )
         } else if let Some((shard, reason, msg)) = blocks.first() {
@@ -2565,6 +2630,10 @@ fn observed_part(status: &HaClusterStatus) -> serde_json::Value {
 /// How often changed offsets and lag alone are written to status.
 const OFFSETS_REFRESH: Duration = Duration::from_secs(10);
 
+/// How often a cluster superseded by a failover to primary re-reads the members of the
+/// cluster made production in its place (between reads, those last read still count).
+const SUPERSEDER_REFRESH: Duration = Duration::from_secs(5);
+
 /// How long the monitor holds its observed write while a promotion it started is in flight
 /// (most finish well within it; see [`Monitor::write_status`]).
 const OBSERVED_HELD_FOR: Duration = Duration::from_secs(2);
@@ -2774,6 +2843,7 @@ mod tests {
             "LastPromotion",
             "protection",
             "standbyReleased",
+            "supersededBy",
         ] {
             assert!(!text.contains(decision), "{decision} in {text}");
         }

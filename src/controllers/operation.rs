@@ -16,7 +16,7 @@ use crate::{
     engines::{ObservedRole, Probe},
     resources::{
         HaCluster, ShardFailover,
-        hacluster::{OperationLock, Role, Standby, StandbyRelease},
+        hacluster::{OperationLock, Role, Standby, StandbyRelease, Supersession},
     },
 };
 
@@ -360,6 +360,51 @@ pub async fn restore_standby(clusters: &Api<HaCluster>, cluster: &str, uid: &str
             }
         }
         if changed { Edit::Write(()) } else { Edit::Keep(()) }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Tell `upstream` (the HaCluster a released standby followed) that `made` — `namespace/name`
+/// of that standby, whose members are `members` — is production in its place: one
+/// resourceVersion-guarded write of `status.supersededBy` (see [`update_status`]). Should
+/// one of those members act as a primary when the upstream's members return, its monitor
+/// makes them follow it. `Ok(true)` when written now, `Ok(false)` when `uid` had written it
+/// already; None when the upstream does not exist.
+pub async fn supersede(
+    upstreams: &Api<HaCluster>,
+    upstream: &str,
+    uid: &str,
+    by: &str,
+    made: &str,
+    members: Vec<String>,
+) -> Result<Option<bool>, kube::Error> {
+    update_status(upstreams, upstream, |c| {
+        let status = c.status.get_or_insert_with(Default::default);
+        if status.superseded_by.as_ref().is_some_and(|r| r.uid.as_deref() == Some(uid)) {
+            return Edit::Keep(false);
+        }
+        status.superseded_by = Some(Supersession {
+            by: by.to_owned(),
+            uid: Some(uid.to_owned()),
+            at: Time(Timestamp::now()),
+            cluster: made.to_owned(),
+            members: members.clone(),
+        });
+        Edit::Write(true)
+    })
+    .await
+}
+
+/// Undo [`supersede`] of `uid` on `upstream` (a rolled-back failover to primary); nothing
+/// when another operation wrote the record since, or the cluster is gone.
+pub async fn unsupersede(upstreams: &Api<HaCluster>, upstream: &str, uid: &str) -> Result<(), kube::Error> {
+    update_status(upstreams, upstream, |c| match c.status.as_mut() {
+        Some(s) if s.superseded_by.as_ref().is_some_and(|r| r.uid.as_deref() == Some(uid)) => {
+            s.superseded_by = None;
+            Edit::Write(())
+        }
+        _ => Edit::Keep(()),
     })
     .await?;
     Ok(())

@@ -558,6 +558,13 @@ pub struct HaClusterStatus {
     /// makes it a standby again. Written through the resourceVersion-guarded path only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_released: Option<StandbyRelease>,
+    /// Set by the FailoverRequest that failed a standby of this cluster over to primary
+    /// while this cluster was lost: should one of that standby's members act as a primary
+    /// when this cluster's members return, this cluster follows it and nothing here is made
+    /// writable (checked before every promotion and on every heartbeat). Cleared by the
+    /// monitor once spec.standby or a ProtectionGroup gives the cluster a relation again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Supersession>,
     /// Members the operator runs (spec.instances): which pods are members, and how far a
     /// change has rolled. Written by the instances controller only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -604,6 +611,30 @@ pub struct StandbyRelease {
     /// The spec.standby that was ended: the old upstream, to be fenced when it returns.
     #[schemars(schema_with = "super::shared::observed_schema::<Standby>")]
     pub standby: Standby,
+}
+
+/// Another cluster was made production in this cluster's place (see
+/// `HaClusterStatus::superseded_by`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Supersession {
+    /// The operation that made it production: `FailoverRequest <namespace>/<name>`.
+    #[schemars(length(min = 1, max = 400))]
+    pub by: String,
+    /// UID of that operation (its own record is the only one it rolls back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub uid: Option<String>,
+    /// When it was written.
+    pub at: Time,
+    /// `namespace/name` of the HaCluster made production.
+    #[schemars(length(min = 1, max = 317))]
+    pub cluster: String,
+    /// Its members' endpoints when it was written (the monitor also reads that cluster's
+    /// current ones while it exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub members: Vec<String>,
 }
 
 impl HaCluster {

@@ -234,6 +234,11 @@ async fn a_standby_failover_resumes_after_a_kill_at_every_step() {
         assert!(s.operation.is_none() && s.target_primary.is_none(), "killed after {step}: {s:?}");
         assert_eq!(s.current_primary.as_deref(), Some(leader.as_str()));
         assert_eq!(s.epoch, epoch + 1, "killed after {step}: exactly one promotion");
+        let fenced = hacs.get("src").await.unwrap().status.unwrap().superseded_by;
+        assert!(
+            fenced.as_ref().is_some_and(|r| r.cluster.ends_with("/dr")),
+            "killed after {step}: the old upstream is told to yield: {fenced:?}"
+        );
         assert_eq!(sampler.max(), 1, "killed after {step}: never two writable servers");
         eprintln!("killed after {step}: resumed and finished ({leader} is primary, epoch {})", s.epoch);
     }

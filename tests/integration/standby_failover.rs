@@ -150,7 +150,8 @@ async fn a_standby_whose_upstream_is_gone_is_failed_over_to_primary_and_stays_pr
     let ns = support::namespace(&client, "sb-fo").await;
     let mut src = [RedisServer::start(None), RedisServer::start(None)];
     let dr = [RedisServer::start(None), RedisServer::start(None)];
-    let sampler = RoleSampler::start(src.iter().chain(dr.iter()).map(RedisServer::sample_target).collect());
+    let mut sampler =
+        RoleSampler::start(src.iter().chain(dr.iter()).map(RedisServer::sample_target).collect());
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
     let operator = Operator::start(client.clone(), &ns);
     let (spi, li, leader) = upstream_and_standby(&hacs, &src, &dr).await;
@@ -210,6 +211,12 @@ async fn a_standby_whose_upstream_is_gone_is_failed_over_to_primary_and_stays_pr
     assert!(failed.message.unwrap_or_default().contains("timed out"));
     let cst = hacs.get("dr").await.unwrap().status.unwrap();
     assert!(cst.standby_released.is_none(), "the relation is restored");
+    let upstream = hacs.get("src").await.unwrap().status.unwrap();
+    assert!(
+        upstream.superseded_by.is_none(),
+        "the upstream is no longer told to yield: {:?}",
+        upstream.superseded_by
+    );
     assert!(
         cst.shards[0].operation.is_none() && cst.shards[0].target_primary.is_none(),
         "{:?}",
@@ -298,6 +305,60 @@ async fn a_standby_whose_upstream_is_gone_is_failed_over_to_primary_and_stays_pr
     })
     .await;
 
+    // The old upstream is told, before its standby was made writable, whom it yields to.
+    let record = hacs.get("src").await.unwrap().status.unwrap().superseded_by.expect("src told to yield");
+    assert_eq!(record.cluster, format!("{ns}/dr"));
+    assert_eq!(record.by, format!("FailoverRequest {ns}/promote-dr"));
+    assert!(record.members.contains(&dr[li].endpoint()), "{:?}", record.members);
+    assert!(
+        note("reset-restore-source").unwrap_or_default().contains("status.supersededBy"),
+        "{:?}",
+        note("reset-restore-source")
+    );
+    assert!(sampler.count() > 20, "the sampler ran ({} samples)", sampler.count());
+    assert_eq!(sampler.max(), 1, "never two writable servers up to here");
+    // The lost upstream returns: its servers restart empty, as masters (what redis-server
+    // does), and its monitor makes them follow the standby's leader — nothing of the old
+    // upstream is made writable, nothing is promoted there, the standby's data is untouched.
+    let src_epoch = hacs.get("src").await.unwrap().status.unwrap().shards[0].epoch;
+    let returned = std::time::Instant::now();
+    src[0].restart();
+    src[1].restart();
+    // Shaped like a standby cluster: its leader follows the new production primary, the other
+    // member follows its leader.
+    wait_follows(&src[spi], &dr[li]).await;
+    eprintln!(
+        "the returned upstream's leader follows the new production primary {:?} after its restart",
+        returned.elapsed()
+    );
+    wait_follows(&src[1 - spi], &src[spi]).await;
+    eventually(WAIT, "src to say it is superseded", || async {
+        let st = hacs.get("src").await.ok()?.status?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False"
+            && ready.reason == "SiteSuperseded"
+            && ready.message.contains(&format!("{ns}/dr")))
+        .then_some(())
+    })
+    .await;
+    let _: () = dr[li].cmd(redis::cmd("SET").arg("after-the-return").arg("1")).await.expect("still writable");
+    eventually(WAIT, "the returned members to replicate the new production's writes", || async {
+        let v: Option<String> = src[spi].cmd(redis::cmd("GET").arg("after-the-return")).await.ok()?;
+        v.filter(|v| v == "1")
+    })
+    .await;
+    // A fresh sampler from here on (the restarted servers were masters until fenced).
+    sampler = RoleSampler::start(src.iter().chain(dr.iter()).map(RedisServer::sample_target).collect());
+    observe_heartbeats_sampled(&src[spi], 10, &sampler).await;
+    for s in &src {
+        assert_eq!(s.role().await.as_deref(), Some("slave"), "a returned upstream member stays fenced");
+    }
+    assert_eq!(
+        hacs.get("src").await.unwrap().status.unwrap().shards[0].epoch,
+        src_epoch,
+        "nothing promoted in src"
+    );
+
     // Its monitor keeps it primary heartbeat after heartbeat, also when the unchanged
     // manifest is applied again (GitOps) and when another field of the spec is edited.
     let keeps_primary = |what: &'static str| keeps_primary(&hacs, &dr[li], &sampler, &leader, what);
@@ -324,6 +385,23 @@ async fn a_standby_whose_upstream_is_gone_is_failed_over_to_primary_and_stays_pr
     })
     .await;
     keeps_primary("spec.standby removed").await;
+    // The user makes the old upstream a standby of the new production cluster: its record of
+    // the supersession goes and it follows by the relation.
+    hacs.patch(
+        "src",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"standby": {"cluster": "dr"}}})),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "src's supersession record to be cleared", || async {
+        hacs.get("src").await.ok()?.status?.superseded_by.is_none().then_some(())
+    })
+    .await;
+    let src_leader = wait_leader(&hacs, "src", &dr[li]).await;
+    let sli = if src_leader == "s-a" { 0 } else { 1 };
+    wait_follows(&src[sli], &dr[li]).await;
+    keeps_primary("the old upstream made a standby of it").await;
     assert!(sampler.count() > 20, "the sampler ran ({} samples)", sampler.count());
     assert_eq!(sampler.max(), 1, "never two writable servers");
     operator.stop().await;
