@@ -78,6 +78,10 @@ pub struct Gap {
     pub ms: f64,
     pub before: String,
     pub after: String,
+    /// What happened during the pause: failed writes (and, for go-redis, dials), each with
+    /// its time in ms since the epoch; at most 20.
+    #[serde(default)]
+    pub events: Vec<(f64, String)>,
 }
 
 impl Writer {

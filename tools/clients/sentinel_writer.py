@@ -52,6 +52,7 @@ def main():
 
     acked, gaps, addrs, errors = [], [], [], {}
     last_ok, last_addr = None, None
+    pending = []  # failed writes since the last acknowledged one: [time ms, error]
     start = time.time()
     n = 0
     while True:
@@ -63,6 +64,8 @@ def main():
         except Exception as e:  # every failure is a write not acknowledged
             name = type(e).__name__
             errors[name] = errors.get(name, 0) + 1
+            if len(pending) < 20:
+                pending.append([time.time() * 1000, name])
             time.sleep(0.001)
             continue
         t = time.time()
@@ -71,7 +74,8 @@ def main():
         acked.append(n)
         if last_ok is not None and (t - last_ok) * 1000 > a.gap_ms:
             gaps.append({"from_ms": last_ok * 1000, "to_ms": t * 1000, "ms": (t - last_ok) * 1000,
-                         "before": last_addr, "after": addr})
+                         "before": last_addr, "after": addr, "events": pending})
+        pending = []
         if addr != last_addr:
             addrs.append([addr, t * 1000])
         last_ok, last_addr = t, addr

@@ -140,10 +140,29 @@ async fn replicas_online(ip: &str) -> anyhow::Result<()> {
 /// the member at `ip`.
 /// Also says how the writes failed meanwhile (error kind × count), so that a long pause can be
 /// told from a client waiting (no errors) or a primary refusing (`NOREPLICAS`, `READONLY`).
+/// Pauses longer than this are told event by event.
+const LONG_PAUSE_MS: f64 = 40.0;
+
 async fn measure(writer: Writer, t0_ms: f64, ip: &str) -> anyhow::Result<(f64, usize, usize, String)> {
     let key = writer.key.clone();
     let report = writer.finish();
     let gap = report.gaps.iter().filter(|g| g.to_ms >= t0_ms).map(|g| g.ms).fold(GAP_MS, f64::max);
+    // A long pause says what the client did meanwhile, in ms from its start.
+    let longest = report
+        .gaps
+        .iter()
+        .filter(|g| g.to_ms >= t0_ms && g.ms > LONG_PAUSE_MS)
+        .max_by(|a, b| a.ms.total_cmp(&b.ms));
+    let timeline = longest.map(|g| {
+        let events: Vec<String> =
+            g.events.iter().map(|(t, what)| format!("+{:.1} ms {what}", t - g.from_ms)).collect();
+        format!(
+            "; during the {:.1} ms pause (from {:.1} ms after the fault): {}",
+            g.ms,
+            g.from_ms - t0_ms,
+            if events.is_empty() { "nothing failed".to_owned() } else { events.join(", ") }
+        )
+    });
     let mut c = redis_conn(ip, PORT, None, 2000).await?;
     let held: Vec<i64> = redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut c).await?;
     let errors = if report.errors.is_empty() {
@@ -151,7 +170,7 @@ async fn measure(writer: Writer, t0_ms: f64, ip: &str) -> anyhow::Result<(f64, u
     } else {
         let kinds: Vec<String> = report.errors.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
         format!("failed writes: {}", kinds.join(", "))
-    };
+    } + &timeline.unwrap_or_default();
     Ok((gap, report.missing(&held).len(), report.acked.len(), errors))
 }
 

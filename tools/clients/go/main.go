@@ -28,6 +28,9 @@ type gap struct {
 	Ms     float64 `json:"ms"`
 	Before string  `json:"before"`
 	After  string  `json:"after"`
+	// What happened during the pause (up to 20 events): failed writes and dials, each
+	// [time in ms since the epoch, what].
+	Events [][2]any `json:"events"`
 }
 
 type report struct {
@@ -68,6 +71,15 @@ func main() {
 	// The primary the client dialled last: go-redis dials only the primary it was told of.
 	var mu sync.Mutex
 	current := "?"
+	// Failed writes and dials since the last acknowledged write.
+	pending := [][2]any{}
+	note := func(what string) {
+		mu.Lock()
+		if len(pending) < 20 {
+			pending = append(pending, [2]any{ms(time.Now()), what})
+		}
+		mu.Unlock()
+	}
 	var client *redis.Client
 	if *plain != "" {
 		// The same loop and library without discovery: what a client of a Service does.
@@ -89,7 +101,7 @@ func main() {
 			MaxRetries:       -1,
 		})
 	}
-	client.AddHook(dialHook{&mu, &current})
+	client.AddHook(dialHook{&mu, &current, note})
 	ctx := context.Background()
 
 	r := report{Client: "go-redis", Acked: []int64{}, Gaps: []gap{}, Addrs: [][2]any{}, Errors: map[string]int64{}}
@@ -108,16 +120,19 @@ func main() {
 		r.Attempts = n
 		if err := client.RPush(ctx, *key, n).Err(); err != nil {
 			r.Errors[errName(err)]++
+			note("write failed: " + err.Error())
 			time.Sleep(time.Millisecond)
 			continue
 		}
 		t := time.Now()
 		mu.Lock()
 		addr := current
+		events := pending
+		pending = [][2]any{}
 		mu.Unlock()
 		r.Acked = append(r.Acked, n)
 		if !lastOk.IsZero() && float64(t.Sub(lastOk).Microseconds())/1000 > *gapMs {
-			r.Gaps = append(r.Gaps, gap{ms(lastOk), ms(t), float64(t.Sub(lastOk).Microseconds()) / 1000, lastAddr, addr})
+			r.Gaps = append(r.Gaps, gap{ms(lastOk), ms(t), float64(t.Sub(lastOk).Microseconds()) / 1000, lastAddr, addr, events})
 		}
 		if addr != lastAddr {
 			r.Addrs = append(r.Addrs, [2]any{addr, ms(t)})
@@ -152,11 +167,17 @@ func errName(err error) string {
 type dialHook struct {
 	mu      *sync.Mutex
 	current *string
+	note    func(string)
 }
 
 func (h dialHook) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := next(ctx, network, addr)
+		if err != nil {
+			h.note("dial failed: " + err.Error())
+		} else {
+			h.note("dialled " + c.RemoteAddr().String())
+		}
 		if err == nil {
 			h.mu.Lock()
 			// The failover client dials "FailoverClient" and resolves the primary itself:
