@@ -317,18 +317,20 @@ async fn a_standby_whose_upstream_is_gone_is_failed_over_to_primary_and_stays_pr
     );
     assert!(sampler.count() > 20, "the sampler ran ({} samples)", sampler.count());
     assert_eq!(sampler.max(), 1, "never two writable servers up to here");
-    // The lost upstream returns: its servers restart empty, as masters (what redis-server
-    // does), and its monitor makes them follow the standby's leader — nothing of the old
-    // upstream is made writable, nothing is promoted there, the standby's data is untouched.
+    // The lost upstream returns: its servers restart empty, its old primary as a master (as
+    // a redis-server whose configuration names no master does), and its monitor makes them
+    // follow the standby's leader — nothing of the old upstream stays writable, nothing is
+    // promoted there, the standby's data is untouched.
     let src_epoch = hacs.get("src").await.unwrap().status.unwrap().shards[0].epoch;
-    let returned = std::time::Instant::now();
     src[0].restart();
     src[1].restart();
+    let _: () = src[spi].cmd(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await.unwrap();
+    let returned = std::time::Instant::now();
     // Shaped like a standby cluster: its leader follows the new production primary, the other
     // member follows its leader.
     wait_follows(&src[spi], &dr[li]).await;
     eprintln!(
-        "the returned upstream's leader follows the new production primary {:?} after its restart",
+        "the returned upstream's old primary, a master again, follows the new production primary {:?} later",
         returned.elapsed()
     );
     wait_follows(&src[1 - spi], &src[spi]).await;
