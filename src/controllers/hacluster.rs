@@ -46,6 +46,7 @@ use crate::{
         member::stream_stalled,
         saga::{self, Become, End, OldPrimary, Start},
         shard::{self, MemberFacts, Plan, Policy, Promotion, PromotionKind, ShardFacts},
+        standby,
         vocabulary::{Action as EventAction, ConditionType, Reason},
     },
     engines::{self, Engine, EngineError, Fault, ObservedRole, Probe},
@@ -596,8 +597,10 @@ struct Monitor {
     last_redirect: Option<Vec<(String, String)>>,
     config_error: Option<(Reason, String)>,
     pod_services_generation: Option<i64>,
-    /// Standby clusters: the upstream primary this heartbeat resolved.
-    upstream_seen: Option<String>,
+    /// Standby clusters: the upstream primary each shard follows, as this heartbeat resolved
+    /// it (shards without one are in `upstream_unknown`, with why).
+    upstream_seen: BTreeMap<String, String>,
+    upstream_unknown: BTreeMap<String, String>,
     /// A production cluster of a ProtectionGroup whose other site acts as a primary (a
     /// forced failover made it production while this site was cut off): that primary's
     /// endpoint. The cluster then behaves as a standby of it.
@@ -672,7 +675,8 @@ impl Monitor {
             last_redirect: None,
             config_error: None,
             pod_services_generation: None,
-            upstream_seen: None,
+            upstream_seen: BTreeMap::new(),
+            upstream_unknown: BTreeMap::new(),
             superseded_by: None,
             yield_source: String::new(),
             superseder_members: None,
@@ -896,27 +900,50 @@ impl Monitor {
             follows_directly: engine.follows_directly(),
             standby,
             upstream,
+            upstream_unknown: None,
             detached: cluster.detached(),
         }
     }
 
-    /// A standby cluster's upstream: the primary endpoint of the HaCluster it follows (read
-    /// from that cluster's status), or the fixed `primaryEndpoint`.
-    async fn upstream(&self, cluster: &HaCluster) -> Option<String> {
-        let standby = cluster.standby()?;
+    /// A standby cluster's upstream, shard by shard: the primary endpoint of the same shard
+    /// of the HaCluster it follows (read from that cluster's status; see
+    /// [`standby::pair_shards`]), or the fixed `primaryEndpoint` for a one-shard cluster.
+    /// Empty for a cluster that is not a standby.
+    async fn upstreams(
+        &self,
+        cluster: &HaCluster,
+        shards: &[String],
+    ) -> Vec<(String, Result<String, String>)> {
+        let Some(standby) = cluster.standby() else { return Vec::new() };
         if let Some(ep) = &standby.primary_endpoint {
-            return Some(ep.clone());
+            return standby::pair_endpoint(shards, ep);
         }
-        let name = standby.cluster.as_ref()?;
+        let all = |why: String| shards.iter().map(|s| (s.clone(), Err(why.clone()))).collect();
+        let Some(name) = standby.cluster.as_ref() else {
+            return all("spec.standby names neither a cluster nor a primaryEndpoint".into());
+        };
         let ns = standby.namespace.clone().or_else(|| cluster.namespace()).unwrap_or_default();
-        let other = Api::<HaCluster>::namespaced(self.ctx.client.clone(), &ns).get_opt(name).await.ok()??;
-        let st = other.status?;
-        let shard = st.shards.first()?;
-        if shard.target_primary.is_some() {
-            return None;
-        }
-        let primary = shard.current_primary.as_ref()?;
-        shard.members.iter().find(|m| &m.name == primary)?.endpoint.clone()
+        let what = format!("HaCluster {ns}/{name}");
+        let other = match Api::<HaCluster>::namespaced(self.ctx.client.clone(), &ns).get_opt(name).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return all(format!("{what} does not exist")),
+            Err(e) => return all(format!("{what} cannot be read: {e}")),
+        };
+        let theirs: Vec<standby::UpstreamShard> = other
+            .status
+            .iter()
+            .flat_map(|st| &st.shards)
+            .map(|s| standby::UpstreamShard {
+                name: s.name.clone(),
+                primary: s
+                    .current_primary
+                    .as_ref()
+                    .filter(|_| s.target_primary.is_none())
+                    .and_then(|p| s.members.iter().find(|m| &m.name == p))
+                    .and_then(|m| m.endpoint.clone()),
+            })
+            .collect();
+        standby::pair_shards(shards, &what, &theirs)
     }
 
     /// The engine for what the spec and the Secret say now. The Secret comes from the shared
@@ -1015,16 +1042,31 @@ impl Monitor {
         );
         self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
         self.start_stalled_streams(engine.as_ref(), &declared, &cluster).await;
-        let upstream = match self.superseded(&cluster, acting).await {
-            Some(primary) => Some(primary),
-            None => self.upstream(&cluster).await,
+        let shards = Self::shard_names(&cluster, &declared);
+        let upstreams = match self.superseded(&cluster, acting).await {
+            Some(primary) => shards.iter().map(|s| (s.clone(), Ok(primary.clone()))).collect(),
+            None => self.upstreams(&cluster, &shards).await,
         };
-        self.upstream_seen = upstream.clone();
-        let policy = Self::policy(&cluster, engine.as_ref(), upstream, self.is_standby(&cluster));
+        self.upstream_seen.clear();
+        self.upstream_unknown.clear();
+        for (shard, to) in upstreams {
+            match to {
+                Ok(ep) => self.upstream_seen.insert(shard, ep),
+                Err(why) => self.upstream_unknown.insert(shard, why),
+            };
+        }
+        let standby = self.is_standby(&cluster);
+        let shard_policy = |me: &Self, shard: &str| {
+            let mut p =
+                Self::policy(&cluster, engine.as_ref(), me.upstream_seen.get(shard).cloned(), standby);
+            p.upstream_unknown = me.upstream_unknown.get(shard).cloned();
+            p
+        };
 
         let mut plans = HashMap::new();
         let mut spawned = false;
-        for shard_name in Self::shard_names(&cluster, &declared) {
+        for shard_name in shards {
+            let policy = shard_policy(self, &shard_name);
             if self.ops.contains_key(&shard_name) {
                 // A promotion of this shard is under way in its own task: it owns the roles.
                 plans.insert(shard_name, Plan::default());
@@ -1454,7 +1496,7 @@ impl Monitor {
                     self.account_reattached(cluster, &d.shard, &d.name, offset).await;
                 }
                 // A standby leader follows the upstream; everyone else follows the leader.
-                let target = match &self.upstream_seen {
+                let target = match self.upstream_seen.get(&d.shard) {
                     Some(up) if d.name == p.name => up.clone(),
                     _ => p.endpoint.clone(),
                 };
@@ -1834,7 +1876,7 @@ impl Monitor {
         let declared_dead = |d: &Declared| {
             dead_members.contains(&d.name) || d.node.as_ref().is_some_and(|n| dead_nodes.contains(n))
         };
-        let become_ = match (self.is_standby(cluster), &self.upstream_seen) {
+        let become_ = match (self.is_standby(cluster), self.upstream_seen.get(shard_name)) {
             (false, _) => Become::Writable,
             (true, Some(up)) => Become::Follower(up.clone()),
             (true, None) => return None,
@@ -2056,7 +2098,7 @@ impl Monitor {
         let standby = self.is_standby(cluster);
         let leader_role = if standby { Role::Replica } else { Role::Primary };
         for s in &mut status.shards {
-            s.upstream = self.upstream_seen.clone().filter(|_| standby);
+            s.upstream = self.upstream_seen.get(&s.name).cloned().filter(|_| standby);
         }
         // A self-fencing primary with too few replicas refuses writes: it is not healthy for
         // clients (until the replicas are attached, after a bootstrap or a failover).

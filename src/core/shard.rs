@@ -78,6 +78,8 @@ pub struct Policy {
     /// For a standby cluster, the `host:port` its leader must follow (None: not known now —
     /// then nothing is changed).
     pub upstream: Option<String>,
+    /// Why `upstream` is not known now, when it is not (for the blocked message).
+    pub upstream_unknown: Option<String>,
     /// Detached from its ProtectionGroup with policy ReadOnly: nothing is changed and
     /// nothing is made writable.
     pub detached: bool,
@@ -94,6 +96,7 @@ impl Default for Policy {
             follows_directly: true,
             standby: false,
             upstream: None,
+            upstream_unknown: None,
             detached: false,
         }
     }
@@ -239,8 +242,10 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
     if policy.standby && policy.upstream.is_none() {
         plan.blocked = Some(Blocked {
             reason: Reason::UpstreamUnknown,
-            message: "standby cluster: the upstream primary is not known; nothing is changed until it is"
-                .into(),
+            message: format!(
+                "standby cluster: the upstream primary is not known{}; nothing is changed until it is",
+                policy.upstream_unknown.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+            ),
         });
         return plan;
     }

@@ -104,9 +104,96 @@ pub fn promotion_next(f: &PromotionFacts) -> PromotionNext {
     }
 }
 
+/// One shard of the upstream cluster, as its status says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamShard {
+    pub name: String,
+    /// Its primary's endpoint; None while it has none or a promotion is recorded but not
+    /// carried out.
+    pub primary: Option<String>,
+}
+
+/// Which address each shard of a standby cluster follows, or why it has none now. One shard
+/// on both sides: that one, whatever their names; otherwise shard by shard, by name (each
+/// shard holds its own part of the data, so a shard never follows another's primary).
+pub fn pair_shards(
+    mine: &[String],
+    upstream: &str,
+    theirs: &[UpstreamShard],
+) -> Vec<(String, Result<String, String>)> {
+    let one_to_one = mine.len() == 1 && theirs.len() == 1;
+    mine.iter()
+        .map(|shard| {
+            let found = if one_to_one { theirs.first() } else { theirs.iter().find(|t| &t.name == shard) };
+            let to = match found {
+                None if theirs.is_empty() => Err(format!("{upstream} has no shards in its status yet")),
+                None => Err(format!(
+                    "{upstream} has no shard named {shard} (it has {}); the shards of a standby follow the upstream's shard by shard, by name",
+                    theirs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+                Some(t) => t.primary.clone().ok_or_else(|| {
+                    format!("shard {} of {upstream} has no primary now (none yet, or one being promoted)", t.name)
+                }),
+            };
+            (shard.clone(), to)
+        })
+        .collect()
+}
+
+/// The same for a standby whose upstream is one address (`primaryEndpoint`): only a one-shard
+/// cluster can follow it.
+pub fn pair_endpoint(mine: &[String], endpoint: &str) -> Vec<(String, Result<String, String>)> {
+    mine.iter()
+        .map(|shard| {
+            let to = if mine.len() == 1 {
+                Ok(endpoint.to_owned())
+            } else {
+                Err(format!(
+                    "spec.standby.primaryEndpoint is one address, and this cluster has {} shards: name the upstream HaCluster instead (spec.standby.cluster), whose shards are followed by name",
+                    mine.len()
+                ))
+            };
+            (shard.clone(), to)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_of_a_standby_follow_the_upstream_shard_of_the_same_name() {
+        let up = |name: &str, primary: Option<&str>| UpstreamShard {
+            name: name.into(),
+            primary: primary.map(Into::into),
+        };
+        let mine = vec!["s0".to_owned(), "s1".to_owned()];
+        let theirs = [up("s1", Some("b:1")), up("s0", Some("a:1"))];
+        let pairs = pair_shards(&mine, "HaCluster ns/src", &theirs);
+        assert_eq!(pairs, vec![("s0".into(), Ok("a:1".into())), ("s1".into(), Ok("b:1".into()))]);
+        // A shard being promoted upstream, and one the upstream lacks: no address, and why.
+        let theirs = [up("s0", None), up("x", Some("c:1"))];
+        let pairs = pair_shards(&mine, "HaCluster ns/src", &theirs);
+        assert!(
+            pairs[0].1.as_ref().unwrap_err().contains("shard s0 of HaCluster ns/src has no primary"),
+            "{pairs:?}"
+        );
+        assert!(pairs[1].1.as_ref().unwrap_err().contains("no shard named s1 (it has s0, x)"), "{pairs:?}");
+        // One shard each: paired whatever the names.
+        let pairs = pair_shards(&["main".to_owned()], "u", &[up("s0", Some("a:1"))]);
+        assert_eq!(pairs, vec![("main".into(), Ok("a:1".into()))]);
+        assert!(
+            pair_shards(&mine, "u", &[]).iter().all(|(_, to)| to.as_ref().unwrap_err().contains("no shards"))
+        );
+    }
+
+    #[test]
+    fn one_address_is_followed_by_a_one_shard_standby_only() {
+        assert_eq!(pair_endpoint(&["s0".to_owned()], "a:1"), vec![("s0".into(), Ok("a:1".into()))]);
+        let two = pair_endpoint(&["s0".to_owned(), "s1".to_owned()], "a:1");
+        assert!(two.iter().all(|(_, to)| to.as_ref().unwrap_err().contains("has 2 shards")), "{two:?}");
+    }
 
     #[test]
     fn a_planned_failover_never_makes_a_second_writable_cluster() {

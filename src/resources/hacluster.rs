@@ -502,7 +502,9 @@ pub enum WorkloadKind {
     "message": "standby needs exactly one of cluster (an HaCluster) or primaryEndpoint (host:port)"
 }]))]
 pub struct Standby {
-    /// HaCluster whose primary this cluster follows.
+    /// HaCluster whose primary this cluster follows: each shard's leader follows the primary
+    /// of the upstream's shard of the same name (one shard on each side: that one, whatever
+    /// its name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub cluster: Option<String>,
@@ -510,7 +512,8 @@ pub struct Standby {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
-    /// A fixed upstream `host:port`, for an upstream outside this control plane.
+    /// A fixed upstream `host:port`, for an upstream outside this control plane (one-shard
+    /// clusters only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3, max = 261))]
     #[schemars(extend("x-kubernetes-validations" = [{
