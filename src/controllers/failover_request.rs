@@ -627,6 +627,9 @@ async fn check(
     let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
         return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
     };
+    if let Some(why) = cluster.paused_refusal() {
+        return Ok(Step::Failed(why));
+    }
     // Planned before the cluster existed, or before it became a standby: its leader must be
     // failed over to primary, which this item's steps do not do.
     if cluster.standby().is_some() {
@@ -713,7 +716,7 @@ async fn check_standby(
     let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
         return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
     };
-    if let Some(why) = protected_refusal(&ctx.client, &cluster).await {
+    if let Some(why) = protected_refusal(&ctx.client, &cluster).await.or_else(|| cluster.paused_refusal()) {
         return Ok(Step::Failed(why));
     }
     let Some(standby) = cluster.standby().cloned() else {

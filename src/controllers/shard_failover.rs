@@ -369,6 +369,9 @@ fn validate_and_plan(
             ),
         ));
     }
+    if let Some(why) = located.first().and_then(|(_, l)| l.cluster.paused_refusal()) {
+        return Err(Refusal::new(Code::DbBusy, format!("db_busy: {why}")));
+    }
     let mut plan = Vec::new();
     for (uid, loc) in &located {
         let facts = facts_from_status(&loc.cluster, &loc.shard, &sfo.spec.dead_nodes);
@@ -576,7 +579,17 @@ mod tests {
             {"name": "a", "role": "Primary", "healthy": true, "offset": 10},
             {"name": "b", "role": "Replica", "healthy": true, "offset": 10}
         ]}));
-        let (name, plan) = validate_and_plan(&sfo, &[fine]).ok().expect("planned");
+        let (name, plan) = validate_and_plan(&sfo, &[fine.clone()]).ok().expect("planned");
         assert_eq!((name.as_str(), plan[0].to.as_deref()), ("db", Some("b")));
+        // Paused: refused at once and for good, saying how to resume.
+        let mut paused = fine;
+        paused.spec.paused = true;
+        let r = validate_and_plan(&sfo, &[paused]).expect_err("a paused cluster switches nothing over");
+        assert_eq!((r.code, r.may_pass), (Code::DbBusy, None), "{}", r.message);
+        assert!(
+            r.message.contains("db is paused") && r.message.contains("kubectl understudy resume db"),
+            "{}",
+            r.message
+        );
     }
 }

@@ -658,6 +658,18 @@ impl HaCluster {
         }))
     }
 
+    /// Why an operation that promotes (a ShardFailover, a FailoverRequest item) is refused at
+    /// once for this cluster, nothing touched: it is paused (`spec.paused`), and its monitor
+    /// carries out no promotion, so the request would only wait for its deadline.
+    pub fn paused_refusal(&self) -> Option<String> {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        self.spec.paused.then(|| {
+            format!(
+                "HaCluster {name} is paused (spec.paused): it carries out no failover or switchover until it is resumed (kubectl understudy resume {name}); nothing touched"
+            )
+        })
+    }
+
     /// Detached from its ProtectionGroup with policy `ReadOnly`: a standby of nothing.
     pub fn detached(&self) -> bool {
         self.status.as_ref().and_then(|s| s.protection.as_ref()).is_some_and(|p| p.detached)

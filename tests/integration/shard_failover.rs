@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use kube::{Api, api::PostParams};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
 use serde_json::json;
 use understudy::resources::{
     FailoverRequest, HaCluster, ShardFailover,
@@ -118,10 +121,41 @@ async fn shard_failover_plans_refuses_and_fails_over_two_of_three_shards() {
     assert!(r.status.unwrap().message.unwrap().contains("is a replica"));
     let r = submit(&sfos, "two-dbs", json!({"shardUids": [primaries[0].0, "solo"]})).await;
     assert_eq!(code(&r), Some(ShardFailoverError::FailoverShardsDifferentBdb), "{:?}", r.status);
+    // A paused cluster carries out no switchover: refused at once (not left to time out),
+    // as a FailoverRequest item naming it is.
+    hacs.patch("other", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": true}})))
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    let r = submit(&sfos, "paused", json!({"shardUids": ["solo"], "timeoutSeconds": 30})).await;
+    assert_eq!(code(&r), Some(ShardFailoverError::DbBusy), "{:?}", r.status);
+    let msg = r.status.unwrap().message.unwrap_or_default();
+    assert!(msg.contains("is paused") && msg.contains("kubectl understudy resume other"), "{msg}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "refused at once, not at the deadline: {:?}",
+        asked.elapsed()
+    );
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    let paused_fr: FailoverRequest = serde_json::from_value(json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": "paused"},
+        "spec": {"type": "Switchover", "items": [{"cluster": "other"}]}
+    }))
+    .unwrap();
+    frs.create(&PostParams::default(), &paused_fr).await.unwrap();
+    let fr = eventually(WAIT, "the FailoverRequest on a paused cluster to end", || async {
+        let f = frs.get("paused").await.ok()?;
+        let st = f.status.clone()?;
+        (st.phase == Some(understudy::resources::failover_request::RequestPhase::Failed)).then_some(st)
+    })
+    .await;
+    assert!(fr.message.clone().unwrap_or_default().contains("is paused"), "{:?}", fr.message);
+    hacs.patch("other", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": false}})))
+        .await
+        .unwrap();
     assert_eq!(epochs(&hacs, "bdb").await, before, "refused requests changed nothing");
 
     // db_busy: another operation (a real object) holds s2's lock past our deadline.
-    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
     let holder: FailoverRequest = serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "FailoverRequest", "metadata": {"name": "holder"},
         "spec": {"type": "Switchover", "items": [{"cluster": "bdb", "shard": "s2"}], "dryRun": true}
