@@ -579,7 +579,7 @@ mod tests {
             {"name": "a", "role": "Primary", "healthy": true, "offset": 10},
             {"name": "b", "role": "Replica", "healthy": true, "offset": 10}
         ]}));
-        let (name, plan) = validate_and_plan(&sfo, &[fine.clone()]).ok().expect("planned");
+        let (name, plan) = validate_and_plan(&sfo, std::slice::from_ref(&fine)).ok().expect("planned");
         assert_eq!((name.as_str(), plan[0].to.as_deref()), ("db", Some("b")));
         // Paused: refused at once and for good, saying how to resume.
         let mut paused = fine;
