@@ -42,8 +42,12 @@ const RETRY_ANNOTATION: &str = crate::controllers::protection_group::RETRY_ANNOT
 const DRY_RUN_ANNOTATION: &str = crate::controllers::protection_group::DRY_RUN_ANNOTATION;
 /// A ShardFailover's default `timeoutSeconds` (the resource's own default).
 const SHARD_FAILOVER_TIMEOUT: i64 = 300;
-/// A FailoverRequest's default `timeoutSeconds` per step (the resource's own default).
-const REQUEST_STEP_TIMEOUT: i64 = 1800;
+/// `timeoutSeconds` per step of the FailoverRequests the plugin creates. The resource's own
+/// default (1800 s) suits batch requests written by hand; a command someone waits on at a
+/// terminal ends within minutes (seven steps, a minute each at most, plus the operator's
+/// minute): a step that takes longer rolls back (onTimeout Abort) or, for `failover --force`,
+/// goes ahead without fencing (onTimeout Force).
+const REQUEST_STEP_TIMEOUT: i64 = 60;
 
 /// Why a command cannot be carried out as asked.
 #[derive(Debug, PartialEq, Eq)]
@@ -652,7 +656,7 @@ mod tests {
             ),
             ("orders", Some("main"), Some("b"), Some("a"))
         );
-        assert_eq!(request_deadline(&fr), Duration::from_secs(1800 * 7 + 60));
+        assert_eq!(request_deadline(&fr), Duration::from_secs(60 * 7 + 60));
     }
 
     #[test]
