@@ -313,7 +313,9 @@ pub struct Fencing {
     pub min_replicas_to_write: i32,
     /// While replicas are down: `KeepWriting` (default) counts only the members that answer
     /// the operator, so a primary whose replicas are all down keeps taking writes (a
-    /// two-member cluster takes writes after a failover); `PauseWrites` counts every member,
+    /// two-member cluster takes writes after a failover), and a newly promoted primary takes
+    /// writes from its promotion, fenced again once a replica has re-attached (the next
+    /// heartbeat); `PauseWrites` counts every member,
     /// so writes pause until enough replicas are back — the stricter choice, which also
     /// covers a primary cut off right after its last replica returned.
     #[serde(default)]
