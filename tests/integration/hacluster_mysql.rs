@@ -643,18 +643,22 @@ async fn mysql_failover_request_switches_over() {
     operator.stop().await;
 }
 
-/// A ProtectionGroup moves production between two sites of MariaDB clusters and back, under
-/// a client inserting rows at whichever site is production: every acknowledged row on the
-/// new production primary, the old production leader replicating from it, one writable
-/// server of four at every check.
-#[tokio::test]
-async fn mysql_protection_group_moves_production_and_back_losing_no_row() {
-    use understudy::resources::{ProtectionGroup, protection_group::SiteRole};
+/// Two sites of MariaDB clusters in two namespaces — `db` (members a, b on servers 0, 1) and
+/// `db-dr` (c, d on 2, 3) — a ProtectionGroup `pg` pairing them, at the DR site's namespace
+/// when `group_at_dr` (what survives the loss of production), and the operator of both.
+struct MysqlPair {
+    src: Api<HaCluster>,
+    dr: Api<HaCluster>,
+    pgs: Api<understudy::resources::ProtectionGroup>,
+    servers: [LocalMysql; 4],
+    operator: Operator,
+}
 
-    use crate::protection_group::{pg, set_priority, wait_protected};
+async fn mysql_pair(prefix: &str, group_at_dr: bool) -> MysqlPair {
+    use crate::protection_group::pg;
     let client = support::client().await;
-    let src_ns = support::namespace(&client, "mysql-pg-src").await;
-    let dr_ns = support::namespace(&client, "mysql-pg-dr").await;
+    let src_ns = support::namespace(&client, &format!("{prefix}-src")).await;
+    let dr_ns = support::namespace(&client, &format!("{prefix}-dr")).await;
     secret(&client, &src_ns, OPERATOR_PASSWORD).await;
     secret(&client, &dr_ns, OPERATOR_PASSWORD).await;
     let servers = [LocalMysql::start(), LocalMysql::start(), LocalMysql::start(), LocalMysql::start()];
@@ -664,10 +668,28 @@ async fn mysql_protection_group_moves_production_and_back_losing_no_row() {
     let pp = PostParams::default();
     src.create(&pp, &cluster("db", &[("a", &servers[0]), ("b", &servers[1])], policy.clone())).await.unwrap();
     dr.create(&pp, &cluster("db-dr", &[("c", &servers[2]), ("d", &servers[3])], policy)).await.unwrap();
-    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    let pgs = Api::namespaced(client.clone(), if group_at_dr { &dr_ns } else { &src_ns });
     pgs.create(&pp, &pg("pg", &src_ns, &dr_ns, &["db"], None)).await.unwrap();
     let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
-    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    crate::protection_group::wait_protected(
+        &pgs,
+        "pg",
+        understudy::resources::protection_group::SiteRole::Source,
+    )
+    .await;
+    MysqlPair { src, dr, pgs, servers, operator }
+}
+
+/// A ProtectionGroup moves production between two sites of MariaDB clusters and back, under
+/// a client inserting rows at whichever site is production: every acknowledged row on the
+/// new production primary, the old production leader replicating from it, one writable
+/// server of four at every check.
+#[tokio::test]
+async fn mysql_protection_group_moves_production_and_back_losing_no_row() {
+    use understudy::resources::protection_group::SiteRole;
+
+    use crate::protection_group::{set_priority, wait_protected};
+    let MysqlPair { src, dr, pgs, servers, operator } = mysql_pair("mysql-pg", false).await;
     let writable = || -> Vec<usize> { (0..4).filter(|&i| read_only(&servers[i]) == Some(false)).collect() };
     let production = writable();
     assert_eq!(production.len(), 1, "one writable server: {production:?}");
@@ -843,5 +865,133 @@ async fn a_protection_group_refuses_a_pair_of_two_engines() {
     eprintln!("{why}");
     assert!(why.contains("two engines"), "{why}");
     assert!(dr.get("db-dr").await.unwrap().standby().is_none(), "the DR cluster was not made a standby");
+    operator.stop().await;
+}
+
+/// A ProtectionGroup of Mysql clusters whose production site is lost: the DR site is
+/// promoted only by an explicit forced failover, and when the old site's servers return —
+/// the old primary with rows the DR site never received — it never takes writes beside the
+/// new production primary: it is fenced (read-only), and the group says what became of it.
+#[tokio::test]
+async fn mysql_forced_site_failover_fences_the_returned_old_primary() {
+    use understudy::resources::protection_group::{ProtectionPhase, SiteRole};
+
+    let MysqlPair { src, pgs, servers, operator, .. } = mysql_pair("mysql-lost", true).await;
+    let writable = || -> Vec<usize> { (0..4).filter(|&i| read_only(&servers[i]) == Some(false)).collect() };
+    let production = writable();
+    assert_eq!(production.len(), 1, "one writable server: {production:?}");
+    let old = production[0];
+    assert!(old < 2, "production is the source site");
+    create_table(&servers[old]);
+    servers[old].sql(&["INSERT INTO app.t (seq) VALUES (1), (2), (3)"]).unwrap();
+    let dr_leader = eventually(WAIT, "the rows at the DR leader", || async {
+        (2..4)
+            .find(|&i| servers[i].sql(&["SELECT COUNT(*) FROM app.t"]).ok().is_some_and(|n| n.trim() == "3"))
+    })
+    .await;
+    // Rows the DR site never receives: its servers frozen while production takes them; then
+    // the production site is lost (its servers frozen, as a power loss would leave them).
+    // (The DR leader's link is cut by the primary too: binlog events already on their way
+    // would otherwise reach it from its socket buffer when it thaws.)
+    servers[2].signal(libc::SIGSTOP);
+    servers[3].signal(libc::SIGSTOP);
+    let dumps = servers[old]
+        .sql(&["SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'"])
+        .unwrap();
+    for id in dumps.lines().filter_map(|l| l.trim().parse::<u64>().ok()) {
+        let _ = servers[old].sql(&[&format!("KILL {id}")]);
+    }
+    servers[old].sql(&["INSERT INTO app.t (seq) VALUES (4), (5)"]).unwrap();
+    servers[0].signal(libc::SIGSTOP);
+    servers[1].signal(libc::SIGSTOP);
+    servers[2].signal(libc::SIGCONT);
+    servers[3].signal(libc::SIGCONT);
+
+    let asked = Instant::now();
+    pgs.patch(
+        "pg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"prioritySite": "Target", "forcedFailover": {"to": "Target", "reason": "site A lost"}}})),
+    )
+    .await
+    .unwrap();
+    let promoted = eventually(WAIT, "a DR server to take writes", || async {
+        (2..4).find(|&i| read_only(&servers[i]) == Some(false))
+    })
+    .await;
+    eprintln!("forced: DR server {promoted} writable {:?} after the request", asked.elapsed());
+    eventually(WAIT, "phase FailedOver", || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        (st.phase == Some(ProtectionPhase::FailedOver) && st.production_site == Some(SiteRole::Target))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(promoted, dr_leader, "the DR leader was promoted");
+    servers[promoted]
+        .sql(&["INSERT INTO app.t (seq) VALUES (100)"])
+        .expect("the new production primary takes writes");
+
+    // The old site returns. Its old primary holds rows 4 and 5, which the new production
+    // primary never had: it must not be writable beside it, not for a sample.
+    let thawed = Instant::now();
+    servers[0].signal(libc::SIGCONT);
+    servers[1].signal(libc::SIGCONT);
+    let mut two_writable = Vec::new();
+    let mut fenced_after = None;
+    while thawed.elapsed() < Duration::from_secs(20) {
+        let w = writable();
+        if w.len() > 1 {
+            two_writable.push((thawed.elapsed(), w.clone()));
+        }
+        if fenced_after.is_none() && read_only(&servers[old]) == Some(true) {
+            fenced_after = Some(thawed.elapsed());
+        }
+        if fenced_after.is_some_and(|f| thawed.elapsed() > f + Duration::from_secs(3)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = pgs.get("pg").await.unwrap().status.unwrap();
+    eprintln!(
+        "returned: old primary read-only after {fenced_after:?}; writable samples with two: {}; group: {:?} {:?}; pair: {:?}",
+        two_writable.len(),
+        st.phase,
+        st.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (&c.reason, &c.message)),
+        st.pairs.first().map(|p| (&p.state, &p.message))
+    );
+    // It thaws writable, as it froze (nothing can reach a frozen server); from the moment
+    // it is fenced it never is again.
+    let fenced = fenced_after.expect("the returned old primary was made read-only");
+    assert!(
+        two_writable.iter().all(|(t, _)| *t <= fenced),
+        "two writable servers after the old primary was fenced: {two_writable:?}"
+    );
+    assert_eq!(writable(), vec![promoted], "only the new production primary is writable");
+    let kept = rows(&servers[promoted]);
+    assert!(kept.contains(&100) && kept.contains(&3), "the new production's rows are kept: {kept:?}");
+    // Rows 4 and 5 were acknowledged by the old primary and never reached the DR site: the
+    // old primary is not attached over them (that would keep them, or fail on them) — it is
+    // named with its errant transactions and kept read-only, and the group is not called
+    // protected over it.
+    let gtid = eventually(WAIT, "the old primary named with its errant transactions", || async {
+        let st = src.get("db").await.ok()?.status?;
+        let m = st.shards.first()?.members.iter().find(|m| m.name == ["a", "b"][old])?.clone();
+        (!m.errant_transactions.is_empty()).then_some(m.errant_transactions)
+    })
+    .await;
+    let old_rows = rows(&servers[old]);
+    assert!(
+        old_rows.contains(&4) && old_rows.contains(&5),
+        "its own rows are left for a rebuild to discard: {old_rows:?}"
+    );
+    let kept = rows(&servers[promoted]);
+    assert!(!kept.contains(&4) && !kept.contains(&5), "the new production never had them: {kept:?}");
+    assert_eq!(read_only(&servers[old]), Some(true), "the old primary stays read-only");
+    let st = pgs.get("pg").await.unwrap().status.unwrap();
+    assert_eq!(st.phase, Some(ProtectionPhase::FailedOver), "not protected over a divergent member: {st:?}");
+    eprintln!(
+        "old primary kept out with errant transactions {gtid:?}; group: {:?}",
+        st.pairs.first().map(|p| &p.message)
+    );
     operator.stop().await;
 }
