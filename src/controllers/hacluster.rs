@@ -609,8 +609,8 @@ struct Monitor {
     /// the cluster a failover to primary made production in its place.
     yield_source: String,
     /// The current members of the cluster named by status.supersededBy, read at most every
-    /// [`SUPERSEDER_REFRESH`]: (cluster, read at, endpoints).
-    superseder_members: Option<(String, Instant, Vec<String>)>,
+    /// [`SUPERSEDER_REFRESH`]: (cluster, read at, endpoints; None: it does not exist).
+    superseder_members: Option<(String, Instant, Option<Vec<String>>)>,
     wake: Arc<Wake>,
     /// Metric series this monitor created, removed when their member or the cluster goes.
     exported_members: HashSet<MemberLabels>,
@@ -797,8 +797,9 @@ impl Monitor {
     /// ProtectionGroup the other site's (`status.protection.yieldTo`) — except while the group
     /// itself holds the lock, as a planned move makes the other site primary on purpose and
     /// publishes the relation before it lets go; for the old upstream of a standby a
-    /// FailoverRequest made production, that cluster's (`status.supersededBy`: the recorded
-    /// endpoints and its current ones). None otherwise (and the cluster is not superseded).
+    /// FailoverRequest made production, that cluster's (`status.supersededBy`: its members'
+    /// current endpoints while it exists, the recorded ones otherwise). None otherwise (and
+    /// the cluster is not superseded).
     async fn yield_targets(&mut self, cluster: &HaCluster) -> Option<Vec<String>> {
         let status = cluster.status.as_ref();
         let protection = status.and_then(|s| s.protection.as_ref());
@@ -828,23 +829,27 @@ impl Monitor {
             .is_some_and(|(c, at, _)| c == &r.cluster && at.elapsed() < SUPERSEDER_REFRESH);
         if !fresh {
             let (ns, name) = r.cluster.split_once('/').unwrap_or_default();
-            // Unreadable now: the recorded endpoints and those read before still count.
+            // Unreadable now: those read before (or the recorded ones) still count.
             if let Ok(found) = Api::<HaCluster>::namespaced(self.ctx.client.clone(), ns).get_opt(name).await {
-                let endpoints = found
-                    .and_then(|c| c.status)
-                    .map(|st| {
-                        st.shards.iter().flat_map(|s| &s.members).filter_map(|m| m.endpoint.clone()).collect()
-                    })
-                    .unwrap_or_default();
+                let endpoints = found.map(|c| {
+                    c.status
+                        .iter()
+                        .flat_map(|st| &st.shards)
+                        .flat_map(|s| &s.members)
+                        .filter_map(|m| m.endpoint.clone())
+                        .collect()
+                });
                 self.superseder_members = Some((r.cluster.clone(), Instant::now(), endpoints));
             }
         }
-        let mut targets = r.members.clone();
-        if let Some((c, _, current)) = &self.superseder_members
-            && c == &r.cluster
-        {
-            targets.extend(current.iter().cloned());
-        }
+        // While that cluster exists, its members now: pod addresses change and are reused,
+        // so a recorded one is not trusted once the cluster says otherwise. Until it can be
+        // read, and once it is deleted (its servers may well still run: deleting an HaCluster
+        // stops nothing), what was recorded — never two writable clusters on a guess.
+        let mut targets = match &self.superseder_members {
+            Some((c, _, Some(current))) if c == &r.cluster => current.clone(),
+            _ => r.members.clone(),
+        };
         targets.sort();
         targets.dedup();
         Some(targets)

@@ -635,8 +635,9 @@ pub struct Supersession {
     /// `namespace/name` of the HaCluster made production.
     #[schemars(length(min = 1, max = 317))]
     pub cluster: String,
-    /// Its members' endpoints when it was written (the monitor also reads that cluster's
-    /// current ones while it exists).
+    /// Its members' endpoints when it was written: watched while that cluster cannot be read
+    /// or no longer exists (deleting it stops none of its servers); while it exists, its
+    /// current ones are watched instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub members: Vec<String>,

@@ -483,3 +483,45 @@ async fn a_standby_a_protection_group_owns_is_refused_with_the_group_named() {
     assert_eq!(sampler.max(), 1, "never two writable servers");
     operator.stop().await;
 }
+
+/// Deleting the HaCluster a failover to primary made production stops none of its servers:
+/// the old upstream, returning afterwards, still yields to the recorded members and is never
+/// a second writable cluster.
+#[tokio::test]
+async fn the_old_upstream_still_yields_when_the_new_production_cluster_object_is_deleted() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sb-del").await;
+    let mut src = [RedisServer::start(None), RedisServer::start(None)];
+    let dr = [RedisServer::start(None), RedisServer::start(None)];
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let operator = Operator::start(client.clone(), &ns);
+    let (spi, li, _) = upstream_and_standby(&hacs, &src, &dr).await;
+    src[0].kill();
+    src[1].kill();
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    frs.create(
+        &PostParams::default(),
+        &request("promote", json!({"type": "Failover", "items": [{"cluster": "dr"}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, _, _) = finish(&frs, "promote").await;
+    assert_eq!(fr.status.unwrap().phase, Some(RequestPhase::Succeeded));
+    assert_eq!(dr[li].role().await.as_deref(), Some("master"));
+    hacs.delete("dr", &Default::default()).await.unwrap();
+    eventually(WAIT, "dr to be gone", || async { hacs.get_opt("dr").await.ok()?.is_none().then_some(()) })
+        .await;
+    // The old upstream returns with its old primary a master: it follows the deleted
+    // cluster's leader, which still runs and still takes writes.
+    src[0].restart();
+    src[1].restart();
+    let _: () = src[spi].cmd(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await.unwrap();
+    wait_follows(&src[spi], &dr[li]).await;
+    let sampler = RoleSampler::start(src.iter().chain(dr.iter()).map(RedisServer::sample_target).collect());
+    observe_heartbeats_sampled(&src[spi], 10, &sampler).await;
+    assert_eq!(src[spi].role().await.as_deref(), Some("slave"), "still fenced");
+    assert_eq!(sampler.max(), 1, "one writable server: the deleted cluster's leader");
+    let st = hacs.get("src").await.unwrap().status.unwrap();
+    assert!(st.superseded_by.is_some(), "the record stays until the upstream is given a relation");
+    operator.stop().await;
+}
