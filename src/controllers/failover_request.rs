@@ -983,7 +983,7 @@ async fn fence_upstream(
     let upstreams: Api<HaCluster> = Api::namespaced(ctx.client.clone(), &ns);
     Ok(match super::operation::supersede(&upstreams, upstream, uid, by, &made, members).await? {
         Some(_) => format!(
-            "HaCluster {ns}/{upstream} is told (status.supersededBy) to follow {made} should its members return as primaries: it is fenced, never a second writable cluster"
+            "HaCluster {ns}/{upstream} is told (status.supersededBy) to follow {made}: should its members return as primaries, its monitor makes them follow it on the first heartbeat that sees them, before promoting anything there"
         ),
         None => format!("HaCluster {ns}/{upstream} no longer exists: nothing to fence"),
     })
