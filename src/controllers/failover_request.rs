@@ -419,10 +419,17 @@ async fn run_step(
         return Ok(Step::Failed(format!("the plan recorded by check does not match spec.items: {why}")));
     }
     Ok(match sub.name.as_str() {
-        "check" => match chain {
-            Chain::Primary => check(&clusters, item, fr.spec.type_).await?,
-            Chain::Standby => check_standby(ctx, &clusters, item, fr.spec.type_).await?,
-        },
+        "check" => {
+            // A cluster that does not exist yet is waited for until the step's deadline:
+            // GitOps tools apply a request and its cluster together.
+            let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
+                return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
+            };
+            match chain {
+                Chain::Primary => check(&clusters, cluster, item, fr.spec.type_).await?,
+                Chain::Standby => check_standby(ctx, cluster, item, fr.spec.type_).await?,
+            }
+        }
         "reset-restore-source" => reset_restore_source(ctx, &clusters, fr, c).await?,
         "failover-to-primary" => failover_to_primary(ctx, &clusters, fr, sub, c).await?,
         "lock" => {
@@ -619,14 +626,12 @@ async fn force_switch(
 /// Validate an item and choose its candidate.
 async fn check(
     clusters: &Api<HaCluster>,
+    cluster: HaCluster,
     item: &FailoverItem,
     type_: RequestType,
 ) -> Result<Step, kube::Error> {
-    // A cluster that does not exist yet, or has no primary yet, is waited for until the
-    // step's deadline: GitOps tools apply a request and its cluster together.
-    let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
-        return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
-    };
+    // A cluster with no primary yet is waited for until the step's deadline, like one that
+    // does not exist yet.
     if let Some(why) = cluster.paused_refusal() {
         return Ok(Step::Failed(why));
     }
@@ -709,13 +714,10 @@ async fn check(
 /// unless the request is forced — while the upstream still takes writes.
 async fn check_standby(
     ctx: &Context,
-    clusters: &Api<HaCluster>,
+    cluster: HaCluster,
     item: &FailoverItem,
     type_: RequestType,
 ) -> Result<Step, kube::Error> {
-    let Some(cluster) = clusters.get_opt(&item.cluster).await? else {
-        return Ok(Step::Waiting(format!("HaCluster {} not found (yet)", item.cluster)));
-    };
     if let Some(why) = protected_refusal(&ctx.client, &cluster).await.or_else(|| cluster.paused_refusal()) {
         return Ok(Step::Failed(why));
     }

@@ -1029,7 +1029,7 @@ impl Monitor {
         self.collect_done(&declared).await;
         // Finished promotions may have written status: go on from the newest copy.
         let cluster = self.latest().unwrap_or(cluster);
-        self.forget_stale_release(&cluster).await;
+        self.forget_stale_records(&cluster).await;
         let cluster = self.latest().unwrap_or(cluster);
         if !self.ensure_engine(&cluster).await {
             self.write_status(&cluster, &[]).await;
@@ -1162,7 +1162,7 @@ impl Monitor {
     ///   FailoverRequest rolling back removes its own record);
     /// - status.supersededBy, once the cluster has a standby relation again (spec.standby or
     ///   a ProtectionGroup): it follows what that says, not the cluster that superseded it.
-    async fn forget_stale_release(&mut self, cluster: &HaCluster) {
+    async fn forget_stale_records(&mut self, cluster: &HaCluster) {
         let Some(st) = cluster.status.as_ref() else { return };
         let stale_release = st.standby_released.as_ref().filter(|r| {
             cluster.spec.standby.as_ref() != Some(&r.standby)
