@@ -54,8 +54,8 @@ use crate::{
     resources::{
         HaCluster,
         hacluster::{
-            ClusterPhase, Engine as EngineKind, FailoverMode, HaClusterStatus, MemberStatus, ReplicasDown,
-            Role, ShardStatus, StepRecord,
+            ClusterPhase, Engine as EngineKind, FailoverMode, HaClusterStatus, LossAccounting, MemberStatus,
+            ReplicasDown, Role, ShardStatus, StepRecord,
         },
         shared::set_condition,
     },
@@ -603,8 +603,13 @@ struct Monitor {
     upstream_unknown: BTreeMap<String, String>,
     /// A production cluster of a ProtectionGroup whose other site acts as a primary (a
     /// forced failover made it production while this site was cut off): that primary's
-    /// endpoint. The cluster then behaves as a standby of it.
-    superseded_by: Option<String>,
+    /// endpoint, by shard (each shard follows its own counterpart's primary; a cluster told
+    /// no shards follows the one primary with all of them). Those shards then behave as a
+    /// standby of it.
+    superseded_by: BTreeMap<String, String>,
+    /// The other site's shard of each endpoint this cluster yields to
+    /// (`status.protection.yieldToShards`); empty: any of them for every shard.
+    yield_shards: HashMap<String, String>,
     /// Whom this cluster yields to, for messages: the other site of its ProtectionGroup, or
     /// the cluster a failover to primary made production in its place.
     yield_source: String,
@@ -677,7 +682,8 @@ impl Monitor {
             pod_services_generation: None,
             upstream_seen: BTreeMap::new(),
             upstream_unknown: BTreeMap::new(),
-            superseded_by: None,
+            superseded_by: BTreeMap::new(),
+            yield_shards: HashMap::new(),
             yield_source: String::new(),
             superseder_members: None,
             wake,
@@ -788,9 +794,14 @@ impl Monitor {
         cluster.spec.shards.iter().flatten().map(|s| s.name.clone()).collect()
     }
 
-    /// A standby: of its upstream, or of the other site's primary once superseded.
+    /// A standby: of its upstream, or of the other site's primary once superseded (any shard).
     fn is_standby(&self, cluster: &HaCluster) -> bool {
-        cluster.standby().is_some() || self.superseded_by.is_some() || cluster.detached()
+        cluster.standby().is_some() || !self.superseded_by.is_empty() || cluster.detached()
+    }
+
+    /// Whether this shard is a standby: the cluster's, or superseded itself.
+    fn shard_standby(&self, cluster: &HaCluster, shard: &str) -> bool {
+        cluster.standby().is_some() || self.superseded_by.contains_key(shard) || cluster.detached()
     }
 
     /// The members to watch, should one act as a primary: for a production cluster of a
@@ -813,11 +824,17 @@ impl Monitor {
                 })
             });
             self.yield_source = format!("the other site of ProtectionGroup {}", p.group);
+            self.yield_shards = p
+                .yield_to_shards
+                .iter()
+                .flat_map(|y| y.members.iter().map(|m| (m.clone(), y.shard.clone())))
+                .collect();
             return (!group_moving).then(|| p.yield_to.clone());
         }
         let record = status.and_then(|s| s.superseded_by.as_ref());
+        self.yield_shards.clear();
         let Some(r) = record.filter(|_| protection.is_none() && cluster.standby().is_none()) else {
-            self.superseded_by = None;
+            self.superseded_by.clear();
             self.superseder_members = None;
             return None;
         };
@@ -857,40 +874,51 @@ impl Monitor {
 
     /// Whether a member of the other site of this production cluster's ProtectionGroup acts
     /// as a primary (`found`, probed beside the members every heartbeat, so before any
-    /// promotion here). Once superseded the cluster follows that primary until the group
-    /// publishes the relation.
-    async fn superseded(&mut self, cluster: &HaCluster, other: OtherSite) -> Option<String> {
-        let found = other.primary;
-        // The member it followed answers, and not as a primary: the other site stepped down
-        // (moved back, or its relation was restored); this cluster decides for itself again.
-        if found.is_none()
-            && let Some(by) = self.superseded_by.as_ref().filter(|by| other.not_primary.contains(by))
-        {
-            info!(cluster = %key(cluster), member = %by, "the other site's member no longer acts as a primary; no longer following it");
-            self.superseded_by = None;
+    /// promotion here), by shard: a shard told its counterpart's members follows a primary
+    /// among them, a cluster told no shards follows the one primary with all of them. Once
+    /// superseded a shard follows that primary until the group publishes the relation.
+    async fn superseded(
+        &mut self,
+        cluster: &HaCluster,
+        other: OtherSite,
+        shards: &[String],
+    ) -> BTreeMap<String, String> {
+        for shard in shards {
+            let found = standby::superseding_primary(shard, &other.primaries, &self.yield_shards);
+            let before = self.superseded_by.get(shard).cloned();
+            // The member it followed answers, and not as a primary: the other site stepped
+            // down (moved back, or its relation was restored); the shard decides for itself
+            // again.
+            if found.is_none()
+                && let Some(by) = before.as_ref().filter(|by| other.not_primary.contains(by))
+            {
+                info!(cluster = %key(cluster), %shard, member = %by, "the other site's member no longer acts as a primary; no longer following it");
+                self.superseded_by.remove(shard);
+            }
+            if let Some(by) = found.as_ref().filter(|f| Some(*f) != before.as_ref()) {
+                let source = &self.yield_source;
+                let which = if shards.len() > 1 { format!("shard {shard}: ") } else { String::new() };
+                warn!(cluster = %key(cluster), %shard, primary = %by, %source, "a member of the cluster made production in this one's place acts as a primary: following it, nothing here is writable");
+                self.ctx
+                    .event(
+                        cluster,
+                        true,
+                        Reason::SiteSuperseded,
+                        EventAction::Fence,
+                        format!(
+                            "{which}{by}, of {source}, acts as a primary (it was made production while this cluster was cut off or lost): this cluster follows it and nothing here is made writable"
+                        ),
+                    )
+                    .await;
+            }
+            // Once superseded it stays so while the other primary answers as one; if it stops
+            // answering the shard stays a standby of it (never writable on a guess) until it
+            // answers as something else or the group publishes the relation.
+            if let Some(by) = found {
+                self.superseded_by.insert(shard.clone(), by);
+            }
         }
-        if found.is_some() && found != self.superseded_by {
-            let by = found.clone().unwrap_or_default();
-            let source = &self.yield_source;
-            warn!(cluster = %key(cluster), primary = %by, %source, "a member of the cluster made production in this one's place acts as a primary: following it, nothing here is writable");
-            self.ctx
-                .event(
-                    cluster,
-                    true,
-                    Reason::SiteSuperseded,
-                    EventAction::Fence,
-                    format!(
-                        "{by}, of {source}, acts as a primary (it was made production while this cluster was cut off or lost): this cluster follows it and nothing here is made writable"
-                    ),
-                )
-                .await;
-        }
-        // Once superseded it stays so while the other primary answers as one; if it stops
-        // answering the cluster stays a standby of it (never writable on a guess) until it
-        // answers as something else or the group publishes the relation.
-        if found.is_some() {
-            self.superseded_by = found;
-        }
+        self.superseded_by.retain(|s, _| shards.contains(s));
         self.superseded_by.clone()
     }
 
@@ -1048,10 +1076,10 @@ impl Monitor {
         self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
         self.start_stalled_streams(engine.as_ref(), &declared, &cluster).await;
         let shards = Self::shard_names(&cluster, &declared);
-        let upstreams = match self.superseded(&cluster, acting).await {
-            Some(primary) => shards.iter().map(|s| (s.clone(), Ok(primary.clone()))).collect(),
-            None => self.upstreams(&cluster, &shards).await,
-        };
+        let superseded = self.superseded(&cluster, acting, &shards).await;
+        let mut upstreams = self.upstreams(&cluster, &shards).await;
+        upstreams.retain(|(s, _)| !superseded.contains_key(s));
+        upstreams.extend(superseded.into_iter().map(|(s, by)| (s, Ok(by))));
         self.upstream_seen.clear();
         self.upstream_unknown.clear();
         for (shard, to) in upstreams {
@@ -1060,8 +1088,8 @@ impl Monitor {
                 Err(why) => self.upstream_unknown.insert(shard, why),
             };
         }
-        let standby = self.is_standby(&cluster);
         let shard_policy = |me: &Self, shard: &str| {
+            let standby = me.shard_standby(&cluster, shard);
             let mut p =
                 Self::policy(&cluster, engine.as_ref(), me.upstream_seen.get(shard).cloned(), standby);
             p.upstream_unknown = me.upstream_unknown.get(shard).cloned();
@@ -1623,6 +1651,7 @@ impl Monitor {
             let mut next = base.clone();
             let Some(r) = next.status.as_mut().and_then(|s| s.last_failover.as_mut()) else { return };
             r.lost_offset = Some(r.lost_offset.unwrap_or(0).max(lost));
+            r.loss_accounting = Some(LossAccounting::Measured);
             let now = Time(Timestamp::now());
             r.steps.push(StepRecord {
                 name: "reattach".into(),
@@ -1881,7 +1910,7 @@ impl Monitor {
         let declared_dead = |d: &Declared| {
             dead_members.contains(&d.name) || d.node.as_ref().is_some_and(|n| dead_nodes.contains(n))
         };
-        let become_ = match (self.is_standby(cluster), self.upstream_seen.get(shard_name)) {
+        let become_ = match (self.shard_standby(cluster, shard_name), self.upstream_seen.get(shard_name)) {
             (false, _) => Become::Writable,
             (true, Some(up)) => Become::Follower(up.clone()),
             (true, None) => return None,
@@ -2099,16 +2128,17 @@ impl Monitor {
         status.healthy_members = Some(format!("{healthy}/{}", declared.len()));
 
         let any_lock = status.shards.iter().any(|s| s.target_primary.is_some());
-        // A standby cluster's leader is a healthy replica of the upstream.
-        let standby = self.is_standby(cluster);
-        let leader_role = if standby { Role::Replica } else { Role::Primary };
+        // A standby shard's leader is a healthy replica of the upstream.
+        let leader_role =
+            |shard: &str| if self.shard_standby(cluster, shard) { Role::Replica } else { Role::Primary };
         for s in &mut status.shards {
-            s.upstream = self.upstream_seen.get(&s.name).cloned().filter(|_| standby);
+            s.upstream =
+                self.upstream_seen.get(&s.name).cloned().filter(|_| self.shard_standby(cluster, &s.name));
         }
         // A self-fencing primary with too few replicas refuses writes: it is not healthy for
         // clients (until the replicas are attached, after a bootstrap or a failover).
         let mut refusing = Vec::new();
-        for s in status.shards.iter().filter(|_| !standby) {
+        for s in status.shards.iter().filter(|s| !self.shard_standby(cluster, &s.name)) {
             let Some(p) = &s.current_primary else { continue };
             let want = fencing_want(cluster, &declared, &self.members, &s.name, p);
             let probe = self.members.get(p).and_then(|m| m.probe.as_ref()).filter(|p| p.self_fencing);
@@ -2125,7 +2155,7 @@ impl Monitor {
             && !status.shards.is_empty()
             && status.shards.iter().all(|s| {
                 s.current_primary.as_ref().is_some_and(|p| {
-                    s.members.iter().any(|m| &m.name == p && m.healthy && m.role == leader_role)
+                    s.members.iter().any(|m| &m.name == p && m.healthy && m.role == leader_role(&s.name))
                 })
             });
         let no_primary_yet = status.shards.iter().any(|s| s.current_primary.is_none());
@@ -2160,7 +2190,13 @@ impl Monitor {
                     ambiguous.join("; ")
                 ),
             )
-        } else if let Some(by) = &self.superseded_by {
+        } else if !self.superseded_by.is_empty() {
+            let by = match self.superseded_by.iter().collect::<Vec<_>>()[..] {
+                [(_, by)] if self.superseded_by.len() == status.shards.len() => by.clone(),
+                ref many => {
+                    many.iter().map(|(s, by)| format!("{by} (shard {s})")).collect::<Vec<_>>().join(", ")
+                }
+            };
             (
                 Reason::SiteSuperseded,
                 format!(
@@ -2188,7 +2224,7 @@ impl Monitor {
             ConditionType::Ready,
             all_primaries_ok
                 && self.config_error.is_none()
-                && self.superseded_by.is_none()
+                && self.superseded_by.is_empty()
                 && !cluster.detached(),
             ready_reason,
             ready_msg,
@@ -2318,7 +2354,7 @@ impl Monitor {
                     // The recorded primary stays routed until another one is recorded, even
                     // while it does not answer: the switch is then a single write. A standby
                     // cluster's leader is read-only and is not routed as a primary.
-                    if !self.is_standby(cluster) {
+                    if !self.shard_standby(cluster, &s.name) {
                         primaries.push(d.route.clone());
                     }
                 } else if !d.leaving
@@ -2723,7 +2759,8 @@ fn significant(s: &HaClusterStatus, max_lag: i64) -> serde_json::Value {
 /// answered as something else (each within `timeout`; silent ones are in neither).
 #[derive(Default)]
 struct OtherSite {
-    primary: Option<String>,
+    /// Every endpoint that answered as a primary.
+    primaries: Vec<String>,
     not_primary: Vec<String>,
 }
 
@@ -2735,9 +2772,9 @@ async fn acting_primary(engine: &dyn Engine, endpoints: &[String], timeout: Dura
     .await;
     let mut out = OtherSite::default();
     for (endpoint, primary) in probes.into_iter().flatten() {
-        if primary && out.primary.is_none() {
-            out.primary = Some(endpoint);
-        } else if !primary {
+        if primary {
+            out.primaries.push(endpoint);
+        } else {
             out.not_primary.push(endpoint);
         }
     }
@@ -2855,6 +2892,7 @@ mod tests {
                 started_at: t.clone(),
                 duration_ms: None,
                 lost_offset: None,
+                loss_accounting: None,
                 promoted_at_offset: None,
                 epoch: 7,
                 steps: vec![],

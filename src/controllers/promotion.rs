@@ -28,7 +28,7 @@ use crate::{
     engines::{Engine, EngineError, Fault, ObservedRole},
     resources::{
         HaCluster,
-        hacluster::{FailoverRecord, OperationLock, ReplicasDown, Role, StepRecord},
+        hacluster::{FailoverRecord, LossAccounting, OperationLock, ReplicasDown, Role, StepRecord},
         shared::set_condition,
     },
 };
@@ -516,6 +516,11 @@ impl ShardOp {
                 started_at: o.started_at.clone(),
                 duration_ms: Some(o.duration_ms),
                 lost_offset: if o.drained { Some(0) } else { p.lost_offset },
+                loss_accounting: Some(if o.drained {
+                    LossAccounting::Drained
+                } else {
+                    LossAccounting::AtLeast
+                }),
                 promoted_at_offset: o.promoted_at_offset,
                 epoch: o.epoch,
                 steps: o.steps.to_vec(),

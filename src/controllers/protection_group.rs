@@ -53,10 +53,10 @@ use crate::{
     engines::{self, Engine, Probe},
     resources::{
         HaCluster, ProtectionGroup,
-        hacluster::{Engine as EngineKind, Protection, Role, Standby},
+        hacluster::{Engine as EngineKind, Protection, Role, ShardYield, Standby},
         protection_group::{
             DetachPolicy, DryRunReport, ForcedFailoverRecord, ForcedPair, PairStatus, ProtectionGroupStatus,
-            ProtectionPhase as Phase, ProtectionState, Site, SiteRole,
+            ProtectionPhase as Phase, ProtectionState, ShardPairStatus, Site, SiteRole,
         },
         shared::{remove_condition, set_condition},
     },
@@ -90,11 +90,15 @@ struct SiteHandle {
     remote: bool,
 }
 
-/// One cluster of a pair, with what its leader said.
+/// One shard of one cluster of a pair, with what its leader said.
+#[derive(Clone)]
 struct Side {
     cluster: HaCluster,
     api: Api<HaCluster>,
     engine: Arc<dyn Engine>,
+    /// The shard of `cluster` this side is (a pair of clusters of more than one shard is
+    /// handled shard by shard, by name).
+    shard: String,
     leader: Option<Leader>,
     /// Why this side's cluster could not be read (its site's API server is unreachable, or
     /// its Secret): only while a forced failover is authorised or a lost site is awaited.
@@ -103,13 +107,15 @@ struct Side {
 }
 
 impl Side {
-    /// Endpoints of every member the spec lists (protection groups take static shards).
+    /// Endpoints of the members the spec lists in this side's shard (protection groups take
+    /// static shards).
     fn endpoints(&self) -> Vec<String> {
         self.cluster
             .spec
             .shards
             .iter()
             .flatten()
+            .filter(|s| s.name == self.shard)
             .flat_map(|s| s.members.iter().map(|m| m.endpoint.clone()))
             .collect()
     }
@@ -139,9 +145,17 @@ impl Drop for PausedWrites {
     }
 }
 
+/// One shard of a pair of the spec: a pair of one-shard clusters is one, a pair of clusters
+/// of more than one shard is one per shard. Everything in the data plane (leaders, moves,
+/// contacts, fencing) is per shard; the relation between the clusters and the locks are per
+/// pair of clusters.
 struct Pair {
     source: Side,
     target: Side,
+    /// Index of the pair in `spec.pairs` (and `status.pairs`).
+    index: usize,
+    /// The shard, in a pair of clusters of more than one shard.
+    shard: Option<String>,
 }
 
 impl Pair {
@@ -152,7 +166,30 @@ impl Pair {
         }
     }
     fn name(&self) -> String {
-        format!("{}/{}", self.source.cluster.name_any(), self.target.cluster.name_any())
+        let shard = self.shard.as_ref().map(|s| format!(" shard {s}")).unwrap_or_default();
+        format!("{}/{}{shard}", self.source.cluster.name_any(), self.target.cluster.name_any())
+    }
+    /// Whether this is the first shard of its pair of clusters (where per-cluster work is done).
+    fn first_of(pairs: &[Pair], i: usize) -> bool {
+        i == 0 || pairs[i - 1].index != pairs[i].index
+    }
+    /// Its pair's recorded status.
+    fn recorded<'a>(&self, status: &'a ProtectionGroupStatus) -> Option<&'a PairStatus> {
+        status.pairs.get(self.index)
+    }
+    /// The lag last recorded for this shard of its pair.
+    fn recorded_lag(&self, status: &ProtectionGroupStatus) -> Option<i64> {
+        let p = self.recorded(status)?;
+        match &self.shard {
+            None => p.lag,
+            Some(s) => p.shards.iter().find(|x| &x.shard == s)?.lag,
+        }
+    }
+    /// Whether `f` is the forced-failover record of this shard of its pair.
+    fn is_recorded_in(&self, f: &ForcedPair) -> bool {
+        f.source == self.source.cluster.name_any()
+            && f.target == self.target.cluster.name_any()
+            && f.shard == self.shard
     }
 }
 
@@ -245,10 +282,8 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     let retry = pg.annotations().get(RETRY_ANNOTATION).cloned();
     let reasserted = status.phase == Some(Phase::ErrorReversing)
         && (pg.metadata.generation != status.observed_generation || retry != status.observed_retry);
-    let pair_production = |i: usize, st: &ProtectionGroupStatus| {
-        st.pairs.get(i).and_then(|p| p.production).unwrap_or(production)
-    };
-    let all_at_want = (0..pairs.len()).all(|i| pair_production(i, &status) == want);
+    let all_at_want =
+        pairs.iter().all(|p| p.recorded(&status).and_then(|p| p.production).unwrap_or(production) == want);
     // In error-reversing nothing moves until the spec is re-asserted (a new generation or
     // retry annotation): every attempt pauses production writes, so no automatic retries.
     let move_wanted = match status.phase {
@@ -302,7 +337,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
         probe_leaders(&mut pairs, PROBE_TIMEOUT).await;
     }
     if status.phase == Some(Phase::FailedOver) {
-        fence_returned(&ctx, &pg, &sites, &mut pairs, &mut status).await;
+        fence_returned(&ctx, &pg, &sites, &pairs, &mut status).await;
     }
     steady(&ctx, &pg, &sites, &pairs, &mut status).await;
     w.save(&status).await?;
@@ -451,9 +486,65 @@ async fn load_pairs(
                 ),
             ));
         }
-        out.push(Pair { source, target });
+        let index = out.last().map_or(0, |l: &Pair| l.index + 1);
+        for (shard, (s, t)) in shard_pairs(&source, &target, sites)? {
+            out.push(Pair {
+                source: Side { shard: s, leader: None, ..source.clone() }.with_leader(),
+                target: Side { shard: t, leader: None, ..target.clone() }.with_leader(),
+                index,
+                shard,
+            });
+        }
     }
     Ok(out)
+}
+
+/// The shards of a pair of clusters, paired: (the pair's shard name when there are more
+/// than one, (source shard, target shard)). One shard on both sides: those two, whatever
+/// their names; otherwise shard by shard, by name — the same names on both sides (a lost
+/// side's are the other's).
+#[allow(clippy::type_complexity)]
+fn shard_pairs(
+    source: &Side,
+    target: &Side,
+    sites: &[SiteHandle; 2],
+) -> Result<Vec<(Option<String>, (String, String))>, (Reason, String)> {
+    let names = |s: &Side| -> Vec<String> {
+        let mut n: Vec<String> = s.cluster.spec.shards.iter().flatten().map(|x| x.name.clone()).collect();
+        n.sort();
+        n
+    };
+    let (mut sn, mut tn) = (names(source), names(target));
+    if source.lost.is_some() {
+        sn = tn.clone();
+    }
+    if target.lost.is_some() {
+        tn = sn.clone();
+    }
+    let pair = format!("{} → {}", source.cluster.name_any(), target.cluster.name_any());
+    if let ([s], [t]) = (&sn[..], &tn[..]) {
+        return Ok(vec![(None, (s.clone(), t.clone()))]);
+    }
+    if sn != tn {
+        return Err((
+            Reason::UnsupportedCluster,
+            format!(
+                "the pair {pair} has shards {} and {}: clusters of more than one shard are paired shard by shard, by name, so both need the same shards",
+                sn.join(", "),
+                tn.join(", ")
+            ),
+        ));
+    }
+    if sites.iter().any(|s| s.remote) {
+        return Err((
+            Reason::UnsupportedCluster,
+            format!(
+                "the pair {pair} has {} shards: across two control planes a standby follows one address (spec.standby.primaryEndpoint), so only clusters of one shard can be paired there",
+                sn.len()
+            ),
+        ));
+    }
+    Ok(sn.into_iter().map(|n| (Some(n.clone()), (n.clone(), n))).collect())
 }
 
 /// A side whose cluster cannot be read: its name, the other side's spec (so its engine and
@@ -465,9 +556,18 @@ fn stand_in(name: &str, site: &SiteHandle, other: &Side, why: String) -> Side {
     Side {
         api: Api::namespaced(site.client.clone(), &site.namespace),
         engine: other.engine.clone(),
+        shard: String::new(),
         leader: None,
         lost: Some(why),
         cluster,
+    }
+}
+
+impl Side {
+    /// With the recorded leader of its shard.
+    fn with_leader(mut self) -> Self {
+        self.leader = recorded_leader(&self.cluster, &self.shard);
+        self
     }
 }
 
@@ -494,10 +594,10 @@ async fn load_side(site: &SiteHandle, name: &str) -> Result<Side, (Reason, Strin
         ));
     }
     let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
-    if cluster.pod_membership().is_some() || shards != 1 {
+    if cluster.pod_membership().is_some() || shards == 0 {
         return Err((
             Reason::UnsupportedCluster,
-            format!("HaCluster {name}: protection groups support clusters with exactly one static shard"),
+            format!("HaCluster {name}: protection groups support clusters of static shards (spec.shards)"),
         ));
     }
     let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(500));
@@ -509,15 +609,16 @@ async fn load_side(site: &SiteHandle, name: &str) -> Result<Side, (Reason, Strin
         api,
         // No lease: the cluster's monitor renews it with every heartbeat.
         engine: Arc::from(engines::for_cluster(cluster.spec.engine, creds, ca.as_deref(), timeout, None)),
-        leader: recorded_leader(&cluster),
+        shard: String::new(),
+        leader: None,
         lost: None,
         cluster,
     })
 }
 
-/// The cluster's recorded primary (a standby cluster's leader) and its endpoint.
-fn recorded_leader(c: &HaCluster) -> Option<Leader> {
-    let s = c.status.as_ref()?.shards.first()?;
+/// A shard's recorded primary (a standby cluster's leader) and its endpoint.
+fn recorded_leader(c: &HaCluster, shard: &str) -> Option<Leader> {
+    let s = c.status.as_ref()?.shards.iter().find(|s| s.name == shard)?;
     let name = s.current_primary.clone()?;
     let endpoint = s.members.iter().find(|m| m.name == name)?.endpoint.clone()?;
     Some(Leader { name, endpoint, probe: None })
@@ -556,9 +657,9 @@ fn observed_production(p: &Pair) -> Option<SiteRole> {
 /// recorded production was wrong.
 fn correct_production(status: &mut ProtectionGroupStatus, pairs: &[Pair]) -> Vec<String> {
     let mut corrected = Vec::new();
-    for (i, p) in pairs.iter().enumerate() {
+    for p in clusters(pairs) {
         let Some(observed) = observed_production(p) else { continue };
-        if let Some(ps) = status.pairs.get_mut(i)
+        if let Some(ps) = status.pairs.get_mut(p.index)
             && ps.production.is_some_and(|r| r != observed)
         {
             ps.production = Some(observed);
@@ -613,9 +714,13 @@ async fn set_standby(
     group: &str,
     standby: Option<Standby>,
     yield_to: Vec<String>,
+    yield_to_shards: Vec<ShardYield>,
 ) -> Result<(), kube::Error> {
     let name = side.cluster.name_any();
-    let want = Protection { group: group.to_owned(), standby, yield_to, detached: false };
+    let mut yield_to = yield_to;
+    yield_to.sort();
+    yield_to.dedup();
+    let want = Protection { group: group.to_owned(), standby, yield_to, yield_to_shards, detached: false };
     publish(side, Some(want)).await?;
     if side.cluster.spec.standby.is_some() && spec_standby_is_ours(&side.cluster) {
         let pp = PatchParams { field_manager: Some(STANDBY_MANAGER.into()), ..Default::default() };
@@ -657,6 +762,53 @@ fn spec_standby_is_ours(c: &HaCluster) -> bool {
     !owners.is_empty() && owners.iter().all(|m| m.manager.as_deref() == Some(STANDBY_MANAGER))
 }
 
+/// One status per pair of clusters from its shards' (in the order of `pairs`): a pair of
+/// one-shard clusters is its shard; otherwise the shards are listed and the pair shows the
+/// worst of their states, the largest lag and what its shards say.
+fn fold(pairs: &[Pair], units: Vec<PairStatus>) -> Vec<PairStatus> {
+    /// Worst first.
+    const ORDER: [&str; 10] = [
+        "Broken",
+        "Blocked",
+        "SiteLost",
+        "Syncing",
+        "Force",
+        "Move",
+        "PromoteOnly",
+        "InPlace",
+        "Detached",
+        "Replicating",
+    ];
+    let mut out: Vec<PairStatus> = Vec::new();
+    for (p, u) in pairs.iter().zip(units) {
+        let Some(shard) = &p.shard else {
+            out.push(u);
+            continue;
+        };
+        let entry = ShardPairStatus {
+            shard: shard.clone(),
+            state: u.state.clone(),
+            lag: u.lag,
+            message: u.message.clone(),
+        };
+        match out.get_mut(p.index) {
+            Some(pair) => pair.shards.push(entry),
+            None => out.push(PairStatus { shards: vec![entry], ..u }),
+        }
+    }
+    for p in out.iter_mut().filter(|p| !p.shards.is_empty()) {
+        let rank = |s: &str| ORDER.iter().position(|o| *o == s).unwrap_or(0);
+        if let Some(worst) = p.shards.iter().min_by_key(|x| rank(&x.state)) {
+            p.state = worst.state.clone();
+        }
+        p.lag = p.shards.iter().filter_map(|x| x.lag).max();
+        let said: Vec<String> =
+            p.shards.iter().filter_map(|x| x.message.as_ref().map(|m| format!("{}: {m}", x.shard))).collect();
+        p.message = (!said.is_empty()).then(|| said.join("; "));
+    }
+    out
+}
+
 /// Keep every pair replicating from its production side and report how it does.
 async fn steady(
     ctx: &Context,
@@ -667,11 +819,13 @@ async fn steady(
 ) {
     let production = status.production_site.unwrap_or_default();
     let now = Time(Timestamp::now());
-    let mut out = Vec::new();
-    for (i, p) in pairs.iter().enumerate() {
-        let prod = status.pairs.get(i).and_then(|s| s.production).unwrap_or(production);
+    let group = key(pg);
+    // Each shard of each pair: how it replicates.
+    let mut units = Vec::new();
+    let mut replicating_units = Vec::new();
+    for p in pairs {
+        let prod = p.recorded(status).and_then(|s| s.production).unwrap_or(production);
         let (ps, ds) = (p.side(prod), p.side(prod.other()));
-        let group = key(pg);
         let awaiting_fence = awaits_fence(status, p);
         let mut st = match (&ps.lost, &ds.lost) {
             (_, Some(why)) if awaiting_fence => site::PairState {
@@ -690,52 +844,75 @@ async fn steady(
             _ => site::pair_state(ps.leader.as_ref(), ds.leader.as_ref()),
         };
         remember_contact(&group, p, prod);
-        // The production side yields to the other site's members once they are known to
-        // replicate from it (so never to a site a forced failover left behind, until it is
-        // fenced); otherwise what it was told stands.
-        let yield_to = if st.state == "Replicating" {
-            ds.endpoints()
-        } else {
-            ps.cluster
-                .status
-                .as_ref()
-                .and_then(|s| s.protection.as_ref())
-                .map(|p| p.yield_to.clone())
-                .unwrap_or_default()
-        };
-        if ps.lost.is_none()
-            && let Err(e) = set_standby(ps, &group, None, yield_to).await
-        {
-            warn!(%group, cluster = %ps.cluster.name_any(), error = %e, "could not publish the production side");
-        }
-        if ds.lost.is_none()
-            && !awaiting_fence
-            && let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
-            && let Err(e) = set_standby(ds, &group, Some(v), Vec::new()).await
-        {
-            warn!(group = %key(pg), cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
-        }
+        replicating_units.push(st.state == "Replicating");
         if awaiting_fence && ds.lost.is_none() && st.state == "Replicating" {
             st.state = "Syncing";
         }
         // Lag is written when it moves by LAG_NOISE bytes or comes back to zero, so a busy
         // but healthy pair does not cost a status write every reconcile.
-        if let Some(prev) = status.pairs.get(i).filter(|p| p.state == st.state)
-            && let (Some(a), Some(b)) = (prev.lag, st.lag)
+        let prev = p.recorded(status).and_then(|r| match &p.shard {
+            None => Some((r.state.clone(), r.lag)),
+            Some(sh) => r.shards.iter().find(|x| &x.shard == sh).map(|x| (x.state.clone(), x.lag)),
+        });
+        if let Some((prev_state, Some(a))) = prev
+            && prev_state == st.state
+            && let Some(b) = st.lag
             && (a - b).abs() < LAG_NOISE
             && !(b == 0 && a != 0)
         {
             st.lag = Some(a);
         }
-        out.push(PairStatus {
+        units.push(PairStatus {
             source: p.source.cluster.name_any(),
             target: p.target.cluster.name_any(),
             production: Some(prod),
             state: st.state.into(),
             lag: st.lag,
             message: st.message,
+            shards: Vec::new(),
         });
     }
+    // The relation, per pair of clusters.
+    for p in clusters(pairs) {
+        let prod = units.iter().zip(pairs).find(|(_, q)| q.index == p.index).and_then(|(u, _)| u.production);
+        let prod = prod.unwrap_or(production);
+        let (ps, ds) = (p.side(prod), p.side(prod.other()));
+        let told = ps.cluster.status.as_ref().and_then(|s| s.protection.as_ref());
+        // The production side yields, shard by shard, to the other site's members once they
+        // are known to replicate from it (so never to a site a forced failover left behind,
+        // until it is fenced); otherwise what it was told stands.
+        let mut yield_to = Vec::new();
+        let mut yield_shards = Vec::new();
+        let mut awaiting = false;
+        for (j, q) in pairs.iter().enumerate().filter(|(_, q)| q.index == p.index) {
+            awaiting |= awaits_fence(status, q);
+            let members = match (&q.shard, replicating_units[j]) {
+                (_, true) => q.side(prod.other()).endpoints(),
+                (None, false) => told.map(|t| t.yield_to.clone()).unwrap_or_default(),
+                (Some(sh), false) => told
+                    .and_then(|t| t.yield_to_shards.iter().find(|y| &y.shard == sh))
+                    .map(|y| y.members.clone())
+                    .unwrap_or_default(),
+            };
+            yield_to.extend(members.iter().cloned());
+            if let Some(sh) = &q.shard {
+                yield_shards.push(ShardYield { shard: sh.clone(), members });
+            }
+        }
+        if ps.lost.is_none()
+            && let Err(e) = set_standby(ps, &group, None, yield_to, yield_shards).await
+        {
+            warn!(%group, cluster = %ps.cluster.name_any(), error = %e, "could not publish the production side");
+        }
+        if ds.lost.is_none()
+            && !awaiting
+            && let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
+            && let Err(e) = set_standby(ds, &group, Some(v), Vec::new(), Vec::new()).await
+        {
+            warn!(%group, cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
+        }
+    }
+    let out = fold(pairs, units);
     let replicating = out.iter().filter(|p| p.state == "Replicating").count();
     let all = !out.is_empty() && replicating == out.len();
     let prev = status.phase;
@@ -952,9 +1129,10 @@ async fn run_move(
                 .flat_map(|f| &f.pairs)
                 .map(|p| {
                     format!(
-                        "{}/{}: {}",
+                        "{}/{}{}: {}",
                         p.source,
                         p.target,
+                        p.shard.as_ref().map(|s| format!(" shard {s}")).unwrap_or_default(),
                         p.possible_loss
                             .map_or("loss unknown".into(), |b| format!("at least {b} bytes may be lost"))
                     )
@@ -1064,7 +1242,7 @@ async fn lock_once(
     pairs: &[Pair],
     deadline: Timestamp,
 ) -> Result<(), LockBlock> {
-    for p in pairs {
+    for p in clusters(pairs) {
         for (side, remote) in [(&p.source, sites[0].remote), (&p.target, sites[1].remote)] {
             // A lost site's clusters cannot be locked (nor changed): a forced failover goes on
             // without them, and they are fenced when they return.
@@ -1100,9 +1278,13 @@ async fn lock(
         Next::End(Err(fail(Reason::StatusWriteFailed, format!("could not record progress: {e}"))))
     };
     if status.step.as_deref() != Some(STEP_LOCK)
-        && let Err(e) =
-            step(w, status, STEP_LOCK, format!("taking the operation lock of {} clusters", pairs.len() * 2))
-                .await
+        && let Err(e) = step(
+            w,
+            status,
+            STEP_LOCK,
+            format!("taking the operation lock of {} clusters", clusters(pairs).count() * 2),
+        )
+        .await
     {
         return save_err(e);
     }
@@ -1231,8 +1413,8 @@ async fn reroute(
     for p in pairs {
         let s = p.side(want);
         let ok = s.api.get(&s.cluster.name_any()).await.ok().is_some_and(|c| {
-            let l = recorded_leader(&c).map(|l| l.name);
-            c.status.as_ref().and_then(|st| st.shards.first()).is_some_and(|sh| {
+            let l = recorded_leader(&c, &s.shard).map(|l| l.name);
+            c.status.as_ref().and_then(|st| st.shards.iter().find(|x| x.name == s.shard)).is_some_and(|sh| {
                 sh.target_primary.is_none()
                     && sh
                         .members
@@ -1241,7 +1423,7 @@ async fn reroute(
             })
         });
         if !ok {
-            pending.push(s.cluster.name_any());
+            pending.push(format!("{} shard {}", s.cluster.name_any(), s.shard));
         }
     }
     if pending.is_empty() {
@@ -1275,7 +1457,7 @@ async fn switch_pairs(
                 continue;
             }
             if let Ok(c) = side.api.get(&side.cluster.name_any()).await {
-                side.leader = recorded_leader(&c);
+                side.leader = recorded_leader(&c, &side.shard);
                 side.cluster = c;
             }
         }
@@ -1424,8 +1606,22 @@ async fn switch_pairs(
         promoting.iter().zip(results).filter_map(|(&i, r)| r.err().map(|e| (i, e))).collect();
     let pause = (!moving.is_empty()).then(|| pause_started.elapsed());
     if !failed.is_empty() {
-        // Give the failed pairs their old production leader back; pairs that moved stay.
-        let failed_idx: Vec<usize> = failed.iter().map(|(i, _)| *i).collect();
+        // Give the failed pairs their old production leader back; pairs that moved stay. A
+        // pair of clusters moves whole or not at all (which cluster follows which is one
+        // relation): its shards that were promoted follow their old production leaders again
+        // first — promoted a moment ago, while writes were paused and clients still routed to
+        // the production site.
+        let failed_pairs: Vec<usize> = failed.iter().map(|(i, _)| pairs[*i].index).collect();
+        let failed_idx: Vec<usize> =
+            promoting.iter().copied().filter(|&i| failed_pairs.contains(&pairs[i].index)).collect();
+        for &i in failed_idx.iter().filter(|i| !failed.iter().any(|(f, _)| f == *i)) {
+            let (ws, os) = (pairs[i].side(want), pairs[i].side(want.other()));
+            if let (Some(wl), Some(ol)) = (&ws.leader, &os.leader)
+                && let Err(e) = ws.engine.follow(&wl.endpoint, &ol.endpoint).await
+            {
+                warn!(member = %wl.name, error = %e, "could not put back a promoted shard of a pair that did not move whole");
+            }
+        }
         restore(pairs, &failed_idx, want).await;
         let moved: Vec<usize> = promoting.iter().copied().filter(|i| !failed_idx.contains(i)).collect();
         record_pairs(w, sites, pairs, status, want, &moved).await;
@@ -1472,43 +1668,53 @@ async fn record_pairs(
 ) {
     let group = key(&w.obj);
     let production = status.production_site.unwrap_or_default();
-    let mut out: Vec<PairStatus> = pairs
+    let mut units: Vec<PairStatus> = pairs
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let mut s = status.pairs.get(i).cloned().unwrap_or(PairStatus {
+        .map(|p| {
+            let recorded = p.recorded(status);
+            let shard = p.shard.as_ref().and_then(|sh| recorded?.shards.iter().find(|x| &x.shard == sh));
+            PairStatus {
                 source: p.source.cluster.name_any(),
                 target: p.target.cluster.name_any(),
-                production: Some(production),
-                state: "Syncing".into(),
-                lag: None,
-                message: None,
-            });
-            s.production.get_or_insert(production);
-            s
+                production: Some(recorded.and_then(|r| r.production).unwrap_or(production)),
+                state: shard
+                    .map(|x| x.state.clone())
+                    .or(recorded.map(|r| r.state.clone()))
+                    .unwrap_or("Syncing".into()),
+                lag: shard.map_or(recorded.and_then(|r| r.lag), |x| x.lag),
+                message: shard.map_or(recorded.and_then(|r| r.message.clone()), |x| x.message.clone()),
+                shards: Vec::new(),
+            }
         })
         .collect();
     for &i in moved {
-        let p = &pairs[i];
+        let ws = pairs[i].side(want);
+        units[i].production = Some(want);
+        units[i].state = "Syncing".into();
+        units[i].message = Some(format!("{} is production", ws.cluster.name_any()));
+    }
+    // The relation is per pair of clusters: reversed once every shard of the pair moved (a
+    // pair whose shards did not all move is put back by the caller).
+    for p in clusters(pairs) {
+        let shards: Vec<usize> = (0..pairs.len()).filter(|&j| pairs[j].index == p.index).collect();
+        if !shards.iter().all(|j| moved.contains(j)) {
+            continue;
+        }
         let (ws, os) = (p.side(want), p.side(want.other()));
-        // The new production cluster first (its leader is the upstream the other follows).
-        // The new production cluster first (its leader is the upstream the other follows).
+        // The new production cluster first (its leaders are the upstream the other follows).
         // Member roles are the monitors' to write: the published relation wakes them.
         // It yields to no one until the other side is seen replicating from it (steady state).
-        if let Err(e) = set_standby(ws, &group, None, Vec::new()).await {
+        if let Err(e) = set_standby(ws, &group, None, Vec::new(), Vec::new()).await {
             warn!(cluster = %ws.cluster.name_any(), error = %e, "could not publish the production side; retried in steady state");
         }
         if os.lost.is_none()
             && let Some(v) = standby_for(&ws.cluster, ws.leader.as_ref(), sites)
-            && let Err(e) = set_standby(os, &group, Some(v), Vec::new()).await
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(cluster = %os.cluster.name_any(), error = %e, "could not publish the standby side; retried in steady state");
         }
-        out[i].production = Some(want);
-        out[i].state = "Syncing".into();
-        out[i].message = Some(format!("{} is production", ws.cluster.name_any()));
     }
-    status.pairs = out;
+    status.pairs = fold(pairs, units);
     let _ = w.save(status).await;
 }
 
@@ -1542,9 +1748,14 @@ async fn restore(pairs: &[Pair], idx: &[usize], want: SiteRole) {
     }
 }
 
+/// The first shard of each pair of clusters: where what is done per cluster is done.
+fn clusters(pairs: &[Pair]) -> impl Iterator<Item = &Pair> {
+    pairs.iter().enumerate().filter(|(i, _)| Pair::first_of(pairs, *i)).map(|(_, p)| p)
+}
+
 async fn release_all(pg: &ProtectionGroup, pairs: &[Pair]) {
     let uid = pg.uid().unwrap_or_default();
-    for p in pairs {
+    for p in clusters(pairs) {
         for s in [&p.source, &p.target] {
             if let Err(e) = operation::release(&s.api, &s.cluster.name_any(), &uid).await {
                 warn!(cluster = %s.cluster.name_any(), error = %e, "could not release the lock (it expires at the deadline)");
@@ -1563,8 +1774,8 @@ struct Contact {
     dr_offset: Option<i64>,
 }
 
-/// Group key, source cluster, target cluster.
-type ContactKey = (String, String, String);
+/// Group key, source cluster, target cluster, shard.
+type ContactKey = (String, String, String, Option<String>);
 
 fn contacts() -> &'static Mutex<HashMap<ContactKey, Contact>> {
     static CONTACTS: OnceLock<Mutex<HashMap<ContactKey, Contact>>> = OnceLock::new();
@@ -1572,7 +1783,7 @@ fn contacts() -> &'static Mutex<HashMap<ContactKey, Contact>> {
 }
 
 fn contact_key(group: &str, p: &Pair) -> ContactKey {
-    (group.to_owned(), p.source.cluster.name_any(), p.target.cluster.name_any())
+    (group.to_owned(), p.source.cluster.name_any(), p.target.cluster.name_any(), p.shard.clone())
 }
 
 /// Note a contact when both leaders answered this reconcile (production first).
@@ -1588,13 +1799,10 @@ fn remember_contact(group: &str, p: &Pair, production: SiteRole) {
 /// A pair that a forced failover left behind and that is not fenced yet.
 fn awaits_fence(status: &ProtectionGroupStatus, p: &Pair) -> bool {
     status.phase == Some(Phase::FailedOver)
-        && status.last_forced_failover.as_ref().is_some_and(|f| {
-            f.pairs.iter().any(|fp| {
-                fp.source == p.source.cluster.name_any()
-                    && fp.target == p.target.cluster.name_any()
-                    && fp.fenced_at.is_none()
-            })
-        })
+        && status
+            .last_forced_failover
+            .as_ref()
+            .is_some_and(|f| f.pairs.iter().any(|fp| p.is_recorded_in(fp) && fp.fenced_at.is_none()))
 }
 
 /// Record, before anything is promoted, which pairs a failover forces and what each may lose.
@@ -1630,7 +1838,7 @@ async fn record_forced(
             ),
             None => (
                 None,
-                status.pairs.get(i).and_then(|s| s.lag),
+                p.recorded_lag(status),
                 format!(
                     "{} forced: {silent}; this operator process never saw both leaders answer, so the loss is the lag last written to status, and writes after it are not known",
                     dr.cluster.name_any()
@@ -1640,6 +1848,7 @@ async fn record_forced(
         out.push(ForcedPair {
             source: p.source.cluster.name_any(),
             target: p.target.cluster.name_any(),
+            shard: p.shard.clone(),
             last_contact,
             possible_loss,
             promoted_at_offset: dr_offset,
@@ -1660,7 +1869,12 @@ async fn record_forced(
         w,
         status,
         "force",
-        format!("forcing {} pairs whose {} side does not answer", forcing.len(), want.other().as_str()),
+        format!(
+            "forcing {} pairs ({} shards) whose {} side does not answer",
+            forcing.iter().map(|&i| pairs[i].index).collect::<std::collections::BTreeSet<_>>().len(),
+            forcing.len(),
+            want.other().as_str()
+        ),
     )
     .await
 }
@@ -1673,48 +1887,60 @@ async fn fence_returned(
     ctx: &Context,
     pg: &ProtectionGroup,
     sites: &[SiteHandle; 2],
-    pairs: &mut [Pair],
+    pairs: &[Pair],
     status: &mut ProtectionGroupStatus,
 ) {
     let production = status.production_site.unwrap_or_default();
     let group = key(pg);
-    for p in pairs.iter() {
-        if !awaits_fence(status, p) {
+    for p in clusters(pairs) {
+        let shards: Vec<&Pair> = pairs.iter().filter(|q| q.index == p.index).collect();
+        if !shards.iter().any(|q| awaits_fence(status, q)) {
             continue;
         }
         let (ps, os) = (p.side(production), p.side(production.other()));
         if os.lost.is_some() {
             continue;
         }
-        let Some(pl) = ps
-            .leader
-            .as_ref()
-            .filter(|l| l.probe.as_ref().is_some_and(|p| p.role == engines::ObservedRole::Primary))
-        else {
+        // Each returned shard follows its own new production leader (a shard holds its own
+        // part of the data): every one of them must act as a primary first.
+        let leaders: Vec<Option<&Leader>> = shards
+            .iter()
+            .map(|q| {
+                q.side(production)
+                    .leader
+                    .as_ref()
+                    .filter(|l| l.probe.as_ref().is_some_and(|p| p.role == engines::ObservedRole::Primary))
+            })
+            .collect();
+        if leaders.iter().any(Option::is_none) {
             continue;
-        };
-        let promoted_at = status
-            .last_forced_failover
-            .as_ref()
-            .and_then(|f| f.pairs.iter().find(|fp| fp.source == p.source.cluster.name_any()))
-            .and_then(|fp| fp.promoted_at_offset);
-        let mut measured: Option<i64> = None;
-        let mut acting = Vec::new();
+        }
+        let mut fenced: Vec<(String, Option<i64>, Vec<String>, String)> = Vec::new();
         let mut failed = Vec::new();
         let mut answered = 0;
-        for ep in os.endpoints() {
-            let Some(pr) = probe(os.engine.as_ref(), &ep).await else { continue };
-            answered += 1;
-            if pr.role != engines::ObservedRole::Primary {
-                continue;
+        for (q, pl) in shards.iter().zip(leaders.into_iter().flatten()) {
+            let promoted_at = status
+                .last_forced_failover
+                .as_ref()
+                .and_then(|f| f.pairs.iter().find(|fp| q.is_recorded_in(fp)))
+                .and_then(|fp| fp.promoted_at_offset);
+            let mut measured: Option<i64> = None;
+            let mut acting = Vec::new();
+            for ep in q.side(production.other()).endpoints() {
+                let Some(pr) = probe(os.engine.as_ref(), &ep).await else { continue };
+                answered += 1;
+                if pr.role != engines::ObservedRole::Primary {
+                    continue;
+                }
+                if let Some(l) = site::lost_on_return(pr.offset, promoted_at) {
+                    measured = Some(measured.unwrap_or(0).max(l));
+                }
+                acting.push(ep.clone());
+                if let Err(e) = os.engine.follow(&ep, &pl.endpoint).await {
+                    failed.push(format!("{ep}: {e}"));
+                }
             }
-            if let Some(l) = site::lost_on_return(pr.offset, promoted_at) {
-                measured = Some(measured.unwrap_or(0).max(l));
-            }
-            acting.push(ep.clone());
-            if let Err(e) = os.engine.follow(&ep, &pl.endpoint).await {
-                failed.push(format!("{ep}: {e}"));
-            }
+            fenced.push((q.shard.clone().unwrap_or_default(), measured, acting, pl.name.clone()));
         }
         if !failed.is_empty() {
             warn!(%group, cluster = %os.cluster.name_any(), errors = ?failed, "could not fence the returned site yet; retried");
@@ -1725,35 +1951,44 @@ async fn fence_returned(
         if answered == 0 {
             continue;
         }
-        if let Some(v) = standby_for(&ps.cluster, Some(pl), sites)
-            && let Err(e) = set_standby(os, &group, Some(v), Vec::new()).await
+        if let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(%group, cluster = %os.cluster.name_any(), error = %e, "could not publish the returned site as a standby; retried");
             continue;
         }
-        let what = if acting.is_empty() {
+        let said: Vec<String> = fenced
+            .iter()
+            .filter(|(_, _, acting, _)| !acting.is_empty())
+            .map(|(shard, measured, acting, leader)| {
+                format!(
+                    "{}{} followed {leader} ({})",
+                    if shard.is_empty() { String::new() } else { format!("shard {shard}: ") },
+                    acting.join(", "),
+                    measured.map_or("what it held beyond the promotion could not be measured".into(), |b| {
+                        format!("{b} bytes beyond the promotion discarded")
+                    })
+                )
+            })
+            .collect();
+        let what = if said.is_empty() {
             "none of its members acted as a primary (it had fenced itself, or restarted as replicas)"
                 .to_owned()
         } else {
-            format!(
-                "{} followed {} ({})",
-                acting.join(", "),
-                pl.name,
-                measured.map_or("what it held beyond the promotion could not be measured".into(), |b| {
-                    format!("{b} bytes beyond the promotion discarded")
-                })
-            )
+            said.join("; ")
         };
         let msg = format!("{} returned and was fenced: {what}; re-protecting it", os.cluster.name_any());
         info!(%group, "{msg}");
-        if let Some(fp) = status
-            .last_forced_failover
-            .as_mut()
-            .and_then(|f| f.pairs.iter_mut().find(|fp| fp.source == p.source.cluster.name_any()))
-        {
-            fp.fenced_at = Some(Time(Timestamp::now()));
-            fp.lost_offset = measured;
-            fp.message = Some(msg.clone());
+        for (q, (_, measured, _, _)) in shards.iter().zip(&fenced) {
+            if let Some(fp) = status
+                .last_forced_failover
+                .as_mut()
+                .and_then(|f| f.pairs.iter_mut().find(|fp| q.is_recorded_in(fp)))
+            {
+                fp.fenced_at = Some(Time(Timestamp::now()));
+                fp.lost_offset = *measured;
+                fp.message = Some(msg.clone());
+            }
         }
         ctx.event(pg, false, Reason::SiteFenced, EventAction::Fence, msg).await;
     }
@@ -1827,10 +2062,10 @@ fn dry_run(
         ));
     }
     let (mut moving, mut forcing, mut promoting) = (0, 0, 0);
-    for (i, p) in pairs.iter().enumerate() {
+    for p in pairs {
         let (w, o) = (p.side(ask.to).leader.as_ref(), p.side(ask.to.other()).leader.as_ref());
         let m = if ask.forced { site::forced_pair_move(w, o) } else { site::pair_move(w, o) };
-        let lag = status.pairs.get(i).and_then(|s| s.lag);
+        let lag = p.recorded_lag(status);
         let (state, message) = match &m {
             PairMove::InPlace => {
                 ("InPlace", format!("{} is writable already", p.side(ask.to).cluster.name_any()))
@@ -1873,10 +2108,11 @@ fn dry_run(
         out.push(PairStatus {
             source: p.source.cluster.name_any(),
             target: p.target.cluster.name_any(),
-            production: status.pairs.get(i).and_then(|s| s.production),
+            production: p.recorded(status).and_then(|s| s.production),
             state: state.into(),
             lag,
             message: Some(message),
+            shards: Vec::new(),
         });
     }
     if ask.forced && forcing > 0 && !forced_authorised {
@@ -1885,7 +2121,7 @@ fn dry_run(
             ask.to.as_str()
         ));
     }
-    steps.push(format!("lock the clusters of both sites that answer ({} pairs)", pairs.len()));
+    steps.push(format!("lock the clusters of both sites that answer ({} pairs)", clusters(pairs).count()));
     if moving > 0 {
         steps.push(format!("pause writes on {moving} production primaries"));
         steps.push("wait until the DR primaries have every write".into());
@@ -1912,7 +2148,7 @@ fn dry_run(
         possible: blockers.is_empty(),
         steps,
         blockers,
-        pairs: out,
+        pairs: fold(pairs, out),
     }
 }
 
@@ -1964,8 +2200,9 @@ async fn stop_protection(
         let group = key(&pg);
         let mut failed = Vec::new();
         let mut out = Vec::new();
-        for (i, p) in pairs.iter().enumerate() {
-            let prod = status.pairs.get(i).and_then(|s| s.production).unwrap_or(production);
+        for p in clusters(&pairs) {
+            let shards: Vec<&Pair> = pairs.iter().filter(|q| q.index == p.index).collect();
+            let prod = p.recorded(&status).and_then(|s| s.production).unwrap_or(production);
             let (ps, ds) = (p.side(prod), p.side(prod.other()));
             let mut said = Vec::new();
             // The production cluster first: it must no longer yield to a DR side that may be
@@ -1981,21 +2218,32 @@ async fn stop_protection(
                 said.push(format!("{} left as it was ({why})", ds.cluster.name_any()));
             } else {
                 // Detached first, so its monitor stops pointing its leader at the upstream.
-                let detached =
-                    Protection { group: group.clone(), standby: None, yield_to: Vec::new(), detached: true };
-                let leader = ds.leader.as_ref();
+                let detached = Protection {
+                    group: group.clone(),
+                    standby: None,
+                    yield_to: Vec::new(),
+                    yield_to_shards: Vec::new(),
+                    detached: true,
+                };
                 let r = async {
                     publish(ds, Some(detached)).await.map_err(|e| e.to_string())?;
-                    let Some(l) = leader else { return Err("it has no recorded leader".to_owned()) };
-                    match policy {
-                        DetachPolicy::ReadOnly => {
-                            ds.engine.demote(&l.endpoint).await.map_err(|e| e.to_string())
+                    // Every shard's leader: each holds its own part of the data.
+                    for q in &shards {
+                        let d = q.side(prod.other());
+                        let shard = q.shard.as_ref().map(|s| format!("shard {s} ")).unwrap_or_default();
+                        let Some(l) = d.leader.as_ref() else {
+                            return Err(format!("its {shard}has no recorded leader"));
+                        };
+                        match policy {
+                            DetachPolicy::ReadOnly => d.engine.demote(&l.endpoint).await,
+                            DetachPolicy::Writable => d.engine.promote(&l.endpoint).await,
                         }
-                        DetachPolicy::Writable => {
-                            ds.engine.promote(&l.endpoint).await.map_err(|e| e.to_string())?;
-                            publish(ds, None).await.map_err(|e| e.to_string())
-                        }
+                        .map_err(|e| format!("{shard}{e}"))?;
                     }
+                    if matches!(policy, DetachPolicy::Writable) {
+                        publish(ds, None).await.map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
                 }
                 .await;
                 match r {
@@ -2018,6 +2266,7 @@ async fn stop_protection(
                 state: "Detached".into(),
                 lag: None,
                 message: Some(said.join("; ")),
+                shards: Vec::new(),
             });
         }
         if !failed.is_empty() {

@@ -272,3 +272,37 @@ mod tests {
         assert!(matches!(promotion_next(&lost), PromotionNext::Failed(m) if m.contains("lock")));
     }
 }
+
+/// Which of the other site's members acting as primaries a shard of a superseded cluster
+/// follows: the first of its own counterpart's (`shard_of`: the other site's shard of each
+/// endpoint it yields to), or — for a cluster told no shards — the first of any.
+pub fn superseding_primary(
+    shard: &str,
+    primaries: &[String],
+    shard_of: &std::collections::HashMap<String, String>,
+) -> Option<String> {
+    primaries.iter().find(|p| shard_of.is_empty() || shard_of.get(*p).is_some_and(|s| s == shard)).cloned()
+}
+
+#[cfg(test)]
+mod superseding_tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_follows_only_its_counterparts_primary() {
+        let primaries = vec!["b:1".to_owned(), "a:1".to_owned()];
+        let shard_of: std::collections::HashMap<String, String> =
+            [("a:1", "s0"), ("a:2", "s0"), ("b:1", "s1"), ("b:2", "s1")]
+                .into_iter()
+                .map(|(e, s)| (e.to_owned(), s.to_owned()))
+                .collect();
+        assert_eq!(superseding_primary("s0", &primaries, &shard_of).as_deref(), Some("a:1"));
+        assert_eq!(superseding_primary("s1", &primaries, &shard_of).as_deref(), Some("b:1"));
+        // A shard whose counterpart has no primary follows nothing (it stays as it is).
+        assert_eq!(superseding_primary("s2", &primaries, &shard_of), None);
+        assert_eq!(superseding_primary("s0", &["b:1".to_owned()], &shard_of), None);
+        // Told no shards (one-shard clusters, a FailoverRequest's record): any primary.
+        let none = std::collections::HashMap::new();
+        assert_eq!(superseding_primary("main", &primaries, &none).as_deref(), Some("b:1"));
+    }
+}

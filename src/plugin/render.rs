@@ -17,7 +17,7 @@ use crate::{
     resources::{
         FailoverRequest, HaCluster, ProtectionGroup, ShardFailover,
         failover_request::{RequestPhase, TaskStatus},
-        hacluster::{Engine, MemberStatus, Role},
+        hacluster::{Engine, LossAccounting, MemberStatus, Role},
         protection_group::{ProtectionPhase, SiteRole},
         shard_failover::ShardFailoverPhase,
     },
@@ -245,6 +245,9 @@ pub struct FailoverView {
     pub duration_ms: Option<i64>,
     /// What the new primary lacked of the old one (engine units); 0 for a clean switchover.
     pub lost_offset: Option<i64>,
+    /// Drained, AtLeast or Measured (see the HaCluster's `lastFailover.lossAccounting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_accounting: Option<LossAccounting>,
     pub epoch: i64,
 }
 
@@ -391,6 +394,7 @@ pub fn cluster_view(cluster: &HaCluster, sfos: &[ShardFailover], frs: &[Failover
         started_at: rfc3339(&f.started_at),
         duration_ms: f.duration_ms,
         lost_offset: f.lost_offset,
+        loss_accounting: f.loss_accounting,
         epoch: f.epoch,
     });
     let mut operations: Vec<OperationView> = Vec::new();
@@ -498,11 +502,16 @@ fn role_of(role: &str) -> Role {
     }
 }
 
-fn lost(engine: Engine, n: Option<i64>) -> String {
-    match (engine, n) {
-        (_, None) => "unknown".into(),
+fn lost(engine: Engine, n: Option<i64>, accounting: Option<LossAccounting>) -> String {
+    let amount = match (engine, n) {
+        (_, None) => return "unknown".into(),
         (Engine::Mysql, Some(n)) => format!("{n} trx"),
         (_, Some(n)) => bytes(n),
+    };
+    match accounting {
+        // Writes after the old primary's last probe are not known: the figure is a floor.
+        Some(LossAccounting::AtLeast) => format!("≥{amount}"),
+        _ => amount,
     }
 }
 
@@ -515,7 +524,7 @@ pub fn last_failover_line(view: &ClusterView, now: Timestamp) -> String {
         details.push(format!("took {}", millis(ms)));
     }
     if f.from.is_some() {
-        details.push(format!("lost {}", lost(engine_of(view), f.lost_offset)));
+        details.push(format!("lost {}", lost(engine_of(view), f.lost_offset, f.loss_accounting)));
     }
     format!(
         "{}: {} → {} {when} ({})",
@@ -1006,7 +1015,7 @@ pub fn history(
             what = format!("{what}, took {}", millis(ms));
         }
         if f.from.is_some() {
-            what = format!("{what}, lost {}", lost(cluster.spec.engine, f.lost_offset));
+            what = format!("{what}, lost {}", lost(cluster.spec.engine, f.lost_offset, f.loss_accounting));
         }
         push(
             &raw.started_at,

@@ -593,11 +593,27 @@ pub struct Protection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub yield_to: Vec<String>,
+    /// On the production side of a cluster of more than one shard: the other site's members
+    /// shard by shard (`yieldTo` lists them all). Each shard holds its own part of the data,
+    /// so a shard yields only to a primary of its counterpart, and follows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub yield_to_shards: Vec<ShardYield>,
     /// The group stopped protecting this DR cluster (policy `ReadOnly`): it replicates from
     /// nothing and nothing in it is made writable. Remove `status.protection` to make it an
     /// ordinary cluster.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detached: bool,
+}
+
+/// The other site's members of one shard, which that shard of a production cluster yields to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardYield {
+    #[schemars(length(min = 1, max = 63))]
+    pub shard: String,
+    #[schemars(length(max = 64))]
+    pub members: Vec<String>,
 }
 
 /// The end of a standby relation, made by a failover to primary.
@@ -874,6 +890,17 @@ pub enum Role {
     Unknown,
 }
 
+/// How far a failover's `lostOffset` can be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LossAccounting {
+    /// The old primary was drained before the promotion: nothing could be lost.
+    Drained,
+    /// A lower bound: writes the old primary took after its last probe are not known.
+    AtLeast,
+    /// The old primary returned and what it held beyond the promotion was counted.
+    Measured,
+}
+
 /// A completed (or abandoned) role change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -895,6 +922,13 @@ pub struct FailoverRecord {
     /// known offset; raised to what it really had once it is re-attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_offset: Option<i64>,
+    /// How far `lostOffset` can be trusted: `Drained` (the old primary was drained first:
+    /// nothing could be lost), `AtLeast` (the old primary's last offset the operator saw;
+    /// what it took after that is not known — until it returns with its data, and never if
+    /// it returns without), `Measured` (the old primary returned and what it held beyond
+    /// the promotion was counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_accounting: Option<LossAccounting>,
     /// The new primary's replication offset right after it was promoted: what the old
     /// primary had beyond it when it was re-attached was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -969,7 +1003,13 @@ mod tests {
     fn a_protecting_group_decides_whatever_was_released() {
         let src = standby_of("src");
         let group = |standby: Option<Standby>| {
-            Some(Protection { group: "ns/pg".into(), standby, yield_to: Vec::new(), detached: false })
+            Some(Protection {
+                group: "ns/pg".into(),
+                standby,
+                yield_to: Vec::new(),
+                yield_to_shards: Vec::new(),
+                detached: false,
+            })
         };
         let dr = standby_of("prod");
         assert_eq!(with(Some(src.clone()), Some(src.clone()), group(Some(dr.clone()))).standby(), Some(&dr));

@@ -265,6 +265,9 @@ pub struct ForcedFailoverRecord {
 pub struct ForcedPair {
     pub source: String,
     pub target: String,
+    /// The shard, in a pair of clusters of more than one shard (each is forced on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// When the operator last saw both leaders of the pair answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<Time>,
@@ -345,7 +348,24 @@ pub struct PairStatus {
     /// Replicating, Syncing, Broken; after a forced failover SiteLost (the old side does not
     /// answer) until it is fenced.
     pub state: String,
-    /// Offset difference between the production primary and the DR primary.
+    /// Offset difference between the production primary and the DR primary (the largest
+    /// of its shards').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A pair of clusters of more than one shard replicates shard by shard (by name): each
+    /// shard's state and lag. The pair's state is its worst shard's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardPairStatus>,
+}
+
+/// Replication state of one shard of a pair.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardPairStatus {
+    pub shard: String,
+    pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -189,9 +189,15 @@ async fn thaw_tries(
             // Measured when the old primary was re-attached.
             let lost = eventually(Duration::from_secs(10), "a reattach step", || async {
                 let r = api.get("thaw").await.ok()?.status?.last_failover?;
-                r.steps.iter().any(|s| s.name == "reattach").then_some(r.lost_offset)
+                r.steps.iter().any(|s| s.name == "reattach").then_some((r.lost_offset, r.loss_accounting))
             })
             .await;
+            let (lost, accounting) = lost;
+            assert_eq!(
+                accounting,
+                Some(understudy::resources::hacluster::LossAccounting::Measured),
+                "try {n}: counted when it returned"
+            );
             assert!(
                 lost.unwrap_or(0) > 0,
                 "try {n}: {lost_here} acknowledged writes lost but lostOffset is {lost:?}"

@@ -201,6 +201,9 @@ async fn redis_bootstrap_failover_and_return_of_the_old_primary() {
     assert_eq!((lf.from.as_deref(), lf.to.as_deref()), (Some(first.as_str()), Some(second.as_str())));
     assert_eq!(lf.epoch, 2);
     assert_eq!(lf.lost_offset, Some(0), "the promoted replica had everything");
+    // Everything the operator saw; what the killed primary took after its last probe is not
+    // known (it is not back): the figure is said to be a floor.
+    assert_eq!(lf.loss_accounting, Some(understudy::resources::hacluster::LossAccounting::AtLeast));
     eprintln!(
         "failover: detected and promoted {:.2}s after SIGKILL (heartbeat 200ms x 3); promotion itself took {} ms",
         elapsed.as_secs_f64(),

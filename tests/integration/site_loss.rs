@@ -37,6 +37,18 @@ async fn status(pgs: &Api<ProtectionGroup>) -> ProtectionGroupStatus {
     pgs.get("pg").await.unwrap().status.unwrap_or_default()
 }
 
+/// Apply `spec` (which stops protection) and wait for phase Stopped.
+async fn stop(pgs: &Api<ProtectionGroup>, spec: serde_json::Value) -> ProtectionGroupStatus {
+    pgs.patch("pg", &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await.unwrap();
+    let st = eventually(WAIT, "phase Stopped", || async {
+        let st = status(pgs).await;
+        (st.phase == Some(ProtectionPhase::Stopped)).then_some(st)
+    })
+    .await;
+    eprintln!("stopped: {:?}", st.message);
+    st
+}
+
 fn ready(st: &ProtectionGroupStatus) -> Option<(String, String, String)> {
     st.conditions
         .iter()
@@ -270,7 +282,6 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
 /// becomes an ordinary cluster) before its finalizer lets it go.
 #[tokio::test]
 async fn stopping_protection_detaches_by_policy_and_deleting_the_group_does_too() {
-    use understudy::resources::protection_group::ProtectionPhase;
     let client = support::client().await;
     let OnePair { src_ns, dr_ns, servers: x, src, dr, pgs } = one_pair(&client, "pg-stop", "x").await;
     let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
@@ -294,15 +305,7 @@ async fn stopping_protection_detaches_by_policy_and_deleting_the_group_does_too(
     .await;
 
     // Stop (ReadOnly, the default).
-    pgs.patch("pg", &PatchParams::default(), &Patch::Merge(json!({"spec": {"protection": "Stopped"}})))
-        .await
-        .unwrap();
-    let st = eventually(WAIT, "phase Stopped", || async {
-        let st = status(&pgs).await;
-        (st.phase == Some(ProtectionPhase::Stopped)).then_some(st)
-    })
-    .await;
-    eprintln!("stopped: {:?}", st.message);
+    let st = stop(&pgs, json!({"protection": "Stopped"})).await;
     assert_eq!(ready(&st).map(|r| r.1), Some("ProtectionStopped".to_owned()));
     assert!(
         src.get("x").await.unwrap().status.unwrap().protection.is_none(),
@@ -424,4 +427,162 @@ async fn killed_after_forcing_the_dr_site_a_fresh_operator_finishes_the_same_job
         let st = api.get(name).await.unwrap().status.unwrap();
         assert!(st.shards[0].operation.is_none(), "{name}: the lock was released");
     }
+}
+
+/// The one server of `servers` that is a master, once there is exactly one.
+async fn one_master(servers: &[RedisServer], what: &str) -> usize {
+    eventually(WAIT, &format!("one master in {what}"), || async {
+        let mut masters = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            if s.role().await.as_deref() == Some("master") {
+                masters.push(i);
+            }
+        }
+        (masters.len() == 1).then(|| masters[0])
+    })
+    .await
+}
+
+/// Pairs of clusters of two shards are paired shard by shard (issue 18, breadth): each DR
+/// shard's leader follows its own production shard; a planned move demotes and promotes
+/// every shard; a forced failover promotes each DR shard's leader and records each shard; and
+/// when the lost site returns, each of its shards follows its own counterpart — a shard never
+/// follows another shard's primary (it holds another part of the data).
+#[tokio::test]
+async fn two_shard_pairs_move_and_fail_over_shard_by_shard() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-shards").await;
+    let dr_ns = support::namespace(&client, "pg-shards-dr").await;
+    // Source: s0 = a0, a1; s1 = b0, b1. Target: s0 = c0, c1; s1 = d0, d1.
+    let (s0, s1, t0, t1) = (
+        [RedisServer::start(None), RedisServer::start(None)],
+        [RedisServer::start(None), RedisServer::start(None)],
+        [RedisServer::start(None), RedisServer::start(None)],
+        [RedisServer::start(None), RedisServer::start(None)],
+    );
+    let policy = json!({"heartbeatInterval": "200ms"});
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
+    let pp = PostParams::default();
+    src.create(
+        &pp,
+        &cluster(
+            "db",
+            &[("s0", &[("a0", &s0[0]), ("a1", &s0[1])]), ("s1", &[("b0", &s1[0]), ("b1", &s1[1])])],
+            policy.clone(),
+        ),
+    )
+    .await
+    .unwrap();
+    dr.create(
+        &pp,
+        &cluster(
+            "db-dr",
+            &[("s0", &[("c0", &t0[0]), ("c1", &t0[1])]), ("s1", &[("d0", &t1[0]), ("d1", &t1[1])])],
+            policy,
+        ),
+    )
+    .await
+    .unwrap();
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&pp, &pg("pg", &src_ns, &dr_ns, &["db"], None)).await.unwrap();
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+
+    // Protected shard by shard: the pair lists both shards, each replicating. (Before, each
+    // cluster elected primaries of its own.)
+    let g = wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let shard0: Vec<_> = s0.iter().chain(&t0).map(|s| s.sample_target()).collect();
+    let shard1: Vec<_> = s1.iter().chain(&t1).map(|s| s.sample_target()).collect();
+    let (sampler0, sampler1) = (RoleSampler::start(shard0), RoleSampler::start(shard1));
+    let pair = &g.status.unwrap().pairs[0];
+    let shards: Vec<(&str, &str)> =
+        pair.shards.iter().map(|s| (s.shard.as_str(), s.state.as_str())).collect();
+    assert_eq!(shards, vec![("s0", "Replicating"), ("s1", "Replicating")], "{pair:?}");
+    let (p0, p1) = (one_master(&s0, "source s0").await, one_master(&s1, "source s1").await);
+    // Each DR shard's leader follows its own shard's primary: a key written to one shard
+    // reaches that shard's DR side only.
+    let mut c = s0[p0].connect().await.unwrap();
+    let () = redis::cmd("SET").arg("in-s0").arg(1).query_async(&mut c).await.unwrap();
+    let mut c = s1[p1].connect().await.unwrap();
+    let () = redis::cmd("SET").arg("in-s1").arg(1).query_async(&mut c).await.unwrap();
+    for (dr_servers, has, lacks) in [(&t0, "in-s0", "in-s1"), (&t1, "in-s1", "in-s0")] {
+        eventually(WAIT, &format!("{has} at the DR side of its shard"), || async {
+            for s in dr_servers.iter() {
+                let mut c = s.connect().await.ok()?;
+                let (a, b): (Option<String>, Option<String>) =
+                    redis::pipe().get(has).get(lacks).query_async(&mut c).await.ok()?;
+                assert!(b.is_none(), "{lacks} reached the DR side of the other shard");
+                a?;
+            }
+            Some(())
+        })
+        .await;
+    }
+
+    // A planned move: every shard's DR leader is promoted, every production one follows it.
+    set_priority(&pgs, "pg", "Target").await;
+    wait_protected(&pgs, "pg", SiteRole::Target).await;
+    let (q0, q1) = (one_master(&t0, "target s0").await, one_master(&t1, "target s1").await);
+    // Each old production leader follows its own shard's new primary (the other member of a
+    // standby shard follows its leader).
+    crate::hacluster_redis::wait_follows(&s0[p0], &t0[q0]).await;
+    crate::hacluster_redis::wait_follows(&s1[p1], &t1[q1]).await;
+    let protection = src.get("db").await.unwrap().status.unwrap().protection.unwrap();
+    assert!(protection.standby.is_some(), "the source cluster is the standby now: {protection:?}");
+    let protection = dr.get("db-dr").await.unwrap().status.unwrap().protection.unwrap();
+    let yields: Vec<(String, usize)> =
+        protection.yield_to_shards.iter().map(|y| (y.shard.clone(), y.members.len())).collect();
+    assert_eq!(
+        yields,
+        vec![("s0".into(), 2), ("s1".into(), 2)],
+        "each shard yields to its own: {protection:?}"
+    );
+
+    // Never two masters in a shard through the planned move (a move demotes before it
+    // promotes).
+    let (m0, m1) = (sampler0.max(), sampler1.max());
+    eprintln!(
+        "two shards: {} / {} samples, most masters at once {m0} / {m1}",
+        sampler0.count(),
+        sampler1.count()
+    );
+    assert!(m0 <= 1 && m1 <= 1, "two masters in a shard: {m0} / {m1}");
+    drop((sampler0, sampler1));
+
+    // The target site is lost: a forced failover back to the source promotes each shard.
+    for s in t0.iter().chain(&t1) {
+        s.signal(libc::SIGSTOP);
+    }
+    pgs.patch(
+        "pg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"prioritySite": "Source", "forcedFailover": {"to": "Source", "reason": "site B lost"}}})),
+    )
+    .await
+    .unwrap();
+    let st = eventually(WAIT, "phase FailedOver at the source", || async {
+        let st = status(&pgs).await;
+        (st.phase == Some(ProtectionPhase::FailedOver) && st.production_site == Some(SiteRole::Source))
+            .then_some(st)
+    })
+    .await;
+    let forced: Vec<Option<String>> =
+        st.last_forced_failover.iter().flat_map(|f| &f.pairs).map(|p| p.shard.clone()).collect();
+    assert_eq!(forced, vec![Some("s0".into()), Some("s1".into())], "each shard is recorded: {st:?}");
+    let (n0, n1) = (one_master(&s0, "source s0").await, one_master(&s1, "source s1").await);
+
+    // The target site returns: its shards were masters when it froze; each follows its own
+    // shard's new primary (never the other's), and the group re-protects it.
+    for s in t0.iter().chain(&t1) {
+        s.signal(libc::SIGCONT);
+    }
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    crate::hacluster_redis::wait_follows(&t0[q0], &s0[n0]).await;
+    crate::hacluster_redis::wait_follows(&t1[q1], &s1[n1]).await;
+
+    // Protection stopped with policy Writable: every DR shard's leader is made writable.
+    stop(&pgs, json!({"protection": "Stopped", "detachPolicy": "Writable"})).await;
+    let (w0, w1) = (one_master(&t0, "target s0").await, one_master(&t1, "target s1").await);
+    assert_eq!((w0, w1), (q0, q1), "each DR shard's leader is writable");
+    operator.stop().await;
 }

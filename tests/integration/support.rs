@@ -114,6 +114,9 @@ fn dump_namespaces_on_failure() {
                 let (_, events, _) = kubectl_result(&["get", "events", "-n", &ns, "--sort-by=.metadata.creationTimestamp"]);
                 eprintln!("--- objects in namespace {ns} when the test failed:\n{objects}\n--- events in {ns}:\n{events}");
             }
+            // Once more after the dump: a log that keeps only its head and tail (CI's) still
+            // says why the test failed.
+            eprintln!("--- the test failed: {info}");
         }));
     });
 }

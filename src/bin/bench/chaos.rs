@@ -830,6 +830,8 @@ pub(crate) struct Outcome {
     lost_detail: String,
     /// Unplanned failover with lost writes: lostOffset recorded (> 0)?
     lost_offset: Option<i64>,
+    /// How far lastFailover said its lostOffset can be trusted.
+    loss_accounting: Option<understudy::resources::hacluster::LossAccounting>,
     op_phase: Option<String>,
     /// Submission → terminal phase, ms.
     op_ms: Option<f64>,
@@ -1100,6 +1102,7 @@ pub(crate) async fn run_in(
     let lost = lost_idx.len();
     let lost_detail = describe_missing(&log.acks, &lost_idx, &label, injected);
     let mut lost_offset = None;
+    let mut loss_accounting = None;
     if lost > 0 {
         if plan.fault.planned() {
             violations.push((
@@ -1124,6 +1127,7 @@ pub(crate) async fn run_in(
                 let lf =
                     api(hacs.get(site.cluster())).await.and_then(|c| c.status).and_then(|s| s.last_failover);
                 lost_offset = lf.as_ref().map(|l| l.lost_offset.unwrap_or(0));
+                loss_accounting = lf.as_ref().and_then(|l| l.loss_accounting);
                 let reattached = lf.as_ref().is_some_and(|l| l.steps.iter().any(|s| s.name == "reattach"));
                 if lost_offset.unwrap_or(0) > 0 && reattached || Instant::now() > t {
                     break;
@@ -1141,6 +1145,7 @@ pub(crate) async fn run_in(
         lost,
         lost_detail,
         lost_offset,
+        loss_accounting,
         op_phase,
         op_ms,
         from: names[pi].clone(),
@@ -1424,12 +1429,25 @@ fn report(
     let recorded = unplanned_lost.iter().filter(|o| o.lost_offset.unwrap_or(0) > 0).count();
     let unrecorded: Vec<u64> =
         unplanned_lost.iter().filter(|o| o.lost_offset.unwrap_or(0) <= 0).map(|o| o.seed).collect();
+    // Of those, the ones whose record said its figure was only a floor (the old primary's
+    // writes after its last probe not known): honest, if not a measurement.
+    let floors = unplanned_lost
+        .iter()
+        .filter(|o| {
+            o.lost_offset.unwrap_or(0) <= 0
+                && o.loss_accounting == Some(understudy::resources::hacluster::LossAccounting::AtLeast)
+        })
+        .count();
     let failovers = outcomes.iter().filter(|o| !o.plan.fault.planned() && o.from != o.to).count();
     extra.push(format!(
         "unplanned failovers: {failovers}; with acknowledged writes lost: {} ({} writes), lastFailover.lostOffset > 0 in {recorded}{}",
         unplanned_lost.len(),
         unplanned_lost.iter().map(|o| o.lost).sum::<usize>(),
-        if unrecorded.is_empty() { String::new() } else { format!(" (not recorded: seeds {unrecorded:?})") }
+        if unrecorded.is_empty() {
+            String::new()
+        } else {
+            format!(" (not recorded: seeds {unrecorded:?}; {floors} of them said lossAccounting AtLeast)")
+        }
     ));
     let mut ops: BTreeMap<String, usize> = BTreeMap::new();
     for o in outcomes.iter().filter(|o| o.plan.fault.planned()) {
@@ -1466,7 +1484,7 @@ fn report(
                 json!({"seed": o.seed, "fault": o.plan.fault.name(), "delayMs": o.plan.delay_ms,
                        "holdMs": o.plan.hold_ms, "replica": o.plan.replica, "from": o.from, "to": o.to,
                        "epochs": [o.epochs.0, o.epochs.1], "recoveryMs": o.recovery_ms, "acked": o.acked,
-                       "lost": o.lost, "lostDetail": o.lost_detail, "lostOffset": o.lost_offset, "operation": o.op_phase, "operationMs": o.op_ms,
+                       "lost": o.lost, "lostDetail": o.lost_detail, "lostOffset": o.lost_offset, "lossAccounting": o.loss_accounting, "operation": o.op_phase, "operationMs": o.op_ms,
                        "clientErrors": o.errors,
                        "violations": o.violations.iter().map(|(v, d)| json!({"kind": v.name(), "detail": d})).collect::<Vec<_>>()})
             })
