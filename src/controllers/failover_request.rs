@@ -728,7 +728,10 @@ async fn check_standby(
         )));
     };
     let st = cluster.status.clone().unwrap_or_default();
-    if st.shards.len() > 1 || cluster.spec.shards.as_ref().is_some_and(|s| s.len() > 1) {
+    if st.shards.len() > 1
+        || cluster.spec.shards.as_ref().is_some_and(|s| s.len() > 1)
+        || !standby.shard_endpoints.is_empty()
+    {
         return Ok(Step::Failed(format!(
             "HaCluster {} is a standby with more than one shard: failing over to primary is supported for one-shard standbys; nothing touched",
             item.cluster
@@ -812,6 +815,7 @@ fn standby_from_context(c: &BTreeMap<String, String>) -> Option<Standby> {
         cluster: c.get("upstreamCluster").cloned(),
         namespace: c.get("upstreamNamespace").cloned(),
         primary_endpoint: c.get("upstreamEndpoint").cloned(),
+        shard_endpoints: Vec::new(),
     };
     (s.cluster.is_some() || s.primary_endpoint.is_some()).then_some(s)
 }

@@ -951,6 +951,11 @@ impl Monitor {
         if let Some(ep) = &standby.primary_endpoint {
             return standby::pair_endpoint(shards, ep);
         }
+        if !standby.shard_endpoints.is_empty() {
+            let theirs: Vec<(String, String)> =
+                standby.shard_endpoints.iter().map(|e| (e.shard.clone(), e.endpoint.clone())).collect();
+            return standby::pair_shard_endpoints(shards, &theirs);
+        }
         let all = |why: String| shards.iter().map(|s| (s.clone(), Err(why.clone()))).collect();
         let Some(name) = standby.cluster.as_ref() else {
             return all("spec.standby names neither a cluster nor a primaryEndpoint".into());

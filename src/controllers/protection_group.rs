@@ -53,7 +53,7 @@ use crate::{
     engines::{self, Engine, Probe},
     resources::{
         HaCluster, ProtectionGroup,
-        hacluster::{Engine as EngineKind, Protection, Role, ShardYield, Standby},
+        hacluster::{Engine as EngineKind, Protection, Role, ShardEndpoint, ShardYield, Standby},
         protection_group::{
             DetachPolicy, DryRunReport, ForcedFailoverRecord, ForcedPair, PairStatus, ProtectionGroupStatus,
             ProtectionPhase as Phase, ProtectionState, ShardPairStatus, Site, SiteRole,
@@ -487,7 +487,7 @@ async fn load_pairs(
             ));
         }
         let index = out.last().map_or(0, |l: &Pair| l.index + 1);
-        for (shard, (s, t)) in shard_pairs(&source, &target, sites)? {
+        for (shard, (s, t)) in shard_pairs(&source, &target)? {
             out.push(Pair {
                 source: Side { shard: s, leader: None, ..source.clone() }.with_leader(),
                 target: Side { shard: t, leader: None, ..target.clone() }.with_leader(),
@@ -507,7 +507,6 @@ async fn load_pairs(
 fn shard_pairs(
     source: &Side,
     target: &Side,
-    sites: &[SiteHandle; 2],
 ) -> Result<Vec<(Option<String>, (String, String))>, (Reason, String)> {
     let names = |s: &Side| -> Vec<String> {
         let mut n: Vec<String> = s.cluster.spec.shards.iter().flatten().map(|x| x.name.clone()).collect();
@@ -532,15 +531,6 @@ fn shard_pairs(
                 "the pair {pair} has shards {} and {}: clusters of more than one shard are paired shard by shard, by name, so both need the same shards",
                 sn.join(", "),
                 tn.join(", ")
-            ),
-        ));
-    }
-    if sites.iter().any(|s| s.remote) {
-        return Err((
-            Reason::UnsupportedCluster,
-            format!(
-                "the pair {pair} has {} shards: across two control planes a standby follows one address (spec.standby.primaryEndpoint), so only clusters of one shard can be paired there",
-                sn.len()
             ),
         ));
     }
@@ -683,25 +673,48 @@ fn adopt(pg: &ProtectionGroup, pairs: &[Pair]) -> SiteRole {
 }
 
 /// What the DR cluster of a pair should follow: the production cluster by name within one
-/// control plane, or its leader's endpoint across two. `None` while not known (a remote
-/// upstream whose primary is not known is left as it is).
-fn standby_for(production: &HaCluster, leader: Option<&Leader>, sites: &[SiteHandle; 2]) -> Option<Standby> {
+/// control plane, or its leaders' endpoints across two (one address for a one-shard pair,
+/// one per shard otherwise). `None` while not known (a remote upstream whose primaries are
+/// not all known is left as it is). `pairs`: every shard of the pair; `production`: its
+/// production site.
+fn standby_for(pairs: &[&Pair], production: SiteRole, sites: &[SiteHandle; 2]) -> Option<Standby> {
+    let cluster = &pairs.first()?.side(production).cluster;
     if sites.iter().any(|s| s.remote) {
-        let shard = production.status.as_ref()?.shards.first()?;
-        if shard.target_primary.is_some() {
+        let status = cluster.status.as_ref()?;
+        if status.shards.iter().any(|s| s.target_primary.is_some()) {
             return None;
         }
+        let leaders: Option<Vec<(String, String)>> = pairs
+            .iter()
+            .map(|p| {
+                let s = p.side(production);
+                s.leader.as_ref().map(|l| (s.shard.clone(), l.endpoint.clone()))
+            })
+            .collect();
+        let leaders = leaders?;
+        let one = (leaders.len() == 1).then(|| leaders[0].1.clone());
         return Some(Standby {
             cluster: None,
             namespace: None,
-            primary_endpoint: Some(leader?.endpoint.clone()),
+            primary_endpoint: one.clone(),
+            shard_endpoints: if one.is_some() {
+                Vec::new()
+            } else {
+                leaders.into_iter().map(|(shard, endpoint)| ShardEndpoint { shard, endpoint }).collect()
+            },
         });
     }
     Some(Standby {
-        cluster: Some(production.name_any()),
-        namespace: production.namespace(),
+        cluster: Some(cluster.name_any()),
+        namespace: cluster.namespace(),
         primary_endpoint: None,
+        shard_endpoints: Vec::new(),
     })
+}
+
+/// Every shard of the pair of clusters at `index`.
+fn shards_of(pairs: &[Pair], index: usize) -> Vec<&Pair> {
+    pairs.iter().filter(|q| q.index == index).collect()
 }
 
 /// Publish a cluster's side of the relation in its `status.protection` (`standby: None` on
@@ -906,7 +919,7 @@ async fn steady(
         }
         if ds.lost.is_none()
             && !awaiting
-            && let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
+            && let Some(v) = standby_for(&shards_of(pairs, p.index), prod, sites)
             && let Err(e) = set_standby(ds, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(%group, cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
@@ -1708,7 +1721,7 @@ async fn record_pairs(
             warn!(cluster = %ws.cluster.name_any(), error = %e, "could not publish the production side; retried in steady state");
         }
         if os.lost.is_none()
-            && let Some(v) = standby_for(&ws.cluster, ws.leader.as_ref(), sites)
+            && let Some(v) = standby_for(&shards_of(pairs, p.index), want, sites)
             && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(cluster = %os.cluster.name_any(), error = %e, "could not publish the standby side; retried in steady state");
@@ -1897,7 +1910,7 @@ async fn fence_returned(
         if !shards.iter().any(|q| awaits_fence(status, q)) {
             continue;
         }
-        let (ps, os) = (p.side(production), p.side(production.other()));
+        let os = p.side(production.other());
         if os.lost.is_some() {
             continue;
         }
@@ -1951,7 +1964,7 @@ async fn fence_returned(
         if answered == 0 {
             continue;
         }
-        if let Some(v) = standby_for(&ps.cluster, ps.leader.as_ref(), sites)
+        if let Some(v) = standby_for(&shards, production, sites)
             && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(%group, cluster = %os.cluster.name_any(), error = %e, "could not publish the returned site as a standby; retried");

@@ -140,6 +140,27 @@ pub fn pair_shards(
         .collect()
 }
 
+/// The same for a standby whose upstream is one address per shard (`shardEndpoints`): each
+/// shard follows the address of its name (one on each side: that one, whatever its name).
+pub fn pair_shard_endpoints(
+    mine: &[String],
+    theirs: &[(String, String)],
+) -> Vec<(String, Result<String, String>)> {
+    let one_to_one = mine.len() == 1 && theirs.len() == 1;
+    mine.iter()
+        .map(|shard| {
+            let found = if one_to_one { theirs.first() } else { theirs.iter().find(|(s, _)| s == shard) };
+            let to = found.map(|(_, e)| e.clone()).ok_or_else(|| {
+                format!(
+                    "spec.standby.shardEndpoints has no shard named {shard} (it has {}); each shard follows the address of its name",
+                    theirs.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            });
+            (shard.clone(), to)
+        })
+        .collect()
+}
+
 /// The same for a standby whose upstream is one address (`primaryEndpoint`): only a one-shard
 /// cluster can follow it.
 pub fn pair_endpoint(mine: &[String], endpoint: &str) -> Vec<(String, Result<String, String>)> {
@@ -287,6 +308,18 @@ pub fn superseding_primary(
 #[cfg(test)]
 mod superseding_tests {
     use super::*;
+
+    #[test]
+    fn shards_follow_the_address_of_their_name() {
+        let theirs = vec![("s1".to_owned(), "b:1".to_owned()), ("s0".to_owned(), "a:1".to_owned())];
+        let got = pair_shard_endpoints(&["s0".into(), "s1".into(), "s2".into()], &theirs);
+        assert_eq!(got[0], ("s0".into(), Ok("a:1".into())));
+        assert_eq!(got[1], ("s1".into(), Ok("b:1".into())));
+        assert!(got[2].1.as_ref().is_err_and(|e| e.contains("no shard named s2")), "{got:?}");
+        // One on each side: whatever the names.
+        let got = pair_shard_endpoints(&["main".into()], &[("s0".into(), "a:1".into())]);
+        assert_eq!(got[0].1, Ok("a:1".into()));
+    }
 
     #[test]
     fn a_shard_follows_only_its_counterparts_primary() {

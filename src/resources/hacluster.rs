@@ -500,8 +500,8 @@ pub enum WorkloadKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.cluster) != has(self.primaryEndpoint)",
-    "message": "standby needs exactly one of cluster (an HaCluster) or primaryEndpoint (host:port)"
+    "rule": "(has(self.cluster) ? 1 : 0) + (has(self.primaryEndpoint) ? 1 : 0) + (has(self.shardEndpoints) ? 1 : 0) == 1",
+    "message": "standby needs exactly one of cluster (an HaCluster), primaryEndpoint (host:port) or shardEndpoints (one host:port per shard)"
 }]))]
 pub struct Standby {
     /// HaCluster whose primary this cluster follows: each shard's leader follows the primary
@@ -523,6 +523,25 @@ pub struct Standby {
         "message": "primaryEndpoint must be host:port with a port from 1 to 65535, for example 10.0.0.7:6379"
     }]))]
     pub primary_endpoint: Option<String>,
+    /// Fixed upstream `host:port`s by shard, for an upstream of several shards outside this
+    /// control plane: each shard's leader follows the endpoint of the shard of its name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 64))]
+    pub shard_endpoints: Vec<ShardEndpoint>,
+}
+
+/// One shard's upstream address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardEndpoint {
+    #[schemars(length(min = 1, max = 63))]
+    pub shard: String,
+    #[schemars(length(min = 3, max = 261))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": ENDPOINT_RULE,
+        "message": "endpoint must be host:port with a port from 1 to 65535, for example 10.0.0.7:6379"
+    }]))]
+    pub endpoint: String,
 }
 
 /// Observed state of an HaCluster.
@@ -958,7 +977,12 @@ mod tests {
     use super::*;
 
     fn standby_of(cluster: &str) -> Standby {
-        Standby { cluster: Some(cluster.into()), namespace: None, primary_endpoint: None }
+        Standby {
+            cluster: Some(cluster.into()),
+            namespace: None,
+            primary_endpoint: None,
+            shard_endpoints: Vec::new(),
+        }
     }
 
     fn with(spec: Option<Standby>, released: Option<Standby>, protection: Option<Protection>) -> HaCluster {
@@ -990,7 +1014,12 @@ mod tests {
         // Another upstream in the spec: a standby again.
         let other = standby_of("elsewhere");
         assert_eq!(with(Some(other.clone()), Some(src.clone()), None).standby(), Some(&other));
-        let ep = Standby { cluster: None, namespace: None, primary_endpoint: Some("10.0.0.7:6379".into()) };
+        let ep = Standby {
+            cluster: None,
+            namespace: None,
+            primary_endpoint: Some("10.0.0.7:6379".into()),
+            shard_endpoints: Vec::new(),
+        };
         assert_eq!(with(Some(ep.clone()), Some(src.clone()), None).standby(), Some(&ep));
         // The same cluster named in another namespace is another relation.
         let ns = Standby { namespace: Some("other".into()), ..src.clone() };

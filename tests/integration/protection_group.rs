@@ -450,29 +450,36 @@ async fn refused_without_pairs_or_protection_and_error_reversing_recovers_when_r
     operator.stop().await;
 }
 
-#[tokio::test]
-async fn planned_site_failover_across_two_control_planes() {
-    let client = support::client().await;
-    let src_ns = support::namespace(&client, "pg-x-src").await;
-    // The DR site: its own kube-apiserver + etcd, its own operator.
+/// Another site: its own kube-apiserver + etcd with the CRDs and the namespace `ns`, and a
+/// Secret `ns` in `local_ns` (on the shared control plane) holding its kubeconfig.
+pub(crate) async fn remote_site(client: &Client, local_ns: &str, ns: &str) -> (ControlPlane, Client) {
     let remote = ControlPlane::start(Options::default()).await.expect("second control plane");
     remote.install_crds(&support::crds_dir()).await.unwrap();
     let rclient: Client = remote.client().await.unwrap();
-    let dr_ns = "dr-site";
-    remote.create_namespace(dr_ns).await.unwrap();
+    remote.create_namespace(ns).await.unwrap();
     let kubeconfig = remote.kubeconfig_inline().unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &src_ns);
-    secrets
+    Api::<Secret>::namespaced(client.clone(), local_ns)
         .create(
             &PostParams::default(),
             &Secret {
-                metadata: ObjectMeta { name: Some("dr-site".into()), ..Default::default() },
-                data: Some([("kubeconfig".to_owned(), ByteString(kubeconfig.clone().into_bytes()))].into()),
+                metadata: ObjectMeta { name: Some(ns.into()), ..Default::default() },
+                data: Some([("kubeconfig".to_owned(), ByteString(kubeconfig.into_bytes()))].into()),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
+    (remote, rclient)
+}
+
+#[tokio::test]
+async fn planned_site_failover_across_two_control_planes() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-x-src").await;
+    // The DR site: its own kube-apiserver + etcd, its own operator.
+    let dr_ns = "dr-site";
+    let (remote, rclient) = remote_site(&client, &src_ns, dr_ns).await;
+    let kubeconfig = remote.kubeconfig_inline().unwrap();
 
     let x = PairServers::start("x");
     let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);

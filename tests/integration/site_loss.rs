@@ -8,25 +8,22 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use understudy::{
-    controlplane::{ControlPlane, Options},
-    resources::{
-        HaCluster, ProtectionGroup,
-        protection_group::{ProtectionGroupStatus, ProtectionPhase, SiteRole},
-    },
+use understudy::resources::{
+    HaCluster, ProtectionGroup,
+    hacluster::Standby,
+    protection_group::{ProtectionGroupStatus, ProtectionPhase, SiteRole},
 };
 
 use crate::{
     hacluster_redis::{cluster, observe_heartbeats, observe_heartbeats_sampled, wait_primary},
     protection_group::{
-        OnePair, PairServers, SiteWriter, create_pairs, leader, missing, one_pair, pg, set_priority,
-        wait_protected,
+        OnePair, PairServers, SiteWriter, create_pairs, leader, missing, one_pair, pg, remote_site,
+        set_priority, wait_protected,
     },
     support::{self, Operator, RedisServer, RoleSampler, eventually},
 };
@@ -61,25 +58,8 @@ async fn a_lost_production_site_is_failed_over_by_force_then_fenced_and_reprotec
     let client = support::client().await;
     let dr_ns = support::namespace(&client, "pg-lost-dr").await;
     // The production site: its own kube-apiserver + etcd and its own operator, lost below.
-    let mut prod = ControlPlane::start(Options::default()).await.expect("production control plane");
-    prod.install_crds(&support::crds_dir()).await.unwrap();
-    let pclient = prod.client().await.unwrap();
     let src_ns = "prod-site";
-    prod.create_namespace(src_ns).await.unwrap();
-    Api::<Secret>::namespaced(client.clone(), &dr_ns)
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta { name: Some("prod-site".into()), ..Default::default() },
-                data: Some(
-                    [("kubeconfig".to_owned(), ByteString(prod.kubeconfig_inline().unwrap().into_bytes()))]
-                        .into(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (mut prod, pclient) = remote_site(&client, &dr_ns, src_ns).await;
     let x = PairServers::start("x");
     let src: Api<HaCluster> = Api::namespaced(pclient.clone(), src_ns);
     let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
@@ -429,6 +409,23 @@ async fn killed_after_forcing_the_dr_site_a_fresh_operator_finishes_the_same_job
     }
 }
 
+/// `db` (shards s0 = a0, a1 and s1 = b0, b1) and `db-dr` (s0 = c0, c1; s1 = d0, d1) on
+/// the servers of source s0, source s1, target s0, target s1.
+fn two_shard_clusters(s: [&[RedisServer; 2]; 4]) -> (HaCluster, HaCluster) {
+    let policy = json!({"heartbeatInterval": "200ms"});
+    let db = cluster(
+        "db",
+        &[("s0", &[("a0", &s[0][0]), ("a1", &s[0][1])]), ("s1", &[("b0", &s[1][0]), ("b1", &s[1][1])])],
+        policy.clone(),
+    );
+    let db_dr = cluster(
+        "db-dr",
+        &[("s0", &[("c0", &s[2][0]), ("c1", &s[2][1])]), ("s1", &[("d0", &s[3][0]), ("d1", &s[3][1])])],
+        policy,
+    );
+    (db, db_dr)
+}
+
 /// The one server of `servers` that is a master, once there is exactly one.
 async fn one_master(servers: &[RedisServer], what: &str) -> usize {
     eventually(WAIT, &format!("one master in {what}"), || async {
@@ -454,36 +451,13 @@ async fn two_shard_pairs_move_and_fail_over_shard_by_shard() {
     let src_ns = support::namespace(&client, "pg-shards").await;
     let dr_ns = support::namespace(&client, "pg-shards-dr").await;
     // Source: s0 = a0, a1; s1 = b0, b1. Target: s0 = c0, c1; s1 = d0, d1.
-    let (s0, s1, t0, t1) = (
-        [RedisServer::start(None), RedisServer::start(None)],
-        [RedisServer::start(None), RedisServer::start(None)],
-        [RedisServer::start(None), RedisServer::start(None)],
-        [RedisServer::start(None), RedisServer::start(None)],
-    );
-    let policy = json!({"heartbeatInterval": "200ms"});
+    let [s0, s1, t0, t1] = std::array::from_fn(|_| [RedisServer::start(None), RedisServer::start(None)]);
     let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
     let dr: Api<HaCluster> = Api::namespaced(client.clone(), &dr_ns);
     let pp = PostParams::default();
-    src.create(
-        &pp,
-        &cluster(
-            "db",
-            &[("s0", &[("a0", &s0[0]), ("a1", &s0[1])]), ("s1", &[("b0", &s1[0]), ("b1", &s1[1])])],
-            policy.clone(),
-        ),
-    )
-    .await
-    .unwrap();
-    dr.create(
-        &pp,
-        &cluster(
-            "db-dr",
-            &[("s0", &[("c0", &t0[0]), ("c1", &t0[1])]), ("s1", &[("d0", &t1[0]), ("d1", &t1[1])])],
-            policy,
-        ),
-    )
-    .await
-    .unwrap();
+    let (db, db_dr) = two_shard_clusters([&s0, &s1, &t0, &t1]);
+    src.create(&pp, &db).await.unwrap();
+    dr.create(&pp, &db_dr).await.unwrap();
     let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
     pgs.create(&pp, &pg("pg", &src_ns, &dr_ns, &["db"], None)).await.unwrap();
     let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
@@ -585,4 +559,53 @@ async fn two_shard_pairs_move_and_fail_over_shard_by_shard() {
     let (w0, w1) = (one_master(&t0, "target s0").await, one_master(&t1, "target s1").await);
     assert_eq!((w0, w1), (q0, q1), "each DR shard's leader is writable");
     operator.stop().await;
+}
+
+/// Pairs of two-shard clusters across two control planes: the DR cluster follows the
+/// production leaders by address, one per shard (`spec.standby.shardEndpoints` in its
+/// `status.protection`), and a planned move reverses that shard by shard.
+#[tokio::test]
+async fn two_shard_pairs_across_two_control_planes_follow_one_address_per_shard() {
+    let client = support::client().await;
+    let src_ns = support::namespace(&client, "pg-xshards").await;
+    let dr_ns = "dr-site";
+    let (_remote, rclient) = remote_site(&client, &src_ns, dr_ns).await;
+    let [s0, s1, t0, t1] = std::array::from_fn(|_| [RedisServer::start(None), RedisServer::start(None)]);
+    let src: Api<HaCluster> = Api::namespaced(client.clone(), &src_ns);
+    let dr: Api<HaCluster> = Api::namespaced(rclient.clone(), dr_ns);
+    let pp = PostParams::default();
+    let (db, db_dr) = two_shard_clusters([&s0, &s1, &t0, &t1]);
+    src.create(&pp, &db).await.unwrap();
+    dr.create(&pp, &db_dr).await.unwrap();
+    let pgs: Api<ProtectionGroup> = Api::namespaced(client.clone(), &src_ns);
+    pgs.create(&pp, &pg("pg", &src_ns, dr_ns, &["db"], Some("dr-site"))).await.unwrap();
+    let local_op = Operator::start(client.clone(), &src_ns);
+    let remote_op = Operator::start(rclient.clone(), dr_ns);
+
+    let by_shard = |s: Standby| -> Vec<(String, String)> {
+        s.shard_endpoints.into_iter().map(|e| (e.shard, e.endpoint)).collect()
+    };
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let (p0, p1) = (one_master(&s0, "source s0").await, one_master(&s1, "source s1").await);
+    let standby = dr.get("db-dr").await.unwrap().standby().cloned().unwrap();
+    assert_eq!(standby.primary_endpoint, None);
+    assert_eq!(
+        by_shard(standby),
+        vec![("s0".into(), s0[p0].endpoint()), ("s1".into(), s1[p1].endpoint())],
+        "across control planes: one address per shard"
+    );
+
+    set_priority(&pgs, "pg", "Target").await;
+    wait_protected(&pgs, "pg", SiteRole::Target).await;
+    let (q0, q1) = (one_master(&t0, "target s0").await, one_master(&t1, "target s1").await);
+    crate::hacluster_redis::wait_follows(&s0[p0], &t0[q0]).await;
+    crate::hacluster_redis::wait_follows(&s1[p1], &t1[q1]).await;
+    let back = src.get("db").await.unwrap().standby().cloned().unwrap();
+    assert_eq!(
+        by_shard(back),
+        vec![("s0".into(), t0[q0].endpoint()), ("s1".into(), t1[q1].endpoint())],
+        "the source follows the remote shard by shard"
+    );
+    local_op.stop().await;
+    remote_op.stop().await;
 }

@@ -555,6 +555,20 @@ fn cases() -> Vec<Case> {
             expect: &["standby needs exactly one of cluster"],
         },
         Case {
+            what: "standby naming an endpoint and endpoints by shard",
+            kind: "HaCluster",
+            spec: redis(
+                json!({"standby": {"primaryEndpoint": "10.0.0.9:6379", "shardEndpoints": [{"shard": "s0", "endpoint": "10.0.0.9:6379"}]}}),
+            ),
+            expect: &["standby needs exactly one of cluster"],
+        },
+        Case {
+            what: "standby shardEndpoints with a bad endpoint",
+            kind: "HaCluster",
+            spec: redis(json!({"standby": {"shardEndpoints": [{"shard": "s0", "endpoint": "nowhere"}]}})),
+            expect: &["endpoint must be host:port"],
+        },
+        Case {
             what: "standby naming neither",
             kind: "HaCluster",
             spec: redis(json!({"standby": {}})),
