@@ -2196,16 +2196,22 @@ impl Monitor {
                 ),
             )
         } else if !self.superseded_by.is_empty() {
-            let by = match self.superseded_by.iter().collect::<Vec<_>>()[..] {
-                [(_, by)] if self.superseded_by.len() == status.shards.len() => by.clone(),
-                ref many => {
-                    many.iter().map(|(s, by)| format!("{by} (shard {s})")).collect::<Vec<_>>().join(", ")
-                }
+            let whole = self.superseded_by.len() == status.shards.len() && status.shards.len() == 1;
+            let by: Vec<String> = self
+                .superseded_by
+                .iter()
+                .map(|(s, by)| if whole { by.clone() } else { format!("{by} (shard {s})") })
+                .collect();
+            let what = match by.len() {
+                _ if whole => "acts as a primary: this cluster follows it and nothing here is writable",
+                1 => "acts as a primary: that shard follows it and is not writable",
+                _ => "act as primaries: those shards follow them and are not writable",
             };
             (
                 Reason::SiteSuperseded,
                 format!(
-                    "{by}, of {}, acts as a primary: this cluster follows it and nothing here is writable{}",
+                    "{}, of {}, {what}{}",
+                    by.join(", "),
                     self.yield_source,
                     if cluster.status.as_ref().is_some_and(|s| s.protection.is_some()) {
                         " until the group re-protects it"
