@@ -256,6 +256,61 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
     operator.stop().await;
 }
 
+/// The same fence shard by shard: a production cluster of two shards told which of the other
+/// site's members are each shard's counterparts (`yieldToShards`) follows, per shard, only
+/// its own counterpart's primary — one shard superseded leaves the other writable, and a
+/// shard never follows the other shard's primary.
+#[tokio::test]
+async fn a_production_cluster_of_two_shards_yields_shard_by_shard() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "superseded-shards").await;
+    let [s0, s1] = std::array::from_fn(|_| [RedisServer::start(None), RedisServer::start(None)]);
+    // The other site's members: o0 for shard s0, o1 for shard s1.
+    let (o0, o1) = (RedisServer::start(None), RedisServer::start(None));
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let shards =
+        [("s0", &[("a0", &s0[0]), ("a1", &s0[1])][..]), ("s1", &[("b0", &s1[0]), ("b1", &s1[1])][..])];
+    hacs.create(&PostParams::default(), &cluster("x", &shards, json!({"heartbeatInterval": "200ms"})))
+        .await
+        .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p0 = if wait_primary(&hacs, "x", "s0", None).await == "a0" { 0 } else { 1 };
+    let p1 = if wait_primary(&hacs, "x", "s1", None).await == "b0" { 0 } else { 1 };
+    for (o, primary) in [(&o0, &s0[p0]), (&o1, &s1[p1])] {
+        let () = o.cmd(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(primary.port)).await.unwrap();
+    }
+    let body = json!({
+        "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+        "status": {"protection": {
+            "group": format!("{ns}/pg"),
+            "yieldTo": [o0.endpoint(), o1.endpoint()],
+            "yieldToShards": [{"shard": "s0", "members": [o0.endpoint()]}, {"shard": "s1", "members": [o1.endpoint()]}],
+        }}
+    });
+    hacs.patch_status("x", &PatchParams::apply("test-group").force(), &Patch::Apply(&body)).await.unwrap();
+
+    // Shard s1's counterpart is made primary: shard s1 follows it; shard s0 stays writable.
+    let () = o1.cmd(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await.unwrap();
+    crate::hacluster_redis::wait_follows(&s1[p1], &o1).await;
+    let why = eventually(WAIT, "Ready=False SiteSuperseded for shard s1", || async {
+        let c = hacs.get("x").await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (c.reason == "SiteSuperseded").then_some(c.message)
+    })
+    .await;
+    assert!(why.contains("(shard s1)") && why.contains("that shard follows it"), "{why}");
+    observe_heartbeats(&s0[p0], 10).await;
+    assert_eq!(s0[p0].role().await.as_deref(), Some("master"), "shard s0 is not superseded: {why}");
+
+    // Shard s0's counterpart too: shard s0 follows o0 — not o1, the first primary it could see.
+    let () = o0.cmd(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await.unwrap();
+    crate::hacluster_redis::wait_follows(&s0[p0], &o0).await;
+    observe_heartbeats(&s1[p1], 10).await;
+    let port = |i: std::collections::HashMap<String, String>| i.get("master_port").cloned();
+    assert_eq!(port(s1[p1].replication().await.unwrap()), Some(o1.port.to_string()), "s1 still follows o1");
+    assert_eq!(port(s0[p0].replication().await.unwrap()), Some(o0.port.to_string()), "s0 follows o0");
+    operator.stop().await;
+}
+
 /// Stopping protection detaches every pair by the group's policy (ReadOnly by default: the
 /// DR cluster keeps its data, replicates from nothing and is never made writable), starting
 /// it again re-protects, and deleting the group detaches too (here Writable: the DR cluster
