@@ -1081,6 +1081,12 @@ impl Monitor {
         self.keep_self_fencing(engine.as_ref(), &declared, &cluster).await;
         self.start_stalled_streams(engine.as_ref(), &declared, &cluster).await;
         let shards = Self::shard_names(&cluster, &declared);
+        // The relation (standby or not, of whom, yielding to whom) this heartbeat resolves
+        // its upstreams and policies from.
+        let relation = |c: &HaCluster| {
+            (c.standby().cloned(), c.detached(), c.status.as_ref().and_then(|s| s.protection.clone()))
+        };
+        let relation_at_start = relation(&cluster);
         let superseded = self.superseded(&cluster, acting, &shards).await;
         let mut upstreams = self.upstreams(&cluster, &shards).await;
         upstreams.retain(|(s, _)| !superseded.contains_key(s));
@@ -1112,6 +1118,16 @@ impl Monitor {
             }
             // Earlier shards may have written status: decide on the newest copy.
             let cluster = self.latest().unwrap_or_else(|| cluster.clone());
+            // ... but only if its relation is still the one the policy was made from: a
+            // ProtectionGroup that reverses the relation and then releases its lock between
+            // the two reads would otherwise have its freshly promoted primary fenced to
+            // follow the old upstream (seen in CI: a forced failover's new Mysql primary made
+            // read-only, then replaced). The next heartbeat decides on the new relation.
+            if relation(&cluster) != relation_at_start {
+                debug!(cluster = %key(&cluster), shard = %shard_name, "the standby relation changed during the heartbeat; deciding on it next heartbeat");
+                plans.insert(shard_name, Plan::default());
+                continue;
+            }
             let facts = self.facts(&cluster, &shard_name, &declared);
             let plan = shard::plan(&facts, &policy);
             let mut busy = shard_status(&cluster, &shard_name)
