@@ -179,10 +179,15 @@ impl Pair {
     }
     /// The lag last recorded for this shard of its pair.
     fn recorded_lag(&self, status: &ProtectionGroupStatus) -> Option<i64> {
+        self.recorded_shard(status)?.lag
+    }
+    /// This shard's recorded state, lag and message: its pair's own fields for a pair of
+    /// one-shard clusters, its entry in the pair's `shards` otherwise.
+    fn recorded_shard(&self, status: &ProtectionGroupStatus) -> Option<ShardPairStatus> {
         let p = self.recorded(status)?;
         match &self.shard {
-            None => p.lag,
-            Some(s) => p.shards.iter().find(|x| &x.shard == s)?.lag,
+            None => Some(pair_as_shard(p)),
+            Some(s) => p.shards.iter().find(|x| &x.shard == s).cloned(),
         }
     }
     /// Whether `f` is the forced-failover record of this shard of its pair.
@@ -863,11 +868,7 @@ async fn steady(
         }
         // Lag is written when it moves by LAG_NOISE bytes or comes back to zero, so a busy
         // but healthy pair does not cost a status write every reconcile.
-        let prev = p.recorded(status).and_then(|r| match &p.shard {
-            None => Some((r.state.clone(), r.lag)),
-            Some(sh) => r.shards.iter().find(|x| &x.shard == sh).map(|x| (x.state.clone(), x.lag)),
-        });
-        if let Some((prev_state, Some(a))) = prev
+        if let Some(ShardPairStatus { state: prev_state, lag: Some(a), .. }) = p.recorded_shard(status)
             && prev_state == st.state
             && let Some(b) = st.lag
             && (a - b).abs() < LAG_NOISE
@@ -887,8 +888,7 @@ async fn steady(
     }
     // The relation, per pair of clusters.
     for p in clusters(pairs) {
-        let prod = units.iter().zip(pairs).find(|(_, q)| q.index == p.index).and_then(|(u, _)| u.production);
-        let prod = prod.unwrap_or(production);
+        let prod = p.recorded(status).and_then(|s| s.production).unwrap_or(production);
         let (ps, ds) = (p.side(prod), p.side(prod.other()));
         let told = ps.cluster.status.as_ref().and_then(|s| s.protection.as_ref());
         // The production side yields, shard by shard, to the other site's members once they
@@ -1685,17 +1685,16 @@ async fn record_pairs(
         .iter()
         .map(|p| {
             let recorded = p.recorded(status);
-            let shard = p.shard.as_ref().and_then(|sh| recorded?.shards.iter().find(|x| &x.shard == sh));
+            // A shard without an entry yet (the pair's first record by shard) starts from
+            // its pair's.
+            let was = p.recorded_shard(status).or_else(|| recorded.map(pair_as_shard));
             PairStatus {
                 source: p.source.cluster.name_any(),
                 target: p.target.cluster.name_any(),
                 production: Some(recorded.and_then(|r| r.production).unwrap_or(production)),
-                state: shard
-                    .map(|x| x.state.clone())
-                    .or(recorded.map(|r| r.state.clone()))
-                    .unwrap_or("Syncing".into()),
-                lag: shard.map_or(recorded.and_then(|r| r.lag), |x| x.lag),
-                message: shard.map_or(recorded.and_then(|r| r.message.clone()), |x| x.message.clone()),
+                state: was.as_ref().map_or("Syncing".into(), |x| x.state.clone()),
+                lag: was.as_ref().and_then(|x| x.lag),
+                message: was.and_then(|x| x.message),
                 shards: Vec::new(),
             }
         })
@@ -1759,6 +1758,11 @@ async fn restore(pairs: &[Pair], idx: &[usize], want: SiteRole) {
             warn!(member = %ol.name, error = %e, "could not restore the old production primary");
         }
     }
+}
+
+/// A pair's own state, lag and message, as one shard's.
+fn pair_as_shard(p: &PairStatus) -> ShardPairStatus {
+    ShardPairStatus { shard: String::new(), state: p.state.clone(), lag: p.lag, message: p.message.clone() }
 }
 
 /// The first shard of each pair of clusters: where what is done per cluster is done.
@@ -1906,7 +1910,7 @@ async fn fence_returned(
     let production = status.production_site.unwrap_or_default();
     let group = key(pg);
     for p in clusters(pairs) {
-        let shards: Vec<&Pair> = pairs.iter().filter(|q| q.index == p.index).collect();
+        let shards = shards_of(pairs, p.index);
         if !shards.iter().any(|q| awaits_fence(status, q)) {
             continue;
         }
@@ -2214,7 +2218,7 @@ async fn stop_protection(
         let mut failed = Vec::new();
         let mut out = Vec::new();
         for p in clusters(&pairs) {
-            let shards: Vec<&Pair> = pairs.iter().filter(|q| q.index == p.index).collect();
+            let shards = shards_of(&pairs, p.index);
             let prod = p.recorded(&status).and_then(|s| s.production).unwrap_or(production);
             let (ps, ds) = (p.side(prod), p.side(prod.other()));
             let mut said = Vec::new();
