@@ -12,6 +12,9 @@
 //! Optional steps (README, "The HA agent protocol"), with `--on-drain` and `--position`: the status
 //! answer carries `X-HA-Capabilities: drain` and `X-HA-Position: <n>`; `change=DRAIN` runs the
 //! drain hook on a MAIN (which stays MAIN, taking no writes) and `change=RESUME` undoes it.
+//! With `--on-follow`: `change=FOLLOW&upstream=<host:port>` makes the node replicate from
+//! another cluster's main (a standby cluster's leader, a fenced old site), reported back in
+//! `X-HA-Following`.
 //!
 //! Everything lives in a per-agent value: [`serve`] can run many agents in one process (the
 //! demo, benchmarks); only [`run`] touches the process (signals, exit code).
@@ -60,6 +63,15 @@ pub const LEASE_HEADER: &str = "x-ha-lease";
 /// The capability of honouring [`LEASE_HEADER`]: a MAIN that receives no request carrying
 /// it for longer than the lease demotes itself.
 pub const LEASE_CAPABILITY: &str = "lease";
+/// The capability of `POST ?change=FOLLOW&upstream=<host:port>`.
+pub const FOLLOW_CAPABILITY: &str = "follow";
+/// Header of the status answer naming the upstream a BACKUP was last told to follow (and
+/// whose follow hook succeeded); absent when it follows nothing outside its cluster.
+pub const FOLLOWING_HEADER: &str = "x-ha-following";
+/// Environment variable telling the follow hook the upstream's `host:port`.
+pub const UPSTREAM_ENV: &str = "UNDERSTUDY_UPSTREAM";
+/// Environment variable telling the follow hook the upstream's host alone.
+pub const UPSTREAM_HOST_ENV: &str = "UNDERSTUDY_UPSTREAM_HOST";
 /// How often the agent checks its lease.
 const LEASE_CHECK: Duration = Duration::from_millis(20);
 
@@ -108,6 +120,15 @@ pub struct AgentArgs {
     /// Shell command run on `POST ?change=RESUME` after a drain: the node takes writes again.
     #[arg(long, requires = "on_drain")]
     pub on_resume: Option<String>,
+    /// Shell command run on `POST ?change=FOLLOW&upstream=<host:port>`: it must make the node
+    /// replicate from that upstream (another cluster's main: this node leads a standby
+    /// cluster, or is an old main fenced behind a new site) and be safe to run again.
+    /// $UNDERSTUDY_UPSTREAM is `host:port` (the upstream's agent), $UNDERSTUDY_UPSTREAM_HOST
+    /// its host; both empty: replicate from nothing and stay read-only (a standby detached
+    /// from its protection group). A MAIN told to follow becomes BACKUP first and runs this hook instead of
+    /// --on-demote. Advertises the `follow` capability.
+    #[arg(long)]
+    pub on_follow: Option<String>,
     /// Shell command printing the node's replication position (a non-negative integer), run
     /// for each status request and sent in the `X-HA-Position` header.
     #[arg(long)]
@@ -271,6 +292,7 @@ pub struct Hooks {
     pub on_demote: Option<String>,
     pub on_drain: Option<String>,
     pub on_resume: Option<String>,
+    pub on_follow: Option<String>,
     pub position: Option<String>,
     pub timeout: Duration,
 }
@@ -279,6 +301,50 @@ impl Hooks {
     /// Whether the agent can be drained: a drain hook and a position to compare.
     pub fn drains(&self) -> bool {
         self.on_drain.is_some() && self.position.is_some()
+    }
+
+    /// The optional steps it advertises in [`CAPABILITIES_HEADER`].
+    pub fn capabilities(&self) -> String {
+        let mut c = Vec::new();
+        if self.drains() {
+            c.push(DRAIN_CAPABILITY);
+        }
+        if self.on_follow.is_some() {
+            c.push(FOLLOW_CAPABILITY);
+        }
+        c.push(LEASE_CAPABILITY);
+        c.join(", ")
+    }
+}
+
+/// Check the `upstream` of a `change=FOLLOW`: `host:port`, a host of letters, digits, `.`,
+/// `-`, `_` or `:` (IPv6 in brackets), a port 1–65535; or empty: follow nothing (stop
+/// replicating, stay read-only — a standby detached from its group). The error is the 400
+/// response body. Returns the host (`None` for nothing).
+pub fn parse_upstream(value: Option<&str>) -> Result<Option<&str>, String> {
+    let Some(v) = value else {
+        return Err("change=FOLLOW needs `upstream=<host:port>` (or `upstream=` to follow nothing)".into());
+    };
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("invalid upstream {v:?}: expected host:port");
+    if v.len() > 261 {
+        return Err(bad());
+    }
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = |h: &str| {
+        !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    };
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) if host_ok(inner) => inner,
+        Some(_) => return Err(bad()),
+        None if host_ok(host) && !host.contains(':') => host,
+        None => return Err(bad()),
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(Some(host)),
+        _ => Err(bad()),
     }
 }
 
@@ -304,6 +370,17 @@ impl Hooks {
     /// the token variable removed, stdout and stderr captured. On timeout the whole process
     /// group is killed. Background processes it leaves behind are not waited for.
     async fn run(&self, command: &str, role: Role, name: &str) -> Result<String, HookError> {
+        self.run_with(command, role, name, &[]).await
+    }
+
+    /// [`Hooks::run`] with further environment variables.
+    async fn run_with(
+        &self,
+        command: &str,
+        role: Role,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<String, HookError> {
         let mut output = tempfile::tempfile().map_err(HookError::Spawn)?;
         let stdout = output.try_clone().map_err(HookError::Spawn)?;
         let stderr = output.try_clone().map_err(HookError::Spawn)?;
@@ -312,6 +389,7 @@ impl Hooks {
             .arg(command)
             .env(ROLE_ENV, role.as_str())
             .env(NAME_ENV, name)
+            .envs(env.iter().copied())
             .env_remove(TOKEN_ENV)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -390,6 +468,7 @@ impl AgentConfig {
                 on_demote: args.on_demote.clone(),
                 on_drain: args.on_drain.clone(),
                 on_resume: args.on_resume.clone(),
+                on_follow: args.on_follow.clone(),
                 position: args.position.clone(),
                 timeout: args.hook_timeout,
             },
@@ -542,6 +621,8 @@ struct Agent {
     exit: Notify,
     /// When the operator's lease runs out (None: never granted).
     lease: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The upstream of the last `change=FOLLOW` whose hook succeeded; cleared by a promotion.
+    following: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -563,6 +644,17 @@ impl Agent {
             transitions: Arc::new(Mutex::new(Lifecycle::default())),
             exit: Notify::new(),
             lease: std::sync::Mutex::new(None),
+            following: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn following(&self) -> Option<String> {
+        self.following.lock().map(|f| f.clone()).unwrap_or(None)
+    }
+
+    fn set_following(&self, upstream: Option<String>) {
+        if let Ok(mut f) = self.following.lock() {
+            *f = upstream;
         }
     }
 
@@ -615,8 +707,12 @@ async fn get_status(State(agent): State<Arc<Agent>>) -> Response {
     let role = agent.role();
     let mut resp = role.as_str().into_response();
     let headers = resp.headers_mut();
-    let capabilities = if agent.hooks.drains() { "drain, lease" } else { LEASE_CAPABILITY };
-    headers.insert(CAPABILITIES_HEADER, HeaderValue::from_static(capabilities));
+    if let Ok(capabilities) = HeaderValue::from_str(&agent.hooks.capabilities()) {
+        headers.insert(CAPABILITIES_HEADER, capabilities);
+    }
+    if let Some(up) = agent.following().and_then(|f| HeaderValue::from_str(&f).ok()) {
+        headers.insert(FOLLOWING_HEADER, up);
+    }
     if let Some(command) = &agent.hooks.position {
         match agent.hooks.run(command, role, &agent.name).await {
             Ok(out) => match out.lines().last().map(str::trim).and_then(|p| p.parse::<u64>().ok()) {
@@ -634,20 +730,22 @@ async fn get_status(State(agent): State<Arc<Agent>>) -> Response {
 #[derive(serde::Deserialize)]
 struct ChangeQuery {
     change: Option<String>,
+    upstream: Option<String>,
 }
 
 async fn post_status(
     State(agent): State<Arc<Agent>>,
     query: Result<Query<ChangeQuery>, QueryRejection>,
 ) -> Response {
-    match query.as_ref().ok().and_then(|Query(q)| q.change.as_deref()) {
-        Some("DRAIN") => return run_in_task(drain(agent)).await,
-        Some("RESUME") => return run_in_task(resume(agent)).await,
+    match query.as_ref().ok().map(|Query(q)| (q.change.as_deref(), q.upstream.clone())) {
+        Some((Some("DRAIN"), _)) => return run_in_task(drain(agent)).await,
+        Some((Some("RESUME"), _)) => return run_in_task(resume(agent)).await,
+        Some((Some("FOLLOW"), upstream)) => return run_in_task(follow(agent, upstream)).await,
         _ => {}
     }
     let requested = match query {
         Ok(Query(q)) => parse_change(q.change.as_deref()),
-        Err(e) => Err(format!("{}: expected change=MAIN or change=BACKUP", e.body_text())),
+        Err(e) => Err(format!("{}: expected change=MAIN, BACKUP, DRAIN, RESUME or FOLLOW", e.body_text())),
     };
     let requested = match requested {
         Ok(role) => role,
@@ -674,7 +772,7 @@ async fn drain(agent: Arc<Agent>) -> Result<Role, ChangeError> {
         return Err(ChangeError::Exiting);
     }
     let Some(command) = agent.hooks.on_drain.as_ref().filter(|_| agent.hooks.drains()) else {
-        return Err(ChangeError::Unsupported("DRAIN"));
+        return Err(ChangeError::Unsupported("DRAIN", "--on-drain and --position"));
     };
     if agent.role() != Role::Main {
         return Err(ChangeError::NotMain);
@@ -697,7 +795,7 @@ async fn resume(agent: Arc<Agent>) -> Result<Role, ChangeError> {
         return Err(ChangeError::Exiting);
     }
     if !agent.hooks.drains() {
-        return Err(ChangeError::Unsupported("RESUME"));
+        return Err(ChangeError::Unsupported("RESUME", "--on-drain and --position"));
     }
     if lifecycle.drained {
         if let Some(command) = &agent.hooks.on_resume {
@@ -711,14 +809,62 @@ async fn resume(agent: Arc<Agent>) -> Result<Role, ChangeError> {
     Ok(agent.role())
 }
 
+/// `change=FOLLOW&upstream=<host:port>`: run the follow hook, which makes the node replicate
+/// from `upstream`, and report it in [`FOLLOWING_HEADER`]. A MAIN becomes BACKUP first (its
+/// writes stop before the hook points it elsewhere) and, with `exit_on_demote`, exits after
+/// answering, as a demotion does; the restarted node is told to follow again. Answers BACKUP.
+async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<Role, ChangeError> {
+    let Some(command) = agent.hooks.on_follow.clone() else {
+        return Err(ChangeError::Unsupported("FOLLOW", "--on-follow"));
+    };
+    let host = parse_upstream(upstream.as_deref()).map_err(ChangeError::BadRequest)?.unwrap_or("").to_owned();
+    let upstream = upstream.unwrap_or_default();
+    let mut lifecycle = agent.transitions.clone().lock_owned().await;
+    if lifecycle.exiting {
+        return Err(ChangeError::Exiting);
+    }
+    let was_main = agent.role() == Role::Main;
+    if was_main {
+        agent.role.send_replace(Role::Backup);
+        lifecycle.drained = false;
+        info!(agent = %agent.name, %upstream, from = %Role::Main, to = %Role::Backup, "told to follow another main: demoted first");
+    }
+    agent.set_following(None);
+    info!(agent = %agent.name, %upstream, "following: running the on-follow hook");
+    let env = [(UPSTREAM_ENV, upstream.as_str()), (UPSTREAM_HOST_ENV, host.as_str())];
+    let result = agent.hooks.run_with(&command, Role::Backup, &agent.name, &env).await;
+    match &result {
+        Ok(output) => {
+            agent.set_following(Some(upstream.clone()).filter(|u| !u.is_empty()));
+            info!(agent = %agent.name, %upstream, %output, "on-follow hook succeeded");
+        }
+        Err(e) => {
+            error!(agent = %agent.name, %upstream, error = %e, "on-follow hook failed; follows nothing")
+        }
+    }
+    if was_main && agent.exit_on_demote {
+        lifecycle.exiting = true;
+        // The answer goes out first; the exit follows (graceful shutdown lets it finish).
+        tokio::spawn(async move {
+            agent.exit.notify_one();
+            drop(lifecycle);
+        });
+    }
+    result.map(|_| Role::Backup).map_err(ChangeError::FollowHook)
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ChangeError {
     #[error("on-promote hook failed, staying BACKUP: {0}")]
     PromoteHook(HookError),
     #[error("demoted to BACKUP and exiting; retry once the node has restarted")]
     Exiting,
-    #[error("change={0} is not supported by this agent (it needs --on-drain and --position)")]
-    Unsupported(&'static str),
+    #[error("change={0} is not supported by this agent (it needs {1})")]
+    Unsupported(&'static str, &'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("on-follow hook failed, the node follows nothing: {0}")]
+    FollowHook(HookError),
     #[error("only a MAIN drains")]
     NotMain,
     #[error("on-drain hook failed, writes may not be stopped: {0}")]
@@ -730,11 +876,13 @@ enum ChangeError {
 impl IntoResponse for ChangeError {
     fn into_response(self) -> Response {
         let code = match self {
-            ChangeError::PromoteHook(_) | ChangeError::DrainHook(_) | ChangeError::ResumeHook(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ChangeError::PromoteHook(_)
+            | ChangeError::DrainHook(_)
+            | ChangeError::ResumeHook(_)
+            | ChangeError::FollowHook(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ChangeError::Exiting => StatusCode::SERVICE_UNAVAILABLE,
-            ChangeError::Unsupported(_) => StatusCode::NOT_FOUND,
+            ChangeError::Unsupported(..) => StatusCode::NOT_FOUND,
+            ChangeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ChangeError::NotMain => StatusCode::CONFLICT,
         };
         (code, self.to_string()).into_response()
@@ -763,6 +911,7 @@ async fn change_role(agent: Arc<Agent>, requested: Role) -> Result<Role, ChangeE
                 }
             }
             agent.role.send_replace(Role::Main);
+            agent.set_following(None);
             info!(agent = %agent.name, from = %Role::Backup, to = %Role::Main, "promoted");
             Ok(Role::Main)
         }
@@ -912,6 +1061,7 @@ mod tests {
                 on_demote: None,
                 on_drain: None,
                 on_resume: None,
+                on_follow: None,
                 position: None,
                 timeout: Duration::from_secs(5),
             },
@@ -927,6 +1077,7 @@ mod tests {
             on_demote: None,
             on_drain: None,
             on_resume: None,
+            on_follow: None,
             position: None,
             timeout: Duration::from_millis(300),
         };
@@ -987,6 +1138,92 @@ mod tests {
         assert_eq!(post(&plain, "MAIN").await.unwrap().status(), 200);
         assert_eq!(post(&plain, "DRAIN").await.unwrap().status(), 404);
         assert_eq!(post(&plain, "RESUME").await.unwrap().status(), 404);
+    }
+
+    #[test]
+    fn upstreams_are_host_and_port_or_nothing() {
+        assert_eq!(parse_upstream(Some("10.0.0.7:8080")), Ok(Some("10.0.0.7")));
+        assert_eq!(parse_upstream(Some("db-0.db.prod.svc:8080")), Ok(Some("db-0.db.prod.svc")));
+        assert_eq!(parse_upstream(Some("[fd00::7]:8080")), Ok(Some("fd00::7")));
+        assert_eq!(parse_upstream(Some("")), Ok(None), "empty: follow nothing");
+        assert!(parse_upstream(None).unwrap_err().contains("upstream=<host:port>"));
+        let long = format!("{}:1", "a".repeat(300));
+        for bad in
+            ["host", ":80", "h:0", "h:65536", "h:x", "fd00::7:80", "h;rm -rf /:80", "h $(id):80", &long]
+        {
+            assert!(parse_upstream(Some(bad)).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    /// The optional follow step: advertised with its hook; FOLLOW on a BACKUP runs the hook
+    /// with the upstream in its environment and reports it in `X-HA-Following`; an empty
+    /// upstream follows nothing; a MAIN told to follow becomes BACKUP (and, exiting on
+    /// demotion, stops serving); a promotion clears it; bad input is a 400 and runs nothing;
+    /// an agent without the hook answers 404.
+    #[tokio::test]
+    async fn follow_runs_its_hook_reports_the_upstream_and_demotes_a_main() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("hooks");
+        let with = |exit| {
+            let mut c = config(exit, None);
+            c.hooks.on_follow = Some(format!(
+                "echo \"$UNDERSTUDY_ROLE $UNDERSTUDY_UPSTREAM $UNDERSTUDY_UPSTREAM_HOST\" >> '{}'",
+                log.display()
+            ));
+            c
+        };
+        let client = reqwest::Client::new();
+        let start = |cfg: AgentConfig| async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/rest/ha/status", listener.local_addr().unwrap());
+            (url, tokio::spawn(serve(cfg, listener, std::future::pending())))
+        };
+        let ((url, _), (plain, _)) = (start(with(false)).await, start(config(false, None)).await);
+        let get = |url: &str| client.get(url).header("Authorization", "token tok").send();
+        let post = |url: &str, query: Vec<(&'static str, &'static str)>| {
+            client.post(url).query(&query).header("Authorization", "token tok").send()
+        };
+        let following =
+            |r: &reqwest::Response| r.headers().get(FOLLOWING_HEADER).map(|v| v.to_str().unwrap().to_owned());
+        let hooks_ran = || std::fs::read_to_string(&log).unwrap_or_default();
+
+        let resp = get(&url).await.unwrap();
+        assert_eq!(resp.headers()[CAPABILITIES_HEADER], "follow, lease");
+        assert_eq!(following(&resp), None);
+        for bad in [vec![("change", "FOLLOW")], vec![("change", "FOLLOW"), ("upstream", "x;reboot")]] {
+            assert_eq!(post(&url, bad).await.unwrap().status(), 400);
+        }
+        assert_eq!(hooks_ran(), "", "bad input runs nothing");
+        let resp = post(&url, vec![("change", "FOLLOW"), ("upstream", "10.1.2.3:8080")]).await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.text().await.unwrap()), (200, "BACKUP".to_owned()));
+        assert_eq!(hooks_ran(), "BACKUP 10.1.2.3:8080 10.1.2.3\n");
+        assert_eq!(following(&get(&url).await.unwrap()).as_deref(), Some("10.1.2.3:8080"));
+        assert_eq!(post(&url, vec![("change", "FOLLOW"), ("upstream", "")]).await.unwrap().status(), 200);
+        assert_eq!(following(&get(&url).await.unwrap()), None, "follows nothing");
+        assert!(hooks_ran().ends_with("BACKUP  \n"), "the hook got empty variables: {:?}", hooks_ran());
+        // A MAIN told to follow: BACKUP at once; a promotion clears what it followed.
+        post(&url, vec![("change", "FOLLOW"), ("upstream", "10.1.2.3:8080")]).await.unwrap();
+        assert_eq!(post(&url, vec![("change", "MAIN")]).await.unwrap().status(), 200);
+        assert_eq!(following(&get(&url).await.unwrap()), None, "a MAIN follows nothing");
+        let resp = post(&url, vec![("change", "FOLLOW"), ("upstream", "10.9.9.9:8080")]).await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "BACKUP");
+        let resp = get(&url).await.unwrap();
+        assert_eq!(following(&resp).as_deref(), Some("10.9.9.9:8080"));
+        assert_eq!(resp.text().await.unwrap(), "BACKUP");
+
+        // Exiting on demotion: a MAIN told to follow stops serving after answering.
+        let (exiting, task) = start(with(true)).await;
+        post(&exiting, vec![("change", "MAIN")]).await.unwrap();
+        let resp = post(&exiting, vec![("change", "FOLLOW"), ("upstream", "10.1.2.3:8080")]).await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "BACKUP");
+        let stopped = tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+        assert_eq!(stopped, Stopped::Demoted);
+
+        let resp = get(&plain).await.unwrap();
+        assert_eq!(resp.headers()[CAPABILITIES_HEADER], LEASE_CAPABILITY);
+        let resp = post(&plain, vec![("change", "FOLLOW"), ("upstream", "10.1.2.3:8080")]).await.unwrap();
+        assert_eq!(resp.status(), 404);
+        assert!(resp.text().await.unwrap().contains("--on-follow"));
     }
 
     /// Two agents in one process, each with its own state; demotion ends only its own `serve`.

@@ -38,6 +38,8 @@ pub const RULES: &[&str] = &[
     "a fresh node answers GET /rest/ha/status with 200 BACKUP",
     "POST ?change=<not MAIN or BACKUP> is refused with a 4xx and changes nothing",
     "POST ?change=BACKUP on a BACKUP answers 200 BACKUP",
+    "optional step `follow` (when X-HA-Capabilities lists it): POST ?change=FOLLOW&upstream=<host:port> on a BACKUP answers 200 BACKUP and GET then names the upstream in X-HA-Following; `upstream=` (nothing) clears it",
+    "optional step `follow`: POST ?change=FOLLOW with a malformed upstream is refused with a 4xx and changes nothing",
     "POST ?change=MAIN answers 200 MAIN, and GET then answers MAIN",
     "POST ?change=MAIN on a MAIN answers 200 MAIN",
     "POST ?change=BACKUP on a MAIN answers 200 BACKUP, and the node answers nothing but BACKUP afterwards",
@@ -64,6 +66,32 @@ impl Agent<'_> {
             req = req.header("Authorization", format!("token {t}"));
         }
         answer(req).await
+    }
+
+    async fn follow(&self, upstream: &str) -> Result<(StatusCode, String), String> {
+        let req = self
+            .http
+            .post(&self.status_url)
+            .query(&[("change", "FOLLOW"), ("upstream", upstream)])
+            .header("Authorization", format!("token {}", self.token));
+        answer(req).await
+    }
+
+    /// A header of the answer to an authorised GET.
+    async fn header(&self, name: &str) -> Result<Option<String>, String> {
+        let resp = self
+            .http
+            .get(&self.status_url)
+            .header("Authorization", format!("token {}", self.token))
+            .send()
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        Ok(resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned()))
+    }
+
+    async fn follows(&self) -> Result<bool, String> {
+        let caps = self.header(crate::agent::CAPABILITIES_HEADER).await?.unwrap_or_default();
+        Ok(crate::engines::agent::capabilities(&caps).any(|c| c == crate::agent::FOLLOW_CAPABILITY))
     }
 
     async fn role(&self) -> Result<String, String> {
@@ -129,7 +157,21 @@ pub async fn check(base: &str, token: &str, timeout: Duration) -> Vec<Check> {
                 .post("BACKUP", Some(token))
                 .await
                 .and_then(|a| expect(a, StatusCode::OK, Some("BACKUP"))),
-            6 => match agent
+            6 => match agent.follows().await {
+                Ok(true) => follow_and_clear(&agent).await,
+                other => other.map(|_| ()),
+            },
+            7 => match agent.follows().await {
+                Ok(true) => match agent.follow("no port here").await {
+                    Ok((code, _)) if code.is_client_error() => {
+                        expect_role(agent.role().await, "BACKUP", "after the refused FOLLOW")
+                    }
+                    Ok((code, body)) => Err(format!("expected a 4xx, got {code} {body:?}")),
+                    Err(e) => Err(e),
+                },
+                other => other.map(|_| ()),
+            },
+            8 => match agent
                 .post("MAIN", Some(token))
                 .await
                 .and_then(|a| expect(a, StatusCode::OK, Some("MAIN")))
@@ -137,7 +179,7 @@ pub async fn check(base: &str, token: &str, timeout: Duration) -> Vec<Check> {
                 Ok(()) => expect_role(agent.role().await, "MAIN", "after the promotion"),
                 e => e,
             },
-            7 => agent.post("MAIN", Some(token)).await.and_then(|a| expect(a, StatusCode::OK, Some("MAIN"))),
+            9 => agent.post("MAIN", Some(token)).await.and_then(|a| expect(a, StatusCode::OK, Some("MAIN"))),
             _ => match agent
                 .post("BACKUP", Some(token))
                 .await
@@ -156,6 +198,22 @@ pub async fn check(base: &str, token: &str, timeout: Duration) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// FOLLOW an upstream where nothing runs (TEST-NET-1, RFC 5737), check it is reported, then
+/// follow nothing and check that is too.
+async fn follow_and_clear(agent: &Agent<'_>) -> Result<(), String> {
+    const UPSTREAM: &str = "192.0.2.1:8080";
+    expect(agent.follow(UPSTREAM).await?, StatusCode::OK, Some("BACKUP"))?;
+    match agent.header(crate::agent::FOLLOWING_HEADER).await? {
+        Some(up) if up == UPSTREAM => {}
+        other => return Err(format!("after FOLLOW, X-HA-Following is {other:?}, not {UPSTREAM:?}")),
+    }
+    expect(agent.follow("").await?, StatusCode::OK, Some("BACKUP"))?;
+    match agent.header(crate::agent::FOLLOWING_HEADER).await? {
+        None => expect_role(agent.role().await, "BACKUP", "after following nothing"),
+        Some(up) => Err(format!("after `upstream=`, X-HA-Following still says {up:?}")),
+    }
 }
 
 /// Poll for `within`: every answer must be BACKUP (no answer is fine: the node exits to be

@@ -42,7 +42,7 @@ use crate::{
             FailoverItem, FailoverRequestStatus, ItemResult, RequestPhase, RequestType, Subtask,
             TaskInstance, TaskStatus,
         },
-        hacluster::{Engine, OnTimeout, Standby},
+        hacluster::{OnTimeout, Standby},
         shared::{condition, set_condition},
     },
 };
@@ -881,7 +881,7 @@ async fn upstream_state(ctx: &Context, cluster: &HaCluster, standby: &Standby) -
         return standby::Upstream::NotWritable("no address of the upstream is known".into());
     }
     let ns = source.namespace().unwrap_or_default();
-    let key = if source.spec.engine == Engine::Agent { "token" } else { "password" };
+    let key = source.spec.engine.secret_key();
     let (creds, ca) =
         match super::cached_credentials(ctx, &ns, source.spec.secret_ref.as_ref(), key, SecretCache::TTL)
             .await

@@ -55,7 +55,7 @@ use crate::{
         HaCluster,
         hacluster::{
             ClusterPhase, Engine as EngineKind, FailoverMode, HaClusterStatus, LossAccounting, MemberStatus,
-            ReplicasDown, Role, ShardStatus, StepRecord,
+            ReplicasDown, Role, ShardStatus, StepRecord, Yielded,
         },
         shared::set_condition,
     },
@@ -990,10 +990,7 @@ impl Monitor {
     /// connections survive quiet heartbeats.
     async fn ensure_engine(&mut self, cluster: &HaCluster) -> bool {
         let ns = cluster.namespace().unwrap_or_default();
-        let default_key = match cluster.spec.engine {
-            EngineKind::Redis | EngineKind::Mysql => "password",
-            EngineKind::Agent => "token",
-        };
+        let default_key = cluster.spec.engine.secret_key();
         // Actions (promote, follow, pause) get the step timeout; probes are cut shorter in
         // probe_all so a heartbeat never outlasts its interval.
         let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(200));
@@ -1550,14 +1547,25 @@ impl Monitor {
                     self.account_reattached(cluster, &d.shard, &d.name, offset).await;
                 }
                 // A standby leader follows the upstream; everyone else follows the leader.
-                let target = match self.upstream_seen.get(&d.shard) {
-                    Some(up) if d.name == p.name => up.clone(),
-                    _ => p.endpoint.clone(),
+                let (target, upstream) = match self.upstream_seen.get(&d.shard) {
+                    Some(up) if d.name == p.name => (up.clone(), true),
+                    _ => (p.endpoint.clone(), false),
                 };
+                // A leader acting as primary yields to the upstream: where it stood is what
+                // it held (the part beyond the upstream's promotion is lost).
+                let yielded_at = self
+                    .members
+                    .get(&d.name)
+                    .and_then(|m| m.probe.as_ref())
+                    .filter(|p| upstream && p.role == ObservedRole::Primary)
+                    .and_then(|p| p.offset);
                 let result = engine.follow(&d.endpoint, &target).await;
                 self.note_errant(&d.name, result.as_ref().err());
                 match result {
                     Ok(()) => {
+                        if let Some(offset) = yielded_at {
+                            self.record_yield(cluster, &d.shard, &d.name, offset).await;
+                        }
                         self.action_failed(&d.name, None);
                         info!(cluster = %key(cluster), member = %d.name, primary = %p.name, "replica now follows the primary")
                     }
@@ -1640,6 +1648,34 @@ impl Monitor {
         let new = error.is_some() && st.action_error != error;
         st.action_error = error;
         new
+    }
+
+    /// A standby leader that acted as a primary now follows the upstream: keep where it stood
+    /// in status.yielded (the latest per shard) for the group that forced a failover to
+    /// measure what was lost. Accounting only: the member was fenced first, and a failed
+    /// write is logged, not retried.
+    async fn record_yield(&mut self, cluster: &HaCluster, shard: &str, member: &str, offset: i64) {
+        warn!(cluster = %key(cluster), %member, %shard, offset, "a standby leader acting as a primary was made to follow the upstream");
+        for attempt in 0..4 {
+            let base = if attempt == 0 { self.latest() } else { self.fetch().await };
+            let Some(mut next) = base else { return };
+            let Some(st) = next.status.as_mut() else { return };
+            st.yielded.retain(|y| y.shard != shard);
+            st.yielded.push(Yielded {
+                shard: shard.to_owned(),
+                member: member.to_owned(),
+                offset,
+                at: Time(Timestamp::now()),
+            });
+            match self.replace_status(&next).await {
+                Ok(()) => return,
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => {
+                    warn!(cluster = %key(cluster), %member, error = %e, "could not record where the yielded leader stood");
+                    return;
+                }
+            }
+        }
     }
 
     /// An old primary came back still acting as primary and was demoted: what it wrote beyond

@@ -53,7 +53,7 @@ use crate::{
     engines::{self, Engine, Probe},
     resources::{
         HaCluster, ProtectionGroup,
-        hacluster::{Engine as EngineKind, Protection, Role, ShardEndpoint, ShardYield, Standby},
+        hacluster::{Protection, Role, ShardEndpoint, ShardYield, Standby},
         protection_group::{
             DetachPolicy, DryRunReport, ForcedFailoverRecord, ForcedPair, PairStatus, ProtectionGroupStatus,
             ProtectionPhase as Phase, ProtectionState, ShardPairStatus, Site, SiteRole,
@@ -344,6 +344,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     if status.phase == Some(Phase::FailedOver) {
         fence_returned(&ctx, &pg, &sites, &pairs, &mut status).await;
     }
+    account_yields(&pairs, &mut status);
     steady(&ctx, &pg, &sites, &pairs, &mut status).await;
     w.save(&status).await?;
     // Probing is cheap but not free: a protected group is looked at every 5 s (HaCluster
@@ -582,12 +583,6 @@ async fn load_side(site: &SiteHandle, name: &str) -> Result<Side, (Reason, Strin
                 format!("HaCluster {}/{name}{where_} of a pair does not exist", site.namespace),
             )
         })?;
-    if !matches!(cluster.spec.engine, EngineKind::Redis | EngineKind::Mysql) {
-        return Err((
-            Reason::UnsupportedEngine,
-            format!("HaCluster {name}: protection groups support Redis and Mysql clusters"),
-        ));
-    }
     let shards = cluster.spec.shards.as_ref().map_or(0, Vec::len);
     if cluster.pod_membership().is_some() || shards == 0 {
         return Err((
@@ -596,10 +591,14 @@ async fn load_side(site: &SiteHandle, name: &str) -> Result<Side, (Reason, Strin
         ));
     }
     let timeout = cluster.spec.failover.step_timeout.0.max(Duration::from_millis(500));
-    let (creds, ca) =
-        read_credentials(&site.client, &site.namespace, cluster.spec.secret_ref.as_ref(), "password")
-            .await
-            .map_err(|e| (Reason::SecretNotFound, format!("HaCluster {name}: {e}")))?;
+    let (creds, ca) = read_credentials(
+        &site.client,
+        &site.namespace,
+        cluster.spec.secret_ref.as_ref(),
+        cluster.spec.engine.secret_key(),
+    )
+    .await
+    .map_err(|e| (Reason::SecretNotFound, format!("HaCluster {name}: {e}")))?;
     Ok(Side {
         api,
         // No lease: the cluster's monitor renews it with every heartbeat.
@@ -2011,6 +2010,36 @@ async fn fence_returned(
     }
 }
 
+/// A returned site whose own monitor fenced its leader (made it follow the new production
+/// site, `status.yielded`) before the group saw it acting as a primary: what it held beyond
+/// the promotion is read from there into the forced failover's record.
+fn account_yields(pairs: &[Pair], status: &mut ProtectionGroupStatus) {
+    let Some(rec) = status.last_forced_failover.as_mut() else { return };
+    let (forced_at, lost_site) = (rec.at.0, rec.from);
+    for fp in rec.pairs.iter_mut().filter(|fp| fp.lost_offset.is_none()) {
+        let Some(q) = pairs.iter().find(|q| q.is_recorded_in(fp)) else { continue };
+        let side = q.side(lost_site);
+        let yielded =
+            side.cluster.status.as_ref().and_then(|s| s.yielded.iter().find(|y| y.shard == side.shard));
+        let Some(y) = yielded else { continue };
+        let fenced_at = fp.fenced_at.as_ref().map(|t| t.0);
+        let Some(lost) = site::lost_by_yield(y.offset, y.at.0, forced_at, fenced_at, fp.promoted_at_offset)
+        else {
+            continue;
+        };
+        fp.lost_offset = Some(lost);
+        let said = format!(
+            "{} had fenced itself first: it was at offset {}, {lost} bytes beyond the promotion discarded",
+            y.member, y.offset
+        );
+        fp.message = Some(match fp.message.take() {
+            Some(m) => format!("{m}; {said}"),
+            None => said,
+        });
+        info!(pair = %format!("{} → {}", fp.source, fp.target), lost, "what the returned site held is measured from where it yielded");
+    }
+}
+
 /// Annotation asking for a dry run: `<Site>` (planned) or `<Site>/Forced`, optionally
 /// followed by `@<anything>` so the same question can be asked again.
 pub const DRY_RUN_ANNOTATION: &str = "understudy.dev/dry-run";
@@ -2252,7 +2281,7 @@ async fn stop_protection(
                             return Err(format!("its {shard}has no recorded leader"));
                         };
                         match policy {
-                            DetachPolicy::ReadOnly => d.engine.demote(&l.endpoint).await,
+                            DetachPolicy::ReadOnly => d.engine.detach(&l.endpoint).await,
                             DetachPolicy::Writable => d.engine.promote(&l.endpoint).await,
                         }
                         .map_err(|e| format!("{shard}{e}"))?;

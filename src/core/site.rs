@@ -74,6 +74,31 @@ pub fn possible_loss(production_offset: Option<i64>, dr_offset: Option<i64>) -> 
     }
 }
 
+/// How long after the group saw the returned site fenced a yield its monitor records still
+/// belongs to that return (the monitor fences first and writes after; the group may look
+/// in between).
+pub const YIELD_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bytes a returned old leader held beyond the promotion, from where its own monitor saw it
+/// when it made it follow the new production site (`status.yielded`): the monitor fenced it
+/// before the group could measure it. Only a yield after the forced failover (`forced_at`)
+/// and, once the group has seen the site fenced, no later than [`YIELD_WINDOW`] after that
+/// counts — a later one is another story.
+pub fn lost_by_yield(
+    yielded_offset: i64,
+    yielded_at: k8s_openapi::jiff::Timestamp,
+    forced_at: k8s_openapi::jiff::Timestamp,
+    fenced_at: Option<k8s_openapi::jiff::Timestamp>,
+    promoted_at: Option<i64>,
+) -> Option<i64> {
+    let window = k8s_openapi::jiff::SignedDuration::try_from(YIELD_WINDOW).ok()?;
+    let in_time = yielded_at >= forced_at && fenced_at.is_none_or(|f| yielded_at <= f + window);
+    if !in_time {
+        return None;
+    }
+    lost_on_return(Some(yielded_offset), promoted_at)
+}
+
 /// Bytes a returned old leader holds beyond the point where the DR leader was promoted:
 /// discarded when it is fenced. Only meaningful while it still acts as a primary with an
 /// offset in the same stream (it was not restarted empty).
@@ -272,5 +297,25 @@ mod tests {
         assert_eq!(pair_state(Some(&p), Some(&leader("d", Some(Primary), 0, None))).state, "Broken");
         assert_eq!(pair_state(Some(&p), None).state, "Broken");
         assert!(caught_up(&leader("d", Some(Replica), 100, None).probe.unwrap(), &p.probe.unwrap()));
+    }
+
+    #[test]
+    fn a_yield_counts_only_between_the_forced_failover_and_shortly_after_the_fence() {
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let forced = Timestamp::from_second(1_000_000).unwrap();
+        let at = |s: i64| forced + SignedDuration::from_secs(s);
+        assert_eq!(lost_by_yield(150, at(5), forced, None, Some(100)), Some(50), "not fenced yet");
+        assert_eq!(
+            lost_by_yield(150, at(70), forced, Some(at(20)), Some(100)),
+            Some(50),
+            "written after the fence"
+        );
+        assert_eq!(lost_by_yield(150, at(-1), forced, None, Some(100)), None, "before the forced failover");
+        assert_eq!(
+            lost_by_yield(150, at(200), forced, Some(at(20)), Some(100)),
+            None,
+            "long after: another story"
+        );
+        assert_eq!(lost_by_yield(150, at(5), forced, None, None), None, "no promotion point");
     }
 }

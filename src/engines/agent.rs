@@ -2,9 +2,10 @@
 //!
 //! `GET /rest/ha/status` → `MAIN` | `BACKUP`; `POST /rest/ha/status?change=MAIN|BACKUP`;
 //! `Authorization: token <T>`. A node switched to BACKUP exits and is restarted by its
-//! supervisor; replicas learn the new main through the cluster's `redirect` ConfigMap, so
-//! [`Engine::follow`] does nothing here. If the Secret holds `ca.crt`, agents are spoken to
-//! over HTTPS trusting that CA.
+//! supervisor; replicas learn the new main of their own cluster through the cluster's
+//! `redirect` ConfigMap. [`Engine::follow`] is the optional `change=FOLLOW` step: a standby
+//! cluster's leader (or a fenced old main) is told which other cluster's main to replicate
+//! from. If the Secret holds `ca.crt`, agents are spoken to over HTTPS trusting that CA.
 
 use std::{
     collections::HashMap,
@@ -198,6 +199,40 @@ impl AgentEngine {
         self.send(endpoint, req).await.map(|_| ())
     }
 
+    /// The optional `change=FOLLOW` step (`upstream` empty: follow nothing). An agent without
+    /// it is still demoted if it acts as MAIN — a node that must follow another site's main
+    /// never stays writable — and the error says what it lacks.
+    async fn follow_step(&self, endpoint: &str, upstream: &str) -> EngineResult<()> {
+        let req = self
+            .http(endpoint)
+            .post(self.url(endpoint))
+            .query(&[("change", "FOLLOW"), ("upstream", upstream)]);
+        match self.send(endpoint, req).await {
+            Ok(_) => Ok(()),
+            // A 4xx: no such step here (or a request it could not take).
+            Err(EngineError::Protocol { message: answer, .. }) => {
+                let demoted = match self.probe(endpoint).await {
+                    Ok(p) if p.role == ObservedRole::Primary => {
+                        self.change(endpoint, "BACKUP").await.map(|()| "; demoted to BACKUP instead")?
+                    }
+                    _ => "",
+                };
+                let what = if upstream.is_empty() {
+                    "stop replicating".to_owned()
+                } else {
+                    format!("replicate from {upstream}")
+                };
+                Err(EngineError::Protocol {
+                    endpoint: endpoint.into(),
+                    message: format!(
+                        "the agent did not take change=FOLLOW ({answer}; the reference agent needs --on-follow), so it cannot {what}{demoted}"
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// An optional step (`DRAIN`, `RESUME`): an agent that does not implement it answers a
     /// 4xx, which is [`Optional::Unsupported`], not an error.
     async fn optional_change(&self, endpoint: &str, to: &str) -> EngineResult<Optional> {
@@ -271,7 +306,7 @@ impl Engine for AgentEngine {
             Ok(Probe {
                 role,
                 offset: header(agent::POSITION_HEADER).as_deref().and_then(parse_position),
-                following: None,
+                following: header(agent::FOLLOWING_HEADER),
                 link_up: true,
                 // Granted a lease it honours: cut off from the operator, it demotes itself.
                 self_fencing: self.lease.is_some() && capable(agent::LEASE_CAPABILITY),
@@ -292,8 +327,17 @@ impl Engine for AgentEngine {
         self.change(endpoint, "MAIN").boxed()
     }
 
-    fn follow<'a>(&'a self, _endpoint: &'a str, _primary: &'a str) -> BoxFuture<'a, EngineResult<()>> {
-        async { Ok(()) }.boxed()
+    /// `POST ?change=FOLLOW&upstream=<primary>`: the agent's follow hook points the node at
+    /// another cluster's main; a MAIN becomes BACKUP first. Only standby leaders and fenced
+    /// old mains are told this (replicas of the cluster's own main learn it from the redirect
+    /// ConfigMap).
+    fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        self.follow_step(endpoint, primary).boxed()
+    }
+
+    /// `POST ?change=FOLLOW&upstream=`: replicate from nothing, stay BACKUP.
+    fn detach<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        self.follow_step(endpoint, "").boxed()
     }
 
     fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {

@@ -105,11 +105,19 @@ pub trait Engine: Send + Sync {
     fn probe<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<Probe>>;
     /// Make the member a writable primary. Idempotent.
     fn promote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>>;
-    /// Make the member replicate from `primary`. Idempotent. Engines whose replicas learn
-    /// the primary elsewhere (agent: a ConfigMap) return Ok without doing anything.
+    /// Make the member replicate from `primary`. Idempotent. Called for every replica where
+    /// [`Engine::follows_directly`]; otherwise (agent: replicas learn their own cluster's
+    /// primary from a ConfigMap) only for a standby leader or a fenced old primary, told to
+    /// follow another cluster's primary.
     fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>>;
     /// Stop the member from accepting writes (demote / fence). Idempotent.
     fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>>;
+    /// Stop replicating from anything and stay read-only (a standby detached from its
+    /// protection group). The default, a demotion, is exactly that where demoting points the
+    /// member at nothing (Redis, Mysql).
+    fn detach<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        self.demote(endpoint)
+    }
     /// Demote a drained old primary: `to`, the candidate about to be promoted, holds
     /// everything it wrote. Redis makes it `to`'s replica, so that it re-attaches the moment
     /// `to` is promoted (a replica reconnects at once when its primary's replication ID

@@ -157,6 +157,17 @@ pub enum Engine {
     Mysql,
 }
 
+impl Engine {
+    /// The key of the cluster's Secret holding its credential when `secretRef.key` is unset:
+    /// `token` for agents, `password` otherwise.
+    pub fn secret_key(self) -> &'static str {
+        match self {
+            Engine::Redis | Engine::Mysql => "password",
+            Engine::Agent => "token",
+        }
+    }
+}
+
 /// One replication group: a primary (or none while failing over) and its replicas.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -589,10 +600,31 @@ pub struct HaClusterStatus {
     /// monitor once spec.standby or a ProtectionGroup gives the cluster a relation again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<Supersession>,
+    /// Standby leaders this cluster's monitor found acting as a primary and made follow the
+    /// upstream (the other site's primary after a forced failover there, or a relation
+    /// given to a cluster that was production): where each stood when it yielded. What it
+    /// held beyond the other site's promotion point is lost; the group that forced the
+    /// failover reads it into its record. The latest per shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub yielded: Vec<Yielded>,
     /// Members the operator runs (spec.instances): which pods are members, and how far a
     /// change has rolled. Written by the instances controller only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<super::instances::InstancesStatus>,
+}
+
+/// A standby leader that acted as a primary when it was made to follow the upstream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Yielded {
+    #[schemars(length(min = 1, max = 63))]
+    pub shard: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub member: String,
+    /// Its replication position (offset) when it yielded: everything it had written.
+    pub offset: i64,
+    pub at: Time,
 }
 
 /// The standby relation a ProtectionGroup keeps for one of its clusters.

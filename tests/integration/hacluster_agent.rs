@@ -26,7 +26,7 @@ const TOKEN: &str = "agent-token-1";
 const WAIT: Duration = Duration::from_secs(60);
 const KEY: &str = "com.systar.electron.host";
 
-async fn secret(client: &kube::Client, ns: &str, token: &str) {
+pub(crate) async fn secret(client: &kube::Client, ns: &str, token: &str) {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s: Secret =
         serde_json::from_value(json!({"metadata": {"name": "agent-token"}, "stringData": {"token": token}}))
@@ -34,7 +34,7 @@ async fn secret(client: &kube::Client, ns: &str, token: &str) {
     api.create(&PostParams::default(), &s).await.unwrap();
 }
 
-fn agent_cluster(name: &str, agents: &[(&str, &SupervisedAgent)]) -> HaCluster {
+pub(crate) fn agent_cluster(name: &str, agents: &[(&str, &SupervisedAgent)]) -> HaCluster {
     serde_json::from_value(json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
         "metadata": {"name": name},

@@ -21,6 +21,7 @@ mod operator;
 mod outage;
 mod plugin;
 mod protection_group;
+mod protection_group_agent;
 mod sentinel;
 mod shard_failover;
 mod site_loss;

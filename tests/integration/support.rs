@@ -397,6 +397,15 @@ impl SupervisedAgent {
         }
     }
 
+    /// Send `signal` to the running agent process (SIGSTOP freezes it: it neither answers
+    /// nor exits, so the supervisor leaves it be; SIGCONT thaws it).
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = self.child.lock().unwrap().as_ref() {
+            // SAFETY: kill(2) on a child process this supervisor started and has not reaped.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
     /// Let the supervisor start it again (it comes back as BACKUP).
     pub fn resume(&self) {
         self.stopped.store(false, std::sync::atomic::Ordering::SeqCst);
