@@ -19,6 +19,24 @@ pub fn crash_point(name: &str) {
 #[inline(always)]
 pub fn crash_point(_name: &str) {}
 
+/// Wait here if `UNDERSTUDY_DELAY_AT=<name>:<milliseconds>` names this point: widens a race
+/// window (a slow API server, a descheduled task) so a test can land in it every time.
+#[cfg(feature = "testbed")]
+pub async fn delay_point(name: &str) {
+    let Ok(v) = std::env::var("UNDERSTUDY_DELAY_AT") else { return };
+    if let Some((point, ms)) = v.split_once(':')
+        && point == name
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+/// Without the `testbed` feature a delay point is nothing at all.
+#[cfg(not(feature = "testbed"))]
+#[inline(always)]
+pub async fn delay_point(_name: &str) {}
+
 /// Panic, once per process, if `UNDERSTUDY_PANIC_AT` names this point: a stand-in for a bug,
 /// to test that one panicking task neither stops the operator nor leaves its work undone.
 #[cfg(feature = "testbed")]

@@ -1066,6 +1066,8 @@ impl Monitor {
             return;
         }
         let engine = self.engine.clone().expect("ensured");
+        // Tests widen the window between reading the cluster and probing its members here.
+        crate::faults::delay_point("heartbeat-after-read").await;
         self.detach_removed(engine.as_ref(), &cluster, &declared).await;
         // The other site of a ProtectionGroup is probed beside the members, so an unreachable
         // site does not lengthen the heartbeat.

@@ -580,6 +580,48 @@ async fn killed_after_promoting_the_dr_site_a_fresh_operator_finishes_the_move()
     crash_during_site_failover("site-after-promote").await;
 }
 
+/// A monitor heartbeat that reads its cluster, is held up (here by a delay point, as by a
+/// slow API server), and probes and decides after a move reversed the cluster's relation and
+/// released its lock, must not act on the relation it read: it would make the new production
+/// primary follow the old one (seen in CI: a forced failover's new primary fenced). Every
+/// heartbeat of this operator waits 1.5 s between reading the cluster and probing, so the
+/// move lands inside one; the new primary stays writable and nothing acknowledged is lost.
+#[tokio::test]
+async fn a_heartbeat_held_up_across_a_move_does_not_act_on_the_old_relation() {
+    let client = support::client().await;
+    let OnePair { src_ns, dr_ns, servers: k, src: _, dr: _, pgs } =
+        one_pair(&client, "pg-slowbeat", "k").await;
+    let listen = format!("127.0.0.1:{}", understudy::controlplane::free_port().unwrap());
+    let namespaces = format!("{src_ns},{dr_ns}");
+    let args = ["run", "--namespaces", &namespaces, "--listen", &listen];
+    let operator = Process::understudy_with_env(
+        &args,
+        "pg-slowbeat",
+        &[("UNDERSTUDY_DELAY_AT", "heartbeat-after-read:1500")],
+    );
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let sampler = k.sampler();
+    let writer = SiteWriter::start("h", k.all().iter().map(|s| ("127.0.0.1".to_owned(), s.port)).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_priority(&pgs, "pg", "Target").await;
+    wait_protected(&pgs, "pg", SiteRole::Target).await;
+    let m = k.master().await.expect("one master after the move");
+    assert!(k.dr.iter().any(|s| s.port == m.port), "production is at the target site");
+    // Two full (held-up) heartbeats of both clusters: the new primary stays the primary.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        assert_eq!(m.role().await.as_deref(), Some("master"), "the new production primary was fenced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acked = writer.stop().await;
+    assert!(acked.len() > 50, "the writer wrote through the move: {}", acked.len());
+    assert_eq!(missing(m, "h", &acked).await, 0);
+    assert_eq!(sampler.max(), 1, "never two writable sites");
+    let skipped = operator.log().matches("the standby relation changed during the heartbeat").count();
+    eprintln!("heartbeats that saw the relation change under them and waited: {skipped}");
+    assert!(skipped > 0, "the move never landed inside a held-up heartbeat: the race was not exercised");
+}
+
 /// A planned move whose future is dropped half-way — the operator stopped (as when it loses
 /// leadership) while the move waits with production writes paused — gives the writes back at
 /// once instead of leaving them paused until the pause expires (up to a minute).
