@@ -350,6 +350,7 @@ async fn rolls(
             };
             let roll_ms = t0.elapsed().as_secs_f64() * 1000.0;
             let (gap, began, missing, n) = writer.finish_detailed(t0, 500, (&vip, PORT)).await?;
+            let missing = missing.len();
             let primaries = sampler.finish().await;
             let at =
                 |i: Option<Instant>| i.map_or("-".to_owned(), |i| format!("+{:.1}s", (i - t0).as_secs_f64()));

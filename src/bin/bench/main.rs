@@ -74,6 +74,11 @@ struct Args {
     /// is requested at once; they return after it and are fenced and re-protected.
     #[arg(long)]
     forced: bool,
+    /// site-failover --forced: before the production site is lost, its DR side misses this
+    /// many ms of acknowledged writes on purpose (its members frozen, their link cut), so the
+    /// loss the group records can be set against what the client lost. 0: no such window.
+    #[arg(long, default_value_t = 0)]
+    behind_ms: u64,
     /// scale/storm: how many HaClusters.
     #[arg(long, default_value_t = 1000)]
     clusters: usize,
@@ -215,7 +220,7 @@ impl Writer {
         primary: (&str, u16),
     ) -> anyhow::Result<(f64, usize, usize)> {
         let (gap, _, missing, n) = self.finish_detailed(t0, settle_ms, primary).await?;
-        Ok((gap, missing, n))
+        Ok((gap, missing.len(), n))
     }
 
     /// Stop without checking anything (there is no primary to check against); returns how
@@ -232,7 +237,7 @@ impl Writer {
         t0: Instant,
         settle_ms: u64,
         primary: (&str, u16),
-    ) -> anyhow::Result<(f64, Option<Instant>, usize, usize)> {
+    ) -> anyhow::Result<(f64, Option<Instant>, Vec<u64>, usize)> {
         // Wait until the client writes again (50 acknowledgements after the new primary was
         // seen in status, i.e. after this call), at most 10 s; a gap that never closes is then
         // reported as running to the end of the run, not hidden.
@@ -260,6 +265,12 @@ impl Writer {
         let missing = lost(&log, &self.prefix, primary.0, primary.1).await?;
         Ok((gap, began, missing, log.acks.len()))
     }
+}
+
+/// The bytes `SET <key> <value>` takes in Redis's replication stream (RESP).
+fn set_command_bytes(key: &str, value: &str) -> usize {
+    let bulk = |s: &str| 1 + s.len().to_string().len() + 2 + s.len() + 2;
+    4 + bulk("SET") + bulk(key) + bulk(value)
 }
 
 fn write_loop(
@@ -304,13 +315,14 @@ fn longest_gap_at(log: &Log, from: Instant, to: Instant) -> (Duration, Option<In
 }
 
 /// Acknowledged keys missing on the server at host:port.
-async fn lost(log: &Log, prefix: &str, host: &str, port: u16) -> anyhow::Result<usize> {
+/// The acknowledged writes of `log` missing on the server at `host:port`, by sequence number.
+async fn lost(log: &Log, prefix: &str, host: &str, port: u16) -> anyhow::Result<Vec<u64>> {
     let mut c = understudy::localredis::redis_conn(host, port, None, 5000).await?;
-    let mut missing = 0;
+    let mut missing = Vec::new();
     for chunk in log.acks.chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|(s, _)| format!("{prefix}:{s}")).collect();
         let vals: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-        missing += vals.iter().filter(|v| v.is_none()).count();
+        missing.extend(chunk.iter().zip(&vals).filter(|(_, v)| v.is_none()).map(|((s, _), _)| *s));
     }
     Ok(missing)
 }
@@ -828,4 +840,15 @@ async fn site_bench(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<Stri
         vec![gap, pause, total],
         vec![format!("acknowledged writes: {acked_total}; lost: {lost_total}")],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_set_takes_its_resp_encoding_in_the_replication_stream() {
+        let resp = "*3\r\n$3\r\nSET\r\n$5\r\nl0:12\r\n$2\r\n12\r\n";
+        assert_eq!(super::set_command_bytes("l0:12", "12"), resp.len());
+        let long = "*3\r\n$3\r\nSET\r\n$10\r\nl11:123456\r\n$6\r\n123456\r\n";
+        assert_eq!(super::set_command_bytes("l11:123456", "123456"), long.len());
+    }
 }

@@ -3,6 +3,12 @@
 //! figures are what an operator cares about at that moment: how long until the DR site takes
 //! writes, how much the client lost, and what the group reported it lost. Then the lost site
 //! returns and is fenced and re-protected, and the next run loses the other site.
+//!
+//! With `--behind-ms N` the DR side misses N ms of acknowledged writes on purpose first (its
+//! members frozen, the production primary's replica links cut), so the client loses writes,
+//! and the bytes those writes take in the replication stream are set against the
+//! `lostOffset` the group recorded: it may say more (writes applied but not yet acknowledged
+//! when the site froze, replication pings) but never less.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +17,7 @@ use kube::{Api, api::Patch};
 use serde_json::json;
 use understudy::resources::{HaCluster, protection_group::ProtectionPhase, protection_group::SiteRole};
 
-use super::{Args, SITE_NAMESPACES, Stats, Writer, two_sites};
+use super::{Args, SITE_NAMESPACES, Stats, Writer, set_command_bytes, two_sites};
 
 pub async fn site_loss(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<String>)> {
     let sites = two_sites(args).await?;
@@ -26,6 +32,7 @@ pub async fn site_loss(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
     let mut back = Stats { name: "lost site back → fenced and Protected again".into(), values_ms: vec![] };
     let mut notes = Vec::new();
     let (mut lost_total, mut acked_total, mut unrecorded) = (0usize, 0usize, 0usize);
+    let (mut under_reported, mut lost_bytes_total, mut recorded_total) = (0usize, 0usize, 0i64);
     let mut production = SiteRole::Source;
     for run in 0..args.runs {
         let to = production.other();
@@ -33,11 +40,33 @@ pub async fn site_loss(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
             SiteRole::Source => (&sites.redis[0..2], &sites.redis[2..4]),
             SiteRole::Target => (&sites.redis[2..4], &sites.redis[0..2]),
         };
-        let writer = Writer::start(format!("l{run}"), resolve.clone()).await;
+        let prefix = format!("l{run}");
+        let writer = Writer::start(prefix.clone(), resolve.clone()).await;
         // The site is lost at an instant the writer does not expect.
         tokio::time::sleep(Duration::from_millis(200 + (run as u64 * 137) % 500)).await;
+        if args.behind_ms > 0 {
+            // The DR side stops receiving: frozen, and its links cut at the production primary
+            // (bytes already on their way would otherwise reach it when it thaws).
+            for r in dr_members {
+                r.signal(libc::SIGSTOP);
+            }
+            let (host, port) = resolve().await.context("no production primary to cut")?;
+            let mut c = understudy::localredis::redis_conn(&host, port, None, 1000).await?;
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("replica")
+                .query_async::<redis::Value>(&mut c)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(args.behind_ms)).await;
+        }
         for r in lost_members {
             r.signal(libc::SIGSTOP);
+        }
+        if args.behind_ms > 0 {
+            for r in dr_members {
+                r.signal(libc::SIGCONT);
+            }
         }
         let t0 = Instant::now();
         pgs.patch(
@@ -85,7 +114,10 @@ pub async fn site_loss(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
         };
         recorded.values_ms.push(failed_over.as_secs_f64() * 1000.0);
         let (host, port) = resolve().await.context("no production primary at the DR site")?;
-        let (g, missing, acked) = writer.finish(t0, 300, (&host, port)).await?;
+        let (g, _, missing, acked) = writer.finish_detailed(t0, 300, (&host, port)).await?;
+        let lost_bytes: usize =
+            missing.iter().map(|s| set_command_bytes(&format!("{prefix}:{s}"), &s.to_string())).sum();
+        let missing = missing.len();
         gap.values_ms.push(g);
         // The lost site returns; the group fences it (measuring what its old primary held
         // beyond the promotion) and re-protects it.
@@ -104,13 +136,21 @@ pub async fn site_loss(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
         if missing > 0 && fp.lost_offset.unwrap_or(0) == 0 && fp.possible_loss.unwrap_or(0) == 0 {
             unrecorded += 1;
         }
+        let recorded_bytes = fp.lost_offset.unwrap_or(0);
+        if (recorded_bytes as usize) < lost_bytes {
+            under_reported += 1;
+        }
+        lost_bytes_total += lost_bytes;
+        recorded_total += recorded_bytes;
         eprintln!(
             "run {run}: {production:?} lost → {to:?}: writable after {:.1} ms, FailedOver after {:.1} ms, client gap {g:.1} ms, {missing} of {acked} acknowledged writes lost; {said}; back and Protected {:.0} ms after the return",
             took.as_secs_f64() * 1000.0,
             failed_over.as_secs_f64() * 1000.0,
             back.values_ms.last().copied().unwrap_or_default()
         );
-        notes.push(format!("run {run}: {missing} writes lost by the client; the group recorded {said}"));
+        notes.push(format!(
+            "run {run}: {missing} writes lost by the client ({lost_bytes} B in the replication stream); the group recorded {said}"
+        ));
         lost_total += missing;
         acked_total += acked;
         production = to;
@@ -126,11 +166,16 @@ pub async fn site_loss(args: &Args) -> anyhow::Result<(String, Vec<Stats>, Vec<S
     notes.insert(
         0,
         format!(
-            "acknowledged writes: {acked_total}; lost: {lost_total}; runs whose client lost writes the group recorded as 0: {unrecorded}"
+            "acknowledged writes: {acked_total}; lost: {lost_total} ({lost_bytes_total} B as replicated), recorded lostOffset in total {recorded_total} B; runs whose client lost writes the group recorded as 0: {unrecorded}; runs whose recorded lostOffset is below the bytes of the client's lost writes: {under_reported}"
         ),
     );
+    let behind = if args.behind_ms > 0 {
+        format!("; the DR side {} ms behind on purpose first", args.behind_ms)
+    } else {
+        String::new()
+    };
     let title = format!(
-        "Understudy forced site failover (ProtectionGroup, 1 pair, 2 members per site; the production site's members frozen, the forced request made at once), heartbeat {} ms",
+        "Understudy forced site failover (ProtectionGroup, 1 pair, 2 members per site; the production site's members frozen, the forced request made at once{behind}), heartbeat {} ms",
         args.heartbeat()
     );
     Ok((title, vec![writable, recorded, gap, back], notes))
