@@ -3,7 +3,9 @@
 //! behind the agents' hooks — each agent fronts a redis-server, its hooks turn the protocol's
 //! steps into `REPLICAOF` / `CLIENT PAUSE`, its position is the server's replication offset.
 //! A planned move and a forced failover of the lost production site, the old site fenced when
-//! it returns and protected again, and stopping protection with `detachPolicy: ReadOnly`.
+//! it returns and protected again, and stopping protection with `detachPolicy: ReadOnly`; a
+//! standby agent cluster (`spec.standby`) failed over to primary by a FailoverRequest when its
+//! upstream is lost, and the upstream fenced through the same step when it returns.
 
 use std::time::{Duration, Instant};
 
@@ -228,5 +230,70 @@ async fn agent_pairs_replicate_move_fail_over_by_force_and_fence_the_returned_si
     assert_eq!(info.get("master_host").map(String::as_str), Some("127.0.0.1"), "replicates from nothing");
     let refused = d.redis.cmd::<()>(redis::cmd("SET").arg("after").arg(1)).await;
     assert!(refused.is_err(), "read-only");
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_standby_follows_its_upstream_is_failed_over_to_primary_and_the_upstream_yields() {
+    use understudy::resources::{FailoverRequest, failover_request::RequestPhase};
+
+    use crate::failover_request::{finish, request};
+    let client = support::client().await;
+    let ns = support::namespace(&client, "sb-agent").await;
+    crate::hacluster_agent::secret(&client, &ns, TOKEN).await;
+    let data_port = understudy::controlplane::free_port().unwrap();
+    let (p, d) = (Member::start("127.0.3.3", data_port), Member::start("127.0.3.4", data_port));
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    hacs.create(&PostParams::default(), &agent_cluster("src", "p", &p)).await.unwrap();
+    let mut standby = agent_cluster("dr", "d", &d);
+    standby.spec.standby = Some(serde_json::from_value(json!({"cluster": "src"})).unwrap());
+    hacs.create(&PostParams::default(), &standby).await.unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+
+    // The standby's leader is told to follow the upstream's main; the data follows.
+    eventually(WAIT, "the standby's agent to follow the upstream's", || async {
+        let (role, following) = d.answer().await?;
+        (role == "BACKUP" && following? == p.agent.addr.to_string()).then_some(())
+    })
+    .await;
+    replicates(&d, &p).await;
+    let _: () = p.redis.cmd(redis::cmd("SET").arg("before").arg("1")).await.unwrap();
+    eventually(WAIT, "the write reaches the standby", || async {
+        d.redis.cmd::<Option<String>>(redis::cmd("GET").arg("before")).await.ok().flatten()
+    })
+    .await;
+
+    // The upstream is lost (frozen); a FailoverRequest makes the standby's leader primary.
+    let sampler = RoleSampler::start(vec![p.redis.sample_target(), d.redis.sample_target()]);
+    p.freeze(libc::SIGSTOP);
+    let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
+    frs.create(
+        &PostParams::default(),
+        &request("promote", json!({"type": "Failover", "items": [{"cluster": "dr"}]})),
+    )
+    .await
+    .unwrap();
+    let (fr, _, _) = finish(&frs, "promote").await;
+    let st = fr.status.unwrap();
+    assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st.message);
+    assert_eq!(d.answer().await.map(|a| a.0).as_deref(), Some("MAIN"));
+    let kept: Option<String> = d.redis.cmd(redis::cmd("GET").arg("before")).await.unwrap();
+    assert_eq!(kept.as_deref(), Some("1"), "the standby kept what it replicated");
+    let _: () = d.redis.cmd(redis::cmd("SET").arg("after").arg("1")).await.expect("writable");
+    assert_eq!(sampler.max(), 1, "one writable server while the upstream was away");
+
+    // The upstream returns still MAIN: superseded, it is told to follow the new primary.
+    p.freeze(libc::SIGCONT);
+    eventually(WAIT, "the returned upstream to follow the new primary", || async {
+        let (role, following) = p.answer().await?;
+        (role == "BACKUP" && following? == d.agent.addr.to_string()).then_some(())
+    })
+    .await;
+    replicates(&p, &d).await;
+    let src = hacs.get("src").await.unwrap().status.unwrap();
+    let y = src.yielded.first().expect("where the yielding main stood is recorded");
+    eprintln!("the returned upstream yielded at offset {}", y.offset);
+    assert_eq!(y.member, "p");
+    assert_eq!(d.answer().await.map(|a| a.0).as_deref(), Some("MAIN"), "the new primary stays");
     operator.stop().await;
 }
