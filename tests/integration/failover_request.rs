@@ -30,6 +30,16 @@ pub fn request(name: &str, spec: serde_json::Value) -> FailoverRequest {
     .unwrap()
 }
 
+/// Create the request `name` with `spec` and wait until it is terminal; its status.
+pub(crate) async fn submit(
+    api: &Api<FailoverRequest>,
+    name: &str,
+    spec: serde_json::Value,
+) -> understudy::resources::failover_request::FailoverRequestStatus {
+    api.create(&kube::api::PostParams::default(), &request(name, spec)).await.unwrap();
+    finish(api, name).await.0.status.unwrap()
+}
+
 /// Wait for a terminal phase, collecting every (step, status) the DAG showed on the way.
 /// Poll a request until it is terminal; returns it, every (subtask, status) seen, and whether
 /// a snapshot before the end showed the DAG part-way (some subtasks done, others not).

@@ -237,7 +237,7 @@ async fn agent_pairs_replicate_move_fail_over_by_force_and_fence_the_returned_si
 async fn an_agent_standby_follows_its_upstream_is_failed_over_to_primary_and_the_upstream_yields() {
     use understudy::resources::{FailoverRequest, failover_request::RequestPhase};
 
-    use crate::failover_request::{finish, request};
+    use crate::failover_request::submit;
     let client = support::client().await;
     let ns = support::namespace(&client, "sb-agent").await;
     crate::hacluster_agent::secret(&client, &ns, TOKEN).await;
@@ -267,14 +267,7 @@ async fn an_agent_standby_follows_its_upstream_is_failed_over_to_primary_and_the
     let sampler = RoleSampler::start(vec![p.redis.sample_target(), d.redis.sample_target()]);
     p.freeze(libc::SIGSTOP);
     let frs: Api<FailoverRequest> = Api::namespaced(client.clone(), &ns);
-    frs.create(
-        &PostParams::default(),
-        &request("promote", json!({"type": "Failover", "items": [{"cluster": "dr"}]})),
-    )
-    .await
-    .unwrap();
-    let (fr, _, _) = finish(&frs, "promote").await;
-    let st = fr.status.unwrap();
+    let st = submit(&frs, "promote", json!({"type": "Failover", "items": [{"cluster": "dr"}]})).await;
     assert_eq!(st.phase, Some(RequestPhase::Succeeded), "{:?}", st.message);
     assert_eq!(d.answer().await.map(|a| a.0).as_deref(), Some("MAIN"));
     let kept: Option<String> = d.redis.cmd(redis::cmd("GET").arg("before")).await.unwrap();

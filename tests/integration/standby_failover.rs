@@ -21,7 +21,7 @@ use understudy::resources::{
 };
 
 use crate::{
-    failover_request::{finish, request, slice_addresses},
+    failover_request::{finish, request, slice_addresses, submit},
     hacluster_redis::{cluster, observe_heartbeats_sampled, route_ip, wait_follows, wait_primary},
     protection_group::{pg, wait_protected},
     standby::wait_leader,
@@ -101,14 +101,7 @@ async fn a_standby_with_a_live_upstream_is_only_planned_or_refused_never_made_wr
 
     // Not even a forced request (type Failover) fails a standby over while its upstream
     // takes writes: refused at check, nothing touched.
-    frs.create(
-        &PostParams::default(),
-        &request("forced", json!({"type": "Failover", "items": [{"cluster": "dr"}]})),
-    )
-    .await
-    .unwrap();
-    let (fr, _, _) = finish(&frs, "forced").await;
-    let st = fr.status.unwrap();
+    let st = submit(&frs, "forced", json!({"type": "Failover", "items": [{"cluster": "dr"}]})).await;
     assert_eq!(st.phase, Some(RequestPhase::Failed), "{:?}", st.message);
     let msg = st.message.clone().unwrap_or_default();
     assert!(msg.contains("even forced") && msg.contains("still answers as a writable primary"), "{msg}");
