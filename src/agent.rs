@@ -713,18 +713,28 @@ async fn get_status(State(agent): State<Arc<Agent>>) -> Response {
     if let Some(up) = agent.following().and_then(|f| HeaderValue::from_str(&f).ok()) {
         headers.insert(FOLLOWING_HEADER, up);
     }
-    if let Some(command) = &agent.hooks.position {
-        match agent.hooks.run(command, role, &agent.name).await {
-            Ok(out) => match out.lines().last().map(str::trim).and_then(|p| p.parse::<u64>().ok()) {
-                Some(p) => {
-                    headers.insert(POSITION_HEADER, HeaderValue::from(p));
-                }
-                None => warn!(agent = %agent.name, output = %out, "the position command printed no integer"),
-            },
-            Err(e) => warn!(agent = %agent.name, error = %e, "the position command failed"),
-        }
+    if let Some(p) = position(&agent, role).await {
+        headers.insert(POSITION_HEADER, HeaderValue::from(p));
     }
     resp
+}
+
+/// The node's position from the `--position` command, if it has one and it printed one.
+async fn position(agent: &Agent, role: Role) -> Option<u64> {
+    let command = agent.hooks.position.as_ref()?;
+    match agent.hooks.run(command, role, &agent.name).await {
+        Ok(out) => {
+            let p = out.lines().last().map(str::trim).and_then(|p| p.parse::<u64>().ok());
+            if p.is_none() {
+                warn!(agent = %agent.name, output = %out, "the position command printed no integer");
+            }
+            p
+        }
+        Err(e) => {
+            warn!(agent = %agent.name, error = %e, "the position command failed");
+            None
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -740,7 +750,21 @@ async fn post_status(
     match query.as_ref().ok().map(|Query(q)| (q.change.as_deref(), q.upstream.clone())) {
         Some((Some("DRAIN"), _)) => return run_in_task(drain(agent)).await,
         Some((Some("RESUME"), _)) => return run_in_task(resume(agent)).await,
-        Some((Some("FOLLOW"), upstream)) => return run_in_task(follow(agent, upstream)).await,
+        Some((Some("FOLLOW"), upstream)) => {
+            // Answered with the position where a MAIN stopped taking writes, when known.
+            return match tokio::spawn(follow(agent, upstream)).await {
+                Ok(Ok((role, stopped_at))) => {
+                    let mut resp = role.as_str().into_response();
+                    if let Some(p) = stopped_at {
+                        resp.headers_mut().insert(POSITION_HEADER, HeaderValue::from(p));
+                    }
+                    resp
+                }
+                Ok(Err(e)) => e.into_response(),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("transition task failed: {e}"))
+                    .into_response(),
+            };
+        }
         _ => {}
     }
     let requested = match query {
@@ -810,10 +834,12 @@ async fn resume(agent: Arc<Agent>) -> Result<Role, ChangeError> {
 }
 
 /// `change=FOLLOW&upstream=<host:port>`: run the follow hook, which makes the node replicate
-/// from `upstream`, and report it in [`FOLLOWING_HEADER`]. A MAIN becomes BACKUP first (its
-/// writes stop before the hook points it elsewhere) and, with `exit_on_demote`, exits after
-/// answering, as a demotion does; the restarted node is told to follow again. Answers BACKUP.
-async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<Role, ChangeError> {
+/// from `upstream`, and report it in [`FOLLOWING_HEADER`]. A MAIN becomes BACKUP first and
+/// says where it stopped taking writes — drained and measured before the hook when it can
+/// drain, otherwise measured right after the hook stopped its writes — and, with
+/// `exit_on_demote`, exits after answering, as a demotion does; the restarted node is told to
+/// follow again. Answers BACKUP (and that position, when known).
+async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<(Role, Option<u64>), ChangeError> {
     let Some(command) = agent.hooks.on_follow.clone() else {
         return Err(ChangeError::Unsupported("FOLLOW", "--on-follow"));
     };
@@ -830,9 +856,21 @@ async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<Role, Cha
         info!(agent = %agent.name, %upstream, from = %Role::Main, to = %Role::Backup, "told to follow another main: demoted first");
     }
     agent.set_following(None);
+    let mut stopped_at = None;
+    if was_main && let Some(drain) = agent.hooks.on_drain.as_ref().filter(|_| agent.hooks.drains()) {
+        match agent.hooks.run(drain, Role::Backup, &agent.name).await {
+            Ok(_) => stopped_at = position(&agent, Role::Backup).await,
+            Err(e) => {
+                warn!(agent = %agent.name, error = %e, "could not drain before following; measured after")
+            }
+        }
+    }
     info!(agent = %agent.name, %upstream, "following: running the on-follow hook");
     let env = [(UPSTREAM_ENV, upstream.as_str()), (UPSTREAM_HOST_ENV, host.as_str())];
     let result = agent.hooks.run_with(&command, Role::Backup, &agent.name, &env).await;
+    if was_main && stopped_at.is_none() && result.is_ok() {
+        stopped_at = position(&agent, Role::Backup).await;
+    }
     match &result {
         Ok(output) => {
             agent.set_following(Some(upstream.clone()).filter(|u| !u.is_empty()));
@@ -850,7 +888,7 @@ async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<Role, Cha
             drop(lifecycle);
         });
     }
-    result.map(|_| Role::Backup).map_err(ChangeError::FollowHook)
+    result.map(|_| (Role::Backup, stopped_at)).map_err(ChangeError::FollowHook)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1170,6 +1208,7 @@ mod tests {
                 "echo \"$UNDERSTUDY_ROLE $UNDERSTUDY_UPSTREAM $UNDERSTUDY_UPSTREAM_HOST\" >> '{}'",
                 log.display()
             ));
+            c.hooks.position = Some("echo 7".into());
             c
         };
         let client = reqwest::Client::new();
@@ -1195,6 +1234,7 @@ mod tests {
         }
         assert_eq!(hooks_ran(), "", "bad input runs nothing");
         let resp = post(&url, vec![("change", "FOLLOW"), ("upstream", "10.1.2.3:8080")]).await.unwrap();
+        assert!(resp.headers().get(POSITION_HEADER).is_none(), "a BACKUP took no writes to measure");
         assert_eq!((resp.status().as_u16(), resp.text().await.unwrap()), (200, "BACKUP".to_owned()));
         assert_eq!(hooks_ran(), "BACKUP 10.1.2.3:8080 10.1.2.3\n");
         assert_eq!(following(&get(&url).await.unwrap()).as_deref(), Some("10.1.2.3:8080"));
@@ -1206,6 +1246,7 @@ mod tests {
         assert_eq!(post(&url, vec![("change", "MAIN")]).await.unwrap().status(), 200);
         assert_eq!(following(&get(&url).await.unwrap()), None, "a MAIN follows nothing");
         let resp = post(&url, vec![("change", "FOLLOW"), ("upstream", "10.9.9.9:8080")]).await.unwrap();
+        assert_eq!(resp.headers()[POSITION_HEADER], "7", "a MAIN says where it stopped taking writes");
         assert_eq!(resp.text().await.unwrap(), "BACKUP");
         let resp = get(&url).await.unwrap();
         assert_eq!(following(&resp).as_deref(), Some("10.9.9.9:8080"));

@@ -1561,11 +1561,17 @@ impl Monitor {
                     .and_then(|m| m.probe.as_ref())
                     .filter(|p| upstream && p.role == ObservedRole::Primary)
                     .and_then(|p| p.offset);
-                let result = engine.follow(&d.endpoint, &target).await;
+                let result = match yielded_at {
+                    // Where it stopped taking writes, exactly, where the engine can say.
+                    Some(probed) => {
+                        engine.yield_to(&d.endpoint, &target).await.map(|at| Some(at.unwrap_or(probed)))
+                    }
+                    None => engine.follow(&d.endpoint, &target).await.map(|()| None),
+                };
                 self.note_errant(&d.name, result.as_ref().err());
                 match result {
-                    Ok(()) => {
-                        if let Some(offset) = yielded_at {
+                    Ok(yielded) => {
+                        if let Some(offset) = yielded {
                             self.record_yield(cluster, &d.shard, &d.name, offset).await;
                         }
                         self.action_failed(&d.name, None);

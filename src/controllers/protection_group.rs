@@ -1948,12 +1948,18 @@ async fn fence_returned(
                 if pr.role != engines::ObservedRole::Primary {
                     continue;
                 }
-                if let Some(l) = site::lost_on_return(pr.offset, promoted_at) {
-                    measured = Some(measured.unwrap_or(0).max(l));
-                }
                 acting.push(ep.clone());
-                if let Err(e) = os.engine.follow(&ep, &pl.endpoint).await {
-                    failed.push(format!("{ep}: {e}"));
+                // Where it stopped taking writes, exactly where the engine can say; otherwise
+                // the offset just probed (writes after it are not counted).
+                let stopped_at = match os.engine.yield_to(&ep, &pl.endpoint).await {
+                    Ok(at) => at.or(pr.offset),
+                    Err(e) => {
+                        failed.push(format!("{ep}: {e}"));
+                        continue;
+                    }
+                };
+                if let Some(l) = site::lost_on_return(stopped_at, promoted_at) {
+                    measured = Some(measured.unwrap_or(0).max(l));
                 }
             }
             fenced.push((q.shard.clone().unwrap_or_default(), measured, acting, pl.name.clone()));

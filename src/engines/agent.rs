@@ -202,13 +202,16 @@ impl AgentEngine {
     /// The optional `change=FOLLOW` step (`upstream` empty: follow nothing). An agent without
     /// it is still demoted if it acts as MAIN — a node that must follow another site's main
     /// never stays writable — and the error says what it lacks.
-    async fn follow_step(&self, endpoint: &str, upstream: &str) -> EngineResult<()> {
+    /// Returns the position in the answer (a MAIN's: where it stopped taking writes).
+    async fn follow_step(&self, endpoint: &str, upstream: &str) -> EngineResult<Option<i64>> {
         let req = self
             .http(endpoint)
             .post(self.url(endpoint))
             .query(&[("change", "FOLLOW"), ("upstream", upstream)]);
-        match self.send(endpoint, req).await {
-            Ok(_) => Ok(()),
+        match self.send_with_headers(endpoint, req).await {
+            Ok((headers, _)) => {
+                Ok(headers.get(agent::POSITION_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_position))
+            }
             // A 4xx: no such step here (or a request it could not take).
             Err(EngineError::Protocol { message: answer, .. }) => {
                 let demoted = match self.probe(endpoint).await {
@@ -332,12 +335,21 @@ impl Engine for AgentEngine {
     /// old mains are told this (replicas of the cluster's own main learn it from the redirect
     /// ConfigMap).
     fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+        async move { self.follow_step(endpoint, primary).await.map(|_| ()) }.boxed()
+    }
+
+    /// The same step; a MAIN's answer carries the position where it stopped taking writes.
+    fn yield_to<'a>(
+        &'a self,
+        endpoint: &'a str,
+        primary: &'a str,
+    ) -> BoxFuture<'a, EngineResult<Option<i64>>> {
         self.follow_step(endpoint, primary).boxed()
     }
 
     /// `POST ?change=FOLLOW&upstream=`: replicate from nothing, stay BACKUP.
     fn detach<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
-        self.follow_step(endpoint, "").boxed()
+        async move { self.follow_step(endpoint, "").await.map(|_| ()) }.boxed()
     }
 
     fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {

@@ -112,6 +112,18 @@ pub trait Engine: Send + Sync {
     fn follow<'a>(&'a self, endpoint: &'a str, primary: &'a str) -> BoxFuture<'a, EngineResult<()>>;
     /// Stop the member from accepting writes (demote / fence). Idempotent.
     fn demote<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>>;
+    /// Make a member acting as primary follow `primary` (another site's, which superseded it)
+    /// and say where it stopped taking writes: its offset then, everything it had written,
+    /// when the engine can tell exactly (Redis: `INFO` right behind `REPLICAOF` on the same
+    /// connection; agent: the position in the `FOLLOW` answer). The default follows and
+    /// says nothing (the caller falls back on the offset it last probed).
+    fn yield_to<'a>(
+        &'a self,
+        endpoint: &'a str,
+        primary: &'a str,
+    ) -> BoxFuture<'a, EngineResult<Option<i64>>> {
+        Box::pin(async move { self.follow(endpoint, primary).await.map(|()| None) })
+    }
     /// Stop replicating from anything and stay read-only (a standby detached from its
     /// protection group). The default, a demotion, is exactly that where demoting points the
     /// member at nothing (Redis, Mysql).

@@ -425,6 +425,32 @@ impl Engine for RedisEngine {
         .boxed()
     }
 
+    /// `REPLICAOF host port` and `INFO replication` in one pipeline: the server runs them back
+    /// to back, so the offset is exactly where it stopped taking writes.
+    fn yield_to<'a>(
+        &'a self,
+        endpoint: &'a str,
+        primary: &'a str,
+    ) -> BoxFuture<'a, EngineResult<Option<i64>>> {
+        async move {
+            let (host, port) = split_endpoint(primary).ok_or_else(|| EngineError::Protocol {
+                endpoint: primary.into(),
+                message: "not host:port".into(),
+            })?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("REPLICAOF").arg(host).arg(port).cmd("INFO").arg("replication");
+            let (_, info): (redis::Value, String) = self
+                .bounded(endpoint, async {
+                    let mut conn = self.connect(endpoint).await?;
+                    pipe.query_async(&mut conn).await.map_err(|e| classify(endpoint, e))
+                })
+                .await?;
+            self.start_stream(endpoint);
+            Ok(info_field(&info, "master_repl_offset").and_then(|o| o.parse::<i64>().ok()))
+        }
+        .boxed()
+    }
+
     fn request_ack<'a>(&'a self, endpoint: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         async move {
             // A replica answers `REPLCONF GETACK` by acknowledging to its primary and sends

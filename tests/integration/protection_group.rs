@@ -175,14 +175,26 @@ impl SiteWriter {
 
 /// How many of the acknowledged keys are missing on `server`.
 pub(crate) async fn missing(server: &RedisServer, prefix: &str, acked: &[u64]) -> usize {
+    missing_seqs(server, prefix, acked).await.len()
+}
+
+/// The acknowledged sequence numbers whose keys are missing on `server`.
+pub(crate) async fn missing_seqs(server: &RedisServer, prefix: &str, acked: &[u64]) -> Vec<u64> {
     let mut c = server.connect().await.unwrap();
-    let mut n = 0;
+    let mut out = Vec::new();
     for chunk in acked.chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|s| format!("{prefix}:{s}")).collect();
         let vals: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.unwrap();
-        n += vals.iter().filter(|v| v.is_none()).count();
+        out.extend(chunk.iter().zip(&vals).filter(|(_, v)| v.is_none()).map(|(s, _)| *s));
     }
-    n
+    out
+}
+
+/// The bytes `SET <prefix>:<seq> <seq>` (what [`SiteWriter`] writes) takes in Redis's
+/// replication stream.
+pub(crate) fn replicated_bytes(prefix: &str, seqs: &[u64]) -> i64 {
+    let bulk = |s: &str| (1 + s.len().to_string().len() + 2 + s.len() + 2) as i64;
+    seqs.iter().map(|s| 4 + bulk("SET") + bulk(&format!("{prefix}:{s}")) + bulk(&s.to_string())).sum()
 }
 
 /// The recorded leader of a (possibly standby) cluster once it is healthy.
