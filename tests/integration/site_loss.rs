@@ -22,8 +22,8 @@ use understudy::resources::{
 use crate::{
     hacluster_redis::{cluster, observe_heartbeats, observe_heartbeats_sampled, wait_primary},
     protection_group::{
-        OnePair, PairServers, SiteWriter, create_pairs, leader, missing, one_pair, pg, remote_site,
-        set_priority, wait_protected,
+        OnePair, PairServers, SiteWriter, create_pairs, leader, missing_seqs, one_pair, pg, remote_site,
+        replicated_bytes, set_priority, wait_protected,
     },
     support::{self, Operator, RedisServer, RoleSampler, eventually},
 };
@@ -170,11 +170,16 @@ async fn a_lost_production_site_is_failed_over_by_force_then_fenced_and_reprotec
     let acked = writer.stop().await;
     let m = x.master().await.expect("one master");
     assert_eq!(m.port, dl.port, "the DR leader is production");
-    let lost = missing(m, "f", &acked).await;
+    let lost = missing_seqs(m, "f", &acked).await;
+    let lost_bytes = replicated_bytes("f", &lost);
     let lost_offset = fenced.lost_offset;
-    eprintln!("acknowledged {}, lost {lost} (on purpose); recorded lostOffset {lost_offset:?}", acked.len());
-    assert!(lost > 0, "the writes the frozen DR leader never received are lost");
-    assert!(lost_offset.is_some_and(|b| b > 0), "what was lost is recorded: {fenced:?}");
+    eprintln!(
+        "acknowledged {}, lost {} (on purpose, {lost_bytes} B replicated); recorded lostOffset {lost_offset:?}",
+        acked.len(),
+        lost.len()
+    );
+    assert!(!lost.is_empty(), "the writes the frozen DR leader never received are lost");
+    assert!(lost_offset.is_some_and(|b| b >= lost_bytes), "what was lost is recorded, not less: {fenced:?}");
     let back = src.get("x").await.unwrap();
     assert!(
         back.standby().and_then(|s| s.primary_endpoint.clone()) == Some(m.endpoint()),
