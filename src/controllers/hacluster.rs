@@ -616,6 +616,9 @@ struct Monitor {
     /// The current members of the cluster named by status.supersededBy, read at most every
     /// [`SUPERSEDER_REFRESH`]: (cluster, read at, endpoints; None: it does not exist).
     superseder_members: Option<(String, Instant, Option<Vec<String>>)>,
+    /// The group's contact renewal (`status.protection.contactAt`) last seen, and when this
+    /// monitor saw it change (None: not since it started). Its own clock only.
+    contact_seen: Option<(Option<Time>, Option<Instant>)>,
     wake: Arc<Wake>,
     /// Metric series this monitor created, removed when their member or the cluster goes.
     exported_members: HashSet<MemberLabels>,
@@ -686,6 +689,7 @@ impl Monitor {
             yield_shards: HashMap::new(),
             yield_source: String::new(),
             superseder_members: None,
+            contact_seen: None,
             wake,
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
@@ -814,6 +818,15 @@ impl Monitor {
     async fn yield_targets(&mut self, cluster: &HaCluster) -> Option<Vec<String>> {
         let status = cluster.status.as_ref();
         let protection = status.and_then(|s| s.protection.as_ref());
+        // The group's contact renewal, watched whatever the relation: a change seen is contact.
+        let contact = protection.and_then(|p| p.contact_at.clone());
+        let seen = match self.contact_seen.take() {
+            Some((before, at)) if before == contact => (before, at),
+            Some(_) => (contact, Some(Instant::now())),
+            None => (contact, None),
+        };
+        let vouched = seen.0.is_some() && seen.1.is_some_and(|at| at.elapsed() < CONTACT_LEASE);
+        self.contact_seen = Some(seen);
         if let Some(p) = protection.filter(|p| p.standby.is_none() && !p.yield_to.is_empty()) {
             let group_moving = status.iter().flat_map(|s| &s.shards).any(|s| {
                 s.operation.as_ref().is_some_and(|l| {
@@ -824,6 +837,11 @@ impl Monitor {
                 })
             });
             self.yield_source = format!("the other site of ProtectionGroup {}", p.group);
+            // The group in contact vouches for the other site: it decides, the members' roles
+            // there are not followed on sight.
+            if vouched {
+                return None;
+            }
             self.yield_shards = p
                 .yield_to_shards
                 .iter()
@@ -1083,7 +1101,11 @@ impl Monitor {
         // The relation (standby or not, of whom, yielding to whom) this heartbeat resolves
         // its upstreams and policies from.
         let relation = |c: &HaCluster| {
-            (c.standby().cloned(), c.detached(), c.status.as_ref().and_then(|s| s.protection.clone()))
+            (
+                c.standby().cloned(),
+                c.detached(),
+                c.status.as_ref().and_then(|s| s.protection.as_ref().map(|p| p.relation())),
+            )
         };
         let relation_at_start = relation(&cluster);
         let superseded = self.superseded(&cluster, acting, &shards).await;
@@ -2787,6 +2809,9 @@ const OFFSETS_REFRESH: Duration = Duration::from_secs(10);
 /// How often a cluster superseded by a failover to primary re-reads the members of the
 /// cluster made production in its place (between reads, those last read still count).
 const SUPERSEDER_REFRESH: Duration = Duration::from_secs(5);
+/// How long a change of the group's contact renewal counts as the group being in contact
+/// (it renews every 5 s).
+const CONTACT_LEASE: Duration = Duration::from_secs(15);
 
 /// How long the monitor holds its observed write while a promotion it started is in flight
 /// (most finish well within it; see [`Monitor::write_status`]).

@@ -74,6 +74,9 @@ pub const RETRY_ANNOTATION: &str = "understudy.dev/retry";
 const STANDBY_MANAGER: &str = "understudy-protectiongroup";
 /// Lag changes smaller than this (bytes) are not worth a status write.
 const LAG_NOISE: i64 = 1 << 20;
+/// How often the group renews `status.protection.contactAt` on a production cluster it
+/// reaches (see [`crate::resources::hacluster::Protection::contact_at`]).
+const CONTACT_RENEW: Duration = Duration::from_secs(5);
 /// How long a probe of a leader may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forced failover waits for a leader of the site declared lost before it takes
@@ -231,6 +234,7 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     if stopping && status.phase != Some(Phase::FailingOver) {
         return stop_protection(&ctx, &mut w, &sites, status, deleting).await;
     }
+    renew_contact(&pg, &sites, &status).await;
     // A forced failover authorised for the wanted site, a lost site awaited after one, or a
     // forced dry run: a site that cannot be reached does not stop the group.
     let want = pg.spec.priority_site;
@@ -732,18 +736,73 @@ async fn set_standby(
     standby: Option<Standby>,
     yield_to: Vec<String>,
     yield_to_shards: Vec<ShardYield>,
+    contact: bool,
 ) -> Result<(), kube::Error> {
     let name = side.cluster.name_any();
     let mut yield_to = yield_to;
     yield_to.sort();
     yield_to.dedup();
-    let want = Protection { group: group.to_owned(), standby, yield_to, yield_to_shards, detached: false };
+    let have =
+        side.cluster.status.as_ref().and_then(|s| s.protection.as_ref()).and_then(|p| p.contact_at.clone());
+    // Renewed once it is CONTACT_RENEW old (the same value otherwise, so nothing is written).
+    let contact_at = contact.then(|| match have {
+        Some(t) if Timestamp::now().duration_since(t.0).unsigned_abs() < CONTACT_RENEW => t,
+        _ => Time(Timestamp::now()),
+    });
+    let want = Protection {
+        group: group.to_owned(),
+        standby,
+        yield_to,
+        yield_to_shards,
+        detached: false,
+        contact_at,
+    };
     publish(side, Some(want)).await?;
     if side.cluster.spec.standby.is_some() && spec_standby_is_ours(&side.cluster) {
         let pp = PatchParams { field_manager: Some(STANDBY_MANAGER.into()), ..Default::default() };
         side.api.patch(&name, &pp, &Patch::Merge(json!({"spec": {"standby": null}}))).await?;
     }
     Ok(())
+}
+
+/// The group vouches for the other site on every production cluster it reaches, pairs in
+/// error included (a DR cluster deleted and re-created elects a primary of its own before the
+/// group makes it a standby again; production must not follow it): `status.protection.
+/// contactAt` renewed once it is [`CONTACT_RENEW`] old. Not while a move is under way or a
+/// forced failover awaits its fence — then a member of `yieldTo` acting as a primary may
+/// well be the new production site.
+async fn renew_contact(pg: &ProtectionGroup, sites: &[SiteHandle; 2], status: &ProtectionGroupStatus) {
+    let Some(production) = status.production_site else { return };
+    if matches!(status.phase, Some(Phase::FailingOver | Phase::FailedOver))
+        || status.last_forced_failover.as_ref().is_some_and(|f| f.pairs.iter().any(|p| p.fenced_at.is_none()))
+    {
+        return;
+    }
+    let group = key(pg);
+    let site = &sites[if production == SiteRole::Source { 0 } else { 1 }];
+    let api: Api<HaCluster> = Api::namespaced(site.client.clone(), &site.namespace);
+    for p in &pg.spec.pairs {
+        let name = if production == SiteRole::Source { &p.source } else { &p.target };
+        let Ok(Some(c)) = api.get_opt(name).await else { continue };
+        let Some(have) = c.status.as_ref().and_then(|s| s.protection.as_ref()) else { continue };
+        if have.group != group || have.standby.is_some() || have.detached {
+            continue;
+        }
+        let fresh = have
+            .contact_at
+            .as_ref()
+            .is_some_and(|t| Timestamp::now().duration_since(t.0).unsigned_abs() < CONTACT_RENEW);
+        if fresh {
+            continue;
+        }
+        let want = Protection { contact_at: Some(Time(Timestamp::now())), ..have.clone() };
+        let body = json!({"apiVersion": HaCluster::api_version(&()), "kind": HaCluster::kind(&()), "status": {"protection": want}});
+        if let Err(e) =
+            api.patch_status(name, &PatchParams::apply(STANDBY_MANAGER).force(), &Patch::Apply(&body)).await
+        {
+            tracing::debug!(%group, cluster = %name, error = %e, "could not renew the group's contact");
+        }
+    }
 }
 
 /// Server-side apply of exactly `status.protection` under this controller's field manager:
@@ -911,15 +970,18 @@ async fn steady(
                 yield_shards.push(ShardYield { shard: sh.clone(), members });
             }
         }
+        // The group vouches for the other site (the production side's monitor then leaves
+        // its members' roles to the group) only while no forced failover awaits a fence.
+        let vouch = !awaiting && status.phase != Some(Phase::FailedOver);
         if ps.lost.is_none()
-            && let Err(e) = set_standby(ps, &group, None, yield_to, yield_shards).await
+            && let Err(e) = set_standby(ps, &group, None, yield_to, yield_shards, vouch).await
         {
             warn!(%group, cluster = %ps.cluster.name_any(), error = %e, "could not publish the production side");
         }
         if ds.lost.is_none()
             && !awaiting
             && let Some(v) = standby_for(&shards_of(pairs, p.index), prod, sites)
-            && let Err(e) = set_standby(ds, &group, Some(v), Vec::new(), Vec::new()).await
+            && let Err(e) = set_standby(ds, &group, Some(v), Vec::new(), Vec::new(), false).await
         {
             warn!(%group, cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
         }
@@ -1063,6 +1125,19 @@ async fn run_move(
 ) -> Result<Action, Error> {
     let pg = w.obj.clone();
     let now = Timestamp::now();
+    if forced.is_some() {
+        // The group no longer vouches for the other site where it still reaches the site
+        // being failed over from: its monitors follow a primary there on sight again.
+        for p in clusters(&pairs) {
+            let os = p.side(want.other());
+            let have = os.cluster.status.as_ref().and_then(|s| s.protection.as_ref());
+            if let Some(h) = have.filter(|h| os.lost.is_none() && h.contact_at.is_some())
+                && let Err(e) = publish(os, Some(Protection { contact_at: None, ..h.clone() })).await
+            {
+                warn!(cluster = %os.cluster.name_any(), error = %e, "could not withdraw the group's contact");
+            }
+        }
+    }
     if status.phase != Some(Phase::FailingOver) {
         let deadline = now + Duration::from_secs(pg.spec.timeout_seconds.max(5) as u64);
         status.job_id = Some(format!(
@@ -1715,12 +1790,12 @@ async fn record_pairs(
         // The new production cluster first (its leaders are the upstream the other follows).
         // Member roles are the monitors' to write: the published relation wakes them.
         // It yields to no one until the other side is seen replicating from it (steady state).
-        if let Err(e) = set_standby(ws, &group, None, Vec::new(), Vec::new()).await {
+        if let Err(e) = set_standby(ws, &group, None, Vec::new(), Vec::new(), false).await {
             warn!(cluster = %ws.cluster.name_any(), error = %e, "could not publish the production side; retried in steady state");
         }
         if os.lost.is_none()
             && let Some(v) = standby_for(&shards_of(pairs, p.index), want, sites)
-            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new(), false).await
         {
             warn!(cluster = %os.cluster.name_any(), error = %e, "could not publish the standby side; retried in steady state");
         }
@@ -1974,7 +2049,7 @@ async fn fence_returned(
             continue;
         }
         if let Some(v) = standby_for(&shards, production, sites)
-            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new(), false).await
         {
             warn!(%group, cluster = %os.cluster.name_any(), error = %e, "could not publish the returned site as a standby; retried");
             continue;
@@ -2276,6 +2351,7 @@ async fn stop_protection(
                     yield_to: Vec::new(),
                     yield_to_shards: Vec::new(),
                     detached: true,
+                    contact_at: None,
                 };
                 let r = async {
                     publish(ds, Some(detached)).await.map_err(|e| e.to_string())?;

@@ -655,6 +655,23 @@ pub struct Protection {
     /// ordinary cluster.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detached: bool,
+    /// On the production side: renewed every few seconds while the group reaches this
+    /// cluster and vouches that the other site is not production (protected, no forced
+    /// failover). While the monitor sees it renewed (its own clock: it watches the value
+    /// change, it does not compare times), a member of `yieldTo` acting as a primary is not
+    /// followed on sight — the group, in contact, decides (a DR cluster recreated and
+    /// electing its own primary, a hand-made promotion there, must not demote production).
+    /// Cleared by a forced failover, or left to go stale when the group loses contact: then
+    /// `yieldTo` is followed as soon as one acts as a primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_at: Option<Time>,
+}
+
+impl Protection {
+    /// The relation itself, without the group's contact renewal.
+    pub fn relation(&self) -> Self {
+        Self { contact_at: None, ..self.clone() }
+    }
 }
 
 /// The other site's members of one shard, which that shard of a production cluster yields to.
@@ -1070,6 +1087,7 @@ mod tests {
                 yield_to: Vec::new(),
                 yield_to_shards: Vec::new(),
                 detached: false,
+                contact_at: None,
             })
         };
         let dr = standby_of("prod");

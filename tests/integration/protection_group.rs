@@ -55,7 +55,7 @@ impl PairServers {
         let m = [("s-0", &self.src[0]), ("s-1", &self.src[1])];
         cluster(&self.name, &[("s0", &m)], json!({"heartbeatInterval": "200ms"}))
     }
-    fn target_cluster(&self) -> HaCluster {
+    pub(crate) fn target_cluster(&self) -> HaCluster {
         let m = [("t-0", &self.dr[0]), ("t-1", &self.dr[1])];
         cluster(&format!("{}-dr", self.name), &[("s0", &m)], json!({"heartbeatInterval": "200ms"}))
     }
@@ -590,6 +590,77 @@ async fn killed_after_demoting_the_production_site_a_fresh_operator_finishes_the
 #[tokio::test]
 async fn killed_after_promoting_the_dr_site_a_fresh_operator_finishes_the_move() {
     crash_during_site_failover("site-after-promote").await;
+}
+
+/// The group's Ready condition: (status, reason, message).
+fn ready_of(
+    st: &understudy::resources::protection_group::ProtectionGroupStatus,
+) -> Option<(String, String, String)> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Wait for phase Error with `reason`; its message.
+async fn wait_error(pgs: &Api<ProtectionGroup>, reason: &str) -> String {
+    eventually(WAIT, &format!("phase Error, {reason}"), || async {
+        let st = pgs.get("pg").await.ok()?.status?;
+        let (status, r, message) = ready_of(&st)?;
+        (st.phase == Some(ProtectionPhase::Error) && status == "False" && r == reason).then_some(message)
+    })
+    .await
+}
+
+/// The error phase (issue 18): a pair's cluster deleted, then the DR site unreachable (its
+/// kubeconfig names an address where no API server answers). Each time the group says
+/// `Error` with the reason, touches nothing — the production primary keeps taking writes —
+/// and is `Protected` again once the cluster is back or the site reachable.
+#[tokio::test]
+async fn a_deleted_pair_cluster_and_an_unreachable_site_are_errors_that_touch_nothing() {
+    let client = support::client().await;
+    let OnePair { src_ns, dr_ns, servers: k, src: _, dr, pgs } = one_pair(&client, "pg-err", "k").await;
+    let operator = Operator::start_namespaces(client.clone(), &[&src_ns, &dr_ns]);
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    let m = k.master().await.expect("one master");
+    let still_production = |what: &'static str| async move {
+        assert_eq!(m.role().await.as_deref(), Some("master"), "{what}: production untouched");
+        let _: () = m.cmd(redis::cmd("SET").arg("during").arg(what)).await.expect("production takes writes");
+    };
+
+    dr.delete("k-dr", &Default::default()).await.unwrap();
+    let why = wait_error(&pgs, "ClusterNotFound").await;
+    eprintln!("cluster deleted: {why}");
+    assert!(why.contains("k-dr") && why.contains("does not exist"), "{why}");
+    still_production("the DR cluster deleted").await;
+    dr.create(&PostParams::default(), &k.target_cluster()).await.unwrap();
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+
+    let dead = understudy::controlplane::free_port().unwrap();
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: gone, cluster: {{server: \"https://127.0.0.1:{dead}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: c, context: {{cluster: gone, user: u}}}}]\ncurrent-context: c\n"
+    );
+    Api::<Secret>::namespaced(client.clone(), &src_ns)
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta { name: Some("gone".into()), ..Default::default() },
+                data: Some([("kubeconfig".to_owned(), ByteString(kubeconfig.into_bytes()))].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let target = |r: serde_json::Value| json!({"spec": {"sites": {"target": {"kubeconfigSecretRef": r}}}});
+    pgs.patch("pg", &PatchParams::default(), &Patch::Merge(target(json!({"name": "gone"})))).await.unwrap();
+    let why = wait_error(&pgs, "SiteUnreachable").await;
+    eprintln!("site unreachable: {why}");
+    assert!(why.contains("remote site"), "{why}");
+    still_production("the DR site unreachable").await;
+    pgs.patch("pg", &PatchParams::default(), &Patch::Merge(target(serde_json::Value::Null))).await.unwrap();
+    wait_protected(&pgs, "pg", SiteRole::Source).await;
+    assert_eq!(k.master().await.map(|x| x.port), Some(m.port), "production never moved");
+    operator.stop().await;
 }
 
 /// A monitor heartbeat that reads its cluster, is held up (here by a delay point, as by a

@@ -261,6 +261,68 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
     operator.stop().await;
 }
 
+/// The group in contact vouches for the other site (`status.protection.contactAt`, renewed
+/// every few seconds): a member of `yieldTo` acting as a primary is then not followed on sight
+/// — a DR cluster re-created and electing its own primary, or a promotion made there by hand,
+/// must not demote production (it would resync from the other site and lose what that site
+/// never had). Once the renewals stop (the group lost contact, or withdrew it for a forced
+/// failover), the fence applies again: the cluster follows that primary.
+#[tokio::test]
+async fn a_production_cluster_the_group_vouches_for_ignores_a_primary_on_the_other_site() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "vouched").await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
+    let other = RedisServer::start(None);
+    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
+    let members = vec![("a", &servers[0]), ("b", &servers[1])];
+    hacs.create(
+        &PostParams::default(),
+        &cluster("x", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
+    )
+    .await
+    .unwrap();
+    let operator = Operator::start(client.clone(), &ns);
+    let p = wait_primary(&hacs, "x", "s0", None).await;
+    let pi = if p == "a" { 0 } else { 1 };
+    let () = other.cmd(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(servers[pi].port)).await.unwrap();
+    // What the group publishes, renewing its contact every 2 s (as it does every 5 s).
+    let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let renewer = {
+        let (hacs, ns, other, renewing) = (hacs.clone(), ns.clone(), other.endpoint(), renewing.clone());
+        tokio::spawn(async move {
+            while renewing.load(std::sync::atomic::Ordering::SeqCst) {
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                let body = json!({
+                    "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
+                    "status": {"protection": {"group": format!("{ns}/pg"), "yieldTo": [other], "contactAt": now}}
+                });
+                let _ = hacs
+                    .patch_status("x", &PatchParams::apply("test-group").force(), &Patch::Apply(&body))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A primary on the other site, made by hand: production stays production.
+    let () = other.cmd(redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await.unwrap();
+    observe_heartbeats(&servers[pi], 15).await;
+    assert_eq!(servers[pi].role().await.as_deref(), Some("master"), "vouched for: not followed");
+    // The renewals stop: within the lease (15 s) the fence applies again.
+    renewing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = renewer.await;
+    let stopped = Instant::now();
+    eventually(WAIT, "this cluster to follow the other site's primary", || async {
+        let l = servers[pi].replication().await?;
+        (l.get("master_port")? == &other.port.to_string()).then_some(())
+    })
+    .await;
+    let after = stopped.elapsed();
+    eprintln!("followed the other site {} ms after the last renewal", after.as_millis());
+    assert!(after >= Duration::from_secs(10), "not before the lease ran out: {after:?}");
+    operator.stop().await;
+}
+
 /// The same fence shard by shard: a production cluster of two shards told which of the other
 /// site's members are each shard's counterparts (`yieldToShards`) follows, per shard, only
 /// its own counterpart's primary — one shard superseded leaves the other writable, and a
