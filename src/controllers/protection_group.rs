@@ -77,6 +77,11 @@ const LAG_NOISE: i64 = 1 << 20;
 /// How often the group renews `status.protection.contactAt` on a production cluster it
 /// reaches (see [`crate::resources::hacluster::Protection::contact_at`]).
 const CONTACT_RENEW: Duration = Duration::from_secs(5);
+/// How long a request to another site's API server may take to connect, and to answer.
+const REMOTE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REMOTE_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long renewing the group's contact may hold up a reconcile.
+const CONTACT_RENEW_BUDGET: Duration = Duration::from_secs(2);
 /// How long a probe of a leader may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forced failover waits for a leader of the site declared lost before it takes
@@ -234,7 +239,14 @@ pub async fn reconcile(pg: Arc<ProtectionGroup>, ctx: Arc<Context>) -> Result<Ac
     if stopping && status.phase != Some(Phase::FailingOver) {
         return stop_protection(&ctx, &mut w, &sites, status, deleting).await;
     }
-    renew_contact(&pg, &sites, &status).await;
+    // Not while a forced failover is asked for and not done: the site it leaves may not
+    // answer at all.
+    let forcing = pg.spec.forced_failover.as_ref().is_some_and(|f| Some(f.to) != status.production_site);
+    if !forcing
+        && tokio::time::timeout(CONTACT_RENEW_BUDGET, renew_contact(&pg, &sites, &status)).await.is_err()
+    {
+        tracing::debug!(group = %key(&*pg), "renewing the group's contact did not finish in time; next reconcile");
+    }
     // A forced failover authorised for the wanted site, a lost site awaited after one, or a
     // forced dry run: a site that cannot be reached does not stop the group.
     let want = pg.spec.priority_site;
@@ -444,13 +456,18 @@ async fn remote_client(local: &Client, ns: &str, name: &str, key: &str) -> Resul
         .ok_or_else(|| format!("Secret {name} has no key {key}"))?;
     let kc = kube::config::Kubeconfig::from_yaml(&text)
         .map_err(|_| format!("Secret {name} key {key} is not a valid kubeconfig"))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|_| {
             format!(
                 "Secret {name} key {key}: the kubeconfig cannot be used (no current context, user or cluster)"
             )
         })?;
+    // Only single requests go to another site (no watches): a site whose API server is cut
+    // off (packets dropped, not refused) is given up on in seconds, not kube's defaults of
+    // 30 s to connect and 295 s to read, which would hold up a forced failover.
+    cfg.connect_timeout = Some(REMOTE_CONNECT_TIMEOUT);
+    cfg.read_timeout = Some(REMOTE_READ_TIMEOUT);
     let client = Client::try_from(cfg).map_err(|e| format!("Secret {name}: cannot build a client: {e}"))?;
     cache.lock().expect("cache").insert(ck, (rv, client.clone()));
     Ok(client)
