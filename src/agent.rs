@@ -750,21 +750,7 @@ async fn post_status(
     match query.as_ref().ok().map(|Query(q)| (q.change.as_deref(), q.upstream.clone())) {
         Some((Some("DRAIN"), _)) => return run_in_task(drain(agent)).await,
         Some((Some("RESUME"), _)) => return run_in_task(resume(agent)).await,
-        Some((Some("FOLLOW"), upstream)) => {
-            // Answered with the position where a MAIN stopped taking writes, when known.
-            return match tokio::spawn(follow(agent, upstream)).await {
-                Ok(Ok((role, stopped_at))) => {
-                    let mut resp = role.as_str().into_response();
-                    if let Some(p) = stopped_at {
-                        resp.headers_mut().insert(POSITION_HEADER, HeaderValue::from(p));
-                    }
-                    resp
-                }
-                Ok(Err(e)) => e.into_response(),
-                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("transition task failed: {e}"))
-                    .into_response(),
-            };
-        }
+        Some((Some("FOLLOW"), upstream)) => return run_in_task(follow(agent, upstream)).await,
         _ => {}
     }
     let requested = match query {
@@ -779,11 +765,31 @@ async fn post_status(
 }
 
 /// In its own task: a client hanging up must not cancel a transition half-way through a hook.
-async fn run_in_task(
-    transition: impl Future<Output = Result<Role, ChangeError>> + Send + 'static,
+/// The answer to a change: the role, and for a MAIN told to follow the position where it
+/// stopped taking writes.
+struct Answer(Role, Option<u64>);
+
+impl From<Role> for Answer {
+    fn from(role: Role) -> Self {
+        Self(role, None)
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut resp = self.0.as_str().into_response();
+        if let Some(p) = self.1 {
+            resp.headers_mut().insert(POSITION_HEADER, HeaderValue::from(p));
+        }
+        resp
+    }
+}
+
+async fn run_in_task<A: Into<Answer> + Send + 'static>(
+    transition: impl Future<Output = Result<A, ChangeError>> + Send + 'static,
 ) -> Response {
     match tokio::spawn(transition).await {
-        Ok(Ok(role)) => role.as_str().into_response(),
+        Ok(Ok(answer)) => answer.into().into_response(),
         Ok(Err(e)) => e.into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("transition task failed: {e}")).into_response(),
     }
@@ -839,7 +845,7 @@ async fn resume(agent: Arc<Agent>) -> Result<Role, ChangeError> {
 /// drain, otherwise measured right after the hook stopped its writes — and, with
 /// `exit_on_demote`, exits after answering, as a demotion does; the restarted node is told to
 /// follow again. Answers BACKUP (and that position, when known).
-async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<(Role, Option<u64>), ChangeError> {
+async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<Answer, ChangeError> {
     let Some(command) = agent.hooks.on_follow.clone() else {
         return Err(ChangeError::Unsupported("FOLLOW", "--on-follow"));
     };
@@ -888,7 +894,7 @@ async fn follow(agent: Arc<Agent>, upstream: Option<String>) -> Result<(Role, Op
             drop(lifecycle);
         });
     }
-    result.map(|_| (Role::Backup, stopped_at)).map_err(ChangeError::FollowHook)
+    result.map(|_| Answer(Role::Backup, stopped_at)).map_err(ChangeError::FollowHook)
 }
 
 #[derive(Debug, thiserror::Error)]

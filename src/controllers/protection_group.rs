@@ -753,19 +753,14 @@ async fn set_standby(
     standby: Option<Standby>,
     yield_to: Vec<String>,
     yield_to_shards: Vec<ShardYield>,
-    contact: bool,
 ) -> Result<(), kube::Error> {
     let name = side.cluster.name_any();
     let mut yield_to = yield_to;
     yield_to.sort();
     yield_to.dedup();
-    let have =
+    // The group's contact is renewed by renew_contact and withdrawn by a forced move only.
+    let contact_at =
         side.cluster.status.as_ref().and_then(|s| s.protection.as_ref()).and_then(|p| p.contact_at.clone());
-    // Renewed once it is CONTACT_RENEW old (the same value otherwise, so nothing is written).
-    let contact_at = contact.then(|| match have {
-        Some(t) if Timestamp::now().duration_since(t.0).unsigned_abs() < CONTACT_RENEW => t,
-        _ => Time(Timestamp::now()),
-    });
     let want = Protection {
         group: group.to_owned(),
         standby,
@@ -987,18 +982,15 @@ async fn steady(
                 yield_shards.push(ShardYield { shard: sh.clone(), members });
             }
         }
-        // The group vouches for the other site (the production side's monitor then leaves
-        // its members' roles to the group) only while no forced failover awaits a fence.
-        let vouch = !awaiting && status.phase != Some(Phase::FailedOver);
         if ps.lost.is_none()
-            && let Err(e) = set_standby(ps, &group, None, yield_to, yield_shards, vouch).await
+            && let Err(e) = set_standby(ps, &group, None, yield_to, yield_shards).await
         {
             warn!(%group, cluster = %ps.cluster.name_any(), error = %e, "could not publish the production side");
         }
         if ds.lost.is_none()
             && !awaiting
             && let Some(v) = standby_for(&shards_of(pairs, p.index), prod, sites)
-            && let Err(e) = set_standby(ds, &group, Some(v), Vec::new(), Vec::new(), false).await
+            && let Err(e) = set_standby(ds, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(%group, cluster = %ds.cluster.name_any(), error = %e, "could not set standby");
         }
@@ -1807,12 +1799,12 @@ async fn record_pairs(
         // The new production cluster first (its leaders are the upstream the other follows).
         // Member roles are the monitors' to write: the published relation wakes them.
         // It yields to no one until the other side is seen replicating from it (steady state).
-        if let Err(e) = set_standby(ws, &group, None, Vec::new(), Vec::new(), false).await {
+        if let Err(e) = set_standby(ws, &group, None, Vec::new(), Vec::new()).await {
             warn!(cluster = %ws.cluster.name_any(), error = %e, "could not publish the production side; retried in steady state");
         }
         if os.lost.is_none()
             && let Some(v) = standby_for(&shards_of(pairs, p.index), want, sites)
-            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new(), false).await
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(cluster = %os.cluster.name_any(), error = %e, "could not publish the standby side; retried in steady state");
         }
@@ -2066,7 +2058,7 @@ async fn fence_returned(
             continue;
         }
         if let Some(v) = standby_for(&shards, production, sites)
-            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new(), false).await
+            && let Err(e) = set_standby(os, &group, Some(v), Vec::new(), Vec::new()).await
         {
             warn!(%group, cluster = %os.cluster.name_any(), error = %e, "could not publish the returned site as a standby; retried");
             continue;

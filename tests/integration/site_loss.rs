@@ -192,15 +192,22 @@ async fn a_lost_production_site_is_failed_over_by_force_then_fenced_and_reprotec
     prod_op.stop().await;
 }
 
-/// The fence on the lost site's own side: a production cluster of a group whose other site
-/// starts acting as a primary (a forced failover there) follows it at once, promotes nothing
-/// of its own even when its primary dies, and says why.
-#[tokio::test]
-async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_says_so() {
+/// A production cluster `x` of two members with the operator running, and a server of
+/// "the other site" replicating from its primary (as a DR leader does).
+struct OtherSite {
+    ns: String,
+    servers: [RedisServer; 2],
+    other: RedisServer,
+    hacs: Api<HaCluster>,
+    operator: Operator,
+    /// Index of the primary in `servers`.
+    pi: usize,
+}
+
+async fn with_other_site(prefix: &str) -> OtherSite {
     let client = support::client().await;
-    let ns = support::namespace(&client, "superseded").await;
-    let mut servers = [RedisServer::start(None), RedisServer::start(None)];
-    // The other site's member, a replica of this cluster's primary (as a DR leader is).
+    let ns = support::namespace(&client, prefix).await;
+    let servers = [RedisServer::start(None), RedisServer::start(None)];
     let other = RedisServer::start(None);
     let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
     let members = vec![("a", &servers[0]), ("b", &servers[1])];
@@ -212,8 +219,18 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
     .unwrap();
     let operator = Operator::start(client.clone(), &ns);
     let p = wait_primary(&hacs, "x", "s0", None).await;
-    let (pi, ri) = if p == "a" { (0, 1) } else { (1, 0) };
+    let pi = if p == "a" { 0 } else { 1 };
     let () = other.cmd(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(servers[pi].port)).await.unwrap();
+    OtherSite { ns, servers, other, hacs, operator, pi }
+}
+
+/// The fence on the lost site's own side: a production cluster of a group whose other site
+/// starts acting as a primary (a forced failover there) follows it at once, promotes nothing
+/// of its own even when its primary dies, and says why.
+#[tokio::test]
+async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_says_so() {
+    let OtherSite { ns, mut servers, other, hacs, operator, pi } = with_other_site("superseded").await;
+    let ri = 1 - pi;
     // What a ProtectionGroup publishes on its production side once the other replicates.
     let body = json!({
         "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster",
@@ -269,22 +286,7 @@ async fn a_production_cluster_whose_other_site_acts_as_primary_follows_it_and_sa
 /// failover), the fence applies again: the cluster follows that primary.
 #[tokio::test]
 async fn a_production_cluster_the_group_vouches_for_ignores_a_primary_on_the_other_site() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "vouched").await;
-    let servers = [RedisServer::start(None), RedisServer::start(None)];
-    let other = RedisServer::start(None);
-    let hacs: Api<HaCluster> = Api::namespaced(client.clone(), &ns);
-    let members = vec![("a", &servers[0]), ("b", &servers[1])];
-    hacs.create(
-        &PostParams::default(),
-        &cluster("x", &[("s0", &members)], json!({"heartbeatInterval": "200ms"})),
-    )
-    .await
-    .unwrap();
-    let operator = Operator::start(client.clone(), &ns);
-    let p = wait_primary(&hacs, "x", "s0", None).await;
-    let pi = if p == "a" { 0 } else { 1 };
-    let () = other.cmd(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(servers[pi].port)).await.unwrap();
+    let OtherSite { ns, servers, other, hacs, operator, pi } = with_other_site("vouched").await;
     // What the group publishes, renewing its contact every 2 s (as it does every 5 s).
     let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let renewer = {
