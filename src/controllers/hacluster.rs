@@ -24,7 +24,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt as _,
@@ -52,7 +52,7 @@ use crate::{
     engines::{self, Engine, EngineError, Fault, ObservedRole, Probe},
     metrics::{FailoverLabels, MemberLabels, ShardLabels},
     resources::{
-        HaCluster,
+        HaCluster, ProtectionGroup,
         hacluster::{
             ClusterPhase, Engine as EngineKind, FailoverMode, HaClusterStatus, LossAccounting, MemberStatus,
             ReplicasDown, Role, ShardStatus, StepRecord, Yielded,
@@ -619,6 +619,10 @@ struct Monitor {
     /// The group's contact renewal (`status.protection.contactAt`) last seen, and when this
     /// monitor saw it change (None: not since it started). Its own clock only.
     contact_seen: Option<(Option<Time>, Option<Instant>)>,
+    /// What the last look at this control plane's ProtectionGroups found (see
+    /// [`Monitor::awaiting_group`]) and when: read at most every [`GROUPS_REFRESH`], and only
+    /// while a shard has no primary and the cluster no relation.
+    groups_seen: Option<(Instant, Option<String>)>,
     wake: Arc<Wake>,
     /// Metric series this monitor created, removed when their member or the cluster goes.
     exported_members: HashSet<MemberLabels>,
@@ -690,6 +694,7 @@ impl Monitor {
             yield_source: String::new(),
             superseder_members: None,
             contact_seen: None,
+            groups_seen: None,
             wake,
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
@@ -953,6 +958,7 @@ impl Monitor {
             upstream,
             upstream_unknown: None,
             detached: cluster.detached(),
+            awaiting_group: None,
         }
     }
 
@@ -1120,11 +1126,13 @@ impl Monitor {
                 Err(why) => self.upstream_unknown.insert(shard, why),
             };
         }
+        let awaiting_group = self.awaiting_group(&cluster, &shards).await;
         let shard_policy = |me: &Self, shard: &str| {
             let standby = me.shard_standby(&cluster, shard);
             let mut p =
                 Self::policy(&cluster, engine.as_ref(), me.upstream_seen.get(shard).cloned(), standby);
             p.upstream_unknown = me.upstream_unknown.get(shard).cloned();
+            p.awaiting_group = awaiting_group.clone();
             p
         };
 
@@ -1265,6 +1273,61 @@ impl Monitor {
                 debug!(cluster = %key(cluster), error = %e, "could not clear a stale record; retried next heartbeat")
             }
         }
+    }
+
+    /// A cluster that has no relation yet (no `status.protection`, no `spec.standby`) and a
+    /// shard without a primary, that a ProtectionGroup of this control plane protects: what
+    /// names it. Its first election waits for the group to publish its side — a DR cluster
+    /// created or re-created under a group would otherwise elect a writable primary of its
+    /// own until the group's next reconcile (a second writable site). A list that fails for
+    /// another reason than the right to read groups also holds it: the election is not made
+    /// on a guess (it could not record its decision through such an outage either). A group
+    /// in another control plane cannot be seen from here (README).
+    async fn awaiting_group(&mut self, cluster: &HaCluster, shards: &[String]) -> Option<String> {
+        let st = cluster.status.as_ref();
+        if cluster.spec.standby.is_some() || st.is_some_and(|s| s.protection.is_some()) {
+            return None;
+        }
+        let has_primary = |shard: &String| {
+            st.and_then(|s| s.shards.iter().find(|x| &x.name == shard))
+                .is_some_and(|x| x.current_primary.is_some() || x.target_primary.is_some())
+        };
+        if shards.iter().all(has_primary) {
+            return None;
+        }
+        if let Some((at, seen)) = &self.groups_seen
+            && at.elapsed() < GROUPS_REFRESH
+        {
+            return seen.clone();
+        }
+        let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+        let mut found = None;
+        for api in self.ctx.scopes::<DeserializeGuard<ProtectionGroup>>() {
+            let listed = {
+                let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
+                api.list(&ListParams::default()).await
+            };
+            match listed {
+                Ok(groups) => {
+                    found = groups.items.iter().find_map(|g| {
+                        let pg = g.0.as_ref().ok().filter(|pg| pg.metadata.deletion_timestamp.is_none())?;
+                        let names = pg.spec.protects_local(&ns, &name)?;
+                        Some(format!("ProtectionGroup {} protects this cluster ({names})", key(pg)))
+                    });
+                }
+                Err(kube::Error::Api(e)) if matches!(e.code, 403 | 404) => {}
+                Err(e) => {
+                    found = Some(format!(
+                        "could not list ProtectionGroups to learn whether one protects this cluster ({e})"
+                    ))
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        self.groups_seen = Some((Instant::now(), found.clone()));
+        found
     }
 
     /// Members removed from the membership are detached: fenced (no longer replicating, no
@@ -2812,6 +2875,9 @@ const SUPERSEDER_REFRESH: Duration = Duration::from_secs(5);
 /// How long a change of the group's contact renewal counts as the group being in contact
 /// (it renews every 5 s).
 const CONTACT_LEASE: Duration = Duration::from_secs(15);
+/// How often a cluster waiting for its first primary re-reads which ProtectionGroups protect
+/// it ([`Monitor::awaiting_group`]).
+const GROUPS_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long the monitor holds its observed write while a promotion it started is in flight
 /// (most finish well within it; see [`Monitor::write_status`]).

@@ -83,6 +83,10 @@ pub struct Policy {
     /// Detached from its ProtectionGroup with policy ReadOnly: nothing is changed and
     /// nothing is made writable.
     pub detached: bool,
+    /// A ProtectionGroup protects this cluster and has not told it its side of the relation
+    /// yet (what names it, for the message): no first primary is elected or adopted — on the
+    /// DR side that would be a second writable site until the group makes it a standby.
+    pub awaiting_group: Option<String>,
 }
 
 impl Default for Policy {
@@ -98,6 +102,7 @@ impl Default for Policy {
             upstream: None,
             upstream_unknown: None,
             detached: false,
+            awaiting_group: None,
         }
     }
 }
@@ -351,6 +356,15 @@ pub fn plan(facts: &ShardFacts, policy: &Policy) -> Plan {
 
 fn bootstrap(facts: &ShardFacts, policy: &Policy) -> Plan {
     let mut plan = Plan::default();
+    if let Some(group) = &policy.awaiting_group {
+        plan.blocked = Some(Blocked {
+            reason: Reason::AwaitingProtectionGroup,
+            message: format!(
+                "{group}; nothing is elected until the group publishes this cluster's side of the relation (status.protection)"
+            ),
+        });
+        return plan;
+    }
     let undecided: Vec<&str> = facts
         .members
         .iter()
@@ -573,6 +587,27 @@ mod tests {
         assert_eq!(p.promote.as_ref().unwrap().to, "b");
         assert_eq!(p.promote.unwrap().kind, PromotionKind::Adopt);
         assert_eq!(p.demote, ["a"]);
+    }
+
+    #[test]
+    fn a_cluster_a_group_has_not_told_its_side_elects_and_adopts_nothing() {
+        let policy =
+            Policy { awaiting_group: Some("ProtectionGroup b/pg protects it".into()), ..Default::default() };
+        for first in [Replica, Primary] {
+            let facts = ShardFacts {
+                members: vec![member("a", Some(first), 10), member("b", Some(Replica), 0)],
+                ..Default::default()
+            };
+            let p = plan(&facts, &policy);
+            assert_eq!((p.promote, p.demote.len()), (None, 0));
+            let blocked = p.blocked.unwrap();
+            assert_eq!(blocked.reason, Reason::AwaitingProtectionGroup);
+            assert!(blocked.message.starts_with("ProtectionGroup b/pg protects it; nothing is elected"));
+        }
+        // A shard that has its primary goes on as before (failover included).
+        let facts =
+            with_primary(vec![down(member("a", Some(Primary), 100)), member("b", Some(Replica), 100)], 100);
+        assert_eq!(plan(&facts, &policy).promote.unwrap().to, "b");
     }
 
     #[test]

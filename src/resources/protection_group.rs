@@ -168,6 +168,30 @@ pub enum SiteRole {
     Target,
 }
 
+impl ProtectionGroupSpec {
+    /// Whether this group, living in the same control plane as the HaCluster `ns/name`,
+    /// protects it: a pair names it on a site that is this control plane (no
+    /// `kubeconfigSecretRef`) in its namespace, and protection is started. Then the cluster's
+    /// roles are the group's to set, from its first election on: the site of the cluster and
+    /// the pair, for messages (`Source site, pair a/a-dr`).
+    pub fn protects_local(&self, ns: &str, name: &str) -> Option<String> {
+        if self.protection != ProtectionState::Started {
+            return None;
+        }
+        let sites = [(SiteRole::Source, &self.sites.source), (SiteRole::Target, &self.sites.target)];
+        sites.into_iter().find_map(|(role, site)| {
+            if site.kubeconfig_secret_ref.is_some() || site.namespace != ns {
+                return None;
+            }
+            let pair = self.pairs.iter().find(|p| match role {
+                SiteRole::Source => p.source == name,
+                SiteRole::Target => p.target == name,
+            })?;
+            Some(format!("{} site, pair {}/{}", role.as_str(), pair.source, pair.target))
+        })
+    }
+}
+
 impl SiteRole {
     pub fn other(self) -> Self {
         match self {
@@ -370,4 +394,42 @@ pub struct ShardPairStatus {
     pub lag: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(target_remote: bool, protection: ProtectionState) -> ProtectionGroupSpec {
+        let target = if target_remote {
+            serde_json::json!({"namespace": "b", "kubeconfigSecretRef": {"name": "site-b"}})
+        } else {
+            serde_json::json!({"namespace": "b"})
+        };
+        serde_json::from_value(serde_json::json!({
+            "sites": {"source": {"namespace": "a"}, "target": target},
+            "pairs": [{"source": "orders", "target": "orders-dr"}],
+            "protection": protection,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_group_protects_the_clusters_its_pairs_name_on_its_local_sites() {
+        let s = spec(false, ProtectionState::Started);
+        assert_eq!(s.protects_local("a", "orders").as_deref(), Some("Source site, pair orders/orders-dr"));
+        assert_eq!(s.protects_local("b", "orders-dr").as_deref(), Some("Target site, pair orders/orders-dr"));
+        // The right name in the wrong namespace, or on the other side, is not it.
+        assert_eq!(s.protects_local("b", "orders"), None);
+        assert_eq!(s.protects_local("a", "orders-dr"), None);
+        assert_eq!(s.protects_local("a", "other"), None);
+    }
+
+    #[test]
+    fn a_remote_site_or_stopped_protection_is_not_this_control_planes_to_hold() {
+        let s = spec(true, ProtectionState::Started);
+        assert_eq!(s.protects_local("b", "orders-dr"), None, "the target site is another control plane");
+        assert!(s.protects_local("a", "orders").is_some());
+        assert_eq!(spec(false, ProtectionState::Stopped).protects_local("a", "orders"), None);
+    }
 }

@@ -24,7 +24,7 @@ use understudy::{
 };
 
 use crate::{
-    hacluster_redis::{cluster, wait_follows, wait_primary},
+    hacluster_redis::{cluster, observe_heartbeats, wait_follows, wait_primary},
     support::{self, Operator, Process, RedisServer, RoleSampler, eventually, redis_conn},
 };
 
@@ -633,8 +633,28 @@ async fn a_deleted_pair_cluster_and_an_unreachable_site_are_errors_that_touch_no
     eprintln!("cluster deleted: {why}");
     assert!(why.contains("k-dr") && why.contains("does not exist"), "{why}");
     still_production("the DR cluster deleted").await;
+    // Re-created, it elects nothing of its own while the group names it and has not made it a
+    // standby again: never a second writable server (before, its bootstrap promoted a DR
+    // member for up to one group reconcile).
+    let sampler = k.sampler();
     dr.create(&PostParams::default(), &k.target_cluster()).await.unwrap();
+    let held = eventually(WAIT, "the re-created cluster waits for the group", || async {
+        let st = dr.get("k-dr").await.ok()?.status?;
+        let c = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (c.reason == "AwaitingProtectionGroup").then(|| c.message.clone())
+    });
+    let held = tokio::time::timeout(Duration::from_secs(10), held).await;
     wait_protected(&pgs, "pg", SiteRole::Source).await;
+    leader(&dr, "k-dr").await;
+    observe_heartbeats(&k.dr[0], 10).await;
+    assert_eq!(
+        sampler.max(),
+        1,
+        "a re-created DR cluster made a second primary ({} samples)",
+        sampler.count()
+    );
+    drop(sampler);
+    eprintln!("re-created: {held:?}");
 
     let dead = understudy::controlplane::free_port().unwrap();
     let kubeconfig = format!(
