@@ -343,20 +343,29 @@ async fn agent_serves_https_with_the_given_certificate() {
 async fn the_reference_agent_passes_the_conformance_checks() {
     let dir = tempfile::tempdir().unwrap();
     let http = http();
-    // With the optional follow step (its hook does nothing here); the CLI run below checks
-    // an agent without it.
-    let mut agent = AgentProcess::start(dir.path(), "conformance", &["--on-follow", "true"]);
-    agent.ready(&http).await;
-    let checks = understudy::agent_conformance::check(&agent.url(""), TOKEN, Duration::from_secs(5)).await;
+    // Every optional step (hooks that do nothing, a position that does not move), under a
+    // supervisor: demoted twice (told to, then by its lapsed lease), it exits and is restarted
+    // each time. The CLI run below checks an agent with no optional step but the lease.
+    let hooks = ["--on-follow", "true", "--on-drain", "true", "--position", "echo 42"];
+    let agent = crate::support::SupervisedAgent::start_with(
+        "127.0.0.1",
+        TOKEN,
+        hooks.iter().map(|h| h.to_string()).collect(),
+    );
+    let url = format!("http://{}", agent.addr);
+    crate::support::eventually(Duration::from_secs(30), "the agent answers", || async {
+        http.get(format!("{url}/healthz")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    let checks = understudy::agent_conformance::check(&url, TOKEN, Duration::from_secs(5)).await;
     let failed: Vec<_> = checks.iter().filter(|c| c.outcome.is_err()).collect();
     assert!(failed.is_empty(), "{failed:#?}\n{}", agent.log());
     assert_eq!(checks.len(), understudy::agent_conformance::RULES.len());
-    // The demotion made it exit with code 0, as the protocol says.
-    assert!(agent.exited(Duration::from_secs(10)).await.success());
+    assert!(agent.restarts.load(std::sync::atomic::Ordering::SeqCst) >= 2, "it exited on each demotion");
 
     // The same through the command line, against a fresh node; and an address where nothing
     // listens fails.
-    let mut fresh = AgentProcess::start(dir.path(), "conformance-cli", &[]);
+    let mut fresh = AgentProcess::start(dir.path(), "conformance-cli", &["--exit-on-demote=false"]);
     fresh.ready(&http).await;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -370,7 +379,7 @@ async fn the_reference_agent_passes_the_conformance_checks() {
     let out = cli(fresh.url(""));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("11 of 11 rules passed"), "{stdout}");
+    assert!(stdout.contains("14 of 14 rules passed"), "{stdout}");
     let not_an_agent = cli(format!("http://127.0.0.1:{}", free_port().unwrap()));
     let stdout = String::from_utf8_lossy(&not_an_agent.stdout);
     assert!(!not_an_agent.status.success() && stdout.contains("FAIL"), "{stdout}");

@@ -354,8 +354,7 @@ impl SupervisedAgent {
         use std::sync::{Arc, Mutex, atomic::*};
         let addr: std::net::SocketAddr =
             format!("{ip}:{}", understudy::controlplane::free_port().unwrap()).parse().unwrap();
-        let log =
-            std::env::temp_dir().join(format!("understudy-agent-{}-{}.log", addr.port(), std::process::id()));
+        let log = Self::log_path(addr);
         let token = token.to_owned();
         let spawn = move || {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_understudy"));
@@ -386,6 +385,15 @@ impl SupervisedAgent {
             }
         });
         Self { addr, restarts, child, stopped, task }
+    }
+
+    fn log_path(addr: std::net::SocketAddr) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("understudy-agent-{}-{}.log", addr.port(), std::process::id()))
+    }
+
+    /// What the agent logged (its latest run: a restart starts the file again).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(Self::log_path(self.addr)).unwrap_or_default()
     }
 
     /// Crash it (SIGKILL) and keep it down until [`SupervisedAgent::resume`].
