@@ -694,6 +694,9 @@ async fn check(
             if let Some(refused) = candidate_refusal(m) {
                 return Ok(refused);
             }
+            if let Some(refused) = lag_refusal(&facts, m, &current, max_lag) {
+                return Ok(refused);
+            }
             c.clone()
         }
         None => match shard::elect_candidate(&facts, &policy, Some(&current)) {
@@ -807,6 +810,32 @@ fn candidate_refusal(m: &shard::MemberFacts) -> Option<Step> {
         )));
     }
     (!shard::is_healthy(m)).then(|| Step::Waiting(format!("candidate {c} is not healthy (yet)")))
+}
+
+/// A forced failover to a named candidate is held to the cluster's `maxLagOnFailover`, as
+/// the candidate it would elect is: naming a member does not buy the right to lose more than
+/// the spec allows (raise it to accept that). With the primary lost the candidate cannot
+/// catch up, so the request fails at once, saying why; with the primary still answering it
+/// may, so the step waits (until its deadline).
+fn lag_refusal(facts: &shard::ShardFacts, m: &shard::MemberFacts, primary: &str, max: i64) -> Option<Step> {
+    let c = &m.name;
+    let why = match shard::lag(m, facts.last_primary_offset) {
+        Some(l) if l <= max => return None,
+        Some(l) => {
+            format!("candidate {c} lags {l} bytes behind the last primary offset (maxLagOnFailover {max})")
+        }
+        None => format!(
+            "candidate {c} reports no replication offset, so what it lacks is unknown (maxLagOnFailover {max})"
+        ),
+    };
+    let primary_lost = facts.members.iter().find(|p| p.name == primary).is_none_or(|p| !shard::is_healthy(p));
+    Some(if primary_lost {
+        Step::Failed(format!(
+            "{why}: promoting it would lose acknowledged writes it never received; nothing touched — raise spec.failover.maxLagOnFailover of the cluster to accept that loss, or name another candidate"
+        ))
+    } else {
+        Step::Waiting(format!("{why}; waiting for it to catch up"))
+    })
 }
 
 /// The standby relation `check_standby` recorded.

@@ -1551,6 +1551,14 @@ impl Monitor {
 
     fn facts(&mut self, cluster: &HaCluster, shard_name: &str, declared: &[Declared]) -> ShardFacts {
         let status = shard_status(cluster, shard_name);
+        // A monitor that has not seen this shard's primary answer (a new operator leader, a
+        // restart — often on the node that took the primary down with it) starts from the
+        // offset status recorded, so the replicas' lag, and maxLagOnFailover, still count.
+        if !self.last_primary_offset.contains_key(shard_name)
+            && let Some(o) = status.and_then(ShardStatus::last_primary_offset)
+        {
+            self.last_primary_offset.insert(shard_name.to_owned(), o);
+        }
         let members: Vec<MemberFacts> = declared
             .iter()
             .filter(|d| d.shard == shard_name)

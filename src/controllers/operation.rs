@@ -34,8 +34,9 @@ pub fn facts_from_status(cluster: &HaCluster, shard: &str, dead_nodes: &[String]
             .find(|m| m.name == name)
             .map_or(100, |m| m.priority)
     };
-    let primary_offset =
-        s.members.iter().find(|m| Some(&m.name) == s.current_primary.as_ref()).and_then(|m| m.offset);
+    // Without it (a lost primary's own offset is no longer in status) every replica would
+    // look caught up, and a forced failover would promote past maxLagOnFailover.
+    let primary_offset = s.last_primary_offset();
     ShardFacts {
         members: s
             .members
@@ -485,5 +486,31 @@ mod tests {
         assert!(facts.members.iter().find(|m| m.name == "b").is_some_and(|m| m.leaving));
         let policy = Policy { max_lag: i64::MAX, ..Policy::default() };
         assert_eq!(elect_candidate(&facts, &policy, Some("a")).map(|m| m.name.as_str()), Ok("c"));
+    }
+
+    #[test]
+    fn a_lost_primarys_offset_is_recovered_from_the_lag_status_recorded() {
+        let mut cluster: HaCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "c"},
+            "spec": {"engine": "Redis", "selector": {"matchLabels": {"app": "c"}, "port": 6379}}
+        }))
+        .expect("a valid HaCluster");
+        // The primary is down: status keeps no offset for it, only each replica's lag.
+        let lost = MemberStatus { healthy: false, offset: None, ..member("a", Role::Primary, 0, false) };
+        let behind = MemberStatus { lag: Some(863), ..member("b", Role::Replica, 100, false) };
+        cluster.status = Some(HaClusterStatus {
+            shards: vec![ShardStatus {
+                name: "s0".into(),
+                current_primary: Some("a".into()),
+                members: vec![lost, behind],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let facts = facts_from_status(&cluster, "s0", &[]);
+        assert_eq!(facts.last_primary_offset, Some(963));
+        // maxLagOnFailover 0 (the default): not caught up, not elected.
+        let refused = elect_candidate(&facts, &Policy { max_lag: 0, ..Policy::default() }, Some("a"));
+        assert!(refused.is_err_and(|why| why.contains("lags 863 bytes")));
     }
 }

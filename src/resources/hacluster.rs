@@ -818,6 +818,19 @@ impl ClusterPhase {
     }
 }
 
+impl ShardStatus {
+    /// The primary's replication offset as status last recorded it: its own, or — once it is
+    /// lost and status keeps no offset for it — what each replica's recorded lag was measured
+    /// against (offset + lag, the largest). None when status says neither.
+    pub fn last_primary_offset(&self) -> Option<i64> {
+        self.members
+            .iter()
+            .find(|m| Some(&m.name) == self.current_primary.as_ref())
+            .and_then(|m| m.offset)
+            .or_else(|| self.members.iter().filter_map(|m| Some(m.offset? + m.lag?)).max())
+    }
+}
+
 impl HaClusterStatus {
     /// Mark a promotion as under way: the phase (Bootstrapping until every shard has had a
     /// primary, FailingOver after) and the FailingOver condition. The monitor derives the same

@@ -370,6 +370,18 @@ async fn redis_lagging_replica_is_not_promoted_when_max_lag_is_zero() {
     assert_eq!(st.shards[0].epoch, 1);
     assert_eq!(st.phase, Some(ClusterPhase::Failed));
     operator.stop().await;
+
+    // A fresh operator (a restart, a new leader — often after losing the node the primary
+    // ran on) never saw the primary answer: it counts the lag from what status recorded and
+    // promotes nothing either (before, every replica looked caught up to it).
+    let operator = Operator::start(client.clone(), &ns);
+    observe_heartbeats(&servers[ri], 15).await;
+    assert_eq!(servers[ri].role().await.as_deref(), Some("slave"), "not promoted after a restart");
+    let st = get(&api, "lag").await.status.unwrap();
+    assert_eq!((st.shards[0].current_primary.as_deref(), st.shards[0].epoch), (Some(p.as_str()), 1));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.reason == "NoEligibleReplica" && ready.message.contains("lags"), "{ready:?}");
+    operator.stop().await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use understudy::{
@@ -267,13 +267,54 @@ async fn failover_pause_resume_and_following_past_the_deadline() {
     assert_eq!(r.errors().len(), 1, "{r}");
     assert!(r.errors()[0].contains("is healthy") && r.errors()[0].contains("--force"), "{r}");
 
-    // The primary dies; manual mode waits; status says what is wrong.
+    // The replica falls behind (cut from its primary while the cluster is paused, so nothing
+    // re-points it), then the primary dies; manual mode waits; status says what is wrong.
+    let set_paused = |paused: bool| {
+        let hacs = hacs.clone();
+        async move {
+            let body = json!({"spec": {"paused": paused}});
+            hacs.patch("f", &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
+        }
+    };
+    set_paused(true).await;
+    eventually(WAIT, "Paused reported", || async {
+        let st = hacs.get("f").await.ok()?.status?;
+        st.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True").then_some(())
+    })
+    .await;
+    let () = servers[ri].cmd(redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1)).await.unwrap();
+    // Its self-fencing would refuse writes without a replica: lifted by hand (the paused
+    // operator does not put it back), so the primary takes writes the replica never gets.
+    let () =
+        servers[pi].cmd(redis::cmd("CONFIG").arg("SET").arg("min-replicas-to-write").arg(0)).await.unwrap();
+    for i in 0..20 {
+        let () = servers[pi].cmd(redis::cmd("SET").arg(format!("unreplicated:{i}")).arg(i)).await.unwrap();
+    }
+    eventually(WAIT, "status records the replica behind", || async {
+        let st = hacs.get("f").await.ok()?.status?;
+        let s = st.shards.first()?;
+        let offset = |n: &str| s.members.iter().find(|m| m.name == n).and_then(|m| m.offset);
+        (offset(&p)? > offset(["fa", "fb"][ri])?).then_some(())
+    })
+    .await;
     servers[pi].kill();
+    set_paused(false).await;
     eventually(WAIT, "the lost primary reported", || async {
         let st = hacs.get("f").await.ok()?.status?;
         st.conditions.iter().any(|c| c.reason == "ManualFailover").then_some(())
     })
     .await;
+    // Naming the lagging replica does not promote it past maxLagOnFailover (0): refused at
+    // once, in one line, nothing touched.
+    let epoch = hacs.get("f").await.unwrap().status.unwrap().shards[0].epoch;
+    let r = plugin(&ns, &["failover", "f", "--candidate", ["fa", "fb"][ri]]).await;
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.errors().len(), 1, "one line: {r}");
+    assert!(r.errors()[0].contains("bytes behind the last primary offset (maxLagOnFailover 0)"), "{r}");
+    assert_eq!(hacs.get("f").await.unwrap().status.unwrap().shards[0].epoch, epoch, "nothing touched");
+    // Accepting that loss is a spec change of the cluster, made on purpose.
+    let accept = json!({"spec": {"failover": {"maxLagOnFailover": 1_000_000}}});
+    hacs.patch("f", &PatchParams::default(), &Patch::Merge(accept)).await.unwrap();
     let r = plugin(&ns, &["status", "f"]).await;
     assert!(r.stdout.contains("Conditions not OK:") && r.stdout.contains("ManualFailover"), "{r}");
     assert!(
