@@ -461,27 +461,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_operation_never_elects_a_member_whose_pod_is_being_deleted() {
+    /// A cluster of one shard s0 whose recorded primary is a.
+    fn primary_a(members: Vec<MemberStatus>) -> HaCluster {
         let mut cluster: HaCluster = serde_json::from_value(serde_json::json!({
             "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "c"},
             "spec": {"engine": "Redis", "selector": {"matchLabels": {"app": "c"}, "port": 6379}}
         }))
         .expect("a valid HaCluster");
-        cluster.status = Some(HaClusterStatus {
-            shards: vec![ShardStatus {
-                name: "s0".into(),
-                current_primary: Some("a".into()),
-                members: vec![
-                    member("a", Role::Primary, 100, false),
-                    // Ahead of c and first by name: elected if its leaving were not read.
-                    member("b", Role::Replica, 100, true),
-                    member("c", Role::Replica, 90, false),
-                ],
-                ..Default::default()
-            }],
+        let shard = ShardStatus {
+            name: "s0".into(),
+            current_primary: Some("a".into()),
+            members,
             ..Default::default()
-        });
+        };
+        cluster.status = Some(HaClusterStatus { shards: vec![shard], ..Default::default() });
+        cluster
+    }
+
+    #[test]
+    fn an_operation_never_elects_a_member_whose_pod_is_being_deleted() {
+        let cluster = primary_a(vec![
+            member("a", Role::Primary, 100, false),
+            // Ahead of c and first by name: elected if its leaving were not read.
+            member("b", Role::Replica, 100, true),
+            member("c", Role::Replica, 90, false),
+        ]);
         let facts = facts_from_status(&cluster, "s0", &[]);
         assert!(facts.members.iter().find(|m| m.name == "b").is_some_and(|m| m.leaving));
         let policy = Policy { max_lag: i64::MAX, ..Policy::default() };
@@ -490,23 +494,10 @@ mod tests {
 
     #[test]
     fn a_lost_primarys_offset_is_recovered_from_the_lag_status_recorded() {
-        let mut cluster: HaCluster = serde_json::from_value(serde_json::json!({
-            "apiVersion": "understudy.dev/v1alpha1", "kind": "HaCluster", "metadata": {"name": "c"},
-            "spec": {"engine": "Redis", "selector": {"matchLabels": {"app": "c"}, "port": 6379}}
-        }))
-        .expect("a valid HaCluster");
         // The primary is down: status keeps no offset for it, only each replica's lag.
         let lost = MemberStatus { healthy: false, offset: None, ..member("a", Role::Primary, 0, false) };
         let behind = MemberStatus { lag: Some(863), ..member("b", Role::Replica, 100, false) };
-        cluster.status = Some(HaClusterStatus {
-            shards: vec![ShardStatus {
-                name: "s0".into(),
-                current_primary: Some("a".into()),
-                members: vec![lost, behind],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        let cluster = primary_a(vec![lost, behind]);
         let facts = facts_from_status(&cluster, "s0", &[]);
         assert_eq!(facts.last_primary_offset, Some(963));
         // maxLagOnFailover 0 (the default): not caught up, not elected.
