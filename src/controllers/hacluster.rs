@@ -593,8 +593,10 @@ struct Monitor {
     done_tx: tokio::sync::mpsc::UnboundedSender<OpDone>,
     done_rx: tokio::sync::mpsc::UnboundedReceiver<OpDone>,
     last_routes: Option<routing::Routes>,
-    /// What the agent redirect ConfigMap was last written (or found) to say.
+    /// What the agent redirect ConfigMap was last written (or found) to say, and when it was
+    /// last read back.
     last_redirect: Option<Vec<(String, String)>>,
+    redirect_checked_at: Option<Instant>,
     config_error: Option<(Reason, String)>,
     pod_services_generation: Option<i64>,
     /// Standby clusters: the upstream primary each shard follows, as this heartbeat resolved
@@ -685,6 +687,7 @@ impl Monitor {
             engine_inputs: None,
             last_routes: None,
             last_redirect: None,
+            redirect_checked_at: None,
             config_error: None,
             pod_services_generation: None,
             upstream_seen: BTreeMap::new(),
@@ -2579,7 +2582,9 @@ impl Monitor {
     }
 
     /// Agent engines: write the redirect ConfigMap when a shard's main differs from what it
-    /// was last written to say (and at the first heartbeat, which reads it).
+    /// was last written to say (and at the first heartbeat, which reads it), and read it back
+    /// every [`REDIRECT_REFRESH`] so that one edited or deleted by hand is put right (the
+    /// consumers of the shards it got wrong are restarted, as after a promotion).
     async fn reassert_redirect(
         &mut self,
         cluster: &HaCluster,
@@ -2588,7 +2593,8 @@ impl Monitor {
     ) {
         let Some(redirect) = &cluster.spec.redirect else { return };
         let mains = routing::redirect_mains(&status.shards, declared, None);
-        if mains.is_empty() || self.last_redirect.as_ref() == Some(&mains) {
+        let due = self.redirect_checked_at.is_none_or(|at| at.elapsed() >= REDIRECT_REFRESH);
+        if mains.is_empty() || (self.last_redirect.as_ref() == Some(&mains) && !due) {
             return;
         }
         let restarts = self.ctx.allow_workload_restarts;
@@ -2601,8 +2607,12 @@ impl Monitor {
             );
         }
         match routing::apply_redirect(&self.ctx.client, cluster, redirect, &mains, restarts).await {
-            Ok(_) => {
+            Ok(changed) => {
+                if self.last_redirect.as_ref() == Some(&mains) && !changed.is_empty() {
+                    warn!(cluster = %key(cluster), shards = ?changed, "the redirect ConfigMap no longer named every shard's main (edited or deleted): written again");
+                }
                 self.last_redirect = Some(mains);
+                self.redirect_checked_at = Some(Instant::now());
                 self.routing_problems.remove(&Reason::RedirectFailed);
             }
             Err(e) => {
@@ -2883,6 +2893,9 @@ const SUPERSEDER_REFRESH: Duration = Duration::from_secs(5);
 /// How long a change of the group's contact renewal counts as the group being in contact
 /// (it renews every 5 s).
 const CONTACT_LEASE: Duration = Duration::from_secs(15);
+/// How often an agent cluster's redirect ConfigMap is read back and put right if it was
+/// edited or deleted.
+const REDIRECT_REFRESH: Duration = Duration::from_secs(10);
 /// How often a cluster waiting for its first primary re-reads which ProtectionGroups protect
 /// it ([`Monitor::awaiting_group`]).
 const GROUPS_REFRESH: Duration = Duration::from_secs(1);

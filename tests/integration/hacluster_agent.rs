@@ -297,10 +297,27 @@ async fn every_shard_is_redirected_and_only_its_consumers_restart() {
     .await;
     assert_eq!(
         restarted_at(&deployments, "consumer-a").await,
-        Some(before_a),
+        Some(before_a.clone()),
         "shard a's main did not change: its consumer is not restarted"
     );
     assert_eq!(wait_primary(&api, "sharded", "a", None).await, a_main, "shard a untouched");
+
+    // Edited by hand, the ConfigMap is put right within a read-back interval (10 s): shard
+    // a's key again names a's main, and a's consumer is restarted (it may have read the
+    // wrong address).
+    let edit = json!({"data": {key_a.clone(): "10.255.255.1"}});
+    cms.patch("app-config", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    let edited = std::time::Instant::now();
+    eventually(WAIT, "the edited key put right", || async {
+        let data = cms.get_opt("app-config").await.ok()??.data?;
+        (data.get(&key_a) == Some(&want_a)).then_some(())
+    })
+    .await;
+    println!("an edited redirect key was put right after {} ms", edited.elapsed().as_millis());
+    eventually(WAIT, "consumer-a restarted after the repair", || async {
+        restarted_at(&deployments, "consumer-a").await.filter(|s| *s != before_a)
+    })
+    .await;
     operator.stop().await;
 }
 
