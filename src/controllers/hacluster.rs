@@ -1279,10 +1279,10 @@ impl Monitor {
     }
 
     /// A cluster that has no relation yet (no `status.protection`, no `spec.standby`) and a
-    /// shard without a primary, that a ProtectionGroup of this control plane protects: what
-    /// names it. Its first election waits for the group to publish its side — a DR cluster
-    /// created or re-created under a group would otherwise elect a writable primary of its
-    /// own until the group's next reconcile (a second writable site). A list that fails for
+    /// shard without a primary, that a ProtectionGroup of this control plane protects as its
+    /// DR side: what names it. Its first election waits for the group to publish its side — a
+    /// DR cluster created or re-created under a group would otherwise elect a writable primary
+    /// of its own until the group's next reconcile (a second writable site). A list that fails for
     /// another reason than the right to read groups also holds it: the election is not made
     /// on a guess (it could not record its decision through such an outage either). A group
     /// in another control plane cannot be seen from here (README).
@@ -1314,8 +1314,8 @@ impl Monitor {
                 Ok(groups) => {
                     found = groups.items.iter().find_map(|g| {
                         let pg = g.0.as_ref().ok().filter(|pg| pg.metadata.deletion_timestamp.is_none())?;
-                        let names = pg.spec.protects_local(&ns, &name)?;
-                        Some(format!("ProtectionGroup {} protects this cluster ({names})", key(pg)))
+                        let side = pg.holds_as_dr(&ns, &name)?;
+                        Some(format!("ProtectionGroup {} protects this cluster as {side}", key(pg)))
                     });
                 }
                 Err(kube::Error::Api(e)) if matches!(e.code, 403 | 404) => {}

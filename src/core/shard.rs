@@ -83,9 +83,9 @@ pub struct Policy {
     /// Detached from its ProtectionGroup with policy ReadOnly: nothing is changed and
     /// nothing is made writable.
     pub detached: bool,
-    /// A ProtectionGroup protects this cluster and has not told it its side of the relation
-    /// yet (what names it, for the message): no first primary is elected or adopted — on the
-    /// DR side that would be a second writable site until the group makes it a standby.
+    /// A ProtectionGroup protects this cluster as its DR side and has not told it so yet
+    /// (what names it, for the message): no first primary is elected or adopted — that would
+    /// be a second writable site until the group makes it a standby.
     pub awaiting_group: Option<String>,
 }
 

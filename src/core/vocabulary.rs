@@ -128,8 +128,9 @@ vocabulary! {
         // HaCluster Ready / Degraded: why a shard is not failed over (shard plan blocked).
         /// HaCluster Ready/Degraded: a standby cluster's upstream primary is not known.
         UpstreamUnknown,
-        /// HaCluster Ready: a ProtectionGroup protects this cluster and has not published its
-        /// relation yet (a cluster created or re-created under a group): nothing is elected.
+        /// HaCluster Ready: a ProtectionGroup protects this cluster as its DR side and has not
+        /// published the relation yet (a DR cluster created or re-created under a group):
+        /// nothing is elected.
         AwaitingProtectionGroup,
         /// HaCluster Ready/Degraded: the primary is lost and failover mode is manual (a
         /// FailoverRequest is needed).

@@ -169,12 +169,9 @@ pub enum SiteRole {
 }
 
 impl ProtectionGroupSpec {
-    /// Whether this group, living in the same control plane as the HaCluster `ns/name`,
-    /// protects it: a pair names it on a site that is this control plane (no
-    /// `kubeconfigSecretRef`) in its namespace, and protection is started. Then the cluster's
-    /// roles are the group's to set, from its first election on: the site of the cluster and
-    /// the pair, for messages (`Source site, pair a/a-dr`).
-    pub fn protects_local(&self, ns: &str, name: &str) -> Option<String> {
+    /// The pair naming the HaCluster `ns/name` on a site of this group that is this control
+    /// plane (no `kubeconfigSecretRef`), with that site; None when protection is stopped.
+    pub fn local_pair(&self, ns: &str, name: &str) -> Option<(SiteRole, &ReplicationPair)> {
         if self.protection != ProtectionState::Started {
             return None;
         }
@@ -187,8 +184,28 @@ impl ProtectionGroupSpec {
                 SiteRole::Source => p.source == name,
                 SiteRole::Target => p.target == name,
             })?;
-            Some(format!("{} site, pair {}/{}", role.as_str(), pair.source, pair.target))
+            Some((role, pair))
         })
+    }
+}
+
+impl ProtectionGroup {
+    /// Whether this group, in the same control plane as the HaCluster `ns/name`, protects it
+    /// as its DR side: then the cluster's roles are the group's to set from its first election
+    /// on (for messages: which site and pair). Its production side is never held — a group
+    /// that cannot act (an error, a pair it refuses) must not keep production from electing.
+    /// Production is what the group's status says for the pair, else for the group, else its
+    /// priority site (a group not reconciled yet).
+    pub fn holds_as_dr(&self, ns: &str, name: &str) -> Option<String> {
+        let (role, pair) = self.spec.local_pair(ns, name)?;
+        let st = self.status.as_ref();
+        let production = st
+            .and_then(|s| s.pairs.iter().find(|p| p.source == pair.source && p.target == pair.target))
+            .and_then(|p| p.production)
+            .or(st.and_then(|s| s.production_site))
+            .unwrap_or(self.spec.priority_site);
+        (role != production)
+            .then(|| format!("the DR side ({} site) of pair {}/{}", role.as_str(), pair.source, pair.target))
     }
 }
 
@@ -400,36 +417,55 @@ pub struct ShardPairStatus {
 mod tests {
     use super::*;
 
-    fn spec(target_remote: bool, protection: ProtectionState) -> ProtectionGroupSpec {
+    fn group(target_remote: bool, protection: ProtectionState, status: serde_json::Value) -> ProtectionGroup {
         let target = if target_remote {
             serde_json::json!({"namespace": "b", "kubeconfigSecretRef": {"name": "site-b"}})
         } else {
             serde_json::json!({"namespace": "b"})
         };
         serde_json::from_value(serde_json::json!({
-            "sites": {"source": {"namespace": "a"}, "target": target},
-            "pairs": [{"source": "orders", "target": "orders-dr"}],
-            "protection": protection,
+            "apiVersion": "understudy.dev/v1alpha1", "kind": "ProtectionGroup", "metadata": {"name": "pg"},
+            "spec": {
+                "sites": {"source": {"namespace": "a"}, "target": target},
+                "pairs": [{"source": "orders", "target": "orders-dr"}],
+                "protection": protection,
+            },
+            "status": status,
         }))
         .unwrap()
     }
 
     #[test]
-    fn a_group_protects_the_clusters_its_pairs_name_on_its_local_sites() {
-        let s = spec(false, ProtectionState::Started);
-        assert_eq!(s.protects_local("a", "orders").as_deref(), Some("Source site, pair orders/orders-dr"));
-        assert_eq!(s.protects_local("b", "orders-dr").as_deref(), Some("Target site, pair orders/orders-dr"));
+    fn a_group_holds_the_dr_side_its_pairs_name_on_its_local_sites() {
+        let g = group(false, ProtectionState::Started, serde_json::json!(null));
+        // Not reconciled yet: the priority site (Source) is production.
+        assert_eq!(
+            g.holds_as_dr("b", "orders-dr").as_deref(),
+            Some("the DR side (Target site) of pair orders/orders-dr")
+        );
+        assert_eq!(g.holds_as_dr("a", "orders"), None, "production is never held");
         // The right name in the wrong namespace, or on the other side, is not it.
-        assert_eq!(s.protects_local("b", "orders"), None);
-        assert_eq!(s.protects_local("a", "orders-dr"), None);
-        assert_eq!(s.protects_local("a", "other"), None);
+        assert_eq!(g.holds_as_dr("a", "orders-dr"), None);
+        assert_eq!(g.holds_as_dr("b", "orders"), None);
+        assert_eq!(g.holds_as_dr("b", "other"), None);
+    }
+
+    #[test]
+    fn production_is_read_from_the_pair_then_the_group() {
+        let moved = group(false, ProtectionState::Started, serde_json::json!({"productionSite": "Target"}));
+        assert!(moved.holds_as_dr("a", "orders").is_some());
+        assert_eq!(moved.holds_as_dr("b", "orders-dr"), None);
+        let pair = serde_json::json!({"productionSite": "Target",
+            "pairs": [{"source": "orders", "target": "orders-dr", "production": "Source", "state": "Replicating"}]});
+        let pair = group(false, ProtectionState::Started, pair);
+        assert!(pair.holds_as_dr("b", "orders-dr").is_some(), "the pair's own record wins");
     }
 
     #[test]
     fn a_remote_site_or_stopped_protection_is_not_this_control_planes_to_hold() {
-        let s = spec(true, ProtectionState::Started);
-        assert_eq!(s.protects_local("b", "orders-dr"), None, "the target site is another control plane");
-        assert!(s.protects_local("a", "orders").is_some());
-        assert_eq!(spec(false, ProtectionState::Stopped).protects_local("a", "orders"), None);
+        let remote = group(true, ProtectionState::Started, serde_json::json!(null));
+        assert_eq!(remote.holds_as_dr("b", "orders-dr"), None, "the target site is another control plane");
+        let stopped = group(false, ProtectionState::Stopped, serde_json::json!(null));
+        assert_eq!(stopped.holds_as_dr("b", "orders-dr"), None);
     }
 }

@@ -869,6 +869,15 @@ async fn a_protection_group_refuses_a_pair_of_two_engines() {
     eprintln!("{why}");
     assert!(why.contains("two engines"), "{why}");
     assert!(dr.get("db-dr").await.unwrap().standby().is_none(), "the DR cluster was not made a standby");
+    // A group that cannot act never keeps the production side from electing; its DR side
+    // waits for it (created under the group, it would otherwise be a second writable site).
+    assert_eq!(wait_primary(&src, "db", "main", None).await, "a");
+    let held = eventually(WAIT, "the DR side held for the group", || async {
+        let c = dr.get("db-dr").await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (c.reason == "AwaitingProtectionGroup").then_some(c.message)
+    })
+    .await;
+    assert!(held.contains("the DR side (Target site) of pair db/db-dr"), "{held}");
     operator.stop().await;
 }
 
