@@ -451,7 +451,14 @@ where
 /// Run a kube-runtime Controller for `K` in every watched scope: reconciles and errors are
 /// counted under `name`, a failed reconcile is retried after 2 s. Used by the operation
 /// controllers (ShardFailover, FailoverRequest), which differ only in their reconcile.
-pub async fn run_controller<K, F, Fut>(ctx: Context, name: &'static str, reconcile: F) -> anyhow::Result<()>
+/// `wakes(object, cluster)`: whether a change of that HaCluster should reconcile the object
+/// besides the operation whose lock the cluster names (a group, a cluster it protects).
+pub async fn run_controller<K, F, Fut>(
+    ctx: Context,
+    name: &'static str,
+    reconcile: F,
+    wakes: fn(&K, &crate::resources::HaCluster) -> bool,
+) -> anyhow::Result<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -474,33 +481,45 @@ where
         let (reconcile, label) = (reconcile.clone(), label.clone());
         let backoff = Backoff::default();
         let backoff_ok = backoff.clone();
-        // An operation is woken by changes of the HaCluster whose lock it holds (the monitor
-        // recording a promotion), not only by its own requeue.
-        let clusters: Api<DeserializeGuard<crate::resources::HaCluster>> = match api.namespace() {
-            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-            None => Api::all(ctx.client.clone()),
-        };
         let kind = K::kind(&()).to_string();
-        let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        let mut controller = Controller::new(api, watcher::Config::default().any_semantic());
         ctx.readiness.track(controller.store());
+        let objects = controller.store();
+        // An operation is woken by changes of the HaCluster whose lock it holds (the monitor
+        // recording a promotion), and an object by those `wakes` says it wants — not only by
+        // its own requeue. The clusters of every watched namespace: a group's sites, and the
+        // clusters it locks, may be in other namespaces than the group.
+        for clusters in ctx.scopes::<DeserializeGuard<crate::resources::HaCluster>>() {
+            let (kind, objects) = (kind.clone(), objects.clone());
+            controller =
+                controller.watches(clusters, watcher::Config::default().any_semantic(), move |guarded| {
+                    let Ok(hac) = guarded.0 else { return Vec::new() };
+                    let ns = hac.namespace();
+                    let mut refs = hac
+                        .status
+                        .iter()
+                        .flat_map(|s| s.shards.iter())
+                        .filter_map(|s| s.operation.as_ref())
+                        .filter(|l| l.kind == kind)
+                        .map(|l| {
+                            let r = kube::runtime::reflector::ObjectRef::<DeserializeGuard<K>>::new(&l.name);
+                            match l.namespace.clone().or_else(|| ns.clone()) {
+                                Some(n) => r.within(&n),
+                                None => r,
+                            }
+                        })
+                        .collect::<Vec<_>>();
+                    refs.extend(
+                        objects
+                            .state()
+                            .iter()
+                            .filter(|o| o.0.as_ref().is_ok_and(|k| wakes(k, &hac)))
+                            .map(|o| kube::runtime::reflector::ObjectRef::from_obj(o.as_ref())),
+                    );
+                    refs
+                });
+        }
         let run = controller
-            .watches(clusters, watcher::Config::default().any_semantic(), move |guarded| {
-                let Ok(hac) = guarded.0 else { return Vec::new() };
-                let ns = hac.namespace();
-                hac.status
-                    .iter()
-                    .flat_map(|s| s.shards.iter())
-                    .filter_map(|s| s.operation.as_ref())
-                    .filter(|l| l.kind == kind)
-                    .map(|l| {
-                        let r = kube::runtime::reflector::ObjectRef::<DeserializeGuard<K>>::new(&l.name);
-                        match l.namespace.clone().or_else(|| ns.clone()) {
-                            Some(n) => r.within(&n),
-                            None => r,
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            })
             .run(
                 move |obj: std::sync::Arc<DeserializeGuard<K>>, ctx: std::sync::Arc<Context>| {
                     use tracing::Instrument as _;
@@ -594,9 +613,9 @@ pub async fn run_all(ctx: Context, mut leading: watch::Receiver<bool>) -> anyhow
     tokio::select! {
         r = hacluster::run(ctx.clone()) => r,
         r = instances::run(ctx.clone()) => r,
-        r = run_controller(ctx.clone(), "shardfailover", shard_failover::reconcile) => r,
-        r = run_controller(ctx.clone(), "failoverrequest", failover_request::reconcile) => r,
-        r = run_controller(ctx.clone(), "protectiongroup", protection_group::reconcile) => r,
+        r = run_controller(ctx.clone(), "shardfailover", shard_failover::reconcile, |_, _| false) => r,
+        r = run_controller(ctx.clone(), "failoverrequest", failover_request::reconcile, |_, _| false) => r,
+        r = run_controller(ctx.clone(), "protectiongroup", protection_group::reconcile, protection_group::wakes) => r,
         _ = leading.wait_for(|l| !*l) => Ok(()),
     }
 }

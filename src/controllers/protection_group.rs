@@ -693,6 +693,14 @@ fn correct_production(status: &mut ProtectionGroupStatus, pairs: &[Pair]) -> Vec
     corrected
 }
 
+/// A cluster this group protects in this control plane that has no relation yet (created, or
+/// deleted and re-created) wakes the group, so its side is published at once — a DR cluster
+/// elects nothing until it is — instead of at the next periodic reconcile.
+pub fn wakes(pg: &ProtectionGroup, cluster: &HaCluster) -> bool {
+    cluster.status.as_ref().and_then(|s| s.protection.as_ref()).is_none()
+        && pg.spec.local_pair(&cluster.namespace().unwrap_or_default(), &cluster.name_any()).is_some()
+}
+
 fn adopt(pg: &ProtectionGroup, pairs: &[Pair]) -> SiteRole {
     pairs.iter().find_map(observed_production).unwrap_or(pg.spec.priority_site)
 }
