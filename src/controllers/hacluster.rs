@@ -24,7 +24,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt as _,
@@ -115,8 +115,27 @@ struct State {
     ctx: Context,
     store: Store<Guarded>,
     pods: Store<Pod>,
-    nodes: Store<Node>,
+    shared: Shared,
     monitors: Monitors,
+}
+
+/// Caches every monitor reads, whatever its scope.
+#[derive(Clone)]
+struct Shared {
+    /// Node conditions (cluster-wide).
+    nodes: Store<Node>,
+    /// ProtectionGroups of every watched scope: a group's sites may be other namespaces
+    /// than its own.
+    groups: Arc<Vec<Store<DeserializeGuard<ProtectionGroup>>>>,
+}
+
+impl Shared {
+    /// The groups, or None until every scope's first list has arrived.
+    fn groups(&self) -> Option<Vec<Arc<DeserializeGuard<ProtectionGroup>>>> {
+        let ready =
+            |s: &Store<_>| matches!(futures::FutureExt::now_or_never(s.wait_until_ready()), Some(Ok(())));
+        self.groups.iter().all(ready).then(|| self.groups.iter().flat_map(Store::state).collect())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +167,21 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         }
     });
     runs.push(node_watch.boxed());
+    // ProtectionGroups, for a cluster's first election (see [`Monitor::awaiting_group`]).
+    let mut groups = Vec::new();
+    for api in ctx.scopes::<DeserializeGuard<ProtectionGroup>>() {
+        let (store, writer) = reflector::store();
+        let watch = reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
+            .default_backoff()
+            .for_each(|e| async move {
+                if let Err(e) = e {
+                    debug!(error = %e, "protection group watch");
+                }
+            });
+        runs.push(watch.boxed());
+        groups.push(store);
+    }
+    let shared = Shared { nodes, groups: Arc::new(groups) };
     for api in ctx.scopes::<Guarded>() {
         // Pod members come from a reflector in the same scope: monitors read it from memory.
         let pod_api: Api<Pod> = match api.namespace() {
@@ -166,7 +200,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             ctx: ctx.clone(),
             store: controller.store(),
             pods,
-            nodes: nodes.clone(),
+            shared: shared.clone(),
             monitors: monitors.clone(),
         });
         runs.push(supervise(state.clone()).boxed());
@@ -322,7 +356,7 @@ fn start_monitor(state: &State, oref: ObjectRef<Guarded>, uid: String) -> Monito
         state.ctx.clone(),
         state.store.clone(),
         state.pods.clone(),
-        state.nodes.clone(),
+        state.shared.clone(),
         oref.clone(),
         uid,
         wake.clone(),
@@ -577,7 +611,7 @@ struct Monitor {
     ctx: Context,
     store: Store<Guarded>,
     pods: Store<Pod>,
-    nodes: Store<Node>,
+    shared: Shared,
     oref: ObjectRef<Guarded>,
     uid: String,
     members: HashMap<String, MemberState>,
@@ -621,10 +655,6 @@ struct Monitor {
     /// The group's contact renewal (`status.protection.contactAt`) last seen, and when this
     /// monitor saw it change (None: not since it started). Its own clock only.
     contact_seen: Option<(Option<Time>, Option<Instant>)>,
-    /// What the last look at this control plane's ProtectionGroups found (see
-    /// [`Monitor::awaiting_group`]) and when: read at most every [`GROUPS_REFRESH`], and only
-    /// while a shard has no primary and the cluster no relation.
-    groups_seen: Option<(Instant, Option<String>)>,
     wake: Arc<Wake>,
     /// Metric series this monitor created, removed when their member or the cluster goes.
     exported_members: HashSet<MemberLabels>,
@@ -653,7 +683,7 @@ impl Monitor {
         ctx: Context,
         store: Store<Guarded>,
         pods: Store<Pod>,
-        nodes: Store<Node>,
+        shared: Shared,
         oref: ObjectRef<Guarded>,
         uid: String,
         wake: Arc<Wake>,
@@ -671,7 +701,7 @@ impl Monitor {
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             pods,
-            nodes,
+            shared,
             ctx,
             store,
             oref,
@@ -697,7 +727,6 @@ impl Monitor {
             yield_source: String::new(),
             superseder_members: None,
             contact_seen: None,
-            groups_seen: None,
             wake,
             exported_members: HashSet::new(),
             exported_shards: HashSet::new(),
@@ -1129,7 +1158,7 @@ impl Monitor {
                 Err(why) => self.upstream_unknown.insert(shard, why),
             };
         }
-        let awaiting_group = self.awaiting_group(&cluster, &shards).await;
+        let awaiting_group = self.awaiting_group(&cluster, &shards);
         let shard_policy = |me: &Self, shard: &str| {
             let standby = me.shard_standby(&cluster, shard);
             let mut p =
@@ -1282,11 +1311,10 @@ impl Monitor {
     /// shard without a primary, that a ProtectionGroup of this control plane protects as its
     /// DR side: what names it. Its first election waits for the group to publish its side — a
     /// DR cluster created or re-created under a group would otherwise elect a writable primary
-    /// of its own until the group's next reconcile (a second writable site). A list that fails for
-    /// another reason than the right to read groups also holds it: the election is not made
-    /// on a guess (it could not record its decision through such an outage either). A group
-    /// in another control plane cannot be seen from here (README).
-    async fn awaiting_group(&mut self, cluster: &HaCluster, shards: &[String]) -> Option<String> {
+    /// of its own until then (a second writable site). Until the groups' first list has
+    /// arrived it waits too: the election is not made on a guess. A group in another control
+    /// plane cannot be seen from here (README).
+    fn awaiting_group(&self, cluster: &HaCluster, shards: &[String]) -> Option<String> {
         let st = cluster.status.as_ref();
         if cluster.spec.standby.is_some() || st.is_some_and(|s| s.protection.is_some()) {
             return None;
@@ -1298,39 +1326,17 @@ impl Monitor {
         if shards.iter().all(has_primary) {
             return None;
         }
-        if let Some((at, seen)) = &self.groups_seen
-            && at.elapsed() < GROUPS_REFRESH
-        {
-            return seen.clone();
-        }
+        let Some(groups) = self.shared.groups() else {
+            return Some(
+                "the ProtectionGroups have not been listed yet (one may protect this cluster)".into(),
+            );
+        };
         let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
-        let mut found = None;
-        for api in self.ctx.scopes::<DeserializeGuard<ProtectionGroup>>() {
-            let listed = {
-                let _slot = self.ctx.api_slots.acquire().await.expect("never closed");
-                api.list(&ListParams::default()).await
-            };
-            match listed {
-                Ok(groups) => {
-                    found = groups.items.iter().find_map(|g| {
-                        let pg = g.0.as_ref().ok().filter(|pg| pg.metadata.deletion_timestamp.is_none())?;
-                        let side = pg.holds_as_dr(&ns, &name)?;
-                        Some(format!("ProtectionGroup {} protects this cluster as {side}", key(pg)))
-                    });
-                }
-                Err(kube::Error::Api(e)) if matches!(e.code, 403 | 404) => {}
-                Err(e) => {
-                    found = Some(format!(
-                        "could not list ProtectionGroups to learn whether one protects this cluster ({e})"
-                    ))
-                }
-            }
-            if found.is_some() {
-                break;
-            }
-        }
-        self.groups_seen = Some((Instant::now(), found.clone()));
-        found
+        groups.iter().find_map(|g| {
+            let pg = g.0.as_ref().ok().filter(|pg| pg.metadata.deletion_timestamp.is_none())?;
+            let side = pg.holds_as_dr(&ns, &name)?;
+            Some(format!("ProtectionGroup {} protects this cluster as {side}", key(pg)))
+        })
     }
 
     /// Members removed from the membership are detached: fenced (no longer replicating, no
@@ -1602,7 +1608,7 @@ impl Monitor {
             target_primary: status.and_then(|s| s.target_primary.clone()),
             last_primary_offset: self.last_primary_offset.get(shard_name).copied(),
             primary_lost_for: lost_for,
-            avoid_nodes: dead_nodes(&self.nodes),
+            avoid_nodes: dead_nodes(&self.shared.nodes),
             unfenced: self.unfenced.get(shard_name).cloned(),
         }
     }
@@ -2896,9 +2902,6 @@ const CONTACT_LEASE: Duration = Duration::from_secs(15);
 /// How often an agent cluster's redirect ConfigMap is read back and put right if it was
 /// edited or deleted.
 const REDIRECT_REFRESH: Duration = Duration::from_secs(10);
-/// How often a cluster waiting for its first primary re-reads which ProtectionGroups protect
-/// it ([`Monitor::awaiting_group`]).
-const GROUPS_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long the monitor holds its observed write while a promotion it started is in flight
 /// (most finish well within it; see [`Monitor::write_status`]).
